@@ -1,0 +1,21 @@
+# The project's entry points. `make test` is what CI runs; it sets itself up first.
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+
+.PHONY: setup test bench vectors clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	@bash scripts/test.sh $(PYTEST_ARGS)
+
+bench: setup
+	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
+
+vectors: setup
+	$(PY) protocol/vectors/generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
