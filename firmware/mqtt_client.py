@@ -1,0 +1,569 @@
+# MQTT 3.1.1 client for MicroPython asyncio: one supervisor task owns the connection.
+#
+#   c = MQTTClient({"client_id": "gate-001", "user": "gate-001", "password": "...",
+#                   "host": "10.0.0.2", "port": 1883, "keepalive": 30})
+#   c.subscribe("v1/dev/gate-001/dn/#", 1, handler)   # handler(topic, payload, retain, dup)
+#   c.start()
+#   await c.publish("v1/dev/gate-001/up/rec", data, qos=1)
+#
+# Per connection three tasks run: reader (parses, dispatches, PUBACKs after the handler),
+# writer (the only task that writes the socket) and ticker (keepalive, dead-peer detection,
+# QoS1 retransmit timer). Any exception in any of them (MemoryError included) ends the
+# connection; the supervisor reports it, backs off (exponential, full jitter) and reconnects.
+# Unacknowledged QoS1 messages are resent after reconnect with DUP and the same packet id.
+import asyncio
+import gc
+import socket
+import time
+import mqtt_frame as F
+
+try:
+    from errno import EINPROGRESS, ECONNRESET, ETIMEDOUT
+except ImportError:  # pragma: no cover
+    EINPROGRESS, ECONNRESET, ETIMEDOUT = 115, 104, 110
+
+_IPPROTO_TCP = getattr(socket, "IPPROTO_TCP", 6)
+_TCP_NODELAY = getattr(socket, "TCP_NODELAY", 1)
+
+try:
+    import random
+
+    def _rand(n):
+        return random.getrandbits(30) % n if n > 0 else 0
+except ImportError:  # pragma: no cover
+    import os
+
+    def _rand(n):
+        b = os.urandom(4)
+        return ((b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]) & 0x3FFFFFFF) % n if n > 0 else 0
+
+ticks_ms = time.ticks_ms
+ticks_diff = time.ticks_diff
+
+DEFAULTS = {
+    "client_id": None, "user": None, "password": None,
+    "host": "127.0.0.1", "port": 1883,
+    "keepalive": 60,            # s; PINGREQ after keepalive/2 of silence, dead at 1.25x
+    "clean_session": False,
+    "will_topic": None, "will_msg": None, "will_qos": 1, "will_retain": True,
+    "tls": False,               # True to use TLS
+    "ca": None,                 # CA file (PEM or DER): verify the broker's certificate
+    "cadata": None,             # CA bytes instead of a file
+    "server_hostname": None,    # name checked against the cert (default: host)
+    "max_inflight": 8,          # QoS1 window
+    "max_packet": 4096,         # largest packet received (bytes after the fixed header)
+    "max_qos0": 8,              # QoS0 messages queued while a write is pending
+    "connect_timeout": 10000,   # ms: TCP + TLS + CONNECT/CONNACK
+    "ack_timeout": 20000,       # ms: resend an unacknowledged QoS1 (DUP) on the same connection; 0 = only after reconnect
+    "backoff_min": 500, "backoff_max": 60000,  # ms
+}
+
+
+def pem_to_der(data):
+    """The first certificate of a PEM file as DER (this MicroPython's mbedtls is built without
+    PEM parsing: load_verify_locations rejects PEM with "invalid cert"). DER passes through."""
+    if data[:1] == b"0":  # DER SEQUENCE
+        return data
+    import binascii
+    i = data.find(b"-----BEGIN CERTIFICATE-----")
+    j = data.find(b"-----END CERTIFICATE-----", i)
+    if i < 0 or j < 0:
+        raise ValueError("no certificate")
+    return binascii.a2b_base64(data[i + 27:j].replace(b"\r", b"").replace(b"\n", b""))
+
+
+class _Msg:
+    # one QoS1 message in the window
+    __slots__ = ("pid", "topic", "payload", "retain", "sent", "state", "ev")
+
+    def __init__(self, pid, topic, payload, retain):
+        self.pid = pid
+        self.topic = topic
+        self.payload = payload
+        self.retain = retain
+        self.sent = 0       # ticks of the last send
+        self.state = 0      # 0 to send, 1 sent and awaiting PUBACK, 2 acked, 3 abandoned (stop)
+        self.ev = None
+
+
+class MQTTClient:
+    def __init__(self, config):
+        cfg = dict(DEFAULTS)
+        cfg.update(config)
+        if not cfg["client_id"]:
+            raise ValueError("client_id")
+        self.cfg = cfg
+        self._ka = int(cfg["keepalive"])
+        self._max = int(cfg["max_packet"])
+        self._rx = bytearray(self._max)  # the one receive buffer, allocated once
+        self._rxmv = memoryview(self._rx)
+        self._hdr = bytearray(1)
+        self._hdrmv = memoryview(self._hdr)
+        self._subs = {}          # filter -> [qos, handler]
+        self._window = []        # _Msg, in send order
+        self._ctrl = []          # control packets to send (PUBACK, PINGREQ, SUBSCRIBE)
+        self._q0 = []            # (topic, payload, retain)
+        self._pid = 0
+        self._kick = asyncio.Event()   # the writer has something to do
+        self._room = asyncio.Event()   # a window slot was freed
+        self._down = asyncio.Event()   # the current connection ended
+        self._up = False
+        self._stopping = False
+        self._task = None
+        self._tasks = ()
+        self._stream = None
+        self._sock = None
+        self._reason = None
+        self._busy = False
+        self._last_rx = self._last_tx = 0
+        self._ping_out = False
+        self._sub_pids = {}      # pid -> [filters]
+        self._state_cbs = []
+        self._on_error = None
+        self._ssl_ctx = None
+        self.stats = {"connects": 0, "reconnects": 0, "retransmits": 0, "errors": 0,
+                      "dropped_qos0": 0, "oversize": 0, "handler_errors": 0, "refused": 0}
+        self.session_present = False
+
+    # ---- public API ---------------------------------------------------------------------
+    def on_state(self, cb):
+        """cb(up: bool) on every connect / disconnect."""
+        self._state_cbs.append(cb)
+
+    def on_error(self, cb):
+        """cb(where: str, exc) for every error the client survives."""
+        self._on_error = cb
+
+    @property
+    def up(self):
+        return self._up
+
+    def start(self):
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._supervise())
+        return self._task
+
+    async def stop(self, disconnect=True):
+        """Send DISCONNECT (no will), close, end the supervisor. Waiting publishers get an
+        MQTTError; their messages are forgotten (persist them above this layer)."""
+        self._stopping = True
+        if disconnect and self._up and self._stream is not None:
+            try:
+                self._stream.write(F.DISCONNECT_PKT)
+                await asyncio.wait_for_ms(self._stream.drain(), 1000)
+            except Exception:
+                pass
+        t = self._task
+        self._task = None
+        if t is not None:
+            t.cancel()
+            try:
+                await t
+            except BaseException:
+                pass
+        self._teardown()
+        for m in self._window:
+            m.state = 3
+            if m.ev:
+                m.ev.set()
+        self._window = []
+        self._room.set()
+
+    def subscribe(self, topic, qos=1, handler=None):
+        """Register handler(topic, payload, retain, dup) (may be async) for a filter.
+        Subscribed now if connected and again after every reconnect."""
+        self._subs[topic] = [qos, handler]
+        if self._up:
+            self._send_subscribe([topic])
+
+    async def publish(self, topic, payload, qos=1, retain=False, wait=True):
+        """QoS0: sent if connected, else dropped; returns True if handed to the socket path.
+        QoS1: waits for room in the window, then (wait=True) returns the packet id once
+        PUBACKed - across reconnects, resending with DUP and the same id. wait=False returns
+        the packet id as soon as the message is in the window."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        if qos == 0:
+            if not self._up or len(self._q0) >= self.cfg["max_qos0"]:
+                self.stats["dropped_qos0"] += 1
+                return False
+            self._q0.append((topic, payload, retain))
+            self._kick.set()
+            return True
+        if qos != 1:
+            raise ValueError("qos")
+        F.publish_header(topic, 0, 1, retain, False, 1)  # validate before queuing
+        while len(self._window) >= self.cfg["max_inflight"]:
+            if self._stopping:
+                raise F.MQTTError("stopped")
+            self._room.clear()
+            await self._room.wait()
+        if self._stopping:
+            raise F.MQTTError("stopped")
+        m = _Msg(self._next_pid(), topic, payload, retain)
+        self._window.append(m)
+        if self._up:
+            self._kick.set()
+        if not wait:
+            return m.pid
+        m.ev = asyncio.Event()
+        await m.ev.wait()
+        if m.state != 2:
+            raise F.MQTTError("stopped")
+        return m.pid
+
+    def inflight(self):
+        return len(self._window)
+
+    # ---- supervisor ---------------------------------------------------------------------
+    def _report(self, where, exc):
+        self.stats["errors"] += 1
+        cb = self._on_error
+        if cb is not None:
+            try:
+                cb(where, exc)
+            except Exception:
+                pass
+        else:
+            print("mqtt", where, repr(exc))
+
+    def _set_state(self, up):
+        if self._up == up:
+            return
+        self._up = up
+        for cb in self._state_cbs:
+            try:
+                cb(up)
+            except Exception as e:
+                self._report("state_cb", e)
+
+    async def _supervise(self):
+        attempt = 0
+        ever = False
+        while not self._stopping:
+            try:
+                await asyncio.wait_for_ms(self._connect(), self.cfg["connect_timeout"])
+            except asyncio.CancelledError:
+                self._teardown()
+                raise
+            except BaseException as e:  # incl. MemoryError, TimeoutError, OSError, refusals
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                self._teardown()
+                self._report("connect", e)
+            else:
+                attempt = 0
+                self.stats["connects"] += 1
+                if ever:
+                    self.stats["reconnects"] += 1
+                ever = True
+                self._set_state(True)
+                try:
+                    await self._down.wait()
+                except asyncio.CancelledError:
+                    self._teardown()
+                    raise
+                reason = self._reason
+                self._teardown()
+                if self._stopping:
+                    break
+                self._report("connection", reason)
+            # exponential backoff with full jitter in [min, min(max, min * 2^attempt)]
+            lo = self.cfg["backoff_min"]
+            hi = min(self.cfg["backoff_max"], lo << min(attempt, 16))
+            attempt += 1
+            await asyncio.sleep_ms(lo + _rand(hi - lo + 1))
+
+    def _teardown(self):
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = ()
+        s = self._stream or self._sock
+        self._stream = self._sock = None
+        if s is not None:
+            try:
+                s.close()
+            except Exception:
+                pass
+        self._ctrl = []
+        self._q0 = []
+        self._busy = False
+        self._set_state(False)
+
+    def _tls_ctx(self):
+        if self._ssl_ctx is None:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ca = self.cfg["cadata"]
+            if ca is None and self.cfg["ca"]:
+                with open(self.cfg["ca"], "rb") as f:
+                    ca = f.read()
+            if ca is not None:
+                ctx.load_verify_locations(cadata=pem_to_der(ca))
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            else:
+                ctx.verify_mode = ssl.CERT_NONE  # no CA configured: encrypted, not authenticated
+            self._ssl_ctx = ctx
+        return self._ssl_ctx
+
+    async def _connect(self):
+        cfg = self.cfg
+        self._down = asyncio.Event()
+        self._reason = None
+        self._ping_out = False
+        self._sub_pids = {}
+        ai = socket.getaddrinfo(cfg["host"], cfg["port"], 0, socket.SOCK_STREAM)[0]
+        s = socket.socket(ai[0], socket.SOCK_STREAM)
+        self._sock = s
+        try:
+            s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        s.setblocking(False)
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.errno != EINPROGRESS:
+                raise
+        if cfg["tls"] or cfg["ca"] or cfg["cadata"]:
+            s = self._tls_ctx().wrap_socket(
+                s, server_hostname=cfg["server_hostname"] or cfg["host"],
+                do_handshake_on_connect=False)
+            self._sock = s
+        st = asyncio.StreamReader(s)
+        self._stream = st
+        st.write(F.connect(cfg["client_id"], cfg["user"], cfg["password"], self._ka,
+                           cfg["clean_session"], cfg["will_topic"], cfg["will_msg"],
+                           cfg["will_qos"], cfg["will_retain"]))
+        await st.drain()
+        ptype, flags, n = await self._read_head(st)
+        if ptype != F.CONNACK or n != 2:
+            raise F.MalformedPacket("expected connack")
+        await self._read_body(st, n)
+        sp, rc = F.parse_connack(flags, self._rxmv[:2])
+        if rc:
+            self.stats["refused"] += 1
+            raise F.MQTTError("connack refused", rc)
+        self.session_present = sp
+        now = ticks_ms()
+        self._last_rx = self._last_tx = now
+        # resend the whole window (DUP, same ids), resubscribe, then start the tasks
+        for m in self._window:
+            if m.state == 1:
+                self.stats["retransmits"] += 1
+            m.state = 0
+        if self._subs:
+            self._send_subscribe(list(self._subs))
+        self._kick.set()
+        self._tasks = (asyncio.create_task(self._guard(self._reader(st))),
+                       asyncio.create_task(self._guard(self._writer(st))),
+                       asyncio.create_task(self._guard(self._ticker())))
+
+    async def _guard(self, coro):
+        # any failure of a connection task ends the connection, never silently
+        try:
+            await coro
+            raise F.MQTTError("task ended")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            if self._reason is None:
+                self._reason = e
+            self._down.set()
+
+    # ---- reading ------------------------------------------------------------------------
+    async def _fill(self, st, mv):
+        off = 0
+        n = len(mv)
+        while off < n:
+            k = await st.readinto(mv[off:])
+            if k is None:  # TLS: record not complete yet
+                continue
+            if not k:
+                raise OSError(ECONNRESET)
+            off += k
+            self._last_rx = ticks_ms()
+
+    async def _read_head(self, st):
+        mv = self._hdrmv
+        await self._fill(st, mv)
+        b = self._hdr[0]
+        n = 0
+        shift = 0
+        for i in range(4):
+            await self._fill(st, mv)
+            c = self._hdr[0]
+            n |= (c & 0x7F) << shift
+            if not c & 0x80:
+                return b >> 4, b & 15, n
+            shift += 7
+        raise F.MalformedPacket("varint")
+
+    async def _read_body(self, st, n):
+        if n:
+            await self._fill(st, self._rxmv[:n])
+
+    async def _skip(self, st, n):
+        while n:
+            k = min(n, self._max)
+            await self._fill(st, self._rxmv[:k])
+            n -= k
+
+    async def _reader(self, st):
+        while True:
+            ptype, flags, n = await self._read_head(st)
+            if n > self._max:
+                self.stats["oversize"] += 1
+                if ptype != F.PUBLISH or n > 16 * 1024 * 1024:
+                    raise F.PacketTooLarge(n, self._max)
+                # An oversized PUBLISH is refused without being stored: read its head into
+                # the buffer, skip the rest, PUBACK it (else a persistent session would
+                # redeliver it forever) and report it.
+                k = min(self._max, n)
+                await self._fill(st, self._rxmv[:k])
+                topic, qos, _, _, pid, _ = F.parse_publish_head(flags, self._rxmv[:k])
+                await self._skip(st, n - k)
+                if qos:
+                    self._queue_ctrl(F.puback(pid))
+                self._report("rx", F.PacketTooLarge(n, self._max, topic))
+                continue
+            await self._read_body(st, n)
+            body = self._rxmv[:n]
+            if ptype == F.PUBLISH:
+                await self._on_publish(flags, body)
+            elif ptype == F.PUBACK:
+                self._on_puback(F.parse_pid(flags, body))
+            elif ptype == F.SUBACK:
+                pid, codes = F.parse_suback(flags, body)
+                flts = self._sub_pids.pop(pid, None)
+                if flts is None or len(flts) != len(codes):
+                    raise F.MalformedPacket("unexpected suback")
+                for i in range(len(codes)):
+                    if codes[i] == 0x80:
+                        self._report("subscribe", F.MQTTError("subscription refused", flts[i]))
+            elif ptype == F.PINGRESP:
+                F.parse_empty(flags, body)
+                self._ping_out = False
+            else:
+                raise F.MalformedPacket("unexpected packet", ptype)
+
+    async def _on_publish(self, flags, body):
+        topic, payload, qos, retain, dup, pid = F.parse_publish(flags, body)
+        payload = bytes(payload)  # the handler may keep it; the rx buffer is reused
+        h = None
+        for flt in self._subs:
+            if F.topic_matches(flt, topic):
+                h = self._subs[flt][1]
+                break
+        if h is not None:
+            self._busy = True
+            try:
+                r = h(topic, payload, retain, dup)
+                if r is not None and hasattr(r, "send"):  # coroutine / generator
+                    await r
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # MemoryError included
+                # The handler had its turn: acknowledge anyway, else the broker redelivers a
+                # poison message after every reconnect. The application sees the report.
+                h = r = None
+                gc.collect()
+                self.stats["handler_errors"] += 1
+                self._report("handler", e)
+            finally:
+                self._busy = False
+                self._last_rx = ticks_ms()
+        if qos:
+            self._queue_ctrl(F.puback(pid))
+
+    def _on_puback(self, pid):
+        w = self._window
+        for i in range(len(w)):
+            m = w[i]
+            if m.pid == pid:
+                w.pop(i)
+                m.state = 2
+                m.payload = None
+                if m.ev:
+                    m.ev.set()
+                self._room.set()
+                return
+        # a PUBACK for an id we no longer hold (dup ack after a resend): ignore
+
+    # ---- writing ------------------------------------------------------------------------
+    def _queue_ctrl(self, pkt):
+        if len(self._ctrl) >= 64:
+            raise F.MQTTError("control queue full")
+        self._ctrl.append(pkt)
+        self._kick.set()
+
+    def _next_pid(self):
+        used = [m.pid for m in self._window]
+        while True:
+            self._pid = self._pid % 65535 + 1
+            if self._pid not in used and self._pid not in self._sub_pids:
+                return self._pid
+
+    def _send_subscribe(self, flts):
+        pid = self._next_pid()
+        self._sub_pids[pid] = flts
+        self._queue_ctrl(F.subscribe(pid, [(t, self._subs[t][0]) for t in flts]))
+
+    async def _writer(self, st):
+        kick = self._kick
+        while True:
+            await kick.wait()
+            kick.clear()
+            while True:
+                if self._ctrl:
+                    st.write(self._ctrl.pop(0))
+                else:
+                    m = None
+                    for x in self._window:
+                        if x.state == 0:
+                            m = x
+                            break
+                    if m is not None:
+                        dup = m.sent != 0
+                        st.write(F.publish_header(m.topic, len(m.payload), 1, m.retain, dup, m.pid))
+                        st.write(m.payload)
+                        m.state = 1
+                        m.sent = ticks_ms() or 1
+                    elif self._q0:
+                        t, p, r = self._q0.pop(0)
+                        st.write(F.publish_header(t, len(p), 0, r))
+                        st.write(p)
+                    else:
+                        break
+                await st.drain()
+                self._last_tx = ticks_ms()
+
+    async def _ticker(self):
+        ka = self._ka * 1000
+        tick = max(50, ka // 20) if ka else 1000
+        ack_to = self.cfg["ack_timeout"]
+        while True:
+            await asyncio.sleep_ms(tick)
+            now = ticks_ms()
+            if ka:
+                idle_rx = ticks_diff(now, self._last_rx)
+                if self._busy:
+                    idle_rx = 0
+                if idle_rx >= ka * 5 // 4:
+                    raise OSError(ETIMEDOUT)  # no PINGRESP: broker or path is dead
+                # ping on rx silence (dead-peer probe), and on tx silence even with a ping
+                # outstanding (a long handler keeps the PINGRESP unread; the broker still
+                # needs a packet within keepalive)
+                if ((not self._ping_out and idle_rx >= ka // 2)
+                        or ticks_diff(now, self._last_tx) >= ka * 3 // 4):
+                    self._ping_out = True
+                    self._queue_ctrl(F.PINGREQ_PKT)
+            if ack_to:
+                for m in self._window:
+                    if m.state == 1 and ticks_diff(now, m.sent) >= ack_to:
+                        m.state = 0
+                        self.stats["retransmits"] += 1
+                        self._kick.set()

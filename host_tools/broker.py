@@ -1,0 +1,235 @@
+"""Run a private Mosquitto broker for tests, the simulator and the demo.
+
+    b = Broker(users={"cloud": "pw", "gate-001": "pw2"}, cloud_users=("cloud",))
+    b.start(); ...; b.freeze(); b.thaw(); b.kill(); b.restart(); b.stop()
+
+The generated mosquitto.conf listens on 127.0.0.1 only, refuses anonymous clients, uses a PBKDF2
+password file and the edgepay ACL (protocol/SPEC.md §1): a device user may write
+v1/dev/<its name>/up/# and read v1/dev/<its name>/dn/#; a cloud user may read and write v1/#.
+"""
+import base64
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["Broker", "BrokerError", "free_port", "mosquitto_path"]
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def mosquitto_path():
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if not exe:
+        raise BrokerError("mosquitto is not installed: run `make setup` or `apt-get install mosquitto`")
+    return exe
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def password_line(user, password, iterations=101):
+    """Mosquitto 2.x password file entry: $7$ = PBKDF2-HMAC-SHA512, 12-byte salt."""
+    salt = os.urandom(12)
+    dk = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    return "%s:$7$%d$%s$%s\n" % (user, iterations, base64.b64encode(salt).decode(),
+                                 base64.b64encode(dk).decode())
+
+
+class Broker:
+    def __init__(self, users=None, cloud_users=("cloud",), port=None, persistence=False,
+                 tls=None, tls_port=None, workdir=None, extra_conf="", log_type="error"):
+        """users: {name: password}. tls: None or {"cafile", "certfile", "keyfile"} (paths);
+        a TLS listener then runs on tls_port (free port by default)."""
+        self.exe = mosquitto_path()
+        self.users = dict(users or {})
+        self.cloud_users = set(cloud_users)
+        self._auto_port = port is None and tls_port is None
+        self._started_once = False
+        self.port = port or free_port()
+        self.tls = tls
+        self.tls_port = (tls_port or free_port()) if tls else None
+        self.persistence = persistence
+        self.extra_conf = extra_conf
+        self.log_type = log_type
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="edgepay-mosq-"))
+        self.proc = None
+        self.frozen = False
+
+    # ---- config -----------------------------------------------------------------------
+    def _write_files(self):
+        d = self.dir
+        with open(d / "passwd", "w") as f:
+            for u, p in self.users.items():
+                f.write(password_line(u, p))
+        os.chmod(d / "passwd", 0o600)
+        acl = ["pattern write v1/dev/%u/up/#", "pattern read v1/dev/%u/dn/#", ""]
+        for u in sorted(self.cloud_users):
+            acl += ["user %s" % u, "topic readwrite v1/#", ""]
+        (d / "acl").write_text("\n".join(acl))
+        os.chmod(d / "acl", 0o600)
+        conf = [
+            "per_listener_settings false",
+            # run as whoever started us (as root mosquitto would switch to user "mosquitto",
+            # which cannot read our temp dir)
+            "user %s" % pwd.getpwuid(os.getuid()).pw_name,
+            "allow_anonymous false",
+            "password_file %s" % (d / "passwd"),
+            "acl_file %s" % (d / "acl"),
+            "set_tcp_nodelay true",
+            "max_queued_messages 100000",
+            "persistence %s" % ("true" if self.persistence else "false"),
+            "persistence_location %s/" % d,
+            "log_dest file %s" % (d / "mosquitto.log"),
+            "log_type %s" % self.log_type,
+            # listener options must follow their `listener` line, or mosquitto also opens a
+            # default listener on 0.0.0.0:1883
+            "listener %d 127.0.0.1" % self.port,
+            "use_username_as_clientid true",
+        ]
+        if self.tls:
+            conf += [
+                "listener %d 127.0.0.1" % self.tls_port,
+                "use_username_as_clientid true",
+                "cafile %s" % self.tls["cafile"],
+                "certfile %s" % self.tls["certfile"],
+                "keyfile %s" % self.tls["keyfile"],
+                "tls_version tlsv1.2",
+            ]
+        conf.append(self.extra_conf)
+        (d / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+
+    @property
+    def conf(self):
+        return self.dir / "mosquitto.conf"
+
+    def log(self):
+        p = self.dir / "mosquitto.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def start(self, timeout=10.0):
+        for attempt in range(5):
+            try:
+                return self._start(timeout)
+            except BrokerError as e:
+                # a port picked by free_port() can be taken by someone else before mosquitto
+                # binds it: pick new ones, but only before the first successful start
+                if not (self._auto_port and not self._started_once and "in use" in str(e)):
+                    raise
+                self.port = free_port()
+                if self.tls:
+                    self.tls_port = free_port()
+        raise BrokerError("no free port")
+
+    def _start(self, timeout):
+        if self.proc and self.proc.poll() is None:
+            return self
+        self._write_files()
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, cwd=str(self.dir))
+        self.frozen = False
+        deadline = time.monotonic() + timeout
+        ports = [self.port] + ([self.tls_port] if self.tls else [])
+        while True:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                raise BrokerError("mosquitto exited %s: %s %s" % (self.proc.returncode, err, self.log()))
+            if all(_accepts(p) for p in ports):
+                self._started_once = True
+                return self
+            if time.monotonic() > deadline:
+                self.kill()
+                raise BrokerError("mosquitto did not listen on %s: %s" % (ports, self.log()))
+            time.sleep(0.02)
+
+    def _signal(self, sig):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout=10.0):
+        """SIGTERM (persists the database when persistence is on) and wait."""
+        if self.frozen:
+            self.thaw()
+        self._signal(signal.SIGTERM)
+        self._wait(timeout)
+
+    def kill(self):
+        """SIGKILL: nothing is saved."""
+        self._signal(signal.SIGKILL)
+        self._wait(10.0)
+        self.frozen = False
+
+    def _wait(self, timeout):
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+    def freeze(self):
+        """SIGSTOP: the port stays open but nothing is answered (a hung broker or a cut path)."""
+        self._signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self):
+        self._signal(signal.SIGCONT)
+        self.frozen = False
+
+    def restart(self, kill=False, down_s=0.0):
+        """Stop (SIGTERM, or SIGKILL if kill) and start again on the same port(s)."""
+        self.kill() if kill else self.stop()
+        if down_s:
+            time.sleep(down_s)
+        return self.start()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def add_user(self, name, password, cloud=False):
+        """Add or change a user; a running broker reloads its password and ACL files (SIGHUP)."""
+        self.users[name] = password
+        if cloud:
+            self.cloud_users.add(name)
+        if self.running():
+            self._write_files()
+            self._signal(signal.SIGHUP)
+            time.sleep(0.1)
+
+    def close(self):
+        if self.frozen:
+            self.thaw()
+        if self.running():
+            self.kill()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _accepts(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
