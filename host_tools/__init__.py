@@ -1,0 +1,1 @@
+"""edgepay host-side (cloud) tools."""

@@ -1,0 +1,81 @@
+"""COSE_Mac0 (RFC 9052 §6.2) with HMAC 256/256 and the MQTT topic as external AAD (SPEC §2)."""
+from __future__ import annotations
+
+from cryptography.hazmat.primitives import constant_time, hashes, hmac
+
+from .cbor import ENVELOPE_TAG, MAX_MESSAGE, Tag, decode, encode
+from .errors import ProtocolError
+
+ALG_HMAC_256_256 = 5
+HEADER_ALG = 1
+HEADER_KID = 4
+MAC_LEN = 32
+KEY_LEN = 32
+
+
+def _kid_bytes(kid: bytes | str) -> bytes:
+    return kid.encode("utf-8") if isinstance(kid, str) else bytes(kid)
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_LEN:
+        raise ValueError("a device key is 32 bytes")
+    return bytes(key)
+
+
+def protected_header(kid: bytes | str) -> bytes:
+    """The encoded protected header ``{1: 5, 4: kid}``."""
+    return encode({HEADER_ALG: ALG_HMAC_256_256, HEADER_KID: _kid_bytes(kid)})
+
+
+def mac_structure(protected: bytes, topic: str, payload: bytes) -> bytes:
+    """``["MAC0", protected, external_aad, payload]``, deterministic CBOR."""
+    return encode(["MAC0", protected, topic.encode("utf-8"), payload])
+
+
+def compute_tag(key: bytes, protected: bytes, topic: str, payload: bytes) -> bytes:
+    mac = hmac.HMAC(_check_key(key), hashes.SHA256())
+    mac.update(mac_structure(protected, topic, payload))
+    return mac.finalize()
+
+
+def build_mac0(key: bytes, kid: bytes | str, topic: str, payload: bytes) -> bytes:
+    """Wrap encoded payload bytes in a tagged COSE_Mac0 bound to ``topic``."""
+    protected = protected_header(kid)
+    tag = compute_tag(key, protected, topic, bytes(payload))
+    message = encode(Tag(ENVELOPE_TAG, [protected, {}, bytes(payload), tag]))
+    if len(message) > MAX_MESSAGE:
+        raise ProtocolError("too_large", f"message of {len(message)} bytes")
+    return message
+
+
+def verify_mac0(key: bytes, kid: bytes | str, topic: str, data: bytes) -> bytes:
+    """Check a COSE_Mac0 in SPEC §7 order and return its payload bytes (not yet decoded)."""
+    key = _check_key(key)
+    envelope = decode(data, envelope=True)  # size bound, then §3 errors
+    if not isinstance(envelope, Tag) or envelope.tag != ENVELOPE_TAG:
+        raise ProtocolError("bad_tag", "outermost item is not tag 17")
+    body = envelope.value
+    if not (isinstance(body, list) and len(body) == 4 and isinstance(body[0], bytes)
+            and isinstance(body[1], dict) and isinstance(body[2], bytes)
+            and isinstance(body[3], bytes)):
+        raise ProtocolError("bad_envelope", "not [bstr, map, bstr, bstr]")
+    protected, unprotected, payload, tag = body
+    if unprotected:
+        raise ProtocolError("bad_envelope", "unprotected header not empty")
+    if not protected:
+        raise ProtocolError("bad_envelope", "empty protected header")
+    header = decode(protected)  # §3 errors of the header's own encoding
+    if not (isinstance(header, dict) and set(header) == {HEADER_ALG, HEADER_KID}
+            and isinstance(header[HEADER_KID], bytes)):
+        raise ProtocolError("bad_envelope", "protected header is not {1: alg, 4: kid}")
+    alg = header[HEADER_ALG]
+    if type(alg) is not int or alg != ALG_HMAC_256_256:
+        raise ProtocolError("bad_alg", f"alg {alg!r}")
+    if not constant_time.bytes_eq(header[HEADER_KID], _kid_bytes(kid)):
+        raise ProtocolError("bad_kid", "unexpected kid")
+    if len(tag) != MAC_LEN:
+        raise ProtocolError("bad_mac", f"tag of {len(tag)} bytes")
+    if not constant_time.bytes_eq(compute_tag(key, protected, topic, payload), tag):
+        raise ProtocolError("bad_mac", "tag does not verify")
+    return payload

@@ -1,0 +1,503 @@
+"""The host (cloud) codec against the golden vectors, SPEC.md, and pycose."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from host_tools.protocol import (
+    ERROR_CODES, ERROR_NAMES, MESSAGE_TYPES, ProtocolError, Tag, build_mac0, decode,
+    decode_payload, device_from_topic, encode, encode_payload, make_kid, open_message,
+    parse_kid, parse_topic, seal, topic, verify_mac0,
+)
+from host_tools.protocol.cose import compute_tag, protected_header
+
+ROOT = Path(__file__).resolve().parent.parent
+VECTORS_PATH = ROOT / "protocol" / "vectors" / "vectors.json"
+VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())
+KEY = bytes(range(32))
+KID = "gate-001:1"
+HB_TOPIC = "v1/dev/gate-001/up/hb"
+HB = {"type": "heartbeat", "seq": 42, "uptime": 3600, "heap": 81234, "jdepth": 0, "clock": 1}
+
+
+def to_json(value: Any) -> Any:
+    """A decoded value in the SPEC §9 JSON form."""
+    if isinstance(value, bytes):
+        return {"$hex": value.hex()}
+    if isinstance(value, dict):
+        return {"$map": [[to_json(k), to_json(v)] for k, v in value.items()]}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"$hex"}:
+        return bytes.fromhex(value["$hex"])
+    if isinstance(value, dict) and set(value) == {"$map"}:
+        return {from_json(k): from_json(v) for k, v in value["$map"]}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
+
+
+def message_of(decoded: dict[str, Any]) -> dict[str, Any]:
+    """A vector's ``decoded`` as a message for ``seal``."""
+    return {name: from_json(value) for name, value in decoded.items()}
+
+
+def rejects(code: str, fn: Any, *args: Any) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        fn(*args)
+    assert info.value.code == code, info.value
+    assert info.value.number == ERROR_CODES[code]
+    return info.value
+
+
+# --- the vectors -------------------------------------------------------------------------------
+
+def test_vector_file_shape() -> None:
+    names = [v["name"] for v in VECTORS]
+    assert len(names) == len(set(names))
+    invalid = [v for v in VECTORS if "error" in v]
+    assert len(VECTORS) >= 45 and len(invalid) >= 20
+    for v in VECTORS:
+        assert {"name", "description", "key", "kid", "topic", "hex"} <= set(v)
+        assert ("decoded" in v) != ("error" in v)
+        assert v.get("error", "malformed") in ERROR_CODES
+    covered_types = {v["decoded"]["type"] for v in VECTORS if "decoded" in v}
+    assert covered_types == {t.name for t in MESSAGE_TYPES.values()}
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_vector(vector: dict[str, Any]) -> None:
+    key, data = bytes.fromhex(vector["key"]), bytes.fromhex(vector["hex"])
+    if "error" in vector:
+        rejects(vector["error"], open_message, key, vector["kid"], vector["topic"], data)
+        return
+    message = open_message(key, vector["kid"], vector["topic"], data)
+    assert {k: to_json(v) for k, v in message.items()} == vector["decoded"]
+    # sealing the decoded message again gives the same bytes (unless it dropped unknown keys)
+    resealed = seal(key, vector["kid"], vector["topic"], message_of(vector["decoded"]))
+    assert (resealed == data) != ("unknown_fields" in vector["name"])
+
+
+def test_generator_check_passes() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "protocol/vectors/generate.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_generator_imports_neither_codec() -> None:
+    tree = ast.parse((ROOT / "protocol/vectors/generate.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in (node.names if isinstance(node, ast.Import)
+                              else [ast.alias(node.module or "")])}
+    assert imported <= {"__future__", "hashlib", "hmac", "json", "sys", "pathlib", "typing"}
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+def test_seal_open_round_trip_every_type() -> None:
+    for vector in VECTORS:
+        if "decoded" not in vector:
+            continue
+        message = message_of(vector["decoded"])
+        data = seal(KEY, KID, vector["topic"], message)
+        assert open_message(KEY, KID, vector["topic"], data) == message
+
+
+def test_topic_and_kid_helpers() -> None:
+    assert topic("gate-001", "sess_close") == "v1/dev/gate-001/up/rec"
+    assert topic("gate-001", "command") == "v1/dev/gate-001/dn/cmd"
+    assert topic("v9", 22) == "v1/dev/v9/dn/time"
+    assert device_from_topic("v1/dev/gate-001/up/evt") == "gate-001"
+    assert parse_topic("v1/dev/a/dn/ack") == ("a", "dn/ack")
+    assert make_kid("gate-001", 1) == b"gate-001:1"
+    assert parse_kid(b"gate-001:12") == ("gate-001", 12)
+    assert parse_kid("x:3") == ("x", 3)
+    for bad in ("v1/dev/Gate/up/hb", "v1/dev/a/up/nope", "v2/dev/a/up/hb", "v1/dev/a/b/up/hb",
+                "v1/dev//up/hb", "v1/dev/" + "a" * 33 + "/up/hb"):
+        rejects("bad_topic", parse_topic, bad)
+    for bad_kid in (b"gate-001", b"gate-001:0", b"gate-001:01", b"gate-001:x", b":1", b"\xff:1",
+                    b"Gate:1"):
+        rejects("bad_kid", parse_kid, bad_kid)
+    with pytest.raises(ValueError):
+        make_kid("gate-001", 0)
+    with pytest.raises(ValueError):
+        make_kid("bad/id", 1)
+    with pytest.raises(ValueError):
+        topic("bad id", "hello")
+    rejects("unknown_type", topic, "gate-001", "nope")
+
+
+def test_error_table() -> None:
+    assert ERROR_CODES["bad_mac"] == 14 and ERROR_NAMES[43] == "refused"
+    assert len(ERROR_CODES) == 30
+    err = ProtocolError("bad_kid", "detail")
+    assert (err.code, err.number, str(err)) == ("bad_kid", 13, "bad_kid: detail")
+    with pytest.raises(ValueError):
+        ProtocolError("no_such_code")
+
+
+# --- the CBOR profile --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hexdata, code", [
+    ("", "malformed"),
+    ("18", "malformed"),                 # truncated argument
+    ("1c", "malformed"),                 # reserved additional info
+    ("1f", "malformed"),                 # ai 31 on an integer
+    ("ff", "malformed"),                 # lone break
+    ("f818", "malformed"),               # two-byte simple value < 32
+    ("62c328", "malformed"),             # invalid UTF-8
+    ("8301", "malformed"),               # truncated array
+    ("0000", "trailing"),
+    ("1801", "non_canonical"),
+    ("390000", "non_canonical"),         # -1 with a 2-byte argument
+    ("5801" "00", "non_canonical"),      # bstr length 1 in one extra byte
+    ("a20200" "0100", "non_canonical"),  # keys 2, 1
+    ("a2616201" "616100", "non_canonical"),
+    ("a2010001" "01", "dup_key"),
+    ("9f01ff", "indefinite"),
+    ("5f4100ff", "indefinite"),
+    ("f93c00", "unsupported_cbor"),
+    ("f7", "unsupported_cbor"),
+    ("f0", "unsupported_cbor"),
+    ("f8ff", "unsupported_cbor"),
+    ("c11a00000000", "unsupported_cbor"),
+    ("c24101", "unsupported_cbor"),      # bignum
+    ("d9d9f700", "unsupported_cbor"),    # self-describe tag
+    ("d1820102", "unsupported_cbor"),    # tag 17 outside an envelope
+    ("a1410001", "unsupported_cbor"),    # byte-string key
+    ("a1f500", "unsupported_cbor"),      # boolean key
+    ("a1800001", "unsupported_cbor"),    # array key
+    ("81" * 8 + "80", "too_deep"),
+    ("81" * 8 + "00", "too_deep"),
+    ("5a00000201" + "00" * 513, "too_large"),
+    ("7a7fffffff", "too_large"),         # bound checked before reading the string
+    ("9b00000000ffffffff", "too_large"),  # count checked before reading the items
+])
+def test_decode_rejects(hexdata: str, code: str) -> None:
+    rejects(code, decode, bytes.fromhex(hexdata))
+
+
+def test_decode_bounds_accept_the_limit() -> None:
+    assert decode(bytes.fromhex("81" * 7 + "00")) == [[[[[[[0]]]]]]]
+    assert decode(bytes.fromhex("81" * 7 + "80")) == [[[[[[[[]]]]]]]]
+    assert decode(encode("x" * 512)) == "x" * 512
+    assert decode(encode([0] * 64)) == [0] * 64
+    assert decode(encode({k: 0 for k in range(64)})) == {k: 0 for k in range(64)}
+    rejects("too_large", decode, encode({k: 0 for k in range(65)}))
+    big = [[0] * 63] * 4  # 1 + 4 + 252 = 257 items
+    rejects("too_large", decode, encode(big))
+    assert decode(encode([[0] * 63] * 3 + [[0] * 62])) is not None  # 256 items
+
+
+def test_deterministic_encoder_orders_keys_bytewise() -> None:
+    value = {"a": 1, 256: 2, -1: 3, 24: 4, 1: 5}
+    assert encode(value).hex() == "a5" "0105" "181804" "19010002" "2003" "616101"
+    # cbor2's canonical=True is RFC 7049 length-first: different, and rejected by the profile
+    length_first = cbor2.dumps(value, canonical=True)
+    assert length_first != encode(value)
+    rejects("non_canonical", decode, length_first)
+    assert encode(Tag(17, [b"", {}])) == bytes.fromhex("d18240a0")
+    for bad in (1.5, {1.5: 0}, {b"k": 0}, {True: 0}, 1 << 64, -(1 << 64) - 1, object()):
+        rejects("unsupported_cbor", encode, bad)
+    assert decode(encode((1 << 64) - 1)) == (1 << 64) - 1
+    assert decode(encode(-(1 << 64))) == -(1 << 64)
+
+
+# --- the envelope ------------------------------------------------------------------------------
+
+def _envelope(body: list[Any], tag: int | None = 17) -> bytes:
+    return encode(Tag(tag, body) if tag is not None else body)
+
+
+def _parts(payload: bytes = b"\xa0", kid: str = KID) -> tuple[bytes, bytes, bytes]:
+    prot = protected_header(kid)
+    return prot, payload, compute_tag(KEY, prot, HB_TOPIC, payload)
+
+
+def test_envelope_rejections() -> None:
+    prot, payload, tag = _parts(encode_payload(HB))
+    good = build_mac0(KEY, KID, HB_TOPIC, payload)
+    assert _envelope([prot, {}, payload, tag]) == good
+    assert verify_mac0(KEY, KID, HB_TOPIC, good) == payload
+    rejects("too_large", verify_mac0, KEY, KID, HB_TOPIC, good + bytes(2048))
+    rejects("bad_tag", verify_mac0, KEY, KID, HB_TOPIC, _envelope([prot, {}, payload, tag], 98))
+    rejects("bad_tag", verify_mac0, KEY, KID, HB_TOPIC, encode(b"just bytes"))
+    for body in ([prot, {}, payload], [prot, {}, payload, tag, b""], [prot, [], payload, tag],
+                 [prot, {}, None, tag], [prot, {}, payload, "tag"], {"a": 1}, [1, {}, payload, tag],
+                 [prot, {1: 5}, payload, tag], [b"", {}, payload, tag],
+                 [encode({1: 5}), {}, payload, tag], [encode([5, KID.encode()]), {}, payload, tag],
+                 [encode({1: 5, 4: KID}), {}, payload, tag],
+                 [encode({1: 5, 4: KID.encode(), 33: b""}), {}, payload, tag]):
+        rejects("bad_envelope", verify_mac0, KEY, KID, HB_TOPIC, _envelope(body))
+    rejects("malformed", verify_mac0, KEY, KID, HB_TOPIC,
+            _envelope([b"\xa2\x01", {}, payload, tag]))
+    long_kid_length = bytes.fromhex("a2010504590" + "00a") + KID.encode()  # kid length 00 0a
+    rejects("non_canonical", verify_mac0, KEY, KID, HB_TOPIC,
+            _envelope([long_kid_length, {}, payload, tag]))
+    for alg in (4, 6, -7, "HS256", True, None):
+        rejects("bad_alg", verify_mac0, KEY, KID, HB_TOPIC,
+                _envelope([encode({1: alg, 4: KID.encode()}), {}, payload, tag]))
+    rejects("bad_kid", verify_mac0, KEY, "gate-001:2", HB_TOPIC, good)
+    rejects("bad_kid", verify_mac0, KEY, b"gate-002:1", HB_TOPIC, good)
+    rejects("bad_mac", verify_mac0, bytes(32), KID, HB_TOPIC, good)
+    rejects("bad_mac", verify_mac0, KEY, KID, "v1/dev/gate-001/up/evt", good)
+    rejects("bad_mac", verify_mac0, KEY, KID, HB_TOPIC, _envelope([prot, {}, payload, tag[:31]]))
+    rejects("bad_mac", verify_mac0, KEY, KID, HB_TOPIC, _envelope([prot, {}, payload, tag + b"\0"]))
+    rejects("bad_mac", verify_mac0, KEY, KID, HB_TOPIC, _envelope([prot, {}, payload, bytes(32)]))
+    with pytest.raises(ValueError):
+        verify_mac0(b"short", KID, HB_TOPIC, good)
+
+
+def test_verification_order() -> None:
+    """Several defects at once: the one earliest in SPEC §7's order is reported."""
+    prot, payload, tag = _parts(b"\xf9\x3c\x00")  # payload: a float, and not a map
+    # a bad MAC hides every payload defect
+    rejects("bad_mac", open_message, KEY, KID, HB_TOPIC, _envelope([prot, {}, payload, bytes(32)]))
+    # a wrong kid hides a bad MAC; a bad alg hides a wrong kid; a bad tag hides a bad alg
+    rejects("bad_kid", verify_mac0, KEY, "gate-001:9", HB_TOPIC,
+            _envelope([prot, {}, payload, bytes(32)]))
+    bad_alg = encode({1: 4, 4: b"other:1"})
+    rejects("bad_alg", verify_mac0, KEY, KID, HB_TOPIC, _envelope([bad_alg, {}, payload, bytes(5)]))
+    rejects("bad_tag", verify_mac0, KEY, KID, HB_TOPIC, _envelope([bad_alg, {}, payload, b""], 16))
+    # envelope CBOR errors come before the tag check
+    rejects("trailing", verify_mac0, KEY, KID, HB_TOPIC, _envelope([bad_alg], 16) + b"\0")
+    # payload CBOR before the map check, the map check before the type
+    rejects("unsupported_cbor", open_message, KEY, KID, HB_TOPIC,
+            build_mac0(KEY, KID, HB_TOPIC, payload))
+    # type before topic, topic before fields
+    wrong = encode({0: 3, 8: "not a uint"})
+    rejects("bad_topic", open_message, KEY, KID, "v1/dev/gate-001/up/evt",
+            build_mac0(KEY, KID, "v1/dev/gate-001/up/evt", wrong))
+    rejects("unknown_type", open_message, KEY, KID, HB_TOPIC,
+            build_mac0(KEY, KID, HB_TOPIC, encode({0: 23, 8: "x"})))
+
+
+# --- the payload schema ------------------------------------------------------------------------
+
+def _wire(**changes: Any) -> dict[int, Any]:
+    wire: dict[int, Any] = {0: 3, 8: 42, 10: 3600, 11: 81234, 12: 0, 14: 1}
+    for key, value in changes.items():
+        k = int(key[1:])
+        if value is KeyError:
+            del wire[k]
+        else:
+            wire[k] = value
+    return wire
+
+
+@pytest.mark.parametrize("wire, code", [
+    ([3, 42], "bad_type"),
+    (b"map", "bad_type"),
+    (_wire(k0=KeyError), "missing"),
+    (_wire(k0="heartbeat"), "bad_type"),
+    (_wire(k0=-3), "bad_type"),
+    (_wire(k0=99), "unknown_type"),
+    (_wire(k0=1), "bad_topic"),
+    (_wire(k8=KeyError), "missing"),
+    (_wire(k8=True), "bad_type"),
+    (_wire(k8=-1), "bad_type"),
+    (_wire(k10="1"), "bad_type"),
+    (_wire(k13="x"), "bad_type"),
+    (_wire(k14=2), "bad_value"),
+    (_wire(k14=KeyError), "missing"),
+    (_wire(k6=-1), "bad_type"),
+    # fields are checked in ascending key order: iat (6) before seq (8)
+    (_wire(k6="x", k8=KeyError), "bad_type"),
+    (_wire(k8=KeyError, k10="x"), "missing"),
+])
+def test_heartbeat_schema(wire: Any, code: str) -> None:
+    rejects(code, decode_payload, encode(wire), HB_TOPIC)
+
+
+@pytest.mark.parametrize("message, code", [
+    ({"type": "hello", "seq": 1, "fw": "x" * 33, "board": "b", "reset": "hard", "caps": [],
+      "kind": "gate"}, "bad_value"),
+    ({"type": "hello", "seq": 1, "fw": "1", "board": "b", "reset": "hard", "caps": ["x" * 17],
+      "kind": "gate"}, "bad_value"),
+    ({"type": "hello", "seq": 1, "fw": "1", "board": "b", "reset": "hard", "caps": [1],
+      "kind": "gate"}, "bad_type"),
+    ({"type": "hello", "seq": 1, "fw": "1", "board": "b", "reset": "hard", "caps": [],
+      "kind": "kiosk"}, "bad_value"),
+    ({"type": "status", "seq": 1, "online": 1}, "bad_type"),
+    ({"type": "event", "seq": 1, "code": ""}, "bad_value"),
+    ({"type": "event", "seq": 1, "code": "c", "detail": [1]}, "bad_type"),
+    ({"type": "alarm", "seq": 1, "code": "c"}, "missing"),
+    ({"type": "sess_open", "seq": 1, "prev": bytes(16), "sid": "s", "payer": "p", "t0": 1,
+      "cur": "EUR"}, "missing"),
+    ({"type": "sess_open", "seq": 1, "prev": bytes(16), "sid": "s", "payer": "p" * 65,
+      "t0": 1}, "bad_value"),
+    ({"type": "sess_update", "seq": 1, "prev": bytes(17), "sid": "s", "amount": 1, "cur": "EUR",
+      "t1": 2}, "bad_value"),
+    ({"type": "sess_update", "seq": 1, "prev": bytes(16), "sid": "s", "amount": 1, "cur": "EURO",
+      "t1": 2}, "bad_value"),
+    ({"type": "sess_update", "seq": 1, "prev": bytes(16), "sid": "s", "amount": -1, "cur": "EUR",
+      "t1": 2}, "bad_type"),
+    ({"type": "sess_close", "seq": 1, "prev": bytes(16), "sid": "s", "payer": "p", "t0": 1,
+      "amount": 1, "cur": "EUR", "t1": 2, "lines": [["", 1, 1]]}, "bad_value"),
+    ({"type": "sess_close", "seq": 1, "prev": bytes(16), "sid": "s", "payer": "p", "t0": 1,
+      "amount": 1, "cur": "EUR", "t1": 2, "lines": [["a", 1, 1]] * 33}, "bad_value"),
+    ({"type": "sess_close", "seq": 1, "prev": bytes(16), "sid": "s", "payer": "p", "t0": 1,
+      "amount": 1, "cur": "EUR", "t1": 2, "lines": [["a", 1, -1]]}, "bad_type"),
+    ({"type": "sess_close", "seq": 1, "prev": bytes(16), "sid": "s", "payer": "p", "t0": 1,
+      "amount": 1, "cur": "EUR", "t1": 2, "reason": "r" * 17}, "bad_value"),
+    ({"type": "cmd_result", "seq": 1, "status": 9}, "bad_value"),
+    ({"type": "cmd_result", "seq": 1, "status": 0, "cti": bytes(17)}, "bad_value"),
+    ({"type": "cmd_result", "seq": 1, "status": 0, "name": "n" * 25}, "bad_value"),
+    ({"type": "command", "aud": "gate-001", "exp": 1, "iat": 1, "cti": bytes(8), "seq": 1},
+     "missing"),
+    ({"type": "command", "aud": "gate:001", "exp": 1, "iat": 1, "cti": bytes(8), "seq": 1,
+      "name": "open"}, "bad_value"),
+    ({"type": "ack", "aud": "gate-001", "iat": 1, "seq": 1, "upto": 1, "resend": "yes"},
+     "bad_type"),
+    ({"type": "time", "aud": "gate-001", "seq": 1}, "missing"),
+    ({"type": "time", "aud": "gate-001", "iat": 1, "seq": 1, "upto": 3}, "bad_value"),
+    ({"type": "nope", "seq": 1}, "unknown_type"),
+    ({"seq": 1}, "missing"),
+    ({"type": "time", "aud": "gate-001", "iat": 1, "seq": 1, 6: 2}, "dup_key"),
+    ({"type": "event", "seq": 1, "code": "c", "detail": {1.5: 1}}, "unsupported_cbor"),
+    ({"type": "event", "seq": 1, "code": "c", "detail": {1: "x" * 513}}, "too_large"),
+])
+def test_seal_validates(message: dict[Any, Any], code: str) -> None:
+    try:
+        name = message["type"]
+        dest = topic("gate-001", name)
+    except (KeyError, ProtocolError):
+        dest = HB_TOPIC
+    rejects(code, seal, KEY, KID, dest, message)
+
+
+def test_unknown_fields_are_ignored_and_kept_out() -> None:
+    data = seal(KEY, KID, HB_TOPIC, {**HB, 99: "future", 13: -90})
+    assert open_message(KEY, KID, HB_TOPIC, data) == {**HB, "rssi": -90}
+    assert decode_payload(encode({**_wire(), "x": [1, {"y": None}]})) == {**HB}
+
+
+def test_seal_checks_topic_and_size() -> None:
+    rejects("bad_topic", seal, KEY, KID, "v1/dev/gate-001/up/evt", HB)
+    rejects("bad_topic", seal, KEY, KID, "v1/dev/gate-001/up/nothing", HB)
+    big = {"type": "event", "seq": 1, "code": "c", "detail": {k: "x" * 500 for k in range(4)}}
+    rejects("too_large", seal, KEY, KID, "v1/dev/gate-001/up/evt", big)
+
+
+# --- interoperability with pycose (test-only) --------------------------------------------------
+
+pycose = pytest.importorskip("pycose")
+from pycose.algorithms import HMAC256  # noqa: E402
+from pycose.headers import KID as KID_HEADER  # noqa: E402
+from pycose.headers import Algorithm  # noqa: E402
+from pycose.keys import SymmetricKey  # noqa: E402
+from pycose.messages import Mac0Message  # noqa: E402
+
+
+def _pycose_decode(data: bytes) -> Mac0Message:
+    """pycose 1.1's CoseMessage.decode() does not work with cbor2 6: cbor2 6 decodes the content
+    of a tag as a tuple, and pycose requires a list ("Bytes cannot be decoded as COSE
+    message"), and a dict, not a frozendict, for the unprotected header. So the tag is taken
+    off with cbor2 here and a plain array handed to pycose."""
+    tagged = cbor2.loads(data)
+    assert tagged.tag == 17
+    protected, unprotected, payload, tag = tagged.value
+    return Mac0Message.from_cose_obj([protected, dict(unprotected), payload, tag], True)
+
+
+def test_pycose_verifies_host_messages() -> None:
+    for vector in VECTORS:
+        if "decoded" not in vector:
+            continue
+        key = bytes.fromhex(vector["key"])
+        data = seal(key, vector["kid"], vector["topic"], message_of(vector["decoded"]))
+        msg = _pycose_decode(data)
+        msg.key = SymmetricKey(k=key)
+        msg.external_aad = vector["topic"].encode()
+        assert msg.verify_tag()
+        assert msg.phdr[Algorithm] is HMAC256 and msg.phdr[KID_HEADER] == vector["kid"].encode()
+        msg.external_aad = b"v1/dev/gate-001/up/other"
+        assert not msg.verify_tag()
+
+
+def test_pycose_verifies_golden_vectors() -> None:
+    for vector in VECTORS:
+        if "decoded" not in vector:
+            continue
+        msg = _pycose_decode(bytes.fromhex(vector["hex"]))
+        msg.key = SymmetricKey(k=bytes.fromhex(vector["key"]))
+        msg.external_aad = vector["topic"].encode()
+        assert msg.verify_tag(), vector["name"]
+
+
+def test_host_verifies_pycose_messages() -> None:
+    payload = encode_payload(HB)
+    msg = Mac0Message(phdr={Algorithm: HMAC256, KID_HEADER: KID.encode()}, uhdr={},
+                      payload=payload, external_aad=HB_TOPIC.encode())
+    msg.key = SymmetricKey(k=KEY)
+    data = msg.encode(tag=True)
+    assert data == seal(KEY, KID, HB_TOPIC, HB)  # same deterministic bytes
+    assert open_message(KEY, KID, HB_TOPIC, data) == HB
+    rejects("bad_mac", open_message, KEY, KID, "v1/dev/gate-001/up/evt", data)
+    # pycose puts the kid where it is told; in the unprotected header we refuse it
+    msg = Mac0Message(phdr={Algorithm: HMAC256}, uhdr={KID_HEADER: KID.encode()},
+                      payload=payload, external_aad=HB_TOPIC.encode())
+    msg.key = SymmetricKey(k=KEY)
+    rejects("bad_envelope", open_message, KEY, KID, HB_TOPIC, msg.encode(tag=True))
+    # untagged (pycose's tag=False) is bad_tag
+    msg = Mac0Message(phdr={Algorithm: HMAC256, KID_HEADER: KID.encode()}, uhdr={},
+                      payload=payload, external_aad=HB_TOPIC.encode())
+    msg.key = SymmetricKey(k=KEY)
+    rejects("bad_tag", open_message, KEY, KID, HB_TOPIC, msg.encode(tag=False))
+
+
+# --- the cbor2 belt ----------------------------------------------------------------------------
+
+def test_cbor2_errors_map_to_spec_codes() -> None:
+    """The scanner catches these first; should cbor2 ever see them, the mapping still holds."""
+    from host_tools.protocol.cbor import _cbor2_error
+
+    cases = {"81" * 12 + "00": "too_deep", "a2010001" "02": "dup_key", "9f01ff": "indefinite",
+             "1f": "malformed", "8301": "malformed", "62c328": "malformed"}
+    for hexdata, code in cases.items():
+        with pytest.raises(cbor2.CBORDecodeError) as info:
+            cbor2.loads(bytes.fromhex(hexdata), max_depth=9, allow_indefinite=False,
+                        allow_duplicate_keys=False)
+        assert _cbor2_error(info.value).code == code, hexdata
+
+
+def test_every_cbor2_builtin_tag_is_overridden() -> None:
+    """If a cbor2 upgrade adds a built-in tag decoder, the list in cbor.py must learn it."""
+    from host_tools.protocol.cbor import _CBOR2_BUILTIN_TAGS
+
+    builtin = set()
+    for number in range(0x10000):
+        head = bytes([0xc0 | number]) if number < 24 else (
+            bytes([0xd8, number]) if number < 256 else b"\xd9" + number.to_bytes(2, "big"))
+        for content in (b"\x00", b"\x41\x00", b"\x61a", b"\x82\x00\x00", b"\xa0"):
+            try:
+                if not isinstance(cbor2.loads(head + content), cbor2.CBORTag):
+                    builtin.add(number)
+            except cbor2.CBORDecodeError:
+                builtin.add(number)
+    assert builtin <= set(_CBOR2_BUILTIN_TAGS)
+
+
+def test_payload_defects_carry_a_valid_mac() -> None:
+    """Independent check (pycose) that every payload-level invalid vector is correctly MACed,
+    so its error is the payload's own and not bad_mac."""
+    payload_level = [v for v in VECTORS if v["name"].startswith(("cbor_", "schema_"))]
+    assert len(payload_level) >= 30
+    for vector in payload_level:
+        msg = _pycose_decode(bytes.fromhex(vector["hex"]))
+        msg.key = SymmetricKey(k=bytes.fromhex(vector["key"]))
+        msg.external_aad = vector["topic"].encode()
+        assert msg.verify_tag(), vector["name"]
+        assert msg.phdr[KID_HEADER] == vector["kid"].encode()
