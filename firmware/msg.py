@@ -1,0 +1,308 @@
+# The edgepay message model (SPEC §4) and its validation, on top of cbor + cose.
+# The schema is one bytes constant (5 bytes a field), an index and a few string tuples: a few
+# hundred bytes of RAM (nothing when frozen) instead of a dict of dicts.
+import cbor
+import cose
+from cbor import CodecError
+
+# SPEC §7 numbers (a cmd_result carries these)
+ERRORS = {
+    "ok": 0, "malformed": 1, "trailing": 2, "non_canonical": 3, "indefinite": 4, "dup_key": 5,
+    "too_deep": 6, "too_large": 7, "unsupported_cbor": 8, "bad_tag": 10, "bad_envelope": 11,
+    "bad_alg": 12, "bad_kid": 13, "bad_mac": 14, "bad_type": 20, "missing": 21,
+    "unknown_type": 22, "bad_value": 23, "bad_topic": 24, "wrong_audience": 30, "stale_seq": 31,
+    "expired": 32, "not_yet_valid": 33, "clock_untrusted": 34, "replay": 35, "unsupported": 40,
+    "bad_args": 41, "failed": 42, "refused": 43, "busy": 44,
+}
+
+HELLO = 1
+STATUS = 2
+HEARTBEAT = 3
+EVENT = 4
+ALARM = 5
+SESS_OPEN = 6
+SESS_UPDATE = 7
+SESS_CLOSE = 8
+CMD_RESULT = 9
+COMMAND = 20
+ACK = 21
+TIME = 22
+
+# Field kinds (second byte of a record):
+#  u uint | i int | b bool | t tstr lo..hi UTF-8 bytes | B bstr lo..hi | c currency ^[A-Z]{3}$
+#  d device id | e enum tstr (lo = index in _ENUMS) | m map | a [tstr lo..hi] <= 16 (caps)
+#  L lines [[sku tstr 1-32, qty uint, unit_price uint]] <= hi | n uint <= hi
+# A record is 5 bytes: key, kind, required, lo, hi. All records are one bytes constant (adjacent
+# literals join at compile time); per type they are in ascending key order, because SPEC §7
+# checks fields in that order and the first failing field decides the error.
+# cmd_result's status is any uint and it may carry 6 iat, as in protocol/edgepay.cddl (the SPEC
+# table lists neither detail).
+_ENUMS = (
+    ("power_on", "hard", "soft", "watchdog", "deepsleep", "brownout", "unknown"),
+    ("gate", "vending", "rental"),
+)
+_SPEC = (
+    # 1 hello: 6? iat, 8 seq, 10 fw, 11 board, 12 reset, 13 caps, 14 kind, 15? boots
+    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x20"
+    b"\x0ce\x01\x00\x10" b"\x0da\x01\x01\x10" b"\x0ee\x01\x01\x07" b"\x0fu\x00\x00\x00"
+    # 2 status: 6? iat, 8 seq, 10 online
+    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0ab\x01\x00\x00"
+    # 3 heartbeat: 6? iat, 8 seq, 10 uptime, 11 heap, 12 jdepth, 13? rssi, 14 clock
+    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00" b"\x0bu\x01\x00\x00"
+    b"\x0cu\x01\x00\x00" b"\x0di\x00\x00\x00" b"\x0en\x01\x00\x01"
+    # 4 event: 6? iat, 8 seq, 10 code, 11? detail
+    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
+    # 5 alarm: 6? iat, 8 seq, 10 code, 11? detail, 12 active
+    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
+    b"\x0cb\x01\x00\x00"
+    # 6 sess_open: 8 seq, 9 prev, 10 sid, 11 payer, 12? slot, 13 t0, 14? offline, 15? auth,
+    #   16? amount, 17? cur
+    b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
+    b"\x0cu\x00\x00\x00" b"\x0du\x01\x00\x00" b"\x0eb\x00\x00\x00" b"\x0ft\x00\x01\x40"
+    b"\x10u\x00\x00\x00" b"\x11c\x00\x00\x00"
+    # 7 sess_update: 8 seq, 9 prev, 10 sid, 16 amount, 17 cur, 18 t1
+    b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x10u\x01\x00\x00"
+    b"\x11c\x01\x00\x00" b"\x12u\x01\x00\x00"
+    # 8 sess_close: 8 seq, 9 prev, 10 sid, 11 payer, 12? slot, 13 t0, 14? offline, 15? auth,
+    #   16 amount, 17 cur, 18 t1, 19? lines, 20? reason
+    b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
+    b"\x0cu\x00\x00\x00" b"\x0du\x01\x00\x00" b"\x0eb\x00\x00\x00" b"\x0ft\x00\x01\x40"
+    b"\x10u\x01\x00\x00" b"\x11c\x01\x00\x00" b"\x12u\x01\x00\x00" b"\x13L\x00\x00\x20"
+    b"\x14t\x00\x01\x10"
+    # 9 cmd_result: 6? iat, 7? cti, 8 seq, 10 status, 11? name, 12? data, 13? cseq
+    b"\x06u\x00\x00\x00" b"\x07B\x00\x08\x10" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00"
+    b"\x0bt\x00\x01\x18" b"\x0cm\x00\x00\x00" b"\x0du\x00\x00\x00"
+    # 20 command: 3 aud, 4 exp, 5? nbf, 6 iat, 7 cti, 8 seq, 10 name, 11? args
+    b"\x03d\x01\x00\x00" b"\x04u\x01\x00\x00" b"\x05u\x00\x00\x00" b"\x06u\x01\x00\x00"
+    b"\x07B\x01\x08\x10" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x18" b"\x0bm\x00\x00\x00"
+    # 21 ack: 3 aud, 6 iat, 8 seq, 10 upto, 11? resend
+    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x00" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00"
+    b"\x0bb\x00\x00\x00"
+    # 22 time: 3 aud, 6 iat, 8 seq
+    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x00" b"\x08u\x01\x00\x00"
+)
+# Per type, in the order above: number, first record, record count.
+_IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 7, 4, 18, 4, 5, 22, 5, 6, 27, 10, 7, 37, 6, 8, 43, 13,
+              9, 56, 7, 20, 63, 8, 21, 71, 5, 22, 76, 3))
+TYPE_NAMES = ("hello", "status", "heartbeat", "event", "alarm", "sess_open", "sess_update",
+              "sess_close", "cmd_result", "command", "ack", "time")
+TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
+          "/up/rec", "/up/res", "/dn/cmd", "/dn/ack", "/dn/time")
+_LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "cmd", "ack", "time")
+_FNAMES = (
+    "iat seq fw board reset caps kind boots", "iat seq online",
+    "iat seq uptime heap jdepth rssi clock", "iat seq code detail",
+    "iat seq code detail active", "seq prev sid payer slot t0 offline auth amount cur",
+    "seq prev sid amount cur t1",
+    "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
+    "iat cti seq status name data cseq", "aud exp nbf iat cti seq name args",
+    "aud iat seq upto resend", "aud iat seq",
+)
+
+_PREFIX = "v1/dev/"
+
+
+def _err(code):
+    raise CodecError(code)
+
+
+def _row(t):
+    # -> index of type t in the tables, or -1 (t may be any int, even a bignum)
+    for i in range(0, len(_IDX), 3):
+        if _IDX[i] == t:
+            return i // 3
+    return -1
+
+
+def types():
+    """-> the known type numbers."""
+    return tuple(_IDX[i] for i in range(0, len(_IDX), 3))
+
+
+def type_name(t):
+    i = _row(t)
+    return TYPE_NAMES[i] if i >= 0 else None
+
+
+def topic_suffix(t):
+    """-> the topic's last level for type t ("hello", "rec", "cmd"...): it follows up/ or dn/."""
+    i = _row(t)
+    return _LEVELS[i] if i >= 0 else None
+
+
+def topic(device_id, t):
+    """-> the full topic type t travels on for device_id (SPEC §1)."""
+    return _PREFIX + device_id + TOPICS[_row(t)]
+
+
+def names(t):
+    """-> ((key, name), ...) of type t in key order, "type" first (for tests and logging)."""
+    i = _row(t)
+    if i < 0:
+        return ()
+    o = _IDX[i * 3 + 1] * 5
+    return ((0, "type"),) + tuple((_SPEC[o + j * 5], n) for j, n in enumerate(_FNAMES[i].split()))
+
+
+def fields(t):
+    """-> ((key, name, kind, required, lo, hi), ...) of type t (for tests and tooling)."""
+    i = _row(t)
+    if i < 0:
+        return ()
+    o = _IDX[i * 3 + 1] * 5
+    nm = _FNAMES[i].split()
+    return tuple((_SPEC[o + j * 5], nm[j], chr(_SPEC[o + j * 5 + 1]), _SPEC[o + j * 5 + 2],
+                  _SPEC[o + j * 5 + 3], _SPEC[o + j * 5 + 4]) for j in range(len(nm)))
+
+
+def _devid(b, s, e):
+    # [a-z0-9][a-z0-9-]{0,31} on UTF-8 bytes b[s:e]
+    if e - s < 1 or e - s > 32:
+        return False
+    for i in range(s, e):
+        c = b[i]
+        if not (0x61 <= c <= 0x7A or 0x30 <= c <= 0x39 or (c == 0x2D and i > s)):
+            return False
+    return True
+
+
+def _topic_ok(topic, suffix):
+    if type(topic) is not str or not topic.startswith(_PREFIX) or not topic.endswith(suffix):
+        return False
+    b = memoryview(topic)  # its UTF-8 bytes, no copy
+    return _devid(b, len(_PREFIX), len(b) - len(suffix))
+
+
+def _tlen(v, lo, hi):
+    n = len(memoryview(v))  # bounds are in UTF-8 bytes, as on the wire
+    return lo <= n <= hi
+
+
+def _uint(v):
+    return type(v) is int and v >= 0
+
+
+def _field(kind, lo, hi, v):
+    # kind is a byte value; type first (bad_type), then range (bad_value)
+    if kind == 0x75:  # u
+        if not _uint(v):
+            _err("bad_type")
+    elif kind == 0x74:  # t
+        if type(v) is not str:
+            _err("bad_type")
+        if not _tlen(v, lo, hi):
+            _err("bad_value")
+    elif kind == 0x42:  # B
+        if type(v) is not bytes:
+            _err("bad_type")
+        if not lo <= len(v) <= hi:
+            _err("bad_value")
+    elif kind == 0x62:  # b
+        if type(v) is not bool:
+            _err("bad_type")
+    elif kind == 0x63:  # c
+        if type(v) is not str:
+            _err("bad_type")
+        b = memoryview(v)
+        if len(b) != 3 or not (0x41 <= b[0] <= 0x5A and 0x41 <= b[1] <= 0x5A and 0x41 <= b[2] <= 0x5A):
+            _err("bad_value")
+    elif kind == 0x64:  # d
+        if type(v) is not str:
+            _err("bad_type")
+        b = memoryview(v)
+        if not _devid(b, 0, len(b)):
+            _err("bad_value")
+    elif kind == 0x65:  # e
+        if type(v) is not str:
+            _err("bad_type")
+        if v not in _ENUMS[lo]:
+            _err("bad_value")
+    elif kind == 0x6D:  # m
+        if type(v) is not dict:
+            _err("bad_type")
+    elif kind == 0x69:  # i
+        if type(v) is not int:
+            _err("bad_type")
+    elif kind == 0x6E:  # n
+        if not _uint(v):
+            _err("bad_type")
+        if v > hi:
+            _err("bad_value")
+    elif kind == 0x61:  # a: caps
+        if type(v) is not list and type(v) is not tuple:
+            _err("bad_type")
+        for x in v:
+            if type(x) is not str:
+                _err("bad_type")
+        if len(v) > 16:
+            _err("bad_value")
+        for x in v:
+            if not _tlen(x, lo, hi):
+                _err("bad_value")
+    elif kind == 0x4C:  # L: lines
+        if type(v) is not list and type(v) is not tuple:
+            _err("bad_type")
+        for x in v:
+            # a line's shape is its type: exactly [tstr, uint, uint]
+            if (type(x) is not list and type(x) is not tuple) or len(x) != 3 \
+                    or type(x[0]) is not str or not _uint(x[1]) or not _uint(x[2]):
+                _err("bad_type")
+        if len(v) > hi:
+            _err("bad_value")
+        for x in v:
+            if not _tlen(x[0], 1, 32):
+                _err("bad_value")
+
+
+def check(p, topic):
+    """Validate a payload map for topic in SPEC §7 order; -> its type number."""
+    if type(p) is not dict:
+        _err("bad_type")
+    if 0 not in p:
+        _err("missing")
+    t = p[0]
+    if not _uint(t):
+        _err("bad_type")
+    i = _row(t)
+    if i < 0:
+        _err("unknown_type")
+    if not _topic_ok(topic, TOPICS[i]):
+        _err("bad_topic")
+    spec = _SPEC
+    o = _IDX[i * 3 + 1] * 5
+    for o in range(o, o + _IDX[i * 3 + 2] * 5, 5):
+        k = spec[o]
+        if k in p:
+            _field(spec[o + 1], spec[o + 3], spec[o + 4], p[k])
+        elif spec[o + 2]:
+            _err("missing")
+    if t == SESS_OPEN and (16 in p) != (17 in p):
+        _err("missing")  # amount and cur come together or not at all
+    return t
+
+
+def seal(hkey, kid, topic, fields):
+    """Validate and encode a payload dict (int keys), -> signed envelope bytes for topic."""
+    check(fields, topic)
+    return cose.build(hkey, kid, topic, cbor.encode(fields))
+
+
+def peek_payload(data):
+    """UNAUTHENTICATED payload map of an envelope that failed verification, only so that a refusal
+    can echo its cti (SPEC §4). Strictly decoded; CodecError if it cannot be read. Never trust it."""
+    tag, env = cbor.decode(data, True)
+    if tag != 17:
+        _err("bad_tag")
+    if type(env) is not list or len(env) != 4 or type(env[2]) is not memoryview:
+        _err("bad_envelope")
+    p = cbor.decode(env[2])
+    if type(p) is not dict:
+        _err("bad_type")
+    return p
+
+
+def open(hkey, kid, topic, data):
+    """Verify an envelope received on topic and validate its payload; -> payload dict."""
+    p = cbor.decode(cose.verify_view(hkey, kid, topic, data))
+    check(p, topic)
+    return p

@@ -1,0 +1,9 @@
+# Print msg's tables, one JSON line a type: [type, name, full topic for "gate-001", topic level,
+# [[key, name, kind, required, lo, hi], ...]] (a line at a time: the 64K heap stays roomy).
+import json
+
+import msg
+
+for t in msg.types():
+    print(json.dumps([t, msg.type_name(t), msg.topic("gate-001", t), msg.topic_suffix(t),
+                      [list(f) for f in msg.fields(t)]]))
