@@ -6,6 +6,11 @@
 The generated mosquitto.conf listens on 127.0.0.1 only, refuses anonymous clients, uses a PBKDF2
 password file and the edgepay ACL (protocol/SPEC.md §1): a device user may write
 v1/dev/<its name>/up/# and read v1/dev/<its name>/dn/#; a cloud user may read and write v1/#.
+
+Two listeners (per_listener_settings): the device listener, where the username is the client id
+(so no credentials can take over another device's session), and the cloud listener on
+`cloud_port`, for cloud users only, where each worker keeps its own client id: with username-as-
+client-id, two cloud workers sharing a username would disconnect each other forever.
 """
 import base64
 import hashlib
@@ -58,6 +63,7 @@ class Broker:
         self._auto_port = port is None and tls_port is None
         self._started_once = False
         self.port = port or free_port()
+        self.cloud_port = free_port()
         self.tls = tls
         self.tls_port = (tls_port or free_port()) if tls else None
         self.persistence = persistence
@@ -80,14 +86,21 @@ class Broker:
             acl += ["user %s" % u, "topic readwrite v1/#", ""]
         (d / "acl").write_text("\n".join(acl))
         os.chmod(d / "acl", 0o600)
+        with open(d / "passwd_cloud", "w") as f:
+            for u in sorted(self.cloud_users):
+                if u in self.users:
+                    f.write(password_line(u, self.users[u]))
+        os.chmod(d / "passwd_cloud", 0o600)
+        (d / "acl_cloud").write_text("".join("user %s\ntopic readwrite v1/#\ntopic readwrite bench/#\n\n" % u
+                                             for u in sorted(self.cloud_users)))
+        os.chmod(d / "acl_cloud", 0o600)
+        device_auth = ["use_username_as_clientid true", "allow_anonymous false",
+                       "password_file %s" % (d / "passwd"), "acl_file %s" % (d / "acl")]
         conf = [
-            "per_listener_settings false",
+            "per_listener_settings true",
             # run as whoever started us (as root mosquitto would switch to user "mosquitto",
             # which cannot read our temp dir)
             "user %s" % pwd.getpwuid(os.getuid()).pw_name,
-            "allow_anonymous false",
-            "password_file %s" % (d / "passwd"),
-            "acl_file %s" % (d / "acl"),
             "set_tcp_nodelay true",
             "max_queued_messages 100000",
             "persistence %s" % ("true" if self.persistence else "false"),
@@ -97,12 +110,16 @@ class Broker:
             # listener options must follow their `listener` line, or mosquitto also opens a
             # default listener on 0.0.0.0:1883
             "listener %d 127.0.0.1" % self.port,
-            "use_username_as_clientid true",
+            *device_auth,
+            "listener %d 127.0.0.1" % self.cloud_port,
+            "allow_anonymous false",
+            "password_file %s" % (d / "passwd_cloud"),
+            "acl_file %s" % (d / "acl_cloud"),
         ]
         if self.tls:
             conf += [
                 "listener %d 127.0.0.1" % self.tls_port,
-                "use_username_as_clientid true",
+                *device_auth,
                 "cafile %s" % self.tls["cafile"],
                 "certfile %s" % self.tls["certfile"],
                 "keyfile %s" % self.tls["keyfile"],
@@ -130,6 +147,7 @@ class Broker:
                 if not (self._auto_port and not self._started_once and "in use" in str(e)):
                     raise
                 self.port = free_port()
+                self.cloud_port = free_port()
                 if self.tls:
                     self.tls_port = free_port()
         raise BrokerError("no free port")
@@ -142,7 +160,7 @@ class Broker:
                                      stderr=subprocess.PIPE, cwd=str(self.dir))
         self.frozen = False
         deadline = time.monotonic() + timeout
-        ports = [self.port] + ([self.tls_port] if self.tls else [])
+        ports = [self.port, self.cloud_port] + ([self.tls_port] if self.tls else [])
         while True:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace")

@@ -1,0 +1,248 @@
+# The device agent: identity, presence (hello, retained status, will, heartbeat), signed time,
+# and the command pipeline, over the MQTT client. Apps (gate, vending, rental) plug in by
+# registering command handlers on `agent.cmds` and hooks for acks.
+import asyncio
+import gc
+import time
+
+import msg
+import store
+import config as cfgmod
+from clock import Clock
+from commands import Pipeline, CommandError
+from hmac256 import HmacKey
+from mqtt_client import MQTTClient
+from cbor import CodecError
+from hal import reset as hreset
+from hal.display import Display
+from hal.wdt import Watchdog
+
+FW_VERSION = "0.1.0"
+CAPS = ["cmd", "time", "cfg"]
+MAX_PACKET = 2300  # SPEC message bound (2048) + topic + MQTT headers
+
+T_STATUS, T_HB, T_RES, T_HELLO = 2, 3, 9, 1
+
+
+def log(*a):
+    print("%d" % time.ticks_ms(), *a)
+
+
+class Agent:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = dev = cfg["device"]
+        self.kid = cfg["kid"].encode()
+        self.hkey = HmacKey(cfg["key_bytes"])
+        self.board = cfg["board"]
+        self.settings = cfg["settings"]
+        self.settings.update(store.read("settings", {}))
+        self.seq = store.Counter("seq")
+        self.boots = store.read("boots", 0) + 1
+        store.write("boots", self.boots)
+        self.reset_cause = hreset.cause()
+        self.clock = Clock()
+        self.up_ms = time.ticks_ms()
+        base = "v1/dev/" + dev + "/"
+        self.t_up = base + "up/"
+        self.t_cmd, self.t_time, self.t_ack = base + "dn/cmd", base + "dn/time", base + "dn/ack"
+        self.cmds = Pipeline(dev, self.hkey, self.kid, self.clock, self.t_cmd, self.settings["cmd_window"])
+        self.tbeacon = store.read("tbeacon", [0, 0])  # [last beacon seq, its time]
+        self.ack_hooks = []  # fn(upto, resend): the journal (store-and-forward) subscribes here
+        self.display = Display()
+        self.jdepth = lambda: 0  # replaced by the journal
+        self._hello_sent = False
+        self._refusals = []  # ticks of recent unauthenticated refusals (rate limit)
+        self._register_builtins()
+        b = cfg["broker"]
+        will = self.seal(T_STATUS, {10: False})
+        self.mqtt = MQTTClient({
+            "client_id": dev, "user": dev, "password": b["password"],
+            "host": b["host"], "port": b["port"], "keepalive": self.settings["keepalive_s"],
+            "tls": bool(b.get("tls")), "ca": b.get("ca"), "server_hostname": b.get("server_hostname"),
+            "will_topic": self.t_up + "status", "will_msg": will, "will_qos": 1, "will_retain": True,
+            "max_packet": MAX_PACKET,
+            "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"],
+        })
+        self.mqtt.subscribe(self.t_cmd, 1, self._on_cmd)
+        self.mqtt.subscribe(self.t_time, 1, self._on_time)
+        self.mqtt.subscribe(self.t_ack, 1, self._on_ack)
+        self.mqtt.on_state(self._on_state)
+        self.mqtt.on_error(lambda where, e: log("mqtt error", where, repr(e)))
+
+    # ---- sending ----------------------------------------------------------------------------
+    def seal(self, typ, fields):
+        fields[0] = typ
+        fields[8] = self.seq.next()
+        now = self.clock.now()
+        if now is not None and typ < 6:
+            fields[6] = now
+        return msg.seal(self.hkey, self.kid, self.t_up + msg.topic_suffix(typ), fields)
+
+    async def send(self, typ, fields, qos=1, retain=False):
+        data = self.seal(typ, fields)
+        return await self.mqtt.publish(self.t_up + msg.topic_suffix(typ), data, qos, retain)
+
+    # ---- presence ---------------------------------------------------------------------------
+    def _on_state(self, up):
+        log("mqtt", "up" if up else "down")
+        if up:
+            asyncio.create_task(self._announce())
+
+    async def _announce(self):
+        try:
+            if not self._hello_sent:  # once per boot (OCPP: do not re-announce unless it changed)
+                await self.send(T_HELLO, {10: FW_VERSION, 11: self.board["name"], 12: self.reset_cause,
+                                          13: CAPS, 14: self.board["kind"], 15: self.boots})
+                self._hello_sent = True
+                log("hello sent")
+            await self.send(T_STATUS, {10: True}, 1, True)
+            log("online")
+        except Exception as e:
+            log("announce failed", repr(e))
+
+    def uptime(self):
+        return time.ticks_diff(time.ticks_ms(), self.up_ms) // 1000
+
+    async def _heartbeats(self):
+        while True:
+            await asyncio.sleep(self.settings["hb_s"])
+            if self.mqtt.up:
+                gc.collect()
+                await self.send(T_HB, {10: self.uptime(), 11: gc.mem_free(), 12: self.jdepth(),
+                                       14: 1 if self.clock.trusted() else 0}, 0)
+
+    # ---- downlink ---------------------------------------------------------------------------
+    async def _on_cmd(self, topic, data, retain, dup):
+        o = await self.cmds.handle(data)
+        if o.code == "ok":
+            log("cmd ok", o.name)
+        else:
+            log("cmd refused", o.code, o.name)
+            if o.name is None and not self._may_refuse():
+                return  # an unauthenticated flood gets no answers (no amplification)
+        # The outcome is persisted already; the result goes out on its own task, because this
+        # handler runs on the MQTT reader, which must stay free to read the result's PUBACK.
+        asyncio.create_task(self._answer(o))
+
+    async def _answer(self, o):
+        try:
+            await self.send(T_RES, self.cmds.result(o))
+        except Exception as e:
+            log("result not sent", repr(e))
+        if o.after is not None:
+            o.after()
+
+    def _may_refuse(self):
+        now = time.ticks_ms()
+        self._refusals = [t for t in self._refusals if time.ticks_diff(now, t) < 10000]
+        if len(self._refusals) >= 8:
+            return False
+        self._refusals.append(now)
+        return True
+
+    def _open_dn(self, topic, data):
+        """Verify a beacon or ack: authentic and for this device, else None (logged)."""
+        try:
+            p = msg.open(self.hkey, self.kid, topic, data)
+        except CodecError as e:
+            log("dn refused", topic, e.code)
+            return None
+        if p[3] != self.device:
+            log("dn refused wrong_audience", topic)
+            return None
+        return p
+
+    def _on_time(self, topic, data, retain, dup):
+        p = self._open_dn(topic, data)
+        if p is None:
+            return
+        seq, t = p[8], p[6]
+        if seq <= self.tbeacon[0] or t < self.tbeacon[1]:
+            log("time refused stale_seq", seq)
+            return
+        self.tbeacon = [seq, t]
+        store.write("tbeacon", self.tbeacon)
+        self.clock.set(t)
+        log("time set", t)
+
+    def _on_ack(self, topic, data, retain, dup):
+        p = self._open_dn(topic, data)
+        if p is not None:
+            for fn in self.ack_hooks:
+                fn(p[10], p.get(11, False))
+
+    # ---- built-in commands ------------------------------------------------------------------
+    def _register_builtins(self):
+        on = self.cmds.on
+
+        @on("get_state", needs_time=False)
+        def get_state(args):
+            gc.collect()
+            return {"fw": FW_VERSION, "board": self.board["name"], "kind": self.board["kind"],
+                    "uptime": self.uptime(), "heap": gc.mem_free(), "heap_used": gc.mem_alloc(), "clock": 1 if self.clock.trusted() else 0,
+                    "seq": self.seq.value, "cmd_seq": self.cmds.last_seq, "boots": self.boots,
+                    "reset": self.reset_cause, "display": self.display.text, "jdepth": self.jdepth(),
+                    "settings": dict(self.settings)}
+
+        @on("set_config")
+        def set_config(args):
+            if not args:
+                raise CommandError("bad_args", "empty")
+            for k, v in args.items():  # all or nothing: check every pair before changing any
+                try:
+                    cfgmod.check_setting(k, v)
+                except ValueError as e:
+                    raise CommandError("bad_args", str(e)[:40])
+            self.settings.update(args)
+            store.write("settings", {k: self.settings[k] for k in cfgmod.SETTINGS})
+            return {"applied": len(args)}
+
+        @on("display")
+        def display(args):
+            text, secs = args.get(1), args.get(2, 0)
+            if not isinstance(text, str) or not 1 <= len(text) <= 64 or not isinstance(secs, int) or secs < 0:
+                raise CommandError("bad_args", "text")
+            self.display.show(text, secs)
+
+        @on("reboot")
+        def reboot(args):
+            delay = args.get(1, 0)
+            if not isinstance(delay, int) or not 0 <= delay <= 3600:
+                raise CommandError("bad_args", "delay")
+            return None, lambda: asyncio.create_task(self._reboot(delay))
+
+    async def _reboot(self, delay):
+        await asyncio.sleep(delay)
+        log("ACT reboot")
+        try:
+            await self.mqtt.stop()
+        except Exception:
+            pass
+        hreset.reset(hreset.EXIT_REBOOT)
+
+    # ---- main -------------------------------------------------------------------------------
+    async def run(self, wdt_ms=10000):
+        app = self.cfg.get("app")
+        if app:
+            __import__(app).setup(self)
+        wdt = Watchdog(wdt_ms)
+        self.mqtt.start()
+        asyncio.create_task(self._heartbeats())
+        log("agent", self.device, "boot", self.boots, "reset", self.reset_cause)
+        while True:  # the loop that proves the event loop is alive
+            wdt.feed()
+            await asyncio.sleep_ms(250)
+
+    async def shutdown(self):
+        """Orderly stop: offline status (retained), then DISCONNECT (no will)."""
+        try:
+            if self.mqtt.up:
+                await asyncio.wait_for(self.send(T_STATUS, {10: False}, 1, True), 3)
+        except Exception:
+            pass
+        try:
+            await asyncio.wait_for(self.mqtt.stop(), 3)
+        except Exception:
+            pass
+        log("stopped")

@@ -1,0 +1,184 @@
+# The command pipeline: a command runs only if it is authentic, for this device, fresh and not
+# replayed. Checks run in the SPEC §5 order; the first failure is answered with its code and
+# nothing is actuated. Handlers are registered by name, so apps add their own.
+import msg
+import store
+from cbor import CodecError
+
+T_COMMAND = 20
+K_AUD, K_EXP, K_NBF, K_CTI, K_SEQ, K_NAME, K_ARGS = 3, 4, 5, 7, 8, 10, 11
+
+
+class CommandError(Exception):
+    """Raised by a handler to refuse with a typed code: bad_args, refused, busy, failed."""
+
+    def __init__(self, code, detail=None):
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+
+
+class Outcome:
+    __slots__ = ("code", "cti", "name", "cseq", "data", "after")
+
+    def __init__(self, code, cti=None, name=None, cseq=None, data=None):
+        self.code = code
+        self.cti = cti
+        self.name = name
+        self.cseq = cseq
+        self.data = data
+        self.after = None  # a callable to run once the result is sent (reboot)
+
+
+class Pipeline:
+    def __init__(self, device, hkey, kid, clock, topic, window=16, state_file="cmdstate"):
+        self.device = device
+        self.hkey = hkey
+        self.kid = kid
+        self.clock = clock
+        self.topic = topic
+        self.state_file = state_file
+        # [seq, cti hex, outcome code or None while running]: the last accepted command survives a
+        # reset, so a redelivery after a power cut is answered, never run twice, never misreported.
+        last = store.read(state_file, None) or [0, "", "ok"]
+        self.last_seq = last[0]
+        self.window = window
+        self.recent = []          # [(seq, cti, code)], oldest first
+        if last[0]:
+            self.recent.append((last[0], _unhex(last[1]), last[2] or "interrupted"))
+        self.handlers = {}
+        self.counts = {}          # outcome code -> count, for get_state
+
+    def on(self, name, needs_time=True):
+        """Decorator: register `fn(args) -> data or None` (may be async) for command `name`.
+
+        needs_time=False only for read-only commands: they may run before the clock is trusted.
+        """
+        def deco(fn):
+            self.handlers[name] = (fn, needs_time)
+            return fn
+        return deco
+
+    async def handle(self, data):
+        o = await self._handle(data)
+        self.counts[o.code] = self.counts.get(o.code, 0) + 1
+        return o
+
+    async def _handle(self, data):
+        try:
+            p = msg.open(self.hkey, self.kid, self.topic, data)
+        except CodecError as e:
+            return Outcome(e.code, cti=_peek_cti(data))
+        cti = p[K_CTI]
+        name = p[K_NAME]
+        seq = p[K_SEQ]
+        if p[K_AUD] != self.device:
+            return Outcome("wrong_audience", cti, name, seq)
+        for r in self.recent:
+            if r[0] == seq and r[1] == cti:
+                # A redelivery (QoS1 duplicate, or the broker resending after our reset): answer
+                # again with the first outcome; never run it twice.
+                return _again(r[2], cti, name, seq)
+        if seq <= self.last_seq:
+            return Outcome("stale_seq", cti, name, seq)
+        # Accept the seq before anything else can act: a replay can never run again, even across
+        # a power cut right after this line.
+        self._persist(seq, cti, None)
+        o = await self._checked(p, cti, name, seq)
+        self._persist(seq, cti, o.code)
+        self.recent.append((seq, cti, o.code))
+        if len(self.recent) > self.window:
+            self.recent.pop(0)
+        return o
+
+    async def _checked(self, p, cti, name, seq):
+        entry = self.handlers.get(name)
+        now = self.clock.now()
+        if now is None:
+            if entry is None or entry[1]:
+                return Outcome("clock_untrusted", cti, name, seq)
+        else:
+            if now >= p[K_EXP]:
+                return Outcome("expired", cti, name, seq)
+            if K_NBF in p and now < p[K_NBF]:
+                return Outcome("not_yet_valid", cti, name, seq)
+        for r in self.recent:
+            if r[1] == cti:
+                return Outcome("replay", cti, name, seq)
+        return await self._run(entry, p, cti, name, seq)
+
+    def _persist(self, seq, cti, code):
+        store.write(self.state_file, [seq, _hex(cti), code])
+        self.last_seq = seq
+
+    async def _run(self, entry, p, cti, name, seq):
+        if entry is None:
+            return Outcome("unsupported", cti, name, seq)
+        args = p.get(K_ARGS, {})
+        try:
+            r = entry[0](args)
+            if hasattr(r, "send"):  # a coroutine: MicroPython has no inspect
+                r = await r
+        except CommandError as e:
+            o = Outcome(e.code, cti, name, seq)
+            if e.detail is not None:
+                o.data = {"why": e.detail}
+            return o
+        except Exception as e:  # a handler bug must not take the device down
+            o = Outcome("failed", cti, name, seq)
+            o.data = {"why": repr(e)[:60]}
+            return o
+        o = Outcome("ok", cti, name, seq)
+        if isinstance(r, tuple):  # (data, after)
+            o.data, o.after = r
+        else:
+            o.data = r
+        return o
+
+    def result(self, o):
+        """The cmd_result payload fields (int keys, seq added by the sender) for an outcome."""
+        f = {0: 9, 10: msg.ERRORS[o.code]}
+        if o.cti is not None:
+            f[7] = o.cti
+        if o.name is not None:
+            f[11] = o.name
+        if o.data:
+            f[12] = o.data
+        if o.cseq is not None:
+            f[13] = o.cseq
+        return f
+
+
+def _peek_cti(data):
+    """Best effort: the cti of a command that failed verification, so the cloud can correlate.
+
+    The value is unauthenticated; it is only echoed, never trusted.
+    """
+    try:
+        p = msg.peek_payload(data)
+        c = p.get(K_CTI) if isinstance(p, dict) else None
+        if isinstance(c, bytes) and 8 <= len(c) <= 16:
+            return c
+    except Exception:
+        pass
+    return None
+
+
+def _again(code, cti, name, seq):
+    if code == "interrupted":  # accepted, then a reset came before it finished: outcome unknown
+        o = Outcome("failed", cti, name, seq)
+        o.data = {"why": "interrupted"}
+    else:
+        o = Outcome(code, cti, name, seq)
+        o.data = {"dup": True}
+    return o
+
+
+def _hex(b):
+    import binascii
+    return binascii.hexlify(b).decode()
+
+
+def _unhex(s):
+    import binascii
+    return binascii.unhexlify(s)

@@ -1,0 +1,28 @@
+# Entry point, unchanged on a board and on the unix VM: load the provisioned config, run the agent.
+import asyncio
+import sys
+
+import config
+from hal import reset
+
+
+def main():
+    try:
+        cfg = config.load()
+    except config.ConfigError as e:
+        # A bad or missing config stops here with a clear message; it must not boot-loop.
+        print("config error:", e)
+        reset.halt(reset.EXIT_CONFIG)
+        return
+    if "" not in sys.path:
+        sys.path.append("")  # apps named in the config may live beside it on flash
+    import agent
+    a = agent.Agent(cfg)
+    try:
+        asyncio.run(a.run(cfg.get("wdt_ms", 10000)))
+    except KeyboardInterrupt:
+        asyncio.run(a.shutdown())
+        sys.exit(0)
+
+
+main()

@@ -1,0 +1,118 @@
+"""Compile firmware/ with mpy-cross into .mpy, as boards run it (frozen or as .mpy files).
+
+Compiling from source on the device needs RAM a 64K heap does not have (the MQTT client alone
+runs the compiler out of memory), so the simulator runs the compiled bundle too. Bundles are
+cached by a hash of the sources and the compiler, and built atomically so parallel test workers
+can share them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRMWARE = ROOT / "firmware"
+CACHE = ROOT / "build" / "mpy"
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def mpy_cross() -> str:
+    exe = Path(sys.executable).parent / "mpy-cross"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("mpy-cross")
+    if not found:
+        raise BuildError("mpy-cross is not installed: run `make setup`")
+    return found
+
+
+def sources(root: Path = FIRMWARE) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def compile_firmware(root: Path = FIRMWARE, cache: Path = CACHE, arch: str | None = None) -> Path:
+    """Return a directory holding every firmware module as .mpy (same layout as firmware/)."""
+    files = sources(root)
+    h = hashlib.sha256()
+    compiler = mpy_cross()
+    h.update(subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.encode())
+    h.update((arch or "").encode())
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    out = cache / h.hexdigest()[:16]
+    if out.exists():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+    try:
+        for p in files:
+            rel = p.relative_to(root).with_suffix(".mpy")
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            cmd = [compiler, "-o", str(tmp / rel), "-s", str(p.relative_to(root)), str(p)]
+            if arch:
+                cmd.insert(1, f"-march={arch}")
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise BuildError(f"mpy-cross failed on {p.relative_to(ROOT)}:\n{r.stderr.strip()}")
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another worker built the same bundle first
+            if not out.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+_PROBE = """
+import gc, sys
+import asyncio  # frozen into the VM as into every board's firmware: not part of our allowance
+gc.collect()
+a = gc.mem_alloc()
+for m in sys.argv[1:]:
+    __import__(m)
+gc.collect()
+print(gc.mem_alloc() - a)
+"""
+
+
+def modules(bundle: Path) -> list[str]:
+    """Importable module names of a compiled bundle (main excluded: importing it runs the agent)."""
+    out = []
+    for p in sorted(bundle.rglob("*.mpy")):
+        rel = p.relative_to(bundle).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        if name != "main":
+            out.append(name)
+    return out
+
+
+def code_allowance(bundle: Path) -> int:
+    """Heap bytes the bundle's code occupies once imported on the VM.
+
+    A board runs this code frozen into flash, where it costs almost no RAM; the unix VM cannot
+    freeze, so the simulator adds this many bytes to the board's heap budget. Measured once per
+    bundle (the figure is cached beside it).
+    """
+    cached = bundle / ".resident"
+    if cached.exists():
+        return int(cached.read_text())
+    from host_tools.sim.board import micropython  # late: sim imports build
+    probe = bundle / ".probe.py"
+    probe.write_text(_PROBE)
+    env = dict(os.environ, MICROPYPATH=f"{bundle}:.frozen")
+    r = subprocess.run([micropython(), "-X", "heapsize=1M", str(probe), *modules(bundle)],
+                       capture_output=True, text=True, env=env, cwd=bundle)
+    if r.returncode != 0:
+        raise BuildError(f"could not import the firmware bundle on the VM:\n{r.stdout}{r.stderr}")
+    n = int(r.stdout.strip().splitlines()[-1])
+    cached.write_text(str(n))
+    return n

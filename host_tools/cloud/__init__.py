@@ -1,0 +1,1 @@
+"""The cloud side: device registry, command client, time service (and later ingest and ledger)."""

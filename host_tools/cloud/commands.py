@@ -1,0 +1,192 @@
+"""The cloud command client: sign a command, publish it, and follow it to its outcome.
+
+States (after AWS IoT Commands and ThingsBoard persistent RPC): CREATED -> SENT (the broker took
+it) -> SUCCEEDED / FAILED / REJECTED / EXPIRED from the device's signed result, correlated by
+command id (cti) and never by arrival order; TIMED_OUT when no result came within the call's own
+timeout (EXPIRED instead if the command's expiry has passed by then, so it can no longer run).
+A result that arrives after the call ended is kept as `late` on the command: never dropped silently.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from host_tools.cloud.mqtt import CloudMQTT
+from host_tools.cloud.registry import Registry
+from host_tools.protocol import ERROR_NAMES, ProtocolError, open_message, seal
+from host_tools.protocol import topic as topic_for
+
+log = logging.getLogger("edgepay.commands")
+
+
+class State(str, enum.Enum):
+    CREATED = "CREATED"
+    SENT = "SENT"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+    TIMED_OUT = "TIMED_OUT"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def final(self) -> bool:
+        return self not in (State.CREATED, State.SENT)
+
+
+# Device result codes -> outcome. Refusals before the handler ran (nothing actuated) are REJECTED;
+# a handler that ran and failed (or an interrupted one: outcome unknown) is FAILED.
+FAILED_CODES = {"failed", "busy"}
+
+
+def state_for(code: str) -> State:
+    if code == "ok":
+        return State.SUCCEEDED
+    if code == "expired":
+        return State.EXPIRED
+    if code in FAILED_CODES:
+        return State.FAILED
+    return State.REJECTED
+
+
+@dataclass
+class Command:
+    device: str
+    name: str
+    args: dict | None
+    cti: bytes
+    seq: int
+    exp: int
+    state: State = State.CREATED
+    code: str | None = None           # the device's result code name
+    data: Any = None                  # the device's result data
+    history: list[tuple[State, float]] = field(default_factory=list)
+    late: dict | None = None          # a result that arrived after the call had ended
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def _to(self, state: State) -> None:
+        self.state = state
+        self.history.append((state, time.time()))
+        if state.final:
+            self._done.set()
+
+    @property
+    def ok(self) -> bool:
+        return self.state is State.SUCCEEDED
+
+    def wait(self, timeout: float) -> "Command":
+        if not self._done.wait(timeout):
+            self._finish_unanswered()
+        return self
+
+    def _finish_unanswered(self) -> None:
+        if not self.state.final:
+            self._to(State.EXPIRED if time.time() >= self.exp else State.TIMED_OUT)
+
+
+class CommandClient:
+    """Sync and asyncio use; one paho connection; many commands in flight, correlated by cti."""
+
+    def __init__(self, registry: Registry, host: str, port: int, username: str, password: str, *,
+                 ca_file: str | None = None, client_id: str | None = None):
+        self.registry = registry
+        self.mqtt = CloudMQTT(host, port, username, password, ca_file=ca_file, client_id=client_id)
+        self._pending: dict[bytes, Command] = {}
+        self._lock = threading.Lock()
+        self.unverified_results = 0
+        self.mqtt.subscribe("v1/dev/+/up/res", self._on_result, qos=1)
+
+    def connect(self, timeout: float = 10.0) -> "CommandClient":
+        self.mqtt.connect(timeout)
+        return self
+
+    def close(self) -> None:
+        self.mqtt.close()
+
+    def __enter__(self) -> "CommandClient":
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- sending
+    def submit(self, device: str, name: str, args: dict | None = None, *, ttl: int = 60,
+               nbf: int | None = None, publish_timeout: float = 10.0) -> Command:
+        dev = self.registry.get(device)
+        now = int(time.time())
+        cmd = Command(device, name, args, os.urandom(12), self.registry.next_seq(device), now + ttl)
+        msg: dict[str, Any] = {"type": "command", "aud": device, "exp": cmd.exp, "iat": now,
+                               "cti": cmd.cti, "seq": cmd.seq, "name": name}
+        if nbf is not None:
+            msg["nbf"] = nbf
+        if args:
+            msg["args"] = args
+        t = topic_for(device, "command")
+        data = seal(dev.key, dev.kid, t, msg)
+        cmd._to(State.CREATED)
+        with self._lock:
+            self._pending[cmd.cti] = cmd
+        if self.mqtt.publish(t, data, qos=1, timeout=publish_timeout) and not cmd.state.final:
+            with self._lock:
+                if not cmd.state.final:
+                    cmd._to(State.SENT)
+        return cmd
+
+    def send(self, device: str, name: str, args: dict | None = None, *, timeout: float = 10.0,
+             ttl: int = 60, nbf: int | None = None) -> Command:
+        """Send and wait for the outcome (at most `timeout` seconds)."""
+        cmd = self.submit(device, name, args, ttl=ttl, nbf=nbf, publish_timeout=timeout)
+        return self._settle(cmd.wait(timeout))
+
+    async def asend(self, device: str, name: str, args: dict | None = None, *, timeout: float = 10.0,
+                    ttl: int = 60, nbf: int | None = None) -> Command:
+        loop = asyncio.get_running_loop()
+        cmd = await loop.run_in_executor(None, lambda: self.submit(device, name, args, ttl=ttl, nbf=nbf,
+                                                                   publish_timeout=timeout))
+        fut: asyncio.Future = loop.create_future()
+        threading.Thread(target=lambda: (cmd._done.wait(timeout),
+                                         loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))),
+                         daemon=True).start()
+        await fut
+        with self._lock:
+            cmd._finish_unanswered()
+        return self._settle(cmd)
+
+    def _settle(self, cmd: Command) -> Command:
+        with self._lock:
+            cmd._finish_unanswered()
+        return cmd
+
+    def send_time(self, device: str, timeout: float = 10.0) -> bool:
+        """A signed time beacon (SPEC §5): the device trusts its clock only after one."""
+        dev = self.registry.get(device)
+        t = topic_for(device, "time")
+        msg = {"type": "time", "aud": device, "iat": int(time.time()), "seq": self.registry.next_seq(device)}
+        return self.mqtt.publish(t, seal(dev.key, dev.kid, t, msg), qos=1, timeout=timeout)
+
+    # -- results
+    def _on_result(self, topic: str, payload: bytes) -> None:
+        device = topic.split("/")[2]
+        try:
+            dev = self.registry.get(device)
+            res = open_message(dev.key, dev.kid, topic, payload)
+        except (ProtocolError, Exception) as e:  # never correlate what we cannot verify
+            self.unverified_results += 1
+            log.warning("unverified result on %s: %s", topic, getattr(e, "code", e))
+            return
+        cti = res.get("cti")
+        with self._lock:
+            cmd = self._pending.get(cti) if cti else None
+            if cmd is None or cmd.device != device:
+                return
+            code = ERROR_NAMES.get(res["status"], str(res["status"]))
+            if cmd.state.final:
+                cmd.late = res  # after our timeout: keep it, don't rewrite the outcome
+                return
+            cmd.code, cmd.data = code, res.get("data")
+            cmd._to(state_for(code))

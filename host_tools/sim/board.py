@@ -1,0 +1,191 @@
+"""One simulated board: `micropython -X heapsize=…` running firmware/main.py in a directory that
+stands in for its flash, exactly as a board would run it. The firmware is not imported here: it
+runs in its own process, and the host sees only its MQTT traffic, its log and its exit.
+
+Exit codes of the VM (see firmware/hal/reset.py): 0 clean stop, 3 bad config or board file,
+4 reboot requested. A watchdog reset kills the VM with SIGUSR2 (there is no os._exit in the VM).
+The simulator plays the reset-cause register: before a restart it writes `.reset_cause`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from host_tools.build import code_allowance, compile_firmware
+
+ROOT = Path(__file__).resolve().parents[2]
+FIRMWARE = ROOT / "firmware"
+
+EXIT_OK, EXIT_CONFIG, EXIT_REBOOT = 0, 3, 4
+WATCHDOG_SIGNAL = signal.SIGUSR2
+
+
+def micropython() -> str:
+    exe = Path(sys.executable).parent / "micropython"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("micropython")
+    if not found:
+        raise RuntimeError("the micropython VM is not installed: run `make setup`")
+    return found
+
+
+def parse_size(s: str | int) -> int:
+    if isinstance(s, int):
+        return s
+    s = s.strip().upper()
+    mult = {"K": 1024, "M": 1024 * 1024}.get(s[-1:], 1)
+    return int(s.rstrip("KM")) * mult
+
+
+def vm_heapsize(budget: str | int, bundle: Path) -> int:
+    """The VM heap for a board whose RAM budget for data is `budget`.
+
+    On a board the firmware is frozen into flash; on the VM its code sits in the heap. So the VM
+    gets the budget plus the code's measured residency, and the budget is what data may use.
+    """
+    return parse_size(budget) + code_allowance(bundle)
+
+
+class SimBoard:
+    def __init__(self, workdir: str | Path, config: dict | None = None, heapsize: str | int = "64K",
+                 firmware: Path = FIRMWARE, echo: bool = False):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (self.dir / "config.json").write_text(json.dumps(config))
+        self.heapsize = heapsize  # the board's RAM budget for data; code is frozen on a board
+        self.vm_heap = 0
+        self.firmware = Path(firmware)
+        self.echo = echo
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self.boots = 0
+
+    # -- life cycle
+    def start(self, reset_cause: str | None = None) -> "SimBoard":
+        if self.proc and self.proc.poll() is None:
+            raise RuntimeError("board already running")
+        if reset_cause:
+            (self.dir / ".reset_cause").write_text(reset_cause)
+        env = dict(os.environ)
+        # The compiled bundle, as a board runs it; the board's own directory (its flash) after it.
+        bundle = compile_firmware(self.firmware)
+        env["MICROPYPATH"] = f"{bundle}:.frozen:"
+        self.vm_heap = vm_heapsize(self.heapsize, bundle)
+        self.proc = subprocess.Popen(
+            [micropython(), "-X", f"heapsize={self.vm_heap}", "-m", "main"],
+            cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.boots += 1
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        with open(self.dir / "console.log", "a") as log:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                log.write(line + "\n")
+                log.flush()
+                if self.echo:
+                    print(f"[{self.dir.name}] {line}", flush=True)
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """A clean stop: SIGINT, which the firmware turns into an orderly offline + disconnect."""
+        if not self.running:
+            return self.returncode
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._join()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """A power cut: SIGKILL, nothing gets to run."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+        self._join()
+
+    def restart(self, timeout: float = 10.0) -> "SimBoard":
+        """Restart after whatever ended the last run, with the matching reset cause."""
+        cause = self.exit_reason()
+        if self.running:
+            self.kill()
+            cause = "power_on"
+        return self.start(reset_cause={"watchdog": "watchdog", "reboot": "soft"}.get(cause or "", "power_on"))
+
+    def _join(self) -> None:
+        if self._reader:
+            self._reader.join(timeout=5)
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None
+        rc = self.proc.wait(timeout)
+        self._join()
+        return rc
+
+    # -- observation
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def exit_reason(self) -> str | None:
+        rc = self.returncode
+        if rc is None:
+            return None
+        return {EXIT_OK: "stopped", EXIT_CONFIG: "config", EXIT_REBOOT: "reboot",
+                -WATCHDOG_SIGNAL: "watchdog", -signal.SIGKILL: "killed"}.get(rc, f"exit {rc}")
+
+    def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match:
+        """Wait for a log line matching `pattern` (regex), looking from line index `start`."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        i = start
+        with self._cond:
+            while True:
+                while i < len(self.lines):
+                    m = rx.search(self.lines[i])
+                    if m:
+                        return m
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc is not None and self.proc.poll() is not None and self._reader
+                                 and not self._reader.is_alive()):
+                    raise TimeoutError(f"no log line matching {pattern!r} in {timeout}s; last lines:\n"
+                                       + "\n".join(self.lines[-20:]))
+                self._cond.wait(min(left, 0.2))
+
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def __enter__(self) -> "SimBoard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
