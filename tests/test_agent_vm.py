@@ -352,3 +352,29 @@ def test_acl_confines_a_device_to_its_own_topics(env):
     time.sleep(0.5)
     probe.loop_stop()
     assert rc and rc[0].is_failure
+
+
+@pytest.mark.parametrize("trust", ["right-ca", "other-ca"])
+def test_tls_device_verifies_the_broker(env, trust):
+    from host_tools.broker import Broker
+    from host_tools.tls import write_pki
+    pki = write_pki(env.tmp / "pki")
+    tb = Broker(users={"cloud": "cloud-pw"}, tls={"cafile": pki["ca"], "certfile": pki["cert"], "keyfile": pki["key"]})
+    tb.start()
+    try:
+        reg = Registry()
+        w = Watcher(tb, reg)
+        b = provision(tb, reg, env.tmp, "tls1", ca_file=pki["ca" if trust == "right-ca" else "other-ca"]).start()
+        try:
+            if trust == "right-ca":
+                w.expect(lambda t, m, r: t.endswith("/up/status") and m.get("online") is True, 20, "online over TLS")
+            else:
+                b.wait_for(r"mqtt error connect .*not correctly signed", 20)
+                time.sleep(1)
+                assert "mqtt up" not in b.log()
+                assert not [t for t, m, r in w.all if t.startswith("v1/dev/tls1/")]
+        finally:
+            b.kill()
+            w.close()
+    finally:
+        tb.close()

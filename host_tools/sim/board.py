@@ -61,7 +61,7 @@ class SimBoard:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            (self.dir / "config.json").write_text(json.dumps(config))
+            self.write_config(config)
         self.heapsize = heapsize  # the board's RAM budget for data; code is frozen on a board
         self.vm_heap = 0
         self.firmware = Path(firmware)
@@ -71,6 +71,9 @@ class SimBoard:
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self.boots = 0
+
+    def write_config(self, config: dict) -> None:
+        (self.dir / "config.json").write_text(json.dumps(config))
 
     # -- life cycle
     def start(self, reset_cause: str | None = None) -> "SimBoard":

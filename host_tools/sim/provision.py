@@ -22,12 +22,23 @@ def device_config(device: str, key: bytes, host: str, port: int, password: str, 
 
 
 def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str = "gate",
-                  settings: dict | None = None, heapsize: str = "64K", **extra) -> SimBoard:
-    """Register `device`, give it broker credentials and write its config; returns the (stopped) board."""
+                  settings: dict | None = None, heapsize: str = "64K", ca_file: str | None = None,
+                  **extra) -> SimBoard:
+    """Register `device`, give it broker credentials and write its config; returns the (stopped) board.
+
+    With `ca_file`, the device connects to the broker's TLS listener and verifies its certificate
+    against that CA, copied onto the device's flash as ca.pem.
+    """
     key = os.urandom(32)
     registry.add(device, key, kind, f"sim-{kind}")
     password = os.urandom(12).hex()
     broker.add_user(device, password)
-    cfg = device_config(device, key, "127.0.0.1", broker.port, password, kind, f"sim-{kind}",
+    port = broker.tls_port if ca_file else broker.port
+    cfg = device_config(device, key, "127.0.0.1", port, password, kind, f"sim-{kind}",
                         dict(FAST, **(settings or {})), **extra)
-    return SimBoard(Path(root) / device, cfg, heapsize=heapsize)
+    board = SimBoard(Path(root) / device, cfg, heapsize=heapsize)
+    if ca_file:
+        (board.dir / "ca.pem").write_bytes(Path(ca_file).read_bytes())
+        cfg["broker"].update(tls=True, ca="ca.pem", server_hostname="localhost")
+        board.write_config(cfg)
+    return board

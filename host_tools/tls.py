@@ -1,0 +1,66 @@
+"""TLS material made with `cryptography` at run time: a CA, a broker (server) certificate and, for
+tests, a certificate from an unrelated CA. Nothing secret is ever stored in the repository."""
+import datetime
+import ipaddress
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+def _name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(cn="edgepay test CA"):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def make_leaf(ca_key, ca_cert, cn="localhost", dns=("localhost",), ips=("127.0.0.1",)):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    return key, cert
+
+
+def write_pki(d, **leaf_kw):
+    """Write ca.pem, ca.der, server.pem, server.key and other-ca.pem/.der into d; return paths."""
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    ca_key, ca = make_ca()
+    key, cert = make_leaf(ca_key, ca, **leaf_kw)
+    _, other = make_ca("some other CA")
+    out = {}
+    for name, c in (("ca", ca), ("other-ca", other)):
+        (d / (name + ".pem")).write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        (d / (name + ".der")).write_bytes(c.public_bytes(serialization.Encoding.DER))
+        out[name] = str(d / (name + ".pem"))
+        out[name + "-der"] = str(d / (name + ".der"))
+    (d / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    out["cert"] = str(d / "server.pem")
+    out["key"] = str(d / "server.key")
+    return out
