@@ -40,4 +40,22 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     exit 1
   fi
 fi
+# --- PostgreSQL (edgepay: ledger scale-out backend) -------------------------------------------
+# The ledger tests and bench start their own private cluster (host_tools/pgserver.py: initdb into a
+# temp dir, pg_ctl on a unix socket); they need only the server binaries, never a running service.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing postgresql with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    # the tests run their own clusters; the packaged one is not needed
+    (command -v systemctl >/dev/null && systemctl disable --now postgresql >/dev/null 2>&1) || true
+  else
+    echo "setup: PostgreSQL is not installed and cannot be installed here (need root and apt-get)." >&2
+    echo "       The PostgreSQL ledger tests will be skipped locally and FAIL in CI (CI=true)." >&2
+    echo "       Install it yourself: sudo apt-get install postgresql  (macOS: brew install postgresql)" >&2
+  fi
+fi
+# --- end PostgreSQL ------------------------------------------------------------------------------
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/micropython -c 'import sys; print(sys.implementation.name, sys.version.split(";")[1].strip())' 2>/dev/null), mosquitto $( (mosquitto -h 2>/dev/null || /usr/sbin/mosquitto -h) | head -1 | awk '{print $3}'))"

@@ -25,3 +25,25 @@ def module_broker():
     b.start()
     yield b
     b.close()
+
+
+# ---- PostgreSQL: one private cluster per test session (host_tools/pgserver.py) ------------------
+@pytest.fixture(scope="session")
+def pg():
+    """A running private PostgreSQL cluster; `pg.new_database()` gives a fresh database's conninfo.
+
+    Missing PostgreSQL fails the test in CI (CI=true) with the reason, and skips it elsewhere.
+    """
+    import os
+
+    from host_tools.pgserver import PgServer, PgUnavailable
+    try:
+        import psycopg  # noqa: F401
+        server = PgServer().start()
+    except (PgUnavailable, ImportError) as e:
+        msg = f"PostgreSQL is needed for this test and is not available: {e}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg + " (CI: run scripts/setup.sh, which installs postgresql and psycopg)")
+        pytest.skip(msg)
+    yield server
+    server.close()

@@ -55,6 +55,8 @@ class CloudMQTT:
 
     def _on_message(self, client, userdata, m) -> None:
         for flt, _, handler in self._subs:
+            if flt.startswith("$share/"):  # $share/<group>/<filter>: match the filter part
+                flt = flt.split("/", 2)[2]
             if paho.topic_matches_sub(flt, m.topic):
                 handler(m.topic, m.payload)
 

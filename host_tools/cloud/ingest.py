@@ -1,0 +1,397 @@
+"""The ingest worker: session records from devices into the ledger, then the signed ack (SPEC §6).
+
+    w = IngestWorker(registry, ledger, "127.0.0.1", broker.cloud_port, "cloud", "pw").start()
+    ...; w.stats; w.stop()
+
+    python -m host_tools.cloud.ingest --port 18830 --password-env EDGEPAY_MQTT_PW \
+        --registry /var/lib/edgepay/registry.db --db postgresql://...
+
+Pipeline. An MQTT 5 connection (CloudMQTT: TCP_NODELAY, resubscribe on reconnect) holds the shared
+subscription `$share/<group>/v1/dev/+/up/rec`; any number of workers in one group split the
+stream. The network thread only queues (topic, bytes); the worker thread takes a batch (up to
+`batch_max` messages, or whatever arrived within `batch_ms` of the first), and for each message:
+- verifies it: the topic is some device's up/rec, the device is in the registry, the envelope, kid
+  (that device's current kid) and MAC (topic as AAD), the payload schema (host codec,
+  `verify_mac0` + `decode_payload` = `open_message`), the type is a record (6-8). The retain
+  flag is ignored (a retained copy is just one more duplicate). A refused message is counted
+  under its SPEC §7 code in `stats["refused"]`, logged, and never reaches the ledger;
+- hands the batch to `Ledger.commit` (one transaction, per-device head locked; see ledger.py),
+  which deduplicates by (device, seq) and checks the hash chain.
+
+After the commit returns - never before - every device with a committed or duplicate record
+in the batch gets one cumulative ack {upto: its head seq} (QoS 1, signed with the device's key,
+seq from registry.next_seq). A duplicate is acked again because the device may have missed the
+last ack. A seq already stored with other bytes, or a record off the chain (a fork), is refused:
+counted, logged at ERROR, kept in the ledger's `rejects` table, and put in `alarms`.
+
+Out of order (a design choice): with a shared subscription a device's records are spread over
+workers, so a record regularly reaches the ledger before its predecessor that another worker is
+committing at the same moment. A record that does not link (GAP) is therefore held in memory and
+retried with every batch and every `retry_ms`, for up to `hold_ms`; only a record still unlinked
+after that triggers a resend request {upto: head, resend: true}, at most one per device per
+`resend_interval_s`. Held records are then dropped (bounded by `hold_max` per device): the device
+resends everything unacknowledged, so nothing is lost by dropping. With `hold_ms=0` a gap asks
+for a resend at once.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from host_tools.cloud.ledger import Head, Ledger, Outcome, Record, open_ledger
+from host_tools.cloud.mqtt import CloudMQTT
+from host_tools.cloud.registry import Device, Registry, RegistryError
+from host_tools.protocol import ProtocolError, decode_payload, parse_topic, seal, verify_mac0
+from host_tools.protocol import topic as topic_for
+
+log = logging.getLogger("edgepay.ingest")
+
+RECORD_FILTER = "v1/dev/+/up/rec"
+RECORD_TYPE_NAMES = ("sess_open", "sess_update", "sess_close")
+
+
+class _SharedSubscriber(CloudMQTT):
+    """CloudMQTT whose messages all go to one sink, with the retain flag (which the ledger ignores)."""
+
+    def __init__(self, *a: Any, sink: Callable[[str, bytes, bool], None], **kw: Any):
+        super().__init__(*a, **kw)
+        self._sink = sink
+
+    def _on_message(self, client, userdata, m) -> None:  # paho network thread: queue only
+        self._sink(m.topic, m.payload, m.retain)
+
+
+class IngestWorker:
+    def __init__(self, registry: Registry, ledger: Ledger, host: str, port: int, username: str,
+                 password: str, group: str | None = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
+                 hold_ms: float = 500.0, retry_ms: float = 20.0, resend_interval_s: float = 2.0,
+                 hold_max: int = 2000, client_id: str | None = None,
+                 on_alarm: Callable[[dict], None] | None = None, key_cache_s: float = 30.0):
+        self.registry = registry
+        self.ledger = ledger
+        self.group = group
+        self.batch_max = max(1, int(batch_max))
+        self.batch_s = max(0.0, batch_ms / 1000.0)
+        self.hold_s = max(0.0, hold_ms / 1000.0)
+        self.retry_s = max(0.001, retry_ms / 1000.0)
+        self.resend_interval_s = resend_interval_s
+        self.hold_max = hold_max
+        self.key_cache_s = key_cache_s
+        self.on_alarm = on_alarm
+        # group None: a plain (non-shared) subscription, e.g. an auditor that sees every copy
+        self.subscription = f"$share/{group}/{RECORD_FILTER}" if group else RECORD_FILTER
+        self._q: queue.Queue = queue.Queue()
+        self._mq = _SharedSubscriber(host, port, username, password, client_id=client_id, mqtt5=True,
+                                     sink=lambda t, p, r: self._q.put((t, p, r)))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._keys: dict[str, tuple[Device, float]] = {}
+        self._held: dict[str, dict[int, tuple[Record, float]]] = {}
+        self._last_resend: dict[str, float] = {}
+        self._stats_lock = threading.Lock()
+        self._stats: dict[str, Any] = {
+            "received": 0, "retained": 0, "verified": 0, "committed": 0, "duplicates": 0,
+            "conflicts": 0, "out_of_chain": 0, "gaps": 0, "held": 0, "resend_requests": 0,
+            "acks": 0, "batches": 0, "refused": collections.Counter(), "errors": 0,
+        }
+        self.alarms: collections.deque = collections.deque(maxlen=1000)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> "IngestWorker":
+        self._mq.subscribe(self.subscription, lambda t, p: None, qos=1)
+        self._mq.connect(timeout)
+        self._thread = threading.Thread(target=self._run, name=f"ingest-{self.group or 'plain'}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, commit and ack what was queued, disconnect."""
+        try:
+            self._mq.client.unsubscribe(self.subscription)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._mq.close()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        with self._stats_lock:
+            s = dict(self._stats)
+            s["refused"] = dict(self._stats["refused"])
+            s["held_now"] = sum(len(h) for h in self._held.values())
+            s["queued"] = self._q.qsize()
+        return s
+
+    def _count(self, key: str, n: int = 1) -> None:
+        if n:
+            with self._stats_lock:
+                self._stats[key] += n
+
+    # ---- the worker thread -------------------------------------------------------------
+    def _run(self) -> None:
+        next_retry = time.monotonic() + self.retry_s
+        while True:
+            stopping = self._stop.is_set()
+            batch = self._take(0.0 if stopping else min(self.retry_s, 0.05))
+            if stopping and not batch and not self._held:
+                return
+            now = time.monotonic()
+            retry = now >= next_retry or stopping
+            if retry:
+                next_retry = now + self.retry_s
+            if batch or (retry and self._held):
+                try:
+                    self._process(batch, retry_all=retry)
+                except Exception:  # noqa: BLE001 - a worker must survive a bad batch
+                    # nothing of this batch was acked: the devices send it again
+                    self._count("errors")
+                    log.exception("ingest batch failed; its records will be resent by the devices")
+                    time.sleep(0.2)
+            if stopping and not batch:
+                # held records cannot complete once we stop taking messages: ask for a resend
+                self._expire_held(force=True)
+                return
+
+    def _take(self, wait: float) -> list[tuple[str, bytes, bool]]:
+        try:
+            first = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch_s
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self._q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._q.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    # ---- verification -------------------------------------------------------------------
+    def _device(self, device_id: str, fresh: bool = False) -> Device:
+        now = time.monotonic()
+        hit = self._keys.get(device_id)
+        if hit is not None and not fresh and now - hit[1] < self.key_cache_s:
+            return hit[0]
+        dev = self.registry.get(device_id)
+        self._keys[device_id] = (dev, now)
+        return dev
+
+    def verify(self, topic: str, data: bytes) -> Record:
+        """Check one message (raises ProtocolError / RegistryError); the ledger Record."""
+        device_id, suffix = parse_topic(topic)
+        if suffix != "up/rec":
+            raise ProtocolError("bad_topic", f"not a record topic: {topic}")
+        dev = self._device(device_id)
+        try:
+            payload = verify_mac0(dev.key, dev.kid, topic, data)
+        except ProtocolError as e:
+            if e.code not in ("bad_kid", "bad_mac"):
+                raise
+            fresh = self._device(device_id, fresh=True)  # the key may have been rotated
+            if (fresh.key, fresh.kid) == (dev.key, dev.kid):
+                raise
+            payload = verify_mac0(fresh.key, fresh.kid, topic, data)
+        msg = decode_payload(payload, topic)
+        if msg["type"] not in RECORD_TYPE_NAMES:  # the topic check already implies it
+            raise ProtocolError("bad_topic", f"{msg['type']} is not a record")
+        return Record.from_message(device_id, msg, payload, data)
+
+    def _refuse(self, code: str, topic: str, detail: str) -> None:
+        with self._stats_lock:
+            self._stats["refused"][code] += 1
+        log.warning("refused a record on %s: %s %s", topic, code, detail)
+
+    def _alarm(self, kind: str, device: str, seq: int, detail: str) -> None:
+        a = {"kind": kind, "device": device, "seq": seq, "detail": detail, "at": time.time()}
+        self.alarms.append(a)
+        log.error("ledger alarm: %s device=%s seq=%s %s", kind, device, seq, detail)
+        if self.on_alarm is not None:
+            try:
+                self.on_alarm(a)
+            except Exception:  # noqa: BLE001
+                log.exception("on_alarm callback failed")
+
+    # ---- one batch ----------------------------------------------------------------------
+    def _process(self, batch: list[tuple[str, bytes, bool]], retry_all: bool) -> None:
+        records: list[Record] = []
+        for topic, data, retained in batch:
+            self._count("received")
+            if retained:
+                self._count("retained")
+            try:
+                records.append(self.verify(topic, data))
+            except ProtocolError as e:
+                self._refuse(e.code, topic, e.detail)
+            except RegistryError as e:
+                self._refuse("unknown_device", topic, str(e))
+        self._count("verified", len(records))
+        # held records: retried with every batch of their device, and all of them on each tick
+        devices = {r.device for r in records}
+        for dev in list(self._held):
+            if retry_all or dev in devices:
+                records.extend(r for r, _ in self._held[dev].values())
+        if not records:
+            return
+        result = self.ledger.commit(records)            # one transaction, committed on return
+        self._count("batches")
+        now = time.monotonic()
+        by_key = {(r.device, r.seq): r for r in records}
+        ack: dict[str, Head] = {}
+        for res in result.results:
+            dev, seq = res.device, res.seq
+            if res.outcome is not Outcome.GAP:
+                held = self._held.get(dev)
+                if held is not None and held.pop(seq, None) is not None and not held:
+                    del self._held[dev]
+            if res.outcome is Outcome.COMMITTED:
+                self._count("committed")
+            elif res.outcome is Outcome.DUPLICATE:
+                self._count("duplicates")
+            elif res.outcome is Outcome.CONFLICT:
+                self._count("conflicts")
+                self._alarm("conflict", dev, seq, res.detail)
+                continue
+            elif res.outcome is Outcome.OUT_OF_CHAIN:
+                self._count("out_of_chain")
+                self._alarm("out_of_chain", dev, seq, res.detail)
+                continue
+            else:  # GAP
+                held = self._held.setdefault(dev, {})
+                if seq not in held:
+                    self._count("gaps")
+                    if len(held) < self.hold_max:
+                        held[seq] = (by_key[(dev, seq)], now)
+                        self._count("held")
+                if not held:
+                    del self._held[dev]
+                    self._request_resend(dev, result.heads.get(dev))
+                continue
+            head = result.heads.get(dev)
+            if head is not None:
+                ack[dev] = head
+        # the transaction is committed: now, and only now, acknowledge
+        for dev, head in ack.items():
+            self._send_ack(dev, head.seq, resend=False)
+        self._expire_held(heads=result.heads)
+
+    def _expire_held(self, heads: dict[str, Head | None] | None = None, force: bool = False) -> None:
+        now = time.monotonic()
+        for dev in list(self._held):
+            held = self._held[dev]
+            if force or any(now - t >= self.hold_s for _, t in held.values()):
+                del self._held[dev]
+                head = (heads or {}).get(dev) if heads and dev in heads else self.ledger.head(dev)
+                self._request_resend(dev, head)
+
+    def _request_resend(self, dev: str, head: Head | None) -> None:
+        now = time.monotonic()
+        last = self._last_resend.get(dev)
+        if last is not None and now - last < self.resend_interval_s:
+            return  # rate limit: the device is resending already
+        self._last_resend[dev] = now
+        self._count("resend_requests")
+        log.info("chain gap for %s after seq %s: asking for a resend", dev, head.seq if head else 0)
+        self._send_ack(dev, head.seq if head else 0, resend=True)
+
+    def _send_ack(self, dev: str, upto: int, resend: bool) -> None:
+        try:
+            d = self._device(dev)
+            t = topic_for(dev, "ack")
+            msg = {"type": "ack", "aud": dev, "iat": int(time.time()), "seq": self.registry.next_seq(dev),
+                   "upto": upto}
+            if resend:
+                msg["resend"] = True
+            self._mq.publish(t, seal(d.key, d.kid, t, msg), qos=1, timeout=None)
+            self._count("acks")
+        except Exception:  # noqa: BLE001 - the device will resend and be acked then
+            self._count("errors")
+            log.exception("could not ack %s upto %s", dev, upto)
+
+
+# ---- command line -----------------------------------------------------------------------
+def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1883, username: str = "cloud",
+               password: str = "", group: str = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
+               hold_ms: float = 500.0, stop: threading.Event | None = None, stats_every_s: float = 0.0,
+               test_stall_ms: float = 0.0, test_stall_file: str | None = None, out=None) -> dict:
+    """Run one worker until `stop` is set or SIGTERM/SIGINT; print `ready` when subscribed and
+    the final stats as JSON. Returns the stats."""
+    out = out or sys.stdout
+    reg = Registry(registry)
+    ledger = open_ledger(db)
+    if test_stall_ms > 0:  # crash tests: stall inside each write transaction, before COMMIT
+        def stall(n: int) -> None:
+            if test_stall_file:
+                with open(test_stall_file, "a") as f:
+                    f.write(f"{n}\n")
+            time.sleep(test_stall_ms / 1000.0)
+        ledger.before_commit = stall
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    w = IngestWorker(reg, ledger, host, port, username, password, group=group, batch_max=batch_max,
+                     batch_ms=batch_ms, hold_ms=hold_ms).start()
+    print("ready", flush=True, file=out)
+    last = time.monotonic()
+    try:
+        while not stop.wait(0.2):
+            if stats_every_s and time.monotonic() - last >= stats_every_s:
+                last = time.monotonic()
+                print(json.dumps(w.stats), flush=True, file=out)
+    finally:
+        w.stop()
+        stats = w.stats
+        print(json.dumps(stats), flush=True, file=out)
+        ledger.close()
+        reg.close()
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m host_tools.cloud.ingest", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883, help="the broker's cloud listener")
+    p.add_argument("--user", default="cloud")
+    p.add_argument("--password", default=None, help="prefer --password-env")
+    p.add_argument("--password-env", default="EDGEPAY_MQTT_PASSWORD")
+    p.add_argument("--registry", required=True, help="registry database path")
+    p.add_argument("--db", required=True, help="ledger: sqlite:///path, a path, or postgresql://...")
+    p.add_argument("--group", default="ingest")
+    p.add_argument("--batch-max", type=int, default=500)
+    p.add_argument("--batch-ms", type=float, default=5.0)
+    p.add_argument("--hold-ms", type=float, default=500.0)
+    p.add_argument("--stats-every", type=float, default=0.0)
+    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--test-stall-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--test-stall-file", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    password = a.password if a.password is not None else os.environ.get(a.password_env, "")
+    run_worker(a.registry, a.db, a.host, a.port, a.user, password, a.group, a.batch_max, a.batch_ms,
+               a.hold_ms, stats_every_s=a.stats_every, test_stall_ms=a.test_stall_ms,
+               test_stall_file=a.test_stall_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

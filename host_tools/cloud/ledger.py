@@ -1,0 +1,515 @@
+"""The money ledger: every session record (SPEC §6) a device sent, chained, exactly once.
+
+Two backends, one behaviour, one interface (`Ledger`):
+
+- `SqliteLedger` (host_tools/cloud/ledger_sqlite.py): embedded default, WAL mode, writers
+  serialised with BEGIN IMMEDIATE (safe across threads and processes on one machine).
+- `PgLedger` (host_tools/cloud/ledger_pg.py): PostgreSQL via psycopg 3, the scale-out backend:
+  N ingest workers on N machines share one ledger; the per-device head row is locked with
+  SELECT ... FOR UPDATE (devices in sorted order, so two batches never deadlock).
+
+    ledger = open_ledger("sqlite:///var/lib/edgepay/ledger.db")   # or a path, or "postgresql://..."
+    results = ledger.commit([rec, ...])     # one transaction; per record an Outcome
+    ledger.head("gate-001") -> Head(seq, hash) | None
+
+Schema (both backends; BLOB is BYTEA on PostgreSQL):
+
+    records  (device, seq) PRIMARY KEY, type, sid, payer, amount, currency, t0, t1, slot, offline,
+             auth, reason, lines (JSON text), hash (16 B), prev (16 B), raw (the signed envelope),
+             committed_at; UNIQUE (device, hash)
+    heads    device PRIMARY KEY, seq, hash: the last committed record of each device's chain
+    sessions (device, sid) PRIMARY KEY, state ('open' | 'closed'), payer, slot, t0, t1, amount,
+             currency, offline, auth, reason, lines, open_seq, last_seq, close_seq
+    rejects  (device, seq, kind, digest) PRIMARY KEY, raw, detail, at: authenticated records
+             that were refused (same seq with other bytes, out of chain), kept for disputes
+
+Commit rules, per device, in seq order inside one transaction, with the head row locked:
+- seq already stored with the same bytes: DUPLICATE (nothing written; the caller acks again);
+- seq already stored with other bytes: CONFLICT (refused, never overwritten; kept in rejects);
+- seq <= head seq but not stored, or prev = the hash of a stored record other than the head (or
+  the genesis hash when a head exists): OUT_OF_CHAIN (a fork; refused, kept in rejects);
+- seq > head seq and prev = head hash (16 zero bytes for a device's first record): COMMITTED;
+- otherwise GAP: the predecessor has not arrived (yet); nothing written, the caller holds the
+  record or asks the device to resend.
+The chain hash of a record is SHA-256(payload bytes)[:16], the payload being the bstr inside its
+envelope. Money is integer minor units everywhere; totals are Python ints, never floats.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+GENESIS = bytes(16)
+RECORD_TYPES = {6: "sess_open", 7: "sess_update", 8: "sess_close"}
+TYPE_NUMBERS = {v: k for k, v in RECORD_TYPES.items()}
+
+
+def chain_hash(payload: bytes) -> bytes:
+    """SPEC §6: the first 16 bytes of SHA-256 over a record's payload bytes."""
+    return hashlib.sha256(payload).digest()[:16]
+
+
+class LedgerError(RuntimeError):
+    pass
+
+
+class Outcome(str, enum.Enum):
+    COMMITTED = "committed"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    OUT_OF_CHAIN = "out_of_chain"
+    GAP = "gap"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One verified session record, ready for the ledger."""
+    device: str
+    seq: int
+    type: int                 # 6 sess_open, 7 sess_update, 8 sess_close
+    sid: str
+    prev: bytes
+    hash: bytes               # chain_hash(payload)
+    raw: bytes                # the signed envelope exactly as received
+    payer: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    t0: int | None = None
+    t1: int | None = None
+    slot: int | None = None
+    offline: bool | None = None
+    auth: str | None = None
+    reason: str | None = None
+    lines: list | None = None
+
+    @classmethod
+    def from_message(cls, device: str, msg: Mapping[str, Any], payload: bytes, raw: bytes) -> "Record":
+        """From a message decoded by the host codec (field names), its payload bytes and envelope."""
+        t = msg["type"]
+        number = TYPE_NUMBERS.get(t, t)
+        if number not in RECORD_TYPES:
+            raise ValueError(f"not a record type: {t!r}")
+        lines = msg.get("lines")
+        return cls(device=device, seq=msg["seq"], type=number, sid=msg["sid"], prev=bytes(msg["prev"]),
+                   hash=chain_hash(payload), raw=bytes(raw), payer=msg.get("payer"),
+                   amount=msg.get("amount"), currency=msg.get("cur"), t0=msg.get("t0"),
+                   t1=msg.get("t1"), slot=msg.get("slot"), offline=msg.get("offline"),
+                   auth=msg.get("auth"), reason=msg.get("reason"),
+                   lines=[list(x) for x in lines] if lines is not None else None)
+
+    @property
+    def type_name(self) -> str:
+        return RECORD_TYPES[self.type]
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: bytes
+
+
+@dataclass(frozen=True)
+class Result:
+    device: str
+    seq: int
+    outcome: Outcome
+    detail: str = ""
+
+
+@dataclass
+class CommitResult:
+    results: list[Result]
+    heads: dict[str, Head | None]          # every device of the batch, after the commit
+
+    def by_outcome(self, outcome: Outcome) -> list[Result]:
+        return [r for r in self.results if r.outcome is outcome]
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.results if r.outcome is outcome)
+
+
+@dataclass
+class Session:
+    device: str
+    sid: str
+    state: str                 # "open" | "closed"
+    payer: str | None
+    slot: int | None
+    t0: int | None
+    t1: int | None
+    amount: int | None
+    currency: str | None
+    offline: bool | None
+    auth: str | None
+    reason: str | None
+    lines: list | None
+    open_seq: int | None
+    last_seq: int
+    close_seq: int | None
+
+
+@dataclass
+class Reconciliation:
+    missing: list[int] = field(default_factory=list)     # in the journal, not in the ledger
+    extra: list[int] = field(default_factory=list)       # in the ledger, not in the journal
+    mismatched: list[int] = field(default_factory=list)  # same seq, different bytes
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.mismatched)
+
+
+RECORD_COLS = ("device", "seq", "type", "sid", "payer", "amount", "currency", "t0", "t1", "slot",
+               "offline", "auth", "reason", "lines", "hash", "prev", "raw")
+SESSION_COLS = ("device", "sid", "state", "payer", "slot", "t0", "t1", "amount", "currency",
+                "offline", "auth", "reason", "lines", "open_seq", "last_seq", "close_seq")
+
+
+def _schema(blob: str, bigint: str) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS records (
+            device TEXT NOT NULL, seq {bigint} NOT NULL, type INTEGER NOT NULL, sid TEXT NOT NULL,
+            payer TEXT, amount {bigint}, currency TEXT, t0 {bigint}, t1 {bigint}, slot {bigint},
+            offline BOOLEAN, auth TEXT, reason TEXT, lines TEXT,
+            hash {blob} NOT NULL, prev {blob} NOT NULL, raw {blob} NOT NULL,
+            committed_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device, seq), UNIQUE (device, hash))""",
+        f"""CREATE TABLE IF NOT EXISTS heads (
+            device TEXT PRIMARY KEY, seq {bigint} NOT NULL, hash {blob} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS sessions (
+            device TEXT NOT NULL, sid TEXT NOT NULL, state TEXT NOT NULL, payer TEXT, slot {bigint},
+            t0 {bigint}, t1 {bigint}, amount {bigint}, currency TEXT, offline BOOLEAN, auth TEXT,
+            reason TEXT, lines TEXT, open_seq {bigint}, last_seq {bigint} NOT NULL,
+            close_seq {bigint}, PRIMARY KEY (device, sid))""",
+        f"""CREATE TABLE IF NOT EXISTS rejects (
+            device TEXT NOT NULL, seq {bigint} NOT NULL, kind TEXT NOT NULL, digest {blob} NOT NULL,
+            raw {blob} NOT NULL, detail TEXT, at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device, seq, kind, digest))""",
+    ]
+
+
+class Ledger(ABC):
+    """The shared logic; a backend supplies the connection, its placeholder and its locking.
+
+    A Ledger object may be shared by threads (calls are serialised by a lock); for parallel
+    writers open one Ledger per thread or process: the database does the rest.
+    """
+
+    placeholder = "?"
+    blob = "BLOB"
+    bigint = "INTEGER"
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        # test hook: called inside the write transaction just before COMMIT (crash tests stall here)
+        self.before_commit: Callable[[int], None] | None = None
+
+    # ---- backend hooks ------------------------------------------------------------------
+    @abstractmethod
+    def _cursor(self) -> Any: ...
+
+    @abstractmethod
+    def _begin_write(self, cur: Any) -> None:
+        """Start a write transaction."""
+
+    @abstractmethod
+    def _lock_heads(self, cur: Any, devices: Sequence[str]) -> dict[str, Head | None]:
+        """Inside the write transaction: lock the head rows of `devices` (sorted) and return them."""
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Delete everything (tests and benches)."""
+
+    def _now(self) -> float:
+        import time
+        return time.time()
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _ph(self, n: int) -> str:
+        return ",".join([self.placeholder] * n)
+
+    # ---- writing ------------------------------------------------------------------------
+    def commit(self, records: Iterable[Record]) -> CommitResult:
+        """Commit a batch in one transaction (see the module doc for the rules)."""
+        batch = sorted(records, key=lambda r: (r.device, r.seq))
+        if not batch:
+            return CommitResult([], {})
+        devices = sorted({r.device for r in batch})
+        with self._lock:
+            cur = self._cursor()
+            try:
+                self._begin_write(cur)
+                heads = self._lock_heads(cur, devices)
+                results: list[Result] = []
+                rows: list[tuple] = []
+                rejects: list[tuple] = []
+                now = self._now()
+                for dev in devices:
+                    recs = [r for r in batch if r.device == dev]
+                    head = heads.get(dev)
+                    stored = self._stored(cur, dev, [r.seq for r in recs])
+                    new_head = head
+                    for r in recs:
+                        outcome, detail = self._judge(cur, r, new_head, stored)
+                        results.append(Result(dev, r.seq, outcome, detail))
+                        if outcome is Outcome.COMMITTED:
+                            stored[r.seq] = r.raw
+                            rows.append(self._row(r, now))
+                            self._session(cur, r)
+                            new_head = Head(r.seq, r.hash)
+                        elif outcome in (Outcome.CONFLICT, Outcome.OUT_OF_CHAIN):
+                            rejects.append((dev, r.seq, outcome.value, hashlib.sha256(r.raw).digest(),
+                                            r.raw, detail, now))
+                    if new_head is not head:
+                        # the head row exists: _lock_heads created it
+                        cur.execute(self._sql("UPDATE heads SET seq=?, hash=? WHERE device=?"),
+                                    (new_head.seq, new_head.hash, dev))
+                        heads[dev] = new_head
+                if rows:
+                    cols = RECORD_COLS + ("committed_at",)
+                    cur.executemany(self._sql(
+                        f"INSERT INTO records ({','.join(cols)}) VALUES ({self._ph(len(cols))}) "
+                        "ON CONFLICT DO NOTHING"), rows)
+                if rejects:
+                    cur.executemany(self._sql(
+                        "INSERT INTO rejects (device, seq, kind, digest, raw, detail, at) "
+                        f"VALUES ({self._ph(7)}) ON CONFLICT DO NOTHING"), rejects)
+                if self.before_commit is not None:
+                    self.before_commit(len(rows))
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+        # a head row created for a device whose records all failed is an empty head: report None
+        return CommitResult(results, {d: (h if h is not None and h.seq >= 0 else None)
+                                      for d, h in heads.items()})
+
+    def _stored(self, cur: Any, device: str, seqs: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        uniq = sorted(set(seqs))
+        for i in range(0, len(uniq), 500):
+            part = uniq[i:i + 500]
+            cur.execute(self._sql(f"SELECT seq, raw FROM records WHERE device=? AND seq IN ({self._ph(len(part))})"),
+                        (device, *part))
+            out.update((int(s), bytes(raw)) for s, raw in cur.fetchall())
+        return out
+
+    def _judge(self, cur: Any, r: Record, head: Head | None, stored: dict[int, bytes]) -> tuple[Outcome, str]:
+        if r.seq in stored:
+            if stored[r.seq] == r.raw:
+                return Outcome.DUPLICATE, ""
+            return Outcome.CONFLICT, "seq already committed with other bytes"
+        head_seq = head.seq if head is not None and head.seq >= 0 else None
+        head_hash = head.hash if head_seq is not None else GENESIS
+        if head_seq is not None and r.seq <= head_seq:
+            return Outcome.OUT_OF_CHAIN, f"seq {r.seq} <= head {head_seq} and not in the chain"
+        if r.prev == head_hash:
+            return Outcome.COMMITTED, ""
+        if head_seq is not None and r.prev == GENESIS:
+            return Outcome.OUT_OF_CHAIN, "a second genesis record"
+        cur.execute(self._sql("SELECT seq FROM records WHERE device=? AND hash=?"), (r.device, r.prev))
+        row = cur.fetchone()
+        if row is not None:
+            return Outcome.OUT_OF_CHAIN, f"links to seq {int(row[0])}, not to the head"
+        return Outcome.GAP, f"prev does not link to head {head_seq}"
+
+    @staticmethod
+    def _row(r: Record, now: float) -> tuple:
+        return (r.device, r.seq, r.type, r.sid, r.payer, r.amount, r.currency, r.t0, r.t1, r.slot,
+                r.offline, r.auth, r.reason, json.dumps(r.lines) if r.lines is not None else None,
+                r.hash, r.prev, r.raw, now)
+
+    def _session(self, cur: Any, r: Record) -> None:
+        """Derive the session from open / update / close (records arrive in chain order)."""
+        lines = json.dumps(r.lines) if r.lines is not None else None
+        cur.execute(self._sql("SELECT state FROM sessions WHERE device=? AND sid=?"), (r.device, r.sid))
+        exists = cur.fetchone() is not None
+        if r.type == 6:
+            if exists:
+                cur.execute(self._sql(
+                    "UPDATE sessions SET payer=?, slot=?, t0=?, offline=?, auth=?, open_seq=?, "
+                    "amount=COALESCE(amount, ?), currency=COALESCE(currency, ?) WHERE device=? AND sid=?"),
+                    (r.payer, r.slot, r.t0, r.offline, r.auth, r.seq, r.amount, r.currency, r.device, r.sid))
+            else:
+                cur.execute(self._sql(
+                    f"INSERT INTO sessions ({','.join(SESSION_COLS)}) VALUES ({self._ph(len(SESSION_COLS))})"),
+                    (r.device, r.sid, "open", r.payer, r.slot, r.t0, None, r.amount, r.currency, r.offline,
+                     r.auth, None, None, r.seq, r.seq, None))
+        elif r.type == 7:
+            if exists:
+                cur.execute(self._sql(
+                    "UPDATE sessions SET amount=?, currency=?, t1=?, last_seq=? WHERE device=? AND sid=?"),
+                    (r.amount, r.currency, r.t1, r.seq, r.device, r.sid))
+            else:
+                cur.execute(self._sql(
+                    f"INSERT INTO sessions ({','.join(SESSION_COLS)}) VALUES ({self._ph(len(SESSION_COLS))})"),
+                    (r.device, r.sid, "open", None, None, None, r.t1, r.amount, r.currency, None, None,
+                     None, None, None, r.seq, None))
+        else:
+            if exists:
+                cur.execute(self._sql(
+                    "UPDATE sessions SET state='closed', payer=?, slot=?, t0=?, t1=?, amount=?, currency=?, "
+                    "offline=?, auth=?, reason=?, lines=?, last_seq=?, close_seq=? WHERE device=? AND sid=?"),
+                    (r.payer, r.slot, r.t0, r.t1, r.amount, r.currency, r.offline, r.auth, r.reason, lines,
+                     r.seq, r.seq, r.device, r.sid))
+            else:
+                cur.execute(self._sql(
+                    f"INSERT INTO sessions ({','.join(SESSION_COLS)}) VALUES ({self._ph(len(SESSION_COLS))})"),
+                    (r.device, r.sid, "closed", r.payer, r.slot, r.t0, r.t1, r.amount, r.currency,
+                     r.offline, r.auth, r.reason, lines, None, r.seq, r.seq))
+
+    # ---- reading ------------------------------------------------------------------------
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            cur = self._cursor()
+            try:
+                cur.execute(self._sql(sql), args)
+                rows = cur.fetchall()
+                self._commit()   # end the read transaction (PostgreSQL opens one implicitly)
+            except BaseException:
+                self._rollback()
+                raise
+        return rows
+
+    def head(self, device: str) -> Head | None:
+        rows = self._read("SELECT seq, hash FROM heads WHERE device=?", (device,))
+        if not rows or int(rows[0][0]) < 0:
+            return None
+        return Head(int(rows[0][0]), bytes(rows[0][1]))
+
+    def heads(self) -> dict[str, Head]:
+        return {d: Head(int(s), bytes(h)) for d, s, h in
+                self._read("SELECT device, seq, hash FROM heads WHERE seq >= 0 ORDER BY device")}
+
+    def records(self, device: str | None = None) -> list[Record]:
+        cols = ",".join(RECORD_COLS)
+        if device is None:
+            rows = self._read(f"SELECT {cols} FROM records ORDER BY device, seq")
+        else:
+            rows = self._read(f"SELECT {cols} FROM records WHERE device=? ORDER BY seq", (device,))
+        out = []
+        for row in rows:
+            d = dict(zip(RECORD_COLS, row))
+            out.append(Record(device=d["device"], seq=int(d["seq"]), type=int(d["type"]), sid=d["sid"],
+                              prev=bytes(d["prev"]), hash=bytes(d["hash"]), raw=bytes(d["raw"]),
+                              payer=d["payer"], amount=_int(d["amount"]), currency=d["currency"],
+                              t0=_int(d["t0"]), t1=_int(d["t1"]), slot=_int(d["slot"]),
+                              offline=None if d["offline"] is None else bool(d["offline"]),
+                              auth=d["auth"], reason=d["reason"],
+                              lines=json.loads(d["lines"]) if d["lines"] is not None else None))
+        return out
+
+    def count(self, device: str | None = None) -> int:
+        if device is None:
+            return int(self._read("SELECT COUNT(*) FROM records")[0][0])
+        return int(self._read("SELECT COUNT(*) FROM records WHERE device=?", (device,))[0][0])
+
+    def sessions(self, device: str | None = None) -> list[Session]:
+        cols = ",".join(SESSION_COLS)
+        if device is None:
+            rows = self._read(f"SELECT {cols} FROM sessions ORDER BY device, sid")
+        else:
+            rows = self._read(f"SELECT {cols} FROM sessions WHERE device=? ORDER BY sid", (device,))
+        out = []
+        for row in rows:
+            d = dict(zip(SESSION_COLS, row))
+            for k in ("slot", "t0", "t1", "amount", "open_seq", "last_seq", "close_seq"):
+                d[k] = _int(d[k])
+            d["offline"] = None if d["offline"] is None else bool(d["offline"])
+            d["lines"] = json.loads(d["lines"]) if d["lines"] is not None else None
+            out.append(Session(**d))
+        return out
+
+    def totals(self, device: str | None = None, state: str | None = "closed") -> dict[str, int]:
+        """Sum of session amounts by currency, as ints (closed sessions by default; state=None:
+        every session's latest amount)."""
+        where, args = [], []
+        if device is not None:
+            where.append("device=?")
+            args.append(device)
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self._read(f"SELECT currency, SUM(amount) FROM sessions{clause}"
+                          f"{' AND' if clause else ' WHERE'} currency IS NOT NULL GROUP BY currency",
+                          tuple(args))
+        return {cur: _int(total) for cur, total in sorted(rows)}
+
+    def rejects(self, device: str | None = None) -> list[dict]:
+        sql = "SELECT device, seq, kind, detail, raw FROM rejects"
+        rows = self._read(sql + (" WHERE device=? ORDER BY seq" if device else " ORDER BY device, seq"),
+                          (device,) if device else ())
+        return [dict(device=d, seq=int(s), kind=k, detail=det, raw=bytes(raw)) for d, s, k, det, raw in rows]
+
+    def reconcile(self, device: str, journal_records: Iterable[Any], from_seq: int | None = None) -> Reconciliation:
+        """Compare the ledger with a device's own list of records.
+
+        journal_records: envelopes as (seq, raw bytes) pairs, or objects with .seq and .raw
+        (e.g. `Record`), or dicts with "seq" and "raw". A device forgets acknowledged records, so
+        `from_seq` limits the ledger side to seq >= from_seq (default: everything).
+        """
+        journal: dict[int, bytes] = {}
+        for item in journal_records:
+            if isinstance(item, Mapping):
+                seq, raw = item["seq"], item["raw"]
+            elif isinstance(item, tuple):
+                seq, raw = item
+            else:
+                seq, raw = item.seq, item.raw
+            journal[int(seq)] = bytes(raw)
+        ledger = {int(s): bytes(raw) for s, raw in
+                  self._read("SELECT seq, raw FROM records WHERE device=? AND seq >= ?",
+                             (device, from_seq if from_seq is not None else -1))}
+        rec = Reconciliation()
+        for seq in sorted(journal):
+            if seq not in ledger:
+                rec.missing.append(seq)
+            elif ledger[seq] != journal[seq]:
+                rec.mismatched.append(seq)
+        rec.extra = sorted(s for s in ledger if s not in journal)
+        return rec
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _int(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, float):  # never: money columns are integers in both backends
+        raise LedgerError(f"a float in the ledger: {v!r}")
+    i = int(v)
+    if i != v:
+        raise LedgerError(f"not an integer: {v!r}")
+    return i
+
+
+def open_ledger(url: str, **kw: Any) -> Ledger:
+    """`sqlite:///path/ledger.db`, a plain path, `:memory:`, or `postgresql://...` / a libpq
+    conninfo string starting with `host=` / `dbname=`."""
+    if url.startswith(("postgresql://", "postgres://")) or url.startswith(("host=", "dbname=")):
+        from host_tools.cloud.ledger_pg import PgLedger
+        return PgLedger(url, **kw)
+    from host_tools.cloud.ledger_sqlite import SqliteLedger
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url  # sqlite:////abs/path
+    return SqliteLedger(path, **kw)

@@ -1,0 +1,79 @@
+"""The scale-out ledger backend: PostgreSQL via psycopg 3 (see host_tools/cloud/ledger.py).
+
+N ingest workers on N machines share one database. Each batch is one transaction at READ
+COMMITTED: the head rows of the batch's devices are created if missing (INSERT ... ON CONFLICT DO
+NOTHING) and locked with SELECT ... FOR UPDATE, devices in sorted order so that two batches never
+deadlock; every insert of a device's records happens under its head lock, so the chain checks
+see everything committed before them.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from host_tools.cloud.ledger import GENESIS, Head, Ledger, LedgerError, _schema
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - reported when a PgLedger is made
+    psycopg = None
+
+
+class PgLedger(Ledger):
+    placeholder = "%s"
+
+    def __init__(self, url: str, connect_timeout: float = 10.0, synchronous_commit: str | None = None):
+        super().__init__()
+        if psycopg is None:
+            raise LedgerError("psycopg 3 is not installed: pip install 'psycopg[binary]' (see pyproject dev extra)")
+        self.url = url
+        self._timeout = int(connect_timeout)
+        self._db = psycopg.connect(url, autocommit=False, connect_timeout=self._timeout)
+        if synchronous_commit:
+            with self._db.cursor() as cur:
+                cur.execute("SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,))
+            self._db.commit()
+        with self._db.cursor() as cur:
+            # schema creation races between workers starting together: serialise it
+            cur.execute("SELECT pg_advisory_xact_lock(4242001)")
+            for stmt in _schema("BYTEA", "BIGINT"):
+                cur.execute(stmt)
+        self._db.commit()
+
+    def _cursor(self) -> Any:
+        if self._db.closed or self._db.broken:  # the server restarted or the link broke: reconnect
+            self._db = psycopg.connect(self.url, autocommit=False, connect_timeout=self._timeout)
+        return self._db.cursor()
+
+    def _begin_write(self, cur: Any) -> None:
+        pass  # psycopg opens the transaction with the first statement (autocommit off)
+
+    def _lock_heads(self, cur: Any, devices: Sequence[str]) -> dict[str, Head | None]:
+        devs = list(devices)  # sorted by the caller
+        cur.executemany("INSERT INTO heads (device, seq, hash) VALUES (%s, -1, %s) ON CONFLICT DO NOTHING",
+                        [(d, GENESIS) for d in devs])
+        cur.execute("SELECT device, seq, hash FROM heads WHERE device = ANY(%s) ORDER BY device FOR UPDATE",
+                    (devs,))
+        return {d: Head(int(s), bytes(h)) for d, s, h in cur.fetchall()}
+
+    def _stored(self, cur: Any, device: str, seqs: list[int]) -> dict[int, bytes]:
+        cur.execute("SELECT seq, raw FROM records WHERE device=%s AND seq = ANY(%s)", (device, sorted(set(seqs))))
+        return {int(s): bytes(raw) for s, raw in cur.fetchall()}
+
+    def _commit(self) -> None:
+        self._db.commit()
+
+    def _rollback(self) -> None:
+        try:
+            self._db.rollback()
+        except psycopg.Error:
+            pass
+
+    def clear(self) -> None:
+        with self._lock:
+            with self._db.cursor() as cur:
+                cur.execute("TRUNCATE records, heads, sessions, rejects")
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
