@@ -1,0 +1,121 @@
+# Simulated NOR flash for vfs.VfsLfs2 on the unix VM: the bytes live in a host file (not the heap),
+# so a harness can cut power mid-write and remount the very same bytes as a reboot would.
+# NOR rules, exactly: erase sets a block to 0xFF; a program only clears bits (new = old AND data).
+import os
+
+IOCTL_INIT, IOCTL_DEINIT, IOCTL_SYNC, IOCTL_COUNT, IOCTL_SIZE, IOCTL_ERASE = 1, 2, 3, 4, 5, 6
+_CHUNK = 256
+_FF = b"\xff" * _CHUNK
+
+
+class PowerLoss(Exception):
+    pass
+
+
+def read_cut(path):
+    """Read and consume a cut control file: 'N' or 'N T' (cut at the Nth program/erase, tear T bytes)."""
+    try:
+        with open(path) as f:
+            v = f.read().split()
+        os.remove(path)  # one cut per arming: the reboot after it runs clean unless re-armed
+    except OSError:
+        return None, None
+    return int(v[0]), (int(v[1]) if len(v) > 1 else None)
+
+
+class SimFlash:
+    def __init__(self, path, block_size=4096, block_count=128, cut_at=None, tear=None):
+        """cut_at: lose power at this program-or-erase op (1-based); tear: bytes of it that land first."""
+        self.bs = block_size
+        self.n = block_count
+        try:
+            self.f = open(path, "r+b")
+        except OSError:  # a new chip comes erased
+            with open(path, "wb") as f:
+                for _ in range(block_size * block_count // _CHUNK):
+                    f.write(_FF)
+            self.f = open(path, "r+b")
+        self.cut_at = cut_at
+        self.tear = tear
+        self.dead = False
+        self._pl = PowerLoss("flash: no power")  # raised while dead, also from GC finalisers: no alloc
+        self.ops = self.progs = self.prog_bytes = self.erases = self.conflicts = 0
+        self._s = bytearray(_CHUNK)  # scratch for read-modify-write; no per-call allocation
+
+    def stats(self):
+        return {"ops": self.ops, "progs": self.progs, "prog_bytes": self.prog_bytes,
+                "erases": self.erases, "conflicts": self.conflicts}
+
+    def _alive(self):
+        if self.dead:
+            raise self._pl
+
+    def _op(self):
+        """Count a program/erase; return the bytes to tear it at if power goes now, else -1."""
+        self._alive()
+        self.ops += 1
+        if self.cut_at is not None and self.ops >= self.cut_at:
+            self.dead = True
+            return self.tear or 0
+        return -1
+
+    def readblocks(self, n, buf, off=0):
+        self._alive()
+        self.f.seek(n * self.bs + off)
+        self.f.readinto(buf)
+
+    def _program(self, addr, buf, length):
+        # AND the new bytes into the old ones, a chunk at a time
+        s = self._s
+        done = 0
+        while done < length:
+            k = min(_CHUNK, length - done)
+            mv = memoryview(s)[:k]
+            self.f.seek(addr + done)
+            self.f.readinto(mv)
+            for i in range(k):
+                o = s[i]
+                d = buf[done + i]
+                if d & ~o & 0xFF:
+                    self.conflicts += 1  # wanted a 1 where flash holds 0: NOR cannot, the 0 stays
+                s[i] = o & d
+            self.f.seek(addr + done)
+            self.f.write(mv)
+            done += k
+
+    def writeblocks(self, n, buf, off=None):
+        if off is None:  # basic interface: erase the blocks first, then program
+            for b in range(len(buf) // self.bs):
+                self.ioctl(IOCTL_ERASE, n + b)
+            off = 0
+        t = self._op()
+        length = len(buf) if t < 0 else min(t, len(buf))
+        self._program(n * self.bs + off, buf, length)
+        self.progs += 1
+        self.prog_bytes += length
+        if t >= 0:
+            raise PowerLoss("flash: power lost while programming")
+
+    def _erase(self, n, length):
+        self.f.seek(n * self.bs)
+        while length > 0:
+            k = min(_CHUNK, length)
+            self.f.write(_FF[:k] if k < _CHUNK else _FF)
+            length -= k
+
+    def ioctl(self, op, arg):
+        if op == IOCTL_DEINIT:  # allowed when dead, so the dead mount can be unmounted
+            return 0
+        self._alive()
+        if op == IOCTL_COUNT:
+            return self.n
+        if op == IOCTL_SIZE:
+            return self.bs
+        if op == IOCTL_ERASE:
+            t = self._op()
+            self._erase(arg, self.bs if t < 0 else min(t, self.bs))  # a torn erase: a prefix only
+            self.erases += 1
+            if t >= 0:
+                raise PowerLoss("flash: power lost while erasing")
+            return 0
+        return 0  # init, sync: the host file is written through on every call
