@@ -54,6 +54,10 @@ class Agent:
         self._hello_sent = False
         self._refusals = []  # ticks of recent unauthenticated refusals (rate limit)
         self._register_builtins()
+        self.journal = self.uplink = None
+        self.journal_error = None
+        if self.board.get("journal"):
+            self._open_journal()
         b = cfg["broker"]
         will = self.seal(T_STATUS, {10: False})
         self.mqtt = MQTTClient({
@@ -69,6 +73,23 @@ class Agent:
         self.mqtt.subscribe(self.t_ack, 1, self._on_ack)
         self.mqtt.on_state(self._on_state)
         self.mqtt.on_error(lambda where, e: log("mqtt error", where, repr(e)))
+
+    def _open_journal(self):
+        from hal import flash
+        from journal import Journal
+        from uplink import Uplink
+        try:
+            self.journal = Journal(flash.mount(self.board) + "/j", self.board["journal"].get("capacity", 32768),
+                                   prog=flash.progsize)
+        except Exception as e:
+            # A damaged journal is never formatted over (it may hold unsent money): run without
+            # money (apps refuse sessions while uplink is None) and say why on every hello.
+            self.journal_error = repr(e)[:60]
+            log("journal unavailable", self.journal_error)
+            return
+        self.uplink = Uplink(self, self.journal)
+        CAPS.append("rec")
+        log("journal", self.journal.depth(), "pending, last seq", self.journal.last_seq)
 
     # ---- sending ----------------------------------------------------------------------------
     def seal(self, typ, fields):
@@ -96,6 +117,8 @@ class Agent:
                                           13: CAPS, 14: self.board["kind"], 15: self.boots})
                 self._hello_sent = True
                 log("hello sent")
+                if self.journal_error:
+                    await self.send(5, {10: "journal", 11: {"why": self.journal_error}, 12: True})
             await self.send(T_STATUS, {10: True}, 1, True)
             log("online")
         except Exception as e:
@@ -229,6 +252,8 @@ class Agent:
         wdt = Watchdog(wdt_ms)
         self.mqtt.start()
         asyncio.create_task(self._heartbeats())
+        if self.uplink:
+            asyncio.create_task(self.uplink.run())
         log("agent", self.device, "boot", self.boots, "reset", self.reset_cause)
         while True:  # the loop that proves the event loop is alive
             wdt.feed()
