@@ -87,6 +87,8 @@ class Agent:
             self.journal_error = repr(e)[:60]
             log("journal unavailable", self.journal_error)
             return
+        if getattr(flash.dev, "on_cut", 1) is None:  # simulated flash: a cut kills the whole board
+            flash.dev.on_cut = hreset.power_off
         self.uplink = Uplink(self, self.journal)
         CAPS.append("rec")
         log("journal", self.journal.depth(), "pending, last seq", self.journal.last_seq)

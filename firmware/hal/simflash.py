@@ -38,6 +38,7 @@ class SimFlash:
         self.cut_at = cut_at
         self.tear = tear
         self.dead = False
+        self.on_cut = None  # called once the torn write is on "flash": a whole board dies here
         self._pl = PowerLoss("flash: no power")  # raised while dead, also from GC finalisers: no alloc
         self.ops = self.progs = self.prog_bytes = self.erases = self.conflicts = 0
         self._s = bytearray(_CHUNK)  # scratch for read-modify-write; no per-call allocation
@@ -58,6 +59,11 @@ class SimFlash:
             self.dead = True
             return self.tear or 0
         return -1
+
+    def _cut(self):
+        self.f.flush()
+        if self.on_cut:
+            self.on_cut()
 
     def readblocks(self, n, buf, off=0):
         self._alive()
@@ -94,6 +100,7 @@ class SimFlash:
         self.progs += 1
         self.prog_bytes += length
         if t >= 0:
+            self._cut()
             raise PowerLoss("flash: power lost while programming")
 
     def _erase(self, n, length):
@@ -116,6 +123,7 @@ class SimFlash:
             self._erase(arg, self.bs if t < 0 else min(t, self.bs))  # a torn erase: a prefix only
             self.erases += 1
             if t >= 0:
+                self._cut()
                 raise PowerLoss("flash: power lost while erasing")
             return 0
         return 0  # init, sync: the host file is written through on every call

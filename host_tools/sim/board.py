@@ -75,6 +75,11 @@ class SimBoard:
     def write_config(self, config: dict) -> None:
         (self.dir / "config.json").write_text(json.dumps(config))
 
+    def arm_power_cut(self, at_op: int, tear: int | None = None) -> None:
+        """Cut the board's power at its `at_op`-th flash program/erase of the next boot; with `tear`,
+        only that many bytes of the fatal write land (a torn write)."""
+        (self.dir / "flash.cut").write_text(f"{at_op} {tear}" if tear is not None else str(at_op))
+
     # -- life cycle
     def start(self, reset_cause: str | None = None) -> "SimBoard":
         if self.proc and self.proc.poll() is None:

@@ -16,7 +16,7 @@ def setup(agent):
     async def gen():
         done = store.read("loadgen", 0)
         while done < total:
-            sid = "s%d" % done
+            sid = "s%d-%d" % (done, agent.boots)  # a session cut short by a reset is not reused
             t0 = agent.clock.now() or int(time.time())
             for typ, f in ((6, {10: sid, 11: "payer-%d" % (done % 7), 13: t0}),
                            (8, {10: sid, 11: "payer-%d" % (done % 7), 13: t0, 16: 100 + done, 17: "CNY",
