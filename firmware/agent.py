@@ -28,6 +28,15 @@ def log(*a):
     print("%d" % time.ticks_ms(), *a)
 
 
+def rssi():
+    """Wi-Fi signal in dBm on a board with a radio; None on the VM or when not connected."""
+    try:
+        import network
+        return network.WLAN(network.STA_IF).status("rssi")
+    except Exception:
+        return None
+
+
 class Agent:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -134,8 +143,11 @@ class Agent:
             await asyncio.sleep(self.settings["hb_s"])
             if self.mqtt.up:
                 gc.collect()
-                await self.send(T_HB, {10: self.uptime(), 11: gc.mem_free(), 12: self.jdepth(),
-                                       14: 1 if self.clock.trusted() else 0}, 0)
+                hb = {10: self.uptime(), 11: gc.mem_free(), 12: self.jdepth(), 14: 1 if self.clock.trusted() else 0}
+                r = rssi()
+                if r is not None:
+                    hb[13] = r
+                await self.send(T_HB, hb, 0)
 
     # ---- downlink ---------------------------------------------------------------------------
     async def _on_cmd(self, topic, data, retain, dup):

@@ -378,3 +378,36 @@ def test_tls_device_verifies_the_broker(env, trust):
             w.close()
     finally:
         tb.close()
+
+
+def test_command_client_asyncio_many_in_flight(env):
+    """asyncio use: several commands in flight at once, each correlated by its own cti."""
+    import asyncio
+    env.board().start()
+    trusted(env)
+
+    async def many():
+        return await asyncio.gather(*(env.c.asend("dev1", "display", {1: f"a{i}"}, timeout=10) for i in range(5)),
+                                    env.c.asend("dev1", "nope", timeout=10))
+    res = asyncio.run(many())
+    assert [r.state for r in res[:5]] == [State.SUCCEEDED] * 5
+    assert res[5].state is State.REJECTED and res[5].code == "unsupported"
+    assert len({r.cti for r in res}) == 6
+
+
+def test_command_times_out_then_late_result_is_kept(env):
+    """A device that answers after the call's own timeout: TIMED_OUT, and the late answer is kept."""
+    b = env.board().start()
+    trusted(env)
+    env.broker.freeze()  # the command waits in the broker...
+    try:
+        cmd = env.c.submit("dev1", "display", {1: "late"}, publish_timeout=0.5)
+        cmd.wait(1.0)
+        assert cmd.state is State.TIMED_OUT
+    finally:
+        env.broker.thaw()  # ...and is delivered once the broker wakes
+    b.wait_for(r"ACT display 'late'", 15)
+    deadline = time.time() + 10
+    while cmd.late is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert cmd.state is State.TIMED_OUT and cmd.late is not None and cmd.late["status"] == 0

@@ -42,6 +42,7 @@ class State(str, enum.Enum):
 # Device result codes -> outcome. Refusals before the handler ran (nothing actuated) are REJECTED;
 # a handler that ran and failed (or an interrupted one: outcome unknown) is FAILED.
 FAILED_CODES = {"failed", "busy"}
+LATE_GRACE_S = 600  # after a command's expiry, how long a late result is still correlated
 
 
 def state_for(code: str) -> State:
@@ -130,12 +131,20 @@ class CommandClient:
         data = seal(dev.key, dev.kid, t, msg)
         cmd._to(State.CREATED)
         with self._lock:
+            self._prune(now)
             self._pending[cmd.cti] = cmd
         if self.mqtt.publish(t, data, qos=1, timeout=publish_timeout) and not cmd.state.final:
             with self._lock:
                 if not cmd.state.final:
                     cmd._to(State.SENT)
         return cmd
+
+    def _prune(self, now: float) -> None:
+        """Forget finished commands once even a late result could no longer come (past exp + grace)."""
+        if len(self._pending) < 1024:
+            return
+        for cti in [c for c, cmd in self._pending.items() if cmd.state.final and cmd.exp + LATE_GRACE_S < now]:
+            del self._pending[cti]
 
     def send(self, device: str, name: str, args: dict | None = None, *, timeout: float = 10.0,
              ttl: int = 60, nbf: int | None = None) -> Command:
