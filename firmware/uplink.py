@@ -27,12 +27,16 @@ class Uplink:
         agent.jdepth = journal.depth
         self.stats = {"sent": 0, "resent": 0, "acked": journal.acked}
 
-    def record(self, typ, fields):
+    def record(self, typ, fields, seq=None):
         """Sign and journal one money record; returns its seq once it is committed to flash.
 
+        `seq` may be taken beforehand (agent.seq.next()) so a caller can note it first: after a
+        power cut, the record was committed exactly when journal.last_seq >= seq, because nothing
+        else can append between taking a number and appending (no await in between).
         Raises journal.JournalFull when there is no room: the caller must refuse to act.
         """
-        seq = self.agent.seq.next()
+        if seq is None:
+            seq = self.agent.seq.next()
         fields[0] = typ
         fields[8] = seq
         fields[9] = self.j.last_hash

@@ -44,6 +44,13 @@ def test_power_cut_at_chosen_writes_loses_nothing(broker, rig, tmp_path):
     cfg["board"].update(journal={"capacity": 32 * 1024}, flash={"blocks": 48})
     b.write_config(cfg)
     shutil.copy(ROOT / "tests" / "vm" / "loadgen.py", b.dir / "loadgen.py")
+    try:
+        _cut_and_check(b, ledger)
+    finally:
+        b.kill()
+
+
+def _cut_and_check(b, ledger):
     seen = set()
     for at, tear in CUTS:  # each boot after a cut is itself cut: recovery runs under cuts too
         b.arm_power_cut(at, tear)
@@ -67,4 +74,3 @@ def test_power_cut_at_chosen_writes_loses_nothing(broker, rig, tmp_path):
     recs = sorted(ledger.records("cut-1"), key=lambda r: r.seq)
     for prev, cur in zip(recs, recs[1:]):
         assert cur.prev == prev.hash and cur.seq > prev.seq
-    b.kill()
