@@ -8,6 +8,7 @@ MAX_DEPTH = 8
 MAX_STR = 512
 MAX_COUNT = 64
 MAX_ITEMS = 256
+NS = 0x100  # flag on a head's initial byte: argument not in shortest form
 
 
 class CodecError(Exception):
@@ -65,9 +66,14 @@ class _Dec:
         self.o = 0
         self.items = 0
         self.views = views  # return bstrs as memoryviews (envelope: no payload copy)
+        self.a = 0  # the last head's argument
+        self.tag = None
 
     def head(self):
-        # -> (major << 5 | ai) with the argument left in self.a; shortest form enforced.
+        # -> (major << 5 | ai), plus NS (0x100) when the argument is not in shortest form; the
+        # argument is left in self.a. Only well-formedness and indefinite lengths are judged
+        # here: the caller classifies the item (type, bounds) before it may report non_canonical
+        # (SPEC §3).
         b = self.b
         o = self.o
         if o >= self.end:
@@ -75,6 +81,7 @@ class _Dec:
         ib = b[o]
         ai = ib & 31
         o += 1
+        ns = 0
         if ai < 24:
             self.a = ai
         elif ai < 28:
@@ -85,9 +92,13 @@ class _Dec:
             for k in range(o, o + n):
                 v = (v << 8) | b[k]
             o += n
-            # floats (major 7) have no argument to be shortest about; caller rejects them
-            if ib < 0xE0 and v < (24 if n == 1 else 1 << (4 * n)):
-                raise CodecError("non_canonical")
+            if ib >= 0xE0:
+                # major 7: floats have no argument to be shortest about (the caller rejects them);
+                # f8 with a value below 32 is not well-formed (RFC 8949 §3.3)
+                if ai == 24 and v < 32:
+                    raise CodecError("malformed")
+            elif v < (24 if n == 1 else 1 << (4 * n)):
+                ns = NS
             self.a = v
         elif ai == 31:
             mt = ib >> 5
@@ -97,28 +108,48 @@ class _Dec:
         else:
             raise CodecError("malformed")  # reserved 28..30
         self.o = o
-        return ib
+        return ib | ns
 
     def item(self, depth, tag_ok=False, key=False):
-        if depth > MAX_DEPTH:
-            raise CodecError("too_deep")
-        self.items += 1
-        if self.items > MAX_ITEMS:
-            raise CodecError("too_large")
+        # SPEC §3, within one item: the head (malformed, indefinite) -> its type
+        # (unsupported_cbor) -> the item total (too_large) -> depth (too_deep) -> the length or
+        # count (too_large) -> shortest form (non_canonical). A map key is read the same way.
         ib = self.head()
-        mt = ib >> 5
+        mt = (ib >> 5) & 7
         a = self.a
         if key and mt != 0 and mt != 1 and mt != 3:
             raise CodecError("unsupported_cbor")  # map keys: ints and text only
-        if mt == 0:
-            return a
-        if mt == 1:
-            return -1 - a
+        if mt == 6:
+            if not tag_ok:
+                raise CodecError("unsupported_cbor")
+            if ib > 0xFF:  # NS set
+                raise CodecError("non_canonical")
+            # tags do not count for depth or items; the caller checks the number (bad_tag)
+            self.tag = a
+            return self.item(depth, False)
+        if mt == 7 and (ib < 0xF4 or ib > 0xF6):
+            raise CodecError("unsupported_cbor")  # floats, undefined, other simple values
+        self.items += 1
+        if self.items > MAX_ITEMS:
+            raise CodecError("too_large")  # items are counted before depth is judged
+        if depth > MAX_DEPTH:
+            raise CodecError("too_deep")
+        if mt == 7:
+            if ib == 0xF6:
+                return None
+            return ib == 0xF5  # false (f4) or true (f5)
+        if mt < 2:
+            if ib > 0xFF:  # NS set
+                raise CodecError("non_canonical")
+            return a if mt == 0 else -1 - a
         if mt == 2 or mt == 3:
-            # The envelope's own byte strings (depth 2: protected, payload, tag) are bounded by the
-            # message size only: they hold CBOR that is decoded, with these bounds, on its own.
-            if a > MAX_STR and not (self.views and depth == 2 and mt == 2):
+            # Only the envelope's own byte strings (depth 2: protected, payload, tag) are bounded
+            # by the message size instead: they hold CBOR that is decoded, with these bounds, on
+            # its own. Checked before reading, like every other length.
+            if a > (MAX_MSG if mt == 2 and depth == 2 and self.views else MAX_STR):
                 raise CodecError("too_large")
+            if ib > 0xFF:  # NS set
+                raise CodecError("non_canonical")
             o = self.o
             e = o + a
             if e > self.end:
@@ -136,50 +167,35 @@ class _Dec:
             if len(s) != a and not _utf8_strict(self.b, o, e):
                 raise CodecError("malformed")
             return s
+        if a > MAX_COUNT:
+            raise CodecError("too_large")
+        if ib > 0xFF:  # NS set
+            raise CodecError("non_canonical")
         if mt == 4:
-            if a > MAX_COUNT:
-                raise CodecError("too_large")
             r = []
             d = depth + 1
             for _ in range(a):
                 r.append(self.item(d, False))
             return r
-        if mt == 5:
-            if a > MAX_COUNT:
-                raise CodecError("too_large")
-            r = {}
-            d = depth + 1
-            ps = pe = -1
-            b = self.b
-            for _ in range(a):
-                ks = self.o
-                k = self.item(d, False, True)
-                ke = self.o
-                if ps >= 0:
-                    c = _cmp(b, ps, pe, ks, ke)
-                    if c == 0:
-                        raise CodecError("dup_key")
-                    if c > 0:
-                        raise CodecError("non_canonical")
-                ps = ks
-                pe = ke
-                r[k] = self.item(d, False)
-            return r
-        if mt == 6:
-            if not tag_ok:
-                raise CodecError("unsupported_cbor")
-            # tags do not count for depth or items; the caller checks the number (bad_tag)
-            self.items -= 1
-            self.tag = a
-            return self.item(depth, False)
-        # major 7
-        if ib == 0xF4:
-            return False
-        if ib == 0xF5:
-            return True
-        if ib == 0xF6:
-            return None
-        raise CodecError("unsupported_cbor")
+        # major 5: a map
+        r = {}
+        d = depth + 1
+        ps = pe = -1
+        b = self.b
+        for _ in range(a):
+            ks = self.o
+            k = self.item(d, False, True)
+            ke = self.o
+            if ps >= 0:
+                c = _cmp(b, ps, pe, ks, ke)
+                if c == 0:
+                    raise CodecError("dup_key")
+                if c > 0:
+                    raise CodecError("non_canonical")
+            ps = ks
+            pe = ke
+            r[k] = self.item(d, False)
+        return r
 
 
 def _cmp(b, s1, e1, s2, e2):
@@ -204,7 +220,6 @@ def decode(buf, envelope=False):
     if len(buf) > MAX_MSG:
         raise CodecError("too_large")
     d = _Dec(buf, envelope)
-    d.tag = None
     v = d.item(1, envelope)
     if d.o != d.end:
         raise CodecError("trailing")
@@ -257,12 +272,13 @@ class _Enc:
         self.items = 0
 
     def item(self, v, depth):
-        # mirror the decoder's bounds: never emit what a peer must refuse
-        if depth > MAX_DEPTH:
-            raise CodecError("too_deep")
+        # mirror the decoder's bounds (items counted before depth): never emit what a peer
+        # must refuse
         self.items += 1
         if self.items > MAX_ITEMS:
             raise CodecError("too_large")
+        if depth > MAX_DEPTH:
+            raise CodecError("too_deep")
         out = self.out
         t = type(v)
         if t is bool:

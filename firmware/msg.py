@@ -5,15 +5,17 @@ import cbor
 import cose
 from cbor import CodecError
 
-# SPEC §7 numbers (a cmd_result carries these)
-ERRORS = {
-    "ok": 0, "malformed": 1, "trailing": 2, "non_canonical": 3, "indefinite": 4, "dup_key": 5,
-    "too_deep": 6, "too_large": 7, "unsupported_cbor": 8, "bad_tag": 10, "bad_envelope": 11,
-    "bad_alg": 12, "bad_kid": 13, "bad_mac": 14, "bad_type": 20, "missing": 21,
-    "unknown_type": 22, "bad_value": 23, "bad_topic": 24, "wrong_audience": 30, "stale_seq": 31,
-    "expired": 32, "not_yet_valid": 33, "clock_untrusted": 34, "replay": 35, "unsupported": 40,
-    "bad_args": 41, "failed": 42, "refused": 43, "busy": 44,
-}
+# SPEC §7: the error names and their numbers (a cmd_result carries the number). Built from two
+# constants: a dict literal would put every name in the module's qstr table, and compiling this
+# module from source (64K heap) must stay small.
+_ERRNOS = (b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0a\x0b\x0c\x0d\x0e\x14"
+           b"\x15\x16\x17\x18\x1e\x1f\x20\x21\x22\x23\x28\x29\x2a\x2b\x2c")
+ERRORS = dict(zip((
+    "ok", "malformed", "trailing", "non_canonical", "indefinite", "dup_key", "too_deep",
+    "too_large", "unsupported_cbor", "bad_tag", "bad_envelope", "bad_alg", "bad_kid", "bad_mac",
+    "bad_type", "missing", "unknown_type", "bad_value", "bad_topic", "wrong_audience",
+    "stale_seq", "expired", "not_yet_valid", "clock_untrusted", "replay", "unsupported",
+    "bad_args", "failed", "refused", "busy"), _ERRNOS))
 
 HELLO = 1
 STATUS = 2
@@ -24,6 +26,7 @@ SESS_OPEN = 6
 SESS_UPDATE = 7
 SESS_CLOSE = 8
 CMD_RESULT = 9
+AUTH_REQ = 10
 COMMAND = 20
 ACK = 21
 TIME = 22
@@ -32,14 +35,15 @@ TIME = 22
 #  u uint | i int | b bool | t tstr lo..hi UTF-8 bytes | B bstr lo..hi | c currency ^[A-Z]{3}$
 #  d device id | e enum tstr (lo = index in _ENUMS) | m map | a [tstr lo..hi] <= 16 (caps)
 #  L lines [[sku tstr 1-32, qty uint, unit_price uint]] <= hi | n uint <= hi
+#  E status: 0 or a SPEC §7 error number (any other uint is bad_value)
 # A record is 5 bytes: key, kind, required, lo, hi. All records are one bytes constant (adjacent
 # literals join at compile time); per type they are in ascending key order, because SPEC §7
 # checks fields in that order and the first failing field decides the error.
-# cmd_result's status is any uint and it may carry 6 iat, as in protocol/edgepay.cddl (the SPEC
-# table lists neither detail).
+# cmd_result may carry 6 iat, as in SPEC §4 and protocol/edgepay.cddl.
 _ENUMS = (
     ("power_on", "hard", "soft", "watchdog", "deepsleep", "brownout", "unknown"),
     ("gate", "vending", "rental"),
+    ("entry", "exit", "vend", "rent", "return", "reauth"),
 )
 _SPEC = (
     # 1 hello: 6? iat, 8 seq, 10 fw, 11 board, 12 reset, 13 caps, 14 kind, 15? boots
@@ -70,8 +74,13 @@ _SPEC = (
     b"\x10u\x01\x00\x00" b"\x11c\x01\x00\x00" b"\x12u\x01\x00\x00" b"\x13L\x00\x00\x20"
     b"\x14t\x00\x01\x10"
     # 9 cmd_result: 6? iat, 7? cti, 8 seq, 10 status, 11? name, 12? data, 13? cseq
-    b"\x06u\x00\x00\x00" b"\x07B\x00\x08\x10" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00"
+    b"\x06u\x00\x00\x00" b"\x07B\x00\x08\x10" b"\x08u\x01\x00\x00" b"\x0aE\x01\x00\x00"
     b"\x0bt\x00\x01\x18" b"\x0cm\x00\x00\x00" b"\x0du\x00\x00\x00"
+    # 10 auth_req: 6? iat, 8 seq, 10 sid, 11 payer, 12? slot, 14 purpose, 15? auth, 16? amount,
+    #   17? cur, 18? t0
+    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
+    b"\x0cu\x00\x00\x00" b"\x0ee\x01\x02\x06" b"\x0ft\x00\x01\x40" b"\x10u\x00\x00\x00"
+    b"\x11c\x00\x00\x00" b"\x12u\x00\x00\x00"
     # 20 command: 3 aud, 4 exp, 5? nbf, 6 iat, 7 cti, 8 seq, 10 name, 11? args
     b"\x03d\x01\x00\x00" b"\x04u\x01\x00\x00" b"\x05u\x00\x00\x00" b"\x06u\x01\x00\x00"
     b"\x07B\x01\x08\x10" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x18" b"\x0bm\x00\x00\x00"
@@ -83,19 +92,21 @@ _SPEC = (
 )
 # Per type, in the order above: number, first record, record count.
 _IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 7, 4, 18, 4, 5, 22, 5, 6, 27, 10, 7, 37, 6, 8, 43, 13,
-              9, 56, 7, 20, 63, 8, 21, 71, 5, 22, 76, 3))
+              9, 56, 7, 10, 63, 10, 20, 73, 8, 21, 81, 5, 22, 86, 3))
 TYPE_NAMES = ("hello", "status", "heartbeat", "event", "alarm", "sess_open", "sess_update",
-              "sess_close", "cmd_result", "command", "ack", "time")
+              "sess_close", "cmd_result", "auth_req", "command", "ack", "time")
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
-          "/up/rec", "/up/res", "/dn/cmd", "/dn/ack", "/dn/time")
-_LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "cmd", "ack", "time")
+          "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time")
+_LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "req", "cmd", "ack",
+           "time")
 _FNAMES = (
     "iat seq fw board reset caps kind boots", "iat seq online",
     "iat seq uptime heap jdepth rssi clock", "iat seq code detail",
     "iat seq code detail active", "seq prev sid payer slot t0 offline auth amount cur",
     "seq prev sid amount cur t1",
     "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
-    "iat cti seq status name data cseq", "aud exp nbf iat cti seq name args",
+    "iat cti seq status name data cseq", "iat seq sid payer slot purpose auth amount cur t0",
+    "aud exp nbf iat cti seq name args",
     "aud iat seq upto resend", "aud iat seq",
 )
 
@@ -217,6 +228,11 @@ def _field(kind, lo, hi, v):
             _err("bad_type")
         if v not in _ENUMS[lo]:
             _err("bad_value")
+    elif kind == 0x45:  # E: a §7 number
+        if not _uint(v):
+            _err("bad_type")
+        if v > 44 or v not in _ERRNOS:
+            _err("bad_value")
     elif kind == 0x6D:  # m
         if type(v) is not dict:
             _err("bad_type")
@@ -276,7 +292,7 @@ def check(p, topic):
             _field(spec[o + 1], spec[o + 3], spec[o + 4], p[k])
         elif spec[o + 2]:
             _err("missing")
-    if t == SESS_OPEN and (16 in p) != (17 in p):
+    if (t == SESS_OPEN or t == AUTH_REQ) and (16 in p) != (17 in p):
         _err("missing")  # amount and cur come together or not at all
     return t
 

@@ -132,10 +132,12 @@ def vm():
 U64 = (1 << 64) - 1
 RESETS = ("power_on", "hard", "soft", "watchdog", "deepsleep", "brownout", "unknown")
 KINDS = ("gate", "vending", "rental")
+PURPOSES = ("entry", "exit", "vend", "rent", "return", "reauth")
 ERROR_NUMBERS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 30, 31, 32,
                  33, 34, 35, 40, 41, 42, 43, 44)
 SUFFIX = {1: "up/hello", 2: "up/status", 3: "up/hb", 4: "up/evt", 5: "up/evt", 6: "up/rec",
-          7: "up/rec", 8: "up/rec", 9: "up/res", 20: "dn/cmd", 21: "dn/ack", 22: "dn/time"}
+          7: "up/rec", 8: "up/rec", 9: "up/res", 10: "up/req", 20: "dn/cmd", 21: "dn/ack",
+          22: "dn/time"}
 
 EDGE_UINTS = (0, 1, 23, 24, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32, U64 - 1, U64)
 EDGE_INTS = (-1, -24, -25, -128, -256, -257, -(1 << 32), -(1 << 63), -(1 << 64) + 1, -(1 << 64))
@@ -264,6 +266,12 @@ def _spec() -> dict[str, tuple[int, list[tuple]]]:
                            _f("status", 10, True, st.sampled_from(ERROR_NUMBERS)),
                            _f("name", 11, False, text(1, 24)), _f("data", 12, False, maps(2)),
                            _f("cseq", 13, False, u)]),
+        # amount and cur: together or not at all
+        "auth_req": (10, [iat_opt, seq, sid, _f("payer", 11, True, text(1, 64)),
+                          _f("slot", 12, False, u),
+                          _f("purpose", 14, True, st.sampled_from(PURPOSES)),
+                          _f("auth", 15, False, text(1, 64)), _f("amount", 16, None, u),
+                          _f("cur", 17, None, CURRENCIES), _f("t0", 18, False, u)]),
         "command": (20, [aud, _f("exp", 4, True, u), _f("nbf", 5, False, u), iat,
                          _f("cti", 7, True, st.binary(min_size=8, max_size=16)), seq,
                          _f("name", 10, True, text(1, 24)), _f("args", 11, False, maps(2))]),
@@ -504,27 +512,9 @@ def mutated(draw: Any) -> tuple[Case, str, str, bytes, str]:
 
 
 def known_disagreement(host: dict[str, Any], fw: dict[str, Any]) -> str | None:
-    """The shape of each disagreement reported (see KNOWN), or None."""
-    he, fe = host.get("error"), fw.get("error")
-    if fe in ("too_deep", "too_large") and he in ("malformed", "indefinite", "unsupported_cbor"):
-        return "fw_bound_before_head"
-    if he == "malformed" and fe == "unsupported_cbor":
-        return "fw_f8_simple_below_32"
-    if he == "unsupported_cbor" and fe == "non_canonical":
-        return "fw_non_shortest_before_type"
-    if he == "unsupported_cbor" and fe in ("malformed", "indefinite"):
-        return "host_key_type_before_head"
-    if he == "too_large" and fe == "non_canonical":
-        return "fw_non_shortest_before_bound"
-    if he == "bad_envelope" and fe == "too_large":
-        return "host_tstr_in_envelope_unbounded"
-    if he == "too_large" and fe == "malformed":
-        return "envelope_bstr_over_message_bound"
-    if he == "too_large" and fe == "too_deep":
-        return "spec_too_large_vs_too_deep"
-    if (he == "bad_value" and "decoded" in fw and fw["decoded"].get("type") == "cmd_result"
-            and fw["decoded"].get("status") not in ERROR_NUMBERS):
-        return "fw_cmd_result_status_any_uint"
+    """The shape of each disagreement reported (see KNOWN), or None. None are open: every
+    disagreement found so far was settled by SPEC.md and fixed (see RESOLVED); a new one gets an
+    entry in KNOWN and its shape here."""
     return None
 
 
@@ -551,54 +541,50 @@ def test_mutated_messages_agree(vm: VM, m: tuple[Case, str, str, bytes, str]) ->
 # Every disagreement found, reduced by hand to a minimal input: (id, CBOR hex, host, firmware,
 # which side SPEC.md supports and why). The CBOR defects are shown on a bare item (cbor decode);
 # known_outcomes() also puts each inside a validly MACed payload, as the wire sees it.
-KNOWN = [
-    ("fw_bound_before_head_truncated", "8181818181818181", "malformed", "too_deep",
-     "host: the firmware checks depth (and the 256-item budget) before reading the item head; "
-     "SPEC §3 ranks malformed before too_deep within one head (here the head is missing)"),
-    ("fw_bound_before_head_indefinite", "81818181818181819f", "indefinite", "too_deep",
-     "host: SPEC §3 order malformed -> indefinite -> unsupported_cbor -> too_large/too_deep"),
-    ("fw_bound_before_head_float", "8181818181818181f93c00", "unsupported_cbor", "too_deep",
-     "host: same order; a float at depth 9 is unsupported_cbor first"),
-    ("fw_bound_before_head_key", "81818181818181a14000", "unsupported_cbor", "too_deep",
-     "host: a bstr map key at depth 9 is unsupported_cbor before too_deep"),
+# Empty: the 16 reported so far were decided by the lead and fixed (RESOLVED below).
+KNOWN: list[tuple[str, str, str, str, str]] = []
+# envelope- and payload-level ones, as whole messages for the receiver kid/topic below
+KNOWN_MESSAGES: list[tuple[str, str, str, str, str]] = []
+
+# The disagreements reported earlier, each with the code SPEC §3/§7 gives it (and both codecs now
+# give): (id, input, code, which side was fixed and why). CBOR inputs are checked bare and as the
+# payload of a validly MACed message; "msg:" inputs are whole messages (known_message()).
+RESOLVED = [
+    ("fw_bound_before_head_truncated", "8181818181818181", "malformed",
+     "firmware: an item's head is read (malformed) before the depth bound is applied"),
+    ("fw_bound_before_head_indefinite", "81818181818181819f", "indefinite",
+     "firmware: malformed -> indefinite -> unsupported_cbor -> too_large -> too_deep"),
+    ("fw_bound_before_head_float", "8181818181818181f93c00", "unsupported_cbor",
+     "firmware: a float at depth 9 is unsupported_cbor before too_deep"),
+    ("fw_bound_before_head_key", "81818181818181a14000", "unsupported_cbor",
+     "firmware: a bstr map key at depth 9 is unsupported_cbor before too_deep"),
     ("fw_item_budget_before_head", "9840" + "83000000" * 63 + "8300001c", "malformed",
-     "too_large", "host: the 257th item's head is malformed (reserved ai 28) before too_large"),
-    ("fw_f8_simple_below_32", "f814", "malformed", "unsupported_cbor",
-     "host: RFC 8949 §3.3 makes 0xf8 with a value < 0x20 not well-formed, SPEC §7 malformed"),
-    ("fw_non_shortest_before_type", "81d81100", "unsupported_cbor", "non_canonical",
-     "host: a nested tag (here tag 17 with a non-shortest head) is unsupported_cbor, which "
-     "SPEC §3 ranks before non_canonical"),
-    ("fw_non_shortest_before_key_type", "a158010000", "unsupported_cbor", "non_canonical",
-     "host: a byte-string map key (with a non-shortest length) is unsupported_cbor before "
-     "non_canonical"),
-    ("fw_non_shortest_before_bound", "5a00000201" + "00" * 513, "too_large", "non_canonical",
-     "host: a 513-byte string with a non-shortest length is too_large before non_canonical"),
-    ("host_key_type_before_head_indefinite", "a15f00", "unsupported_cbor", "indefinite",
-     "firmware: the host rejects a key's major type before reading its head; SPEC §3 ranks "
-     "indefinite before unsupported_cbor"),
-    ("host_key_type_before_head_break", "a1ff00", "unsupported_cbor", "malformed",
-     "firmware: a lone break (0xff) as a map key is not well-formed: malformed first"),
-    ("host_key_type_before_head_truncated", "a1f9", "unsupported_cbor", "malformed",
-     "firmware: a truncated head is malformed first"),
+     "firmware: the 257th item's head is malformed (reserved ai 28) before too_large"),
+    ("fw_f8_simple_below_32", "f814", "malformed",
+     "firmware: RFC 8949 §3.3 makes 0xf8 with a value < 0x20 not well-formed"),
+    ("fw_non_shortest_before_type", "81d81100", "unsupported_cbor",
+     "firmware: a nested tag is unsupported_cbor before its non-shortest head is non_canonical"),
+    ("fw_non_shortest_before_key_type", "a158010000", "unsupported_cbor",
+     "firmware: a byte-string map key is unsupported_cbor before non_canonical"),
+    ("fw_non_shortest_before_bound", "5a00000201" + "00" * 513, "too_large",
+     "firmware: a 513-byte string is too_large before its non-shortest length is non_canonical"),
+    ("host_key_type_before_head_indefinite", "a15f00", "indefinite",
+     "host: a map key's head is read and classified before its type is judged"),
+    ("host_key_type_before_head_break", "a1ff00", "malformed",
+     "host: a lone break (0xff) as a map key is not well-formed"),
+    ("host_key_type_before_head_truncated", "a1f9", "malformed",
+     "host: a truncated key head is malformed"),
     ("spec_too_large_vs_too_deep",
      "85" + ("983f" + "00" * 63) * 3 + "9837" + "00" * 55 + "81" * 7 + "00", "too_large",
-     "too_deep", "SPEC ambiguous: the 257th item is also at depth 9 and §3 ranks too_large and "
-     "too_deep together ('too_large / too_deep'); the host checks items first, the firmware depth"),
-]
-# envelope- and payload-level ones, as whole messages for the receiver kid/topic below
-KNOWN_MESSAGES = [
-    ("host_tstr_in_envelope_unbounded", "tstr600", "bad_envelope", "too_large",
-     "firmware: SPEC §3 exempts only the envelope's own byte strings from the 512-byte bound; "
-     "the host exempts any string directly in the envelope array, so a 600-byte text string "
-     "there passes its CBOR pass and fails later as bad_envelope (CBOR errors come first, §7)"),
-    ("envelope_bstr_over_message_bound", "d184590801", "too_large", "malformed",
-     "SPEC unclear, host more literal: an envelope byte string announcing 2049 bytes (over the "
-     "2048-byte message bound) is too_large on the host, which checks it against that bound "
-     "before reading (§3); the firmware exempts these strings from every bound and then finds "
-     "the input truncated (malformed)"),
-    ("fw_cmd_result_status_any_uint", "status9", "bad_value", "accepted",
-     "host: SPEC §4 cmd_result status is 0 or a §7 number, 'any other number is bad_value'; the "
-     "firmware schema accepts any uint (its comment says the SPEC table lists no range)"),
+     "firmware; SPEC §3 now says items are counted before depth is judged: the 257th item, "
+     "also at depth 9, is too_large"),
+    ("host_tstr_in_envelope_unbounded", "msg:tstr600", "too_large",
+     "host: only the envelope's own byte strings are exempt from the 512-byte bound"),
+    ("envelope_bstr_over_message_bound", "msg:d184590801", "too_large",
+     "firmware: an envelope byte string announcing more than 2048 bytes is too_large, checked "
+     "before reading"),
+    ("fw_cmd_result_status_any_uint", "msg:status9", "bad_value",
+     "firmware: a cmd_result status that is not a §7 number is bad_value"),
 ]
 KEY = bytes(range(32))
 KID = "gate-001:1"
@@ -606,6 +592,7 @@ RES = "v1/dev/gate-001/up/res"
 
 
 def known_message(what: str) -> bytes:
+    what = what.removeprefix("msg:")
     if what == "tstr600":
         return b"\xd1\x84" + h(3, 600) + b"a" * 600 + b"\xa0\x40\x58\x20" + bytes(32)
     if what == "d184590801":
@@ -659,6 +646,19 @@ def test_known_disagreement(vm: VM, entry: tuple) -> None:
     cid, what, host_code, fw_code, spec = entry
     for host, fw in known_outcomes(vm, entry):
         assert J(host) == J(fw), f"{cid}: host {host} firmware {fw} on {what}. {spec}"
+
+
+@pytest.mark.parametrize("entry", RESOLVED, ids=[r[0] for r in RESOLVED])
+def test_resolved_disagreements_agree_with_spec(vm: VM, entry: tuple) -> None:
+    """Each disagreement reported and fixed: both codecs give the code SPEC.md gives it."""
+    cid, what, code, why = entry
+    want = {"error": code}
+    if not what.startswith("msg:"):
+        assert outcome_of_decode(bytes.fromhex(what)) == want, (cid, why)
+        assert vm.call({"op": "decode", "hex": what}) == want, (cid, why)
+    data = known_message(what)
+    assert host_open(KEY, KID, RES, data) == want, (cid, why)
+    assert vm_open(vm, KEY, KID, RES, data) == want, (cid, why)
 
 
 # --- 4. pycose interop for the firmware codec --------------------------------------------------

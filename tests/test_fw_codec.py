@@ -342,7 +342,7 @@ o_case("missing_type", payload_with(REC, k0=...), {"error": "missing"})
 o_case("bad_type_type_text", payload_with(REC, k0="8"), {"error": "bad_type"})
 o_case("bad_type_type_neg", payload_with(REC, k0=-8), {"error": "bad_type"})
 o_case("unknown_type", payload_with(REC, k0=99), {"error": "unknown_type"})
-o_case("unknown_type_before_topic", payload_with(REC, k0=10), {"error": "unknown_type"}, topic=T_HELLO)
+o_case("unknown_type_before_topic", payload_with(REC, k0=11), {"error": "unknown_type"}, topic=T_HELLO)
 o_case("bad_topic", REC, {"error": "bad_topic"}, topic="v1/dev/gate-001/up/evt")
 o_case("bad_topic_prefix", REC, {"error": "bad_topic"}, topic="v2/dev/gate-001/up/rec")
 o_case("bad_topic_devid", REC, {"error": "bad_topic"}, topic="v1/dev/Gate/up/rec")
@@ -480,6 +480,8 @@ SCHEMA = {
                                  "14 offline 0|15 auth 0|16 amount 1|17 cur 1|18 t1 1|19 lines 0|"
                                  "20 reason 0"),
     9: ("cmd_result", "/up/res", "6 iat 0|7 cti 0|8 seq 1|10 status 1|11 name 0|12 data 0|13 cseq 0"),
+    10: ("auth_req", "/up/req", ("6 iat 0|8 seq 1|10 sid 1|11 payer 1|12 slot 0|14 purpose 1|"
+                                 "15 auth 0|16 amount 0|17 cur 0|18 t0 0")),
     20: ("command", "/dn/cmd", "3 aud 1|4 exp 1|5 nbf 0|6 iat 1|7 cti 1|8 seq 1|10 name 1|11 args 0"),
     21: ("ack", "/dn/ack", "3 aud 1|6 iat 1|8 seq 1|10 upto 1|11 resend 0"),
     22: ("time", "/dn/time", "3 aud 1|6 iat 1|8 seq 1"),

@@ -15,11 +15,13 @@ Pass 1 makes the error codes exact; passes 2 and 3 are independent belts behind 
 
 Interpretations of SPEC §3 made here: depth counts every item (a scalar inside 8 nested
 containers is at depth 9), tags count neither for depth nor as items, map keys count as data
-items, a string's bound is its byte length, and the byte strings directly inside the envelope
-array (protected header, payload, tag) are bounded by the message size, not by the 512-byte
-string bound (the payload is decoded, and bounded, on its own). Among several defects the first
-in stream order is reported; within one item head: malformed, indefinite, unsupported_cbor,
-too_large/too_deep, non_canonical.
+items, a string's bound is its byte length, and only the byte strings directly inside the
+envelope array (protected header, payload, tag) are bounded by the message size instead of the
+512-byte string bound (the payload is decoded, and bounded, on its own); any other item there,
+a text string included, has the usual bounds. Among several defects the first in stream order is
+reported; within one item: malformed, indefinite (its head), unsupported_cbor (its type, map keys
+included: a key's head is read first), too_large (the item total), too_deep, too_large (its length
+or count), non_canonical.
 """
 from __future__ import annotations
 
@@ -101,8 +103,10 @@ class _Scanner:
         shortest = arg >= (24 if size == 1 else 1 << (4 * size))
         return major, ai, arg, shortest
 
-    def _item(self, depth: int, allow_tag: bool) -> None:
+    def _item(self, depth: int, allow_tag: bool, key: bool = False) -> None:
         major, ai, arg, shortest = self._head()
+        if key and major not in (0, 1, 3):
+            raise _fail("unsupported_cbor", "map key is not an integer or text string")
         if major == 6:
             if not allow_tag:
                 raise _fail("unsupported_cbor", f"tag {arg}")
@@ -122,8 +126,10 @@ class _Scanner:
             raise _fail("too_deep", f"nesting deeper than {MAX_DEPTH}")
         if major in (2, 3):
             # The envelope's own byte strings (protected header, payload, tag) are embedded
-            # CBOR or a MAC, bounded by the message size; the string bound is for data.
-            limit = MAX_MESSAGE if self.allow_top_tag and depth == 2 else MAX_STRING
+            # CBOR or a MAC, bounded by the message size; the string bound is for data, and for
+            # any text string, even one directly in the envelope array.
+            envelope_bstr = major == 2 and self.allow_top_tag and depth == 2
+            limit = MAX_MESSAGE if envelope_bstr else MAX_STRING
             if arg > limit:
                 raise _fail("too_large", f"string of {arg} bytes")
             self._shortest(shortest)
@@ -149,11 +155,7 @@ class _Scanner:
         previous: bytes | None = None
         for _ in range(count):
             start = self.pos
-            if start >= len(self.data):
-                raise _fail("malformed", "truncated")
-            if self.data[start] >> 5 not in (0, 1, 3):
-                raise _fail("unsupported_cbor", "map key is not an integer or text string")
-            self._item(depth + 1, False)
+            self._item(depth + 1, False, key=True)  # its head is read before its type is judged
             key = bytes(self.data[start:self.pos])
             if previous is not None:
                 if key == previous:

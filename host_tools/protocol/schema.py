@@ -13,6 +13,7 @@ CURRENCY_RE = re.compile(r"[A-Z]{3}")
 RESET_CAUSES = frozenset({"power_on", "hard", "soft", "watchdog", "deepsleep", "brownout",
                           "unknown"})
 DEVICE_KINDS = frozenset({"gate", "vending", "rental"})
+AUTH_PURPOSES = frozenset({"entry", "exit", "vend", "rent", "return", "reauth"})
 KEY_TYPE = 0
 
 
@@ -149,6 +150,9 @@ MESSAGE_TYPES: Mapping[int, MessageType] = MappingProxyType({t.number: t for t i
           _f(10, "status", "uint", choices=frozenset(ERROR_NAMES)),
           _f(11, "name", "tstr", size=(1, 24), required=False),
           _f(12, "data", "map", required=False), _f(13, "cseq", "uint", required=False)),
+    _type(10, "auth_req", "up/req", SEQ, IAT.optional(), SID, PAYER, SLOT,
+          _f(14, "purpose", "tstr", choices=AUTH_PURPOSES), AUTH, AMOUNT.optional(),
+          CUR.optional(), _f(18, "t0", "uint", required=False)),
     _type(20, "command", "dn/cmd", AUD, EXP, NBF.optional(), IAT, CTI, SEQ,
           _f(10, "name", "tstr", size=(1, 24)), _f(11, "args", "map", required=False)),
     _type(21, "ack", "dn/ack", AUD, IAT, SEQ, _f(10, "upto", "uint"),
@@ -195,7 +199,7 @@ def from_wire(payload: Any, topic: str | None = None) -> dict[str, Any]:
             continue
         field.check(payload[field.key])
         out[field.name] = payload[field.key]
-    if mtype.name == "sess_open" and ("amount" in out) != ("cur" in out):
+    if mtype.name in ("sess_open", "auth_req") and ("amount" in out) != ("cur" in out):
         raise ProtocolError("missing", "amount and cur come together")
     return out
 

@@ -103,7 +103,8 @@ def ascending(pairs: list[tuple[V, V]]) -> bool:
 # --- the schema, as written in SPEC §4 ---------------------------------------------------------
 
 TYPES = {"hello": 1, "status": 2, "heartbeat": 3, "event": 4, "alarm": 5, "sess_open": 6,
-         "sess_update": 7, "sess_close": 8, "cmd_result": 9, "command": 20, "ack": 21, "time": 22}
+         "sess_update": 7, "sess_close": 8, "cmd_result": 9, "auth_req": 10, "command": 20,
+         "ack": 21, "time": 22}
 COMMON = {"type": 0, "aud": 3, "exp": 4, "nbf": 5, "iat": 6, "cti": 7, "seq": 8, "prev": 9}
 SESS = {"sid": 10, "payer": 11, "slot": 12, "t0": 13, "offline": 14, "auth": 15, "amount": 16,
         "cur": 17, "t1": 18, "lines": 19, "reason": 20}
@@ -115,14 +116,16 @@ FIELDS = {
     "alarm": {"code": 10, "detail": 11, "active": 12},
     "sess_open": SESS, "sess_update": SESS, "sess_close": SESS,
     "cmd_result": {"status": 10, "name": 11, "data": 12, "cseq": 13},
+    "auth_req": {"sid": 10, "payer": 11, "slot": 12, "purpose": 14, "auth": 15, "amount": 16,
+                 "cur": 17, "t0": 18},
     "command": {"name": 10, "args": 11},
     "ack": {"upto": 10, "resend": 11},
     "time": {},
 }
 SUFFIX = {"hello": "up/hello", "status": "up/status", "heartbeat": "up/hb", "event": "up/evt",
           "alarm": "up/evt", "sess_open": "up/rec", "sess_update": "up/rec",
-          "sess_close": "up/rec", "cmd_result": "up/res", "command": "dn/cmd", "ack": "dn/ack",
-          "time": "dn/time"}
+          "sess_close": "up/rec", "cmd_result": "up/res", "auth_req": "up/req",
+          "command": "dn/cmd", "ack": "dn/ack", "time": "dn/time"}
 
 
 def payload(tname: str, fields: dict[str, V],
@@ -249,6 +252,16 @@ def build_valid() -> None:
     valid("cmd_result_get_state", "cmd_result carrying the device state", "cmd_result",
           {"seq": u(108), "cti": b(CTI), "status": u(0), "name": t("get_state"),
            "data": mp((t("fw"), t("1.0.0")), (t("jdepth"), u(0)), (t("sessions"), arr(t("s-1"))))})
+    valid("auth_req_entry", "auth_req for entry: plate as payer, slot and iat", "auth_req",
+          {"seq": u(120), "iat": u(T), "sid": t("s-0100"), "payer": t("plate:B-EP-123"),
+           "slot": u(1), "purpose": t("entry")})
+    valid("auth_req_exit_amount", "auth_req for exit with the amount due and its currency, the "
+          "earlier authorisation and the session start t0", "auth_req",
+          {"seq": u(121), "sid": t("s-0100"), "payer": t("plate:B-EP-123"), "purpose": t("exit"),
+           "auth": t("auth-77f3"), "amount": u(450), "cur": t("EUR"), "t0": u(T)})
+    valid("auth_req_reauth", "auth_req to re-authorise a running rental (t0, no amount)",
+          "auth_req", {"seq": u(122), "sid": t("s-0101"), "payer": t("qr:7f3a9c"),
+                       "purpose": t("reauth"), "auth": t("ord-5521"), "t0": u(T - 3600)})
     valid("cmd_result_no_cti", "cmd_result refusing an unreadable command: no cti; with iat "
           "(optional per the CDDL)", "cmd_result", {"seq": u(109), "status": u(14), "iat": u(T)})
 
@@ -283,6 +296,14 @@ def build_valid() -> None:
     command("cmd_reboot", "reboot after 5 s", "reboot", mp((u(1), u(5))), 508)
     command("cmd_ota", "ota with a (placeholder) manifest", "ota",
             mp((u(1), b(bytes(range(40))))), 509)
+    command("cmd_auth", "auth: the cloud grants an auth_req (order ref, limit, pay-after mode)",
+            "auth", mp((u(1), t("s-0100")), (u(2), TRUE), (u(3), t("auth-9")), (u(4), u(2000)),
+                       (u(6), u(0))), 520)
+    command("cmd_paid", "paid: a payment was made out of band (parking QR): open", "paid",
+            mp((u(1), t("s-0100")), (u(2), t("qr-ord-8812"))), 521)
+    command("cmd_set_policy", "set_policy: the signed offline risk policy", "set_policy",
+            mp((u(1), u(3)), (u(2), t("EUR")), (u(3), u(5000)), (u(4), u(50000)), (u(5), u(20)),
+               (u(6), u(86400))), 522)
     command("cmd_unknown_name", "a command name the device may not know is still a valid "
             "message (the device answers unsupported)", "self_destruct", None, 510)
     valid("ack", "ack up to seq 104", "ack",
@@ -376,6 +397,12 @@ def build_envelope_errors() -> None:
         mac0(KEY, hb_top, body, tag=tag[:16]))
     altered = body.replace(u(3600).enc, u(3601).enc)
     assert altered != body
+    env("env_tstr_600", "a 600-byte text string where the protected header belongs: only the "
+        "envelope's own byte strings are exempt from the 512-byte bound", "too_large",
+        b"\xd1\x84" + t("a" * 600).enc + b"\xa0" + b(body).enc + b(tag).enc)
+    env("env_bstr_over_message", "the protected header's byte string announces 2049 bytes, more "
+        "than the message bound: too_large, checked before reading", "too_large",
+        b"\xd1\x84" + head(2, 2049) + prot + b"\xa0" + b(body).enc + b(tag).enc)
     env("env_payload_altered", "uptime changed after the MAC was computed", "bad_mac",
         mac0(KEY, hb_top, altered, tag=tag))
     env("env_topic_moved", "signed for v1/dev/gate-001/up/evt, received on up/hb", "bad_mac",
@@ -459,6 +486,54 @@ def build_payload_errors() -> None:
     bad_payload("cbor_payload_truncated", "payload map announces one more entry than it has",
                 "malformed", b"\xa7" + hb()[1:], "up/hb")
 
+    # the order of checks within one item (SPEC §3): the head first (malformed, indefinite),
+    # then the type (unsupported_cbor), the item total (too_large), depth (too_deep), the length
+    # or count (too_large), and only then shortest form (non_canonical)
+    def at_depth_9(item: bytes) -> V:
+        # detail (depth 2) > 6 arrays (depths 3-8) > item at depth 9
+        return raw(b"\x81" * 6 + item)
+
+    bad_payload("cbor_depth9_truncated", "the item due at depth 9 is missing (the payload ends): "
+                "malformed, its head is read before depth is judged", "malformed",
+                ev(mp((u(1), at_depth_9(b"")))), "up/evt")
+    bad_payload("cbor_depth9_indefinite", "an indefinite-length array at depth 9: indefinite "
+                "before too_deep", "indefinite", ev(mp((u(1), at_depth_9(b"\x9f\xff")))),
+                "up/evt")
+    bad_payload("cbor_depth9_float", "a half float at depth 9: unsupported_cbor before "
+                "too_deep", "unsupported_cbor", ev(mp((u(1), at_depth_9(b"\xf9\x3c\x00")))),
+                "up/evt")
+    # items before detail's entries: payload map, 3 keys and values (0, 8, 10), key 11, detail
+    before = 1 + 6 + 1 + 1
+    fill = [(u(k), arr(*[u(0)] * 64)) for k in (1, 2, 3)]
+    n = 256 - before - 66 * 3 - 2  # zeros before the 257th item, in the array under key 4
+    bad_payload("cbor_item_257_malformed", "the 257th data item has a reserved head (1c): "
+                "malformed before too_large", "malformed",
+                ev(mp(*fill, (u(4), raw(head(4, n + 1) + u(0).enc * n + b"\x1c")))), "up/evt")
+    assert before + 66 * 3 + 2 + n + 1 == 257
+    fill = [(u(k), arr(*[u(0)] * 64)) for k in (1, 2, 3)]
+    n = 257 - before - 66 * 3 - 2 - 1 - 6 - 1  # zeros under key 4; key 5 > 6 arrays > 0
+    assert 0 < n <= 64
+    bad_payload("cbor_item_257_at_depth_9", "the 257th data item is also at depth 9: too_large, "
+                "items are counted before depth is judged", "too_large",
+                ev(mp(*fill, (u(4), arr(*[u(0)] * n)), (u(5), at_depth_9(u(0).enc)))), "up/evt")
+    bad_payload("cbor_f8_below_32", "simple value written f8 14 (a value below 32 in the "
+                "one-byte form): not well-formed, RFC 8949 §3.3", "malformed",
+                ev(mp((u(1), raw(b"\xf8\x14")))), "up/evt")
+    bad_payload("cbor_tag_nonshortest_nested", "tag 17 with a one-byte argument (d8 11) inside "
+                "the payload: unsupported_cbor before non_canonical", "unsupported_cbor",
+                ev(mp((u(1), raw(b"\xd8\x11\x00")))), "up/evt")
+    bad_payload("cbor_bytes_key_nonshortest", "a byte-string map key with a non-shortest length "
+                "(58 01 00): unsupported_cbor before non_canonical", "unsupported_cbor",
+                ev(raw(b"\xa1\x58\x01\x00\x00")), "up/evt")
+    bad_payload("cbor_string_513_nonshortest", "a 513-byte byte string whose length is written "
+                "in 4 bytes (5a 00 00 02 01): too_large before non_canonical", "too_large",
+                ev(mp((u(1), raw(head(2, 513, 4) + bytes(513))))), "up/evt")
+    bad_payload("cbor_key_indefinite", "an indefinite-length byte string as a map key: its head "
+                "is read first, indefinite before unsupported_cbor", "indefinite",
+                ev(raw(b"\xa1\x5f\x41k\xff\x01")), "up/evt")
+    bad_payload("cbor_key_break", "a lone break (ff) as a map key: malformed before "
+                "unsupported_cbor", "malformed", ev(raw(b"\xa1\xff\x01")), "up/evt")
+
     # schema errors
     bad_payload("schema_not_a_map", "payload is an array", "bad_type",
                 arr(u(3), u(42)).enc, "up/hb")
@@ -506,6 +581,16 @@ def build_payload_errors() -> None:
     bad_payload("schema_lines_shape", "a line of two items instead of [sku, qty, unit_price]",
                 "bad_type", payload("sess_close", {**close, "lines": arr(arr(t("tea"), u(1)))})[0],
                 "up/rec")
+    bad_payload("schema_status_not_error_number", "cmd_result status 9: not a §7 error number",
+                "bad_value", payload("cmd_result", {"seq": u(112), "status": u(9)})[0],
+                "up/res")
+    req = {"seq": u(123), "sid": t("s-0102"), "payer": t("tag:04a1b2"), "purpose": t("vend")}
+    bad_payload("schema_auth_req_purpose", "auth_req purpose \"park\"", "bad_value",
+                payload("auth_req", {**req, "purpose": t("park")})[0], "up/req")
+    bad_payload("schema_auth_req_amount_no_cur", "auth_req with amount but no cur", "missing",
+                payload("auth_req", {**req, "amount": u(300)})[0], "up/req")
+    bad_payload("schema_auth_req_wrong_topic", "an auth_req on up/rec (MACed for up/rec)",
+                "bad_topic", payload("auth_req", req)[0], "up/rec")
     command = {"aud": t(DEV), "exp": u(T + 300), "iat": u(T), "cti": b(CTI), "seq": u(602),
                "name": t("open")}
     bad_payload("schema_cti_short", "cti of 7 bytes (8-16)", "bad_value",
