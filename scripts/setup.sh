@@ -25,6 +25,17 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+# --- MicroPython type stubs (edgepay tooling): pyright checks firmware/ against them, not CPython's
+# typeshed (pyrightconfig.json: typeshedPath/stubPath .venv/typings; rp2 beside it, for hal/flash.py).
+# Installed into plain directories, never into the venv, where they would shadow CPython's stubs.
+if [ "$(cat .venv/typings/.stamp 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing MicroPython stubs into .venv/typings"
+  rm -rf .venv/typings .venv/typings-rp2
+  .venv/bin/python -m pip install -q --no-user --target .venv/typings -c constraints.txt micropython-esp32-stubs
+  .venv/bin/python -m pip install -q --no-user --no-deps --target .venv/typings-rp2 -c constraints.txt micropython-rp2-stubs
+  echo "$want" > .venv/typings/.stamp
+fi
+
 # --- Mosquitto: the tests start their own broker on a free loopback port
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -2,11 +2,14 @@
 the device's config.json in the directory that stands in for its flash."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from host_tools.cloud.registry import Registry
-from host_tools.sim.board import SimBoard
+from host_tools.sim.board import ROOT, SimBoard
+
+BOARDS = ROOT / "boards"
 
 # Short timings so simulated boards notice faults in seconds, not minutes.
 FAST = {"hb_s": 5, "keepalive_s": 4, "backoff_min_ms": 100, "backoff_max_ms": 1000}
@@ -21,22 +24,53 @@ def device_config(device: str, key: bytes, host: str, port: int, password: str, 
     return cfg
 
 
-def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str = "gate",
-                  settings: dict | None = None, heapsize: str = "64K", ca_file: str | None = None,
-                  **extra) -> SimBoard:
+def board_definition(board_file: str | Path) -> dict:
+    """A board file's definition: a path, or a name under boards/ ("sim-gate" or "sim-gate.json")."""
+    p = Path(board_file)
+    if not p.exists():
+        p = BOARDS / (p.name if p.suffix == ".json" else p.name + ".json")
+    return json.loads(p.read_text())
+
+
+def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str | None = None,
+                  settings: dict | None = None, heapsize: str | None = None, ca_file: str | None = None,
+                  peripherals=None, board_file: str | Path | None = None, **extra) -> SimBoard:
     """Register `device`, give it broker credentials and write its config; returns the (stopped) board.
 
     With `ca_file`, the device connects to the broker's TLS listener and verifies its certificate
     against that CA, copied onto the device's flash as ca.pem.
+    With `board_file` (a boards/*.json, by path or name), its whole definition becomes the config's
+    "board" section (the device checks it at boot); kind, board name, heap budget (heap_kb) and
+    watchdog (wdt_ms) come from it unless given. Only sim boards ("sim": true) run on the VM.
+    With `peripherals` (a host_tools.sim.peripherals.SimPeripherals), the config names its port
+    (cfg["sim"]), so the board's sim HAL connects to it.
     """
+    bdef = None
+    if board_file is not None:
+        bdef = board_definition(board_file)
+        if not bdef.get("sim"):
+            raise ValueError(f"{board_file}: not a sim board (\"sim\": true); it cannot run on the VM")
+        if kind is not None and kind != bdef.get("kind"):
+            raise ValueError(f"{board_file} is a {bdef.get('kind')} board, not {kind}")
+        kind = bdef.get("kind")
+        if heapsize is None and isinstance(bdef.get("heap_kb"), int):
+            heapsize = f"{bdef['heap_kb']}K"
+        if "wdt_ms" not in extra and isinstance(bdef.get("wdt_ms"), int):
+            extra["wdt_ms"] = bdef["wdt_ms"]
+    kind = kind or "gate"
+    bname = bdef.get("name") if bdef and isinstance(bdef.get("name"), str) else f"sim-{kind}"
     key = os.urandom(32)
-    registry.add(device, key, kind, f"sim-{kind}")
+    registry.add(device, key, kind, bname)
     password = os.urandom(12).hex()
     broker.add_user(device, password)
     port = broker.tls_port if ca_file else broker.port
-    cfg = device_config(device, key, "127.0.0.1", port, password, kind, f"sim-{kind}",
+    cfg = device_config(device, key, "127.0.0.1", port, password, kind, bname,
                         dict(FAST, **(settings or {})), **extra)
-    board = SimBoard(Path(root) / device, cfg, heapsize=heapsize)
+    if bdef is not None:
+        cfg["board"] = bdef
+    if peripherals is not None:
+        cfg["sim"] = {"host": "127.0.0.1", "port": peripherals.port}
+    board = SimBoard(Path(root) / device, cfg, heapsize=heapsize or "64K")
     if ca_file:
         (board.dir / "ca.pem").write_bytes(Path(ca_file).read_bytes())
         cfg["broker"].update(tls=True, ca="ca.pem", server_hostname="localhost")
