@@ -1,0 +1,50 @@
+# firmware/apps/fees.py on the VM, one case a line on stdin:
+#   {"f": "validate" | "parking" | "rental" | "vending", "t": tariff, "a": [args after the tariff]}
+# A map anywhere in "t" or "a" is {"$m": [[key, value], ...]} (JSON keys are only text; tariff keys
+# are ints). Prints one line each: {"r": result} ("ok" for validate; tuples as lists), or
+# {"e": [code, field]} for a FeeError, or {"x": "Type: text"} for anything else.
+import gc
+import json
+import sys
+
+from apps import fees
+
+
+def dec(v):
+    if isinstance(v, dict):
+        m = {}
+        for kv in v["$m"]:
+            m[dec(kv[0])] = dec(kv[1])
+        return m
+    if isinstance(v, list):
+        return [dec(x) for x in v]
+    return v
+
+
+FN = {"parking": fees.parking, "rental": fees.rental, "vending": fees.vending}
+
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    if not line.strip():
+        continue
+    gc.collect()
+    c = json.loads(line)
+    line = None
+    try:
+        t = dec(c["t"])
+        a = dec(c["a"])
+        f = c["f"]
+        if f == "validate":
+            fees.validate(t)
+            r = {"r": "ok"}
+        else:
+            v = FN[f](t, *a)
+            r = {"r": list(v) if isinstance(v, tuple) else v}
+    except fees.FeeError as e:
+        r = {"e": [e.code, e.field]}
+    except Exception as e:
+        r = {"x": "%s: %s" % (type(e).__name__, e)}
+    c = t = a = None
+    print(json.dumps(r))
