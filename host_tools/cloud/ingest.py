@@ -24,6 +24,12 @@ seq from registry.next_seq). A duplicate is acked again because the device may h
 last ack. A seq already stored with other bytes, or a record off the chain (a fork), is refused:
 counted, logged at ERROR, kept in the ledger's `rejects` table, and put in `alarms`.
 
+`on_commit` (optional): called on the worker thread with the records newly COMMITTED by a batch
+(not duplicates), in (device, seq) order, after the commit and after the acks; an exception in it
+is counted under `errors` and logged, and changes nothing in the ledger. The session service
+(host_tools/cloud/sessions.py) settles sess_close records this way. A consumer that must not miss
+records across its own restarts polls the ledger as well (SessionService.settle_ledger).
+
 Out of order (a design choice): with a shared subscription a device's records are spread over
 workers, so a record regularly reaches the ledger before its predecessor that another worker is
 committing at the same moment. A record that does not link (GAP) is therefore held in memory and
@@ -75,7 +81,8 @@ class IngestWorker:
                  password: str, group: str | None = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
                  hold_ms: float = 500.0, retry_ms: float = 20.0, resend_interval_s: float = 2.0,
                  hold_max: int = 2000, client_id: str | None = None,
-                 on_alarm: Callable[[dict], None] | None = None, key_cache_s: float = 30.0):
+                 on_alarm: Callable[[dict], None] | None = None, key_cache_s: float = 30.0,
+                 on_commit: Callable[[list[Record]], None] | None = None):
         self.registry = registry
         self.ledger = ledger
         self.group = group
@@ -87,6 +94,7 @@ class IngestWorker:
         self.hold_max = hold_max
         self.key_cache_s = key_cache_s
         self.on_alarm = on_alarm
+        self.on_commit = on_commit
         # group None: a plain (non-shared) subscription, e.g. an auditor that sees every copy
         self.subscription = f"$share/{group}/{RECORD_FILTER}" if group else RECORD_FILTER
         self._q: queue.Queue = queue.Queue()
@@ -256,6 +264,7 @@ class IngestWorker:
         now = time.monotonic()
         by_key = {(r.device, r.seq): r for r in records}
         ack: dict[str, Head] = {}
+        committed: list[Record] = []
         for res in result.results:
             dev, seq = res.device, res.seq
             if res.outcome is not Outcome.GAP:
@@ -264,6 +273,7 @@ class IngestWorker:
                     del self._held[dev]
             if res.outcome is Outcome.COMMITTED:
                 self._count("committed")
+                committed.append(by_key[(dev, seq)])
             elif res.outcome is Outcome.DUPLICATE:
                 self._count("duplicates")
             elif res.outcome is Outcome.CONFLICT:
@@ -291,6 +301,12 @@ class IngestWorker:
         # the transaction is committed: now, and only now, acknowledge
         for dev, head in ack.items():
             self._send_ack(dev, head.seq, resend=False)
+        if committed and self.on_commit is not None:
+            try:  # after the commit and the acks: a slow consumer never delays an ack
+                self.on_commit(sorted(committed, key=lambda r: (r.device, r.seq)))
+            except Exception:  # noqa: BLE001 - the records are committed whatever it does
+                self._count("errors")
+                log.exception("on_commit callback failed")
         self._expire_held(heads=result.heads)
 
     def _expire_held(self, heads: dict[str, Head | None] | None = None, force: bool = False) -> None:
