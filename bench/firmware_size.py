@@ -1,0 +1,42 @@
+"""Firmware size: total .mpy bytes of each board's bundle, bundled exactly as `edgepay build` does
+(host_tools/cli/bundle.py: main + the board kind's app + their imports; sim-only modules off real
+boards, machine-only modules off simulated ones). Goal: the largest bundle <= 60 KB.
+
+    .venv/bin/python bench/firmware_size.py
+
+Last line: {"mpy_bytes": <largest bundle>, "goal_bytes": 61440, "boards": {name: bytes}, ...}
+"""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from host_tools.cli.bundle import build_bundle  # noqa: E402
+from host_tools.cli.common import board_names, load_board  # noqa: E402
+
+GOAL = 60 * 1024
+
+
+def main() -> None:
+    boards = {}
+    modules = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in board_names():
+            board = load_board(name)
+            b = build_bundle(board, Path(tmp) / name)
+            boards[name] = b.total
+            modules[name] = len(b.sizes)
+            print(f"{name:24} {board['kind']:8} {'sim' if board.get('sim') else 'board':5} "
+                  f"{len(b.sizes):3} modules {b.total:7,} B")
+    largest = max(boards, key=lambda n: boards[n])
+    real = {n: v for n, v in boards.items() if not load_board(n).get("sim")}
+    print(json.dumps({"mpy_bytes": boards[largest], "largest": largest, "goal_bytes": GOAL,
+                      "within_goal": boards[largest] <= GOAL, "boards": boards, "modules": modules,
+                      "largest_real_board": max(real.values()) if real else None}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""`edgepay cmd DEVICE NAME [KEY=VALUE...]` and `edgepay time DEVICE`: signed commands and time
+beacons through host_tools.cloud.commands.CommandClient.
+
+ARGS are key=value. A key is an integer (`1=3`, the SPEC's small integer keys) or a name
+(`hb_s=10`, set_config's text keys). A value is an integer, true/false, null, a JSON list or
+object (`8='[["cola",250]]'`), a "quoted string", or else the text as written.
+
+Exit codes by outcome: SUCCEEDED 0, FAILED 10, REJECTED 11, TIMED_OUT 12, EXPIRED 13.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import click
+
+from host_tools.cli.common import EXIT_UNREACHABLE, Ctx, fail
+
+OUTCOME_EXIT = {"SUCCEEDED": 0, "FAILED": 10, "REJECTED": 11, "TIMED_OUT": 12, "EXPIRED": 13}
+_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+
+
+def parse_value(text: str) -> Any:
+    if _INT.fullmatch(text):
+        return int(text)
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "null":
+        return None
+    if text[:1] in "[{\"":
+        try:
+            v = json.loads(text)
+        except ValueError:
+            fail(f"bad value {text!r}: it starts like JSON but is not valid JSON")
+        if isinstance(v, float) or _has_float(v):
+            fail(f"bad value {text!r}: no floats on the wire (money is integer minor units)")
+        return v
+    if re.fullmatch(r"-?[0-9]+\.[0-9]*([eE][-+]?[0-9]+)?", text):
+        fail(f"bad value {text!r}: no floats on the wire (money is integer minor units)")
+    return text
+
+
+def _has_float(v: Any) -> bool:
+    if isinstance(v, float):
+        return True
+    if isinstance(v, list):
+        return any(_has_float(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_float(x) for x in v.values())
+    return False
+
+
+def parse_args(items: tuple[str, ...]) -> dict | None:
+    out: dict[Any, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"bad argument {item!r}: use key=value (key an integer or a name), e.g. 1=2 or hb_s=10")
+        if _INT.fullmatch(key) and not key.startswith("-"):
+            k: Any = int(key)
+        elif _NAME.fullmatch(key):
+            k = key
+        else:
+            fail(f"bad argument key {key!r}: an unsigned integer or a name [A-Za-z_][A-Za-z0-9_]*")
+        if k in out:
+            fail(f"argument key {key!r} given twice")
+        out[k] = parse_value(value)
+    return out or None
+
+
+def connect(o: Ctx):
+    from host_tools.cloud.commands import CommandClient
+    from host_tools.cloud.mqtt import BrokerUnreachable
+    host, port = o.broker_addr()
+    password = o.need_password()
+    reg = o.open_registry()
+    try:
+        client = CommandClient(reg, host, port, o.user, password, ca_file=o.ca_file)
+        client.connect(timeout=5)
+    except BrokerUnreachable as e:
+        reg.close()
+        fail(str(e), EXIT_UNREACHABLE)
+    except (OSError, ValueError) as e:  # e.g. a TLS CA file that cannot be read
+        reg.close()
+        fail(f"cannot connect to the broker {host}:{port}: {e}", EXIT_UNREACHABLE)
+    return reg, client
+
+
+def register(cli: click.Group) -> None:
+    @cli.command(context_settings={"ignore_unknown_options": False})
+    @click.argument("device")
+    @click.argument("name")
+    @click.argument("args", nargs=-1)
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                  help="seconds to wait for the device's signed result")
+    @click.option("--ttl", type=click.IntRange(min=1, max=86400), default=60, show_default=True,
+                  help="the command's lifetime (its exp = now + ttl)")
+    @click.pass_obj
+    def cmd(o: Ctx, device: str, name: str, args: tuple[str, ...], timeout: float, ttl: int) -> None:
+        """Send the signed command NAME to DEVICE and wait for its outcome.
+
+        \b
+        ARGS are KEY=VALUE: edgepay cmd gate-001 open 1=0 3=5
+                            edgepay cmd gate-001 set_config hb_s=60
+        Exit code: 0 SUCCEEDED, 10 FAILED, 11 REJECTED, 12 TIMED_OUT, 13 EXPIRED.
+        """
+        from host_tools.protocol import ProtocolError
+        if not 1 <= len(name.encode()) <= 24:
+            fail(f"bad command name {name!r}: 1-24 bytes")
+        cargs = parse_args(args)
+        reg0 = o.open_registry()
+        o.device(reg0, device)  # unknown device: an error before any connection
+        reg0.close()
+        reg, client = connect(o)
+        try:
+            t0 = time.monotonic()
+            try:
+                c = client.send(device, name, cargs, timeout=timeout, ttl=ttl)
+            except ProtocolError as e:
+                fail(f"cannot sign this command: {e}")
+            except (TypeError, ValueError) as e:
+                fail(f"cannot sign this command: {e}")
+            elapsed = time.monotonic() - t0
+        finally:
+            client.close()
+            reg.close()
+        state = c.state.value
+        result = {"device": device, "name": name, "args": cargs, "state": state, "code": c.code,
+                  "data": c.data, "cti": c.cti.hex(), "seq": c.seq, "exp": c.exp,
+                  "elapsed_ms": round(elapsed * 1000, 1)}
+
+        def human() -> None:
+            color = {"SUCCEEDED": "green", "FAILED": "red", "REJECTED": "red"}.get(state, "yellow")
+            line = f"[bold {color}]{state}[/] {device} {name}"
+            if c.code and c.code != "ok":
+                line += f" ({c.code})"
+            line += f"  in {elapsed * 1000:.0f} ms  cti {c.cti.hex()} seq {c.seq}"
+            o.console.print(line)
+            if c.data is not None:
+                o.console.print_json(json.dumps(c.data, default=_jsonable))
+        o.emit(result, human)
+        code = OUTCOME_EXIT.get(state, 1)
+        if code:
+            raise click.exceptions.Exit(code)
+
+    @cli.command("time")
+    @click.argument("device")
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+    @click.pass_obj
+    def time_(o: Ctx, device: str, timeout: float) -> None:
+        """Send DEVICE a signed time beacon (the device trusts its clock only after one)."""
+        reg0 = o.open_registry()
+        o.device(reg0, device)
+        reg0.close()
+        reg, client = connect(o)
+        try:
+            now = int(time.time())
+            ok = client.send_time(device, timeout=timeout)
+        finally:
+            client.close()
+            reg.close()
+        o.emit({"device": device, "iat": now, "published": ok},
+               lambda: o.console.print(f"[bold green]time beacon[/] {device} iat {now}" if ok else
+                                       f"[bold red]time beacon not acknowledged by the broker[/] ({device})"))
+        if not ok:
+            raise click.exceptions.Exit(EXIT_UNREACHABLE)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    return str(v)

@@ -1,0 +1,197 @@
+"""What every `edgepay` command shares: global options, errors without tracebacks, output (rich
+for people, one JSON document or JSON lines with --json), the registry and the broker address."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+import click
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parents[2]
+BOARDS = ROOT / "boards"
+DEFAULT_REGISTRY = Path("edgepay") / "registry.db"
+DEFAULT_BROKER = "127.0.0.1:1883"
+DEFAULT_USER = "cloud"
+
+# Exit codes (documented in `edgepay --help` and host_tools/cli/__init__.py)
+EXIT_OK = 0
+EXIT_ERROR = 1        # bad input, unknown device, bad file, anything refused before acting
+EXIT_USAGE = 2        # click's own usage errors (unknown option, missing argument)
+EXIT_UNREACHABLE = 3  # broker, serial port or database unreachable
+
+
+class CliError(click.ClickException):
+    """A clear one-line error: printed as `error: ...`, never a traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    raise CliError(message, code)
+
+
+@dataclass
+class Ctx:
+    registry: Path = DEFAULT_REGISTRY
+    broker: str = DEFAULT_BROKER
+    user: str = DEFAULT_USER
+    password: str | None = None
+    ca_file: str | None = None
+    json: bool = False
+    console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
+
+    # ---- output -------------------------------------------------------------------------
+    def emit(self, data: Any, human: Callable[[], None]) -> None:
+        """One JSON document with --json, else the rich rendering."""
+        if self.json:
+            click.echo(json.dumps(data, sort_keys=True, default=jsonable))
+        else:
+            human()
+
+    def jsonline(self, data: Any) -> None:
+        click.echo(json.dumps(data, sort_keys=True, default=jsonable))
+        sys.stdout.flush()
+
+    def note(self, text: str) -> None:
+        """Progress chatter: stderr, so stdout stays data (and --json stays parseable)."""
+        self.err.print(text)
+
+    # ---- broker and registry -------------------------------------------------------------
+    def broker_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.broker, "--broker / EDGEPAY_BROKER")
+
+    def need_password(self) -> str:
+        if not self.password:
+            fail("no MQTT password for the cloud user: give --password or set EDGEPAY_MQTT_PASSWORD")
+        return self.password
+
+    def open_registry(self, create: bool = False):
+        from host_tools.cloud.registry import Registry
+        path = Path(self.registry)
+        if not create and not path.exists():
+            fail(f"no registry at {path} (provision a device first, or give --registry / EDGEPAY_REGISTRY)")
+        if create:
+            make_private_dir(path.parent)
+        try:
+            reg = Registry(path)
+            reg.devices()  # a file that is not our database fails here, clearly
+        except Exception as e:  # sqlite3.DatabaseError and friends
+            fail(f"cannot open the registry {path}: {e}")
+        if create:
+            os.chmod(path, 0o600)  # it holds device keys
+        return reg
+
+    def device(self, registry, device_id: str):
+        from host_tools.cloud.registry import RegistryError
+        try:
+            return registry.get(device_id)
+        except RegistryError as e:
+            fail(str(e))
+
+
+def jsonable(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    if hasattr(v, "value"):  # enums
+        return v.value
+    if isinstance(v, (set, frozenset, tuple)):
+        return list(v)
+    return str(v)
+
+
+def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        fail(f"bad {what} {text!r}: use host:port, e.g. 127.0.0.1:1883")
+    return host.strip("[]"), int(port)
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) owner-only (0700); an existing one is tightened."""
+    path = Path(path)
+    if str(path) in ("", "."):
+        return path
+    missing = [p for p in [path, *path.parents] if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for p in [path, *missing]:  # every directory made here, and the leaf, owner-only
+        os.chmod(p, 0o700)
+    return path
+
+
+def write_private(path: Path, data: bytes | str) -> Path:
+    """Write a secret-bearing file created 0600 from the start (never world-readable, even briefly)."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, raw)
+    finally:
+        os.close(fd)
+    return path
+
+
+# ---- boards -------------------------------------------------------------------------------
+def board_names() -> list[str]:
+    return sorted(p.stem for p in BOARDS.glob("*.json") if p.stem != "schema")
+
+
+def load_board(name_or_path: str) -> dict:
+    """A board definition by name (boards/<name>.json) or by path; a clear error otherwise."""
+    p = Path(name_or_path)
+    if not (p.suffix == ".json" or os.sep in name_or_path):
+        p = BOARDS / f"{name_or_path}.json"
+    if not p.is_file():
+        known = ", ".join(board_names()) or "none yet: boards/ has no board files"
+        fail(f"no board {name_or_path!r} (no file {p}); known boards: {known}")
+    try:
+        board = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        fail(f"board file {p} is not valid JSON: {e}")
+    if not isinstance(board, dict):
+        fail(f"board file {p} is not a JSON object")
+    problems = check_board(board)
+    if problems:
+        fail(f"board file {p} is not a valid board definition: {problems[0]}")
+    board.setdefault("name", p.stem)
+    return board
+
+
+def check_board(board: dict) -> list[str]:
+    """boards/schema.json when jsonschema is installed, and always the fields the tools rely on."""
+    out = []
+    kind = board.get("kind")
+    if kind not in ("gate", "vending", "rental"):
+        out.append(f"'kind' must be gate, vending or rental, not {kind!r}")
+    if not isinstance(board.get("name"), str):
+        out.append("'name' is missing")
+    schema = BOARDS / "schema.json"
+    if not out and schema.is_file():
+        try:
+            import jsonschema
+        except ImportError:  # a dev-only dependency: the checks above still hold
+            return out
+        try:
+            v = jsonschema.Draft202012Validator(json.loads(schema.read_text()))
+            errs = sorted(v.iter_errors(board), key=lambda e: list(e.path))
+        except Exception:  # noqa: BLE001 - a schema being edited must not break the tools
+            return out
+        for e in errs[:3]:
+            where = "/".join(str(x) for x in e.path) or "(top)"
+            out.append(f"{where}: {e.message[:200]}")
+    return out
+
+
+def is_sim_board(board: dict) -> bool:
+    return bool(board.get("sim"))

@@ -1,0 +1,187 @@
+"""`edgepay provision DEVICE --board B`: identity, config, broker credentials, TLS, registry.
+
+Writes into --out (default ./edgepay/devices/DEVICE, 0700):
+  config.json      the device's config (its key inside): flash it with `edgepay flash --config`
+  ca.pem, device.pem, device.key      with --tls
+and into --broker-dir (default ./edgepay/broker, 0700), files host_tools/broker.py and mosquitto read:
+  passwd           one PBKDF2 line per device (`password_file`)
+  acl              the edgepay ACL (`acl_file`): devices confined to v1/dev/<id>/... by pattern
+  ca.pem, ca.key, server.pem, server.key     with --tls: the broker's CA and certificate
+Every file holding a secret is created 0600. The key is printed only with --show-key.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import click
+
+from host_tools.cli.common import (Ctx, fail, load_board, make_private_dir, parse_hostport,
+                                   write_private)
+
+DEVICE_ACL = ["pattern write v1/dev/%u/up/#", "pattern read v1/dev/%u/dn/#"]
+BOARD_DROP = ("description", "note")
+
+
+def _board_for_device(board: dict) -> dict:
+    """The board definition as the device reads it from config.json (comments dropped)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if k not in BOARD_DROP}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    return clean(board)
+
+
+def update_passwd(path: Path, user: str, password: str) -> None:
+    from host_tools.broker import password_line
+    lines = []
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines(keepends=True)
+                 if ln.strip() and ln.split(":", 1)[0] != user]
+    lines.append(password_line(user, password))
+    write_private(path, "".join(lines))
+
+
+def ensure_acl(path: Path) -> None:
+    """The device patterns once; cloud users' entries (if an operator added them) are kept."""
+    text = path.read_text() if path.exists() else ""
+    have = {ln.strip() for ln in text.splitlines()}
+    missing = [ln for ln in DEVICE_ACL if ln not in have]
+    if missing:
+        head = "# edgepay ACL (protocol/SPEC.md section 1): a device may write its up/ and read its dn/ topics\n"
+        body = ("\n".join(missing) + "\n")
+        text = (head + body + ("\n" + text if text else "")) if not text.startswith("# edgepay") else text + body
+    write_private(path, text)
+
+
+def _pem(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def tls_material(broker_dir: Path, out: Path, device: str, hostnames: list[str]) -> dict:
+    """CA (kept in the broker dir, made once), broker certificate (made once) and a device
+    certificate (CN = device id) signed by that CA; the CA certificate copied beside the config."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from host_tools.tls import make_ca, make_leaf
+    ca_pem, ca_key_p = broker_dir / "ca.pem", broker_dir / "ca.key"
+    if ca_pem.exists() and ca_key_p.exists():
+        try:
+            ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+            ca_key = serialization.load_pem_private_key(ca_key_p.read_bytes(), None)
+        except (ValueError, TypeError) as e:
+            fail(f"the CA in {broker_dir} cannot be read: {e}")
+    else:
+        ca_key, ca = make_ca("edgepay device CA")
+        write_private(ca_key_p, _key_pem(ca_key))
+        write_private(ca_pem, _pem(ca))
+    if not (broker_dir / "server.pem").exists():
+        dns = [h for h in hostnames if not _is_ip(h, ipaddress)]
+        ips = [h for h in hostnames if _is_ip(h, ipaddress)]
+        key, cert = make_leaf(ca_key, ca, cn=hostnames[0], dns=dns, ips=ips)
+        write_private(broker_dir / "server.key", _key_pem(key))
+        write_private(broker_dir / "server.pem", _pem(cert))
+    dkey, dcert = make_leaf(ca_key, ca, cn=device, dns=(), ips=())
+    write_private(out / "device.key", _key_pem(dkey))
+    write_private(out / "device.pem", _pem(dcert))
+    write_private(out / "ca.pem", _pem(ca))
+    return {"ca": str(ca_pem), "server": str(broker_dir / "server.pem"), "device_cert": str(out / "device.pem")}
+
+
+def _is_ip(h: str, ipaddress) -> bool:
+    try:
+        ipaddress.ip_address(h)
+        return True
+    except ValueError:
+        return False
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @click.argument("device")
+    @click.option("--board", "board_name", required=True, help="a boards/*.json name or a path to a board file")
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                  help="where the device's files go [default: ./edgepay/devices/DEVICE]")
+    @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
+                  default=Path("edgepay") / "broker", show_default=True,
+                  help="the broker's passwd/acl (and TLS) files")
+    @click.option("--device-broker", help="host:port the device connects to [default: --broker]")
+    @click.option("--tls", is_flag=True, help="make TLS material (CA, broker and device certificates)")
+    @click.option("--tls-host", multiple=True, help="broker certificate names (repeat) [default: the broker host]")
+    @click.option("--key-version", type=click.IntRange(min=1), default=1, show_default=True)
+    @click.option("--show-key", is_flag=True, help="print the device key (it is never printed otherwise)")
+    @click.pass_obj
+    def provision(o: Ctx, device: str, board_name: str, out: Path | None, broker_dir: Path,
+                  device_broker: str | None, tls: bool, tls_host: tuple[str, ...], key_version: int,
+                  show_key: bool) -> None:
+        """Give DEVICE its identity: key, config.json, broker credentials, registry entry."""
+        from host_tools.cloud.registry import DEVICE_ID, RegistryError
+        if not DEVICE_ID.fullmatch(device):
+            fail(f"bad device id {device!r}: use 1-32 of a-z 0-9 - (not starting with -), e.g. gate-001")
+        board = load_board(board_name)
+        host, port = parse_hostport(device_broker or o.broker, "--device-broker")
+        out = Path(out) if out is not None else Path("edgepay") / "devices" / device
+        if (out / "config.json").exists():
+            fail(f"{out / 'config.json'} exists: {device} looks provisioned already (remove it first)")
+        reg = o.open_registry(create=True)
+        try:
+            reg.get(device)
+            fail(f"device {device!r} is already registered in {o.registry}")
+        except RegistryError:
+            pass
+        key = secrets.token_bytes(32)
+        password = secrets.token_urlsafe(18)
+        kid = f"{device}:{key_version}"
+        make_private_dir(out)
+        make_private_dir(broker_dir)
+        cfg = {"device": device, "kid": kid, "key": key.hex(),
+               "broker": {"host": host, "port": port, "password": password},
+               "board": _board_for_device(board), "settings": {}}
+        if isinstance(board.get("wdt_ms"), int):
+            cfg["wdt_ms"] = board["wdt_ms"]
+        tls_files = None
+        if tls:
+            tls_files = tls_material(broker_dir, out, device, list(tls_host) or [host])
+            cfg["broker"].update(tls=True, ca="ca.pem", server_hostname=(list(tls_host) or [host])[0],
+                                 cert="device.pem", certkey="device.key")
+        write_private(out / "config.json", json.dumps(cfg, indent=1) + "\n")
+        update_passwd(broker_dir / "passwd", device, password)
+        ensure_acl(broker_dir / "acl")
+        try:
+            reg.add(device, key, board["kind"], board["name"], key_version=key_version)
+        except RegistryError as e:
+            fail(str(e))
+        finally:
+            reg.close()
+        result = {"device": device, "kid": kid, "board": board["name"], "kind": board["kind"],
+                  "config": str(out / "config.json"), "registry": str(o.registry),
+                  "passwd": str(broker_dir / "passwd"), "acl": str(broker_dir / "acl"),
+                  "broker": f"{host}:{port}", "tls": tls_files}
+        if show_key:
+            result["key"] = key.hex()
+
+        def human() -> None:
+            c = o.console
+            c.print(f"[bold green]provisioned[/] {device} ({board['name']}, {board['kind']}) kid {kid}")
+            c.print(f"  config    {out / 'config.json'}  (0600; holds the key)")
+            c.print(f"  broker    {broker_dir / 'passwd'}, {broker_dir / 'acl'}  -> device connects to {host}:{port}")
+            c.print(f"  registry  {o.registry}")
+            if tls_files:
+                c.print(f"  tls       CA {tls_files['ca']}, broker {tls_files['server']}, device {tls_files['device_cert']}")
+            if show_key:
+                c.print(f"  key       {key.hex()}")
+            c.print(f"next: edgepay flash --board {board['name']} --port PORT --config {out / 'config.json'}")
+        o.emit(result, human)

