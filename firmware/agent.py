@@ -60,6 +60,7 @@ class Agent:
         self.ack_hooks = []  # fn(upto, resend): the journal (store-and-forward) subscribes here
         self.display = Display()
         self.jdepth = lambda: 0  # replaced by the journal
+        self.app = None
         self._hello_sent = False
         self._refusals = []  # ticks of recent unauthenticated refusals (rate limit)
         self._register_builtins()
@@ -261,8 +262,12 @@ class Agent:
     # ---- main -------------------------------------------------------------------------------
     async def run(self, wdt_ms=10000):
         app = self.cfg.get("app")
+        if not app and self.board.get("peripherals"):
+            app = "apps." + self.board["kind"]  # the payment app for this kind of device
         if app:
-            __import__(app).setup(self)
+            __import__(app)
+            import sys
+            sys.modules[app].setup(self)
         wdt = Watchdog(wdt_ms)
         self.mqtt.start()
         asyncio.create_task(self._heartbeats())

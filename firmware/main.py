@@ -14,6 +14,8 @@ def main():
         print("config error:", e)
         reset.halt(reset.EXIT_CONFIG)
         return
+    import board
+    board.boot(cfg)  # a wrong or incomplete board file stops here too, naming the field
     if "" not in sys.path:
         sys.path.append("")  # apps named in the config may live beside it on flash
     import agent

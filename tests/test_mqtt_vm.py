@@ -336,16 +336,21 @@ def test_handler_exceptions_do_not_kill_the_client(broker, cloud, agents):
 
 
 def test_retransmit_after_broker_sigkill_restart(broker, cloud, agents):
-    a = agents({"port": broker.port, "keepalive": 10})
+    from host_tools.sim.netfault import FaultyProxy
+    net = FaultyProxy(broker.port)  # holds the device back until the new subscriber is in place
+    a = agents({"port": net.port, "keepalive": 10})
     a.wait_ev("state", up=True)
     broker.freeze()
     a.send(op="pub", id=1, topic=UP + "rec", payload="money-1", qos=1)
     time.sleep(0.3)
+    net.partition(60)
     broker.kill()  # the frozen broker got the bytes but never answered; now it is gone
     cloud.close()
     broker.start()
     c2 = Cloud(broker.port)
+    net.heal()
     a.wait_ev("pubdone", id=1, timeout=5)
+    net.close()
     assert c2.get()[:2] == (UP + "rec", b"money-1")
     assert a.stats()["stats"]["retransmits"] >= 1
     c2.close()

@@ -42,6 +42,10 @@ class FaultyProxy:
         self._down_until = time.monotonic() + seconds
         self.drop_all()
 
+    def heal(self) -> None:
+        """End a partition now: new connections are accepted again."""
+        self._down_until = 0.0
+
     # -- plumbing
     def _close(self, s: socket.socket) -> None:
         with self._lock:

@@ -1,0 +1,179 @@
+# Rental station (power banks, wheelchairs, lockers): one state machine per slot.
+#   stocked --scan--> authorise (deposit-free on credit, or deposit) -> record open -> unlock
+#   offered --taken--> lock; the rental is open (the item's tag identifies it anywhere)
+#   offered --timeout--> relock, record close at zero ("not_taken")
+#   empty --returned(tag)--> close with duration: fee = rate x started periods, capped; past the
+#   cap the rental converts to a purchase. A return of an item rented at another station gets
+#   its start from the cloud's answer to the return request.
+import asyncio
+
+from apps import fees
+from apps.base import SessionApp, Machine, T_OPEN, T_CLOSE, setup_app
+import store
+
+TAKE_WAIT_S = 30
+
+TABLE = {
+    ("stocked", "rent"): "t_rent",
+    ("offered", "taken"): "t_taken",
+    ("offered", "timeout"): "t_not_taken",
+    ("empty", "returned"): "t_returned",
+    ("stocked", "taken"): "t_forced",
+}
+
+
+class RentalApp(SessionApp):
+    def __init__(self, agent, hw):
+        super().__init__(agent, hw)
+        self.nslots = len(hw.get("slots"))
+        self.stock = store.read("stock", None) or {}  # slot -> the item's tag, learnt when it was put in
+        self.out = store.read("rentals", None) or {}  # item tag -> [sid, payer, t0, auth, offline]
+        self.slots = [Machine(self, "slot%d" % i, TABLE, "stocked")  # a station is installed stocked
+                      for i in range(self.nslots)]
+        self.n = store.read("rent_n", 0)
+
+    def _present(self, i):
+        return self.hw.get("slots")[i].value
+
+    def _lock(self, i):
+        return self.hw.get("locks")[i]
+
+    def _tag(self, i):
+        return self.stock.get(str(i)) or "%s-item%d" % (self.agent.device, i)
+
+    def start(self):
+        for i, m in enumerate(self.slots):
+            m.data.setdefault("i", i)
+            self._resume(m)
+        self.hw.on("slots", lambda i, v: self._slot(self.slots[i], v))
+        self.hw.on("qr", self._scan)
+
+    def _resume(self, m):
+        c, typ = m.committed(), m.data.get("pend_t")
+        i = m.data["i"]
+        if m.state == "offered" and typ == T_OPEN and c is False:
+            m.state = "stocked"  # the rental was never on flash: relock, nothing owed
+            self._lock(i).lock()
+        elif m.state == "offered" and not self._present(i):
+            asyncio.create_task(m.fire("taken"))
+        elif m.state == "offered":
+            self._later(m, TAKE_WAIT_S)
+        elif m.state == "empty" and typ == T_CLOSE and c is False and self._present(i):
+            asyncio.create_task(m.fire("returned", self.hw.value("rfid")))
+        m.data.pop("pend", None)
+        m.data.pop("pend_t", None)
+        m.save()
+
+    def _slot(self, m, present):
+        if present:  # the reader at the slots saw the item's tag as it went in
+            asyncio.create_task(m.fire("returned", self.hw.value("rfid")))
+        else:
+            asyncio.create_task(m.fire("taken"))
+
+    def _scan(self, payer):
+        for m in self.slots:
+            if m.state == "stocked":
+                asyncio.create_task(m.fire("rent", payer))
+                return
+        self.say("Nothing to rent here")
+
+    def _later(self, m, s):
+        async def t():
+            await asyncio.sleep(s)
+            if m.state == "offered":
+                await m.fire("timeout")
+        asyncio.create_task(t())
+
+    def _sid(self):
+        self.n += 1
+        store.write("rent_n", self.n)
+        return "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.n)
+
+    async def t_rent(self, m, payer):
+        if not self.tariff:
+            self.say("Out of service: no tariff")
+            return None
+        i = m.data["i"]
+        sid, t0 = self._sid(), self.now()
+        d = await self.authorize(sid, payer, "rent", slot=i)
+        if not d.granted:
+            self.say("Sorry: " + (d.reason or "not authorised"))
+            return None
+        tag = self._tag(i)
+        f = {10: sid, 11: payer, 12: i, 13: t0}
+        if d.auth:
+            f[15] = d.auth
+        if d.offline:
+            f[14] = True
+        m.data.update(sid=sid, payer=payer, t0=t0, auth=d.auth, off=d.offline, tag=tag)
+        try:
+            self.record(m, T_OPEN, f)
+        except Exception as e:
+            import gc
+            print("record refused:", repr(e), gc.mem_free())
+            self.say("Out of service")
+            asyncio.create_task(self.agent.send(5, {10: "journal_full", 11: {"why": repr(e)[:40]}, 12: True}))
+            return None
+        if d.offline:
+            self.offline_opened(sid, payer, t0)
+        self._lock(i).unlock()
+        self.say("Take slot %d" % (i + 1))
+        self._later(m, TAKE_WAIT_S)
+        return "offered"
+
+    def t_taken(self, m):
+        d = m.data
+        self._lock(d["i"]).lock()
+        self.out[d["tag"]] = [d["sid"], d["payer"], d["t0"], d["auth"], d["off"]]
+        store.write("rentals", self.out)
+        m.data = {"i": d["i"]}
+        return "empty"
+
+    def t_not_taken(self, m):
+        d = m.data
+        self._lock(d["i"]).lock()
+        self._close(m, d["sid"], d["payer"], d["t0"], d["auth"], d["off"], 0, "not_taken")
+        m.data = {"i": d["i"]}
+        return "stocked"
+
+    def t_forced(self, m):
+        asyncio.create_task(self.agent.send(5, {10: "slot_forced", 11: {"slot": m.data["i"]}, 12: True}))
+        return "empty"
+
+    async def t_returned(self, m, tag):
+        i = m.data["i"]
+        r = self.out.get(tag)
+        if r is None:  # rented elsewhere (or unknown): the cloud knows when it started
+            sid = self._sid()
+            d = await self.authorize(sid, tag, "return", slot=i)
+            if not d.granted or d.t0 is None:
+                asyncio.create_task(self.agent.send(4, {10: "unknown_return", 11: {"tag": tag, "slot": i}}))
+                return "stocked"  # keep the item; the cloud settles it from the event
+            r = [d.rsid or sid, d.payer or tag, d.t0, d.auth, False]
+        t1 = max(self.now(), r[2])
+        amount, converted = fees.rental(self.tariff, r[2], t1)
+        m.data["tag"] = tag
+        self.stock[str(i)] = tag
+        store.write("stock", self.stock)
+        self._close(m, r[0], r[1], r[2], r[3], r[4], amount, "purchase" if converted else "returned", t1)
+        self.out.pop(tag, None)
+        store.write("rentals", self.out)
+        self._lock(i).lock()
+        self.say("Returned: %d" % amount)
+        m.data = {"i": i}
+        return "stocked"
+
+    def _close(self, m, sid, payer, t0, auth, off, amount, reason, t1=None):
+        f = {10: sid, 11: payer, 12: m.data["i"], 13: t0, 16: amount, 17: self.tariff[2],
+             18: t1 or self.now(), 20: reason}
+        if auth:
+            f[15] = auth
+        if off:
+            f[14] = True
+        self.record(m, T_CLOSE, f)
+        if off:
+            self.offline_charged(sid, payer, amount)
+
+
+def setup(agent):
+    return setup_app(agent, RentalApp)

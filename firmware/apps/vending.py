@@ -1,0 +1,150 @@
+# Vending cabinet (unmanned container): one state machine for its door.
+#   scan -> pre-authorise (pay-after order in progress) -> record open -> unlock -> door opened ->
+#   door closed -> lock -> items taken = inventory before minus after (RFID tags "SKU#serial")
+#   priced from the signed price list -> record close (the settlement; the cloud captures it).
+# Alarms: door left open, door opened without a session. A door never opened relocks and
+# settles at zero.
+import asyncio
+
+from apps import fees
+from apps.base import SessionApp, Machine, T_OPEN, T_CLOSE, setup_app
+import store
+
+OPEN_WAIT_S = 30      # unlocked door not opened: relock
+LEFT_OPEN_S = 120     # door open this long: alarm
+
+TABLE = {
+    ("idle", "scan"): "t_scan",
+    ("idle", "door_open"): "t_forced",
+    ("unlocked", "door_open"): "t_opened",
+    ("unlocked", "timeout"): "t_not_opened",
+    ("open", "door_closed"): "t_closed",
+    ("open", "timeout"): "t_left_open",
+    ("forced", "door_closed"): "t_forced_closed",
+}
+
+
+class VendingApp(SessionApp):
+    def __init__(self, agent, hw):
+        super().__init__(agent, hw)
+        self.m = Machine(self, "door", TABLE, "idle")
+        self.n = store.read("vend_n", 0)
+
+    def start(self):
+        m = self.m
+        c, typ = m.committed(), m.data.get("pend_t")
+        if m.state in ("unlocked", "open"):
+            if (typ == T_OPEN and c is False) or (typ == T_CLOSE and c):
+                # no session was ever on flash, or its settlement already is: never charge twice
+                m.state, m.data = "idle", {}
+                m.save()
+                self.hw.get("door_lock").lock()
+            elif not self.hw.value("door"):
+                self._spawn("door_closed" if m.state == "open" else "timeout")
+            else:
+                self._later(LEFT_OPEN_S if m.state == "open" else OPEN_WAIT_S)
+        self.hw.on("qr", lambda v: self._spawn("scan", v))
+        self.hw.on("door", lambda v: self._spawn("door_open" if v else "door_closed"))
+
+    def _spawn(self, event, *a):
+        asyncio.create_task(self.m.fire(event, *a))
+
+    def _later(self, s):
+        state = self.m.state
+
+        async def t():
+            await asyncio.sleep(s)
+            if self.m.state == state:
+                await self.m.fire("timeout")
+        asyncio.create_task(t())
+
+    def inventory(self):
+        """Tags in the cabinet ("SKU#serial"), as the cabinet's RFID reader last reported them."""
+        v = self.hw.value("rfid")
+        return v.split(",") if v else []
+
+    async def t_scan(self, m, payer):
+        if not self.tariff:
+            self.say("Out of service: no prices")
+            return None
+        self.n += 1
+        store.write("vend_n", self.n)
+        sid = "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.n)
+        t0 = self.now()
+        d = await self.authorize(sid, payer, "vend")
+        if not d.granted:
+            self.say("Sorry: " + (d.reason or "not authorised"))
+            return None
+        f = {10: sid, 11: payer, 13: t0}
+        if d.auth:
+            f[15] = d.auth
+        if d.offline:
+            f[14] = True
+        m.data = {"sid": sid, "payer": payer, "t0": t0, "auth": d.auth, "off": d.offline,
+                  "limit": d.limit, "before": self.inventory()}
+        try:
+            self.record(m, T_OPEN, f)
+        except Exception as e:
+            print("record refused:", repr(e))
+            self.say("Out of service")
+            asyncio.create_task(self.agent.send(5, {10: "journal_full", 11: {"why": repr(e)[:40]}, 12: True}))
+            return "idle"
+        if d.offline:
+            self.offline_opened(sid, payer, t0)
+        self.hw.get("door_lock").unlock()
+        self.say("Open the door")
+        self._later(OPEN_WAIT_S)
+        return "unlocked"
+
+    def t_opened(self, m):
+        self._later(LEFT_OPEN_S)
+        return "open"
+
+    def t_not_opened(self, m):
+        self.hw.get("door_lock").lock()
+        return self._settle(m, [], "not_opened")
+
+    def t_closed(self, m):
+        self.hw.get("door_lock").lock()
+        after = self.inventory()
+        taken = {}
+        for tag in m.data["before"]:
+            if tag not in after:
+                sku = tag.split("#")[0]
+                taken[sku] = taken.get(sku, 0) + 1
+        return self._settle(m, [[k, v] for k, v in taken.items()], "normal")
+
+    def _settle(self, m, taken, reason):
+        d = m.data
+        try:
+            amount, lines = fees.vending(self.tariff, taken)
+        except fees.FeeError:
+            amount, lines, reason = 0, [[k, v, 0] for k, v in taken], "unpriced"  # the cloud prices it
+        f = {10: d["sid"], 11: d["payer"], 13: d["t0"], 16: amount, 17: self.tariff[2], 18: self.now(),
+             19: lines, 20: reason}
+        if d["auth"]:
+            f[15] = d["auth"]
+        if d["off"]:
+            f[14] = True
+        self.record(m, T_CLOSE, f)  # the settlement record; the cloud captures from it
+        if d["off"]:
+            self.offline_charged(d["sid"], d["payer"], amount)
+        self.say("Thank you: %d" % amount)
+        m.data = {}
+        return "idle"
+
+    def t_left_open(self, m):
+        asyncio.create_task(self.agent.send(5, {10: "door_left_open", 11: {"sid": m.data.get("sid")}, 12: True}))
+        return None
+
+    def t_forced(self, m):
+        asyncio.create_task(self.agent.send(5, {10: "door_forced", 12: True}))
+        return "forced"
+
+    def t_forced_closed(self, m):
+        asyncio.create_task(self.agent.send(5, {10: "door_forced", 12: False}))
+        return "idle"
+
+
+def setup(agent):
+    return setup_app(agent, VendingApp)
