@@ -36,37 +36,28 @@ if [ "$(cat .venv/typings/.stamp 2>/dev/null)" != "$want" ]; then
   echo "$want" > .venv/typings/.stamp
 fi
 
-# --- Mosquitto: the tests start their own broker on a free loopback port
+# --- Servers the tests run privately (their own config, port and data dir): only the binaries
+# are needed, never the packaged system service.
+apt_install() {  # PACKAGE
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing $1 with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+    (command -v systemctl >/dev/null && systemctl disable --now "$1" >/dev/null 2>&1) || true
+    return 0
+  fi
+  echo "setup: $1 is not installed and cannot be installed here (need root and apt-get)." >&2
+  echo "       Install it yourself: sudo apt-get install $1  (macOS: brew install $1)" >&2
+  return 1
+}
+
+# Mosquitto: every MQTT test starts its own broker on a free loopback port.
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing mosquitto with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
-    # The tests run their own brokers; a system broker on 1883 is not needed.
-    (command -v systemctl >/dev/null && systemctl disable --now mosquitto >/dev/null 2>&1) || true
-  else
-    echo "setup: Mosquitto is not installed and cannot be installed here (need root and apt-get)." >&2
-    echo "       Install it yourself: sudo apt-get install mosquitto  (macOS: brew install mosquitto)" >&2
-    exit 1
-  fi
+  apt_install mosquitto || exit 1
 fi
-# --- PostgreSQL (edgepay: ledger scale-out backend) -------------------------------------------
-# The ledger tests and bench start their own private cluster (host_tools/pgserver.py: initdb into a
-# temp dir, pg_ctl on a unix socket); they need only the server binaries, never a running service.
+# PostgreSQL: the ledger's scale-out backend; tests start a private cluster (host_tools/pgserver.py).
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing postgresql with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-    # the tests run their own clusters; the packaged one is not needed
-    (command -v systemctl >/dev/null && systemctl disable --now postgresql >/dev/null 2>&1) || true
-  else
-    echo "setup: PostgreSQL is not installed and cannot be installed here (need root and apt-get)." >&2
-    echo "       The PostgreSQL ledger tests will be skipped locally and FAIL in CI (CI=true)." >&2
-    echo "       Install it yourself: sudo apt-get install postgresql  (macOS: brew install postgresql)" >&2
-  fi
+  apt_install postgresql || echo "       The PostgreSQL ledger tests will be skipped locally and FAIL in CI (CI=true)." >&2
 fi
-# --- end PostgreSQL ------------------------------------------------------------------------------
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/micropython -c 'import sys; print(sys.implementation.name, sys.version.split(";")[1].strip())' 2>/dev/null), mosquitto $( (mosquitto -h 2>/dev/null || /usr/sbin/mosquitto -h) | head -1 | awk '{print $3}'))"

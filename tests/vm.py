@@ -5,24 +5,14 @@ JSON on stdin/stdout so the host side never touches firmware objects.
 """
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from host_tools.sim.board import micropython  # noqa: F401 (re-exported: tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 VM_SCRIPTS = ROOT / "tests" / "vm"
-
-
-def micropython() -> str:
-    exe = Path(sys.executable).parent / "micropython"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("micropython")
-    if not found:
-        raise RuntimeError("micropython VM not found: run `make setup`")
-    return found
 
 
 def run_vm(script, *args, stdin=None, heapsize="64K", timeout=120, path=(), check=True):
