@@ -1,1 +1,13 @@
-"""The cloud side: device registry, command client, time service (and later ingest and ledger)."""
+"""The cloud side of edgepay (CPython): what a cloud service builds on. docs/cloud-sdk.md is the guide.
+
+    registry.Registry        devices, their keys and the per-device cloud->device seq counter
+    commands.CommandClient   signed commands and time beacons, followed to their outcome (sync + asyncio)
+    ingest.IngestWorker      session records -> ledger, then the signed cumulative ack (shared subscription)
+    ledger.open_ledger       the money ledger: SQLite (ledger_sqlite) or PostgreSQL (ledger_pg)
+    sessions.SessionService  pay-after authorisation (auth_req -> auth) and settlement of closed sessions
+    payafter                 the PayAfterProvider interface and ScriptedProvider, its test double
+    fees                     protocol/FEES.md, the cloud's own implementation
+    mqtt.CloudMQTT           the paho connection every worker uses (TCP_NODELAY, resubscribe)
+
+Cloud workers connect to the broker's cloud listener (host_tools/broker.py, docs/broker.md).
+"""

@@ -1,0 +1,48 @@
+"""Run a provisioned device on the MicroPython VM, as a board would run it.
+
+CONFIG is the config.json `edgepay provision DEVICE --board sim-...` wrote; FLASH_DIR stands in for
+the board's flash (config.json is copied there; the journal's flash.bin and the counters live
+there and survive restarts). The board's peripherals run detached: actuations are only logged.
+A `reboot` command restarts it. Ctrl-C stops it cleanly (offline status, then DISCONNECT).
+
+    .venv/bin/python examples/sim_board.py edgepay/devices/gate-001/config.json edgepay/sim/gate-001
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from host_tools.sim.board import SimBoard
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("flash_dir")
+    ap.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
+    args = ap.parse_args()
+    cfg = json.load(open(args.config))
+    if not cfg.get("board", {}).get("sim"):
+        sys.exit("not a sim board: provision the device with --board sim-gate / sim-vending / sim-rental")
+    heap = cfg["board"].get("heap_kb", 64)
+    board = SimBoard(args.flash_dir, cfg, heapsize=f"{heap}K", echo=True).start()
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    try:
+        while True:
+            try:
+                board.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # --seconds elapsed
+                break
+            if board.exit_reason() != "reboot":  # a `reboot` command: restart, as a board would
+                break
+            board.restart()
+    except KeyboardInterrupt:
+        pass
+    board.stop()
+    print(f"board exited: {board.exit_reason()}")
+    return 0 if board.exit_reason() == "stopped" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
