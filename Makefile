@@ -3,13 +3,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup test bench vectors clean
+.PHONY: setup test demo bench vectors clean
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	@bash scripts/test.sh $(PYTEST_ARGS)
+
+demo: setup
+	@$(VENV)/bin/edgepay demo
 
 bench: setup
 	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done

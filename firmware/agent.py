@@ -50,7 +50,7 @@ class Agent:
         self.boots = store.read("boots", 0) + 1
         store.write("boots", self.boots)
         self.reset_cause = hreset.cause()
-        self.clock = Clock()
+        self.clock = Clock((cfg.get("sim") or {}).get("clock_rate", 1))  # sim only: see clock.py
         self.up_ms = time.ticks_ms()
         base = "v1/dev/" + dev + "/"
         self.t_up = base + "up/"
@@ -92,6 +92,8 @@ class Agent:
             self.journal = Journal(flash.mount(self.board) + "/j", self.board["journal"].get("capacity", 32768),
                                    prog=flash.progsize)
         except Exception as e:
+            if type(e).__name__ == "PowerLoss":  # the simulated flash lost power mid-recovery: so did we
+                hreset.power_off()
             # A damaged journal is never formatted over (it may hold unsent money): run without
             # money (apps refuse sessions while uplink is None) and say why on every hello.
             self.journal_error = repr(e)[:60]

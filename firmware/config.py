@@ -69,6 +69,11 @@ def load(path="config.json"):
     kind = _need(board, "kind", str, path + " board")
     if kind not in ("gate", "vending", "rental"):
         raise ConfigError(path + " board: unknown kind '" + kind + "'")
+    sim = d.get("sim")  # simulator only (the sim HAL's host and port, a clock rate): never on a board
+    if sim is not None:
+        rate = sim.get("clock_rate", 1) if isinstance(sim, dict) else None
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 1 <= rate <= 3600:
+            raise ConfigError(path + " sim: clock_rate must be an integer 1..3600")
     settings = dict(DEFAULTS)
     for k, v in d.get("settings", {}).items():
         check_setting(k, v)

@@ -60,10 +60,10 @@ _SPEC = (
     b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
     b"\x0cb\x01\x00\x00"
     # 6 sess_open: 8 seq, 9 prev, 10 sid, 11 payer, 12? slot, 13 t0, 14? offline, 15? auth,
-    #   16? amount, 17? cur
+    #   16? amount, 17? cur, 21? item
     b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
     b"\x0cu\x00\x00\x00" b"\x0du\x01\x00\x00" b"\x0eb\x00\x00\x00" b"\x0ft\x00\x01\x40"
-    b"\x10u\x00\x00\x00" b"\x11c\x00\x00\x00"
+    b"\x10u\x00\x00\x00" b"\x11c\x00\x00\x00" b"\x15t\x00\x01\x40"
     # 7 sess_update: 8 seq, 9 prev, 10 sid, 16 amount, 17 cur, 18 t1
     b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x10u\x01\x00\x00"
     b"\x11c\x01\x00\x00" b"\x12u\x01\x00\x00"
@@ -91,8 +91,8 @@ _SPEC = (
     b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x00" b"\x08u\x01\x00\x00"
 )
 # Per type, in the order above: number, first record, record count.
-_IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 7, 4, 18, 4, 5, 22, 5, 6, 27, 10, 7, 37, 6, 8, 43, 13,
-              9, 56, 7, 10, 63, 10, 20, 73, 8, 21, 81, 5, 22, 86, 3))
+_IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 7, 4, 18, 4, 5, 22, 5, 6, 27, 11, 7, 38, 6, 8, 44, 13,
+              9, 57, 7, 10, 64, 10, 20, 74, 8, 21, 82, 5, 22, 87, 3))
 TYPE_NAMES = ("hello", "status", "heartbeat", "event", "alarm", "sess_open", "sess_update",
               "sess_close", "cmd_result", "auth_req", "command", "ack", "time")
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
@@ -102,7 +102,7 @@ _LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "r
 _FNAMES = (
     "iat seq fw board reset caps kind boots", "iat seq online",
     "iat seq uptime heap jdepth rssi clock", "iat seq code detail",
-    "iat seq code detail active", "seq prev sid payer slot t0 offline auth amount cur",
+    "iat seq code detail active", "seq prev sid payer slot t0 offline auth amount cur item",
     "seq prev sid amount cur t1",
     "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
     "iat cti seq status name data cseq", "iat seq sid payer slot purpose auth amount cur t0",

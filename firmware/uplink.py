@@ -57,7 +57,11 @@ class Uplink:
 
     async def run(self):
         while True:
-            await self._pump()
+            try:
+                await self._pump()
+            except Exception as e:  # e.g. MemoryError in the journal: retry, never stop forwarding
+                print("uplink", repr(e))
+                await asyncio.sleep_ms(500)
             try:
                 await asyncio.wait_for_ms(self.wake.wait(), 500)
             except asyncio.TimeoutError:

@@ -2,6 +2,7 @@
 pay-after provider and the session service, and simulated boards with their peripherals."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,9 @@ from host_tools.cloud.ledger import open_ledger
 from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.sessions import SessionService
+from host_tools.protocol import seal
+from host_tools.protocol import topic as topic_for
+from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.peripherals import SimPeripherals
 from host_tools.sim.provision import provision_sim
 from tests.agentkit import CLOUD, Watcher, cloud
@@ -36,20 +40,46 @@ class Site:
         self.c = cloud(broker, self.reg)
         self.boards: list = []
 
-    def board(self, device: str, kind: str, tariff: dict | None = None, **kw):
-        """Provision, start and bring up a simulated board: online, trusted clock, tariff set."""
+    def board(self, device: str, kind: str, tariff: dict | None = None, proxy: bool = False, **kw):
+        """Provision, start and bring up a simulated board: online, trusted clock, tariff set.
+        With `proxy`, the board reaches the broker only through its own FaultyProxy (`b.proxy`:
+        partition / heal / drop_all cut it off the cloud while the cloud stays up)."""
         hw = SimPeripherals()
         b = provision_sim(self.broker, self.reg, self.root, device, board_file=f"sim-{kind}", peripherals=hw, **kw)
         b.hw = hw
+        b.proxy = None
+        if proxy:
+            b.proxy = FaultyProxy(self.broker.port)
+            cfg = json.loads((b.dir / "config.json").read_text())
+            cfg["broker"]["port"] = b.proxy.port
+            b.write_config(cfg)
         self.boards.append(b)
-        b.start()
-        b.wait_for("online", 20)
-        hw.wait_connected(10)
-        assert self.c.send_time(device)
-        b.wait_for(r"time set", 5)
+        self.boot(b)
         r = self.svc.set_tariff(device, tariff or TARIFFS[kind], wait=True)
         assert r.ok, (r.state, r.code, r.data)
         return b
+
+    def boot(self, b, timeout: float = 20.0):
+        """Start (or restart after a cut) a board and wait until it is online with trusted time."""
+        n = len(b.lines)
+        hellos = b.hw.hellos
+        if not b.running:
+            b.start(reset_cause="power_on")
+        b.wait_for(r"\bonline\b", timeout, start=n)
+        b.hw.wait_connected(10, after=hellos)
+        assert self.c.send_time(b.dir.name)
+        b.wait_for(r"time set", 5, start=n)
+
+    def send_time(self, device: str, t: int) -> None:
+        """A signed time beacon carrying time `t` (moves the device's clock, e.g. hours ahead)."""
+        dev = self.reg.get(device)
+        topic = topic_for(device, "time")
+        msg = {"type": "time", "aud": device, "iat": int(t), "seq": self.reg.next_seq(device)}
+        assert self.c.mqtt.publish(topic, seal(dev.key, dev.kid, topic, msg), qos=1, timeout=10)
+
+    def cmd(self, device: str, name: str, args: dict | None = None, timeout: float = 10.0):
+        """A signed command straight to the device (not through the session service)."""
+        return self.c.send(device, name, args, timeout=timeout)
 
     def records(self, device: str):
         return sorted(self.ledger.records(device), key=lambda r: r.seq)
@@ -66,6 +96,8 @@ class Site:
         for b in self.boards:
             b.kill()
             b.hw.close()
+            if getattr(b, "proxy", None) is not None:
+                b.proxy.close()
         self.c.close()
         self.w.close()
         self.ingest.stop()

@@ -474,7 +474,7 @@ SCHEMA = {
     4: ("event", "/up/evt", "6 iat 0|8 seq 1|10 code 1|11 detail 0"),
     5: ("alarm", "/up/evt", "6 iat 0|8 seq 1|10 code 1|11 detail 0|12 active 1"),
     6: ("sess_open", "/up/rec", "8 seq 1|9 prev 1|10 sid 1|11 payer 1|12 slot 0|13 t0 1|"
-                                "14 offline 0|15 auth 0|16 amount 0|17 cur 0"),
+                                "14 offline 0|15 auth 0|16 amount 0|17 cur 0|21 item 0"),
     7: ("sess_update", "/up/rec", "8 seq 1|9 prev 1|10 sid 1|16 amount 1|17 cur 1|18 t1 1"),
     8: ("sess_close", "/up/rec", "8 seq 1|9 prev 1|10 sid 1|11 payer 1|12 slot 0|13 t0 1|"
                                  "14 offline 0|15 auth 0|16 amount 1|17 cur 1|18 t1 1|19 lines 0|"

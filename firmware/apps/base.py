@@ -146,7 +146,7 @@ class SessionApp:
                 return d
         if wait_paid:
             return Decision(False, reason="offline")
-        return self.offline_decision(payer, amount)
+        return self.offline_decision(payer, amount, t0)
 
     async def _ask(self, f, ev):
         await self.agent.send(T_AUTH_REQ, f)
@@ -162,15 +162,17 @@ class SessionApp:
             pass
         return self._waits.pop(sid)[1]
 
-    def offline_decision(self, payer, amount=None):
+    def offline_decision(self, payer, amount=None, t0=None):
         p = self.policy
         if p is None:
             return Decision(False, reason="offline: no policy")
         if payer not in self.allow["p"]:
             return Decision(False, reason="offline: not allowed")
         o = self.off
-        if o["n"] >= p[5]:
+        if t0 is None and o["n"] >= p[5]:  # a new offline session (an exit/return ends one)
             return Decision(False, reason="offline: too many")
+        if t0 is not None and self.now() - t0 > p[6]:
+            return Decision(False, reason="offline: too long")  # max offline session duration
         room = min(p[3] - o["per"].get(payer, 0), p[4] - o["amt"], self.allow["p"][payer])
         if room <= 0 or (amount is not None and amount > room):
             return Decision(False, reason="offline: over cap")
@@ -190,6 +192,9 @@ class SessionApp:
         for t in o["todo"]:
             if t[0] == sid:
                 t[3] = amount
+                break
+        else:  # opened online, closed offline: its charge is offline exposure too, to re-authorise
+            o["todo"].append([sid, payer, None, amount])
         store.write("offline", o)
 
     def _link(self, up):
@@ -199,7 +204,9 @@ class SessionApp:
     async def _reauth_all(self):
         await asyncio.sleep(1)  # let hello/status go first
         for sid, payer, t0, amount in list(self.off["todo"]):
-            f = {10: sid, 11: payer, 14: "reauth", 18: t0}
+            f = {10: sid, 11: payer, 14: "reauth"}
+            if t0 is not None:
+                f[18] = t0
             if amount:
                 f[16], f[17] = amount, (self.policy or {}).get(2, "XXX")
             try:
@@ -235,7 +242,12 @@ class SessionApp:
         seq = self.agent.seq.next()
         m.data["pend"], m.data["pend_t"] = seq, typ
         m.save()
-        up.record(typ, fields, seq)
+        try:
+            up.record(typ, fields, seq)
+        except MemoryError:  # a fragmented heap (seen just after a reboot): collect, try once more
+            import gc
+            gc.collect()
+            up.record(typ, fields, seq)
         return seq
 
     def now(self):

@@ -65,10 +65,11 @@ class GateApp(SessionApp):
     def _resume(self, lane, m):
         st = m.state
         if st in ("open", "passing"):
-            if self._occupied(m) or st == "open":
-                self._barrier(m).open()  # never drop a barrier on a car after a reset
-            else:
-                asyncio.create_task(m.fire("closed"))
+            # Never drop a barrier on a car after a reset: keep it open, and close it only once
+            # the loop (read afresh after the hold time) is clear. A car that passed while the
+            # unit was down leaves "open" with its loop clear: it must not stay open for the next.
+            self._barrier(m).open()
+            asyncio.create_task(self._clear_later(m))
         elif st in ("plate", "qr"):
             c = m.committed()
             if c:  # the record reached flash before the cut: finish what it promised
@@ -108,10 +109,15 @@ class GateApp(SessionApp):
         d = await self.authorize(sid, plate, "entry", slot=0)
         if not d.granted:
             m.data["reason"] = d.reason
-            self.say("Scan QR to pay: " + sid)
+            self.say(self._why(d) + "Scan QR to pay: " + sid)
             asyncio.create_task(self._await_paid(m, sid))
             return "qr"
         return self._enter(m, plate, plate, t0, d.auth, d.offline)
+
+    @staticmethod
+    def _why(d):
+        # an offline refusal says why (not on the list, over a cap...): paying by QR needs the cloud
+        return "Sorry: %s. " % d.reason if d.reason and d.reason.startswith("offline") else ""
 
     async def _await_paid(self, m, sid):
         d = await self.wait_paid(sid, PAY_WAIT_S)
@@ -155,7 +161,7 @@ class GateApp(SessionApp):
                       lost=lost)
         d = await self.authorize(sid, payer, "exit", 0, amount, cur, t0, auth)
         if not d.granted:
-            self.say("Pay %d %s: scan QR %s" % (amount, cur, sid))
+            self.say(self._why(d) + "Pay %d %s: scan QR %s" % (amount, cur, sid))
             asyncio.create_task(self._await_paid(m, sid))
             return "qr"
         return self._leave(m, d.auth or auth, d.offline)
@@ -185,7 +191,8 @@ class GateApp(SessionApp):
 
     def _refuse(self, m, e):
         # Journal full (or broken): fail closed, say why, raise an alarm; the barrier stays shut.
-        print("record refused:", repr(e))
+        import gc
+        print("record refused:", repr(e), gc.mem_free())
         self.say("Out of service")
         asyncio.create_task(self.agent.send(5, {10: "journal_full", 11: {"why": repr(e)[:40]}, 12: True}))
         return "idle"
@@ -199,6 +206,13 @@ class GateApp(SessionApp):
         await asyncio.sleep_ms(HOLD_MS)
         if m.state == "passing":
             await m.fire("closed")
+
+    async def _clear_later(self, m):
+        await asyncio.sleep_ms(HOLD_MS)
+        if m.state == "open" and not self._occupied(m):
+            await m.fire("gone")
+        elif m.state == "passing":
+            await m.fire("closed")  # t_closed checks the loop
 
     def t_tailgate(self, m):
         # A second car on the loop while the barrier is still up on one payment.

@@ -47,6 +47,13 @@ class RentalApp(SessionApp):
             self._resume(m)
         self.hw.on("slots", lambda i, v: self._slot(self.slots[i], v))
         self.hw.on("qr", self._scan)
+        self.hw.on("rfid", self._read)
+
+    def _read(self, tag):
+        # an item read in a slot that is waiting for it (its return was seen before its tag)
+        for m in self.slots:
+            if m.state == "empty" and self._present(m.data["i"]):
+                asyncio.create_task(m.fire("returned", tag))
 
     def _resume(self, m):
         c, typ = m.committed(), m.data.get("pend_t")
@@ -54,15 +61,25 @@ class RentalApp(SessionApp):
         if m.state == "offered" and typ == T_OPEN and c is False:
             m.state = "stocked"  # the rental was never on flash: relock, nothing owed
             self._lock(i).lock()
-        elif m.state == "offered" and not self._present(i):
-            asyncio.create_task(m.fire("taken"))
         elif m.state == "offered":
-            self._later(m, TAKE_WAIT_S)
+            asyncio.create_task(self._reoffer(m))
         elif m.state == "empty" and typ == T_CLOSE and c is False and self._present(i):
             asyncio.create_task(m.fire("returned", self.hw.value("rfid")))
         m.data.pop("pend", None)
         m.data.pop("pend_t", None)
         m.save()
+
+    async def _reoffer(self, m):
+        # The rental is on record. Decide from the slot sensor once the inputs have been read
+        # after the reset (not from the power-up default): gone -> taken, else offer it again.
+        await asyncio.sleep_ms(1000)
+        if m.state != "offered":
+            return
+        if not self._present(m.data["i"]):
+            await m.fire("taken")
+        else:
+            self._lock(m.data["i"]).unlock()
+            self._later(m, TAKE_WAIT_S)
 
     def _slot(self, m, present):
         if present:  # the reader at the slots saw the item's tag as it went in
@@ -100,7 +117,7 @@ class RentalApp(SessionApp):
             self.say("Sorry: " + (d.reason or "not authorised"))
             return None
         tag = self._tag(i)
-        f = {10: sid, 11: payer, 12: i, 13: t0}
+        f = {10: sid, 11: payer, 12: i, 13: t0, 21: tag}  # 21 item: how a return elsewhere finds it
         if d.auth:
             f[15] = d.auth
         if d.offline:
@@ -142,6 +159,8 @@ class RentalApp(SessionApp):
 
     async def t_returned(self, m, tag):
         i = m.data["i"]
+        if not tag:  # the reader has not read the item (yet, e.g. just after a reset): wait for it
+            return None
         r = self.out.get(tag)
         if r is None:  # rented elsewhere (or unknown): the cloud knows when it started
             sid = self._sid()

@@ -29,6 +29,7 @@ class VendingApp(SessionApp):
         super().__init__(agent, hw)
         self.m = Machine(self, "door", TABLE, "idle")
         self.n = store.read("vend_n", 0)
+        self._wait_inv = False  # a settlement waits for the reader's first inventory since boot
 
     def start(self):
         m = self.m
@@ -44,13 +45,20 @@ class VendingApp(SessionApp):
             else:
                 self._later(LEFT_OPEN_S if m.state == "open" else OPEN_WAIT_S)
         self.hw.on("qr", lambda v: self._spawn("scan", v))
+        self.hw.on("rfid", self._inv)
         self.hw.on("door", lambda v: self._spawn("door_open" if v else "door_closed"))
+
+    def _inv(self, v):
+        if self._wait_inv:
+            self._wait_inv = False
+            self._spawn("door_closed")
 
     def _spawn(self, event, *a):
         asyncio.create_task(self.m.fire(event, *a))
 
-    def _later(self, s):
-        state = self.m.state
+    def _later(self, s, state=None):
+        # called from inside a transition, before the machine has moved: name the state it moves to
+        state = state or self.m.state
 
         async def t():
             await asyncio.sleep(s)
@@ -93,11 +101,11 @@ class VendingApp(SessionApp):
             self.offline_opened(sid, payer, t0)
         self.hw.get("door_lock").unlock()
         self.say("Open the door")
-        self._later(OPEN_WAIT_S)
+        self._later(OPEN_WAIT_S, "unlocked")
         return "unlocked"
 
     def t_opened(self, m):
-        self._later(LEFT_OPEN_S)
+        self._later(LEFT_OPEN_S, "open")
         return "open"
 
     def t_not_opened(self, m):
@@ -106,6 +114,11 @@ class VendingApp(SessionApp):
 
     def t_closed(self, m):
         self.hw.get("door_lock").lock()
+        if self.hw.value("rfid") is None:
+            # No inventory read since the reset: "nothing left" would charge for everything.
+            # Settle once the reader reports (it does on its own; the door stays locked).
+            self._wait_inv = True
+            return None
         after = self.inventory()
         taken = {}
         for tag in m.data["before"]:

@@ -20,7 +20,7 @@ import click
 from host_tools.cli.common import (DEFAULT_BROKER, DEFAULT_REGISTRY, DEFAULT_USER, EXIT_ERROR, CliError,
                                    Ctx)
 
-COMMANDS = ("provision", "build", "flash", "cmd", "watch", "ledger", "broker")
+COMMANDS = ("provision", "build", "flash", "cmd", "watch", "ledger", "broker", "sim", "demo")
 
 EPILOG = """\b
 Exit codes: 0 ok; 1 error (bad input, unknown device, bad file; nothing done);

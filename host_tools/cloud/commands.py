@@ -68,6 +68,8 @@ class Command:
     data: Any = None                  # the device's result data
     history: list[tuple[State, float]] = field(default_factory=list)
     late: dict | None = None          # a result that arrived after the call had ended
+    nbf: int | None = None            # not before (Unix seconds)
+    resigned: int = 0                 # times re-signed after a stale_seq refusal
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def _to(self, state: State) -> None:
@@ -99,6 +101,7 @@ class CommandClient:
         self.mqtt = CloudMQTT(host, port, username, password, ca_file=ca_file, client_id=client_id)
         self._pending: dict[bytes, Command] = {}
         self._lock = threading.Lock()
+        self._order = threading.Lock()  # seq taken and message enqueued together
         self.unverified_results = 0
         self.mqtt.subscribe("v1/dev/+/up/res", self._on_result, qos=1)
 
@@ -118,26 +121,49 @@ class CommandClient:
     # -- sending
     def submit(self, device: str, name: str, args: dict | None = None, *, ttl: int = 60,
                nbf: int | None = None, publish_timeout: float = 10.0) -> Command:
-        dev = self.registry.get(device)
+        self.registry.get(device)  # unknown device: RegistryError before anything is created
         now = int(time.time())
-        cmd = Command(device, name, args, os.urandom(12), self.registry.next_seq(device), now + ttl)
-        msg: dict[str, Any] = {"type": "command", "aud": device, "exp": cmd.exp, "iat": now,
-                               "cti": cmd.cti, "seq": cmd.seq, "name": name}
-        if nbf is not None:
-            msg["nbf"] = nbf
-        if args:
-            msg["args"] = args
-        t = topic_for(device, "command")
-        data = seal(dev.key, dev.kid, t, msg)
+        cmd = Command(device, name, args, b"", 0, now + ttl, nbf=nbf)
         cmd._to(State.CREATED)
         with self._lock:
             self._prune(now)
-            self._pending[cmd.cti] = cmd
-        if self.mqtt.publish(t, data, qos=1, timeout=publish_timeout) and not cmd.state.final:
+        info = self._sign_and_publish(cmd)
+        if self._published(info, publish_timeout) and not cmd.state.final:
             with self._lock:
                 if not cmd.state.final:
                     cmd._to(State.SENT)
         return cmd
+
+    def _sign_and_publish(self, cmd: Command):
+        """Take a seq, sign and hand the command to paho in one step, so one client's commands
+        reach the device in seq order (a lower seq arriving second would be refused stale_seq)."""
+        dev = self.registry.get(cmd.device)
+        t = topic_for(cmd.device, "command")
+        with self._order:
+            cmd.cti, cmd.seq = os.urandom(12), self.registry.next_seq(cmd.device)
+            msg: dict[str, Any] = {"type": "command", "aud": cmd.device, "exp": cmd.exp, "iat": int(time.time()),
+                                   "cti": cmd.cti, "seq": cmd.seq, "name": cmd.name}
+            if cmd.nbf is not None:
+                msg["nbf"] = cmd.nbf
+            if cmd.args:
+                msg["args"] = cmd.args
+            with self._lock:
+                self._pending[cmd.cti] = cmd
+            return self.mqtt.client.publish(t, seal(dev.key, dev.kid, t, msg), qos=1)
+
+    @staticmethod
+    def _published(info, timeout: float) -> bool:
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def _resign(self, cmd: Command) -> None:
+        """SPEC §5: refused stale_seq means nothing ran (another cloud sender's command overtook
+        this one): sign it again with a new seq and cti."""
+        cmd.resigned += 1
+        self._published(self._sign_and_publish(cmd), 10.0)
 
     def _prune(self, now: float) -> None:
         """Forget finished commands once even a late result could no longer come (past exp + grace)."""
@@ -194,6 +220,9 @@ class CommandClient:
             if cmd is None or cmd.device != device:
                 return
             code = ERROR_NAMES.get(res["status"], str(res["status"]))
+            if code == "stale_seq" and not cmd.state.final and cmd.resigned < 3:
+                threading.Thread(target=self._resign, args=(cmd,), daemon=True).start()
+                return
             if cmd.state.final:
                 cmd.late = res  # after our timeout: keep it, don't rewrite the outcome
                 return

@@ -77,6 +77,9 @@ class _SharedSubscriber(CloudMQTT):
 
 
 class IngestWorker:
+    """One ingest worker (see the module doc): start() subscribes and runs the worker thread;
+    stats, alarms; stop() commits and acks what was queued, then disconnects."""
+
     def __init__(self, registry: Registry, ledger: Ledger, host: str, port: int, username: str,
                  password: str, group: str | None = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
                  hold_ms: float = 500.0, retry_ms: float = 20.0, resend_interval_s: float = 2.0,

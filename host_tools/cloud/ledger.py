@@ -86,6 +86,7 @@ class Record:
     auth: str | None = None
     reason: str | None = None
     lines: list | None = None
+    item: str | None = None   # sess_open of a rental: the item's tag (not stored: for on_commit)
 
     @classmethod
     def from_message(cls, device: str, msg: Mapping[str, Any], payload: bytes, raw: bytes) -> "Record":
@@ -100,7 +101,7 @@ class Record:
                    amount=msg.get("amount"), currency=msg.get("cur"), t0=msg.get("t0"),
                    t1=msg.get("t1"), slot=msg.get("slot"), offline=msg.get("offline"),
                    auth=msg.get("auth"), reason=msg.get("reason"),
-                   lines=[list(x) for x in lines] if lines is not None else None)
+                   lines=[list(x) for x in lines] if lines is not None else None, item=msg.get("item"))
 
     @property
     def type_name(self) -> str:

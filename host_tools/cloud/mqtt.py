@@ -21,6 +21,10 @@ class BrokerUnreachable(ConnectionError):
 
 
 class CloudMQTT:
+    """One paho-mqtt 2.x client (MQTT 5 by default; a random `cloud-…` client id unless given):
+    subscribe() handlers by filter ($share/ filters matched on their filter part), connect()
+    blocking until CONNACK (BrokerUnreachable otherwise), publish() waiting for PUBACK."""
+
     def __init__(self, host: str, port: int, username: str, password: str, *,
                  client_id: str | None = None, ca_file: str | None = None, mqtt5: bool = True):
         self.host, self.port = host, port

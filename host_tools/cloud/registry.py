@@ -22,6 +22,7 @@ class RegistryError(Exception):
 
 @dataclass(frozen=True)
 class Device:
+    """A registered device: its id, 256-bit key, key version (kid = "<id>:<version>"), kind and board."""
     device_id: str
     key: bytes
     key_version: int

@@ -146,6 +146,9 @@ def _lines_taken(lines: list | None) -> list:
 
 
 class SessionService:
+    """Authorises pay-after sessions (auth_req -> signed `auth`) and settles closed ones (see the
+    module doc for every rule). State (bindings, tariffs sent, sessions, flags) is in memory."""
+
     def __init__(self, registry: Registry, provider: PayAfterProvider, host: str, port: int,
                  username: str, password: str, *, client_id: str | None = None, group: str | None = None,
                  ca_file: str | None = None, workers: int = 8, clock: Callable[[], float] = time.time,
@@ -176,6 +179,8 @@ class SessionService:
             collections.OrderedDict()
         self._answer_cache = answer_cache
         self._pending: dict[tuple[str, str], Any] = {}      # closed sessions still to charge
+        self._items: dict[str, tuple[str, str]] = {}         # rented item tag -> its open rental
+        self._links: dict[tuple[str, str], tuple[str, str]] = {}  # (return station, sid) -> rental
         self._flags: list[Flag] = []
         self._flag_keys: set[tuple[str, str, str]] = set()
         self.sent: list[tuple[str, str, dict]] = []          # (device, command name, args), in order
@@ -407,6 +412,8 @@ class SessionService:
                 answer = self._deny(s, R_PURPOSE)
             elif purpose in OPENING:
                 answer = self._open(s, msg)
+            elif purpose == "return" and s.order_no is None and s.status == "new":
+                answer = self._return(s, msg)  # a session it never rented: an item from elsewhere
             elif purpose in CLOSING:
                 answer = self._close(s, msg)
             else:
@@ -481,9 +488,15 @@ class SessionService:
         return self._grant(s, order)
 
     def _reauth(self, s: SessionState, msg: dict) -> tuple[str, dict]:
-        s.payer = msg["payer"]
+        s.payer = s.payer or msg["payer"]
         if "t0" in msg:
             s.t0 = msg["t0"]
+        if s.closed:  # its sess_close was settled first: never open an order for a closed session
+            if s.status == "unpaid":
+                self._flag("reauth_refused", s, "offline session closed and not chargeable")
+                return self._deny(s, R_REFUSED)
+            s.granted = True
+            return "auth", {1: s.sid, 2: True, **({3: s.order_no} if s.order_no else {})}
         account = self.account(s.payer)
         if account is None:
             self._flag("reauth_refused", s, f"payer {s.payer!r} has no pay-after binding")
@@ -571,6 +584,26 @@ class SessionService:
         done = self._complete(s, order, amount, lines, t1, dev_amount, cloud)
         return self._grant(s, done or order, limit=(done.amount if done else None))
 
+    def _return(self, s: SessionState, msg: dict) -> tuple[str, dict]:
+        """A rental station asks about an item it does not know (rented elsewhere): payer is the
+        item's tag. The rental is found from its sess_open (field 21 item); the answer carries the
+        rental's start (7), sid (8) and payer (9) and the rental's order as the auth ref, so the
+        station closes THAT session (a sess_close with the rental's sid), settled on its order."""
+        with self._lock:
+            ref = self._items.get(msg["payer"])
+            rs = self._sessions.get(ref) if ref else None
+        if rs is None or rs.closed or rs.t0 is None:
+            s.payer = msg["payer"]
+            return self._deny(s, "unknown item")
+        with self._lock:
+            self._links[(s.device, rs.sid)] = (rs.device, rs.sid)
+        s.granted = True
+        self.stats["granted"] += 1
+        args = {1: s.sid, 2: True, 3: f"{rs.device}:{rs.sid}", 7: rs.t0, 8: rs.sid, 9: rs.payer}
+        if rs.limit is not None:
+            args[4] = rs.limit
+        return "auth", args
+
     def _own_order_no(self, s: SessionState, ref: str | None) -> str:
         """The order of this session is always `device:sid`: an auth ref naming anything else
         (another device's order, a stale ref) is flagged and never followed."""
@@ -657,8 +690,19 @@ class SessionService:
 
     # ---- settle: committed records -----------------------------------------------------------
     def on_commit(self, records: Iterable[Record]) -> None:
-        """IngestWorker's `on_commit`: settle every committed sess_close (in the pool)."""
+        """IngestWorker's `on_commit`: settle every committed sess_close (in the pool); a rental's
+        sess_open with its item tag (21) is remembered, so a return elsewhere finds the rental."""
         for r in records:
+            if r.type == 6 and getattr(r, "item", None):
+                try:
+                    kind = self.registry.get(r.device).kind
+                except RegistryError:
+                    continue
+                s = self._state(r.device, r.sid, kind)
+                with self._lock:
+                    s.payer = s.payer or r.payer
+                    s.t0 = r.t0  # the committed start, not the request's
+                    self._items[r.item] = (r.device, r.sid)
             if r.type == 8:
                 self._pool.submit(self._settle_safe, r)
 
@@ -701,7 +745,11 @@ class SessionService:
             return status
 
     def _settle(self, r: Any, kind: str) -> str:
-        s = self._state(r.device, r.sid, kind)
+        with self._lock:  # a rental closed at another station settles on the rental's session
+            dev, sid = self._links.get((r.device, r.sid), (r.device, r.sid))
+            for tag in [t for t, v in self._items.items() if v == (dev, sid)]:
+                del self._items[tag]
+        s = self._state(dev, sid, kind)
         s.payer = s.payer or r.payer
         if r.t0 is not None:
             s.t0 = r.t0

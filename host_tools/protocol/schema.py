@@ -141,7 +141,7 @@ MESSAGE_TYPES: Mapping[int, MessageType] = MappingProxyType({t.number: t for t i
     _type(4, "event", "up/evt", SEQ, IAT.optional(), CODE, DETAIL),
     _type(5, "alarm", "up/evt", SEQ, IAT.optional(), CODE, DETAIL, _f(12, "active", "bool")),
     _type(6, "sess_open", "up/rec", SEQ, PREV, SID, PAYER, SLOT, T0, OFFLINE, AUTH,
-          AMOUNT.optional(), CUR.optional()),
+          AMOUNT.optional(), CUR.optional(), _f(21, "item", "tstr", size=(1, 64), required=False)),
     _type(7, "sess_update", "up/rec", SEQ, PREV, SID, AMOUNT, CUR, T1),
     _type(8, "sess_close", "up/rec", SEQ, PREV, SID, PAYER, SLOT, T0, OFFLINE, AUTH, AMOUNT, CUR,
           T1, _f(19, "lines", "lines", required=False, size=(0, 32), item_size=(1, 32)),

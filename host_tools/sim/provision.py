@@ -34,7 +34,8 @@ def board_definition(board_file: str | Path) -> dict:
 
 def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str | None = None,
                   settings: dict | None = None, heapsize: str | None = None, ca_file: str | None = None,
-                  peripherals=None, board_file: str | Path | None = None, **extra) -> SimBoard:
+                  peripherals=None, board_file: str | Path | None = None, clock_rate: int | None = None,
+                  broker_port: int | None = None, **extra) -> SimBoard:
     """Register `device`, give it broker credentials and write its config; returns the (stopped) board.
 
     With `ca_file`, the device connects to the broker's TLS listener and verifies its certificate
@@ -44,6 +45,9 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
     watchdog (wdt_ms) come from it unless given. Only sim boards ("sim": true) run on the VM.
     With `peripherals` (a host_tools.sim.peripherals.SimPeripherals), the config names its port
     (cfg["sim"]), so the board's sim HAL connects to it.
+    With `clock_rate` (simulator only, firmware/clock.py), the device's clock runs that many times
+    real time between time beacons (host_tools/sim/world.py plays an hour in a minute this way).
+    With `broker_port`, the device connects there instead of the broker's own port (a FaultyProxy).
     """
     bdef = None
     if board_file is not None:
@@ -63,13 +67,15 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
     registry.add(device, key, kind, bname)
     password = os.urandom(12).hex()
     broker.add_user(device, password)
-    port = broker.tls_port if ca_file else broker.port
+    port = broker_port or (broker.tls_port if ca_file else broker.port)
     cfg = device_config(device, key, "127.0.0.1", port, password, kind, bname,
                         dict(FAST, **(settings or {})), **extra)
     if bdef is not None:
         cfg["board"] = bdef
     if peripherals is not None:
         cfg["sim"] = {"host": "127.0.0.1", "port": peripherals.port}
+    if clock_rate is not None and clock_rate != 1:
+        cfg.setdefault("sim", {})["clock_rate"] = int(clock_rate)
     board = SimBoard(Path(root) / device, cfg, heapsize=heapsize or "64K")
     if ca_file:
         (board.dir / "ca.pem").write_bytes(Path(ca_file).read_bytes())

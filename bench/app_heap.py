@@ -1,0 +1,217 @@
+"""Each payment app on the VM running many sessions, driven through its simulated peripherals as
+fast as the app allows, with the whole cloud side (broker, ingest, ledger, pay-after provider,
+session service: host_tools/sim/world.py): the device's live heap (get_state `heap_used`,
+gc.mem_alloc() after gc.collect()) sampled throughout, and the smallest data budget at which a
+shorter run still passes.
+
+On the VM the firmware's code sits in the heap (a board freezes it into flash), so the simulator
+gives the VM the board's data budget plus the bundle's measured code residency
+(host_tools.build.code_allowance); live_kb = VM live heap - code residency is the data a board
+holds. The three apps run at once, each on its own board.
+
+Sessions per app: EDGEPAY_APP_HEAP_N (default 1000 for vending and rental). The gate's barrier
+stays up 1.5 s after each car (apps/gate.py HOLD_MS) and a session is two passes, so the gate runs
+EDGEPAY_APP_HEAP_GATE_N (default 100) sessions; the figures say which N was measured.
+Prints {"gate_live_kb", "vending_live_kb", "rental_live_kb", "max_drift_kb", "min_heapsize_kb", ...}.
+"""
+import json
+import os
+import queue
+import sys
+import threading
+import time
+
+from _kit import workdir
+from host_tools.build import code_allowance, compile_firmware
+from host_tools.sim.world import World
+
+N = int(os.environ.get("EDGEPAY_APP_HEAP_N", "1000"))
+GATE_N = int(os.environ.get("EDGEPAY_APP_HEAP_GATE_N", str(min(N, 100))))
+HEAP_KB = int(os.environ.get("EDGEPAY_APP_HEAP_KB", "96"))
+SHORT_N = int(os.environ.get("EDGEPAY_APP_HEAP_SHORT_N", "40"))
+W = 10.0
+LEVELS = [int(x) for x in os.environ.get("EDGEPAY_APP_HEAP_LEVELS", "64,48,32").split(",")]
+SAMPLES = 25
+
+
+def _sampler(w, dev, n, samples):
+    every = max(1, n // SAMPLES)
+
+    def sample(i):
+        if i % every == 0 or i == n - 1:
+            st = w.get_state(dev, timeout=10)
+            if st is None:
+                raise RuntimeError(f"{dev}: get_state failed at session {i}")
+            samples.append(st["heap_used"])
+            JDEPTH[dev] = max(JDEPTH.get(dev, 0), st.get("jdepth") or 0)
+    return sample
+
+
+def drive_gate(w, dev, n, samples):
+    hw = w.devices[dev].hw
+    sample = _sampler(w, dev, n, samples)
+    plates = [f"H{i:05d}" for i in range(n)]
+    for p in plates:
+        w.bind(p, "acct-" + p)
+    q: queue.Queue = queue.Queue()
+    err: list = []
+
+    def lane(name, p):
+        hw.set_input(f"{name}_loop", 1)
+        hw.scan(f"{name}_camera", p)
+        hw.wait_output(f"{name}_barrier", "open", W)
+        hw.set_input(f"{name}_loop", 0)
+        hw.wait_output(f"{name}_barrier", "closed", W)
+
+    def entries():
+        try:
+            for p in plates:
+                lane("entry", p)
+                q.put(p)
+        except Exception as e:  # noqa: BLE001
+            err.append(e)
+        q.put(None)
+
+    t = threading.Thread(target=entries, daemon=True)
+    t.start()
+    for i in range(n):
+        p = q.get()
+        if p is None:
+            break
+        lane("exit", p)
+        sample(i)
+    t.join()
+    if err:
+        raise err[0]
+
+
+def drive_vending(w, dev, n, samples):
+    hw = w.devices[dev].hw
+    sample = _sampler(w, dev, n, samples)
+    for i in range(n):
+        who = f"v{i:05d}"
+        w.bind(who, "acct-" + who)
+        hw.scan("rfid", f"cola#{i},chips#{i},water#{i}")
+        mark = len(hw.history("display"))
+        hw.scan("qr", who)
+        hw.wait_output("door_lock", "unlocked", W)
+        hw.set_input("door", 1)
+        hw.scan("rfid", f"chips#{i},water#{i}")  # a cola taken
+        hw.set_input("door", 0)
+        _wait_text(hw, "Thank you", mark)
+        sample(i)
+
+
+def drive_rental(w, dev, n, samples):
+    hw = w.devices[dev].hw
+    sample = _sampler(w, dev, n, samples)
+    for s in range(8):
+        hw.set_input(f"slots.{s}", 1)
+    time.sleep(0.3)
+    for i in range(n):
+        who = f"r{i:05d}"
+        w.bind(who, "acct-" + who)
+        mark = len(hw.history("display"))
+        hw.scan("qr", who)
+        text = _wait_text(hw, "Take slot", mark)
+        slot = int(text.split()[-1]) - 1
+        hw.set_input(f"slots.{slot}", 0)
+        hw.wait_output(f"locks.{slot}", "locked", W)
+        mark = len(hw.history("display"))
+        hw.scan("rfid", f"{dev}-item{slot}")
+        hw.set_input(f"slots.{slot}", 1)
+        _wait_text(hw, "Returned", mark)
+        sample(i)
+
+
+def _wait_text(hw, prefix, after):
+    deadline = time.monotonic() + W
+    while time.monotonic() < deadline:
+        for m in hw.history("display")[after:]:
+            v = m.get("v")
+            if m.get("t") == "out" and isinstance(v, str):
+                if v.startswith(prefix):
+                    return v
+                if v.startswith(("Sorry", "Out of service")):
+                    raise RuntimeError(f"display: {v}")
+        time.sleep(0.005)
+    raise TimeoutError(f"display never showed {prefix!r}: {hw.display()!r}")
+
+
+PARTIAL: dict = {}  # (kind, heap_kb) -> (samples before it failed, why)
+JDEPTH: dict = {}  # the deepest journal seen per device (records not yet acknowledged)
+DRIVERS = {"gate": drive_gate, "vending": drive_vending, "rental": drive_rental}
+
+
+def run(heap_kb, ns):
+    """All three apps at once at data budget heap_kb; {kind: samples or None (failed)}."""
+    out = {}
+    with World(workdir(), rate=1, proxy=False, heapsize=f"{heap_kb}K") as w:
+        devs = {"gate": "gate-1", "vending": "vend-1", "rental": "rent-1"}
+        w.add_devices([(d, k) for k, d in devs.items()])
+
+        def go(kind):
+            samples = []
+            try:
+                DRIVERS[kind](w, devs[kind], ns[kind], samples)
+                mine = [e for e in w.errors if e.startswith(devs[kind] + ":")]
+                if not w.devices[devs[kind]].board.running or mine:
+                    raise RuntimeError(f"board down or errors: {mine[:2]}")
+                out[kind] = samples
+            except Exception as e:  # noqa: BLE001 - a MemoryError on the device shows as timeouts
+                print(f"{kind} at {heap_kb}K failed after {len(samples)} samples: {e!r}", file=sys.stderr)
+                out[kind] = None
+                PARTIAL[(kind, heap_kb)] = (samples, repr(e)[:120])
+        ts = [threading.Thread(target=go, args=(k,)) for k in devs]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    return out
+
+
+def main():
+    t0 = time.time()
+    code = code_allowance(compile_firmware())
+    ns = {"gate": GATE_N, "vending": N, "rental": N}
+    res = run(HEAP_KB, ns)
+    figures = {"heap_kb": HEAP_KB, "n": ns, "code_kb": round(code / 1024, 2)}
+    drifts = []
+    for kind, samples in res.items():
+        if not samples:
+            part, why = PARTIAL.get((kind, HEAP_KB), ([], ""))
+            figures[f"{kind}_live_kb"] = None
+            figures[f"{kind}_failed"] = why
+            if part:  # what it held until it failed
+                figures[f"{kind}_live_before_failure_kb"] = round((max(part) - code) / 1024, 2)
+                figures[f"{kind}_samples_before_failure"] = len(part)
+            continue
+        warm = samples[len(samples) // 5:]
+        figures[f"{kind}_live_kb"] = round((max(samples) - code) / 1024, 2)
+        figures[f"{kind}_vm_live_kb"] = round(max(samples) / 1024, 2)
+        figures[f"{kind}_drift_kb"] = round((warm[-1] - warm[0]) / 1024, 2)
+        drifts.append(warm[-1] - warm[0])
+    figures["max_drift_kb"] = round(max(drifts, key=abs) / 1024, 2) if drifts else None
+    # the smallest data budget at which every app still passes a shorter run, searched downward
+    lo = {k: (HEAP_KB if res[k] else None) for k in res}
+    alive = {k for k in res if res[k]}
+    for kb in LEVELS:
+        if not alive or kb >= HEAP_KB:
+            continue
+        r = run(kb, {k: (max(5, SHORT_N // 4) if k == "gate" else SHORT_N) for k in DRIVERS})
+        for k in list(alive):
+            if r.get(k):
+                lo[k] = kb
+            else:
+                alive.discard(k)
+    figures["min_heapsize_by_app_kb"] = lo
+    figures["min_heapsize_kb"] = max(v for v in lo.values() if v) if all(lo.values()) else None
+    figures["min_vm_heapsize_kb"] = (figures["min_heapsize_kb"] + -(-code // 1024)) if figures["min_heapsize_kb"] else None
+    figures["short_n"] = SHORT_N
+    figures["max_jdepth"] = dict(JDEPTH)
+    figures["seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
