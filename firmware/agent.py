@@ -198,7 +198,10 @@ class Agent:
         if p is None:
             return
         seq, t = p[8], p[6]
-        if seq <= self.tbeacon[0] or t < self.tbeacon[1]:
+        now = self.clock.now()
+        # A beacon held back (queued while offline, or by an attacker) must not set the clock back:
+        # refuse one older than the last beacon, or more than a minute behind our own trusted time.
+        if seq <= self.tbeacon[0] or t < self.tbeacon[1] or (now is not None and t < now - 60):
             log("time refused stale_seq", seq)
             return
         self.tbeacon = [seq, t]

@@ -61,7 +61,7 @@ class FakeSerialBoard:
         m, s = pty.openpty()
         tty.setraw(s)
         argv = [_micropython(), "-X", f"heapsize={self.heapsize}"]
-        has_main = (self.dir / "main.py").exists() or (self.dir / "main.mpy").exists()
+        has_main = (self.dir / "main.py").exists()  # as on a board: main.mpy would not run at boot
         self.running_main = run_main and has_main
         if self.running_main:
             argv += ["-i", "-m", "main"]

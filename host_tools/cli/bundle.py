@@ -155,10 +155,12 @@ def build_bundle(board: dict, out: Path, root: Path = FIRMWARE) -> Bundle:
         shutil.rmtree(out / sub, ignore_errors=True)
     sizes: dict[str, int] = {}
     for m in mods:
-        dst = out / "bundle" / m.mpy_rel
+        # A board runs only main.py (never main.mpy) at boot: ship the 30-line entry point as source.
+        rel = m.rel if str(m.rel) == "main.py" else m.mpy_rel
+        dst = out / "bundle" / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(compiled / m.mpy_rel, dst)
-        sizes[str(m.mpy_rel)] = dst.stat().st_size
+        shutil.copyfile(m.source if rel == m.rel else compiled / m.mpy_rel, dst)
+        sizes[str(rel)] = dst.stat().st_size
         src = out / "src" / m.rel
         src.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(m.source, src)
@@ -189,6 +191,7 @@ def manifest_text(board: dict, mods: list[Module]) -> str:
 
 def package_json(board: dict, mods: list[Module], root: Path = FIRMWARE) -> str:
     import json
-    urls = [[str(m.mpy_rel), f"bundle/{m.mpy_rel}"] for m in mods]
+    rels = [m.rel if str(m.rel) == "main.py" else m.mpy_rel for m in mods]
+    urls = [[str(r), f"bundle/{r}"] for r in rels]
     return json.dumps({"urls": urls, "deps": [], "version": fw_version(root),
                        "board": board.get("name"), "kind": board.get("kind")}, indent=1) + "\n"

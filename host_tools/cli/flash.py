@@ -95,7 +95,8 @@ def register(cli: click.Group) -> None:
         mpys = sorted(bundle.rglob("*.mpy"))
         if not mpys:
             fail(f"{bundle} holds no .mpy files: run `edgepay build --board {board['name']}`")
-        files += [(p, p.relative_to(bundle).as_posix()) for p in mpys]
+        # the .mpy modules and the main.py entry point (a board runs main.py, never main.mpy)
+        files += [(p, p.relative_to(bundle).as_posix()) for p in mpys + sorted(bundle.glob("main.py"))]
         if config is not None:
             files.append((config, "config.json"))
             files += [(p, p.name) for p in extras]
