@@ -275,3 +275,66 @@ def test_open_ledger_urls(tmp_path):
         assert led._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         led.close()
     assert SESSION_COLS[0] == "device"
+
+
+# ---- schema versions: the item column and the migration of an older database -------------------
+V1_RECORDS = """CREATE TABLE records (
+    device TEXT NOT NULL, seq {bigint} NOT NULL, type INTEGER NOT NULL, sid TEXT NOT NULL,
+    payer TEXT, amount {bigint}, currency TEXT, t0 {bigint}, t1 {bigint}, slot {bigint},
+    offline BOOLEAN, auth TEXT, reason TEXT, lines TEXT,
+    hash {blob} NOT NULL, prev {blob} NOT NULL, raw {blob} NOT NULL,
+    committed_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (device, seq), UNIQUE (device, hash))"""
+
+
+def _make_v1(url: str, rec: Record) -> None:
+    """A ledger file as the first release wrote it: records without `item`, no version table."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+        db = sqlite3.connect(url[len("sqlite:///"):])
+        ph, types = "?", {"bigint": "INTEGER", "blob": "BLOB"}
+    else:
+        import psycopg
+        db = psycopg.connect(url)
+        ph, types = "%s", {"bigint": "BIGINT", "blob": "BYTEA"}
+    cur = db.cursor()
+    cur.execute(V1_RECORDS.format(**types))
+    cur.execute("CREATE TABLE heads (device TEXT PRIMARY KEY, seq {bigint} NOT NULL, hash {blob} NOT NULL)"
+                .format(**types))
+    cur.execute(f"INSERT INTO heads (device, seq, hash) VALUES ({ph}, {ph}, {ph})", (rec.device, rec.seq, rec.hash))
+    cols = ("device", "seq", "type", "sid", "payer", "t0", "hash", "prev", "raw", "committed_at")
+    cur.execute(f"INSERT INTO records ({','.join(cols)}) VALUES ({','.join([ph] * len(cols))})",
+                (rec.device, rec.seq, rec.type, rec.sid, rec.payer, rec.t0, rec.hash, rec.prev, rec.raw, 1.0))
+    db.commit()
+    db.close()
+
+
+def test_item_is_stored_and_read_back(ledger):
+    d = DeviceChain("rent-1")
+    items = [d.make("sess_open", sid="r1", payer="card", t0=5, slot=2, item="TAG-7"),
+             d.make("sess_open", sid="r2", payer="card", t0=6, slot=3)]
+    ledger.commit(d.records(items))
+    assert [r.item for r in ledger.records("rent-1")] == ["TAG-7", None]
+    assert ledger.schema_version() == 2
+
+
+def test_a_version_1_ledger_is_migrated_on_open(ledger_url):
+    d = DeviceChain("rent-1")
+    old = d.record(d.make("sess_open", sid="r1", payer="card", t0=5)[1])
+    _make_v1(ledger_url, old)
+    led = open_ledger(ledger_url)
+    try:
+        assert led.schema_version() == 2
+        [r] = led.records("rent-1")
+        assert (r.raw, r.item) == (old.raw, None)
+        assert led.head("rent-1") == Head(old.seq, old.hash)   # the chain goes on from the old head
+        new = d.make("sess_open", sid="r2", payer="card", t0=6, item="TAG-9")
+        assert led.commit(d.records([new])).count(Outcome.COMMITTED) == 1
+        assert [r.item for r in led.records("rent-1")] == [None, "TAG-9"]
+    finally:
+        led.close()
+    again = open_ledger(ledger_url)          # opening a migrated ledger again changes nothing
+    try:
+        assert again.schema_version() == 2 and again.count() == 2
+    finally:
+        again.close()

@@ -239,6 +239,40 @@ def test_unknown_plate_scan_qr_then_paid(env):
     assert env.svc.flags() == []
 
 
+def test_qr_at_entry_preauthorises_and_the_exit_charges_the_stay(env):
+    """The QR at a gate's entry opens an order for the QR account and leaves it in progress; the
+    exit charges the stay to it (past the free minutes: money; within them: zero), once, unflagged."""
+    d = env.device("gate-1")
+    now = int(time.time())
+    for sid, stay, fee in (("q1", 5000, 500), ("q2", 600, 0)):
+        t0 = now - stay
+        d.auth_req("entry", sid, f"SH-{sid}", t0=t0)
+        assert d.wait("auth", sid) == [{1: sid, 2: False, 5: "scan QR to pay"}]
+        order = env.svc.pay_by_qr("gate-1", sid, account=f"walkin-{sid}")
+        assert (order.state, order.payer, order.limit) == (OrderState.DOING, f"walkin-{sid}", 12600)
+        assert d.wait("paid", sid) == [{1: sid, 2: f"gate-1:{sid}"}]
+        assert env.svc.pay_by_qr("gate-1", sid, account=f"walkin-{sid}") == order   # idempotent
+        assert env.svc.settle_status("gate-1", sid)["status"] == "open"
+        d.record("sess_open", sid=sid, payer=f"SH-{sid}", t0=t0, auth=f"gate-1:{sid}")
+        d.auth_req("exit", sid, f"SH-{sid}", t0=t0, amount=fee, cur="EUR", auth=f"gate-1:{sid}", iat=now)
+        a = d.wait("auth", sid, 2)[1]
+        assert a[2] is True and a[4] == fee
+        d.record("sess_close", sid=sid, payer=f"SH-{sid}", t0=t0, auth=f"gate-1:{sid}", amount=fee, cur="EUR",
+                 t1=now)
+        st = settled(env, "gate-1", sid)
+        assert (st["status"], st["charged"], st["flags"]) == ("settled", fee, [])
+        assert [h.op for h in env.provider.history(f"gate-1:{sid}")] == ["create", "start", "complete"]
+    assert env.svc.flags() == []
+
+
+def test_qr_needs_a_known_session_and_a_sane_account(env):
+    env.device("gate-1")
+    with pytest.raises(KeyError):
+        env.svc.pay_by_qr("gate-1", "nope")
+    with pytest.raises(ValueError):
+        env.svc.pay_by_qr("gate-1", "nope", account="")
+
+
 def test_exit_without_entry(env):
     """Entered while the cloud was unreachable and no reauth came: a bound, trusted plate gets a
     late order at the exit; an unbound one is sent to the QR path."""
@@ -332,6 +366,34 @@ def test_offline_session_settled_late_or_flagged(env):
     wait_for(lambda: env.svc.settle_status("gate-1", "f3")["status"] == "unpaid")
     assert env.svc.settle_status("gate-1", "f2")["status"] == "unpaid"
     assert {(f.sid, f.kind) for f in env.svc.flags()} == {("f2", "offline_refused"), ("f3", "no_order")}
+
+
+def test_no_charge_closes_settle_at_zero_whatever_the_duration(env):
+    """SPEC staff commands: remote_open, cancelled and not_taken closes owe nothing."""
+    d = env.device("gate-1")
+    env.svc.bind("SH-CX", "acct-cx")
+    now = int(time.time())
+    t0 = now - 5 * 3600                              # hours parked: a normal exit would cost money
+    d.auth_req("entry", "c1", "SH-CX", t0=t0)
+    assert d.wait("auth", "c1")[0][2] is True
+    d.record("sess_open", sid="c1", payer="SH-CX", t0=t0, auth="gate-1:c1")
+    d.record("sess_close", sid="c1", payer="SH-CX", t0=t0, auth="gate-1:c1", amount=0, cur="EUR", t1=now,
+             reason="cancelled")
+    st = settled(env, "gate-1", "c1")
+    assert (st["status"], st["cloud_amount"], st["charged"], st["flags"]) == ("settled", 0, 0, [])
+    assert env.provider.get("gate-1:c1").amount == 0
+    d.record("sess_close", sid="m1", payer="staff", t0=now, slot=0, amount=0, cur="EUR", t1=now,
+             reason="remote_open")
+    st = settled(env, "gate-1", "m1")
+    assert (st["status"], st["flags"]) == ("settled", [])
+    # a device that charges for a cancelled session is out of contract: flagged, nothing charged
+    d.auth_req("entry", "c2", "SH-CX", t0=t0)
+    d.wait("auth", "c2")
+    d.record("sess_close", sid="c2", payer="SH-CX", t0=t0, auth="gate-1:c2", amount=900, cur="EUR", t1=now,
+             reason="cancelled")
+    st = settled(env, "gate-1", "c2")
+    assert (st["status"], st["charged"], st["flags"]) == ("settled_flagged", 0, ["fee_mismatch"])
+    assert env.svc.flags() and all(f.sid == "c2" for f in env.svc.flags())
 
 
 # ---- vending / rental ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@
     ingest.IngestWorker      session records -> ledger, then the signed cumulative ack (shared subscription)
     ledger.open_ledger       the money ledger: SQLite (ledger_sqlite) or PostgreSQL (ledger_pg)
     sessions.SessionService  pay-after authorisation (auth_req -> auth) and settlement of closed sessions
+    session_store.SessionStore  the session service's durable state, in the ledger's database
     payafter                 the PayAfterProvider interface and ScriptedProvider, its test double
     fees                     protocol/FEES.md, the cloud's own implementation
     mqtt.CloudMQTT           the paho connection every worker uses (TCP_NODELAY, resubscribe)

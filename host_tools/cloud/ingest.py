@@ -347,7 +347,7 @@ class IngestWorker:
 
 
 # ---- command line -----------------------------------------------------------------------
-def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1883, username: str = "cloud",
+def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1884, username: str = "cloud",
                password: str = "", group: str = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
                hold_ms: float = 500.0, stop: threading.Event | None = None, stats_every_s: float = 0.0,
                test_stall_ms: float = 0.0, test_stall_file: str | None = None, out=None) -> dict:
@@ -388,7 +388,8 @@ def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1883
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m host_tools.cloud.ingest", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883, help="the broker's cloud listener")
+    p.add_argument("--port", type=int, default=1884,  # host_tools.broker.CLOUD_PORT
+                   help="the broker's cloud listener (default: %(default)s, as `edgepay broker conf`)")
     p.add_argument("--user", default="cloud")
     p.add_argument("--password", default=None, help="prefer --password-env")
     p.add_argument("--password-env", default="EDGEPAY_MQTT_PASSWORD")

@@ -16,12 +16,16 @@ Schema (both backends; BLOB is BYTEA on PostgreSQL):
 
     records  (device, seq) PRIMARY KEY, type, sid, payer, amount, currency, t0, t1, slot, offline,
              auth, reason, lines (JSON text), hash (16 B), prev (16 B), raw (the signed envelope),
-             committed_at; UNIQUE (device, hash)
+             committed_at, item (a rental's item tag, schema version 2); UNIQUE (device, hash)
     heads    device PRIMARY KEY, seq, hash: the last committed record of each device's chain
     sessions (device, sid) PRIMARY KEY, state ('open' | 'closed'), payer, slot, t0, t1, amount,
              currency, offline, auth, reason, lines, open_seq, last_seq, close_seq
     rejects  (device, seq, kind, digest) PRIMARY KEY, raw, detail, at: authenticated records
              that were refused (same seq with other bytes, out of chain), kept for disputes
+    schema_version  component, version: migrations run on open (host_tools/cloud/ledger_db.py)
+
+The types live in ledger_model.py, the connection layer and the schema in ledger_db.py; every name
+is importable from here as before.
 
 Commit rules, per device, in seq order inside one transaction, with the head row locked:
 - seq already stored with the same bytes: DUPLICATE (nothing written; the caller acks again);
@@ -36,200 +40,42 @@ envelope. Money is integer minor units everywhere; totals are Python ints, never
 """
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
-import threading
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from abc import abstractmethod
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-GENESIS = bytes(16)
-RECORD_TYPES = {6: "sess_open", 7: "sess_update", 8: "sess_close"}
-TYPE_NUMBERS = {v: k for k, v in RECORD_TYPES.items()}
+from host_tools.cloud.ledger_db import (LEDGER_VERSION, RECORD_COLS, SESSION_COLS, Database,
+                                        _schema)
+from host_tools.cloud.ledger_model import (GENESIS, RECORD_TYPES, TYPE_NUMBERS, CommitResult, Head,
+                                           LedgerError, Outcome, Reconciliation, Record, Result,
+                                           Session, _int, chain_hash)
+
+__all__ = ["GENESIS", "RECORD_TYPES", "TYPE_NUMBERS", "RECORD_COLS", "SESSION_COLS", "CommitResult",
+           "Head", "Ledger", "LedgerError", "Outcome", "Reconciliation", "Record", "Result", "Session",
+           "chain_hash", "open_ledger", "_int", "_schema"]
 
 
-def chain_hash(payload: bytes) -> bytes:
-    """SPEC §6: the first 16 bytes of SHA-256 over a record's payload bytes."""
-    return hashlib.sha256(payload).digest()[:16]
-
-
-class LedgerError(RuntimeError):
-    pass
-
-
-class Outcome(str, enum.Enum):
-    COMMITTED = "committed"
-    DUPLICATE = "duplicate"
-    CONFLICT = "conflict"
-    OUT_OF_CHAIN = "out_of_chain"
-    GAP = "gap"
-
-
-@dataclass(frozen=True)
-class Record:
-    """One verified session record, ready for the ledger."""
-    device: str
-    seq: int
-    type: int                 # 6 sess_open, 7 sess_update, 8 sess_close
-    sid: str
-    prev: bytes
-    hash: bytes               # chain_hash(payload)
-    raw: bytes                # the signed envelope exactly as received
-    payer: str | None = None
-    amount: int | None = None
-    currency: str | None = None
-    t0: int | None = None
-    t1: int | None = None
-    slot: int | None = None
-    offline: bool | None = None
-    auth: str | None = None
-    reason: str | None = None
-    lines: list | None = None
-    item: str | None = None   # sess_open of a rental: the item's tag (not stored: for on_commit)
-
-    @classmethod
-    def from_message(cls, device: str, msg: Mapping[str, Any], payload: bytes, raw: bytes) -> "Record":
-        """From a message decoded by the host codec (field names), its payload bytes and envelope."""
-        t = msg["type"]
-        number = TYPE_NUMBERS.get(t, t)
-        if number not in RECORD_TYPES:
-            raise ValueError(f"not a record type: {t!r}")
-        lines = msg.get("lines")
-        return cls(device=device, seq=msg["seq"], type=number, sid=msg["sid"], prev=bytes(msg["prev"]),
-                   hash=chain_hash(payload), raw=bytes(raw), payer=msg.get("payer"),
-                   amount=msg.get("amount"), currency=msg.get("cur"), t0=msg.get("t0"),
-                   t1=msg.get("t1"), slot=msg.get("slot"), offline=msg.get("offline"),
-                   auth=msg.get("auth"), reason=msg.get("reason"),
-                   lines=[list(x) for x in lines] if lines is not None else None, item=msg.get("item"))
-
-    @property
-    def type_name(self) -> str:
-        return RECORD_TYPES[self.type]
-
-
-@dataclass(frozen=True)
-class Head:
-    seq: int
-    hash: bytes
-
-
-@dataclass(frozen=True)
-class Result:
-    device: str
-    seq: int
-    outcome: Outcome
-    detail: str = ""
-
-
-@dataclass
-class CommitResult:
-    results: list[Result]
-    heads: dict[str, Head | None]          # every device of the batch, after the commit
-
-    def by_outcome(self, outcome: Outcome) -> list[Result]:
-        return [r for r in self.results if r.outcome is outcome]
-
-    def count(self, outcome: Outcome) -> int:
-        return sum(1 for r in self.results if r.outcome is outcome)
-
-
-@dataclass
-class Session:
-    device: str
-    sid: str
-    state: str                 # "open" | "closed"
-    payer: str | None
-    slot: int | None
-    t0: int | None
-    t1: int | None
-    amount: int | None
-    currency: str | None
-    offline: bool | None
-    auth: str | None
-    reason: str | None
-    lines: list | None
-    open_seq: int | None
-    last_seq: int
-    close_seq: int | None
-
-
-@dataclass
-class Reconciliation:
-    missing: list[int] = field(default_factory=list)     # in the journal, not in the ledger
-    extra: list[int] = field(default_factory=list)       # in the ledger, not in the journal
-    mismatched: list[int] = field(default_factory=list)  # same seq, different bytes
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.extra or self.mismatched)
-
-
-RECORD_COLS = ("device", "seq", "type", "sid", "payer", "amount", "currency", "t0", "t1", "slot",
-               "offline", "auth", "reason", "lines", "hash", "prev", "raw")
-SESSION_COLS = ("device", "sid", "state", "payer", "slot", "t0", "t1", "amount", "currency",
-                "offline", "auth", "reason", "lines", "open_seq", "last_seq", "close_seq")
-
-
-def _schema(blob: str, bigint: str) -> list[str]:
-    return [
-        f"""CREATE TABLE IF NOT EXISTS records (
-            device TEXT NOT NULL, seq {bigint} NOT NULL, type INTEGER NOT NULL, sid TEXT NOT NULL,
-            payer TEXT, amount {bigint}, currency TEXT, t0 {bigint}, t1 {bigint}, slot {bigint},
-            offline BOOLEAN, auth TEXT, reason TEXT, lines TEXT,
-            hash {blob} NOT NULL, prev {blob} NOT NULL, raw {blob} NOT NULL,
-            committed_at DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (device, seq), UNIQUE (device, hash))""",
-        f"""CREATE TABLE IF NOT EXISTS heads (
-            device TEXT PRIMARY KEY, seq {bigint} NOT NULL, hash {blob} NOT NULL)""",
-        f"""CREATE TABLE IF NOT EXISTS sessions (
-            device TEXT NOT NULL, sid TEXT NOT NULL, state TEXT NOT NULL, payer TEXT, slot {bigint},
-            t0 {bigint}, t1 {bigint}, amount {bigint}, currency TEXT, offline BOOLEAN, auth TEXT,
-            reason TEXT, lines TEXT, open_seq {bigint}, last_seq {bigint} NOT NULL,
-            close_seq {bigint}, PRIMARY KEY (device, sid))""",
-        f"""CREATE TABLE IF NOT EXISTS rejects (
-            device TEXT NOT NULL, seq {bigint} NOT NULL, kind TEXT NOT NULL, digest {blob} NOT NULL,
-            raw {blob} NOT NULL, detail TEXT, at DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (device, seq, kind, digest))""",
-    ]
-
-
-class Ledger(ABC):
+class Ledger(Database):
     """The shared logic; a backend supplies the connection, its placeholder and its locking.
 
     A Ledger object may be shared by threads (calls are serialised by a lock); for parallel
     writers open one Ledger per thread or process: the database does the rest.
     """
 
-    placeholder = "?"
-    blob = "BLOB"
-    bigint = "INTEGER"
-
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        super().__init__()
         # test hook: called inside the write transaction just before COMMIT (crash tests stall here)
         self.before_commit: Callable[[int], None] | None = None
 
+    def _create_schema(self) -> None:
+        """Backends call this once connected: create the tables, migrate an older file."""
+        self.ensure_schema("ledger", _schema(self.blob, self.bigint), LEDGER_VERSION)
+
     # ---- backend hooks ------------------------------------------------------------------
-    @abstractmethod
-    def _cursor(self) -> Any: ...
-
-    @abstractmethod
-    def _begin_write(self, cur: Any) -> None:
-        """Start a write transaction."""
-
     @abstractmethod
     def _lock_heads(self, cur: Any, devices: Sequence[str]) -> dict[str, Head | None]:
         """Inside the write transaction: lock the head rows of `devices` (sorted) and return them."""
-
-    @abstractmethod
-    def _commit(self) -> None: ...
-
-    @abstractmethod
-    def _rollback(self) -> None: ...
-
-    @abstractmethod
-    def close(self) -> None: ...
 
     @abstractmethod
     def clear(self) -> None:
@@ -238,12 +84,6 @@ class Ledger(ABC):
     def _now(self) -> float:
         import time
         return time.time()
-
-    def _sql(self, sql: str) -> str:
-        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
-
-    def _ph(self, n: int) -> str:
-        return ",".join([self.placeholder] * n)
 
     # ---- writing ------------------------------------------------------------------------
     def commit(self, records: Iterable[Record]) -> CommitResult:
@@ -283,7 +123,7 @@ class Ledger(ABC):
                                     (new_head.seq, new_head.hash, dev))
                         heads[dev] = new_head
                 if rows:
-                    cols = RECORD_COLS + ("committed_at",)
+                    cols = RECORD_COLS[:-1] + ("committed_at", "item")
                     cur.executemany(self._sql(
                         f"INSERT INTO records ({','.join(cols)}) VALUES ({self._ph(len(cols))}) "
                         "ON CONFLICT DO NOTHING"), rows)
@@ -334,7 +174,7 @@ class Ledger(ABC):
     def _row(r: Record, now: float) -> tuple:
         return (r.device, r.seq, r.type, r.sid, r.payer, r.amount, r.currency, r.t0, r.t1, r.slot,
                 r.offline, r.auth, r.reason, json.dumps(r.lines) if r.lines is not None else None,
-                r.hash, r.prev, r.raw, now)
+                r.hash, r.prev, r.raw, now, r.item)
 
     def _session(self, cur: Any, r: Record) -> None:
         """Derive the session from open / update / close (records arrive in chain order)."""
@@ -375,19 +215,8 @@ class Ledger(ABC):
                     (r.device, r.sid, "closed", r.payer, r.slot, r.t0, r.t1, r.amount, r.currency,
                      r.offline, r.auth, r.reason, lines, None, r.seq, r.seq))
 
-    # ---- reading ------------------------------------------------------------------------
-    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            cur = self._cursor()
-            try:
-                cur.execute(self._sql(sql), args)
-                rows = cur.fetchall()
-                self._commit()   # end the read transaction (PostgreSQL opens one implicitly)
-            except BaseException:
-                self._rollback()
-                raise
-        return rows
 
+    # ---- reading ------------------------------------------------------------------------
     def head(self, device: str) -> Head | None:
         rows = self._read("SELECT seq, hash FROM heads WHERE device=?", (device,))
         if not rows or int(rows[0][0]) < 0:
@@ -413,7 +242,8 @@ class Ledger(ABC):
                               t0=_int(d["t0"]), t1=_int(d["t1"]), slot=_int(d["slot"]),
                               offline=None if d["offline"] is None else bool(d["offline"]),
                               auth=d["auth"], reason=d["reason"],
-                              lines=json.loads(d["lines"]) if d["lines"] is not None else None))
+                              lines=json.loads(d["lines"]) if d["lines"] is not None else None,
+                              item=d["item"]))
         return out
 
     def count(self, device: str | None = None) -> int:
@@ -487,22 +317,9 @@ class Ledger(ABC):
         rec.extra = sorted(s for s in ledger if s not in journal)
         return rec
 
+
     def __enter__(self) -> "Ledger":
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def _int(v: Any) -> int | None:
-    if v is None:
-        return None
-    if isinstance(v, float):  # never: money columns are integers in both backends
-        raise LedgerError(f"a float in the ledger: {v!r}")
-    i = int(v)
-    if i != v:
-        raise LedgerError(f"not an integer: {v!r}")
-    return i
 
 
 def open_ledger(url: str, **kw: Any) -> Ledger:

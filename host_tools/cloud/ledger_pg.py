@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from host_tools.cloud.ledger import GENESIS, Head, Ledger, LedgerError, _schema
+from host_tools.cloud.ledger import GENESIS, Head, Ledger, LedgerError
 
 try:
     import psycopg
@@ -20,6 +20,8 @@ except ImportError:  # pragma: no cover - reported when a PgLedger is made
 
 class PgLedger(Ledger):
     placeholder = "%s"
+    blob = "BYTEA"
+    bigint = "BIGINT"
 
     def __init__(self, url: str, connect_timeout: float = 10.0, synchronous_commit: str | None = None):
         super().__init__()
@@ -32,12 +34,7 @@ class PgLedger(Ledger):
             with self._db.cursor() as cur:
                 cur.execute("SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,))
             self._db.commit()
-        with self._db.cursor() as cur:
-            # schema creation races between workers starting together: serialise it
-            cur.execute("SELECT pg_advisory_xact_lock(4242001)")
-            for stmt in _schema("BYTEA", "BIGINT"):
-                cur.execute(stmt)
-        self._db.commit()
+        self._create_schema()
 
     def _cursor(self) -> Any:
         if self._db.closed or self._db.broken:  # the server restarted or the link broke: reconnect
@@ -46,6 +43,15 @@ class PgLedger(Ledger):
 
     def _begin_write(self, cur: Any) -> None:
         pass  # psycopg opens the transaction with the first statement (autocommit off)
+
+    def _schema_lock(self, cur: Any) -> None:
+        # schema creation and migrations race between workers starting together: serialise them
+        cur.execute("SELECT pg_advisory_xact_lock(4242001)")
+
+    def _columns(self, cur: Any, table: str) -> set[str]:
+        cur.execute("SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = %s", (table,))
+        return {r[0] for r in cur.fetchall()}
 
     def _lock_heads(self, cur: Any, devices: Sequence[str]) -> dict[str, Head | None]:
         devs = list(devices)  # sorted by the caller

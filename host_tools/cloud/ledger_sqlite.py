@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
 
-from host_tools.cloud.ledger import GENESIS, Head, Ledger, _schema
+from host_tools.cloud.ledger import GENESIS, Head, Ledger
 
 
 class SqliteLedger(Ledger):
@@ -29,14 +29,7 @@ class SqliteLedger(Ledger):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous: {synchronous!r}")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _schema("BLOB", "INTEGER"):
-                self._db.execute(stmt)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        self._create_schema()  # BEGIN IMMEDIATE serialises it with other processes
 
     def _cursor(self) -> Any:
         return self._db.cursor()
@@ -56,6 +49,9 @@ class SqliteLedger(Ledger):
             for d, s, h in cur.fetchall():
                 heads[d] = Head(int(s), bytes(h))
         return heads
+
+    def _columns(self, cur: Any, table: str) -> set[str]:
+        return {row[1] for row in cur.execute(f"PRAGMA table_info({table})").fetchall()}
 
     def _commit(self) -> None:
         if self._db.in_transaction:

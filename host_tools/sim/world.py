@@ -13,7 +13,8 @@ What runs (all on loopback, in a private directory):
   an operator's broker (`ExternalBroker`);
 - the registry (SQLite), an SQLite ledger, `ingest_workers` IngestWorkers (shared subscription), the
   ScriptedProvider (pay-after, unlimited credit up to `credit`) and the SessionService, whose
-  `on_commit` settles every committed sess_close;
+  `on_commit` settles every committed sess_close and whose state is kept in the ledger's database
+  (`restart_cloud` stops and starts the cloud side on it);
 - per device: a SimBoard (the firmware on the MicroPython VM, its board file sim-gate /
   sim-vending / sim-rental), its SimPeripherals, optionally behind the site's FaultyProxy (one
   proxy for the site's uplink: `partition` cuts every device behind it).
@@ -32,7 +33,6 @@ online from the retained status, journal depth and heap from heartbeats, session
 """
 from __future__ import annotations
 
-import calendar
 import os
 import re
 import shutil
@@ -40,7 +40,6 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,16 +48,21 @@ from host_tools.build import compile_firmware
 from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger import open_ledger
 from host_tools.cloud.mqtt import CloudMQTT
-from host_tools.cloud.payafter import OrderState, ScriptedProvider
+from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
+from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.sessions import SessionService
 from host_tools.protocol import ProtocolError, open_message, seal
 from host_tools.protocol import topic as topic_for
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.peripherals import SimPeripherals
 from host_tools.sim.provision import provision_sim
+from host_tools.sim.simclock import START, SimClock
+from host_tools.sim.simdevice import SimDevice, _Gate, _Hold
 
-START = calendar.timegm((2025, 6, 2, 8, 0, 0))  # Monday 2 June 2025, 08:00 UTC
+__all__ = ["World", "SimClock", "SimDevice", "ExternalBroker", "START", "PARKING", "VENDING", "RENTAL",
+           "TARIFFS", "POLICY", "_Gate", "_Hold"]
+
 
 # Tariffs (protocol/FEES.md), minor units of CNY
 PARKING = {1: 1, 2: "CNY", 3: 15, 4: 3600, 5: 500, 6: 4000, 7: 10000}
@@ -70,51 +74,6 @@ POLICY = {1: 1, 2: "CNY", 3: 5000, 4: 20000, 5: 10, 6: 86400}
 
 FSM_LINE = re.compile(r"FSM (\S+) (\S+) -> (\S+)")
 
-
-class SimClock:
-    """Simulated Unix time: `start` + `rate` x the real time since creation (callable)."""
-
-    def __init__(self, start: float = START, rate: float = 1.0):
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.start = float(start)
-        self.rate = float(rate)
-        self._t0 = time.monotonic()
-
-    def reset(self) -> None:
-        """Start again from `start` now."""
-        self._t0 = time.monotonic()
-
-    def __call__(self) -> float:
-        return self.start + (time.monotonic() - self._t0) * self.rate
-
-    def elapsed(self) -> float:
-        """Simulated seconds since the start."""
-        return self() - self.start
-
-    def real(self, sim_seconds: float) -> float:
-        """Real seconds that `sim_seconds` of simulated time take."""
-        return sim_seconds / self.rate
-
-    def sleep(self, sim_seconds: float) -> None:
-        if sim_seconds > 0:
-            time.sleep(sim_seconds / self.rate)
-
-    def wait_until(self, t: float, stop: threading.Event | None = None) -> bool:
-        """Sleep until simulated time `t` (absolute); False if `stop` was set first."""
-        while True:
-            left = (t - self()) / self.rate
-            if left <= 0:
-                return True
-            if stop is not None:
-                if stop.wait(min(left, 0.2)):
-                    return False
-            else:
-                time.sleep(min(left, 0.2))
-
-    def stamp(self, t: float | None = None) -> str:
-        """HH:MM:SS of simulated time (UTC)."""
-        return time.strftime("%H:%M:%S", time.gmtime(self() if t is None else t))
 
 
 class ExternalBroker:
@@ -137,82 +96,6 @@ class ExternalBroker:
             os.kill(self.reload_pid, signal.SIGHUP)
             time.sleep(0.1)
 
-
-class _Gate:
-    """Device actors hold it shared while they act; a power cut holds it alone."""
-
-    def __init__(self) -> None:
-        self._c = threading.Condition()
-        self._n = 0
-        self._excl = False
-
-    def shared(self) -> "_Hold":
-        return _Hold(self, False)
-
-    def exclusive(self) -> "_Hold":
-        return _Hold(self, True)
-
-
-class _Hold:
-    def __init__(self, g: _Gate, excl: bool):
-        self.g, self.excl = g, excl
-
-    def __enter__(self) -> None:
-        g = self.g
-        with g._c:
-            if self.excl:
-                while g._excl:
-                    g._c.wait()
-                g._excl = True
-                while g._n:
-                    g._c.wait()
-            else:
-                while g._excl:
-                    g._c.wait()
-                g._n += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        g = self.g
-        with g._c:
-            if self.excl:
-                g._excl = False
-            else:
-                g._n -= 1
-            g._c.notify_all()
-
-
-@dataclass
-class SimDevice:
-    name: str
-    kind: str
-    board: Any                      # SimBoard
-    hw: SimPeripherals
-    proxied: bool
-    online: bool = False            # the retained status the cloud sees
-    link: str = "booting"           # the device's own view: up | down | booting | power off
-    states: dict = field(default_factory=dict)   # machine -> state (console FSM lines)
-    last: str = ""
-    jdepth: int | None = None
-    heap_free: int | None = None
-    alarms: list = field(default_factory=list)
-    power_cuts: int = 0
-    gate: _Gate = field(default_factory=_Gate)
-    _line: int = 0
-
-    @property
-    def state(self) -> str:
-        if self.link == "power off":
-            return "power off"
-        if not self.states:
-            return {"rental": "all in", "gate": "idle", "vending": "idle"}.get(self.kind, "-")
-        busy = {k: v for k, v in self.states.items() if v not in ("idle", "stocked")}
-        if self.kind == "rental":
-            out = sum(1 for v in self.states.values() if v == "empty")
-            offered = [k for k, v in self.states.items() if v == "offered"]
-            return (f"{out} out" if out else "all in") + (f", {offered[0]} offered" if offered else "")
-        if not busy:
-            return "idle"
-        return ", ".join(f"{k}:{v}" for k, v in sorted(busy.items()))
 
 
 class World:
@@ -262,13 +145,8 @@ class World:
             host = self._ext.host
         self.host = host
         self.registry = Registry(self.root / "registry.db")
-        self.ledger = open_ledger(str(self.root / "ledger.db"))
         self.provider = ScriptedProvider(clock=self.clock, default_credit=self.credit)
-        self.svc = SessionService(self.registry, self.provider, host, self.broker.cloud_port, user, pw,
-                                  clock=self.clock, cmd_ttl=600).start()
-        self.ingest = [IngestWorker(self.registry, self.ledger, host, self.broker.cloud_port, user, pw,
-                                    hold_ms=500 if self.ingest_workers > 1 else 0, on_commit=self.svc.on_commit).start()
-                       for _ in range(self.ingest_workers)]
+        self._start_cloud()
         self.mq = CloudMQTT(host, self.broker.cloud_port, user, pw)
         self.mq.subscribe("v1/dev/+/up/#", self._on_up, qos=1)
         self.mq.connect()
@@ -283,6 +161,38 @@ class World:
         self.event("site", "start", f"site up: broker :{self.broker.port}, clock x{self.rate:g}")
         return self
 
+    def _start_cloud(self) -> None:
+        """The ledger, the session service (its state in the ledger's database) and ingest."""
+        user, pw = self.cloud
+        url = str(self.root / "ledger.db")
+        self.ledger = open_ledger(url)
+        self.store = SessionStore.open(url)
+        self.svc = SessionService(self.registry, self.provider, self.host, self.broker.cloud_port, user, pw,
+                                  clock=self.clock, cmd_ttl=600, store=self.store).start()
+        self.ingest = [IngestWorker(self.registry, self.ledger, self.host, self.broker.cloud_port, user, pw,
+                                    hold_ms=500 if self.ingest_workers > 1 else 0, on_commit=self.svc.on_commit).start()
+                       for _ in range(self.ingest_workers)]
+
+    def _stop_cloud(self) -> None:
+        for w in self.ingest:
+            w.stop()
+        self.svc.stop()
+        self.store.close()
+        self.ledger.close()
+
+    def restart_cloud(self, down_s: float = 0.5) -> dict:
+        """Stop the cloud (ingest, session service, ledger connections: everything but the broker and
+        the provider, which is another company's), leave it down `down_s` real seconds, start it again
+        on the same database and recover (host_tools/cloud/session_settle.py). Devices keep their
+        records until the new ingest acknowledges them."""
+        self._stop_cloud()
+        self.event("site", "cloud down", "session service and ingest stopped")
+        time.sleep(down_s)
+        self._start_cloud()
+        out = self.svc.recover(self.ledger)
+        self.event("site", "cloud up", f"recovered: {out['settled']} settled, {out['items']} items")
+        return out
+
     def close(self) -> None:
         self._stop.set()
         for d in self.devices.values():
@@ -292,13 +202,10 @@ class World:
             t.join(timeout=2)
         if not self.started:
             return
-        for w in self.ingest:
-            w.stop()
-        self.svc.stop()
+        self._stop_cloud()
         self.mq.close()
         if self.proxy:
             self.proxy.close()
-        self.ledger.close()
         self.registry.close()
         if self._ext is None:
             self.broker.close()
@@ -562,91 +469,7 @@ class World:
     def reconcile(self, expected: dict[tuple[str, str], int] | None = None) -> dict:
         """Every ledger session: the amount the device signed (its sess_close, verified again from
         the raw envelope) vs the ledger's vs what the provider charged, plus the scenario's
-        expectation where it has one; flags; devices' journals; orders left open."""
-        rows = []
-        problems: list[str] = []
-        orders = {o.order_no: o for o in self.provider.orders()}
-        seen_orders = set()
-        flags = self.svc.flags()
-        flag_keys: dict[tuple[str, str], list[str]] = {}
-        for f in flags:
-            flag_keys.setdefault((f.device, f.sid), []).append(f.kind)
-        offline_sids = {(r.device, r.sid) for r in self.ledger.records() if r.offline}
-        for s in sorted(self.ledger.sessions(), key=lambda s: (s.device, s.t0 or 0, s.sid)):
-            close = None
-            if s.close_seq is not None:
-                for r in self.ledger.records(s.device):
-                    if r.seq == s.close_seq:
-                        close = r
-                        break
-            dev_amount = None
-            if close is not None:
-                k = self._keys[s.device]
-                msg = open_message(k.key, k.kid, topic_for(s.device, "sess_close"), close.raw)
-                dev_amount = msg.get("amount")
-            order_no = f"{s.device}:{s.sid}"
-            o = orders.get(order_no)
-            if o is not None:
-                seen_orders.add(order_no)
-            charged = o.amount if (o is not None and o.state is OrderState.DONE) else (None if o else 0)
-            exp = (expected or {}).get((s.device, s.sid))
-            st = self.svc.settle_status(s.device, s.sid)
-            why = []
-            if s.state != "closed":
-                why.append("still open")
-            if dev_amount != s.amount:
-                why.append(f"ledger {s.amount} != device {dev_amount}")
-            if charged != s.amount and not (charged is None and not s.amount):
-                why.append(f"charged {charged} != ledger {s.amount}")
-            if exp is not None and exp != s.amount:
-                why.append(f"expected {exp} != {s.amount}")
-            fl = flag_keys.get((s.device, s.sid), [])
-            if fl:
-                why.append("flags " + ",".join(fl))
-            rows.append({"device": s.device, "sid": s.sid, "payer": s.payer, "state": s.state,
-                         "offline": (s.device, s.sid) in offline_sids, "reason": s.reason, "t0": s.t0, "t1": s.t1,
-                         "minutes": round((s.t1 - s.t0) / 60) if (s.t0 and s.t1) else None,
-                         "device_amount": dev_amount, "ledger_amount": s.amount, "charged": charged,
-                         "expected": exp, "order": o.state.value if o else None, "settle": st.get("status"),
-                         "ok": not why, "why": "; ".join(why)})
-            if why:
-                problems.append(f"{s.device}/{s.sid}: {'; '.join(why)}")
-        stray = [no for no, o in orders.items() if no not in seen_orders and o.state is not OrderState.DONE
-                 and o.state is not OrderState.REVOKED]
-        for no in stray:
-            problems.append(f"provider order {no} is {orders[no].state.value} with no ledger session")
-        open_orders = [no for no, o in orders.items() if o.state in (OrderState.CREATED, OrderState.DOING)]
-        for no in open_orders:
-            if no in seen_orders:
-                problems.append(f"provider order {no} still {orders[no].state.value}")
-        for f in flags:
-            if (f.device, f.sid) not in {(r["device"], r["sid"]) for r in rows}:
-                problems.append(f"flag {f.kind} on {f.device}/{f.sid} (no ledger session): {f.detail}")
-        devices = {}
-        for name, d in self.devices.items():
-            st = self.get_state(name, timeout=5) or {}
-            devices[name] = {"kind": d.kind, "jdepth": st.get("jdepth"), "boots": st.get("boots"),
-                             "power_cuts": d.power_cuts, "heap_used": st.get("heap_used")}
-            if st.get("jdepth") != 0:
-                problems.append(f"{name}: journal depth {st.get('jdepth')} (records not acknowledged)")
-        problems += [f"scenario error: {e}" for e in self.errors]
-        by_kind: dict[str, int] = {}
-        for r in rows:
-            k = self.devices[r["device"]].kind if r["device"] in self.devices else "?"
-            by_kind[k] = by_kind.get(k, 0) + 1
-        total_ledger = sum(r["ledger_amount"] or 0 for r in rows)
-        total_device = sum(r["device_amount"] or 0 for r in rows)
-        total_charged = sum(r["charged"] or 0 for r in rows)
-        if not (total_ledger == total_device == total_charged):
-            problems.append(f"totals differ: device {total_device}, ledger {total_ledger}, charged {total_charged}")
-        ingest = [w.stats for w in self.ingest]
-        return {"ok": not problems, "sessions": len(rows), "by_kind": by_kind,
-                "offline_sessions": sum(1 for r in rows if r["offline"]),
-                "totals": {"device": total_device, "ledger": total_ledger, "charged": total_charged, "cur": "CNY"},
-                "orders": len(orders), "flags": [{"kind": f.kind, "device": f.device, "sid": f.sid, "detail": f.detail}
-                                                 for f in flags],
-                "outages": self.outages, "power_cuts": self.power_cuts, "devices": devices,
-                "ingest": {"committed": sum(s["committed"] for s in ingest),
-                           "duplicates": sum(s["duplicates"] for s in ingest),
-                           "refused": sum(sum(s["refused"].values()) for s in ingest)},
-                "problems": problems, "rows": rows}
+        expectation where it has one; flags; devices' journals; orders left open
+        (host_tools/sim/reconcile.py)."""
+        from host_tools.sim.reconcile import reconcile
+        return reconcile(self, expected)
