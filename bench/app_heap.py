@@ -5,13 +5,14 @@ gc.mem_alloc() after gc.collect()) sampled throughout, and the smallest data bud
 shorter run still passes.
 
 On the VM the firmware's code sits in the heap (a board freezes it into flash), so the simulator
-gives the VM the board's data budget plus the bundle's measured code residency
-(host_tools.build.code_allowance); live_kb = VM live heap - code residency is the data a board
-holds. The three apps run at once, each on its own board.
+runs each board's own bundle (host_tools.build.board_bundle: a gate's modules, never the other
+apps') and gives the VM the board's data budget plus that code's measured residency
+(code_allowance); live_kb = VM live heap - that code residency is the data a board holds. The three apps run at once, each on its own board.
 
-Sessions per app: EDGEPAY_APP_HEAP_N (default 1000 for vending and rental). The gate's barrier
-stays up 1.5 s after each car (apps/gate.py HOLD_MS) and a session is two passes, so the gate runs
-EDGEPAY_APP_HEAP_GATE_N (default 100) sessions; the figures say which N was measured.
+Sessions per app: EDGEPAY_APP_HEAP_N (default 1000; the gate's EDGEPAY_APP_HEAP_GATE_N defaults to
+the same). The site runs on a fast simulated clock (EDGEPAY_APP_HEAP_RATE, default 30 x real time,
+as `edgepay sim` does): the gate's barrier hold (1.5 s after each car, apps/gate.py HOLD_MS) is a
+physical time and follows it (50 ms at x30), exactly as a real board (rate 1) keeps its 1.5 s.
 Prints {"gate_live_kb", "vending_live_kb", "rental_live_kb", "max_drift_kb", "min_heapsize_kb", ...}.
 """
 import json
@@ -22,11 +23,13 @@ import threading
 import time
 
 from _kit import workdir
-from host_tools.build import code_allowance, compile_firmware
+from host_tools.build import board_bundle, code_allowance, compile_firmware
+from host_tools.sim.provision import board_definition
 from host_tools.sim.world import World
 
 N = int(os.environ.get("EDGEPAY_APP_HEAP_N", "1000"))
-GATE_N = int(os.environ.get("EDGEPAY_APP_HEAP_GATE_N", str(min(N, 100))))
+GATE_N = int(os.environ.get("EDGEPAY_APP_HEAP_GATE_N", str(N)))
+RATE = int(os.environ.get("EDGEPAY_APP_HEAP_RATE", "30"))
 HEAP_KB = int(os.environ.get("EDGEPAY_APP_HEAP_KB", "96"))
 SHORT_N = int(os.environ.get("EDGEPAY_APP_HEAP_SHORT_N", "40"))
 W = 10.0
@@ -55,6 +58,7 @@ def drive_gate(w, dev, n, samples):
         w.bind(p, "acct-" + p)
     q: queue.Queue = queue.Queue()
     err: list = []
+    quiet = threading.Lock()  # held while the entry lane has a car: samples see both lanes idle
 
     def lane(name, p):
         hw.set_input(f"{name}_loop", 1)
@@ -66,7 +70,8 @@ def drive_gate(w, dev, n, samples):
     def entries():
         try:
             for p in plates:
-                lane("entry", p)
+                with quiet:
+                    lane("entry", p)
                 q.put(p)
         except Exception as e:  # noqa: BLE001
             err.append(e)
@@ -79,7 +84,8 @@ def drive_gate(w, dev, n, samples):
         if p is None:
             break
         lane("exit", p)
-        sample(i)
+        with quiet:
+            sample(i)
     t.join()
     if err:
         raise err[0]
@@ -146,9 +152,15 @@ DRIVERS = {"gate": drive_gate, "vending": drive_vending, "rental": drive_rental}
 def run(heap_kb, ns):
     """All three apps at once at data budget heap_kb; {kind: samples or None (failed)}."""
     out = {}
-    with World(workdir(), rate=1, proxy=False, heapsize=f"{heap_kb}K") as w:
-        devs = {"gate": "gate-1", "vending": "vend-1", "rental": "rent-1"}
-        w.add_devices([(d, k) for k, d in devs.items()])
+    devs = {"gate": "gate-1", "vending": "vend-1", "rental": "rent-1"}
+    with World(workdir(), rate=RATE, proxy=False, heapsize=f"{heap_kb}K") as w:
+        try:
+            w.add_devices([(d, k) for k, d in devs.items()])
+        except Exception as e:  # noqa: BLE001 - a board that cannot even boot and connect at this budget
+            print(f"boot at {heap_kb}K failed: {e!r}"[:300], file=sys.stderr)
+            for k in devs:
+                PARTIAL[(k, heap_kb)] = ([], "boot: " + repr(e)[:100])
+            return {k: None for k in devs}
 
         def go(kind):
             samples = []
@@ -160,6 +172,7 @@ def run(heap_kb, ns):
                 out[kind] = samples
             except Exception as e:  # noqa: BLE001 - a MemoryError on the device shows as timeouts
                 print(f"{kind} at {heap_kb}K failed after {len(samples)} samples: {e!r}", file=sys.stderr)
+                print("  " + "\n  ".join(w.devices[devs[kind]].board.log().splitlines()[-25:]), file=sys.stderr)
                 out[kind] = None
                 PARTIAL[(kind, heap_kb)] = (samples, repr(e)[:120])
         ts = [threading.Thread(target=go, args=(k,)) for k in devs]
@@ -172,12 +185,14 @@ def run(heap_kb, ns):
 
 def main():
     t0 = time.time()
-    code = code_allowance(compile_firmware())
+    bundle = compile_firmware()  # what each board's VM runs and holds as code: its own bundle
+    codes = {k: code_allowance(board_bundle(bundle, board_definition(f"sim-{k}"))) for k in DRIVERS}
     ns = {"gate": GATE_N, "vending": N, "rental": N}
     res = run(HEAP_KB, ns)
-    figures = {"heap_kb": HEAP_KB, "n": ns, "code_kb": round(code / 1024, 2)}
+    figures = {"heap_kb": HEAP_KB, "n": ns, "clock_rate": RATE, "code_kb": {k: round(c / 1024, 2) for k, c in codes.items()}}
     drifts = []
     for kind, samples in res.items():
+        code = codes[kind]
         if not samples:
             part, why = PARTIAL.get((kind, HEAP_KB), ([], ""))
             figures[f"{kind}_live_kb"] = None
@@ -190,6 +205,7 @@ def main():
         figures[f"{kind}_live_kb"] = round((max(samples) - code) / 1024, 2)
         figures[f"{kind}_vm_live_kb"] = round(max(samples) / 1024, 2)
         figures[f"{kind}_drift_kb"] = round((warm[-1] - warm[0]) / 1024, 2)
+        figures[f"{kind}_samples_kb"] = [round((x - code) / 1024, 1) for x in samples]
         drifts.append(warm[-1] - warm[0])
     figures["max_drift_kb"] = round(max(drifts, key=abs) / 1024, 2) if drifts else None
     # the smallest data budget at which every app still passes a shorter run, searched downward
@@ -198,7 +214,7 @@ def main():
     for kb in LEVELS:
         if not alive or kb >= HEAP_KB:
             continue
-        r = run(kb, {k: (max(5, SHORT_N // 4) if k == "gate" else SHORT_N) for k in DRIVERS})
+        r = run(kb, {k: SHORT_N for k in DRIVERS})
         for k in list(alive):
             if r.get(k):
                 lo[k] = kb
@@ -206,7 +222,8 @@ def main():
                 alive.discard(k)
     figures["min_heapsize_by_app_kb"] = lo
     figures["min_heapsize_kb"] = max(v for v in lo.values() if v) if all(lo.values()) else None
-    figures["min_vm_heapsize_kb"] = (figures["min_heapsize_kb"] + -(-code // 1024)) if figures["min_heapsize_kb"] else None
+    figures["min_vm_heapsize_kb"] = (figures["min_heapsize_kb"] + -(-max(codes.values()) // 1024)
+                                     if figures["min_heapsize_kb"] else None)
     figures["short_n"] = SHORT_N
     figures["max_jdepth"] = dict(JDEPTH)
     figures["seconds"] = round(time.time() - t0, 1)

@@ -26,7 +26,7 @@ def _rules():
     # top-level key -> (type, min, max); "o" object, "s" str, "b" bool, "i" int
     TOP = {"name": "s", "description": "s", "kind": "s", "mcu": "s", "sim": "b", "heap_kb": ("i", 16, 1024),
            "flash_kb": ("i", 256, 16384), "wdt_ms": ("i", 1000, 60000), "slots": ("i", 1, 16), "journal": "o",
-           "flash": "o", "peripherals": "o"}
+           "flash": "o", "fs": "o", "peripherals": "o"}  # fs: the main filesystem's region, host-checked
     FLASH = {"label": "s", "start": ("i", 0, 1 << 30), "len": ("i", 16384, 1 << 30), "blocks": ("i", 8, 4096),
              "block_size": ("i", 256, 65536), "readsize": ("i", 16, 4096), "progsize": ("i", 1, 4096), "dir": "s"}
     # peripheral key -> "p" a pin, "P" a pin list, a tuple of allowed strings, "n" number > 0, or (type, min, max)
@@ -62,13 +62,9 @@ class Board:
 
     def __init__(self, d):
         self.d = d
-        self.name = d["name"]
+        self.name = d["name"]  # the fields apps and the HAL read often; the rest by b["mcu"], b.get(...)
         self.kind = d["kind"]
-        self.mcu = d.get("mcu")
         self.sim = bool(d.get("sim"))
-        self.slots = d.get("slots", 0)
-        self.wdt_ms = d.get("wdt_ms", 10000)
-        self.heap_kb = d.get("heap_kb")
         self.peripherals = d.get("peripherals") or {}
 
     def __getitem__(self, k):

@@ -1,11 +1,12 @@
 # The command pipeline: a command runs only if it is authentic, for this device, fresh and not
 # replayed. Checks run in the SPEC §5 order; the first failure is answered with its code and
 # nothing is actuated. Handlers are registered by name, so apps add their own.
+from binascii import hexlify, unhexlify
+
 import msg
 import store
 from cbor import CodecError
 
-T_COMMAND = 20
 K_AUD, K_EXP, K_NBF, K_CTI, K_SEQ, K_NAME, K_ARGS = 3, 4, 5, 7, 8, 10, 11
 
 
@@ -19,8 +20,6 @@ class CommandError(Exception):
 
 
 class Outcome:
-    __slots__ = ("code", "cti", "name", "cseq", "data", "after")
-
     def __init__(self, code, cti=None, name=None, cseq=None, data=None):
         self.code = code
         self.cti = cti
@@ -42,12 +41,17 @@ class Pipeline:
         # reset, so a redelivery after a power cut is answered, never run twice, never misreported.
         last = store.read(state_file, None) or [0, "", "ok"]
         self.last_seq = last[0]
+        # The recent window, allocated once (no tuple and bytes per command): seq, cti (length +
+        # up to 16 bytes), outcome (its SPEC §7 number; 255 interrupted); slot k % window is the kth.
         self.window = window
-        self.recent = []          # [(seq, cti, code)], oldest first
+        self._seqs = [0] * window
+        self._ctis = bytearray(17 * window)
+        self._codes = bytearray(window)
+        self._n = 0
         if last[0]:
-            self.recent.append((last[0], _unhex(last[1]), last[2] or "interrupted"))
-        self.handlers = {}
-        self.counts = {}          # outcome code -> count, for get_state
+            self._remember(last[0], unhexlify(last[1]), last[2] or "interrupted")
+        self.handlers = {}        # name -> fn
+        self.untimed = []         # names of the read-only commands that may run untrusted
 
     def on(self, name, needs_time=True):
         """Decorator: register `fn(args) -> data or None` (may be async) for command `name`.
@@ -55,16 +59,13 @@ class Pipeline:
         needs_time=False only for read-only commands: they may run before the clock is trusted.
         """
         def deco(fn):
-            self.handlers[name] = (fn, needs_time)
+            self.handlers[name] = fn
+            if not needs_time:
+                self.untimed.append(name)
             return fn
         return deco
 
     async def handle(self, data):
-        o = await self._handle(data)
-        self.counts[o.code] = self.counts.get(o.code, 0) + 1
-        return o
-
-    async def _handle(self, data):
         try:
             p = msg.open(self.hkey, self.kid, self.topic, data)
         except CodecError as e:
@@ -74,11 +75,11 @@ class Pipeline:
         seq = p[K_SEQ]
         if p[K_AUD] != self.device:
             return Outcome("wrong_audience", cti, name, seq)
-        for r in self.recent:
-            if r[0] == seq and r[1] == cti:
-                # A redelivery (QoS1 duplicate, or the broker resending after our reset): answer
-                # again with the first outcome; never run it twice.
-                return _again(r[2], cti, name, seq)
+        c = self._seen(cti, seq)
+        if c >= 0:
+            # A redelivery (QoS1 duplicate, or the broker resending after our reset): answer
+            # again with the first outcome; never run it twice.
+            return _again(c, cti, name, seq)
         if seq <= self.last_seq:
             return Outcome("stale_seq", cti, name, seq)
         # Accept the seq before anything else can act: a replay can never run again, even across
@@ -86,29 +87,51 @@ class Pipeline:
         self._persist(seq, cti, None)
         o = await self._checked(p, cti, name, seq)
         self._persist(seq, cti, o.code)
-        self.recent.append((seq, cti, o.code))
-        if len(self.recent) > self.window:
-            self.recent.pop(0)
+        self._remember(seq, cti, o.code)
         return o
+
+    def _remember(self, seq, cti, code):
+        i = self._n % self.window
+        n = len(cti)
+        self._seqs[i] = seq
+        c = self._ctis
+        c[17 * i] = n
+        c[17 * i + 1:17 * i + 1 + n] = cti
+        self._codes[i] = msg.ERRORS.get(code, 255)
+        self._n += 1
+
+    def _seen(self, cti, seq=None):
+        """The outcome number of a remembered command with this cti (and this seq), else -1."""
+        c = self._ctis
+        n = len(cti)
+        for i in range(min(self._n, self.window)):
+            if (seq is not None and self._seqs[i] != seq) or c[17 * i] != n:
+                continue
+            o = 17 * i + 1
+            for j in range(n):
+                if c[o + j] != cti[j]:
+                    break
+            else:
+                return self._codes[i]
+        return -1
 
     async def _checked(self, p, cti, name, seq):
         entry = self.handlers.get(name)
         now = self.clock.now()
         if now is None:
-            if entry is None or entry[1]:
+            if entry is None or name not in self.untimed:
                 return Outcome("clock_untrusted", cti, name, seq)
         else:
             if now >= p[K_EXP]:
                 return Outcome("expired", cti, name, seq)
             if K_NBF in p and now < p[K_NBF]:
                 return Outcome("not_yet_valid", cti, name, seq)
-        for r in self.recent:
-            if r[1] == cti:
-                return Outcome("replay", cti, name, seq)
+        if self._seen(cti) >= 0:
+            return Outcome("replay", cti, name, seq)
         return await self._run(entry, p, cti, name, seq)
 
     def _persist(self, seq, cti, code):
-        store.write(self.state_file, [seq, _hex(cti), code])
+        store.write(self.state_file, [seq, hexlify(cti).decode(), code])
         self.last_seq = seq
 
     async def _run(self, entry, p, cti, name, seq):
@@ -116,7 +139,7 @@ class Pipeline:
             return Outcome("unsupported", cti, name, seq)
         args = p.get(K_ARGS, {})
         try:
-            r = entry[0](args)
+            r = entry(args)
             if hasattr(r, "send"):  # a coroutine: MicroPython has no inspect
                 r = await r
         except CommandError as e:
@@ -164,21 +187,16 @@ def _peek_cti(data):
     return None
 
 
-def _again(code, cti, name, seq):
-    if code == "interrupted":  # accepted, then a reset came before it finished: outcome unknown
+def _again(num, cti, name, seq):
+    if num == 255:  # accepted, then a reset came before it finished: outcome unknown
         o = Outcome("failed", cti, name, seq)
         o.data = {"why": "interrupted"}
     else:
+        code = "failed"
+        for k, v in msg.ERRORS.items():
+            if v == num:
+                code = k
         o = Outcome(code, cti, name, seq)
         o.data = {"dup": True}
     return o
 
-
-def _hex(b):
-    import binascii
-    return binascii.hexlify(b).decode()
-
-
-def _unhex(s):
-    import binascii
-    return binascii.unhexlify(s)

@@ -74,8 +74,3 @@ def verify_view(hkey, kid, topic, data):
 def _hlen(n):
     # size of a canonical head for a length n <= 2048
     return 1 if n < 24 else 2 if n < 256 else 3
-
-
-def verify(hkey, kid, topic, data):
-    """-> payload bytes of an authentic envelope; CodecError(code) otherwise."""
-    return bytes(verify_view(hkey, kid, topic, data))

@@ -96,8 +96,8 @@ class Journal:
             return None
         return seq, fl, _HL + n + 4, data, bytes(h[11:])
 
-    def _next_k(self, s, k):
-        # smallest record index >= k present in segment s, or -1
+    def _next_k(self, s, k, below=False):
+        # smallest record index >= k present in segment s (below: the largest < k), or -1
         best = -1
         try:
             for e in os.ilistdir(self._seg(s)):
@@ -105,7 +105,7 @@ class Journal:
                     v = int(e[0], 16)
                 except ValueError:
                     continue
-                if v >= k and (best < 0 or v < best):
+                if (best < v < k) if below else (v >= k and (best < 0 or v < best)):
                     best = v
         except OSError:
             pass
@@ -144,7 +144,7 @@ class Journal:
                     if os.stat(name)[6]:
                         self.bad += 1  # littlefs leaves a torn file empty: this is damage
                     os.remove(name)  # the torn tail: never committed
-                    khi = self._next_k_below(s, khi)
+                    khi = self._next_k(s, khi, True)
             if head is None:
                 try:
                     os.rmdir(self._seg(s))  # empty segment at the top
@@ -169,17 +169,6 @@ class Journal:
                     pass
         self.hs, self.hk, self.fill = hi + 1, 0, -1  # next append opens a new segment
         self._drop_acked()
-
-    def _next_k_below(self, s, k):
-        best = -1
-        for e in os.ilistdir(self._seg(s)):
-            try:
-                v = int(e[0], 16)
-            except ValueError:
-                continue
-            if best < v < k:
-                best = v
-        return best
 
     # -- writing
     def _roll(self):

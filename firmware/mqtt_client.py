@@ -13,29 +13,17 @@
 # Unacknowledged QoS1 messages are resent after reconnect with DUP and the same packet id.
 import asyncio
 import gc
-import socket
+import random
 import time
+from errno import ECONNRESET, ETIMEDOUT  # errno, random: in every port (unix, esp32, rp2)
+
 import mqtt_frame as F
+import hal
 
-try:
-    from errno import EINPROGRESS, ECONNRESET, ETIMEDOUT
-except ImportError:  # pragma: no cover
-    EINPROGRESS, ECONNRESET, ETIMEDOUT = 115, 104, 110
 
-_IPPROTO_TCP = getattr(socket, "IPPROTO_TCP", 6)
-_TCP_NODELAY = getattr(socket, "TCP_NODELAY", 1)
+def _rand(n):
+    return random.getrandbits(30) % n if n > 0 else 0
 
-try:
-    import random
-
-    def _rand(n):
-        return random.getrandbits(30) % n if n > 0 else 0
-except ImportError:  # pragma: no cover
-    import os
-
-    def _rand(n):
-        b = os.urandom(4)
-        return ((b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]) & 0x3FFFFFFF) % n if n > 0 else 0
 
 ticks_ms = time.ticks_ms
 ticks_diff = time.ticks_diff
@@ -74,8 +62,6 @@ def pem_to_der(data):
 
 class _Msg:
     # one QoS1 message in the window
-    __slots__ = ("pid", "topic", "payload", "retain", "sent", "state", "ev")
-
     def __init__(self, pid, topic, payload, retain):
         self.pid = pid
         self.topic = topic
@@ -88,8 +74,10 @@ class _Msg:
 
 class MQTTClient:
     def __init__(self, config):
-        cfg = dict(DEFAULTS)
-        cfg.update(config)
+        cfg = config  # completed in place, not copied: the caller's dict is ours (RAM)
+        for k in DEFAULTS:
+            if k not in cfg:
+                cfg[k] = DEFAULTS[k]
         if not cfg["client_id"]:
             raise ValueError("client_id")
         self.cfg = cfg
@@ -313,19 +301,7 @@ class MQTTClient:
         self._reason = None
         self._ping_out = False
         self._sub_pids = {}
-        ai = socket.getaddrinfo(cfg["host"], cfg["port"], 0, socket.SOCK_STREAM)[0]
-        s = socket.socket(ai[0], socket.SOCK_STREAM)
-        self._sock = s
-        try:
-            s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
-        s.setblocking(False)
-        try:
-            s.connect(ai[-1])
-        except OSError as e:
-            if e.errno != EINPROGRESS:
-                raise
+        s = self._sock = hal.connect(cfg["host"], cfg["port"])
         if cfg["tls"] or cfg["ca"] or cfg["cadata"]:
             s = self._tls_ctx().wrap_socket(
                 s, server_hostname=cfg["server_hostname"] or cfg["host"],
@@ -356,23 +332,16 @@ class MQTTClient:
         if self._subs:
             self._send_subscribe(list(self._subs))
         self._kick.set()
-        self._tasks = (asyncio.create_task(self._guard(self._reader(st))),
-                       asyncio.create_task(self._guard(self._writer(st))),
-                       asyncio.create_task(self._guard(self._ticker())))
+        self._tasks = (asyncio.create_task(self._reader(st)), asyncio.create_task(self._writer(st)),
+                       asyncio.create_task(self._ticker()))
 
-    async def _guard(self, coro):
-        # any failure of a connection task ends the connection, never silently
-        try:
-            await coro
-            raise F.MQTTError("task ended")
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            if self._reason is None:
-                self._reason = e
-            self._down.set()
+    def _fail(self, e):
+        # a connection task failed (each catches its own: no wrapper coroutine per task)
+        if isinstance(e, KeyboardInterrupt):
+            raise e
+        if self._reason is None:
+            self._reason = e
+        self._down.set()
 
     # ---- reading ------------------------------------------------------------------------
     async def _fill(self, st, mv):
@@ -413,42 +382,47 @@ class MQTTClient:
             n -= k
 
     async def _reader(self, st):
-        while True:
-            ptype, flags, n = await self._read_head(st)
-            if n > self._max:
-                self.stats["oversize"] += 1
-                if ptype != F.PUBLISH or n > 16 * 1024 * 1024:
-                    raise F.PacketTooLarge(n, self._max)
-                # An oversized PUBLISH is refused without being stored: read its head into
-                # the buffer, skip the rest, PUBACK it (else a persistent session would
-                # redeliver it forever) and report it.
-                k = min(self._max, n)
-                await self._fill(st, self._rxmv[:k])
-                topic, qos, _, _, pid, _ = F.parse_publish_head(flags, self._rxmv[:k])
-                await self._skip(st, n - k)
-                if qos:
-                    self._queue_ctrl(F.puback(pid))
-                self._report("rx", F.PacketTooLarge(n, self._max, topic))
-                continue
-            await self._read_body(st, n)
-            body = self._rxmv[:n]
-            if ptype == F.PUBLISH:
-                await self._on_publish(flags, body)
-            elif ptype == F.PUBACK:
-                self._on_puback(F.parse_pid(flags, body))
-            elif ptype == F.SUBACK:
-                pid, codes = F.parse_suback(flags, body)
-                flts = self._sub_pids.pop(pid, None)
-                if flts is None or len(flts) != len(codes):
-                    raise F.MalformedPacket("unexpected suback")
-                for i in range(len(codes)):
-                    if codes[i] == 0x80:
-                        self._report("subscribe", F.MQTTError("subscription refused", flts[i]))
-            elif ptype == F.PINGRESP:
-                F.parse_empty(flags, body)
-                self._ping_out = False
-            else:
-                raise F.MalformedPacket("unexpected packet", ptype)
+        try:
+            while True:
+                ptype, flags, n = await self._read_head(st)
+                if n > self._max:
+                    self.stats["oversize"] += 1
+                    if ptype != F.PUBLISH or n > 16 * 1024 * 1024:
+                        raise F.PacketTooLarge(n, self._max)
+                    # An oversized PUBLISH is refused without being stored: read its head into
+                    # the buffer, skip the rest, PUBACK it (else a persistent session would
+                    # redeliver it forever) and report it.
+                    k = min(self._max, n)
+                    await self._fill(st, self._rxmv[:k])
+                    topic, qos, _, _, pid, _ = F.parse_publish_head(flags, self._rxmv[:k])
+                    await self._skip(st, n - k)
+                    if qos:
+                        self._queue_ctrl(F.puback(pid))
+                    self._report("rx", F.PacketTooLarge(n, self._max, topic))
+                    continue
+                await self._read_body(st, n)
+                body = self._rxmv[:n]
+                if ptype == F.PUBLISH:
+                    await self._on_publish(flags, body)
+                elif ptype == F.PUBACK:
+                    self._on_puback(F.parse_pid(flags, body))
+                elif ptype == F.SUBACK:
+                    pid, codes = F.parse_suback(flags, body)
+                    flts = self._sub_pids.pop(pid, None)
+                    if flts is None or len(flts) != len(codes):
+                        raise F.MalformedPacket("unexpected suback")
+                    for i in range(len(codes)):
+                        if codes[i] == 0x80:
+                            self._report("subscribe", F.MQTTError("subscription refused", flts[i]))
+                elif ptype == F.PINGRESP:
+                    F.parse_empty(flags, body)
+                    self._ping_out = False
+                else:
+                    raise F.MalformedPacket("unexpected packet", ptype)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # any failure ends the connection, never silently
+            self._fail(e)
 
     async def _on_publish(self, flags, body):
         topic, payload, qos, retain, dup, pid = F.parse_publish(flags, body)
@@ -513,57 +487,67 @@ class MQTTClient:
         self._queue_ctrl(F.subscribe(pid, [(t, self._subs[t][0]) for t in flts]))
 
     async def _writer(self, st):
-        kick = self._kick
-        while True:
-            await kick.wait()
-            kick.clear()
+        try:
+            kick = self._kick
             while True:
-                if self._ctrl:
-                    st.write(self._ctrl.pop(0))
-                else:
-                    m = None
-                    for x in self._window:
-                        if x.state == 0:
-                            m = x
-                            break
-                    if m is not None:
-                        dup = m.sent != 0
-                        st.write(F.publish_header(m.topic, len(m.payload), 1, m.retain, dup, m.pid))
-                        st.write(m.payload)
-                        m.state = 1
-                        m.sent = ticks_ms() or 1
-                    elif self._q0:
-                        t, p, r = self._q0.pop(0)
-                        st.write(F.publish_header(t, len(p), 0, r))
-                        st.write(p)
+                await kick.wait()
+                kick.clear()
+                while True:
+                    if self._ctrl:
+                        st.write(self._ctrl.pop(0))
                     else:
-                        break
-                await st.drain()
-                self._last_tx = ticks_ms()
+                        m = None
+                        for x in self._window:
+                            if x.state == 0:
+                                m = x
+                                break
+                        if m is not None:
+                            dup = m.sent != 0
+                            st.write(F.publish_header(m.topic, len(m.payload), 1, m.retain, dup, m.pid))
+                            st.write(m.payload)
+                            m.state = 1
+                            m.sent = ticks_ms() or 1
+                        elif self._q0:
+                            t, p, r = self._q0.pop(0)
+                            st.write(F.publish_header(t, len(p), 0, r))
+                            st.write(p)
+                        else:
+                            break
+                    await st.drain()
+                    self._last_tx = ticks_ms()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # any failure ends the connection, never silently
+            self._fail(e)
 
     async def _ticker(self):
-        ka = self._ka * 1000
-        tick = max(50, ka // 20) if ka else 1000
-        ack_to = self.cfg["ack_timeout"]
-        while True:
-            await asyncio.sleep_ms(tick)
-            now = ticks_ms()
-            if ka:
-                idle_rx = ticks_diff(now, self._last_rx)
-                if self._busy:
-                    idle_rx = 0
-                if idle_rx >= ka * 5 // 4:
-                    raise OSError(ETIMEDOUT)  # no PINGRESP: broker or path is dead
-                # ping on rx silence (dead-peer probe), and on tx silence even with a ping
-                # outstanding (a long handler keeps the PINGRESP unread; the broker still
-                # needs a packet within keepalive)
-                if ((not self._ping_out and idle_rx >= ka // 2)
-                        or ticks_diff(now, self._last_tx) >= ka * 3 // 4):
-                    self._ping_out = True
-                    self._queue_ctrl(F.PINGREQ_PKT)
-            if ack_to:
-                for m in self._window:
-                    if m.state == 1 and ticks_diff(now, m.sent) >= ack_to:
-                        m.state = 0
-                        self.stats["retransmits"] += 1
-                        self._kick.set()
+        try:
+            ka = self._ka * 1000
+            tick = max(50, ka // 20) if ka else 1000
+            ack_to = self.cfg["ack_timeout"]
+            while True:
+                await asyncio.sleep_ms(tick)
+                now = ticks_ms()
+                if ka:
+                    idle_rx = ticks_diff(now, self._last_rx)
+                    if self._busy:
+                        idle_rx = 0
+                    if idle_rx >= ka * 5 // 4:
+                        raise OSError(ETIMEDOUT)  # no PINGRESP: broker or path is dead
+                    # ping on rx silence (dead-peer probe), and on tx silence even with a ping
+                    # outstanding (a long handler keeps the PINGRESP unread; the broker still
+                    # needs a packet within keepalive)
+                    if ((not self._ping_out and idle_rx >= ka // 2)
+                            or ticks_diff(now, self._last_tx) >= ka * 3 // 4):
+                        self._ping_out = True
+                        self._queue_ctrl(F.PINGREQ_PKT)
+                if ack_to:
+                    for m in self._window:
+                        if m.state == 1 and ticks_diff(now, m.sent) >= ack_to:
+                            m.state = 0
+                            self.stats["retransmits"] += 1
+                            self._kick.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # any failure ends the connection, never silently
+            self._fail(e)

@@ -17,20 +17,6 @@ ERRORS = dict(zip((
     "stale_seq", "expired", "not_yet_valid", "clock_untrusted", "replay", "unsupported",
     "bad_args", "failed", "refused", "busy"), _ERRNOS))
 
-HELLO = 1
-STATUS = 2
-HEARTBEAT = 3
-EVENT = 4
-ALARM = 5
-SESS_OPEN = 6
-SESS_UPDATE = 7
-SESS_CLOSE = 8
-CMD_RESULT = 9
-AUTH_REQ = 10
-COMMAND = 20
-ACK = 21
-TIME = 22
-
 # Field kinds (second byte of a record):
 #  u uint | i int | b bool | t tstr lo..hi UTF-8 bytes | B bstr lo..hi | c currency ^[A-Z]{3}$
 #  d device id | e enum tstr (lo = index in _ENUMS) | m map | a [tstr lo..hi] <= 16 (caps)
@@ -93,23 +79,10 @@ _SPEC = (
 # Per type, in the order above: number, first record, record count.
 _IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 7, 4, 18, 4, 5, 22, 5, 6, 27, 11, 7, 38, 6, 8, 44, 13,
               9, 57, 7, 10, 64, 10, 20, 74, 8, 21, 82, 5, 22, 87, 3))
-TYPE_NAMES = ("hello", "status", "heartbeat", "event", "alarm", "sess_open", "sess_update",
-              "sess_close", "cmd_result", "auth_req", "command", "ack", "time")
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
           "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time")
 _LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "req", "cmd", "ack",
            "time")
-_FNAMES = (
-    "iat seq fw board reset caps kind boots", "iat seq online",
-    "iat seq uptime heap jdepth rssi clock", "iat seq code detail",
-    "iat seq code detail active", "seq prev sid payer slot t0 offline auth amount cur item",
-    "seq prev sid amount cur t1",
-    "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
-    "iat cti seq status name data cseq", "iat seq sid payer slot purpose auth amount cur t0",
-    "aud exp nbf iat cti seq name args",
-    "aud iat seq upto resend", "aud iat seq",
-)
-
 _PREFIX = "v1/dev/"
 
 
@@ -125,45 +98,10 @@ def _row(t):
     return -1
 
 
-def types():
-    """-> the known type numbers."""
-    return tuple(_IDX[i] for i in range(0, len(_IDX), 3))
-
-
-def type_name(t):
-    i = _row(t)
-    return TYPE_NAMES[i] if i >= 0 else None
-
-
 def topic_suffix(t):
     """-> the topic's last level for type t ("hello", "rec", "cmd"...): it follows up/ or dn/."""
     i = _row(t)
     return _LEVELS[i] if i >= 0 else None
-
-
-def topic(device_id, t):
-    """-> the full topic type t travels on for device_id (SPEC §1)."""
-    return _PREFIX + device_id + TOPICS[_row(t)]
-
-
-def names(t):
-    """-> ((key, name), ...) of type t in key order, "type" first (for tests and logging)."""
-    i = _row(t)
-    if i < 0:
-        return ()
-    o = _IDX[i * 3 + 1] * 5
-    return ((0, "type"),) + tuple((_SPEC[o + j * 5], n) for j, n in enumerate(_FNAMES[i].split()))
-
-
-def fields(t):
-    """-> ((key, name, kind, required, lo, hi), ...) of type t (for tests and tooling)."""
-    i = _row(t)
-    if i < 0:
-        return ()
-    o = _IDX[i * 3 + 1] * 5
-    nm = _FNAMES[i].split()
-    return tuple((_SPEC[o + j * 5], nm[j], chr(_SPEC[o + j * 5 + 1]), _SPEC[o + j * 5 + 2],
-                  _SPEC[o + j * 5 + 3], _SPEC[o + j * 5 + 4]) for j in range(len(nm)))
 
 
 def _devid(b, s, e):
@@ -292,7 +230,7 @@ def check(p, topic):
             _field(spec[o + 1], spec[o + 3], spec[o + 4], p[k])
         elif spec[o + 2]:
             _err("missing")
-    if (t == SESS_OPEN or t == AUTH_REQ) and (16 in p) != (17 in p):
+    if (t == 6 or t == 10) and (16 in p) != (17 in p):  # sess_open, auth_req
         _err("missing")  # amount and cur come together or not at all
     return t
 

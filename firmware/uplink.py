@@ -9,8 +9,6 @@ import time
 import cbor
 import cose
 
-T_OPEN, T_UPDATE, T_CLOSE = 6, 7, 8
-
 
 class Uplink:
     def __init__(self, agent, journal, window=4, retry_ms=15000):
@@ -25,7 +23,6 @@ class Uplink:
         agent.seq.skip_to(journal.last_seq)  # never reuse a number the journal holds
         agent.ack_hooks.append(self.on_ack)
         agent.jdepth = journal.depth
-        self.stats = {"sent": 0, "resent": 0, "acked": journal.acked}
 
     def record(self, typ, fields, seq=None):
         """Sign and journal one money record; returns its seq once it is committed to flash.
@@ -49,7 +46,6 @@ class Uplink:
     def on_ack(self, upto, resend):
         if upto > self.j.acked:
             self.j.ack(upto)
-            self.stats["acked"] = upto
             self.progress = time.ticks_ms()
         if resend or self.sent < self.j.acked:
             self.sent = self.j.acked  # the cloud saw a gap after `upto`: send the rest again
@@ -72,7 +68,6 @@ class Uplink:
             if self.j.depth() and time.ticks_diff(time.ticks_ms(), self.progress) > self.retry_ms:
                 self.sent = self.j.acked
                 self.progress = time.ticks_ms()
-                self.stats["resent"] += 1
 
     async def _pump(self):
         mq = self.agent.mqtt
@@ -85,4 +80,3 @@ class Uplink:
                 return
             await mq.publish(self.topic, data, 1, False, False)  # into the QoS1 window, not awaited
             self.sent = seq
-            self.stats["sent"] += 1

@@ -87,32 +87,86 @@ print(gc.mem_alloc() - a)
 """
 
 
+# Firmware modules for tests and tooling only (message tables by name, the broker's side of MQTT):
+# no board imports them, so they are not code a board holds.
+TOOLING = ("msgschema", "mqtt_peer")
+
+
 def modules(bundle: Path) -> list[str]:
-    """Importable module names of a compiled bundle (main excluded: importing it runs the agent)."""
+    """Importable module names of a compiled bundle (main excluded: importing it runs the agent;
+    TOOLING excluded: no board loads it, and counting it would give the VM heap a board lacks)."""
     out = []
     for p in sorted(bundle.rglob("*.mpy")):
         rel = p.relative_to(bundle).with_suffix("")
         name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        if name != "main":
+        if name != "main" and name not in TOOLING:
             out.append(name)
     return out
 
 
-def code_allowance(bundle: Path) -> int:
+def board_modules(board: dict, root: Path = FIRMWARE) -> set[str] | None:
+    """The modules a board of this definition carries (its bundle: main, its own app and drivers,
+    their imports; host_tools/cli/bundle.py), or None if no bundle can be made for it."""
+    from host_tools.cli.bundle import select  # late: cli imports build
+    try:
+        return {m.name for m in select(board, root)}
+    except Exception:  # noqa: BLE001 - e.g. a deliberately broken test config
+        return None
+
+
+def board_bundle(bundle: Path, board: dict, root: Path = FIRMWARE) -> Path | None:
+    """A directory holding only the compiled modules `board` carries, as its flash would: a sim
+    board then imports and holds exactly what the real one does (never another app's code, nor a
+    module it lacks). Made once per module set beside `bundle`; None if no bundle can be made."""
+    want = board_modules(board, root)
+    if want is None:
+        return None
+    rels = []
+    for name in sorted(want):
+        parts = name.split(".")
+        rel = Path(*parts).with_suffix(".mpy")
+        if not (bundle / rel).exists():
+            rel = Path(*parts, "__init__.mpy")
+        rels.append(rel)
+    out = bundle.parent / (bundle.name + "-" + hashlib.sha256(" ".join(map(str, rels)).encode()).hexdigest()[:12])
+    if out.exists():
+        return out
+    tmp = Path(tempfile.mkdtemp(dir=bundle.parent, prefix=".tmp-"))
+    try:
+        for rel in rels:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle / rel, tmp / rel)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another worker made the same one first
+            if not out.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def code_allowance(bundle: Path, board: dict | None = None) -> int:
     """Heap bytes the bundle's code occupies once imported on the VM.
 
     A board runs this code frozen into flash, where it costs almost no RAM; the unix VM cannot
-    freeze, so the simulator adds this many bytes to the board's heap budget. Measured once per
-    bundle (the figure is cached beside it).
+    freeze, so the simulator adds this many bytes to the board's heap budget. With `board` (a board
+    definition) only what that board carries counts (board_bundle): a gate never imports the vending
+    app, so the other apps' code must neither pad its heap nor be subtracted from its live heap as
+    "code". Measured once per module set (the figure is cached beside the bundle).
     """
-    cached = bundle / ".resident"
+    names = modules(bundle)
+    want = board_modules(board) if board is not None else None
+    if want is not None:
+        names = [n for n in names if n in want]
+    cached = bundle / (".resident-" + hashlib.sha256(" ".join(names).encode()).hexdigest()[:12])
     if cached.exists():
         return int(cached.read_text())
     from host_tools.sim.board import micropython  # late: sim imports build
     probe = bundle / ".probe.py"
     probe.write_text(_PROBE)
     env = dict(os.environ, MICROPYPATH=f"{bundle}:.frozen")
-    r = subprocess.run([micropython(), "-X", "heapsize=1M", str(probe), *modules(bundle)],
+    r = subprocess.run([micropython(), "-X", "heapsize=1M", str(probe), *names],
                        capture_output=True, text=True, env=env, cwd=bundle)
     if r.returncode != 0:
         raise BuildError(f"could not import the firmware bundle on the VM:\n{r.stdout}{r.stderr}")

@@ -9,14 +9,13 @@ import store
 from commands import CommandError
 from apps import fees
 
-T_AUTH_REQ, T_OPEN, T_UPDATE, T_CLOSE = 10, 6, 7, 8
+T_AUTH_REQ, T_OPEN, T_CLOSE = 10, 6, 8
 MAX_ALLOW = 200     # allowlist entries kept on the device (RAM and flash bound)
 AUTH_TIMEOUT_S = 8  # then decide offline
+STAFF_HOLD_S = 10   # a staff `open` stays open this long for nobody (sim: / clock rate)
 
 
 class Decision:
-    __slots__ = ("granted", "auth", "limit", "reason", "offline", "t0", "rsid", "payer")
-
     def __init__(self, granted, auth=None, limit=None, reason=None, offline=False):
         self.granted = granted
         self.auth = auth
@@ -36,9 +35,12 @@ def _int(v, lo=0):
 
 
 class SessionApp:
+    NKEY = "n"  # the store name of the app's session counter (sids)
+
     def __init__(self, agent, hw):
         self.agent = agent
         self.hw = hw
+        self.n = store.read(self.NKEY, 0)
         self.tariff = _intkeys(store.read("tariff", None))
         self.policy = _intkeys(store.read("policy", None))
         self.allow = store.read("allow", None) or {"v": 0, "p": {}}
@@ -52,7 +54,90 @@ class SessionApp:
         on("set_allowlist")(self._set_allowlist)
         on("auth")(self._auth)
         on("paid")(self._paid)
+        on("open")(self._open)
+        on("cancel_session")(self._cancel)
         agent.mqtt.on_state(self._link)
+
+    def new_sid(self):
+        self.n += 1
+        store.write(self.NKEY, self.n)
+        return "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.n)
+
+    def refuse(self, e):
+        """A record could not be journaled (journal full or broken): fail closed, say so, alarm."""
+        print("record refused:", repr(e))
+        self.say("Out of service")
+        asyncio.create_task(self.agent.send(5, {10: "journal_full", 11: {"why": repr(e)[:40]}, 12: True}))
+
+    def t_noop(self, m, *a):
+        return None
+
+    def forget(self, key):
+        pass  # apps with a session table (parked cars, rentals out) drop `key` from it
+
+    # ---- staff commands (SPEC §4): `open`, `cancel_session` -----------------------------------
+    async def _open(self, a):
+        t, sid, hold = a.get(1), a.get(2), a.get(3, STAFF_HOLD_S)  # sid: the cloud's, in its own log
+        if not _int(t) or not _int(hold) or not (sid is None or isinstance(sid, str)):
+            raise CommandError("bad_args", "open")
+        m = self.target(t)  # the app's machine for barrier / door / slot t, or None
+        if m is None:
+            raise CommandError("bad_args", "target")
+        if (m.state, "staff") not in m.table:
+            raise CommandError("busy", m.state)  # a customer's session has it: cancel that first
+        rsid = self.new_sid()
+        await m.fire("staff", rsid, t, hold * 1000 // self.agent.clock.rate)
+        if m.data.get("staff") != rsid:
+            raise CommandError("failed", "journal")  # not on record, so not opened
+        return {"sid": rsid}
+
+    def staff(self, m, rsid, t):
+        """Journal a staff open (a zero-amount close, payer "staff", reason remote_open) before
+        anything moves; False (refused, said why) if it cannot be."""
+        old, m.data = m.data, {"staff": rsid}  # noted with the record: a resume knows it was staff
+        try:
+            self.close(m, rsid, "staff", t, self.now(), 0, "remote_open")
+        except Exception as e:
+            m.data = old
+            self.refuse(e)
+            return False
+        return True
+
+    async def _cancel(self, a):
+        sid = a.get(1)
+        if not isinstance(sid, str):
+            raise CommandError("bad_args", "cancel")
+        if not await self.cancel(sid):  # the app: True once closed at no charge (journaled)
+            raise CommandError("refused", "no such session")
+        return {"sid": sid}
+
+    def close(self, m, sid, payer, slot, t0, amount, reason, auth=None, off=False, t1=None, lines=None):
+        """Journal a session's close (sess_close, the settlement the cloud captures) before acting,
+        then count an offline one against the policy. Raises if it cannot be journaled."""
+        f = {10: sid, 11: payer, 13: t0, 16: amount, 17: (self.tariff or {}).get(2, "XXX"),
+             18: t1 or max(self.now(), t0), 20: reason}
+        if slot is not None:
+            f[12] = slot
+        if lines is not None:
+            f[19] = lines
+        if auth:
+            f[15] = auth
+        if off:
+            f[14] = True
+        self.record(m, T_CLOSE, f)
+        if off:
+            self.offline_charged(sid, payer, amount)
+
+    def cancel_kept(self, key, sid, payer, slot, t0, auth, off):
+        """Cancel a session kept in the app's table (a parked car, a rental out): record, then
+        forget(key); a cut in between is finished at boot."""
+        cx = Machine(self, "cx", None, "idle")
+        cx.data = {"key": key}
+        self.close(cx, sid, payer, slot, t0, 0, "cancelled", auth, off)
+        self.say("Cancelled: no charge")
+        self.forget(key)
+        cx.data = {}
+        cx.save()
 
     # ---- signed configuration ---------------------------------------------------------------
     def _set_tariff(self, a):
@@ -162,6 +247,12 @@ class SessionApp:
             pass
         return self._waits.pop(sid)[1]
 
+    def unwait(self, sid):
+        """The session ended (the car left the QR code): end its payment wait now, not in minutes."""
+        w = self._waits.get(sid)
+        if w is not None:
+            w[0].set()
+
     def offline_decision(self, payer, amount=None, t0=None):
         p = self.policy
         if p is None:
@@ -261,6 +352,8 @@ class Machine:
     """An explicit state machine: TABLE maps (state, event) -> method name; the method runs the
     transition and returns the next state. State and its data are persisted at every transition,
     so after a power cut the unit resumes where the last committed transition left it."""
+    _timer = _tstate = None  # set on an instance only while it has a timer (RAM x machines)
+    i = 0                    # a rental slot's index
 
     def __init__(self, app, name, table, initial):
         self.app = app
@@ -268,6 +361,26 @@ class Machine:
         self.table = table
         saved = store.read("m_" + name, None)
         self.state, self.data = (saved[0], saved[1]) if saved else (initial, {})
+
+    def later(self, ms, state, event="timeout"):
+        """Fire `event` after `ms` if the machine is then in `state`. One timer per machine: a new
+        one, or leaving `state`, cancels it (a sleeping task holds its frame for the whole wait:
+        a 120 s door timer per session was ~0.5 KB live per session at a fast pace)."""
+        self.cancel()
+        self._tstate = state
+        self._timer = asyncio.create_task(self._after(ms, state, event))
+
+    async def _after(self, ms, state, event):
+        await asyncio.sleep_ms(ms)
+        self._timer = None
+        if self.state == state:
+            await self.fire(event)
+
+    def cancel(self):
+        t = self._timer
+        if t is not None:
+            self._timer = None
+            t.cancel()
 
     def save(self):
         store.write("m_" + self.name, [self.state, self.data])
@@ -288,6 +401,8 @@ class Machine:
             nxt = await nxt
         if nxt is not None:
             self.state = nxt
+        if self._timer is not None and self.state != self._tstate:
+            self.cancel()
         self.data.pop("pend", None)  # the transition is complete: its record is no longer in doubt
         self.data.pop("pend_t", None)
         self.save()
@@ -299,10 +414,24 @@ def setup_app(agent, cls):
     """Build the board's peripherals and start the app `cls` on them (called by apps.<kind>.setup)."""
     import board
     import hal
-    hw = hal.build(board.load(agent.board), sim=agent.cfg.get("sim"))
+    b = board.load(agent.board)
+    hw = hal.build(b, sim=agent.cfg.get("sim"))
+    # The board file is read at boot only (the drivers hold what they need): after it only its name
+    # and kind are (hello, get_state), so the rest (~3.5 KB of dicts on the rental) leaves RAM.
+    b.peripherals = None
+    b.d = {"name": b.name, "kind": b.kind}
     if hw.has("display"):
         agent.display = hw.get("display")  # the built-in `display` command shows on the board's own
     app = cls(agent, hw)
     agent.app = app
+    # a `cancel_session` of a session kept in the app's table notes its record's seq first
+    # (cancel_kept): a power cut between that record and forgetting the session is finished here
+    saved = store.read("m_cx", None)
+    if saved and saved[1]:
+        cx = Machine(app, "cx", None, "idle")
+        if cx.committed():
+            app.forget(cx.data["key"])
+        cx.data = {}
+        cx.save()
     app.start()
     return app

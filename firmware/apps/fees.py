@@ -1,7 +1,8 @@
 # Fees from the signed tariff (protocol/FEES.md): integer minor units, integer seconds, no floats.
 # The cloud recomputes every fee with its own implementation (host_tools/cloud/fees.py); the two
 # share nothing but FEES.md. Allocation-light: validation and the time fee use only small ints
-# (every tariff value is < 2^30), nothing is built but the vending lines.
+# (every tariff value is < 2^30), nothing is built. Parking's fee and the shared time fee are here; a
+# basket's price is apps/basket.py and a rental's apps/rentfee.py: each kind carries only its own.
 
 MAX_MONEY = 1073741823      # 2^30 - 1
 MAX_DURATION = 1073741823   # seconds
@@ -132,47 +133,3 @@ def parking(t, t0, t1, lost=False):
     if lost and t[7] > fee:
         return t[7]
     return fee
-
-
-def rental(t, t0, t1):
-    validate(t)
-    fee = _time_fee(t, _duration(t, t0, t1))
-    q = t.get(9)
-    if q is not None and fee >= q:
-        return q, True
-    return fee, False
-
-
-def vending(t, taken):
-    validate(t)
-    if not _arr(taken) or len(taken) > MAX_TAKEN:
-        raise FeeError("bad_lines")
-    prices = t.get(8, ())
-    for i in range(len(taken)):
-        e = taken[i]
-        if not _arr(e) or len(e) != 2 or type(e[0]) is not str or not _uint(e[1], 0, MAX_QTY):
-            raise FeeError("bad_lines", i)
-        for sp in prices:
-            if sp[0] == e[0]:
-                break
-        else:
-            raise FeeError("unknown_sku", i)
-    lines = []
-    amount = 0
-    for e in taken:
-        q = e[1]
-        if not q:
-            continue
-        sku = e[0]
-        for ln in lines:
-            if ln[0] == sku:
-                ln[1] += q
-                amount += q * ln[2]
-                break
-        else:
-            for sp in prices:
-                if sp[0] == sku:
-                    lines.append([sku, q, sp[1]])
-                    amount += q * sp[1]
-                    break
-    return amount, lines

@@ -6,13 +6,17 @@
 # Safety: the barrier never closes while its loop is occupied; a second car passing on one
 # opening is a tailgate alarm. Every record is journaled before the barrier opens.
 import asyncio
+import os
+from binascii import hexlify
 
 from apps import fees
-from apps.base import SessionApp, Machine, T_OPEN, T_CLOSE, setup_app
+from apps.base import SessionApp, Machine, T_OPEN, setup_app
 import store
 
 PAY_WAIT_S = 120   # how long a car may wait at the QR code
-HOLD_MS = 1500     # barrier stays open this long after the car has passed
+HOLD_MS = 1500     # barrier stays open this long after the car has passed (sim: / clock rate)
+PARK = "pk"        # one small file per car inside, [sid, payer, t0, auth, offline]: RAM stays
+                   # flat however full the car park is (a dict of them was ~200 B a car)
 
 ENTRY = {
     ("idle", "car"): "t_car",
@@ -23,6 +27,9 @@ ENTRY = {
     ("open", "gone"): "t_passed",
     ("passing", "car"): "t_tailgate",
     ("passing", "closed"): "t_closed",
+    ("idle", "staff"): "t_staff",
+    ("qr", "staff"): "t_staff",
+    ("open", "closed"): "t_closed",  # a staff open nobody drove through
 }
 EXIT = {
     ("idle", "car"): "t_car",
@@ -33,18 +40,29 @@ EXIT = {
     ("open", "gone"): "t_passed",
     ("passing", "car"): "t_tailgate",
     ("passing", "closed"): "t_closed",
+    ("idle", "staff"): "t_staff",
+    ("qr", "staff"): "t_staff",
+    ("open", "closed"): "t_closed",
 }
 
 
 class GateApp(SessionApp):
+    NKEY = "gate_n"
+
     def __init__(self, agent, hw):
         super().__init__(agent, hw)
-        self.parked = store.read("parked", None) or {}  # plate -> [sid, payer, t0, auth, offline]
+        try:
+            os.mkdir(PARK)
+        except OSError:
+            pass  # exists
         self.lanes = {}
         for lane, table in (("entry", ENTRY), ("exit", EXIT)):
             if hw.has(lane + "_loop"):
                 self.lanes[lane] = Machine(self, lane, table, "idle")
-        self.n = store.read("gate_n", 0)
+        # The hold is a physical time (the car clears the arm), so it runs on the site's clock: on a
+        # simulated site played at n x real time (sim-only clock_rate) it is n times shorter. A real
+        # board's rate is 1: 1.5 s.
+        self.hold_ms = HOLD_MS // agent.clock.rate
 
     def start(self):
         for lane, m in self.lanes.items():
@@ -61,6 +79,19 @@ class GateApp(SessionApp):
     def _occupied(self, m):
         return self.hw.value(m.name + "_loop")
 
+    @staticmethod
+    def _pk(plate):
+        return PARK + "/" + hexlify(plate.encode()).decode()  # any plate text is a safe name
+
+    def _park(self, plate, p):
+        store.write(self._pk(plate), p)
+
+    def _unpark(self, plate):
+        try:
+            os.remove(self._pk(plate))
+        except OSError:
+            pass
+
     # ---- power-cut recovery -----------------------------------------------------------------
     def _resume(self, lane, m):
         st = m.state
@@ -73,6 +104,13 @@ class GateApp(SessionApp):
         elif st in ("plate", "qr"):
             c = m.committed()
             if c:  # the record reached flash before the cut: finish what it promised
+                d = m.data
+                if m.name == "entry" and "staff" not in d:  # the car is in: never a lost ticket
+                    self._park(d["plate"], [d["sid"], d["plate"], d["t0"], d.get("auth"), d.get("off", False)])
+                elif "staff" not in d:  # paid: the car is out
+                    self._unpark(d["plate"])
+                else:  # a staff open: closes once nobody is on the loop
+                    asyncio.create_task(self._clear_later(m))
                 m.state = "open"
                 m.data.pop("pend", None)
                 m.save()
@@ -90,20 +128,17 @@ class GateApp(SessionApp):
         return "plate"
 
     def t_gone(self, m):
+        if "sid" in m.data:
+            self.unwait(m.data["sid"])  # left the QR code: its payment wait ends now
         m.data = {}
         self.say("")
         return "idle"
 
-    def _sid(self):
-        self.n += 1
-        store.write("gate_n", self.n)
-        return "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.n)
-
     async def t_entry_plate(self, m, plate):
-        if plate in self.parked:
+        if store.read(self._pk(plate)) is not None:
             self.say("Already inside")
             return None
-        sid = self._sid()
+        sid = self.new_sid()
         t0 = self.now()
         m.data.update(sid=sid, plate=plate, t0=t0)
         d = await self.authorize(sid, plate, "entry", slot=0)
@@ -128,6 +163,7 @@ class GateApp(SessionApp):
         return self._enter(m, m.data["plate"], m.data["plate"], m.data["t0"], auth, False)
 
     def _enter(self, m, plate, payer, t0, auth, offline):
+        m.data.update(auth=auth, off=offline)  # what a resume needs to park the car
         f = {10: m.data["sid"], 11: payer, 12: 0, 13: t0}
         if auth:
             f[15] = auth
@@ -136,11 +172,11 @@ class GateApp(SessionApp):
         try:
             self.record(m, T_OPEN, f)  # write-ahead: the entry is on flash before the barrier moves
         except Exception as e:
-            return self._refuse(m, e)
+            self.refuse(e)
+            return "idle"
         if offline:
             self.offline_opened(m.data["sid"], payer, t0)
-        self.parked[plate] = [m.data["sid"], payer, t0, auth, offline]
-        store.write("parked", self.parked)
+        self._park(plate, [m.data["sid"], payer, t0, auth, offline])
         self._barrier(m).open()
         self.say("Welcome " + plate)
         return "open"
@@ -149,10 +185,10 @@ class GateApp(SessionApp):
         if not self.tariff:
             self.say("Out of service: no tariff")
             return None
-        p = self.parked.get(plate)
+        p = store.read(self._pk(plate))
         now = self.now()
         if p is None:  # no entry on record: the lost-ticket price, never a free exit
-            sid, payer, t0, auth, lost = self._sid(), plate, now, None, True
+            sid, payer, t0, auth, lost = self.new_sid(), plate, now, None, True
         else:
             sid, payer, t0, auth, lost = p[0], p[1], p[2], p[3], False
         amount = fees.parking(self.tariff, t0, max(now, t0), lost)
@@ -171,44 +207,24 @@ class GateApp(SessionApp):
 
     def _leave(self, m, auth, offline):
         d = m.data
-        f = {10: d["sid"], 11: d["payer"], 12: 0, 13: d["t0"], 16: d["amount"], 17: self.tariff[2],
-             18: d["t1"], 20: "lost" if d["lost"] else "normal"}
-        if auth:
-            f[15] = auth
-        if offline:
-            f[14] = True
-        try:
-            self.record(m, T_CLOSE, f)  # the charge is on flash before the barrier opens
+        try:  # the charge is on flash before the barrier opens
+            self.close(m, d["sid"], d["payer"], 0, d["t0"], d["amount"], "lost" if d["lost"] else "normal", auth,
+                       offline, d["t1"])
         except Exception as e:
-            return self._refuse(m, e)
-        if offline:
-            self.offline_charged(d["sid"], d["payer"], d["amount"])
-        self.parked.pop(d["plate"], None)
-        store.write("parked", self.parked)
+            self.refuse(e)
+            return "idle"
+        self._unpark(d["plate"])
         self._barrier(m).open()
         self.say("Paid %d. Goodbye" % d["amount"])
         return "open"
 
-    def _refuse(self, m, e):
-        # Journal full (or broken): fail closed, say why, raise an alarm; the barrier stays shut.
-        import gc
-        print("record refused:", repr(e), gc.mem_free())
-        self.say("Out of service")
-        asyncio.create_task(self.agent.send(5, {10: "journal_full", 11: {"why": repr(e)[:40]}, 12: True}))
-        return "idle"
-
     def t_passed(self, m):
         m.data["t_pass"] = 1
-        asyncio.create_task(self._close_later(m))
+        m.later(self.hold_ms, "passing", "closed")
         return "passing"
 
-    async def _close_later(self, m):
-        await asyncio.sleep_ms(HOLD_MS)
-        if m.state == "passing":
-            await m.fire("closed")
-
     async def _clear_later(self, m):
-        await asyncio.sleep_ms(HOLD_MS)
+        await asyncio.sleep_ms(self.hold_ms)
         if m.state == "open" and not self._occupied(m):
             await m.fire("gone")
         elif m.state == "passing":
@@ -219,6 +235,41 @@ class GateApp(SessionApp):
         asyncio.create_task(self.agent.send(5, {10: "tailgate", 11: {"lane": m.name}, 12: True}))
         self.say("One car per payment")
         return "open"  # keep it open: it closes only once the loop is clear
+
+    # ---- staff commands ---------------------------------------------------------------------
+    def target(self, t):
+        return self.lanes.get(("entry", "exit")[t]) if t < 2 else None
+
+    def t_staff(self, m, rsid, t, hold_ms):
+        old = m.data.get("sid")
+        if not self.staff(m, rsid, t):
+            return None
+        if old:
+            self.unwait(old)  # a car at the QR code: staff let it through
+        self._barrier(m).open()
+        self.say("Staff: open")
+        m.later(hold_ms, "open", "closed")  # closes after a car passes, or after hold_ms for nobody
+        return "open"
+
+    async def cancel(self, sid):
+        hit = False
+        for m in self.lanes.values():
+            if m.state == "qr" and m.data.get("sid") == sid:
+                self.unwait(sid)  # no payment is awaited any more: the car leaves, or staff open
+                hit = True
+        for e in os.ilistdir(PARK):
+            if e[0].endswith(".tmp"):
+                continue
+            p = store.read(PARK + "/" + e[0])
+            if p and p[0] == sid:  # p[1], the payer, is the plate
+                self.cancel_kept(p[1], sid, p[1], 0, p[2], p[3], p[4])
+                return True
+        if hit:  # at a QR code, nothing on record yet (an entry, a lost ticket)
+            self.say("Cancelled: no charge")
+        return hit
+
+    def forget(self, plate):
+        self._unpark(plate)
 
     def t_closed(self, m):
         if self._occupied(m):

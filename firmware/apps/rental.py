@@ -7,11 +7,12 @@
 #   its start from the cloud's answer to the return request.
 import asyncio
 
-from apps import fees
+from apps.rentfee import rental_fee
 from apps.base import SessionApp, Machine, T_OPEN, T_CLOSE, setup_app
 import store
 
 TAKE_WAIT_S = 30
+
 
 TABLE = {
     ("stocked", "rent"): "t_rent",
@@ -19,10 +20,18 @@ TABLE = {
     ("offered", "timeout"): "t_not_taken",
     ("empty", "returned"): "t_returned",
     ("stocked", "taken"): "t_forced",
+    ("offered", "cancel"): "t_cancel",
+    ("stocked", "staff"): "t_staff",
+    ("empty", "staff"): "t_staff",
+    ("staff", "taken"): "t_noop",  # staff restocking or removing an item: no rental, no alarm
+    ("staff", "returned"): "t_noop",
+    ("staff", "timeout"): "t_staff_end",
 }
 
 
 class RentalApp(SessionApp):
+    NKEY = "rent_n"
+
     def __init__(self, agent, hw):
         super().__init__(agent, hw)
         self.nslots = len(hw.get("slots"))
@@ -30,7 +39,6 @@ class RentalApp(SessionApp):
         self.out = store.read("rentals", None) or {}  # item tag -> [sid, payer, t0, auth, offline]
         self.slots = [Machine(self, "slot%d" % i, TABLE, "stocked")  # a station is installed stocked
                       for i in range(self.nslots)]
-        self.n = store.read("rent_n", 0)
 
     def _present(self, i):
         return self.hw.get("slots")[i].value
@@ -43,7 +51,7 @@ class RentalApp(SessionApp):
 
     def start(self):
         for i, m in enumerate(self.slots):
-            m.data.setdefault("i", i)
+            m.i = i  # its slot (an attribute, not a key in every slot's data: RAM x slots)
             self._resume(m)
         self.hw.on("slots", lambda i, v: self._slot(self.slots[i], v))
         self.hw.on("qr", self._scan)
@@ -52,17 +60,19 @@ class RentalApp(SessionApp):
     def _read(self, tag):
         # an item read in a slot that is waiting for it (its return was seen before its tag)
         for m in self.slots:
-            if m.state == "empty" and self._present(m.data["i"]):
+            if m.state == "empty" and self._present(m.i):
                 asyncio.create_task(m.fire("returned", tag))
 
     def _resume(self, m):
         c, typ = m.committed(), m.data.get("pend_t")
-        i = m.data["i"]
+        i = m.i
         if m.state == "offered" and typ == T_OPEN and c is False:
             m.state = "stocked"  # the rental was never on flash: relock, nothing owed
             self._lock(i).lock()
         elif m.state == "offered":
             asyncio.create_task(self._reoffer(m))
+        elif m.state == "staff":
+            m.later(1000, "staff")  # relock once the inputs are read after the reset
         elif m.state == "empty" and typ == T_CLOSE and c is False and self._present(i):
             asyncio.create_task(m.fire("returned", self.hw.value("rfid")))
         m.data.pop("pend", None)
@@ -75,11 +85,11 @@ class RentalApp(SessionApp):
         await asyncio.sleep_ms(1000)
         if m.state != "offered":
             return
-        if not self._present(m.data["i"]):
+        if not self._present(m.i):
             await m.fire("taken")
         else:
-            self._lock(m.data["i"]).unlock()
-            self._later(m, TAKE_WAIT_S)
+            self._lock(m.i).unlock()
+            m.later(TAKE_WAIT_S * 1000, "offered")
 
     def _slot(self, m, present):
         if present:  # the reader at the slots saw the item's tag as it went in
@@ -94,24 +104,12 @@ class RentalApp(SessionApp):
                 return
         self.say("Nothing to rent here")
 
-    def _later(self, m, s):
-        async def t():
-            await asyncio.sleep(s)
-            if m.state == "offered":
-                await m.fire("timeout")
-        asyncio.create_task(t())
-
-    def _sid(self):
-        self.n += 1
-        store.write("rent_n", self.n)
-        return "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.n)
-
     async def t_rent(self, m, payer):
         if not self.tariff:
             self.say("Out of service: no tariff")
             return None
-        i = m.data["i"]
-        sid, t0 = self._sid(), self.now()
+        i = m.i
+        sid, t0 = self.new_sid(), self.now()
         d = await self.authorize(sid, payer, "rent", slot=i)
         if not d.granted:
             self.say("Sorry: " + (d.reason or "not authorised"))
@@ -126,72 +124,97 @@ class RentalApp(SessionApp):
         try:
             self.record(m, T_OPEN, f)
         except Exception as e:
-            import gc
-            print("record refused:", repr(e), gc.mem_free())
-            self.say("Out of service")
-            asyncio.create_task(self.agent.send(5, {10: "journal_full", 11: {"why": repr(e)[:40]}, 12: True}))
+            self.refuse(e)
             return None
         if d.offline:
             self.offline_opened(sid, payer, t0)
         self._lock(i).unlock()
         self.say("Take slot %d" % (i + 1))
-        self._later(m, TAKE_WAIT_S)
+        m.later(TAKE_WAIT_S * 1000, "offered")
         return "offered"
 
     def t_taken(self, m):
         d = m.data
-        self._lock(d["i"]).lock()
+        self._lock(m.i).lock()
         self.out[d["tag"]] = [d["sid"], d["payer"], d["t0"], d["auth"], d["off"]]
         store.write("rentals", self.out)
-        m.data = {"i": d["i"]}
+        m.data = {}
         return "empty"
 
     def t_not_taken(self, m):
         d = m.data
-        self._lock(d["i"]).lock()
-        self._close(m, d["sid"], d["payer"], d["t0"], d["auth"], d["off"], 0, "not_taken")
-        m.data = {"i": d["i"]}
+        self._lock(m.i).lock()
+        self.close(m, d["sid"], d["payer"], m.i, d["t0"], 0, "not_taken", d["auth"], d["off"])
+        m.data = {}
         return "stocked"
 
     def t_forced(self, m):
-        asyncio.create_task(self.agent.send(5, {10: "slot_forced", 11: {"slot": m.data["i"]}, 12: True}))
+        asyncio.create_task(self.agent.send(5, {10: "slot_forced", 11: {"slot": m.i}, 12: True}))
         return "empty"
 
     async def t_returned(self, m, tag):
-        i = m.data["i"]
+        i = m.i
         if not tag:  # the reader has not read the item (yet, e.g. just after a reset): wait for it
             return None
         r = self.out.get(tag)
         if r is None:  # rented elsewhere (or unknown): the cloud knows when it started
-            sid = self._sid()
+            sid = self.new_sid()
             d = await self.authorize(sid, tag, "return", slot=i)
             if not d.granted or d.t0 is None:
                 asyncio.create_task(self.agent.send(4, {10: "unknown_return", 11: {"tag": tag, "slot": i}}))
                 return "stocked"  # keep the item; the cloud settles it from the event
             r = [d.rsid or sid, d.payer or tag, d.t0, d.auth, False]
         t1 = max(self.now(), r[2])
-        amount, converted = fees.rental(self.tariff, r[2], t1)
+        amount, converted = rental_fee(self.tariff, r[2], t1)
         m.data["tag"] = tag
         self.stock[str(i)] = tag
         store.write("stock", self.stock)
-        self._close(m, r[0], r[1], r[2], r[3], r[4], amount, "purchase" if converted else "returned", t1)
+        self.close(m, r[0], r[1], i, r[2], amount, "purchase" if converted else "returned", r[3], r[4], t1)
         self.out.pop(tag, None)
         store.write("rentals", self.out)
         self._lock(i).lock()
         self.say("Returned: %d" % amount)
-        m.data = {"i": i}
+        m.data = {}
         return "stocked"
 
-    def _close(self, m, sid, payer, t0, auth, off, amount, reason, t1=None):
-        f = {10: sid, 11: payer, 12: m.data["i"], 13: t0, 16: amount, 17: self.tariff[2],
-             18: t1 or self.now(), 20: reason}
-        if auth:
-            f[15] = auth
-        if off:
-            f[14] = True
-        self.record(m, T_CLOSE, f)
-        if off:
-            self.offline_charged(sid, payer, amount)
+    def target(self, t):
+        return self.slots[t] if t < self.nslots else None
+
+    def t_staff(self, m, rsid, t, hold_ms):
+        if not self.staff(m, rsid, t):
+            return None
+        self._lock(t).unlock()
+        self.say("Staff: slot %d" % (t + 1))
+        m.later(hold_ms, "staff")
+        return "staff"
+
+    def t_staff_end(self, m):
+        i = m.i
+        self._lock(i).lock()
+        m.data = {}
+        return "stocked" if self._present(i) else "empty"
+
+    async def cancel(self, sid):
+        for m in self.slots:
+            if m.data.get("sid") == sid:
+                return await m.fire("cancel")
+        for tag, r in self.out.items():
+            if r[0] == sid:  # out on rental: closed at no charge; the item stays where it is
+                self.cancel_kept(tag, sid, r[1], None, r[2], r[3], r[4])
+                return True
+        return False
+
+    def forget(self, tag):
+        self.out.pop(tag, None)
+        store.write("rentals", self.out)
+
+    def t_cancel(self, m):
+        d = m.data
+        self._lock(m.i).lock()
+        self.close(m, d["sid"], d["payer"], m.i, d["t0"], 0, "cancelled", d["auth"], d["off"])
+        self.say("Cancelled: no charge")
+        m.data = {}
+        return "stocked"
 
 
 def setup(agent):

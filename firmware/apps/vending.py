@@ -7,8 +7,8 @@
 import asyncio
 
 from apps import fees
+from apps.basket import vending as basket_fee
 from apps.base import SessionApp, Machine, T_OPEN, T_CLOSE, setup_app
-import store
 
 OPEN_WAIT_S = 30      # unlocked door not opened: relock
 LEFT_OPEN_S = 120     # door open this long: alarm
@@ -21,14 +21,21 @@ TABLE = {
     ("open", "door_closed"): "t_closed",
     ("open", "timeout"): "t_left_open",
     ("forced", "door_closed"): "t_forced_closed",
+    ("unlocked", "cancel"): "t_cancel",
+    ("open", "cancel"): "t_cancel",
+    ("idle", "staff"): "t_staff",
+    ("staff", "door_open"): "t_noop",  # staff at the shelves: no alarm, no session
+    ("staff", "door_closed"): "t_staff_end",
+    ("staff", "timeout"): "t_staff_end",
 }
 
 
 class VendingApp(SessionApp):
+    NKEY = "vend_n"
+
     def __init__(self, agent, hw):
         super().__init__(agent, hw)
         self.m = Machine(self, "door", TABLE, "idle")
-        self.n = store.read("vend_n", 0)
         self._wait_inv = False  # a settlement waits for the reader's first inventory since boot
 
     def start(self):
@@ -43,7 +50,9 @@ class VendingApp(SessionApp):
             elif not self.hw.value("door"):
                 self._spawn("door_closed" if m.state == "open" else "timeout")
             else:
-                self._later(LEFT_OPEN_S if m.state == "open" else OPEN_WAIT_S)
+                m.later(1000 * (LEFT_OPEN_S if m.state == "open" else OPEN_WAIT_S), m.state)
+        elif m.state == "staff":
+            self._spawn("timeout")  # relock, once the door is closed
         self.hw.on("qr", lambda v: self._spawn("scan", v))
         self.hw.on("rfid", self._inv)
         self.hw.on("door", lambda v: self._spawn("door_open" if v else "door_closed"))
@@ -56,16 +65,6 @@ class VendingApp(SessionApp):
     def _spawn(self, event, *a):
         asyncio.create_task(self.m.fire(event, *a))
 
-    def _later(self, s, state=None):
-        # called from inside a transition, before the machine has moved: name the state it moves to
-        state = state or self.m.state
-
-        async def t():
-            await asyncio.sleep(s)
-            if self.m.state == state:
-                await self.m.fire("timeout")
-        asyncio.create_task(t())
-
     def inventory(self):
         """Tags in the cabinet ("SKU#serial"), as the cabinet's RFID reader last reported them."""
         v = self.hw.value("rfid")
@@ -75,9 +74,7 @@ class VendingApp(SessionApp):
         if not self.tariff:
             self.say("Out of service: no prices")
             return None
-        self.n += 1
-        store.write("vend_n", self.n)
-        sid = "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.n)
+        sid = self.new_sid()
         t0 = self.now()
         d = await self.authorize(sid, payer, "vend")
         if not d.granted:
@@ -93,19 +90,17 @@ class VendingApp(SessionApp):
         try:
             self.record(m, T_OPEN, f)
         except Exception as e:
-            print("record refused:", repr(e))
-            self.say("Out of service")
-            asyncio.create_task(self.agent.send(5, {10: "journal_full", 11: {"why": repr(e)[:40]}, 12: True}))
+            self.refuse(e)
             return "idle"
         if d.offline:
             self.offline_opened(sid, payer, t0)
         self.hw.get("door_lock").unlock()
         self.say("Open the door")
-        self._later(OPEN_WAIT_S, "unlocked")
+        m.later(OPEN_WAIT_S * 1000, "unlocked")  # named: the machine has not moved yet
         return "unlocked"
 
     def t_opened(self, m):
-        self._later(LEFT_OPEN_S, "open")
+        m.later(LEFT_OPEN_S * 1000, "open")
         return "open"
 
     def t_not_opened(self, m):
@@ -119,6 +114,8 @@ class VendingApp(SessionApp):
             # Settle once the reader reports (it does on its own; the door stays locked).
             self._wait_inv = True
             return None
+        if m.data.get("cx"):
+            return self._settle(m, [], "cancelled")  # cancelled while the door was open
         after = self.inventory()
         taken = {}
         for tag in m.data["before"]:
@@ -130,21 +127,42 @@ class VendingApp(SessionApp):
     def _settle(self, m, taken, reason):
         d = m.data
         try:
-            amount, lines = fees.vending(self.tariff, taken)
+            amount, lines = basket_fee(self.tariff, taken)
         except fees.FeeError:
             amount, lines, reason = 0, [[k, v, 0] for k, v in taken], "unpriced"  # the cloud prices it
-        f = {10: d["sid"], 11: d["payer"], 13: d["t0"], 16: amount, 17: self.tariff[2], 18: self.now(),
-             19: lines, 20: reason}
-        if d["auth"]:
-            f[15] = d["auth"]
-        if d["off"]:
-            f[14] = True
-        self.record(m, T_CLOSE, f)  # the settlement record; the cloud captures from it
-        if d["off"]:
-            self.offline_charged(d["sid"], d["payer"], amount)
+        self.close(m, d["sid"], d["payer"], None, d["t0"], amount, reason, d["auth"], d["off"], None, lines)
         self.say("Thank you: %d" % amount)
         m.data = {}
         return "idle"
+
+    def target(self, t):
+        return self.m if t == 0 else None
+
+    def t_staff(self, m, rsid, t, hold_ms):
+        if not self.staff(m, rsid, t):
+            return None
+        self.hw.get("door_lock").unlock()
+        self.say("Staff: open")
+        m.later(hold_ms, "staff")
+        return "staff"
+
+    def t_staff_end(self, m):
+        if self.hw.value("door"):
+            return None  # still open: locks once it is closed
+        self.hw.get("door_lock").lock()
+        m.data = {}
+        return "idle"
+
+    async def cancel(self, sid):
+        m = self.m
+        return m.data.get("sid") == sid and await m.fire("cancel")
+
+    def t_cancel(self, m):
+        if m.state == "open":  # someone is at the shelves: settle at zero once the door closes
+            m.data["cx"] = 1
+            return None
+        self.hw.get("door_lock").lock()
+        return self._settle(m, [], "cancelled")
 
     def t_left_open(self, m):
         asyncio.create_task(self.agent.send(5, {10: "door_left_open", 11: {"sid": m.data.get("sid")}, 12: True}))

@@ -1,6 +1,6 @@
 # The HAL's interfaces: what apps see, whatever drives them. Each device keeps its state, logs
 # every actuation as `ACT <name> <state>` (tests and field logs grep for it) and hands the
-# hardware part to a driver: a machine one (hal/mach.py: Pin, PWM, UART, HX711, SSD1306) or the
+# hardware part to a driver: a machine one (hal/mach.py: Pin, PWM, UART, SSD1306; hal/hx711.py) or the
 # simulator link (hal/sim.py). `build(board)` makes them from a checked board definition.
 #
 #   p = hal.build(board)                 p.entry_barrier.open()       p.locks[3].unlock()
@@ -86,21 +86,22 @@ class _Watched:
     """Something with a value that changes: callbacks on change and an awaitable next change.
     The callback list and the Event are made on first use: 8 slot sensors nobody awaits cost less."""
 
+    _cbs = _ev = gi = None  # made on first use, on the instance; gi: index in its group
+
     def __init__(self, name):
         self.name = name
-        self._cbs = None
-        self._ev = None
 
     def on_change(self, cb):
-        if self._cbs is None:
-            self._cbs = []
-        self._cbs.append(cb)
+        self._cbs = (self._cbs or ()) + (cb,)  # a tuple: half a list's RAM, and set up once
 
     def _changed(self, v):
         if self._ev is not None:
             self._ev.set()
         if self._cbs:
-            _call(self._cbs, v)
+            if self.gi is None:
+                _call(self._cbs, v)
+            else:
+                _call(self._cbs, self.gi, v)
 
     async def changed(self):
         """Wait for the next change; return the new value."""
@@ -137,20 +138,23 @@ class Scanner(_Watched):
     MAXQ = 4  # unread scans kept (oldest dropped)
 
     def __init__(self, name, kind):
-        super().__init__(name)
-        self.kind = kind
+        super().__init__(name)  # kind (plate, qr, rfid) is the board file's: nothing here reads it
         self.value = None
-        self._q = []
+        self._q = None  # scans kept for read(), from its first call: callback users keep none
 
     def _got(self, s):
         self.value = s
         print("SCAN", self.name, s)
-        if len(self._q) >= self.MAXQ:
-            self._q.pop(0)
-        self._q.append(s)
+        q = self._q
+        if q is not None:
+            if len(q) >= self.MAXQ:
+                q.pop(0)
+            q.append(s)
         self._changed(s)
 
     async def read(self):
+        if self._q is None:
+            self._q = []
         while not self._q:
             await self.changed()
         return self._q.pop(0)
@@ -217,12 +221,10 @@ class Periph:
         d = self.get(name)
         if isinstance(d, list):
             for i, m in enumerate(d):
-                m.on_change(lambda v, i=i: cb(i, v))
+                m.gi = i  # a member calls its group's callbacks with its index: no closure each
+                m.on_change(cb)
         else:
             d.on_change(cb)
-
-    def outputs(self):
-        return {n: d.state for n, d in self.all.items() if getattr(d, "KIND", None) == "out"}
 
 
 def _make(f, name, spec, pin):

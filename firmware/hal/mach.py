@@ -1,7 +1,7 @@
 # Machine drivers for the HAL (ESP32, ESP32-S3, RP2040): GPIO relays and locks, PWM buzzer,
 # debounced GPIO inputs (one polling task for all: no IRQ handler that could allocate), UART
-# scanners (lines, or STX/ETX frames of RDM6300-style RFID readers), HX711 load cell
-# (bit-banged), SSD1306 OLED over I2C. `machine` is imported lazily: this module loads on the VM.
+# scanners (lines, or STX/ETX frames of RDM6300-style RFID readers), SSD1306 OLED over I2C (a load
+# cell's is hal/hx711.py). `machine` is imported lazily: this module loads on the VM.
 import asyncio
 import time
 
@@ -31,40 +31,6 @@ class PwmOut:
 
     def write(self, dev, on):
         self.pwm.duty_u16(32768 if on else 0)
-
-
-class HX711:
-    def __init__(self, dout, sck):
-        from machine import Pin
-        self.dout = Pin(dout, Pin.IN)
-        self.sck = Pin(sck, Pin.OUT, value=0)
-
-    def raw(self):
-        """One 24-bit two's-complement sample, channel A gain 128 (25 clocks). SCK must not stay
-        high over 60 us or the chip powers down: interrupts are off for the ~50 us it takes."""
-        import machine
-        d, s = self.dout, self.sck
-        v = 0
-        irq = machine.disable_irq()
-        try:
-            for _ in range(24):
-                s.value(1)
-                s.value(0)
-                v = (v << 1) | d.value()
-            s.value(1)
-            s.value(0)
-        finally:
-            machine.enable_irq(irq)
-        return v - 0x1000000 if v & 0x800000 else v
-
-    async def run(self, dev, per_gram, offset, period):
-        while True:
-            for _ in range(40):  # DOUT low = a sample is ready (10 or 80 per second)
-                if not self.dout.value():
-                    dev._set(int((self.raw() - offset) / per_gram))
-                    break
-                await asyncio.sleep_ms(5)
-            await asyncio.sleep_ms(period)
 
 
 class SSD1306:
@@ -162,7 +128,11 @@ class Factory:
         return dev
 
     def scale(self, dev, spec):
-        hx = HX711(spec["dout"], spec["sck"])
+        # the driver's module by its name (hal/hx711.py): only a board with a load cell carries it
+        import sys
+        m = "hal." + spec["driver"]
+        __import__(m)
+        hx = sys.modules[m].HX711(spec["dout"], spec["sck"])
         self._tasks.append(hx.run(dev, spec.get("per_gram", 1), spec.get("offset", 0), spec.get("period_ms", 500)))
         return dev
 

@@ -13,12 +13,9 @@
 # the snapshot on reconnect carries the state).
 import asyncio
 import json
-import socket
+from errno import ECONNRESET
 
-try:
-    from errno import ECONNRESET, EINPROGRESS
-except ImportError:  # pragma: no cover
-    EINPROGRESS, ECONNRESET = 115, 104
+import hal
 
 MAXQ = 32
 RXBUF = 256
@@ -73,28 +70,12 @@ class SimLink:
         self._ev.set()
 
     # ---- connection -----------------------------------------------------------------------
-    def _open(self):
-        ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
-        s = socket.socket(ai[0], socket.SOCK_STREAM)
-        try:
-            s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
-        except (OSError, AttributeError):
-            pass
-        s.setblocking(False)
-        try:
-            s.connect(ai[-1])
-        except OSError as e:
-            if e.errno != EINPROGRESS:
-                s.close()
-                raise
-        return s
-
     async def run(self):
         delay = 100
         while True:
             s = None
             try:
-                s = self._open()
+                s = hal.connect(self.host, self.port)
                 st = asyncio.StreamReader(s)
                 self.q = []
                 self.up = True
@@ -104,8 +85,8 @@ class SimLink:
                         out[d.name] = d.state
                 self._send({"t": "hello", "board": self.board, "out": out})
                 down = asyncio.Event()
-                r = asyncio.create_task(self._guard(self._reader(st), down))
-                w = asyncio.create_task(self._guard(self._writer(st), down))
+                r = asyncio.create_task(self._reader(st, down))
+                w = asyncio.create_task(self._writer(st, down))
                 await down.wait()
                 r.cancel()
                 w.cancel()
@@ -124,57 +105,60 @@ class SimLink:
             await asyncio.sleep_ms(delay)
             delay = min(delay * 2, 1000)
 
-    async def _guard(self, coro, down):
+    async def _writer(self, st, down):
         try:
-            await coro
+            first = True
+            while True:
+                while self.q:
+                    st.write(self.q.pop(0))
+                await st.drain()
+                if first:  # the hello got through: the connection is real
+                    first = False
+                    self.connects += 1
+                    print("sim up", self.connects)
+                self._ev.clear()
+                if not self.q:
+                    await self._ev.wait()
         except Exception as e:
             if self.connects and not down.is_set():
                 print("sim down", repr(e))
         finally:
             down.set()
 
-    async def _writer(self, st):
-        first = True
-        while True:
-            while self.q:
-                st.write(self.q.pop(0))
-            await st.drain()
-            if first:  # the hello got through: the connection is real
-                first = False
-                self.connects += 1
-                print("sim up", self.connects)
-            self._ev.clear()
-            if not self.q:
-                await self._ev.wait()
-
     # ---- host -> device -------------------------------------------------------------------
-    async def _reader(self, st):
-        buf = self._rx
-        mv = memoryview(buf)
-        n = 0
-        skip = False
-        while True:
-            k = await st.readinto(mv[n:])
-            if not k:
-                raise OSError(ECONNRESET)
-            n += k
-            start = 0
+    async def _reader(self, st, down):
+        try:
+            buf = self._rx
+            mv = memoryview(buf)
+            n = 0
+            skip = False
             while True:
-                i = buf.find(b"\n", start)
-                if i < 0 or i >= n:
-                    break
-                if skip:
-                    skip = False
-                else:
-                    self._line(mv[start:i])
-                start = i + 1
-            if start:
-                buf[0:n - start] = buf[start:n]
-                n -= start
-            if n == RXBUF:  # a line longer than the buffer: drop it up to its newline
-                self.bad += 1
-                skip = True
-                n = 0
+                k = await st.readinto(mv[n:])
+                if not k:
+                    raise OSError(ECONNRESET)
+                n += k
+                start = 0
+                while True:
+                    i = buf.find(b"\n", start)
+                    if i < 0 or i >= n:
+                        break
+                    if skip:
+                        skip = False
+                    else:
+                        self._line(mv[start:i])
+                    start = i + 1
+                if start:
+                    buf[0:n - start] = buf[start:n]
+                    n -= start
+                if n == RXBUF:  # a line longer than the buffer: drop it up to its newline
+                    self.bad += 1
+                    skip = True
+                    n = 0
+        except Exception as e:
+            if self.connects and not down.is_set():
+                print("sim down", repr(e))
+        finally:
+            down.set()
 
     def _line(self, b):
         try:

@@ -4,7 +4,7 @@
 import os
 
 IOCTL_INIT, IOCTL_DEINIT, IOCTL_SYNC, IOCTL_COUNT, IOCTL_SIZE, IOCTL_ERASE = 1, 2, 3, 4, 5, 6
-_CHUNK = 256
+_CHUNK = 64  # the read-modify-write scratch: small, it stays in the heap for good
 _FF = b"\xff" * _CHUNK
 
 

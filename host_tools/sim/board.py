@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from host_tools.build import code_allowance, compile_firmware
+from host_tools.build import board_bundle, code_allowance, compile_firmware
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
@@ -89,6 +89,12 @@ class SimBoard:
         env = dict(os.environ)
         # The compiled bundle, as a board runs it; the board's own directory (its flash) after it.
         bundle = compile_firmware(self.firmware)
+        try:  # a sim board definition: only the modules that board carries, as a real one
+            board = json.loads((self.dir / "config.json").read_text()).get("board")
+        except (OSError, ValueError, AttributeError):
+            board = None
+        if isinstance(board, dict) and board.get("sim"):
+            bundle = board_bundle(bundle, board, self.firmware) or bundle
         env["MICROPYPATH"] = f"{bundle}:.frozen:"
         self.vm_heap = vm_heapsize(self.heapsize, bundle)
         self.proc = subprocess.Popen(

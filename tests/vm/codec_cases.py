@@ -45,7 +45,7 @@ def run(c):
     if op == "build":
         return binascii.hexlify(cose.build(k, c["kid"], c["topic"], unhex(c["payload"]))).decode()
     if op == "verify":
-        return to_json(cose.verify(k, c["kid"], c["topic"], unhex(c["hex"])))
+        return to_json(bytes(cose.verify_view(k, c["kid"], c["topic"], unhex(c["hex"]))))
     if op == "open":
         return named(msg.open(k, c["kid"], c["topic"], unhex(c["hex"])))
     if op == "seal":

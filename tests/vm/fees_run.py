@@ -8,6 +8,8 @@ import json
 import sys
 
 from apps import fees
+from apps.basket import vending
+from apps.rentfee import rental_fee
 
 
 def dec(v):
@@ -21,7 +23,7 @@ def dec(v):
     return v
 
 
-FN = {"parking": fees.parking, "rental": fees.rental, "vending": fees.vending}
+FN = {"parking": fees.parking, "rental": rental_fee, "vending": vending}
 
 while True:
     line = sys.stdin.readline()

@@ -32,10 +32,10 @@ def from_json(v):
 
 def named(p):
     # a checked payload by field names (§4), unknown fields left out
-    import msg
+    import msgschema
     t = p[0]
-    r = {"type": msg.type_name(t)}
-    for k, name in msg.names(t):
+    r = {"type": msgschema.type_name(t)}
+    for k, name in msgschema.names(t):
         if k and k in p:
             r[name] = to_json(p[k])
     return r

@@ -3,6 +3,7 @@ import json
 import sys
 from binascii import hexlify, unhexlify
 import mqtt_frame as F
+import mqtt_peer as P  # the broker side: split, parse_connect/subscribe, whole publish
 
 
 def hx(b):
@@ -17,7 +18,7 @@ def enc(c):
     if op == "publish":
         a = dict(a)
         a["payload"] = unhexlify(a["payload"])
-        return F.publish(**a)
+        return P.publish(**a)
     if op == "publish_header":
         return F.publish_header(**a)
     if op == "puback":
@@ -32,7 +33,7 @@ def enc(c):
 
 def dec(c):
     buf = unhexlify(c["hex"])
-    r = F.split(buf, c.get("limit", F.MAX_REMAINING))
+    r = P.split(buf, c.get("limit", F.MAX_REMAINING))
     if r is None:
         return {"incomplete": True}
     t, fl, body, total = r
@@ -49,13 +50,13 @@ def dec(c):
     elif t in (F.PINGREQ, F.PINGRESP, F.DISCONNECT):
         F.parse_empty(fl, body)
     elif t == F.CONNECT:
-        d = F.parse_connect(fl, body)
+        d = P.parse_connect(fl, body)
         for k in ("will_msg", "password"):
             if k in d:
                 d[k] = hx(d[k])
         out.update(d)
     elif t == F.SUBSCRIBE:
-        out["pid"], out["topics"] = F.parse_subscribe(fl, body)
+        out["pid"], out["topics"] = P.parse_subscribe(fl, body)
     else:
         raise F.MalformedPacket("type")
     return out
@@ -68,7 +69,7 @@ def run(c):
         if c["op"] == "match":
             return {"ok": F.topic_matches(c["filter"], c["topic"])}
         if c["op"] == "getvarint":
-            r = F.get_varint(unhexlify(c["hex"]), 0, c.get("limit", F.MAX_REMAINING))
+            r = P.get_varint(unhexlify(c["hex"]), 0, c.get("limit", F.MAX_REMAINING))
             return {"ok": list(r) if r else None}
         return {"ok": hx(enc(c))}
     except Exception as e:

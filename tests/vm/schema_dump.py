@@ -3,7 +3,8 @@
 import json
 
 import msg
+import msgschema
 
-for t in msg.types():
-    print(json.dumps([t, msg.type_name(t), msg.topic("gate-001", t), msg.topic_suffix(t),
-                      [list(f) for f in msg.fields(t)]]))
+for t in msgschema.types():
+    print(json.dumps([t, msgschema.type_name(t), msgschema.topic("gate-001", t), msg.topic_suffix(t),
+                      [list(f) for f in msgschema.fields(t)]]))
