@@ -69,6 +69,11 @@ def load(path="config.json"):
     kind = _need(board, "kind", str, path + " board")
     if kind not in ("gate", "vending", "rental"):
         raise ConfigError(path + " board: unknown kind '" + kind + "'")
+    w = d.get("wifi")  # {"ssid", "password"}: net.py joins it (boards with a radio)
+    if w is not None:
+        _need(d, "wifi", dict, path)
+        _need(w, "ssid", str, path + " wifi")
+        _need(w, "password", str, path + " wifi")
     sim = d.get("sim")  # simulator only (the sim HAL's host and port, a clock rate): never on a board
     if sim is not None:
         rate = sim.get("clock_rate", 1) if isinstance(sim, dict) else None

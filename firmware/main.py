@@ -16,6 +16,11 @@ def main():
         return
     import board
     board.boot(cfg)  # a wrong or incomplete board file stops here too, naming the field
+    try:
+        from net import up  # Wi-Fi, then NTP for TLS, before the agent connects (not on sim boards)
+        up(cfg)
+    except ImportError:
+        pass
     if "" not in sys.path:
         sys.path.append("")  # apps named in the config may live beside it on flash
     import agent

@@ -187,3 +187,75 @@ def test_legacy_board_section_still_loads(fw_check):
                      {"name": "sim-gate", "kind": "gate", "journal": {"capacity": 32768}, "flash": {"blocks": 64}},
                      {"name": "x", "kind": "kiosk"}]) == \
         ["ok sim-gate", "ok sim-gate", "board: needs 'name' and a 'kind' (gate|vending|rental)"]
+
+
+# ---- the host refuses what the device refuses, and a journal over the main filesystem ------------
+def _host(d):
+    from host_tools.cli.common import check_board
+    return check_board(d)
+
+
+@pytest.mark.parametrize("cid,base,fn,want", FIRMWARE_ONLY, ids=[c[0] for c in FIRMWARE_ONLY])
+def test_host_checks_the_firmware_only_rules(cid, base, fn, want):
+    """Same rule, same words as the device at boot (board.py), so build/provision/flash refuse it."""
+    d = load(base)
+    fn(d)
+    got = _host(d)
+    assert got and want in got[0], got
+
+
+@pytest.mark.parametrize("d,want", BROKEN)
+def test_host_rejects_every_broken_board(d, want):
+    assert _host(d), want
+
+
+# (id, change to pico-w-vending, what the host says); the device cannot see its own flash layout
+LAYOUT = [
+    ("journal-over-fs", lambda d: d["flash"].update(start=0), "overlaps the main filesystem 'fs' 0..606208"),
+    ("journal-tail-in-fs", lambda d: d["flash"].update(start=602112), "overlaps the main filesystem"),
+    ("no-fs-declared", lambda d: d.pop("fs"), "needs 'fs'"),
+    ("past-the-storage-area", lambda d: d["flash"].update(len=266240), "ends past the storage area (868352"),
+    ("fs-on-a-partition-board", None, "'fs' is for boards whose journal is a 'start'/'len' flash region"),
+]
+
+
+@pytest.mark.parametrize("cid,fn,want", LAYOUT, ids=[c[0] for c in LAYOUT])
+def test_journal_region_outside_the_main_filesystem(validator, fw_check, cid, fn, want):
+    if fn is None:
+        d = load("esp32-devkitc-gate.json")
+        d["fs"] = {"start": 0, "len": 65536}
+    else:
+        d = load("pico-w-vending.json")
+        fn(d)
+    assert not list(validator.iter_errors(d))  # the schema cannot say it
+    got = _host(d)
+    assert got and want in got[0], got
+
+
+def test_pico_w_layout_fits_micropython_rp2():
+    """MicroPython's RPI_PICO_W: 2 MiB flash, firmware first, then an 848 KiB storage area that
+    rp2.Flash(start, len) addresses from 0. The journal takes its top, 4x its capacity; `/` the rest."""
+    d = load("pico-w-vending.json")
+    storage = 848 * 1024
+    assert d["flash_kb"] == 2048 and d["fs"] == {"start": 0, "len": storage - d["flash"]["len"], "storage": storage}
+    assert d["flash"]["start"] + d["flash"]["len"] == storage and d["flash"]["start"] % 4096 == 0
+    assert d["flash"]["len"] >= 4 * d["journal"]["capacity"]
+    assert _host(d) == []
+
+
+def test_cli_refuses_such_boards_naming_the_field(tmp_path, fw_check):
+    from tests.test_cli import bad
+    cases = {"twice": (load("sim-gate.json"), lambda d: d["peripherals"]["led"].update(pin=26),
+                       "peripheral 'led' pin 26 already used by 'entry_barrier'"),
+             "overlap": (load("pico-w-vending.json"), lambda d: d["flash"].update(start=0),
+                         "overlaps the main filesystem 'fs'")}
+    for name, (d, fn, want) in cases.items():
+        fn(d)
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(d))
+        bad("build", "--board", str(p), "--out", str(tmp_path / "out"), says=want)
+        bad("--registry", str(tmp_path / "r.db"), "provision", "gate-1", "--board", str(p), "--out",
+            str(tmp_path / "dev"), "--broker-dir", str(tmp_path / "b"), says=want)
+        bad("flash", "--board", str(p), "--port", str(tmp_path / "no-tty"), says=want)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "dev").exists()
+    assert fw_check([cases["twice"][0]])[0].endswith(cases["twice"][2])  # the device says the same

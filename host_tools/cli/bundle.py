@@ -7,7 +7,8 @@ exists. Then, by board:
 - a real board drops the simulator-only modules (`hal/sim*.py`): they exist for the unix VM;
 - a simulated board (`"sim": true`) drops machine-only modules: a `hal/` module that imports
   `machine`, `esp32`, `rp2`... (anywhere, lazily too) and never asks `ON_VM` which side it runs on
-  (hal/mach.py); dual modules such as hal/flash.py branch on `ON_VM` and ship everywhere.
+  (hal/mach.py); dual modules such as hal/flash.py branch on `ON_VM` and ship everywhere; nor
+  the Wi-Fi bring-up `net` (RADIO_MODULES).
 Other apps never ship with a board: a gate carries no vending code.
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 from host_tools.build import FIRMWARE, compile_firmware
 
 MACHINE_MODULES = {"machine", "esp32", "rp2", "esp", "network", "bluetooth", "neopixel"}
+# Wi-Fi bring-up (firmware/net.py): only boards with a radio, i.e. not sim boards (main.py goes on
+# without it). Named, not inferred: agent.py also imports `network` (for RSSI) and ships everywhere.
+RADIO_MODULES = {"net"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def select(board: dict, root: Path = FIRMWARE) -> list[Module]:
 
     def wanted(name: str) -> bool:
         m = known[name]
-        if sim and is_machine_only(m, known):
+        if sim and (is_machine_only(m, known) or name in RADIO_MODULES):
             return False
         if not sim and is_sim_only(m):
             return False
