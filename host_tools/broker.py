@@ -24,7 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Broker", "BrokerError", "free_port", "mosquitto_path"]
+__all__ = ["Broker", "BrokerError", "free_port", "mosquitto_path", "DEVICE_PORT", "CLOUD_PORT"]
+
+# The fixed ports of a deployed broker (`edgepay broker conf`): devices on DEVICE_PORT, cloud
+# workers (ingest, command clients, `edgepay cmd/time/watch`) on CLOUD_PORT. Broker() itself picks
+# free ports; tests read them from .port and .cloud_port.
+DEVICE_PORT = 1883
+CLOUD_PORT = 1884
 
 
 class BrokerError(RuntimeError):

@@ -1,5 +1,9 @@
 """TLS material made with `cryptography` at run time: a CA, a broker (server) certificate and, for
-tests, a certificate from an unrelated CA. Nothing secret is ever stored in the repository."""
+tests, a certificate from an unrelated CA. Nothing secret is ever stored in the repository.
+
+Lifetimes are those of a deployment, not of a test run: a board in the field cannot be re-provisioned
+every month. The CA lives CA_DAYS (about 10 years); leaf certificates LEAF_DAYS, the 825 days the
+CA/Browser Forum allowed TLS server certificates until 2020, and never past their CA."""
 import datetime
 import ipaddress
 from pathlib import Path
@@ -9,18 +13,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+CA_DAYS = 3650
+LEAF_DAYS = 825
+
 
 def _name(cn):
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_ca(cn="edgepay test CA"):
+def make_ca(cn="edgepay test CA", days=CA_DAYS):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False,
@@ -30,14 +37,16 @@ def make_ca(cn="edgepay test CA"):
     return key, cert
 
 
-def make_leaf(ca_key, ca_cert, cn="localhost", dns=("localhost",), ips=("127.0.0.1",)):
+def make_leaf(ca_key, ca_cert, cn="localhost", dns=("localhost",), ips=("127.0.0.1",), days=LEAF_DAYS):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
+    # a certificate outliving its CA would only fail later, at the CA's expiry: end with it
+    end = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
     san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(end)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256()))

@@ -115,12 +115,34 @@ def test_provision_bad_input(tmp_path):
     run(*base, ok=False, code=2)  # click usage error: missing DEVICE
 
 
-def test_provisioned_broker_files_work_with_mosquitto(tmp_path):
-    """passwd + acl from provision, conf from `edgepay broker conf`: a real Mosquitto accepts the
-    device on its own topics only, and the cloud user on the cloud listener."""
+def _mqtt_attempt(user: str, password: str, port: int) -> bool:
+    """Connect to 127.0.0.1:port (retrying while the broker starts): True when CONNACK accepts us."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=user)
+    c.username_pw_set(user, password)
+    rc = []
+    c.on_connect = lambda cl, u, f, reason, pr: rc.append(reason.is_failure)
+    for _ in range(50):
+        try:
+            c.connect("127.0.0.1", port)
+            break
+        except OSError:
+            time.sleep(0.1)
+    c.loop_start()
+    for _ in range(50):
+        if rc:
+            break
+        time.sleep(0.1)
+    c.loop_stop()
+    c.disconnect()
+    return rc == [False]
 
+
+def test_provisioned_broker_files_work_with_mosquitto(tmp_path):
+    """passwd + acl from provision, conf from `edgepay broker conf`: a real Mosquitto accepts the
+    device on its own topics only, and the cloud user on the cloud listener. The conf is used as
+    written, also when the suite runs as root (its `user` line: tests/test_cli_deploy.py)."""
     from host_tools.broker import free_port, mosquitto_path
     bdir = tmp_path / "broker"
     run("--registry", str(tmp_path / "r.db"), "provision", "vend-1", "--board", "sim-vending",
@@ -129,36 +151,13 @@ def test_provisioned_broker_files_work_with_mosquitto(tmp_path):
     run("--password", "cloud-pw", "broker", "conf", "--broker-dir", str(bdir), "--port", str(port),
         "--cloud-port", str(cport))
     bad("broker", "conf", "--broker-dir", str(bdir), says="password")
-    conf = (bdir / "mosquitto.conf").read_text()
-    if os.getuid() == 0:
-        (bdir / "mosquitto.conf").write_text("user root\n" + conf)
     proc = subprocess.Popen([mosquitto_path(), "-c", str(bdir / "mosquitto.conf")], stderr=subprocess.PIPE)
     try:
         pw = json.loads((tmp_path / "v1" / "config.json").read_text())["broker"]["password"]
-
-        def attempt(user, password, p):
-            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=user)
-            c.username_pw_set(user, password)
-            rc = []
-            c.on_connect = lambda cl, u, f, reason, pr: rc.append(reason.is_failure)
-            for _ in range(50):
-                try:
-                    c.connect("127.0.0.1", p)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            c.loop_start()
-            for _ in range(50):
-                if rc:
-                    break
-                time.sleep(0.1)
-            c.loop_stop()
-            c.disconnect()
-            return rc == [False]
-        assert attempt("vend-1", pw, port)
-        assert not attempt("vend-1", "wrong", port)
-        assert attempt("cloud", "cloud-pw", cport)
-        assert not attempt("vend-1", pw, cport)  # devices are not cloud users
+        assert _mqtt_attempt("vend-1", pw, port)
+        assert not _mqtt_attempt("vend-1", "wrong", port)
+        assert _mqtt_attempt("cloud", "cloud-pw", cport)
+        assert not _mqtt_attempt("vend-1", pw, cport)  # devices are not cloud users
     finally:
         proc.kill()
         proc.wait()

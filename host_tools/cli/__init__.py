@@ -35,7 +35,9 @@ cmd outcomes: 10 FAILED, 11 REJECTED, 12 TIMED_OUT, 13 EXPIRED.
               default=DEFAULT_REGISTRY, show_default=True, show_envvar=True,
               help="the device registry (SQLite file)")
 @click.option("--broker", envvar="EDGEPAY_BROKER", default=DEFAULT_BROKER, show_default=True,
-              show_envvar=True, help="the broker's cloud listener, host:port")
+              show_envvar=True,
+              help="the broker's CLOUD listener, host:port (cmd, time, watch, sim --broker-dir); "
+                   "devices use the device listener: provision --device-broker")
 @click.option("--user", envvar="EDGEPAY_MQTT_USER", default=DEFAULT_USER, show_default=True,
               show_envvar=True, help="cloud MQTT user")
 @click.option("--password", envvar="EDGEPAY_MQTT_PASSWORD", show_envvar=True,

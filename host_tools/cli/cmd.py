@@ -96,12 +96,13 @@ def register(cli: click.Group) -> None:
     @click.argument("name")
     @click.argument("args", nargs=-1)
     @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-                  help="seconds to wait for the device's signed result")
+                  help="seconds in all: one deadline for the broker's PUBACK and the device's signed result")
     @click.option("--ttl", type=click.IntRange(min=1, max=86400), default=60, show_default=True,
                   help="the command's lifetime (its exp = now + ttl)")
     @click.pass_obj
     def cmd(o: Ctx, device: str, name: str, args: tuple[str, ...], timeout: float, ttl: int) -> None:
-        """Send the signed command NAME to DEVICE and wait for its outcome.
+        """Send the signed command NAME to DEVICE (through the broker's cloud listener, --broker)
+        and wait for its outcome.
 
         \b
         ARGS are KEY=VALUE: edgepay cmd gate-001 open 1=0 3=5
@@ -149,7 +150,8 @@ def register(cli: click.Group) -> None:
 
     @cli.command("time")
     @click.argument("device")
-    @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                  help="seconds to wait for the broker's PUBACK")
     @click.pass_obj
     def time_(o: Ctx, device: str, timeout: float) -> None:
         """Send DEVICE a signed time beacon (the device trusts its clock only after one)."""

@@ -12,10 +12,15 @@ from typing import Any, Callable, NoReturn
 import click
 from rich.console import Console
 
+from host_tools.broker import CLOUD_PORT
+
 ROOT = Path(__file__).resolve().parents[2]
 BOARDS = ROOT / "boards"
 DEFAULT_REGISTRY = Path("edgepay") / "registry.db"
-DEFAULT_BROKER = "127.0.0.1:1883"
+# Cloud-side commands talk to the broker's cloud listener (host_tools/broker.py CLOUD_PORT); only
+# a device connects to the device listener (DEVICE_PORT): `provision --device-broker`.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_BROKER = f"{DEFAULT_HOST}:{CLOUD_PORT}"
 DEFAULT_USER = "cloud"
 
 # Exit codes (documented in `edgepay --help` and host_tools/cli/__init__.py)
@@ -113,7 +118,7 @@ def jsonable(v: Any) -> Any:
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        fail(f"bad {what} {text!r}: use host:port, e.g. 127.0.0.1:1883")
+        fail(f"bad {what} {text!r}: use host:port, e.g. 127.0.0.1:{CLOUD_PORT}")
     return host.strip("[]"), int(port)
 
 
@@ -178,19 +183,24 @@ def check_board(board: dict) -> list[str]:
         out.append("'name' is missing")
     schema = BOARDS / "schema.json"
     if not out and schema.is_file():
-        try:
-            import jsonschema
-        except ImportError:  # a dev-only dependency: the checks above still hold
-            return out
-        try:
-            v = jsonschema.Draft202012Validator(json.loads(schema.read_text()))
-            errs = sorted(v.iter_errors(board), key=lambda e: list(e.path))
-        except Exception:  # noqa: BLE001 - a schema being edited must not break the tools
-            return out
-        for e in errs[:3]:
-            where = "/".join(str(x) for x in e.path) or "(top)"
-            out.append(f"{where}: {e.message[:200]}")
+        out += _schema_problems(board, schema)
+    if not out:  # what the device also refuses at boot, and the flash layout (boardcheck.py)
+        from host_tools.cli.boardcheck import check
+        out += check(board)
     return out
+
+
+def _schema_problems(board: dict, schema: Path) -> list[str]:
+    try:
+        import jsonschema
+    except ImportError:  # a dev-only dependency: the other checks still hold
+        return []
+    try:
+        v = jsonschema.Draft202012Validator(json.loads(schema.read_text()))
+        errs = sorted(v.iter_errors(board), key=lambda e: list(e.path))
+    except Exception:  # noqa: BLE001 - a schema being edited must not break the tools
+        return []
+    return [f"{'/'.join(str(x) for x in e.path) or '(top)'}: {e.message[:200]}" for e in errs[:3]]
 
 
 def is_sim_board(board: dict) -> bool:

@@ -1,7 +1,8 @@
 """`edgepay provision DEVICE --board B`: identity, config, broker credentials, TLS, registry.
 
 Writes into --out (default ./edgepay/devices/DEVICE, 0700):
-  config.json      the device's config (its key inside): flash it with `edgepay flash --config`
+  config.json      the device's config (its key inside; with --wifi-ssid also the Wi-Fi password,
+                   read from --wifi-password-file): flash it with `edgepay flash --config`
   ca.pem, device.pem, device.key      with --tls
 and into --broker-dir (default ./edgepay/broker, 0700), files host_tools/broker.py and mosquitto read:
   passwd           one PBKDF2 line per device (`password_file`)
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import click
 
+from host_tools.broker import DEVICE_PORT
 from host_tools.cli.common import (Ctx, fail, load_board, make_private_dir, parse_hostport,
                                    write_private)
+from host_tools.tls import CA_DAYS, LEAF_DAYS
 
 DEVICE_ACL = ["pattern write v1/dev/%u/up/#", "pattern read v1/dev/%u/dn/#"]
 BOARD_DROP = ("description", "note")
@@ -32,7 +35,8 @@ def _board_for_device(board: dict) -> dict:
         if isinstance(v, list):
             return [clean(x) for x in v]
         return v
-    return clean(board)
+    # `fs` is layout the host checks (boardcheck.py); the device never reads it: not worth its RAM
+    return {k: v for k, v in clean(board).items() if k != "fs"}
 
 
 def update_passwd(path: Path, user: str, password: str) -> None:
@@ -68,9 +72,11 @@ def _key_pem(key) -> bytes:
                              serialization.NoEncryption())
 
 
-def tls_material(broker_dir: Path, out: Path, device: str, hostnames: list[str]) -> dict:
-    """CA (kept in the broker dir, made once), broker certificate (made once) and a device
-    certificate (CN = device id) signed by that CA; the CA certificate copied beside the config."""
+def tls_material(broker_dir: Path, out: Path, device: str, hostnames: list[str], days: int = LEAF_DAYS,
+                 o: Ctx | None = None) -> dict:
+    """CA (kept in the broker dir, made once, CA_DAYS), broker certificate (made once) and a device
+    certificate (CN = device id) signed by that CA, each valid `days` but never past the CA; the CA
+    certificate copied beside the config."""
     import ipaddress
 
     from cryptography import x509
@@ -91,14 +97,52 @@ def tls_material(broker_dir: Path, out: Path, device: str, hostnames: list[str])
     if not (broker_dir / "server.pem").exists():
         dns = [h for h in hostnames if not _is_ip(h, ipaddress)]
         ips = [h for h in hostnames if _is_ip(h, ipaddress)]
-        key, cert = make_leaf(ca_key, ca, cn=hostnames[0], dns=dns, ips=ips)
+        key, cert = make_leaf(ca_key, ca, cn=hostnames[0], dns=dns, ips=ips, days=days)
         write_private(broker_dir / "server.key", _key_pem(key))
         write_private(broker_dir / "server.pem", _pem(cert))
-    dkey, dcert = make_leaf(ca_key, ca, cn=device, dns=(), ips=())
+    dkey, dcert = make_leaf(ca_key, ca, cn=device, dns=(), ips=(), days=days)
+    if o is not None and dcert.not_valid_after_utc < _after(days):  # an older, shorter-lived CA
+        o.note(f"[yellow]note:[/] the CA in {broker_dir} expires {ca.not_valid_after_utc:%Y-%m-%d}: "
+               f"certificates end then, not in {days} days")
     write_private(out / "device.key", _key_pem(dkey))
     write_private(out / "device.pem", _pem(dcert))
     write_private(out / "ca.pem", _pem(ca))
     return {"ca": str(ca_pem), "server": str(broker_dir / "server.pem"), "device_cert": str(out / "device.pem")}
+
+
+def _after(days: int):
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days - 1)
+
+
+def read_wifi(ssid: str | None, pw_file: Path | None) -> dict | None:
+    """{"ssid", "password"} for config.json, or None. The password comes from a file (never the
+    command line, where `ps` and shell history would keep it); the file must be owner-only."""
+    import os
+    import stat
+    if ssid is None and pw_file is None:
+        return None
+    if ssid is None or pw_file is None:
+        fail("give both --wifi-ssid and --wifi-password-file (an empty file for an open network)")
+    if not 1 <= len(ssid.encode()) <= 32:
+        fail(f"bad --wifi-ssid {ssid!r}: 1-32 bytes")
+    try:
+        st = os.stat(pw_file)
+        raw = pw_file.read_bytes()
+    except OSError as e:
+        fail(f"cannot read --wifi-password-file {pw_file}: {e.strerror or e}")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        fail(f"--wifi-password-file {pw_file} is readable by others (mode {stat.S_IMODE(st.st_mode):o}): "
+             f"chmod 600 {pw_file}")
+    try:
+        pw = raw.decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        fail(f"--wifi-password-file {pw_file} is not UTF-8 text")
+    # WPA2-PSK: a passphrase of 8-63 characters or 64 hex digits; empty for an open network
+    hexkey = len(pw) == 64 and all(c in "0123456789abcdefABCDEF" for c in pw)
+    if pw and not (8 <= len(pw) <= 63 or hexkey):
+        fail(f"the Wi-Fi password in {pw_file} must be 8-63 characters (or 64 hex digits, or empty: open network)")
+    return {"ssid": ssid, "password": pw}
 
 
 def _is_ip(h: str, ipaddress) -> bool:
@@ -118,21 +162,31 @@ def register(cli: click.Group) -> None:
     @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
                   default=Path("edgepay") / "broker", show_default=True,
                   help="the broker's passwd/acl (and TLS) files")
-    @click.option("--device-broker", help="host:port the device connects to [default: --broker]")
+    @click.option("--device-broker", help="host:port of the broker's DEVICE listener, what the device connects "
+                  f"to [default: the --broker host, port {DEVICE_PORT}]")
     @click.option("--tls", is_flag=True, help="make TLS material (CA, broker and device certificates)")
     @click.option("--tls-host", multiple=True, help="broker certificate names (repeat) [default: the broker host]")
+    @click.option("--cert-days", type=click.IntRange(1, 3650), default=LEAF_DAYS, show_default=True,
+                  help=f"lifetime of the broker and device certificates (a new CA lives {CA_DAYS} days)")
+    @click.option("--wifi-ssid", help="the Wi-Fi network the board joins (firmware/net.py)")
+    @click.option("--wifi-password-file", type=click.Path(dir_okay=False, path_type=Path),
+                  help="a file holding the Wi-Fi password (owner-only; never printed)")
     @click.option("--key-version", type=click.IntRange(min=1), default=1, show_default=True)
     @click.option("--show-key", is_flag=True, help="print the device key (it is never printed otherwise)")
     @click.pass_obj
     def provision(o: Ctx, device: str, board_name: str, out: Path | None, broker_dir: Path,
-                  device_broker: str | None, tls: bool, tls_host: tuple[str, ...], key_version: int,
+                  device_broker: str | None, tls: bool, tls_host: tuple[str, ...], cert_days: int,
+                  wifi_ssid: str | None, wifi_password_file: Path | None, key_version: int,
                   show_key: bool) -> None:
         """Give DEVICE its identity: key, config.json, broker credentials, registry entry."""
         from host_tools.cloud.registry import DEVICE_ID, RegistryError
         if not DEVICE_ID.fullmatch(device):
             fail(f"bad device id {device!r}: use 1-32 of a-z 0-9 - (not starting with -), e.g. gate-001")
         board = load_board(board_name)
-        host, port = parse_hostport(device_broker or o.broker, "--device-broker")
+        if device_broker is None:  # --broker is the cloud listener: the device gets the device port
+            device_broker = f"{parse_hostport(o.broker, '--broker / EDGEPAY_BROKER')[0]}:{DEVICE_PORT}"
+        host, port = parse_hostport(device_broker, "--device-broker")
+        wifi = read_wifi(wifi_ssid, wifi_password_file)
         out = Path(out) if out is not None else Path("edgepay") / "devices" / device
         if (out / "config.json").exists():
             fail(f"{out / 'config.json'} exists: {device} looks provisioned already (remove it first)")
@@ -152,9 +206,11 @@ def register(cli: click.Group) -> None:
                "board": _board_for_device(board), "settings": {}}
         if isinstance(board.get("wdt_ms"), int):
             cfg["wdt_ms"] = board["wdt_ms"]
+        if wifi:
+            cfg["wifi"] = wifi
         tls_files = None
         if tls:
-            tls_files = tls_material(broker_dir, out, device, list(tls_host) or [host])
+            tls_files = tls_material(broker_dir, out, device, list(tls_host) or [host], cert_days, o)
             cfg["broker"].update(tls=True, ca="ca.pem", server_hostname=(list(tls_host) or [host])[0],
                                  cert="device.pem", certkey="device.key")
         write_private(out / "config.json", json.dumps(cfg, indent=1) + "\n")
@@ -169,7 +225,8 @@ def register(cli: click.Group) -> None:
         result = {"device": device, "kid": kid, "board": board["name"], "kind": board["kind"],
                   "config": str(out / "config.json"), "registry": str(o.registry),
                   "passwd": str(broker_dir / "passwd"), "acl": str(broker_dir / "acl"),
-                  "broker": f"{host}:{port}", "tls": tls_files}
+                  "broker": f"{host}:{port}", "tls": tls_files,
+                  "wifi": {"ssid": wifi["ssid"]} if wifi else None}  # the password: never
         if show_key:
             result["key"] = key.hex()
 
@@ -179,6 +236,8 @@ def register(cli: click.Group) -> None:
             c.print(f"  config    {out / 'config.json'}  (0600; holds the key)")
             c.print(f"  broker    {broker_dir / 'passwd'}, {broker_dir / 'acl'}  -> device connects to {host}:{port}")
             c.print(f"  registry  {o.registry}")
+            if wifi:
+                c.print(f"  wifi      {wifi['ssid']!r} (password from {wifi_password_file}, not shown)")
             if tls_files:
                 c.print(f"  tls       CA {tls_files['ca']}, broker {tls_files['server']}, device {tls_files['device_cert']}")
             if show_key:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from host_tools.broker import DEVICE_PORT
 from host_tools.cli.common import Ctx, fail, parse_hostport
 
 
@@ -29,7 +30,7 @@ def register(cli: click.Group) -> None:
     @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
                   help="use the operator's broker (--broker, its cloud listener): device users are added "
                        "to BROKER_DIR/passwd (`edgepay broker conf` layout)")
-    @click.option("--device-port", type=click.IntRange(1, 65535), default=1883, show_default=True,
+    @click.option("--device-port", type=click.IntRange(1, 65535), default=DEVICE_PORT, show_default=True,
                   help="with --broker-dir: the broker's device listener")
     @click.option("--reload-pid", type=int, help="with --broker-dir: mosquitto's pid, sent SIGHUP after adding users")
     @click.option("--keep", type=click.Path(file_okay=False), help="keep the site's files here")

@@ -92,6 +92,11 @@ class Command:
             self._to(State.EXPIRED if time.time() >= self.exp else State.TIMED_OUT)
 
 
+def _left(deadline: float) -> float:
+    """Seconds until `deadline` (time.monotonic), never negative: what remains of a call's timeout."""
+    return max(0.0, deadline - time.monotonic())
+
+
 class CommandClient:
     """Sync and asyncio use; one paho connection; many commands in flight, correlated by cti."""
 
@@ -174,17 +179,21 @@ class CommandClient:
 
     def send(self, device: str, name: str, args: dict | None = None, *, timeout: float = 10.0,
              ttl: int = 60, nbf: int | None = None) -> Command:
-        """Send and wait for the outcome (at most `timeout` seconds)."""
+        """Send and wait for the outcome: `timeout` seconds in all, the broker's PUBACK included."""
+        deadline = time.monotonic() + timeout
         cmd = self.submit(device, name, args, ttl=ttl, nbf=nbf, publish_timeout=timeout)
-        return self._settle(cmd.wait(timeout))
+        return self._settle(cmd.wait(_left(deadline)))
 
     async def asend(self, device: str, name: str, args: dict | None = None, *, timeout: float = 10.0,
                     ttl: int = 60, nbf: int | None = None) -> Command:
+        """send() for asyncio: one deadline `timeout` seconds away for the PUBACK and the outcome."""
         loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
         cmd = await loop.run_in_executor(None, lambda: self.submit(device, name, args, ttl=ttl, nbf=nbf,
                                                                    publish_timeout=timeout))
         fut: asyncio.Future = loop.create_future()
-        threading.Thread(target=lambda: (cmd._done.wait(timeout),
+        left = _left(deadline)
+        threading.Thread(target=lambda: (cmd._done.wait(left),
                                          loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))),
                          daemon=True).start()
         await fut
