@@ -25,7 +25,8 @@ time. The cloud follows it: the session service and the provider take it as thei
 devices follow it too: a beacon thread sends every device a signed time beacon carrying the
 simulated time every `beacon_s` real seconds (never backwards: each carries a newer seq and a time
 no earlier than the last), and between beacons the device clock runs `rate` x real time (the
-sim-only `clock_rate`, firmware/clock.py). App timers (barrier hold, take window) stay in real time.
+sim-only `clock_rate`, firmware/clock.py). The gate's barrier hold follows clock_rate too; other app
+timers (take window, door alarms) stay in real time.
 
 Observation: `status()` rows for a live view (state of each machine from the console's FSM lines,
 online from the retained status, journal depth and heap from heartbeats, sessions from the ledger);
