@@ -67,6 +67,8 @@ def test_rental_take_and_return_charges_started_periods(site):
     hw.wait_output("locks.0", "locked", 5)
     opened = site.wait_records("rent-1", 1)[0]
     assert opened.type == 6 and opened.slot == 0
+    [req] = [m for t, m, _ in site.w.all if t.endswith("/up/req") and m.get("purpose") == "rent"]
+    assert req["t0"] == opened.t0  # one start on both sides (a return elsewhere is timed from it)
     time.sleep(1.2)  # out for at least a second: one started period
     hw.scan("rfid", "rent-1-item0")  # brought back: the reader sees its tag as it goes in
     time.sleep(0.3)

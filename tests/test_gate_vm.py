@@ -30,6 +30,9 @@ def test_pay_after_entry_and_exit(site):
     hw.wait_output("entry_barrier", "closed", 5)
     recs = site.wait_records("gate-1", 1)
     assert recs[0].type == 6 and recs[0].payer == "A12345"
+    # the entry request carries the device's own t0: both sides time the stay from one instant
+    [req] = [m for t, m, _ in site.w.all if t.endswith("/up/req") and m.get("purpose") == "entry"]
+    assert req["t0"] == recs[0].t0 == site.svc.session("gate-1", recs[0].sid).t0
     drive_through(hw, "exit", "A12345")
     hw.wait_output("exit_barrier", "open", 10)
     hw.set_input("exit_loop", 0)

@@ -141,7 +141,7 @@ class GateApp(SessionApp):
         sid = self.new_sid()
         t0 = self.now()
         m.data.update(sid=sid, plate=plate, t0=t0)
-        d = await self.authorize(sid, plate, "entry", slot=0)
+        d = await self.authorize(sid, plate, "entry", slot=0, t0=t0)  # one t0 on both sides
         if not d.granted:
             m.data["reason"] = d.reason
             self.say(self._why(d) + "Scan QR to pay: " + sid)

@@ -110,7 +110,7 @@ class RentalApp(SessionApp):
             return None
         i = m.i
         sid, t0 = self.new_sid(), self.now()
-        d = await self.authorize(sid, payer, "rent", slot=i)
+        d = await self.authorize(sid, payer, "rent", slot=i, t0=t0)
         if not d.granted:
             self.say("Sorry: " + (d.reason or "not authorised"))
             return None
