@@ -51,8 +51,8 @@ def compile_firmware(root: Path = FIRMWARE, cache: Path = CACHE, arch: str | Non
     if out.exists():
         return out
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         for p in files:
             rel = p.relative_to(root).with_suffix(".mpy")
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -62,9 +62,18 @@ def compile_firmware(root: Path = FIRMWARE, cache: Path = CACHE, arch: str | Non
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 raise BuildError(f"mpy-cross failed on {p.relative_to(ROOT)}:\n{r.stderr.strip()}")
+    return _publish(out, fill)
+
+
+def _publish(out: Path, fill) -> Path:
+    """Make directory `out` by filling a temporary one beside it and renaming it into place, so a
+    reader never sees half of it; test workers racing to make the same one all get it whole."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    try:
+        fill(tmp)
         try:
             os.rename(tmp, out)
-        except OSError:  # another worker built the same bundle first
+        except OSError:  # another worker made the same one first
             if not out.exists():
                 raise
     finally:
@@ -131,19 +140,12 @@ def board_bundle(bundle: Path, board: dict, root: Path = FIRMWARE) -> Path | Non
     out = bundle.parent / (bundle.name + "-" + hashlib.sha256(" ".join(map(str, rels)).encode()).hexdigest()[:12])
     if out.exists():
         return out
-    tmp = Path(tempfile.mkdtemp(dir=bundle.parent, prefix=".tmp-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         for rel in rels:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle / rel, tmp / rel)
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another worker made the same one first
-            if not out.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _publish(out, fill)
 
 
 def code_allowance(bundle: Path, board: dict | None = None) -> int:
