@@ -47,19 +47,6 @@ DEFAULTS = {
 }
 
 
-def pem_to_der(data):
-    """The first certificate of a PEM file as DER (this MicroPython's mbedtls is built without
-    PEM parsing: load_verify_locations rejects PEM with "invalid cert"). DER passes through."""
-    if data[:1] == b"0":  # DER SEQUENCE
-        return data
-    import binascii
-    i = data.find(b"-----BEGIN CERTIFICATE-----")
-    j = data.find(b"-----END CERTIFICATE-----", i)
-    if i < 0 or j < 0:
-        raise ValueError("no certificate")
-    return binascii.a2b_base64(data[i + 27:j].replace(b"\r", b"").replace(b"\n", b""))
-
-
 class _Msg:
     # one QoS1 message in the window
     def __init__(self, pid, topic, payload, retain):
@@ -279,22 +266,6 @@ class MQTTClient:
         self._busy = False
         self._set_state(False)
 
-    def _tls_ctx(self):
-        if self._ssl_ctx is None:
-            import ssl
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ca = self.cfg["cadata"]
-            if ca is None and self.cfg["ca"]:
-                with open(self.cfg["ca"], "rb") as f:
-                    ca = f.read()
-            if ca is not None:
-                ctx.load_verify_locations(cadata=pem_to_der(ca))
-                ctx.verify_mode = ssl.CERT_REQUIRED
-            else:
-                ctx.verify_mode = ssl.CERT_NONE  # no CA configured: encrypted, not authenticated
-            self._ssl_ctx = ctx
-        return self._ssl_ctx
-
     async def _connect(self):
         cfg = self.cfg
         self._down = asyncio.Event()
@@ -303,7 +274,9 @@ class MQTTClient:
         self._sub_pids = {}
         s = self._sock = hal.connect(cfg["host"], cfg["port"])
         if cfg["tls"] or cfg["ca"] or cfg["cadata"]:
-            s = self._tls_ctx().wrap_socket(
+            if self._ssl_ctx is None:  # made once: loading the CA costs RAM and time
+                self._ssl_ctx = hal.tls_context(cfg["ca"], cfg["cadata"])
+            s = self._ssl_ctx.wrap_socket(
                 s, server_hostname=cfg["server_hostname"] or cfg["host"],
                 do_handshake_on_connect=False)
             self._sock = s

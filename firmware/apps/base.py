@@ -40,7 +40,7 @@ class SessionApp:
     def __init__(self, agent, hw):
         self.agent = agent
         self.hw = hw
-        self.n = store.read(self.NKEY, 0)
+        self.sids = store.Counter(self.NKEY)  # reserved in blocks: not a flash write per session
         self.tariff = _intkeys(store.read("tariff", None))
         self.policy = _intkeys(store.read("policy", None))
         self.allow = store.read("allow", None) or {"v": 0, "p": {}}
@@ -59,9 +59,7 @@ class SessionApp:
         agent.mqtt.on_state(self._link)
 
     def new_sid(self):
-        self.n += 1
-        store.write(self.NKEY, self.n)
-        return "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.n)
+        return "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.sids.next())
 
     def refuse(self, e):
         """A record could not be journaled (journal full or broken): fail closed, say so, alarm."""
