@@ -19,6 +19,15 @@ def broker():
     b.close()
 
 
+@pytest.fixture
+def site(broker, tmp_path):
+    """A whole cloud side around VM boards (tests/appkit.py): ingest, ledger, provider, sessions."""
+    from tests.appkit import make_site
+    s = make_site(broker, tmp_path)
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="module")
 def module_broker():
     b = _make()

@@ -37,6 +37,14 @@ def _micropython() -> str:
     return str(exe) if exe.exists() else "micropython"
 
 
+def _read(fd: int) -> bytes:
+    """What a pty side has, or b"" once it is closed (an EIO from a pty means its other end went)."""
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return b""
+
+
 class FakeSerialBoard:
     def __init__(self, flash_dir: str | Path, heapsize: str = "2M"):
         self.dir = Path(flash_dir)
@@ -136,10 +144,7 @@ class FakeSerialBoard:
             fds = [self.host_m, self.vm_m]
             r, _, _ = select.select(fds, [], [], 0.1)
             if self.vm_m in r:
-                try:
-                    data = os.read(self.vm_m, 4096)
-                except OSError:
-                    data = b""
+                data = _read(self.vm_m)
                 if data:
                     self._to_host(data)
                 else:  # EOF: the VM closed its terminal (it exited)
@@ -149,10 +154,7 @@ class FakeSerialBoard:
                     self._reboot()
                     continue
             if self.host_m in r:
-                try:
-                    data = os.read(self.host_m, 4096)
-                except OSError:
-                    data = b""
+                data = _read(self.host_m)
                 if data:
                     self._host_bytes(data)
             if self.proc.poll() is not None and not select.select([self.vm_m], [], [], 0)[0]:

@@ -10,19 +10,10 @@ disagreement, and a rental returned at another station.
 """
 import time
 
-import pytest
-
 from host_tools.cloud import fees
-from tests.appkit import PARKING, RENTAL, make_site
+from tests.appkit import PARKING, RENTAL
 
 POLICY = {1: 1, 2: "CNY", 3: 1000, 4: 1500, 5: 3, 6: 86400}
-
-
-@pytest.fixture
-def site(broker, tmp_path):
-    s = make_site(broker, tmp_path)
-    yield s
-    s.close()
 
 
 def ok(r):

@@ -21,22 +21,13 @@ clean cuts, at most CAP ops).
 import os
 import time
 
-import pytest
-
 from host_tools.cloud.payafter import OrderState
 from host_tools.cloud import fees
-from tests.appkit import RENTAL, make_site
+from tests.appkit import RENTAL
 
 WIDE = os.environ.get("EDGEPAY_APP_CUTS", "") == "all"
 CAP = 200 if WIDE else 24
 TEARS = (None, 5) if WIDE else (None,)
-
-
-@pytest.fixture
-def site(broker, tmp_path):
-    s = make_site(broker, tmp_path)
-    yield s
-    s.close()
 
 
 class Person:

@@ -3,18 +3,9 @@ journaled as a zero-amount record before anything moves) and `cancel_session` (a
 progress closed at no charge, journaled), against the real broker, ingest, ledger and cloud."""
 import time
 
-import pytest
-
-from tests.appkit import PARKING, make_site
+from tests.appkit import PARKING
 
 NO_FREE_MINUTES = {k: v for k, v in PARKING.items() if k != 3}  # a fee from the first second
-
-
-@pytest.fixture
-def site(broker, tmp_path):
-    s = make_site(broker, tmp_path)
-    yield s
-    s.close()
 
 
 def staff_records(site, device, reason):

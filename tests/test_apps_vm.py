@@ -2,17 +2,8 @@
 broker, ingest, ledger, scripted pay-after provider and session service."""
 import time
 
-import pytest
-
 from host_tools.cloud import fees
-from tests.appkit import RENTAL, make_site
-
-
-@pytest.fixture
-def site(broker, tmp_path):
-    s = make_site(broker, tmp_path)
-    yield s
-    s.close()
+from tests.appkit import RENTAL
 
 
 def stock(hw, slots=8):

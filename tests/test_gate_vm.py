@@ -2,17 +2,6 @@
 broker, ingest, ledger, pay-after provider and session service."""
 import time
 
-import pytest
-
-from tests.appkit import make_site
-
-
-@pytest.fixture
-def site(broker, tmp_path):
-    s = make_site(broker, tmp_path)
-    yield s
-    s.close()
-
 
 def drive_through(hw, lane, plate):
     hw.set_input(f"{lane}_loop", 1)

@@ -152,6 +152,17 @@ def board_names() -> list[str]:
     return sorted(p.stem for p in BOARDS.glob("*.json") if p.stem != "schema")
 
 
+def read_json_object(p: Path, what: str) -> dict:
+    """The JSON object in file `p`; a clear error naming `what` it should be otherwise."""
+    try:
+        obj = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        fail(f"{what} {p} is not valid JSON: {e}")
+    if not isinstance(obj, dict):
+        fail(f"{what} {p} is not a JSON object")
+    return obj
+
+
 def load_board(name_or_path: str) -> dict:
     """A board definition by name (boards/<name>.json) or by path; a clear error otherwise."""
     p = Path(name_or_path)
@@ -160,12 +171,7 @@ def load_board(name_or_path: str) -> dict:
     if not p.is_file():
         known = ", ".join(board_names()) or "none yet: boards/ has no board files"
         fail(f"no board {name_or_path!r} (no file {p}); known boards: {known}")
-    try:
-        board = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        fail(f"board file {p} is not valid JSON: {e}")
-    if not isinstance(board, dict):
-        fail(f"board file {p} is not a JSON object")
+    board = read_json_object(p, "board file")
     problems = check_board(board)
     if problems:
         fail(f"board file {p} is not a valid board definition: {problems[0]}")

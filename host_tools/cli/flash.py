@@ -8,25 +8,19 @@ logs prints what the board writes to its console (the agent's log) as it comes.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 
 import click
 
-from host_tools.cli.common import EXIT_ERROR, EXIT_UNREACHABLE, Ctx, fail, load_board
+from host_tools.cli.common import EXIT_ERROR, EXIT_UNREACHABLE, Ctx, fail, load_board, read_json_object
 
 CONFIG_EXTRAS = ("ca", "cert", "certkey")  # files a config names, copied beside it
 
 
 def check_config(path: Path, board: dict) -> tuple[dict, list[Path]]:
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        fail(f"config {path} is not valid JSON: {e}")
-    if not isinstance(cfg, dict):
-        fail(f"config {path} is not a JSON object")
+    cfg = read_json_object(path, "config")
     for k in ("device", "kid", "key", "broker", "board"):
         if k not in cfg:
             fail(f"config {path} has no '{k}': make it with `edgepay provision`")
