@@ -1,11 +1,12 @@
-"""The host (cloud) codec against the golden vectors, SPEC.md, and pycose."""
+"""The host (cloud) codec against the golden vectors and SPEC.md: the vector file, round trips,
+topic/kid helpers, the CBOR profile, the envelope, the payload schema, and the cbor2 error mapping.
+Interoperability with pycose is in tests/test_host_codec_pycose.py; the shared vectors and helpers
+are in tests/hostcodeckit.py."""
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -17,48 +18,7 @@ from host_tools.protocol import (
     parse_kid, parse_topic, seal, topic, verify_mac0,
 )
 from host_tools.protocol.cose import compute_tag, protected_header
-
-ROOT = Path(__file__).resolve().parent.parent
-VECTORS_PATH = ROOT / "protocol" / "vectors" / "vectors.json"
-VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())
-KEY = bytes(range(32))
-KID = "gate-001:1"
-HB_TOPIC = "v1/dev/gate-001/up/hb"
-HB = {"type": "heartbeat", "seq": 42, "uptime": 3600, "heap": 81234, "jdepth": 0, "clock": 1}
-
-
-def to_json(value: Any) -> Any:
-    """A decoded value in the SPEC §9 JSON form."""
-    if isinstance(value, bytes):
-        return {"$hex": value.hex()}
-    if isinstance(value, dict):
-        return {"$map": [[to_json(k), to_json(v)] for k, v in value.items()]}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    return value
-
-
-def from_json(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"$hex"}:
-        return bytes.fromhex(value["$hex"])
-    if isinstance(value, dict) and set(value) == {"$map"}:
-        return {from_json(k): from_json(v) for k, v in value["$map"]}
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    return value
-
-
-def message_of(decoded: dict[str, Any]) -> dict[str, Any]:
-    """A vector's ``decoded`` as a message for ``seal``."""
-    return {name: from_json(value) for name, value in decoded.items()}
-
-
-def rejects(code: str, fn: Any, *args: Any) -> ProtocolError:
-    with pytest.raises(ProtocolError) as info:
-        fn(*args)
-    assert info.value.code == code, info.value
-    assert info.value.number == ERROR_CODES[code]
-    return info.value
+from tests.hostcodeckit import HB, HB_TOPIC, KEY, KID, ROOT, VECTORS, message_of, rejects, to_json
 
 
 # --- the vectors -------------------------------------------------------------------------------
@@ -396,73 +356,6 @@ def test_seal_checks_topic_and_size() -> None:
     rejects("too_large", seal, KEY, KID, "v1/dev/gate-001/up/evt", big)
 
 
-# --- interoperability with pycose (test-only) --------------------------------------------------
-
-pycose = pytest.importorskip("pycose")
-from pycose.algorithms import HMAC256  # noqa: E402
-from pycose.headers import KID as KID_HEADER  # noqa: E402
-from pycose.headers import Algorithm  # noqa: E402
-from pycose.keys import SymmetricKey  # noqa: E402
-from pycose.messages import Mac0Message  # noqa: E402
-
-
-def _pycose_decode(data: bytes) -> Mac0Message:
-    """pycose 1.1's CoseMessage.decode() does not work with cbor2 6: cbor2 6 decodes the content
-    of a tag as a tuple, and pycose requires a list ("Bytes cannot be decoded as COSE
-    message"), and a dict, not a frozendict, for the unprotected header. So the tag is taken
-    off with cbor2 here and a plain array handed to pycose."""
-    tagged = cbor2.loads(data)
-    assert tagged.tag == 17
-    protected, unprotected, payload, tag = tagged.value
-    return Mac0Message.from_cose_obj([protected, dict(unprotected), payload, tag], True)
-
-
-def test_pycose_verifies_host_messages() -> None:
-    for vector in VECTORS:
-        if "decoded" not in vector:
-            continue
-        key = bytes.fromhex(vector["key"])
-        data = seal(key, vector["kid"], vector["topic"], message_of(vector["decoded"]))
-        msg = _pycose_decode(data)
-        msg.key = SymmetricKey(k=key)
-        msg.external_aad = vector["topic"].encode()
-        assert msg.verify_tag()
-        assert msg.phdr[Algorithm] is HMAC256 and msg.phdr[KID_HEADER] == vector["kid"].encode()
-        msg.external_aad = b"v1/dev/gate-001/up/other"
-        assert not msg.verify_tag()
-
-
-def test_pycose_verifies_golden_vectors() -> None:
-    for vector in VECTORS:
-        if "decoded" not in vector:
-            continue
-        msg = _pycose_decode(bytes.fromhex(vector["hex"]))
-        msg.key = SymmetricKey(k=bytes.fromhex(vector["key"]))
-        msg.external_aad = vector["topic"].encode()
-        assert msg.verify_tag(), vector["name"]
-
-
-def test_host_verifies_pycose_messages() -> None:
-    payload = encode_payload(HB)
-    msg = Mac0Message(phdr={Algorithm: HMAC256, KID_HEADER: KID.encode()}, uhdr={},
-                      payload=payload, external_aad=HB_TOPIC.encode())
-    msg.key = SymmetricKey(k=KEY)
-    data = msg.encode(tag=True)
-    assert data == seal(KEY, KID, HB_TOPIC, HB)  # same deterministic bytes
-    assert open_message(KEY, KID, HB_TOPIC, data) == HB
-    rejects("bad_mac", open_message, KEY, KID, "v1/dev/gate-001/up/evt", data)
-    # pycose puts the kid where it is told; in the unprotected header we refuse it
-    msg = Mac0Message(phdr={Algorithm: HMAC256}, uhdr={KID_HEADER: KID.encode()},
-                      payload=payload, external_aad=HB_TOPIC.encode())
-    msg.key = SymmetricKey(k=KEY)
-    rejects("bad_envelope", open_message, KEY, KID, HB_TOPIC, msg.encode(tag=True))
-    # untagged (pycose's tag=False) is bad_tag
-    msg = Mac0Message(phdr={Algorithm: HMAC256, KID_HEADER: KID.encode()}, uhdr={},
-                      payload=payload, external_aad=HB_TOPIC.encode())
-    msg.key = SymmetricKey(k=KEY)
-    rejects("bad_tag", open_message, KEY, KID, HB_TOPIC, msg.encode(tag=False))
-
-
 # --- the cbor2 belt ----------------------------------------------------------------------------
 
 def test_cbor2_errors_map_to_spec_codes() -> None:
@@ -493,16 +386,3 @@ def test_every_cbor2_builtin_tag_is_overridden() -> None:
             except cbor2.CBORDecodeError:
                 builtin.add(number)
     assert builtin <= set(_CBOR2_BUILTIN_TAGS)
-
-
-def test_payload_defects_carry_a_valid_mac() -> None:
-    """Independent check (pycose) that every payload-level invalid vector is correctly MACed,
-    so its error is the payload's own and not bad_mac."""
-    payload_level = [v for v in VECTORS if v["name"].startswith(("cbor_", "schema_"))]
-    assert len(payload_level) >= 30
-    for vector in payload_level:
-        msg = _pycose_decode(bytes.fromhex(vector["hex"]))
-        msg.key = SymmetricKey(k=bytes.fromhex(vector["key"]))
-        msg.external_aad = vector["topic"].encode()
-        assert msg.verify_tag(), vector["name"]
-        assert msg.phdr[KID_HEADER] == vector["kid"].encode()
