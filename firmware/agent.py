@@ -28,6 +28,26 @@ def log(*a):
     print("%d" % time.ticks_ms(), *a)
 
 
+class Rate:
+    """Token bucket without allocation: `burst` at once, then one every `ms` milliseconds."""
+
+    def __init__(self, burst, ms):
+        self.burst = self.tokens = burst
+        self.ms = ms
+        self.at = time.ticks_ms()
+
+    def take(self):
+        now = time.ticks_ms()
+        n = time.ticks_diff(now, self.at) // self.ms
+        if n:
+            self.tokens = min(self.burst, self.tokens + n)
+            self.at = now
+        if self.tokens:
+            self.tokens -= 1
+            return True
+        return False
+
+
 def rssi():
     """Wi-Fi signal in dBm on a board with a radio; None on the VM or when not connected."""
     try:
@@ -70,7 +90,11 @@ class Agent:
         self.jdepth = lambda: 0  # replaced by the journal
         self.app = None
         self._hello_sent = False
-        self._refusals = []  # ticks of recent unauthenticated refusals (rate limit)
+        self._refusals = Rate(8, 1250)  # answers to unauthenticated messages: 8, then 1 per 1.25 s
+        self._repeats = Rate(4, 500)     # answers to redeliveries of commands already answered
+        self._cmdq = []                  # (bytes, packet id, connection): bounded by max_held
+        self._wake = asyncio.Event()
+        self._clock_grace = 50           # x 100 ms: how long the first commands wait for time
         self._register_builtins()
         self.journal = self.uplink = None
         self.journal_error = None
@@ -86,7 +110,7 @@ class Agent:
             "max_packet": MAX_PACKET,
             "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"],
         })
-        self.mqtt.subscribe(self.t_cmd, 1, self._on_cmd)
+        self.mqtt.subscribe(self.t_cmd, 1, self._on_cmd, True)
         self.mqtt.subscribe(self.t_time, 1, self._on_time)
         self.mqtt.subscribe(self.t_ack, 1, self._on_ack)
         self.mqtt.on_state(self._on_state)
@@ -152,42 +176,72 @@ class Agent:
     async def _heartbeats(self):
         while True:
             await asyncio.sleep(self.settings["hb_s"])
-            if self.mqtt.up:
+            if not self.mqtt.up:
+                continue
+            try:
                 gc.collect()
                 hb = {10: self.uptime(), 11: gc.mem_free(), 12: self.jdepth(), 14: 1 if self.clock.trusted() else 0}
                 r = rssi()
                 if r is not None:
                     hb[13] = r
                 await self.send(T_HB, hb, 0)
+            except Exception as e:  # a MemoryError skips one beat, never stops them
+                hb = None
+                log("heartbeat", repr(e))
 
     # ---- downlink ---------------------------------------------------------------------------
-    async def _on_cmd(self, topic, data, retain, dup):
-        o = await self.cmds.handle(data)
-        if o.code == "ok":
+    def _on_cmd(self, topic, data, retain, dup, pid):
+        # Only taken here, on the MQTT reader: the command is run and answered by _commands, and
+        # PUBACKed only then, so the broker's in-flight limit bounds what waits (back-pressure,
+        # not memory), and a reset before the PUBACK gets it delivered again.
+        self._cmdq.append((data, pid, self.mqtt.gen))
+        self._wake.set()
+
+    async def _commands(self):
+        """The one task that runs and answers commands, one at a time, in the order they came."""
+        q = self._cmdq
+        mq = self.mqtt
+        while True:
+            if not q:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            data, pid, gen = q.pop(0)
+            o = None
+            try:
+                # After a boot the broker's backlog arrives before the clock is set: give the
+                # time exchange a few seconds (once per boot) rather than refuse it all untrusted.
+                while self._clock_grace and not self.clock.trusted() and gen == mq.gen:
+                    self._clock_grace -= 1
+                    await asyncio.sleep_ms(100)
+                if gen == mq.gen:  # else the broker delivers it again on this connection
+                    o = await self.cmds.handle(data)
+                    data = None
+                    if self._answering(o):
+                        # Into the QoS1 window (resent across reconnects); a reboot waits for it.
+                        await mq.publish(self.t_up + "res", self.seal(T_RES, self.cmds.result(o)), 1, False,
+                                         o.after is not None)
+            except Exception as e:  # MemoryError included: one command lost, never the device
+                data = None
+                gc.collect()
+                log("result not sent", repr(e))
+            mq.ack(pid, gen)
+            # Only one command is ever run and not yet acknowledged on the wire: the one the
+            # pipeline persisted last, so a redelivery after a reset is answered dup/interrupted,
+            # never stale_seq (which would tell the cloud it never ran).
+            await mq.flushed()
+            if o is not None and o.after is not None:
+                o.after()
+
+    def _answering(self, o):
+        if o.code == "ok" and not o.again:
             log("cmd ok", o.name)
-        else:
-            log("cmd refused", o.code, o.name)
-            if o.name is None and not self._may_refuse():
-                return  # an unauthenticated flood gets no answers (no amplification)
-        # The outcome is persisted already; the result goes out on its own task, because this
-        # handler runs on the MQTT reader, which must stay free to read the result's PUBACK.
-        asyncio.create_task(self._answer(o))
-
-    async def _answer(self, o):
-        try:
-            await self.send(T_RES, self.cmds.result(o))
-        except Exception as e:
-            log("result not sent", repr(e))
-        if o.after is not None:
-            o.after()
-
-    def _may_refuse(self):
-        now = time.ticks_ms()
-        self._refusals = [t for t in self._refusals if time.ticks_diff(now, t) < 10000]
-        if len(self._refusals) >= 8:
-            return False
-        self._refusals.append(now)
-        return True
+            return True
+        if o.again:
+            log("cmd dup", o.name)
+            return self._repeats.take()  # redeliveries of captured commands: a few answers, not each
+        log("cmd refused", o.code, o.name)
+        return o.name is not None or self._refusals.take()  # no amplification of a forged flood
 
     def _open_dn(self, topic, data):
         """Verify a beacon or ack: authentic and for this device, else None (logged)."""
@@ -285,6 +339,7 @@ class Agent:
         wdt = Watchdog(wdt_ms)
         self.mqtt.start()
         asyncio.create_task(self._heartbeats())
+        asyncio.create_task(self._commands())
         if self.uplink:
             asyncio.create_task(self.uplink.run())
         log("agent", self.device, "boot", self.boots, "reset", self.reset_cause)

@@ -27,6 +27,7 @@ class Outcome:
         self.cseq = cseq
         self.data = data
         self.after = None  # a callable to run once the result is sent (reboot)
+        self.again = False  # an answer to a redelivery of a command already answered
 
 
 class Pipeline:
@@ -69,7 +70,9 @@ class Pipeline:
         try:
             p = msg.open(self.hkey, self.kid, self.topic, data)
         except CodecError as e:
-            return Outcome(e.code, cti=_peek_cti(data))
+            # Unauthenticated: nothing in it can be believed, so the refusal names no command (no cti,
+            # no cseq). A forged copy of a real command can never be taken for its outcome (SPEC §4).
+            return Outcome(e.code)
         cti = p[K_CTI]
         name = p[K_NAME]
         seq = p[K_SEQ]
@@ -172,21 +175,6 @@ class Pipeline:
         return f
 
 
-def _peek_cti(data):
-    """Best effort: the cti of a command that failed verification, so the cloud can correlate.
-
-    The value is unauthenticated; it is only echoed, never trusted.
-    """
-    try:
-        p = msg.peek_payload(data)
-        c = p.get(K_CTI) if isinstance(p, dict) else None
-        if isinstance(c, bytes) and 8 <= len(c) <= 16:
-            return c
-    except Exception:
-        pass
-    return None
-
-
 def _again(num, cti, name, seq):
     if num == 255:  # accepted, then a reset came before it finished: outcome unknown
         o = Outcome("failed", cti, name, seq)
@@ -198,5 +186,6 @@ def _again(num, cti, name, seq):
                 code = k
         o = Outcome(code, cti, name, seq)
         o.data = {"dup": True}
+    o.again = True
     return o
 

@@ -41,6 +41,7 @@ DEFAULTS = {
     "max_inflight": 8,          # QoS1 window
     "max_packet": 4096,         # largest packet received (bytes after the fixed header)
     "max_qos0": 8,              # QoS0 messages queued while a write is pending
+    "max_held": 16,             # received QoS1 messages held unacknowledged (deferred handlers)
     "connect_timeout": 10000,   # ms: TCP + TLS + CONNECT/CONNACK
     "ack_timeout": 20000,       # ms: resend an unacknowledged QoS1 (DUP) on the same connection; 0 = only after reconnect
     "backoff_min": 500, "backoff_max": 60000,  # ms
@@ -74,12 +75,17 @@ class MQTTClient:
         self._rxmv = memoryview(self._rx)
         self._hdr = bytearray(1)
         self._hdrmv = memoryview(self._hdr)
-        self._subs = {}          # filter -> [qos, handler]
+        self._subs = {}          # filter -> [qos, handler, deferred]
+        self._held = []          # packet ids received and not yet acknowledged (deferred handlers)
+        self._resync = False     # messages were left unacknowledged: reconnect once all is done
+        self.gen = 0             # connection number: a held packet id means nothing on another
         self._window = []        # _Msg, in send order
         self._ctrl = []          # control packets to send (PUBACK, PINGREQ, SUBSCRIBE)
         self._q0 = []            # (topic, payload, retain)
         self._pid = 0
         self._kick = asyncio.Event()   # the writer has something to do
+        self._wrote = asyncio.Event()  # the writer handed a batch to the socket
+        self._writing = False
         self._room = asyncio.Event()   # a window slot was freed
         self._down = asyncio.Event()   # the current connection ended
         self._up = False
@@ -97,7 +103,7 @@ class MQTTClient:
         self._on_error = None
         self._ssl_ctx = None
         self.stats = {"connects": 0, "reconnects": 0, "retransmits": 0, "errors": 0,
-                      "dropped_qos0": 0, "oversize": 0, "handler_errors": 0, "refused": 0}
+                      "dropped_qos0": 0, "oversize": 0, "handler_errors": 0, "refused": 0, "deferred": 0}
         self.session_present = False
 
     # ---- public API ---------------------------------------------------------------------
@@ -145,10 +151,18 @@ class MQTTClient:
         self._window = []
         self._room.set()
 
-    def subscribe(self, topic, qos=1, handler=None):
+    def subscribe(self, topic, qos=1, handler=None, deferred=False):
         """Register handler(topic, payload, retain, dup) (may be async) for a filter.
-        Subscribed now if connected and again after every reconnect."""
-        self._subs[topic] = [qos, handler]
+        Subscribed now if connected and again after every reconnect.
+
+        deferred=True: handler(topic, payload, retain, dup, pid) only takes the message; the caller
+        PUBACKs it later with ack(pid, gen) once it is done with it. Until then the broker counts
+        it in flight and stops sending at its own in-flight limit: that is the back-pressure
+        (MQTT 3.1.1 has no receive maximum, and Mosquitto sends its whole queue at once). Past
+        max_held held, a message is read past and left unacknowledged; once everything held is
+        done the client disconnects cleanly and reconnects, and the broker delivers again what was
+        left (MQTT 3.1.1 §4.4). Memory stays bounded by max_held whatever the burst."""
+        self._subs[topic] = [qos, handler, deferred]
         if self._up:
             self._send_subscribe([topic])
 
@@ -191,6 +205,24 @@ class MQTTClient:
     def inflight(self):
         return len(self._window)
 
+    def ack(self, pid, gen):
+        """PUBACK a message a deferred handler took on connection `gen` (ignored on any other)."""
+        if gen == self.gen and pid in self._held:
+            self._held.remove(pid)
+            self._queue_ctrl(F.puback(pid))
+            self._resync_done()
+
+    async def flushed(self):
+        """Wait until every control packet queued so far (a PUBACK) is written, or the link ends."""
+        while (self._ctrl or self._writing) and self._up:
+            self._wrote.clear()
+            await self._wrote.wait()
+
+    def _resync_done(self):
+        if self._resync and not self._held and not self._window and self._up:
+            self._resync = False
+            self._reason = F.MQTTError("resync")  # what the report says when the broker closes
+            self._queue_ctrl(F.DISCONNECT_PKT)  # no will; the broker closes, we reconnect
     # ---- supervisor ---------------------------------------------------------------------
     def _report(self, where, exc):
         self.stats["errors"] += 1
@@ -263,7 +295,11 @@ class MQTTClient:
                 pass
         self._ctrl = []
         self._q0 = []
+        self._held = []
+        self._resync = False
         self._busy = False
+        self._writing = False
+        self._wrote.set()
         self._set_state(False)
 
     async def _connect(self):
@@ -272,6 +308,7 @@ class MQTTClient:
         self._reason = None
         self._ping_out = False
         self._sub_pids = {}
+        self.gen += 1
         s = self._sock = hal.connect(cfg["host"], cfg["port"])
         if cfg["tls"] or cfg["ca"] or cfg["cadata"]:
             if self._ssl_ctx is None:  # made once: loading the CA costs RAM and time
@@ -403,9 +440,20 @@ class MQTTClient:
         h = None
         for flt in self._subs:
             if F.topic_matches(flt, topic):
-                h = self._subs[flt][1]
+                h = self._subs[flt]
                 break
+        if h is not None and h[2]:
+            if qos:
+                # Once one is left, leave all the rest too: the broker delivers them again in order.
+                if self._resync or len(self._held) >= self.cfg["max_held"]:
+                    self.stats["deferred"] += 1
+                    self._resync = True
+                    return
+                self._held.append(pid)
+            h[1](topic, payload, retain, dup, pid if qos else 0)
+            return
         if h is not None:
+            h = h[1]
             self._busy = True
             try:
                 r = h(topic, payload, retain, dup)
@@ -437,6 +485,7 @@ class MQTTClient:
                 if m.ev:
                     m.ev.set()
                 self._room.set()
+                self._resync_done()
                 return
         # a PUBACK for an id we no longer hold (dup ack after a resend): ignore
 
@@ -466,6 +515,7 @@ class MQTTClient:
                 await kick.wait()
                 kick.clear()
                 while True:
+                    self._writing = True
                     if self._ctrl:
                         st.write(self._ctrl.pop(0))
                     else:
@@ -485,6 +535,8 @@ class MQTTClient:
                             st.write(F.publish_header(t, len(p), 0, r))
                             st.write(p)
                         else:
+                            self._writing = False
+                            self._wrote.set()
                             break
                     await st.drain()
                     self._last_tx = ticks_ms()

@@ -241,20 +241,6 @@ def seal(hkey, kid, topic, fields):
     return cose.build(hkey, kid, topic, cbor.encode(fields))
 
 
-def peek_payload(data):
-    """UNAUTHENTICATED payload map of an envelope that failed verification, only so that a refusal
-    can echo its cti (SPEC §4). Strictly decoded; CodecError if it cannot be read. Never trust it."""
-    tag, env = cbor.decode(data, True)
-    if tag != 17:
-        _err("bad_tag")
-    if type(env) is not list or len(env) != 4 or type(env[2]) is not memoryview:
-        _err("bad_envelope")
-    p = cbor.decode(env[2])
-    if type(p) is not dict:
-        _err("bad_type")
-    return p
-
-
 def open(hkey, kid, topic, data):
     """Verify an envelope received on topic and validate its payload; -> payload dict."""
     p = cbor.decode(cose.verify_view(hkey, kid, topic, data))

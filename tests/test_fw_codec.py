@@ -386,13 +386,6 @@ o_case("sess_open_no_amount", SO, {"ok": {"type": "sess_open", "seq": 1, "prev":
 o_case("sess_open_amount_without_cur", payload_with(SO, k16=100), {"error": "missing"})
 o_case("sess_open_cur_without_amount", payload_with(SO, k17="EUR"), {"error": "missing"})
 o_case("sess_open_field_error_before_cross", payload_with(SO, k16=100, k15=""), {"error": "bad_value"})
-case("peek_unauthenticated", {"op": "peek", "hex": envelope(enc(CMD), topic=T_CMD,
-                                                             key=bytes(32)).hex()},
-     {"ok": {"$map": [[0, 20], [3, DEV], [4, 1700000600], [6, 1700000000],
-                      [7, {"$hex": "01" * 8}], [8, 3], [10, "open"], [11, {"$map": [[1, 2]]}]]}})
-case("peek_untagged", {"op": "peek", "hex": envelope(enc(CMD))[1:].hex()}, {"error": "bad_tag"})
-case("peek_payload_garbage", {"op": "peek", "hex": envelope(b"\xa1\x01").hex()},
-     {"error": "malformed"})
 case("seal_roundtrip", {"op": "seal", "key": KEY.hex(), "kid": KID, "topic": T_REC,
                         "fields": {"$map": [[k, {"$hex": v.hex()} if isinstance(v, bytes) else v]
                                             for k, v in REC.items()]}},

@@ -108,6 +108,7 @@ class CommandClient:
         self._lock = threading.Lock()
         self._order = threading.Lock()  # seq taken and message enqueued together
         self.unverified_results = 0
+        self.unattributed_refusals = 0  # device refusals of messages it could not authenticate
         self.mqtt.subscribe("v1/dev/+/up/res", self._on_result, qos=1)
 
     def connect(self, timeout: float = 10.0) -> "CommandClient":
@@ -224,9 +225,16 @@ class CommandClient:
             log.warning("unverified result on %s: %s", topic, getattr(e, "code", e))
             return
         cti = res.get("cti")
+        if cti is None:
+            # The device refused something it could not authenticate (SPEC §4): it names no
+            # command, so it changes none, whatever cti the forged message carried.
+            self.unattributed_refusals += 1
+            return
         with self._lock:
-            cmd = self._pending.get(cti) if cti else None
-            if cmd is None or cmd.device != device:
+            cmd = self._pending.get(cti)
+            # Bound to this exact command: its cti and the seq it was signed with (a result for
+            # an earlier signing of a re-signed command, or for another device, changes nothing).
+            if cmd is None or cmd.device != device or res.get("cseq") != cmd.seq:
                 return
             code = ERROR_NAMES.get(res["status"], str(res["status"]))
             if code == "stale_seq" and not cmd.state.final and cmd.resigned < 3:

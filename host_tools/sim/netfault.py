@@ -88,7 +88,7 @@ class FaultyProxy:
                     self._close(s)
                     continue
                 try:
-                    peer.sendall(data)
+                    self._forward(s, peer, data)
                 except OSError:
                     self._close(s)
             now = time.monotonic()
@@ -101,6 +101,10 @@ class FaultyProxy:
                     if self.rng.random() < p:
                         self._close(c)
                         self.stats["dropped"] += 1
+
+    def _forward(self, src: socket.socket, dst: socket.socket, data: bytes) -> None:
+        """Pass bytes on (a subclass that plays an attacker on the path rewrites them here)."""
+        dst.sendall(data)
 
     def _accept(self) -> None:
         try:

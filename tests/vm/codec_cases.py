@@ -39,8 +39,6 @@ def run(c):
         return binascii.hexlify(k.mac(*chunks)).decode()
     if op == "equal":
         return hmac256.equal(unhex(c["a"]), unhex(c["b"]))
-    if op == "peek":
-        return to_json(msg.peek_payload(unhex(c["hex"])))
     k = hmac256.HmacKey(unhex(c.get("key", "")))
     if op == "build":
         return binascii.hexlify(cose.build(k, c["kid"], c["topic"], unhex(c["payload"]))).decode()
