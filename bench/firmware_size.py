@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from host_tools.cli.bundle import build_bundle  # noqa: E402
 from host_tools.cli.common import board_names, load_board  # noqa: E402
 
-GOAL = 60 * 1024
+GOAL = 64 * 1024  # the hostile-traffic issue raised it from 60 KiB; 72 KiB comes with firmware updates
 
 
 def main() -> None:
