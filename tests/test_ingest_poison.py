@@ -284,3 +284,27 @@ def test_ack_quarantined_round_trips_in_the_host_codec():
         seal(key, "dev1:1", t, {"type": "ack", "aud": "dev1", "iat": T0, "seq": 3, "upto": 9,
                                 "quarantined": list(range(17))})
     assert e.value.code == "bad_value"
+
+
+# ---- the device (MicroPython VM) -----------------------------------------------------------------
+def test_device_forgets_a_quarantined_record_and_raises_the_alarm(site):
+    """A gate's staff `open` is journaled as a record the ledger refuses (a trigger on its payer):
+    the cloud quarantines it and acks with `quarantined`; the device forgets it (journal empty)
+    and raises `record_quarantined` once, and its next record still commits on the chain."""
+    site.board("gate-q1", "gate")
+    add_trigger(site.ledger, payer="staff")
+    r = site.cmd("gate-q1", "open", {1: 0, 3: 1})
+    assert r.ok, (r.code, r.data)
+    _, alarm, _ = site.w.expect(lambda t, m, _r: m.get("type") == "alarm"
+                                and m.get("code") == "record_quarantined", what="record_quarantined alarm")
+    [q] = site.ledger.quarantined("gate-q1")
+    assert q["reason"] == "commit_error" and alarm["active"] is True
+    assert alarm["detail"] == {"seqs": [q["seq"]]}
+    state = site.cmd("gate-q1", "get_state")
+    assert state.ok and state.data["jdepth"] == 0, state.data
+    # the chain goes on past the quarantined record: a customer's session commits
+    site.ledger._db.execute("DROP TRIGGER poison_row")
+    assert site.cmd("gate-q1", "open", {1: 1, 3: 1}).ok
+    [rec] = site.wait_records("gate-q1", 1)
+    assert rec.seq > q["seq"] and site.ledger.head("gate-q1").seq == rec.seq
+    assert sum(1 for _t, m, _r in site.w.all if m.get("code") == "record_quarantined") == 1
