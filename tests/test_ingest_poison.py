@@ -83,6 +83,21 @@ def test_a_record_that_fails_its_commit_is_quarantined_and_the_batch_goes_on(led
     assert ledger.commit(nxt).count(Outcome.COMMITTED) == 1
 
 
+def test_a_nul_in_a_text_field_is_quarantined_where_the_database_refuses_it(ledger):
+    """A payer with a NUL character is valid UTF-8 and passes both codecs; SQLite stores it,
+    PostgreSQL refuses it in a TEXT column (DataError): a poison of the backend's own making."""
+    d, other = DeviceChain("dev1"), DeviceChain("dev2")
+    nul = d.records([d.make("sess_open", sid="s", payer="a\x00b", t0=T0)])
+    nxt = d.records([d.make("sess_close", sid="s", payer="p", t0=T0, amount=1, cur="EUR", t1=T0 + 1)])
+    fine = other.records(other.session("s", 5))
+    res = ledger.commit(nul + nxt + fine)
+    want = Outcome.COMMITTED if ledger.placeholder == "?" else Outcome.QUARANTINED
+    assert [(r.device, r.seq, r.outcome) for r in res.results if r.device == "dev1"] == [
+        ("dev1", 1, want), ("dev1", 2, Outcome.COMMITTED)]
+    assert ledger.count("dev2") == 3 and ledger.head("dev1").seq == 2
+    assert [q["seq"] for q in ledger.quarantined()] == ([] if want is Outcome.COMMITTED else [1])
+
+
 def test_a_codec_refused_record_takes_its_place_in_the_chain(ledger):
     d = DeviceChain("dev1")
     ledger.commit(d.records([d.make("sess_open", sid="s", payer="p", t0=T0)]))
