@@ -250,7 +250,9 @@ class IngestWorker:
         return dev
 
     def verify(self, topic: str, data: bytes) -> Record:
-        """Check one message (raises ProtocolError / RegistryError); the ledger Record."""
+        """Check one message (raises ProtocolError / RegistryError); the ledger Record, one with
+        `quarantine` set if the MAC verifies but the codec refuses the payload (Unplaceable, a
+        ProtocolError, if it has no usable seq/prev)."""
         device_id, suffix = parse_topic(topic)
         if suffix != "up/rec":
             raise ProtocolError("bad_topic", f"not a record topic: {topic}")
