@@ -85,7 +85,7 @@ class Agent:
         self.t_cmd, self.t_time, self.t_ack = base + "dn/cmd", base + "dn/time", base + "dn/ack"
         self.cmds = Pipeline(dev, self.hkey, self.kid, self.clock, self.t_cmd, self.settings["cmd_window"])
         self.tbeacon = store.read("tbeacon", [0, 0])  # [last beacon seq, its time]
-        self.ack_hooks = []  # fn(upto, resend): the journal (store-and-forward) subscribes here
+        self.ack_hooks = []  # fn(upto, resend, quarantined): the journal (store-and-forward) subscribes here
         self.display = Display()
         self.jdepth = lambda: 0  # replaced by the journal
         self.app = None
@@ -275,7 +275,7 @@ class Agent:
         p = self._open_dn(topic, data)
         if p is not None:
             for fn in self.ack_hooks:
-                fn(p[10], p.get(11, False))
+                fn(p[10], p.get(11, False), p.get(12))
 
     # ---- built-in commands ------------------------------------------------------------------
     def _register_builtins(self):

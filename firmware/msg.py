@@ -22,6 +22,9 @@ ERRORS = dict(zip((
 #  d device id | e enum tstr (lo = index in _ENUMS) | m map | a [tstr lo..hi] <= 16 (caps)
 #  L lines [[sku tstr 1-32, qty uint, unit_price uint]] <= hi | n uint <= hi
 #  E status: 0 or a SPEC §7 error number (any other uint is bad_value)
+#  q [uint] <= hi (an ack's quarantined seqs)
+# Integer bounds (SPEC §4): the hi byte of a u or i field picks its maximum in _UMAX (0 counts,
+# seqs, sizes; 1 times; 2 money); list items are counts (qty, seqs) or money (unit_price).
 # A record is 5 bytes: key, kind, required, lo, hi. All records are one bytes constant (adjacent
 # literals join at compile time); per type they are in ascending key order, because SPEC §7
 # checks fields in that order and the first failing field decides the error.
@@ -31,54 +34,55 @@ _ENUMS = (
     ("gate", "vending", "rental"),
     ("entry", "exit", "vend", "rent", "return", "reauth"),
 )
+_UMAX = ((1 << 53) - 1, (1 << 32) - 1, 10 ** 12)
 _SPEC = (
     # 1 hello: 6? iat, 8 seq, 10 fw, 11 board, 12 reset, 13 caps, 14 kind, 15? boots
-    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x20"
+    b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x20"
     b"\x0ce\x01\x00\x10" b"\x0da\x01\x01\x10" b"\x0ee\x01\x01\x07" b"\x0fu\x00\x00\x00"
     # 2 status: 6? iat, 8 seq, 10 online
-    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0ab\x01\x00\x00"
+    b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0ab\x01\x00\x00"
     # 3 heartbeat: 6? iat, 8 seq, 10 uptime, 11 heap, 12 jdepth, 13? rssi, 14 clock
-    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00" b"\x0bu\x01\x00\x00"
+    b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00" b"\x0bu\x01\x00\x00"
     b"\x0cu\x01\x00\x00" b"\x0di\x00\x00\x00" b"\x0en\x01\x00\x01"
     # 4 event: 6? iat, 8 seq, 10 code, 11? detail
-    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
+    b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
     # 5 alarm: 6? iat, 8 seq, 10 code, 11? detail, 12 active
-    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
+    b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
     b"\x0cb\x01\x00\x00"
     # 6 sess_open: 8 seq, 9 prev, 10 sid, 11 payer, 12? slot, 13 t0, 14? offline, 15? auth,
     #   16? amount, 17? cur, 21? item
     b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
-    b"\x0cu\x00\x00\x00" b"\x0du\x01\x00\x00" b"\x0eb\x00\x00\x00" b"\x0ft\x00\x01\x40"
-    b"\x10u\x00\x00\x00" b"\x11c\x00\x00\x00" b"\x15t\x00\x01\x40"
+    b"\x0cu\x00\x00\x00" b"\x0du\x01\x00\x01" b"\x0eb\x00\x00\x00" b"\x0ft\x00\x01\x40"
+    b"\x10u\x00\x00\x02" b"\x11c\x00\x00\x00" b"\x15t\x00\x01\x40"
     # 7 sess_update: 8 seq, 9 prev, 10 sid, 16 amount, 17 cur, 18 t1
-    b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x10u\x01\x00\x00"
-    b"\x11c\x01\x00\x00" b"\x12u\x01\x00\x00"
+    b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x10u\x01\x00\x02"
+    b"\x11c\x01\x00\x00" b"\x12u\x01\x00\x01"
     # 8 sess_close: 8 seq, 9 prev, 10 sid, 11 payer, 12? slot, 13 t0, 14? offline, 15? auth,
     #   16 amount, 17 cur, 18 t1, 19? lines, 20? reason
     b"\x08u\x01\x00\x00" b"\x09B\x01\x10\x10" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
-    b"\x0cu\x00\x00\x00" b"\x0du\x01\x00\x00" b"\x0eb\x00\x00\x00" b"\x0ft\x00\x01\x40"
-    b"\x10u\x01\x00\x00" b"\x11c\x01\x00\x00" b"\x12u\x01\x00\x00" b"\x13L\x00\x00\x20"
+    b"\x0cu\x00\x00\x00" b"\x0du\x01\x00\x01" b"\x0eb\x00\x00\x00" b"\x0ft\x00\x01\x40"
+    b"\x10u\x01\x00\x02" b"\x11c\x01\x00\x00" b"\x12u\x01\x00\x01" b"\x13L\x00\x00\x20"
     b"\x14t\x00\x01\x10"
     # 9 cmd_result: 6? iat, 7? cti, 8 seq, 10 status, 11? name, 12? data, 13? cseq
-    b"\x06u\x00\x00\x00" b"\x07B\x00\x08\x10" b"\x08u\x01\x00\x00" b"\x0aE\x01\x00\x00"
+    b"\x06u\x00\x00\x01" b"\x07B\x00\x08\x10" b"\x08u\x01\x00\x00" b"\x0aE\x01\x00\x00"
     b"\x0bt\x00\x01\x18" b"\x0cm\x00\x00\x00" b"\x0du\x00\x00\x00"
     # 10 auth_req: 6? iat, 8 seq, 10 sid, 11 payer, 12? slot, 14 purpose, 15? auth, 16? amount,
     #   17? cur, 18? t0
-    b"\x06u\x00\x00\x00" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
-    b"\x0cu\x00\x00\x00" b"\x0ee\x01\x02\x06" b"\x0ft\x00\x01\x40" b"\x10u\x00\x00\x00"
-    b"\x11c\x00\x00\x00" b"\x12u\x00\x00\x00"
+    b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
+    b"\x0cu\x00\x00\x00" b"\x0ee\x01\x02\x06" b"\x0ft\x00\x01\x40" b"\x10u\x00\x00\x02"
+    b"\x11c\x00\x00\x00" b"\x12u\x00\x00\x01"
     # 20 command: 3 aud, 4 exp, 5? nbf, 6 iat, 7 cti, 8 seq, 10 name, 11? args
-    b"\x03d\x01\x00\x00" b"\x04u\x01\x00\x00" b"\x05u\x00\x00\x00" b"\x06u\x01\x00\x00"
+    b"\x03d\x01\x00\x00" b"\x04u\x01\x00\x01" b"\x05u\x00\x00\x01" b"\x06u\x01\x00\x01"
     b"\x07B\x01\x08\x10" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x18" b"\x0bm\x00\x00\x00"
-    # 21 ack: 3 aud, 6 iat, 8 seq, 10 upto, 11? resend
-    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x00" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00"
-    b"\x0bb\x00\x00\x00"
+    # 21 ack: 3 aud, 6 iat, 8 seq, 10 upto, 11? resend, 12? quarantined
+    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00"
+    b"\x0bb\x00\x00\x00" b"\x0cq\x00\x00\x10"
     # 22 time: 3 aud, 6 iat, 8 seq
-    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x00" b"\x08u\x01\x00\x00"
+    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00"
 )
 # Per type, in the order above: number, first record, record count.
 _IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 7, 4, 18, 4, 5, 22, 5, 6, 27, 11, 7, 38, 6, 8, 44, 13,
-              9, 57, 7, 10, 64, 10, 20, 74, 8, 21, 82, 5, 22, 87, 3))
+              9, 57, 7, 10, 64, 10, 20, 74, 8, 21, 82, 6, 22, 88, 3))
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
           "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time")
 _LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "req", "cmd", "ack",
@@ -136,6 +140,8 @@ def _field(kind, lo, hi, v):
     if kind == 0x75:  # u
         if not _uint(v):
             _err("bad_type")
+        if v > _UMAX[hi]:
+            _err("bad_value")
     elif kind == 0x74:  # t
         if type(v) is not str:
             _err("bad_type")
@@ -177,6 +183,19 @@ def _field(kind, lo, hi, v):
     elif kind == 0x69:  # i
         if type(v) is not int:
             _err("bad_type")
+        if v > _UMAX[hi] or -v > _UMAX[hi]:
+            _err("bad_value")
+    elif kind == 0x71:  # q: [uint] <= hi
+        if type(v) is not list and type(v) is not tuple:
+            _err("bad_type")
+        for x in v:
+            if not _uint(x):
+                _err("bad_type")
+        if len(v) > hi:
+            _err("bad_value")
+        for x in v:
+            if x > _UMAX[0]:
+                _err("bad_value")
     elif kind == 0x6E:  # n
         if not _uint(v):
             _err("bad_type")
@@ -204,7 +223,7 @@ def _field(kind, lo, hi, v):
         if len(v) > hi:
             _err("bad_value")
         for x in v:
-            if not _tlen(x[0], 1, 32):
+            if not _tlen(x[0], 1, 32) or x[1] > _UMAX[0] or x[2] > _UMAX[2]:
                 _err("bad_value")
 
 

@@ -27,7 +27,7 @@ _FNAMES = (
     "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
     "iat cti seq status name data cseq", "iat seq sid payer slot purpose auth amount cur t0",
     "aud exp nbf iat cti seq name args",
-    "aud iat seq upto resend", "aud iat seq",
+    "aud iat seq upto resend quarantined", "aud iat seq",
 )
 
 

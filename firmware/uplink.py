@@ -43,7 +43,9 @@ class Uplink:
         self.wake.set()
         return seq
 
-    def on_ack(self, upto, resend):
+    def on_ack(self, upto, resend, quarantined=None):
+        if quarantined:  # SPEC §6: the cloud holds these bytes, not its ledger; forgotten with upto as usual
+            asyncio.create_task(self.agent.send(5, {10: "record_quarantined", 11: {"seqs": quarantined}, 12: True}))
         if upto > self.j.acked:
             self.j.ack(upto)
             self.progress = time.ticks_ms()

@@ -134,6 +134,15 @@ def uints() -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(EDGE_UINTS), st.integers(0, U64))
 
 
+# SPEC §4 integer bounds: a field's values run to its bound (often exactly at it)
+MAX_COUNT, MAX_TIME, MAX_MONEY = (1 << 53) - 1, (1 << 32) - 1, 10 ** 12
+
+
+def bounded(hi: int) -> st.SearchStrategy[int]:
+    return st.one_of(st.sampled_from(tuple(x for x in EDGE_UINTS if x <= hi) + (hi - 1, hi)),
+                     st.integers(0, hi))
+
+
 def ints() -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(EDGE_INTS + (0, -67, U64)), st.integers(-(1 << 64), U64),
                      st.integers(-120, -30))
@@ -208,7 +217,8 @@ def maps(depth: int) -> st.SearchStrategy[dict[Any, Any]]:
     )
 
 
-LINES = st.lists(st.tuples(text(1, 32), uints(), uints()).map(list), max_size=32)
+LINES = st.lists(st.tuples(text(1, 32), bounded(MAX_COUNT), bounded(MAX_MONEY)).map(list),
+                 max_size=32)
 
 
 def _f(name: str, key: int, required: bool, strat: st.SearchStrategy[Any]) -> tuple:
@@ -216,15 +226,17 @@ def _f(name: str, key: int, required: bool, strat: st.SearchStrategy[Any]) -> tu
 
 
 def _spec() -> dict[str, tuple[int, list[tuple]]]:
-    u = uints()
-    iat_opt = _f("iat", 6, False, u)
+    u, tm, money = bounded(MAX_COUNT), bounded(MAX_TIME), bounded(MAX_MONEY)
+    rssi = st.one_of(st.sampled_from((-MAX_COUNT, MAX_COUNT)), st.integers(-MAX_COUNT, MAX_COUNT),
+                     st.integers(-120, -30))
+    iat_opt = _f("iat", 6, False, tm)
     seq = _f("seq", 8, True, u)
     prev = _f("prev", 9, True, st.binary(min_size=16, max_size=16))
     sid = _f("sid", 10, True, text(1, 32))
     aud = _f("aud", 3, True, DEVICE_IDS)
-    iat = _f("iat", 6, True, u)
+    iat = _f("iat", 6, True, tm)
     session = [seq, prev, sid, _f("payer", 11, True, text(1, 64)), _f("slot", 12, False, u),
-               _f("t0", 13, True, u), _f("offline", 14, False, st.booleans()),
+               _f("t0", 13, True, tm), _f("offline", 14, False, st.booleans()),
                _f("auth", 15, False, text(1, 64))]
     return {
         "hello": (1, [iat_opt, seq, _f("fw", 10, True, text(1, 32)),
@@ -234,18 +246,19 @@ def _spec() -> dict[str, tuple[int, list[tuple]]]:
                       _f("kind", 14, True, st.sampled_from(KINDS)), _f("boots", 15, False, u)]),
         "status": (2, [iat_opt, seq, _f("online", 10, True, st.booleans())]),
         "heartbeat": (3, [iat_opt, seq, _f("uptime", 10, True, u), _f("heap", 11, True, u),
-                          _f("jdepth", 12, True, u), _f("rssi", 13, False, ints()),
+                          _f("jdepth", 12, True, u), _f("rssi", 13, False, rssi),
                           _f("clock", 14, True, st.sampled_from((0, 1)))]),
         "event": (4, [iat_opt, seq, _f("code", 10, True, text(1, 32)),
                       _f("detail", 11, False, maps(2))]),
         "alarm": (5, [iat_opt, seq, _f("code", 10, True, text(1, 32)),
                       _f("detail", 11, False, maps(2)), _f("active", 12, True, st.booleans())]),
         # amount and cur: together or not at all
-        "sess_open": (6, session + [_f("amount", 16, None, u), _f("cur", 17, None, CURRENCIES)]),
-        "sess_update": (7, [seq, prev, sid, _f("amount", 16, True, u),
-                            _f("cur", 17, True, CURRENCIES), _f("t1", 18, True, u)]),
-        "sess_close": (8, session + [_f("amount", 16, True, u), _f("cur", 17, True, CURRENCIES),
-                                     _f("t1", 18, True, u), _f("lines", 19, False, LINES),
+        "sess_open": (6, session + [_f("amount", 16, None, money), _f("cur", 17, None, CURRENCIES),
+                                    _f("item", 21, False, text(1, 64))]),
+        "sess_update": (7, [seq, prev, sid, _f("amount", 16, True, money),
+                            _f("cur", 17, True, CURRENCIES), _f("t1", 18, True, tm)]),
+        "sess_close": (8, session + [_f("amount", 16, True, money), _f("cur", 17, True, CURRENCIES),
+                                     _f("t1", 18, True, tm), _f("lines", 19, False, LINES),
                                      _f("reason", 20, False, text(1, 16))]),
         "cmd_result": (9, [iat_opt, _f("cti", 7, False, st.binary(min_size=8, max_size=16)), seq,
                            _f("status", 10, True, st.sampled_from(ERROR_NUMBERS)),
@@ -255,13 +268,14 @@ def _spec() -> dict[str, tuple[int, list[tuple]]]:
         "auth_req": (10, [iat_opt, seq, sid, _f("payer", 11, True, text(1, 64)),
                           _f("slot", 12, False, u),
                           _f("purpose", 14, True, st.sampled_from(PURPOSES)),
-                          _f("auth", 15, False, text(1, 64)), _f("amount", 16, None, u),
-                          _f("cur", 17, None, CURRENCIES), _f("t0", 18, False, u)]),
-        "command": (20, [aud, _f("exp", 4, True, u), _f("nbf", 5, False, u), iat,
+                          _f("auth", 15, False, text(1, 64)), _f("amount", 16, None, money),
+                          _f("cur", 17, None, CURRENCIES), _f("t0", 18, False, tm)]),
+        "command": (20, [aud, _f("exp", 4, True, tm), _f("nbf", 5, False, tm), iat,
                          _f("cti", 7, True, st.binary(min_size=8, max_size=16)), seq,
                          _f("name", 10, True, text(1, 24)), _f("args", 11, False, maps(2))]),
         "ack": (21, [aud, iat, seq, _f("upto", 10, True, u),
-                     _f("resend", 11, False, st.booleans())]),
+                     _f("resend", 11, False, st.booleans()),
+                     _f("quarantined", 12, False, st.lists(u, max_size=16))]),
         "time": (22, [aud, iat, seq]),
     }
 

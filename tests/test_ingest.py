@@ -224,9 +224,9 @@ def test_ack_is_published_only_after_the_commit(env):
     led.before_commit = slow
     orig = w._send_ack
 
-    def send_ack(dev, upto, resend):
+    def send_ack(dev, upto, resend, **kw):
         events.append(("ack", time.monotonic()))
-        orig(dev, upto, resend)
+        orig(dev, upto, resend, **kw)
     w._send_ack = send_ack
     d = env.device("dev1")
     t0 = time.monotonic()

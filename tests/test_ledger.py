@@ -315,7 +315,7 @@ def test_item_is_stored_and_read_back(ledger):
              d.make("sess_open", sid="r2", payer="card", t0=6, slot=3)]
     ledger.commit(d.records(items))
     assert [r.item for r in ledger.records("rent-1")] == ["TAG-7", None]
-    assert ledger.schema_version() == 2
+    assert ledger.schema_version() == 3
 
 
 def test_a_version_1_ledger_is_migrated_on_open(ledger_url):
@@ -324,7 +324,7 @@ def test_a_version_1_ledger_is_migrated_on_open(ledger_url):
     _make_v1(ledger_url, old)
     led = open_ledger(ledger_url)
     try:
-        assert led.schema_version() == 2
+        assert led.schema_version() == 3
         [r] = led.records("rent-1")
         assert (r.raw, r.item) == (old.raw, None)
         assert led.head("rent-1") == Head(old.seq, old.hash)   # the chain goes on from the old head
@@ -335,6 +335,6 @@ def test_a_version_1_ledger_is_migrated_on_open(ledger_url):
         led.close()
     again = open_ledger(ledger_url)          # opening a migrated ledger again changes nothing
     try:
-        assert again.schema_version() == 2 and again.count() == 2
+        assert again.schema_version() == 3 and again.count() == 2
     finally:
         again.close()

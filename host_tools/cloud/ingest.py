@@ -18,6 +18,16 @@ stream. The network thread only queues (topic, bytes); the worker thread takes a
 - hands the batch to `Ledger.commit` (one transaction, per-device head locked; see ledger.py),
   which deduplicates by (device, seq) and checks the hash chain.
 
+Quarantine (SPEC §6): a record whose MAC verifies but whose payload the codec refuses (a field
+out of its bounds, say) is the device's own, signed: it is not dropped but quarantined. With a
+usable seq and prev it goes to the ledger as a quarantined Record, takes its place in the chain
+and is acked (the ack lists it in `quarantined`); without, it is kept unplaced
+(`Ledger.quarantine_unplaced`). A record that passes the codec but fails its commit is isolated
+by the ledger and quarantined the same way (`commit_error`), so the batch and every other device
+go on. Each new quarantine is counted (`stats["quarantined"]`), logged and put in `alarms`
+(kind `quarantined`); the rows are in `Ledger.quarantined()`. An authenticated message of a
+non-record type on up/rec is not money: refused `bad_topic`, not quarantined.
+
 After the commit returns - never before - every device with a committed or duplicate record
 in the batch gets one cumulative ack {upto: its head seq} (QoS 1, signed with the device's key,
 seq from registry.next_seq). A duplicate is acked again because the device may have missed the
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -53,16 +64,46 @@ import threading
 import time
 from typing import Any, Callable
 
-from host_tools.cloud.ledger import Head, Ledger, Outcome, Record, open_ledger
+from host_tools.cloud.ledger import (RECORD_TYPES, Head, Ledger, Outcome, Record, chain_hash,
+                                     open_ledger)
 from host_tools.cloud.mqtt import CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
-from host_tools.protocol import ProtocolError, decode_payload, parse_topic, seal, verify_mac0
+from host_tools.protocol import (ProtocolError, decode, decode_payload, parse_topic, seal,
+                                 verify_mac0)
 from host_tools.protocol import topic as topic_for
+from host_tools.protocol.schema import MAX_COUNT
 
 log = logging.getLogger("edgepay.ingest")
 
 RECORD_FILTER = "v1/dev/+/up/rec"
 RECORD_TYPE_NAMES = ("sess_open", "sess_update", "sess_close")
+
+
+class Unplaceable(ProtocolError):
+    """An authenticated record the codec refused whose seq or prev is unusable: it cannot be placed
+    in the chain, so it is kept (ledger.quarantine_unplaced) and never acked."""
+
+    def __init__(self, code: str, detail: str, device: str, raw: bytes):
+        super().__init__(code, detail)
+        self.device, self.raw = device, raw
+
+
+def _quarantine_record(device: str, payload: bytes, raw: bytes, err: ProtocolError) -> Record:
+    """The quarantined Record of an authenticated payload the codec refused (SPEC §6 Quarantine);
+    Unplaceable if its seq/prev cannot place it, ProtocolError as is if it is no record at all."""
+    try:
+        p = decode(payload)
+    except ProtocolError:
+        p = None
+    if isinstance(p, dict) and type(p.get(0)) is int and p[0] not in RECORD_TYPES:
+        raise err  # another message type on up/rec: not money, a plain refusal
+    seq = p.get(8) if isinstance(p, dict) else None
+    prev = p.get(9) if isinstance(p, dict) else None
+    if type(seq) is not int or not 0 <= seq <= MAX_COUNT or type(prev) is not bytes or len(prev) != 16:
+        raise Unplaceable(err.code, err.detail, device, raw)
+    return Record(device=device, seq=seq, type=p[0] if type(p.get(0)) is int else 0, sid="",
+                  prev=prev, hash=chain_hash(payload), raw=bytes(raw), quarantine=err.code,
+                  quarantine_detail=err.detail)
 
 
 class _SharedSubscriber(CloudMQTT):
@@ -108,11 +149,13 @@ class IngestWorker:
         self._keys: dict[str, tuple[Device, float]] = {}
         self._held: dict[str, dict[int, tuple[Record, float]]] = {}
         self._last_resend: dict[str, float] = {}
+        self._unplaced: dict[bytes, None] = {}   # digests of unplaceable records kept (bounded)
         self._stats_lock = threading.Lock()
         self._stats: dict[str, Any] = {
             "received": 0, "retained": 0, "verified": 0, "committed": 0, "duplicates": 0,
             "conflicts": 0, "out_of_chain": 0, "gaps": 0, "held": 0, "resend_requests": 0,
             "acks": 0, "batches": 0, "refused": collections.Counter(), "errors": 0,
+            "quarantined": 0, "quarantine_repeats": 0,
         }
         self.alarms: collections.deque = collections.deque(maxlen=1000)
 
@@ -207,7 +250,9 @@ class IngestWorker:
         return dev
 
     def verify(self, topic: str, data: bytes) -> Record:
-        """Check one message (raises ProtocolError / RegistryError); the ledger Record."""
+        """Check one message (raises ProtocolError / RegistryError); the ledger Record, one with
+        `quarantine` set if the MAC verifies but the codec refuses the payload (Unplaceable, a
+        ProtocolError, if it has no usable seq/prev)."""
         device_id, suffix = parse_topic(topic)
         if suffix != "up/rec":
             raise ProtocolError("bad_topic", f"not a record topic: {topic}")
@@ -221,7 +266,10 @@ class IngestWorker:
             if (fresh.key, fresh.kid) == (dev.key, dev.kid):
                 raise
             payload = verify_mac0(fresh.key, fresh.kid, topic, data)
-        msg = decode_payload(payload, topic)
+        try:
+            msg = decode_payload(payload, topic)
+        except ProtocolError as e:  # authenticated, but the codec refuses it: quarantine
+            return _quarantine_record(device_id, payload, data, e)
         if msg["type"] not in RECORD_TYPE_NAMES:  # the topic check already implies it
             raise ProtocolError("bad_topic", f"{msg['type']} is not a record")
         return Record.from_message(device_id, msg, payload, data)
@@ -249,7 +297,13 @@ class IngestWorker:
             if retained:
                 self._count("retained")
             try:
-                records.append(self.verify(topic, data))
+                rec = self.verify(topic, data)
+                records.append(rec)
+                if rec.quarantine:
+                    self._refuse(rec.quarantine, topic, rec.quarantine_detail)
+            except Unplaceable as e:
+                self._refuse(e.code, topic, e.detail)
+                self._quarantine_unplaced(e)
             except ProtocolError as e:
                 self._refuse(e.code, topic, e.detail)
             except RegistryError as e:
@@ -267,6 +321,7 @@ class IngestWorker:
         now = time.monotonic()
         by_key = {(r.device, r.seq): r for r in records}
         ack: dict[str, Head] = {}
+        quarantined: dict[str, list[int]] = {}
         committed: list[Record] = []
         for res in result.results:
             dev, seq = res.device, res.seq
@@ -279,6 +334,13 @@ class IngestWorker:
                 committed.append(by_key[(dev, seq)])
             elif res.outcome is Outcome.DUPLICATE:
                 self._count("duplicates")
+            elif res.outcome is Outcome.QUARANTINED:
+                self._count("quarantined")
+                self._alarm("quarantined", dev, seq, res.detail)
+                quarantined.setdefault(dev, []).append(seq)
+            elif res.outcome is Outcome.QUARANTINED_DUPLICATE:
+                self._count("quarantine_repeats")
+                quarantined.setdefault(dev, []).append(seq)
             elif res.outcome is Outcome.CONFLICT:
                 self._count("conflicts")
                 self._alarm("conflict", dev, seq, res.detail)
@@ -303,7 +365,13 @@ class IngestWorker:
                 ack[dev] = head
         # the transaction is committed: now, and only now, acknowledge
         for dev, head in ack.items():
-            self._send_ack(dev, head.seq, resend=False)
+            # at most 16 quarantined seqs an ack (SPEC §6): more go ahead in acks of their own,
+            # each with upto just below the next one listed
+            qs = sorted(set(quarantined.get(dev, ())))
+            while len(qs) > 16:
+                chunk, qs = qs[:16], qs[16:]
+                self._send_ack(dev, min(head.seq, qs[0] - 1), resend=False, quarantined=chunk)
+            self._send_ack(dev, head.seq, resend=False, quarantined=qs)
         if committed and self.on_commit is not None:
             try:  # after the commit and the acks: a slow consumer never delays an ack
                 self.on_commit(sorted(committed, key=lambda r: (r.device, r.seq)))
@@ -331,14 +399,36 @@ class IngestWorker:
         log.info("chain gap for %s after seq %s: asking for a resend", dev, head.seq if head else 0)
         self._send_ack(dev, head.seq if head else 0, resend=True)
 
-    def _send_ack(self, dev: str, upto: int, resend: bool) -> None:
+    def _quarantine_unplaced(self, e: Unplaceable) -> None:
+        digest = hashlib.sha256(e.raw).digest()
+        if digest in self._unplaced:  # kept already: a repeat costs no write transaction
+            self._count("quarantine_repeats")
+            return
+        try:
+            new = self.ledger.quarantine_unplaced(e.device, e.raw, e.code, e.detail)
+        except Exception:  # noqa: BLE001 - it comes again; the other records go on
+            self._count("errors")
+            log.exception("could not keep an unplaceable record of %s", e.device)
+            return
+        self._unplaced[digest] = None
+        while len(self._unplaced) > 10000:
+            del self._unplaced[next(iter(self._unplaced))]
+        if new:  # the same bytes again are kept once and alarmed once
+            self._count("quarantined")
+            self._alarm("quarantined", e.device, -1, f"unplaceable: {e.code} {e.detail}")
+        else:
+            self._count("quarantine_repeats")
+
+    def _send_ack(self, dev: str, upto: int, resend: bool, quarantined: list[int] | None = None) -> None:
         try:
             d = self._device(dev)
             t = topic_for(dev, "ack")
-            msg = {"type": "ack", "aud": dev, "iat": int(time.time()), "seq": self.registry.next_seq(dev),
-                   "upto": upto}
+            msg: dict[str, Any] = {"type": "ack", "aud": dev, "iat": int(time.time()),
+                                   "seq": self.registry.next_seq(dev), "upto": upto}
             if resend:
                 msg["resend"] = True
+            if quarantined:
+                msg["quarantined"] = quarantined
             self._mq.publish(t, seal(d.key, d.kid, t, msg), qos=1, timeout=None)
             self._count("acks")
         except Exception:  # noqa: BLE001 - the device will resend and be acked then

@@ -22,6 +22,9 @@ Schema (both backends; BLOB is BYTEA on PostgreSQL):
              currency, offline, auth, reason, lines, open_seq, last_seq, close_seq
     rejects  (device, seq, kind, digest) PRIMARY KEY, raw, detail, at: authenticated records
              that were refused (same seq with other bytes, out of chain), kept for disputes
+    quarantine (device, digest) PRIMARY KEY, seq, raw, hash, prev, reason, detail, at; UNIQUE
+             (device, seq): authenticated records that cannot be committed (SPEC §6 Quarantine),
+             kept byte for byte; seq/hash/prev NULL for one that cannot be placed in the chain
     schema_version  component, version: migrations run on open (host_tools/cloud/ledger_db.py)
 
 The types live in ledger_model.py, the connection layer and the schema in ledger_db.py; every name
@@ -35,13 +38,26 @@ Commit rules, per device, in seq order inside one transaction, with the head row
 - seq > head seq and prev = head hash (16 zero bytes for a device's first record): COMMITTED;
 - otherwise GAP: the predecessor has not arrived (yet); nothing written, the caller holds the
   record or asks the device to resend.
+A record carrying `quarantine` (a reason: the codec refused a field, or an earlier commit of it
+failed) follows the same rules, but where it would be COMMITTED it is QUARANTINED: its bytes go
+to `quarantine`, not `records` or `sessions`, and the head moves to it (seq, its payload hash), so
+the device's next record still links. Its bytes again: QUARANTINED_DUPLICATE (acked again).
+
+One record never fails a batch (SPEC §6 Quarantine): if the batch's transaction fails with an
+error that one record's data can cause (`_record_error`: a value a column cannot hold, a
+constraint or rule refusing the row), it is retried device by device, and a failing device record
+by record; a record that fails alone is quarantined with reason `commit_error`. Any other error
+(connection, lock, disk, crash) fails the batch as before, and so does one that every device of a
+batch of several meets: then the database is at fault, not a record; nothing is quarantined.
 The chain hash of a record is SHA-256(payload bytes)[:16], the payload being the bstr inside its
 envelope. Money is integer minor units everywhere; totals are Python ints, never floats.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 from abc import abstractmethod
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -54,6 +70,8 @@ from host_tools.cloud.ledger_model import (GENESIS, RECORD_TYPES, TYPE_NUMBERS, 
 __all__ = ["GENESIS", "RECORD_TYPES", "TYPE_NUMBERS", "RECORD_COLS", "SESSION_COLS", "CommitResult",
            "Head", "Ledger", "LedgerError", "Outcome", "Reconciliation", "Record", "Result", "Session",
            "chain_hash", "open_ledger", "_int", "_schema"]
+
+log = logging.getLogger("edgepay.ledger")
 
 
 class Ledger(Database):
@@ -85,12 +103,76 @@ class Ledger(Database):
         import time
         return time.time()
 
+    def _record_error(self, e: BaseException) -> bool:
+        """Could this error come from one record's data (a value a column cannot hold, a constraint
+        or rule refusing the row)? Only then is the record isolated and quarantined; anything else
+        (the connection, a lock, a full disk, a crash, a bug) fails the batch as it always did.
+        Backends add their driver's data and integrity errors."""
+        return isinstance(e, (OverflowError, ValueError, TypeError, UnicodeError))
+
     # ---- writing ------------------------------------------------------------------------
     def commit(self, records: Iterable[Record]) -> CommitResult:
-        """Commit a batch in one transaction (see the module doc for the rules)."""
+        """Commit a batch in one transaction (see the module doc for the rules); a record that
+        fails the transaction is isolated and quarantined, the others committed."""
         batch = sorted(records, key=lambda r: (r.device, r.seq))
         if not batch:
             return CommitResult([], {})
+        try:
+            return self._commit_batch(batch)
+        except BaseException as e:
+            if not self._record_error(e):
+                raise
+            log.warning("ledger batch of %d failed (%s: %s): isolating the record at fault",
+                        len(batch), type(e).__name__, e)
+            return self._commit_isolating(batch, e)
+
+    def _commit_isolating(self, batch: list[Record], error: BaseException) -> CommitResult:
+        devices = sorted({r.device for r in batch})
+        out = CommitResult([], {})
+        failed: list[list[Record]] = []
+        for dev in devices:  # one transaction a device
+            recs = [r for r in batch if r.device == dev]
+            try:
+                part = self._commit_batch(recs)
+            except BaseException as e:
+                if not self._record_error(e):
+                    raise
+                failed.append(recs)
+                continue
+            out.results.extend(part.results)
+            out.heads.update(part.heads)
+        if len(devices) > 1 and len(failed) == len(devices):
+            raise error  # every device fails: the database's fault, not one record's
+        for recs in failed:  # one transaction a record
+            try:
+                part = self._commit_one_by_one(recs)
+            except BaseException as e:
+                if not self._record_error(e):
+                    raise
+                # not even its quarantine commits: no result, no ack; the device sends it again
+                log.exception("device %s: a record could not be committed nor quarantined", recs[0].device)
+                continue
+            out.results.extend(part.results)
+            out.heads.update(part.heads)
+        return out
+
+    def _commit_one_by_one(self, recs: list[Record]) -> CommitResult:
+        out = CommitResult([], {})
+        for r in recs:
+            try:
+                part = self._commit_batch([r])
+            except BaseException as e:
+                if not self._record_error(e) or r.quarantine:
+                    raise
+                log.error("record %s seq %s cannot be committed (%s: %s): quarantined",
+                          r.device, r.seq, type(e).__name__, e)
+                part = self._commit_batch([dataclasses.replace(
+                    r, quarantine="commit_error", quarantine_detail=f"{type(e).__name__}: {e}"[:500])])
+            out.results.extend(part.results)
+            out.heads.update(part.heads)
+        return out
+
+    def _commit_batch(self, batch: list[Record]) -> CommitResult:
         devices = sorted({r.device for r in batch})
         with self._lock:
             cur = self._cursor()
@@ -100,19 +182,26 @@ class Ledger(Database):
                 results: list[Result] = []
                 rows: list[tuple] = []
                 rejects: list[tuple] = []
+                held: list[tuple] = []
                 now = self._now()
                 for dev in devices:
                     recs = [r for r in batch if r.device == dev]
                     head = heads.get(dev)
                     stored = self._stored(cur, dev, [r.seq for r in recs])
+                    qstored = self._stored_quarantine(cur, dev, [r.seq for r in recs])
                     new_head = head
                     for r in recs:
-                        outcome, detail = self._judge(cur, r, new_head, stored)
+                        outcome, detail = self._judge(cur, r, new_head, stored, qstored)
                         results.append(Result(dev, r.seq, outcome, detail))
                         if outcome is Outcome.COMMITTED:
                             stored[r.seq] = r.raw
                             rows.append(self._row(r, now))
                             self._session(cur, r)
+                            new_head = Head(r.seq, r.hash)
+                        elif outcome is Outcome.QUARANTINED:
+                            qstored[r.seq] = r.raw
+                            held.append((dev, r.seq, hashlib.sha256(r.raw).digest(), r.raw, r.hash,
+                                         r.prev, r.quarantine, r.quarantine_detail, now))
                             new_head = Head(r.seq, r.hash)
                         elif outcome in (Outcome.CONFLICT, Outcome.OUT_OF_CHAIN):
                             rejects.append((dev, r.seq, outcome.value, hashlib.sha256(r.raw).digest(),
@@ -131,6 +220,10 @@ class Ledger(Database):
                     cur.executemany(self._sql(
                         "INSERT INTO rejects (device, seq, kind, digest, raw, detail, at) "
                         f"VALUES ({self._ph(7)}) ON CONFLICT DO NOTHING"), rejects)
+                if held:
+                    cur.executemany(self._sql(
+                        "INSERT INTO quarantine (device, seq, digest, raw, hash, prev, reason, detail, at) "
+                        f"VALUES ({self._ph(9)}) ON CONFLICT DO NOTHING"), held)
                 if self.before_commit is not None:
                     self.before_commit(len(rows))
                 self._commit()
@@ -151,21 +244,41 @@ class Ledger(Database):
             out.update((int(s), bytes(raw)) for s, raw in cur.fetchall())
         return out
 
-    def _judge(self, cur: Any, r: Record, head: Head | None, stored: dict[int, bytes]) -> tuple[Outcome, str]:
+    def _stored_quarantine(self, cur: Any, device: str, seqs: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        uniq = sorted(set(seqs))
+        for i in range(0, len(uniq), 500):
+            part = uniq[i:i + 500]
+            cur.execute(self._sql(f"SELECT seq, raw FROM quarantine WHERE device=? AND seq IN ({self._ph(len(part))})"),
+                        (device, *part))
+            out.update((int(s), bytes(raw)) for s, raw in cur.fetchall())
+        return out
+
+    def _judge(self, cur: Any, r: Record, head: Head | None, stored: dict[int, bytes],
+               qstored: dict[int, bytes]) -> tuple[Outcome, str]:
         if r.seq in stored:
             if stored[r.seq] == r.raw:
                 return Outcome.DUPLICATE, ""
             return Outcome.CONFLICT, "seq already committed with other bytes"
+        if r.seq in qstored:
+            if qstored[r.seq] == r.raw:
+                return Outcome.QUARANTINED_DUPLICATE, ""
+            return Outcome.CONFLICT, "seq already quarantined with other bytes"
         head_seq = head.seq if head is not None and head.seq >= 0 else None
         head_hash = head.hash if head_seq is not None else GENESIS
         if head_seq is not None and r.seq <= head_seq:
             return Outcome.OUT_OF_CHAIN, f"seq {r.seq} <= head {head_seq} and not in the chain"
         if r.prev == head_hash:
+            if r.quarantine:
+                return Outcome.QUARANTINED, r.quarantine
             return Outcome.COMMITTED, ""
         if head_seq is not None and r.prev == GENESIS:
             return Outcome.OUT_OF_CHAIN, "a second genesis record"
         cur.execute(self._sql("SELECT seq FROM records WHERE device=? AND hash=?"), (r.device, r.prev))
         row = cur.fetchone()
+        if row is None:
+            cur.execute(self._sql("SELECT seq FROM quarantine WHERE device=? AND hash=?"), (r.device, r.prev))
+            row = cur.fetchone()
         if row is not None:
             return Outcome.OUT_OF_CHAIN, f"links to seq {int(row[0])}, not to the head"
         return Outcome.GAP, f"prev does not link to head {head_seq}"
@@ -288,6 +401,26 @@ class Ledger(Database):
         rows = self._read(sql + (" WHERE device=? ORDER BY seq" if device else " ORDER BY device, seq"),
                           (device,) if device else ())
         return [dict(device=d, seq=int(s), kind=k, detail=det, raw=bytes(raw)) for d, s, k, det, raw in rows]
+
+    def quarantine_unplaced(self, device: str, raw: bytes, reason: str, detail: str = "") -> bool:
+        """Keep an authenticated record that cannot be placed in any chain (no usable seq or prev,
+        SPEC §6 Quarantine); True if these bytes were not kept already."""
+        def run(cur: Any) -> bool:
+            cur.execute(self._sql(
+                "INSERT INTO quarantine (device, seq, digest, raw, hash, prev, reason, detail, at) "
+                "VALUES (?, NULL, ?, ?, NULL, NULL, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                (device, hashlib.sha256(raw).digest(), raw, reason, detail[:500], self._now()))
+            return cur.rowcount == 1
+        return bool(self._write(run))
+
+    def quarantined(self, device: str | None = None) -> list[dict]:
+        """The quarantine (SPEC §6): {device, seq (None: not placed), reason, detail, raw, at}."""
+        sql = "SELECT device, seq, reason, detail, raw, at FROM quarantine"
+        order = " ORDER BY device, seq IS NULL, seq, at"  # NULLs last on both backends
+        rows = self._read(sql + (" WHERE device=?" if device else "") + order,
+                          (device,) if device else ())
+        return [dict(device=d, seq=None if s is None else int(s), reason=r, detail=det, raw=bytes(raw),
+                     at=float(at)) for d, s, r, det, raw, at in rows]
 
     def reconcile(self, device: str, journal_records: Iterable[Any], from_seq: int | None = None) -> Reconciliation:
         """Compare the ledger with a device's own list of records.

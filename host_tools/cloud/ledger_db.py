@@ -8,6 +8,8 @@ uses the same object, so its tables live in the ledger's database and move with 
 Schema versions (table `schema_version`, one row per component):
     ledger 1  records, heads, sessions, rejects (the first release; no version row)
     ledger 2  records.item: the rented item's tag of a sess_open (SPEC field 21)
+    ledger 3  quarantine: authenticated records that cannot be committed (SPEC §6 Quarantine);
+              a new table, so CREATE TABLE IF NOT EXISTS is the whole migration
 A database without a version row is version 1 if it has a `records` table, else it is created at the
 latest version. Each migration step is idempotent (it checks the column first), so two processes
 opening an old file together cannot apply one twice; both backends serialise schema work.
@@ -23,7 +25,7 @@ RECORD_COLS = ("device", "seq", "type", "sid", "payer", "amount", "currency", "t
 SESSION_COLS = ("device", "sid", "state", "payer", "slot", "t0", "t1", "amount", "currency",
                 "offline", "auth", "reason", "lines", "open_seq", "last_seq", "close_seq")
 
-LEDGER_VERSION = 2
+LEDGER_VERSION = 3
 
 
 def _schema(blob: str, bigint: str) -> list[str]:
@@ -46,6 +48,11 @@ def _schema(blob: str, bigint: str) -> list[str]:
             device TEXT NOT NULL, seq {bigint} NOT NULL, kind TEXT NOT NULL, digest {blob} NOT NULL,
             raw {blob} NOT NULL, detail TEXT, at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (device, seq, kind, digest))""",
+        # seq, hash, prev: NULL for a record that cannot be placed in the chain (no usable seq)
+        f"""CREATE TABLE IF NOT EXISTS quarantine (
+            device TEXT NOT NULL, seq {bigint}, digest {blob} NOT NULL, raw {blob} NOT NULL,
+            hash {blob}, prev {blob}, reason TEXT NOT NULL, detail TEXT, at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device, digest), UNIQUE (device, seq))""",
     ]
 
 
@@ -165,7 +172,8 @@ class Database(ABC):
         return int(rows[0][0]) if rows else None
 
     def _tables(self, cur: Any) -> set[str]:
-        return {t for t in ("records", "heads", "sessions", "rejects") if self._columns(cur, t)}
+        return {t for t in ("records", "heads", "sessions", "rejects", "quarantine")
+                if self._columns(cur, t)}
 
     def __enter__(self) -> "Database":
         return self

@@ -29,6 +29,8 @@ class Outcome(str, enum.Enum):
     CONFLICT = "conflict"
     OUT_OF_CHAIN = "out_of_chain"
     GAP = "gap"
+    QUARANTINED = "quarantined"                       # placed in the chain, held in quarantine
+    QUARANTINED_DUPLICATE = "quarantined_duplicate"   # the same quarantined bytes again
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class Record:
     reason: str | None = None
     lines: list | None = None
     item: str | None = None   # sess_open of a rental: the item's tag (SPEC field 21)
+    # SPEC §6 Quarantine: why this authenticated record cannot be committed (a §7 code, or
+    # "commit_error"); it then takes its place in the chain but lands in `quarantine`, not `records`
+    quarantine: str | None = None
+    quarantine_detail: str = ""
 
     @classmethod
     def from_message(cls, device: str, msg: Mapping[str, Any], payload: bytes, raw: bytes) -> "Record":

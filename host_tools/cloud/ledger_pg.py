@@ -48,6 +48,12 @@ class PgLedger(Ledger):
         # schema creation and migrations race between workers starting together: serialise them
         cur.execute("SELECT pg_advisory_xact_lock(4242001)")
 
+    def _record_error(self, e: BaseException) -> bool:
+        # SQLSTATE 22 (data: bigint out of range...) and 23 (integrity: a constraint or rule);
+        # never a connection, serialisation or resource error: the server's trouble
+        return (psycopg is not None and isinstance(e, (psycopg.DataError, psycopg.IntegrityError))) \
+            or super()._record_error(e)
+
     def _columns(self, cur: Any, table: str) -> set[str]:
         cur.execute("SELECT column_name FROM information_schema.columns "
                     "WHERE table_schema = current_schema() AND table_name = %s", (table,))
@@ -77,7 +83,7 @@ class PgLedger(Ledger):
     def clear(self) -> None:
         with self._lock:
             with self._db.cursor() as cur:
-                cur.execute("TRUNCATE records, heads, sessions, rejects")
+                cur.execute("TRUNCATE records, heads, sessions, rejects, quarantine")
             self._db.commit()
 
     def close(self) -> None:

@@ -50,6 +50,12 @@ class SqliteLedger(Ledger):
                 heads[d] = Head(int(s), bytes(h))
         return heads
 
+    def _record_error(self, e: BaseException) -> bool:
+        # a constraint or trigger refusing the row, a value it cannot bind; never OperationalError
+        # (locked, busy, disk full, I/O): that is the database's trouble, not one record's
+        return isinstance(e, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
+                              sqlite3.ProgrammingError)) or super()._record_error(e)
+
     def _columns(self, cur: Any, table: str) -> set[str]:
         return {row[1] for row in cur.execute(f"PRAGMA table_info({table})").fetchall()}
 
@@ -64,7 +70,7 @@ class SqliteLedger(Ledger):
     def clear(self) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            for t in ("records", "heads", "sessions", "rejects"):
+            for t in ("records", "heads", "sessions", "rejects", "quarantine"):
                 self._db.execute(f"DELETE FROM {t}")
             self._db.execute("COMMIT")
 

@@ -15,6 +15,11 @@ RESET_CAUSES = frozenset({"power_on", "hard", "soft", "watchdog", "deepsleep", "
 DEVICE_KINDS = frozenset({"gate", "vending", "rental"})
 AUTH_PURPOSES = frozenset({"entry", "exit", "vend", "rent", "return", "reauth"})
 KEY_TYPE = 0
+# Integer bounds (SPEC §4): nothing past them reaches a database column (signed 64-bit), a JSON
+# number (exact to 2^53) or a SUM over many rows. Every uint/int field has one; COUNT by default.
+MAX_COUNT = (1 << 53) - 1  # seqs, counts, sizes, qty, slot, boots, uptime, heap; |rssi|
+MAX_TIME = (1 << 32) - 1  # Unix seconds: iat, exp, nbf, t0, t1 (to 2106)
+MAX_MONEY = 10 ** 12  # minor units: amount, unit_price
 
 
 def _utf8_len(text: str) -> int:
@@ -23,6 +28,10 @@ def _utf8_len(text: str) -> int:
 
 def _is_uint(v: Any) -> bool:
     return type(v) is int and v >= 0
+
+
+def _is_uint_list(v: Any) -> bool:
+    return type(v) is list and all(_is_uint(x) for x in v)
 
 
 def _is_line(v: Any) -> bool:
@@ -39,14 +48,17 @@ _TYPE_CHECKS: Mapping[str, Callable[[Any], bool]] = MappingProxyType({
     "map": lambda v: type(v) is dict,
     "tstr_list": lambda v: type(v) is list and all(type(x) is str for x in v),
     "lines": lambda v: type(v) is list and all(_is_line(x) for x in v),
+    "uint_list": _is_uint_list,
 })
+_INT_KINDS = ("uint", "int", "uint_list")
 
 
 @dataclass(frozen=True)
 class Field:
     """One payload field. ``size`` bounds a string's UTF-8 length, a bstr's length or a list's
     entry count; ``item_size`` bounds each string inside a list; ``choices`` and ``pattern``
-    restrict text and integer values."""
+    restrict text and integer values; ``max`` bounds an integer (|value| for ``int``, each entry
+    of a ``uint_list``); a line's qty and unit_price have their own (MAX_COUNT, MAX_MONEY)."""
 
     key: int
     name: str
@@ -56,10 +68,11 @@ class Field:
     item_size: tuple[int, int] | None = None
     choices: frozenset[Any] | None = None
     pattern: re.Pattern[str] | None = None
+    max: int | None = None
 
     def optional(self) -> "Field":
         return Field(self.key, self.name, self.kind, False, self.size, self.item_size,
-                     self.choices, self.pattern)
+                     self.choices, self.pattern, self.max)
 
     def check(self, value: Any) -> None:
         """Type (``bad_type``) then range (``bad_value``) of a present value."""
@@ -79,20 +92,28 @@ class Field:
             texts = [x[0] if isinstance(x, list) else x for x in value]
             if not all(lo <= _utf8_len(t) <= hi for t in texts):
                 return False
+        if self.max is not None:
+            ints = value if self.kind == "uint_list" else [abs(int(value))]
+            if any(x > self.max for x in ints):
+                return False
+        if self.kind == "lines" and any(q > MAX_COUNT or p > MAX_MONEY for _, q, p in value):
+            return False
         if self.choices is not None and value not in self.choices:
             return False
         return self.pattern is None or self.pattern.fullmatch(value) is not None
 
 
 def _f(key: int, name: str, kind: str, **kw: Any) -> Field:
+    if kind in _INT_KINDS:
+        kw.setdefault("max", MAX_COUNT)
     return Field(key, name, kind, **kw)
 
 
 # common claims (keys 0-9)
 AUD = _f(3, "aud", "tstr", pattern=DEVICE_ID_RE)  # a device id
-EXP = _f(4, "exp", "uint")
-NBF = _f(5, "nbf", "uint")
-IAT = _f(6, "iat", "uint")
+EXP = _f(4, "exp", "uint", max=MAX_TIME)
+NBF = _f(5, "nbf", "uint", max=MAX_TIME)
+IAT = _f(6, "iat", "uint", max=MAX_TIME)
 CTI = _f(7, "cti", "bstr", size=(8, 16))
 SEQ = _f(8, "seq", "uint")
 PREV = _f(9, "prev", "bstr", size=(16, 16))
@@ -102,12 +123,12 @@ DETAIL = _f(11, "detail", "map", required=False)
 SID = _f(10, "sid", "tstr", size=(1, 32))
 PAYER = _f(11, "payer", "tstr", size=(1, 64))
 SLOT = _f(12, "slot", "uint", required=False)
-T0 = _f(13, "t0", "uint")
+T0 = _f(13, "t0", "uint", max=MAX_TIME)
 OFFLINE = _f(14, "offline", "bool", required=False)
 AUTH = _f(15, "auth", "tstr", size=(1, 64), required=False)
-AMOUNT = _f(16, "amount", "uint")
+AMOUNT = _f(16, "amount", "uint", max=MAX_MONEY)
 CUR = _f(17, "cur", "tstr", pattern=CURRENCY_RE)
-T1 = _f(18, "t1", "uint")
+T1 = _f(18, "t1", "uint", max=MAX_TIME)
 
 
 @dataclass(frozen=True)
@@ -152,11 +173,12 @@ MESSAGE_TYPES: Mapping[int, MessageType] = MappingProxyType({t.number: t for t i
           _f(12, "data", "map", required=False), _f(13, "cseq", "uint", required=False)),
     _type(10, "auth_req", "up/req", SEQ, IAT.optional(), SID, PAYER, SLOT,
           _f(14, "purpose", "tstr", choices=AUTH_PURPOSES), AUTH, AMOUNT.optional(),
-          CUR.optional(), _f(18, "t0", "uint", required=False)),
+          CUR.optional(), _f(18, "t0", "uint", required=False, max=MAX_TIME)),
     _type(20, "command", "dn/cmd", AUD, EXP, NBF.optional(), IAT, CTI, SEQ,
           _f(10, "name", "tstr", size=(1, 24)), _f(11, "args", "map", required=False)),
     _type(21, "ack", "dn/ack", AUD, IAT, SEQ, _f(10, "upto", "uint"),
-          _f(11, "resend", "bool", required=False)),
+          _f(11, "resend", "bool", required=False),
+          _f(12, "quarantined", "uint_list", required=False, size=(0, 16))),
     _type(22, "time", "dn/time", AUD, IAT, SEQ),
 )})
 

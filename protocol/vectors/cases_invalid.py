@@ -249,6 +249,59 @@ def build_payload_errors() -> None:
     bad_payload("schema_lines_shape", "a line of two items instead of [sku, qty, unit_price]",
                 "bad_type", payload("sess_close", {**close, "lines": arr(arr(t("tea"), u(1)))})[0],
                 "up/rec")
+    # SPEC §4 integer bounds: one past each, bad_value in both codecs
+    bad_payload("bound_amount_2_63", "amount 2^63: a valid CBOR uint that no signed 64-bit "
+                "column holds (the poison record of issue 10 §4)", "bad_value",
+                payload("sess_update", {**sess, "amount": u(1 << 63)})[0], "up/rec")
+    bad_payload("bound_amount_money", "amount 10^12 + 1 minor units", "bad_value",
+                payload("sess_update", {**sess, "amount": u(10 ** 12 + 1)})[0], "up/rec")
+    bad_payload("bound_open_amount", "sess_open amount 2^64-1", "bad_value",
+                payload("sess_open", {"seq": u(113), "prev": b(PREV1), "sid": t("s-11"),
+                                      "payer": t("p"), "t0": u(T), "amount": u((1 << 64) - 1),
+                                      "cur": t("EUR")})[0], "up/rec")
+    bad_payload("bound_t1_2_32", "t1 2^32: past the time bound", "bad_value",
+                payload("sess_update", {**sess, "t1": u(1 << 32)})[0], "up/rec")
+    bad_payload("bound_t0_2_32", "sess_close t0 2^32", "bad_value",
+                payload("sess_close", {**close, "t0": u(1 << 32)})[0], "up/rec")
+    bad_payload("bound_seq_2_53", "record seq 2^53", "bad_value",
+                payload("sess_update", {**sess, "seq": u(1 << 53)})[0], "up/rec")
+    bad_payload("bound_slot_2_53", "sess_close slot 2^53", "bad_value",
+                payload("sess_close", {**close, "slot": u(1 << 53)})[0], "up/rec")
+    bad_payload("bound_unit_price", "a line's unit_price 10^12 + 1", "bad_value",
+                payload("sess_close", {**close, "lines": arr(arr(t("tea"), u(1),
+                                                                 u(10 ** 12 + 1)))})[0], "up/rec")
+    bad_payload("bound_qty_2_53", "a line's qty 2^53", "bad_value",
+                payload("sess_close", {**close, "lines": arr(arr(t("tea"), u(1 << 53),
+                                                                 u(1)))})[0], "up/rec")
+    bad_payload("bound_heap_2_64", "heartbeat heap 2^64-1 (no longer the full uint range)",
+                "bad_value", hb(heap=u((1 << 64) - 1)), "up/hb")
+    bad_payload("bound_rssi_2_53", "heartbeat rssi -(2^53)", "bad_value", hb(rssi=i(-(1 << 53))),
+                "up/hb")
+    bad_payload("bound_iat_2_32", "heartbeat iat 2^32", "bad_value", hb(iat=u(1 << 32)), "up/hb")
+    bad_payload("bound_boots_2_53", "hello boots 2^53", "bad_value",
+                payload("hello", {**HELLO, "boots": u(1 << 53)})[0], "up/hello")
+    bad_payload("bound_cseq_2_53", "cmd_result cseq 2^53", "bad_value",
+                payload("cmd_result", {"seq": u(114), "status": u(0), "cseq": u(1 << 53)})[0],
+                "up/res")
+    bad_payload("bound_auth_req_t0", "auth_req t0 2^32", "bad_value",
+                payload("auth_req", {"seq": u(115), "sid": t("s-1"), "payer": t("p"),
+                                     "purpose": t("exit"), "t0": u(1 << 32)})[0], "up/req")
+    ack = {"aud": t(DEV), "iat": u(T), "seq": u(603), "upto": u(104)}
+    bad_payload("bound_ack_upto_2_53", "ack upto 2^53", "bad_value",
+                payload("ack", {**ack, "upto": u(1 << 53)})[0], "dn/ack")
+    bad_payload("bound_command_exp", "command exp 2^32", "bad_value",
+                payload("command", {"aud": t(DEV), "exp": u(1 << 32), "iat": u(T), "cti": b(CTI),
+                                    "seq": u(604), "name": t("open")})[0], "dn/cmd")
+    bad_payload("schema_ack_quarantined_17", "ack quarantined with 17 seqs (<= 16)", "bad_value",
+                payload("ack", {**ack, "quarantined": arr(*[u(n) for n in range(17)])})[0],
+                "dn/ack")
+    bad_payload("schema_ack_quarantined_2_53", "ack quarantined seq 2^53", "bad_value",
+                payload("ack", {**ack, "quarantined": arr(u(1), u(1 << 53))})[0], "dn/ack")
+    bad_payload("schema_ack_quarantined_text", "ack quarantined seq as text, after an "
+                "out-of-range one: the list's type is checked whole first", "bad_type",
+                payload("ack", {**ack, "quarantined": arr(u(1 << 60), t("3"))})[0], "dn/ack")
+    bad_payload("schema_ack_quarantined_not_list", "ack quarantined as one uint", "bad_type",
+                payload("ack", {**ack, "quarantined": u(3)})[0], "dn/ack")
     bad_payload("schema_status_not_error_number", "cmd_result status 9: not a §7 error number",
                 "bad_value", payload("cmd_result", {"seq": u(112), "status": u(9)})[0],
                 "up/res")

@@ -19,8 +19,9 @@ def build_valid() -> None:
           "heartbeat", {**HB, "clock": u(0), "jdepth": u(3)})
     valid("heartbeat_unknown_fields", "unknown keys 99 and 1000 are ignored and left out of "
           "decoded", "heartbeat", HB, extra=((u(99), t("future")), (u(1000), arr(u(1), u(2)))))
-    valid("heartbeat_uint_max", "uptime 2^40 and heap 2^64-1: the full uint range", "heartbeat",
-          {**HB, "uptime": u(1 << 40), "heap": u((1 << 64) - 1)})
+    valid("heartbeat_uint_max", "uptime and heap 2^53-1, rssi -(2^53-1): at the count bound "
+          "(SPEC §4 integer bounds)", "heartbeat",
+          {**HB, "uptime": u((1 << 53) - 1), "heap": u((1 << 53) - 1), "rssi": i(-(1 << 53) + 1)})
     valid("event", "event with a detail map mixing int and text keys (bytewise order)", "event",
           {"seq": u(5), "code": t("door_forced"),
            "detail": mp((u(1), u(2)), (u(24), t("x")), (i(-1), FALSE), (t("a"), t("b")))})
@@ -41,9 +42,15 @@ def build_valid() -> None:
     valid("sess_update", "sess_update", "sess_update",
           {"seq": u(102), "prev": b(PREV1), "sid": t("s-0001"), "amount": u(750),
            "cur": t("EUR"), "t1": u(T + 1800)})
-    valid("sess_update_large_amount", "amount 2^40 minor units", "sess_update",
-          {"seq": u(103), "prev": b(PREV1), "sid": t("s-0001"), "amount": u(1 << 40),
-           "cur": t("JPY"), "t1": u(T + 1900)})
+    valid("sess_update_large_amount", "amount 10^12 minor units: at the money bound",
+          "sess_update", {"seq": u(103), "prev": b(PREV1), "sid": t("s-0001"),
+                          "amount": u(10 ** 12), "cur": t("JPY"), "t1": u(T + 1900)})
+    valid("sess_close_bounds", "every integer at its bound: seq 2^53-1, t0 and t1 2^32-1, "
+          "amount and unit_price 10^12, slot and qty 2^53-1", "sess_close",
+          {"seq": u((1 << 53) - 1), "prev": b(PREV1), "sid": t("s-max"), "payer": t("p"),
+           "slot": u((1 << 53) - 1), "t0": u((1 << 32) - 1), "amount": u(10 ** 12),
+           "cur": t("JPY"), "t1": u((1 << 32) - 1),
+           "lines": arr(arr(t("x"), u((1 << 53) - 1), u(10 ** 12)))})
     valid("sess_close_lines", "sess_close with lines and reason", "sess_close",
           {"seq": u(104), "prev": b(PREV1), "sid": t("s-0003"), "payer": t("card:5500..0004"),
            "slot": u(4), "t0": u(T), "offline": TRUE, "auth": t("auth-1"), "amount": u(510),
@@ -119,6 +126,12 @@ def build_valid() -> None:
           {"aud": t(DEV), "iat": u(T), "seq": u(511), "upto": u(104)})
     valid("ack_resend", "ack with resend: true", "ack",
           {"aud": t(DEV), "iat": u(T), "seq": u(512), "upto": u(101), "resend": TRUE})
+    valid("ack_quarantined", "ack up to 104 whose batch held seqs 102 and 103 in quarantine "
+          "(SPEC §6 Quarantine)", "ack", {"aud": t(DEV), "iat": u(T), "seq": u(514),
+                                           "upto": u(104), "quarantined": arr(u(102), u(103))})
+    valid("ack_quarantined_16", "quarantined at its bound: 16 seqs, the last 2^53-1", "ack",
+          {"aud": t(DEV), "iat": u(T), "seq": u(515), "upto": u((1 << 53) - 1),
+           "quarantined": arr(*[u(n) for n in range(15)], u((1 << 53) - 1))})
     valid("time", "time beacon", "time", {"aud": t(DEV), "iat": u(T + 7), "seq": u(513)})
 
     # bounds, at the limit

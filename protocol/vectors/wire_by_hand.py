@@ -108,7 +108,7 @@ FIELDS = {
     "auth_req": {"sid": 10, "payer": 11, "slot": 12, "purpose": 14, "auth": 15, "amount": 16,
                  "cur": 17, "t0": 18},
     "command": {"name": 10, "args": 11},
-    "ack": {"upto": 10, "resend": 11},
+    "ack": {"upto": 10, "resend": 11, "quarantined": 12},
     "time": {},
 }
 SUFFIX = {"hello": "up/hello", "status": "up/status", "heartbeat": "up/hb", "event": "up/evt",
