@@ -32,7 +32,7 @@ SETTINGS = {
     "backoff_min_ms": (50, 60000),
     "backoff_max_ms": (100, 600000),
     "cmd_window": (4, 64),      # command ids remembered for replay detection
-    "cmd_ttl_s": (10, 86400),   # a command's exp - iat at most this (SPEC §5)
+    "cmd_ttl_s": (10, 604800),  # a command's exp - iat at most this (SPEC §5)
     "clock_skew_s": (0, 3600),  # a command's iat at most this far ahead of the device's clock
     "time_s": (5, 86400),       # ask the cloud's time this often (and at each connect)
 }

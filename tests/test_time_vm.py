@@ -19,6 +19,7 @@ from tests.agentkit import Watcher, cloud, provision
 DEV = "dev1"
 T_TIME = topic_for(DEV, "time")
 DAY = 86400
+TARIFF = {1: 1, 2: "CNY", 4: 60, 5: 100, 6: 4000, 7: 4000}  # 100 a minute, no free time
 
 
 @pytest.fixture
@@ -221,3 +222,64 @@ def test_sync_time_and_the_responder(env):
     assert env.c.sync_time(DEV)
     b.wait_for(r"time set", 5)
     assert env.c.send(DEV, "get_state").data["clock"] == 1
+
+
+# --- no trusted time after a reboot: the gate (SPEC §5, "without trusted time") ---------------------
+def test_gate_without_trusted_time_lets_a_car_out_and_the_cloud_prices_the_stay(site):
+    """A reboot with the network down: the clock is untrusted. The gate starts no stay it cannot
+    time, still lets a parked car out (offline, within the policy), records the stay as unmeasured
+    (reason untimed, amount 0, t1 = t0), and the cloud prices it once it has the record."""
+    from host_tools.cloud import fees
+    dev = "gate-nt"
+    b = site.board(dev, "gate", TARIFF, proxy=True)
+    hw = b.hw
+    site.svc.bind("NT1", "acct-nt1")
+    assert site.cmd(dev, "set_policy", {1: 1, 2: "CNY", 3: 5000, 4: 9000, 5: 3, 6: 86400}).ok
+    assert site.cmd(dev, "set_allowlist", {1: 1, 2: 0, 4: [["NT1", 5000], ["NT2", 5000]]}).ok
+
+    def through(lane, plate, expect=None):
+        n = len(b.lines)
+        hw.set_input(f"{lane}_loop", 1)
+        b.wait_for(rf"FSM {lane} car -> plate", 10, start=n)
+        hw.scan(f"{lane}_camera", plate)
+        if expect:
+            m = b.wait_for(expect, 20, start=n)
+            hw.set_input(f"{lane}_loop", 0)
+            return m
+        hw.wait_output(f"{lane}_barrier", "open", 20)
+        hw.set_input(f"{lane}_loop", 0)
+        hw.wait_output(f"{lane}_barrier", "closed", 10)
+
+    through("entry", "NT1")                      # in, online, with trusted time
+    opened = site.wait_records(dev, 1)[0]
+    n = len(b.lines)
+    b.proxy.partition(3600)
+    b.wait_for(r"mqtt down", 20, start=n)
+    hellos = hw.hellos
+    b.kill()                                     # a power cut while the network is down
+    b.restart()
+    hw.wait_connected(15, after=hellos)
+    b.wait_for(r"agent gate-nt boot", 15, start=n)
+    time.sleep(1.0)
+    assert "time set" not in "\n".join(b.lines[n:])
+    through("entry", "NT2", expect=r"ACT display 'Sorry: no entry now'")  # a stay it cannot time
+    assert hw.output("entry_barrier") == "closed"
+    through("exit", "NT1")                       # but the parked car gets out
+    assert "billed later" in "\n".join(b.lines[n:])
+    n = len(b.lines)
+    healed = int(time.time())
+    b.proxy.heal()
+    b.wait_for(r"time set", 30, start=n)
+    close = site.wait_records(dev, 2, 30)[-1]
+    assert close.type == 8 and close.reason == "untimed" and close.offline
+    assert close.amount == 0 and close.t1 == close.t0 == opened.t0
+    assert "NT2" not in {r.payer for r in site.records(dev)}
+    deadline = time.monotonic() + 20
+    while site.svc.settle_status(dev, close.sid)["status"] not in ("settled", "settled_flagged"):
+        assert time.monotonic() < deadline, site.svc.settle_status(dev, close.sid)
+        time.sleep(0.2)
+    st = site.svc.settle_status(dev, close.sid)
+    assert "untimed" in st["flags"] and "fee_mismatch" not in st["flags"]
+    # priced by the cloud from the entry to when it had the record: between the heal and now
+    assert st["cloud_amount"] in {fees.parking(TARIFF, opened.t0, t) for t in range(healed, int(time.time()) + 2)}
+    assert st["cloud_amount"] > 0 and st["charged"] == st["cloud_amount"]
