@@ -7,8 +7,9 @@ import asyncio
 import os
 import time
 
-RTT_MS = 5000  # a slower round trip could hide a delayed answer: its time is refused
-T_TIME_REQ = 11
+from micropython import const
+
+_RTT_MS = const(5000)  # a slower round trip could hide a delayed answer: its time is refused
 
 
 class Clock:
@@ -36,7 +37,7 @@ class Clock:
         """Send a time_req with a new nonce (it replaces any outstanding one)."""
         self.nonce = os.urandom(8)
         self.asked = time.ticks_ms()
-        await send(T_TIME_REQ, {10: self.nonce}, 0)
+        await send(11, {10: self.nonce}, 0)  # time_req, QoS 0
 
     def answer(self, p):
         """A verified time answer (type 22): None if it set the clock, else why it was refused."""
@@ -44,7 +45,7 @@ class Clock:
             return "nonce"
         rtt = time.ticks_diff(time.ticks_ms(), self.asked)
         self.nonce = None
-        if rtt > RTT_MS:
+        if rtt > _RTT_MS:
             return "rtt"
         # The answer's time was read about half way through the round trip.
         self.base = p[6]
@@ -58,8 +59,8 @@ class Clock:
             if not link.mqtt.up:
                 gap = due = 0
             elif due <= 0:
-                gap = self.settings["time_s"] if self.base is not None else min(max(2 * gap, 2), self.settings["time_s"])
-                due = gap
+                t = self.settings["time_s"]
+                due = gap = t if self.base is not None else min(2 * gap or 2, t)
                 try:
                     await self.ask(link.send)
                 except Exception:
