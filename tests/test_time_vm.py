@@ -283,3 +283,52 @@ def test_gate_without_trusted_time_lets_a_car_out_and_the_cloud_prices_the_stay(
     # priced by the cloud from the entry to when it had the record: between the heal and now
     assert st["cloud_amount"] in {fees.parking(TARIFF, opened.t0, t) for t in range(healed, int(time.time()) + 2)}
     assert st["cloud_amount"] > 0 and st["charged"] == st["cloud_amount"]
+
+
+def test_rental_without_trusted_time_takes_the_item_back_and_the_cloud_prices_it(site):
+    """The rental station the same way: no rental starts untimed; a return is taken (the item is
+    back, its slot locks), recorded untimed (amount 0, t1 = t0) and priced by the cloud."""
+    from host_tools.cloud import fees
+    dev = "rent-nt"
+    tariff = {1: 1, 2: "CNY", 4: 60, 5: 100, 6: 4000, 9: 9900}  # 100 a minute
+    b = site.board(dev, "rental", tariff, proxy=True)
+    hw = b.hw
+    site.svc.bind("RN1", "acct-rn1")
+    for i in range(8):
+        hw.set_input(f"slots.{i}", 1)
+    hw.scan("qr", "RN1")                         # rented online, with trusted time
+    hw.wait_output("locks.0", "unlocked", 10)
+    hw.set_input("slots.0", 0)
+    hw.wait_output("locks.0", "locked", 5)
+    opened = site.wait_records(dev, 1)[0]
+    n = len(b.lines)
+    b.proxy.partition(3600)
+    b.wait_for(r"mqtt down", 20, start=n)
+    hellos = hw.hellos
+    b.kill()                                     # a power cut while the network is down
+    b.restart()
+    hw.wait_connected(15, after=hellos)
+    b.wait_for(r"agent rent-nt boot", 15, start=n)
+    time.sleep(1.0)
+    hw.scan("qr", "RN2")                         # a rental it cannot time: refused
+    b.wait_for(r"ACT display 'Sorry: no rental now'", 10, start=n)
+    assert hw.output("locks.1") == "locked"
+    hw.scan("rfid", f"{dev}-item0")              # the item comes back
+    time.sleep(0.2)
+    hw.set_input("slots.0", 1)
+    b.wait_for(r"FSM slot0 returned -> stocked", 10, start=n)
+    n = len(b.lines)
+    healed = int(time.time())
+    b.proxy.heal()
+    b.wait_for(r"time set", 30, start=n)
+    close = site.wait_records(dev, 2, 30)[-1]
+    assert close.type == 8 and close.reason == "untimed" and close.amount == 0
+    assert close.t1 == close.t0 == opened.t0 and close.sid == opened.sid
+    deadline = time.monotonic() + 20
+    while site.svc.settle_status(dev, close.sid)["status"] not in ("settled", "settled_flagged"):
+        assert time.monotonic() < deadline, site.svc.settle_status(dev, close.sid)
+        time.sleep(0.2)
+    st = site.svc.settle_status(dev, close.sid)
+    assert "untimed" in st["flags"] and "fee_mismatch" not in st["flags"]
+    assert st["cloud_amount"] in {fees.rental(tariff, opened.t0, t)[0] for t in range(healed, int(time.time()) + 2)}
+    assert st["cloud_amount"] > 0 and st["charged"] == st["cloud_amount"]
