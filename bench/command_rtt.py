@@ -20,7 +20,7 @@ def device_rtts(b, reg) -> list[float]:
     c = cloud(b, reg)
     try:
         board.wait_for("online", 20)
-        assert c.send_time("rtt-1")
+        assert c.sync_time("rtt-1")
         board.wait_for("time set", 5)
         for _ in range(20):  # warm up
             c.send("rtt-1", "display", {1: "warm"})

@@ -32,7 +32,7 @@ def run(heap_kb: int, n: int, sample_every: int = 50):
     samples = []
     try:
         board.wait_for("online", 20)
-        c.send_time(dev)
+        c.sync_time(dev)
         board.wait_for("time set", 5)
         for i in range(n):
             name = NAMES[i % len(NAMES)]

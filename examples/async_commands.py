@@ -20,7 +20,7 @@ DEVICES = {"gate-001": "sim-gate", "vend-001": "sim-vending"}
 
 async def run(client: CommandClient, broker: Broker) -> None:
     for dev in DEVICES:
-        assert client.send_time(dev)  # commands other than get_state need a trusted clock
+        assert client.sync_time(dev)  # commands other than get_state need a trusted clock
     await asyncio.sleep(0.3)
 
     # Fan out: every call has its own timeout; results are matched by cti, never by order.

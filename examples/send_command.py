@@ -37,7 +37,7 @@ def main():
 
                 # anything else needs time first: REJECTED with code clock_untrusted
                 show(client.send("gate-001", "set_config", {"hb_s": 60}, timeout=5))
-                assert client.send_time("gate-001")        # signed time beacon (QoS 1, PUBACKed)
+                assert client.sync_time("gate-001")        # it asks with a nonce, the client answers signed
                 board.wait_for("time set", timeout=5)
                 cmd = client.send("gate-001", "set_config", {"hb_s": 60}, timeout=5, ttl=30)
                 show(cmd)

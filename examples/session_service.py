@@ -56,7 +56,7 @@ def main() -> None:
             board.start()
             board.wait_for("online", timeout=30)
             hw.wait_connected(10)
-            assert svc.cmd.send_time(DEV)
+            assert svc.cmd.sync_time(DEV)
             board.wait_for("time set", timeout=5)
             cmd = svc.set_tariff(DEV, TARIFF, wait=True)  # validated by fees.validate, then signed
             print("tariff:", cmd.state.value)

@@ -78,13 +78,12 @@ class Agent:
         self.boots = store.read("boots", 0) + 1
         store.write("boots", self.boots)
         self.reset_cause = hreset.cause()
-        self.clock = Clock((cfg.get("sim") or {}).get("clock_rate", 1))  # sim only: see clock.py
+        self.clock = Clock((cfg.get("sim") or {}).get("clock_rate", 1), self.settings)  # rate: sim only
         self.up_ms = time.ticks_ms()
         base = "v1/dev/" + dev + "/"
         self.t_up = base + "up/"
         self.t_cmd, self.t_time, self.t_ack = base + "dn/cmd", base + "dn/time", base + "dn/ack"
         self.cmds = Pipeline(dev, self.hkey, self.kid, self.clock, self.t_cmd, self.settings["cmd_window"])
-        self.tbeacon = store.read("tbeacon", [0, 0])  # [last beacon seq, its time]
         self.ack_hooks = []  # fn(upto, resend, quarantined): the journal (store-and-forward) subscribes here
         self.display = Display()
         self.jdepth = lambda: 0  # replaced by the journal
@@ -111,7 +110,7 @@ class Agent:
             "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"],
         })
         self.mqtt.subscribe(self.t_cmd, 1, self._on_cmd, True)
-        self.mqtt.subscribe(self.t_time, 1, self._on_time)
+        self.mqtt.subscribe(self.t_time, 0, self._on_time)
         self.mqtt.subscribe(self.t_ack, 1, self._on_ack)
         self.mqtt.on_state(self._on_state)
         self.mqtt.on_error(lambda where, e: log("mqtt error", where, repr(e)))
@@ -244,7 +243,7 @@ class Agent:
         return o.name is not None or self._refusals.take()  # no amplification of a forged flood
 
     def _open_dn(self, topic, data):
-        """Verify a beacon or ack: authentic and for this device, else None (logged)."""
+        """Verify a time answer or ack: authentic and for this device, else None (logged)."""
         try:
             p = msg.open(self.hkey, self.kid, topic, data)
         except CodecError as e:
@@ -259,17 +258,8 @@ class Agent:
         p = self._open_dn(topic, data)
         if p is None:
             return
-        seq, t = p[8], p[6]
-        now = self.clock.now()
-        # A beacon held back (queued while offline, or by an attacker) must not set the clock back:
-        # refuse one older than the last beacon, or more than a minute behind our own trusted time.
-        if seq <= self.tbeacon[0] or t < self.tbeacon[1] or (now is not None and t < now - 60):
-            log("time refused stale_seq", seq)
-            return
-        self.tbeacon = [seq, t]
-        store.write("tbeacon", self.tbeacon)
-        self.clock.set(t)
-        log("time set", t)
+        why = self.clock.answer(p)  # only the answer to our outstanding nonce (clock.py)
+        log("time refused", why) if why else log("time set", self.clock.now())
 
     def _on_ack(self, topic, data, retain, dup):
         p = self._open_dn(topic, data)
@@ -289,6 +279,10 @@ class Agent:
                     "seq": self.seq.value, "cmd_seq": self.cmds.last_seq, "boots": self.boots,
                     "reset": self.reset_cause, "display": self.display.text, "jdepth": self.jdepth(),
                     "settings": dict(self.settings)}
+
+        @on("sync_time", needs_time=False)  # ask the cloud's time now (moves nothing itself)
+        def sync_time(args):
+            return None, lambda: asyncio.create_task(self.clock.ask(self.send))
 
         @on("set_config")
         def set_config(args):
@@ -340,6 +334,7 @@ class Agent:
         self.mqtt.start()
         asyncio.create_task(self._heartbeats())
         asyncio.create_task(self._commands())
+        asyncio.create_task(self.clock.run(self))
         if self.uplink:
             asyncio.create_task(self.uplink.run())
         log("agent", self.device, "boot", self.boots, "reset", self.reset_cause)

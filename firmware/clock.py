@@ -1,15 +1,27 @@
-# Trusted time from signed cloud time beacons. The board's own clock is never trusted alone: the
-# device counts monotonic ticks from the last verified beacon.
+# Trusted time by challenge (SPEC §5). The device asks the cloud for the time with a fresh nonce
+# (time_req on up/time); only a signed answer that echoes the outstanding nonce within RTT_MS may
+# set or step the clock, back as well as forward. Unsolicited or replayed beacons cannot move it,
+# and nothing persisted does either: after a reboot the clock is untrusted until an exchange works.
+# Between exchanges the device counts monotonic ticks.
+import asyncio
+import os
 import time
+
+from micropython import const
+
+_RTT_MS = const(5000)  # a slower round trip could hide a delayed answer: its time is refused
 
 
 class Clock:
-    def __init__(self, rate=1):
-        self.base = None      # beacon time, Unix seconds
-        self.at = 0           # ticks_ms when it arrived
+    def __init__(self, rate=1, settings=None):
+        self.base = None      # the cloud's time, Unix seconds
+        self.at = 0           # ticks_ms it stands for
+        self.nonce = None     # the outstanding time_req's nonce, single use
+        self.asked = 0        # ticks_ms it was sent
+        self.settings = settings  # live: cmd_ttl_s and clock_skew_s (commands.py), time_s
         # Simulator only (config "sim": {"clock_rate": n}; config.py checks it, a board never
-        # sets it): between beacons the clock runs n x real time, so a simulated site can play an
-        # hour in a minute while its beacons carry the simulated time. 1 on every real board.
+        # sets it): the clock runs n x real time, so a simulated site can play an hour in a
+        # minute while its answers carry the simulated time. 1 on every real board.
         self.rate = rate
 
     def trusted(self):
@@ -21,6 +33,37 @@ class Clock:
             return None
         return self.base + time.ticks_diff(time.ticks_ms(), self.at) * self.rate // 1000
 
-    def set(self, t):
-        self.base = t
-        self.at = time.ticks_ms()
+    async def ask(self, send):
+        """Send a time_req with a new nonce (it replaces any outstanding one)."""
+        self.nonce = os.urandom(8)
+        self.asked = time.ticks_ms()
+        await send(11, {10: self.nonce}, 0)  # time_req, QoS 0
+
+    def answer(self, p):
+        """A verified time answer (type 22): None if it set the clock, else why it was refused."""
+        if self.nonce is None or p[10] != self.nonce:
+            return "nonce"
+        rtt = time.ticks_diff(time.ticks_ms(), self.asked)
+        self.nonce = None
+        if rtt > _RTT_MS:
+            return "rtt"
+        # The answer's time was read about half way through the round trip.
+        self.base = p[6]
+        self.at = time.ticks_add(self.asked, rtt // 2)
+        return None
+
+    async def run(self, link):
+        """Ask at each (re)connect, then every time_s; while untrusted, after 2, 4, 8 ... s."""
+        gap = due = 0
+        while True:
+            if not link.mqtt.up:
+                gap = due = 0
+            elif due <= 0:
+                t = self.settings["time_s"]
+                due = gap = t if self.base is not None else min(2 * gap or 2, t)
+                try:
+                    await self.ask(link.send)
+                except Exception:
+                    pass  # the link dropped: asked again at the reconnect
+            await asyncio.sleep(1)
+            due -= 1

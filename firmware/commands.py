@@ -7,7 +7,7 @@ import msg
 import store
 from cbor import CodecError
 
-K_AUD, K_EXP, K_NBF, K_CTI, K_SEQ, K_NAME, K_ARGS = 3, 4, 5, 7, 8, 10, 11
+K_AUD, K_EXP, K_NBF, K_IAT, K_CTI, K_SEQ, K_NAME, K_ARGS = 3, 4, 5, 6, 7, 8, 10, 11
 
 
 class CommandError(Exception):
@@ -124,7 +124,14 @@ class Pipeline:
         if now is None:
             if entry is None or name not in self.untimed:
                 return Outcome("clock_untrusted", cti, name, seq)
-        else:
+        # A command lives at most cmd_ttl_s, and is never issued in our future: one signed to
+        # last for years, or held in a queue, cannot actuate later (SPEC §5).
+        s = self.clock.settings
+        if p[K_EXP] - p[K_IAT] > s["cmd_ttl_s"]:
+            return Outcome("ttl_exceeded", cti, name, seq)
+        if now is not None:
+            if p[K_IAT] > now + s["clock_skew_s"]:
+                return Outcome("future_iat", cti, name, seq)
             if now >= p[K_EXP]:
                 return Outcome("expired", cti, name, seq)
             if K_NBF in p and now < p[K_NBF]:

@@ -32,8 +32,12 @@ SETTINGS = {
     "backoff_min_ms": (50, 60000),
     "backoff_max_ms": (100, 600000),
     "cmd_window": (4, 64),      # command ids remembered for replay detection
+    "cmd_ttl_s": (10, 604800),  # a command's exp - iat at most this (SPEC §5)
+    "clock_skew_s": (0, 3600),  # a command's iat at most this far ahead of the device's clock
+    "time_s": (5, 86400),       # ask the cloud's time this often (and at each connect)
 }
-DEFAULTS = {"hb_s": 30, "keepalive_s": 30, "backoff_min_ms": 500, "backoff_max_ms": 30000, "cmd_window": 16}
+DEFAULTS = {"hb_s": 30, "keepalive_s": 30, "backoff_min_ms": 500, "backoff_max_ms": 30000, "cmd_window": 16,
+            "cmd_ttl_s": 600, "clock_skew_s": 120, "time_s": 600}
 
 
 def load(path="config.json"):

@@ -9,12 +9,13 @@ from cbor import CodecError
 # constants: a dict literal would put every name in the module's qstr table, and compiling this
 # module from source (64K heap) must stay small.
 _ERRNOS = (b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0a\x0b\x0c\x0d\x0e\x14"
-           b"\x15\x16\x17\x18\x1e\x1f\x20\x21\x22\x23\x28\x29\x2a\x2b\x2c")
+           b"\x15\x16\x17\x18\x1e\x1f\x20\x21\x22\x23\x24\x25\x28\x29\x2a\x2b\x2c")
 ERRORS = dict(zip((
     "ok", "malformed", "trailing", "non_canonical", "indefinite", "dup_key", "too_deep",
     "too_large", "unsupported_cbor", "bad_tag", "bad_envelope", "bad_alg", "bad_kid", "bad_mac",
     "bad_type", "missing", "unknown_type", "bad_value", "bad_topic", "wrong_audience",
-    "stale_seq", "expired", "not_yet_valid", "clock_untrusted", "replay", "unsupported",
+    "stale_seq", "expired", "not_yet_valid", "clock_untrusted", "replay", "ttl_exceeded",
+    "future_iat", "unsupported",
     "bad_args", "failed", "refused", "busy"), _ERRNOS))
 
 # Field kinds (second byte of a record):
@@ -77,16 +78,18 @@ _SPEC = (
     # 21 ack: 3 aud, 6 iat, 8 seq, 10 upto, 11? resend, 12? quarantined
     b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00"
     b"\x0bb\x00\x00\x00" b"\x0cq\x00\x00\x10"
-    # 22 time: 3 aud, 6 iat, 8 seq
-    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00"
+    # 22 time: 3 aud, 6 iat, 8 seq, 10 nonce (the time_req's, echoed)
+    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x10"
+    # 11 time_req: 8 seq, 10 nonce
+    b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x10"
 )
 # Per type, in the order above: number, first record, record count.
 _IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 7, 4, 18, 4, 5, 22, 5, 6, 27, 11, 7, 38, 6, 8, 44, 13,
-              9, 57, 7, 10, 64, 10, 20, 74, 8, 21, 82, 6, 22, 88, 3))
+              9, 57, 7, 10, 64, 10, 20, 74, 8, 21, 82, 6, 22, 88, 4, 11, 92, 2))
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
-          "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time")
+          "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time", "/up/time")
 _LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "req", "cmd", "ack",
-           "time")
+           "time", "time")
 _PREFIX = "v1/dev/"
 
 

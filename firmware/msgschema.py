@@ -16,9 +16,10 @@ AUTH_REQ = 10
 COMMAND = 20
 ACK = 21
 TIME = 22
+TIME_REQ = 11
 
 TYPE_NAMES = ("hello", "status", "heartbeat", "event", "alarm", "sess_open", "sess_update",
-              "sess_close", "cmd_result", "auth_req", "command", "ack", "time")
+              "sess_close", "cmd_result", "auth_req", "command", "ack", "time", "time_req")
 _FNAMES = (
     "iat seq fw board reset caps kind boots", "iat seq online",
     "iat seq uptime heap jdepth rssi clock", "iat seq code detail",
@@ -27,7 +28,7 @@ _FNAMES = (
     "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
     "iat cti seq status name data cseq", "iat seq sid payer slot purpose auth amount cur t0",
     "aud exp nbf iat cti seq name args",
-    "aud iat seq upto resend quarantined", "aud iat seq",
+    "aud iat seq upto resend quarantined", "aud iat seq nonce", "seq nonce",
 )
 
 

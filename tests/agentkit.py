@@ -72,4 +72,6 @@ class Watcher:
 
 
 def cloud(broker, registry) -> CommandClient:
+    """A command client with no time responder: its devices' clocks stay untrusted until
+    `sync_time(device)` (or `serve_time()`) answers them (SPEC §5)."""
     return CommandClient(registry, "127.0.0.1", broker.cloud_port, *CLOUD).connect()

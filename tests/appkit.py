@@ -12,8 +12,6 @@ from host_tools.cloud.ledger import open_ledger
 from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.sessions import SessionService
-from host_tools.protocol import seal
-from host_tools.protocol import topic as topic_for
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.peripherals import SimPeripherals
 from host_tools.sim.provision import provision_sim
@@ -67,15 +65,15 @@ class Site:
             b.start(reset_cause="power_on")
         b.wait_for(r"\bonline\b", timeout, start=n)
         b.hw.wait_connected(10, after=hellos)
-        assert self.c.send_time(b.dir.name)
+        assert self.c.sync_time(b.dir.name)
         b.wait_for(r"time set", 5, start=n)
 
-    def send_time(self, device: str, t: int) -> None:
-        """A signed time beacon carrying time `t` (moves the device's clock, e.g. hours ahead)."""
-        dev = self.reg.get(device)
-        topic = topic_for(device, "time")
-        msg = {"type": "time", "aud": device, "iat": int(t), "seq": self.reg.next_seq(device)}
-        assert self.c.mqtt.publish(topic, seal(dev.key, dev.kid, topic, msg), qos=1, timeout=10)
+    def send_time(self, device: str, t: int, ttl: int = 60) -> None:
+        """Answer the device's time from now on as `t` is now (the site's TimeServer skewed for it),
+        and have it ask at once (`sync_time`, signed to live `ttl`: a device clock hours ahead needs
+        that much, and a `cmd_ttl_s` to match): its clock steps there."""
+        self.c.serve_time().skew[device] = int(t) - time.time()
+        assert self.c.sync_time(device, ttl=ttl)
 
     def cmd(self, device: str, name: str, args: dict | None = None, timeout: float = 10.0):
         """A signed command straight to the device (not through the session service)."""

@@ -119,9 +119,9 @@ RESETS = ("power_on", "hard", "soft", "watchdog", "deepsleep", "brownout", "unkn
 KINDS = ("gate", "vending", "rental")
 PURPOSES = ("entry", "exit", "vend", "rent", "return", "reauth")
 ERROR_NUMBERS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 30, 31, 32,
-                 33, 34, 35, 40, 41, 42, 43, 44)
+                 33, 34, 35, 36, 37, 40, 41, 42, 43, 44)
 SUFFIX = {1: "up/hello", 2: "up/status", 3: "up/hb", 4: "up/evt", 5: "up/evt", 6: "up/rec",
-          7: "up/rec", 8: "up/rec", 9: "up/res", 10: "up/req", 20: "dn/cmd", 21: "dn/ack",
+          7: "up/rec", 8: "up/rec", 9: "up/res", 10: "up/req", 11: "up/time", 20: "dn/cmd", 21: "dn/ack",
           22: "dn/time"}
 
 EDGE_UINTS = (0, 1, 23, 24, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32, U64 - 1, U64)
@@ -276,7 +276,8 @@ def _spec() -> dict[str, tuple[int, list[tuple]]]:
         "ack": (21, [aud, iat, seq, _f("upto", 10, True, u),
                      _f("resend", 11, False, st.booleans()),
                      _f("quarantined", 12, False, st.lists(u, max_size=16))]),
-        "time": (22, [aud, iat, seq]),
+        "time_req": (11, [seq, _f("nonce", 10, True, st.binary(min_size=8, max_size=16))]),
+        "time": (22, [aud, iat, seq, _f("nonce", 10, True, st.binary(min_size=8, max_size=16))]),
     }
 
 

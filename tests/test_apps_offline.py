@@ -270,10 +270,11 @@ def test_vending_door_never_opened_settles_at_zero(site):
 
 def test_rental_never_returned_fee_rises_with_the_clock(site):
     dev = "rent-late"
-    b = site.board(dev, "rental")
+    week = 7 * 86400  # commands stay valid on a device clock days ahead (and the device allows it)
+    b = site.board(dev, "rental", settings={"cmd_ttl_s": week})
     hw = b.hw
     site.svc.bind("LATE", "acct-late")
-    site.svc.cmd_ttl = 7 * 86400  # commands stay valid on a device clock days ahead
+    site.svc.cmd_ttl = week
     for i in range(8):
         hw.set_input(f"slots.{i}", 1)
     hw.scan("qr", "LATE")
@@ -281,11 +282,11 @@ def test_rental_never_returned_fee_rises_with_the_clock(site):
     hw.set_input("slots.0", 0)
     hw.wait_output("locks.0", "locked", 5)
     opened = site.wait_records(dev, 1)[0]
-    site.send_time(dev, opened.t0 + 5 * 3600 + 60)  # five hours later, still out
+    site.send_time(dev, opened.t0 + 5 * 3600 + 60, ttl=week)  # five hours later, still out
     b.wait_for(r"time set", 5, start=len(b.lines) - 5)
     time.sleep(1.0)
     assert site.ledger.count(dev) == 1  # still open: nothing closes a rental but its return
-    site.send_time(dev, opened.t0 + 2 * 86400 + 60)  # two days later
+    site.send_time(dev, opened.t0 + 2 * 86400 + 60, ttl=week)  # two days later
     time.sleep(0.5)
     hw.scan("rfid", f"{dev}-item0")
     time.sleep(0.2)

@@ -273,12 +273,13 @@ def test_cmd_time_outcomes(fleet):
     assert res["state"] == "SUCCEEDED" and res["data"]["board"] == "sim-gate"
     r = run("cmd", "gate-1", "get_state", env=env)
     assert "SUCCEEDED" in r.output
-    # before a time beacon, a command that needs time is refused: REJECTED (11)
+    # before its clock is set, a command that needs time is refused: REJECTED (11)
     r = run("--json", "cmd", "gate-1", "set_config", "hb_s=30", env=env, code=11)
     assert json.loads(r.output)["code"] == "clock_untrusted"
-    r = run("time", "gate-1", env=env)
-    assert "time beacon" in r.output
-    time.sleep(0.5)
+    r = run("time", "gate-1", env=env)  # the device asks, the CLI answers, the clock is checked
+    assert "time set" in r.output and "clock trusted" in r.output
+    r = run("--json", "time", "--for", "0.5", env=env)  # the fleet's responder, for half a second
+    assert json.loads(r.output)["refused"] == 0
     r = run("--json", "cmd", "gate-1", "set_config", "hb_s=30", env=env)
     assert json.loads(r.output)["state"] == "SUCCEEDED"
     run("--json", "cmd", "gate-1", "no_such_command", env=env, code=11)

@@ -37,7 +37,8 @@ SCHEMA = {
                                  "15 auth 0|16 amount 0|17 cur 0|18 t0 0")),
     20: ("command", "/dn/cmd", "3 aud 1|4 exp 1|5 nbf 0|6 iat 1|7 cti 1|8 seq 1|10 name 1|11 args 0"),
     21: ("ack", "/dn/ack", "3 aud 1|6 iat 1|8 seq 1|10 upto 1|11 resend 0|12 quarantined 0"),
-    22: ("time", "/dn/time", "3 aud 1|6 iat 1|8 seq 1"),
+    11: ("time_req", "/up/time", "8 seq 1|10 nonce 1"),
+    22: ("time", "/dn/time", "3 aud 1|6 iat 1|8 seq 1|10 nonce 1"),
 }
 
 

@@ -80,7 +80,7 @@ def env(broker, tmp_path):
 
 def trusted(env, device):
     env.w.expect(lambda t, m, r: t == f"v1/dev/{device}/up/status" and m.get("online") is True, 15, "online")
-    assert env.c.send_time(device)
+    assert env.c.sync_time(device)
 
 
 def hw(env, device, name, action):

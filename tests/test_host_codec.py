@@ -106,7 +106,7 @@ def test_topic_and_kid_helpers() -> None:
 
 def test_error_table() -> None:
     assert ERROR_CODES["bad_mac"] == 14 and ERROR_NAMES[43] == "refused"
-    assert len(ERROR_CODES) == 30
+    assert len(ERROR_CODES) == 32
     err = ProtocolError("bad_kid", "detail")
     assert (err.code, err.number, str(err)) == ("bad_kid", 13, "bad_kid: detail")
     with pytest.raises(ValueError):

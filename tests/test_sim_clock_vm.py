@@ -17,7 +17,7 @@ def _hb_after_beacon(broker, tmp_path, device, **kw):
     b = provision(broker, reg, tmp_path, device, **kw).start()
     try:
         w.expect(lambda t, m, r: t.endswith("/up/status") and m.get("online"), 15, "online")
-        assert c.send_time(device)
+        assert c.sync_time(device)
         b.wait_for("time set", 5)
         t_beacon, real0 = int(b.wait_for(r"time set (\d+)", 1).group(1)), time.monotonic()
         _, hb, _ = w.expect(lambda t, m, r: t.endswith("/up/hb") and "iat" in m, 15, "heartbeat with iat")

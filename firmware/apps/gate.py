@@ -138,6 +138,9 @@ class GateApp(SessionApp):
         if store.read(self._pk(plate)) is not None:
             self.say("Already inside")
             return None
+        if not self.agent.clock.trusted():  # a stay that cannot be timed is never started (SPEC §5)
+            self.say("Sorry: no entry now")
+            return None
         sid = self.new_sid()
         t0 = self.now()
         m.data.update(sid=sid, plate=plate, t0=t0)
@@ -186,15 +189,20 @@ class GateApp(SessionApp):
             self.say("Out of service: no tariff")
             return None
         p = store.read(self._pk(plate))
-        now = self.now()
+        now = self.agent.clock.now()
         if p is None:  # no entry on record: the lost-ticket price, never a free exit
+            now = now or self.now()  # the lost price is flat: the time is only informative
             sid, payer, t0, auth, lost = self.new_sid(), plate, now, None, True
         else:
             sid, payer, t0, auth, lost = p[0], p[1], p[2], p[3], False
-        amount = fees.parking(self.tariff, t0, max(now, t0), lost)
+        # No trusted time (a reboot, no network yet): the car still leaves; the record says the
+        # stay is unmeasured (reason untimed, t1 = t0, nothing charged here) and the cloud prices it.
+        untimed = now is None
+        t1 = t0 if untimed else max(now, t0)
+        amount = 0 if untimed else fees.parking(self.tariff, t0, t1, lost)
         cur = self.tariff[2]
-        m.data.update(sid=sid, plate=plate, payer=payer, t0=t0, t1=max(now, t0), amount=amount, auth=auth,
-                      lost=lost)
+        m.data.update(sid=sid, plate=plate, payer=payer, t0=t0, t1=t1, amount=amount, auth=auth,
+                      why="untimed" if untimed else "lost" if lost else "normal")
         d = await self.authorize(sid, payer, "exit", 0, amount, cur, t0, auth)
         if not d.granted:
             self.say(self._why(d) + "Pay %d %s: scan QR %s" % (amount, cur, sid))
@@ -208,14 +216,13 @@ class GateApp(SessionApp):
     def _leave(self, m, auth, offline):
         d = m.data
         try:  # the charge is on flash before the barrier opens
-            self.close(m, d["sid"], d["payer"], 0, d["t0"], d["amount"], "lost" if d["lost"] else "normal", auth,
-                       offline, d["t1"])
+            self.close(m, d["sid"], d["payer"], 0, d["t0"], d["amount"], d["why"], auth, offline, d["t1"])
         except Exception as e:
             self.refuse(e)
             return "idle"
         self._unpark(d["plate"])
         self._barrier(m).open()
-        self.say("Paid %d. Goodbye" % d["amount"])
+        self.say("Goodbye: billed later" if d["why"] == "untimed" else "Paid %d. Goodbye" % d["amount"])
         return "open"
 
     def t_passed(self, m):

@@ -108,6 +108,9 @@ class RentalApp(SessionApp):
         if not self.tariff:
             self.say("Out of service: no tariff")
             return None
+        if not self.agent.clock.trusted():  # a rental that cannot be timed is never started (SPEC §5)
+            self.say("Sorry: no rental now")
+            return None
         i = m.i
         sid, t0 = self.new_sid(), self.now()
         d = await self.authorize(sid, payer, "rent", slot=i, t0=t0)
@@ -164,12 +167,17 @@ class RentalApp(SessionApp):
                 asyncio.create_task(self.agent.send(4, {10: "unknown_return", 11: {"tag": tag, "slot": i}}))
                 return "stocked"  # keep the item; the cloud settles it from the event
             r = [d.rsid or sid, d.payer or tag, d.t0, d.auth, False]
-        t1 = max(self.now(), r[2])
-        amount, converted = rental_fee(self.tariff, r[2], t1)
+        now = self.agent.clock.now()
+        if now is None:  # no trusted time: taken back unmeasured (t1 = t0, 0); the cloud prices it
+            t1, amount, why = r[2], 0, "untimed"
+        else:
+            t1 = max(now, r[2])
+            amount, converted = rental_fee(self.tariff, r[2], t1)
+            why = "purchase" if converted else "returned"
         m.data["tag"] = tag
         self.stock[str(i)] = tag
         store.write("stock", self.stock)
-        self.close(m, r[0], r[1], i, r[2], amount, "purchase" if converted else "returned", r[3], r[4], t1)
+        self.close(m, r[0], r[1], i, r[2], amount, why, r[3], r[4], t1)
         self.out.pop(tag, None)
         store.write("rentals", self.out)
         self._lock(i).lock()

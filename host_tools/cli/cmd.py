@@ -1,5 +1,5 @@
-"""`edgepay cmd DEVICE NAME [KEY=VALUE...]` and `edgepay time DEVICE`: signed commands and time
-beacons through host_tools.cloud.commands.CommandClient.
+"""`edgepay cmd DEVICE NAME [KEY=VALUE...]` and `edgepay time [DEVICE]`: signed commands, and the
+time responder (a device asks the time with a nonce; SPEC §5), through CommandClient.
 
 ARGS are key=value. A key is an integer (`1=3`, the SPEC's small integer keys) or a name
 (`hb_s=10`, set_config's text keys). A value is an integer, true/false, null, a JSON list or
@@ -149,27 +149,79 @@ def register(cli: click.Group) -> None:
             raise click.exceptions.Exit(code)
 
     @cli.command("time")
-    @click.argument("device")
+    @click.argument("device", required=False)
     @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-                  help="seconds to wait for the broker's PUBACK")
+                  help="with DEVICE: seconds in all for the exchange and the check")
+    @click.option("--for", "serve_s", type=click.FloatRange(min=0.1), default=None,
+                  help="without DEVICE: serve this many seconds (default: until interrupted)")
     @click.pass_obj
-    def time_(o: Ctx, device: str, timeout: float) -> None:
-        """Send DEVICE a signed time beacon (the device trusts its clock only after one)."""
+    def time_(o: Ctx, device: str | None, timeout: float, serve_s: float | None) -> None:
+        """Time by challenge (SPEC §5): a device trusts its clock only after a signed answer to its
+        own time request, so time is served, never pushed.
+
+        \b
+        edgepay time DEVICE   have DEVICE ask now (the sync_time command), answer it, check its clock
+        edgepay time          answer every device's time requests until interrupted (--for S)
+        Exit code with DEVICE: 0 clock trusted, 11 refused, 12 no answer, 13 expired.
+        """
+        if device is None:
+            _serve_time(o, serve_s)
+            return
         reg0 = o.open_registry()
         o.device(reg0, device)
         reg0.close()
         reg, client = connect(o)
         try:
-            now = int(time.time())
-            ok = client.send_time(device, timeout=timeout)
+            deadline = time.monotonic() + timeout
+            ts = client.serve_time()
+            n = ts.count(device)
+            c = client.send(device, "sync_time", timeout=timeout)
+            answered = c.ok and ts.wait_answered(device, max(0.0, deadline - time.monotonic()), after=n)
+            clock = None
+            if answered:  # the device checks the answer (nonce, round trip) before trusting it
+                for _ in range(10):
+                    time.sleep(0.2)
+                    st = client.send(device, "get_state", timeout=max(0.5, deadline - time.monotonic()))
+                    clock = st.data.get("clock") if st.ok and isinstance(st.data, dict) else None
+                    if clock == 1:
+                        break
         finally:
             client.close()
             reg.close()
-        o.emit({"device": device, "iat": now, "published": ok},
-               lambda: o.console.print(f"[bold green]time beacon[/] {device} iat {now}" if ok else
-                                       f"[bold red]time beacon not acknowledged by the broker[/] ({device})"))
-        if not ok:
-            raise click.exceptions.Exit(EXIT_UNREACHABLE)
+        state = c.state.value if not c.ok else ("SUCCEEDED" if clock == 1 else "TIMED_OUT")
+        result = {"device": device, "state": state, "code": c.code, "answered": bool(answered), "clock": clock}
+
+        def human() -> None:
+            if state == "SUCCEEDED":
+                o.console.print(f"[bold green]time set[/] {device}: answered its time request, clock trusted")
+            elif c.ok:
+                o.console.print(f"[bold red]no time[/] {device}: " +
+                                ("answered, but its clock is not trusted" if answered else "its request was not seen"))
+            else:
+                o.console.print(f"[bold red]{state}[/] {device} sync_time ({c.code})")
+        o.emit(result, human)
+        code = OUTCOME_EXIT.get(state, 1)
+        if code:
+            raise click.exceptions.Exit(code)
+
+
+def _serve_time(o: Ctx, serve_s: float | None) -> None:
+    """The fleet's time responder in the foreground (host_tools/cloud/timeserver.py)."""
+    reg, client = connect(o)
+    ts = client.serve_time()
+    if not o.json:
+        o.console.print("[bold]serving time[/] to every device's time request (Ctrl-C stops)")
+    try:
+        end = None if serve_s is None else time.monotonic() + serve_s
+        while end is None or time.monotonic() < end:
+            time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+        reg.close()
+    o.emit({"answered": dict(ts.answered), "refused": ts.refused},
+           lambda: o.console.print(f"answered {sum(ts.answered.values())}, refused {ts.refused}"))
 
 
 def _jsonable(v: Any) -> Any:

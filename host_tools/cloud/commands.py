@@ -15,10 +15,11 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from host_tools.cloud.mqtt import CloudMQTT
 from host_tools.cloud.registry import Registry
+from host_tools.cloud.timeserver import TimeServer
 from host_tools.protocol import ERROR_NAMES, ProtocolError, open_message, seal
 from host_tools.protocol import topic as topic_for
 
@@ -70,6 +71,7 @@ class Command:
     late: dict | None = None          # a result that arrived after the call had ended
     nbf: int | None = None            # not before (Unix seconds)
     resigned: int = 0                 # times re-signed after a stale_seq refusal
+    clock: Callable[[], float] = field(default=time.time, repr=False)  # the signer's (exp is on it)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def _to(self, state: State) -> None:
@@ -89,7 +91,7 @@ class Command:
 
     def _finish_unanswered(self) -> None:
         if not self.state.final:
-            self._to(State.EXPIRED if time.time() >= self.exp else State.TIMED_OUT)
+            self._to(State.EXPIRED if self.clock() >= self.exp else State.TIMED_OUT)
 
 
 def _left(deadline: float) -> float:
@@ -98,11 +100,19 @@ def _left(deadline: float) -> float:
 
 
 class CommandClient:
-    """Sync and asyncio use; one paho connection; many commands in flight, correlated by cti."""
+    """Sync and asyncio use; one paho connection; many commands in flight, correlated by cti.
+
+    `clock` signs iat and exp (a simulated site's SimClock: its devices keep that time). A device
+    refuses a command whose exp - iat is over its `cmd_ttl_s` (600 s unless configured):
+    `ttl_exceeded`, and one whose iat is ahead of its clock by over `clock_skew_s`: `future_iat`.
+    """
 
     def __init__(self, registry: Registry, host: str, port: int, username: str, password: str, *,
-                 ca_file: str | None = None, client_id: str | None = None):
+                 ca_file: str | None = None, client_id: str | None = None,
+                 clock: Callable[[], float] = time.time):
         self.registry = registry
+        self.clock = clock
+        self.time_server: TimeServer | None = None
         self.mqtt = CloudMQTT(host, port, username, password, ca_file=ca_file, client_id=client_id)
         self._pending: dict[bytes, Command] = {}
         self._lock = threading.Lock()
@@ -128,8 +138,8 @@ class CommandClient:
     def submit(self, device: str, name: str, args: dict | None = None, *, ttl: int = 60,
                nbf: int | None = None, publish_timeout: float = 10.0) -> Command:
         self.registry.get(device)  # unknown device: RegistryError before anything is created
-        now = int(time.time())
-        cmd = Command(device, name, args, b"", 0, now + ttl, nbf=nbf)
+        now = int(self.clock())
+        cmd = Command(device, name, args, b"", 0, now + ttl, nbf=nbf, clock=self.clock)
         cmd._to(State.CREATED)
         with self._lock:
             self._prune(now)
@@ -147,7 +157,7 @@ class CommandClient:
         t = topic_for(cmd.device, "command")
         with self._order:
             cmd.cti, cmd.seq = os.urandom(12), self.registry.next_seq(cmd.device)
-            msg: dict[str, Any] = {"type": "command", "aud": cmd.device, "exp": cmd.exp, "iat": int(time.time()),
+            msg: dict[str, Any] = {"type": "command", "aud": cmd.device, "exp": cmd.exp, "iat": int(self.clock()),
                                    "cti": cmd.cti, "seq": cmd.seq, "name": cmd.name}
             if cmd.nbf is not None:
                 msg["nbf"] = cmd.nbf
@@ -207,12 +217,22 @@ class CommandClient:
             cmd._finish_unanswered()
         return cmd
 
-    def send_time(self, device: str, timeout: float = 10.0) -> bool:
-        """A signed time beacon (SPEC §5): the device trusts its clock only after one."""
-        dev = self.registry.get(device)
-        t = topic_for(device, "time")
-        msg = {"type": "time", "aud": device, "iat": int(time.time()), "seq": self.registry.next_seq(device)}
-        return self.mqtt.publish(t, seal(dev.key, dev.kid, t, msg), qos=1, timeout=timeout)
+    def serve_time(self) -> TimeServer:
+        """Answer devices' time requests on this connection (SPEC §5: a device trusts its clock only
+        after a signed answer to its own nonce); once per client, with the client's clock."""
+        if self.time_server is None:
+            self.time_server = TimeServer(self.registry, self.mqtt, clock=self.clock)
+        return self.time_server
+
+    def sync_time(self, device: str, timeout: float = 10.0, ttl: int = 60) -> bool:
+        """Have `device` ask the time now (the `sync_time` command) and answer it: True once the
+        answer went out. The device still checks the answer (its nonce, the round trip)."""
+        ts = self.serve_time()
+        n = ts.count(device)
+        deadline = time.monotonic() + timeout
+        if not self.send(device, "sync_time", timeout=timeout, ttl=ttl).ok:
+            return False
+        return ts.wait_answered(device, _left(deadline), after=n)
 
     # -- results
     def _on_result(self, topic: str, payload: bytes) -> None:

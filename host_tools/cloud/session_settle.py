@@ -17,6 +17,7 @@ from host_tools.cloud.session_model import CloseRecord, SessionState
 log = logging.getLogger("edgepay.sessions")
 # closes that owe nothing: a staff open, a staff cancel, a rental item never taken
 NO_CHARGE = ("remote_open", "cancelled", "not_taken")
+UNTIMED = "untimed"  # a close whose device had no trusted time: duration unknown, amount 0
 
 
 class Settlement:
@@ -101,15 +102,21 @@ class Settlement:
             s.t0 = r.t0
         s.device_amount = r.amount
         tariff = self.tariff(r.device)
+        t1 = r.t1
+        if r.reason == UNTIMED:  # no trusted time at the exit (SPEC §5): the cloud prices the stay,
+            # to the time it has the record (an upper bound: the car left before it arrived)
+            t1 = max(int(self.clock()), r.t0 or 0)
+            self._flag(UNTIMED, s, f"ended without trusted time: priced from t0 {r.t0} to {t1}, when the "
+                       "cloud had the record", device_amount=r.amount)
         if r.reason in NO_CHARGE:  # owes nothing whatever its duration (SPEC: staff commands)
             cloud, lines, why = 0, [], ""
         else:
-            cloud, lines, why = self._fee(kind, tariff, r.t0, r.t1, lost=(r.reason == "lost"), lines=r.lines)
+            cloud, lines, why = self._fee(kind, tariff, r.t0, t1, lost=(r.reason == "lost"), lines=r.lines)
         s.cloud_amount = cloud
         if tariff and r.currency and r.currency != tariff[2]:
             self._flag("fee_mismatch", s, f"record currency {r.currency} is not the tariff's {tariff[2]}",
                        device_amount=r.amount, cloud_amount=cloud)
-        elif cloud is not None and r.amount is not None and cloud != r.amount:
+        elif cloud is not None and r.amount is not None and cloud != r.amount and r.reason != UNTIMED:
             self._flag("fee_mismatch", s, f"sess_close seq {getattr(r, 'seq', getattr(r, 'close_seq', None))}: "
                        f"device {r.amount}, cloud {cloud}", device_amount=r.amount, cloud_amount=cloud)
         amount = cloud
@@ -133,7 +140,7 @@ class Settlement:
             return self._settle_without_order(s, order_no, amount, lines, r, cloud)
         s.order_no, s.cur = order.order_no, order.cur
         if order.state in (OrderState.CREATED, OrderState.DOING):
-            done = self._complete(s, order, amount, lines, r.t1, r.amount, cloud, r.device)
+            done = self._complete(s, order, amount, lines, t1, r.amount, cloud, r.device)
             if done is None:
                 return "pending"
             order = done

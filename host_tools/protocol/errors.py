@@ -30,6 +30,8 @@ ERROR_CODES: Mapping[str, int] = MappingProxyType({
     "not_yet_valid": 33,
     "clock_untrusted": 34,
     "replay": 35,
+    "ttl_exceeded": 36,
+    "future_iat": 37,
     "unsupported": 40,
     "bad_args": 41,
     "failed": 42,

@@ -19,6 +19,7 @@ TOPIC_TYPES: Mapping[str, frozenset[int]] = MappingProxyType({
     "up/rec": frozenset({6, 7, 8}),
     "up/res": frozenset({9}),
     "up/req": frozenset({10}),
+    "up/time": frozenset({11}),
     "dn/cmd": frozenset({20}),
     "dn/ack": frozenset({21}),
     "dn/time": frozenset({22}),

@@ -129,6 +129,7 @@ AUTH = _f(15, "auth", "tstr", size=(1, 64), required=False)
 AMOUNT = _f(16, "amount", "uint", max=MAX_MONEY)
 CUR = _f(17, "cur", "tstr", pattern=CURRENCY_RE)
 T1 = _f(18, "t1", "uint", max=MAX_TIME)
+NONCE = _f(10, "nonce", "bstr", size=(8, 16))  # time_req / time (SPEC §5)
 
 
 @dataclass(frozen=True)
@@ -174,12 +175,13 @@ MESSAGE_TYPES: Mapping[int, MessageType] = MappingProxyType({t.number: t for t i
     _type(10, "auth_req", "up/req", SEQ, IAT.optional(), SID, PAYER, SLOT,
           _f(14, "purpose", "tstr", choices=AUTH_PURPOSES), AUTH, AMOUNT.optional(),
           CUR.optional(), _f(18, "t0", "uint", required=False, max=MAX_TIME)),
+    _type(11, "time_req", "up/time", SEQ, NONCE),
     _type(20, "command", "dn/cmd", AUD, EXP, NBF.optional(), IAT, CTI, SEQ,
           _f(10, "name", "tstr", size=(1, 24)), _f(11, "args", "map", required=False)),
     _type(21, "ack", "dn/ack", AUD, IAT, SEQ, _f(10, "upto", "uint"),
           _f(11, "resend", "bool", required=False),
           _f(12, "quarantined", "uint_list", required=False, size=(0, 16))),
-    _type(22, "time", "dn/time", AUD, IAT, SEQ),
+    _type(22, "time", "dn/time", AUD, IAT, SEQ, NONCE),
 )})
 
 TYPES_BY_NAME: Mapping[str, MessageType] = MappingProxyType(

@@ -46,7 +46,7 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
     With `peripherals` (a host_tools.sim.peripherals.SimPeripherals), the config names its port
     (cfg["sim"]), so the board's sim HAL connects to it.
     With `clock_rate` (simulator only, firmware/clock.py), the device's clock runs that many times
-    real time between time beacons (host_tools/sim/world.py plays an hour in a minute this way).
+    real time (host_tools/sim/world.py plays an hour in a minute this way).
     With `broker_port`, the device connects there instead of the broker's own port (a FaultyProxy).
     """
     bdef = None

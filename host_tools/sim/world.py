@@ -19,14 +19,15 @@ What runs (all on loopback, in a private directory):
   sim-vending / sim-rental), its SimPeripherals, optionally behind the site's FaultyProxy (one
   proxy for the site's uplink: `partition` cuts every device behind it).
 
-The simulated clock (`SimClock`) starts at `start` (a fixed Monday 08:00 UTC by default, in the past
-so commands signed with the real time never look expired to a device) and runs `rate` times real
-time. The cloud follows it: the session service and the provider take it as their `clock`. The
-devices follow it too: a beacon thread sends every device a signed time beacon carrying the
-simulated time every `beacon_s` real seconds (never backwards: each carries a newer seq and a time
-no earlier than the last), and between beacons the device clock runs `rate` x real time (the
-sim-only `clock_rate`, firmware/clock.py). The gate's barrier hold follows clock_rate too; other app
-timers (take window, door alarms) stay in real time.
+The simulated clock (`SimClock`) starts at `start` (a fixed Monday 08:00 UTC by default) and runs
+`rate` times real time. The cloud follows it: the session service (and the commands it signs) and
+the provider take it as their `clock`. The devices follow it too: the site's TimeServer
+(host_tools/cloud/timeserver.py) answers each device's time_req with the simulated time, and the
+device clock runs `rate` x real time (the sim-only `clock_rate`, firmware/clock.py). Command
+lifetimes are in simulated seconds, so the devices' `cmd_ttl_s` and `clock_skew_s` are scaled to
+last as long in real time as they would at rate 1 (`self.cmd_ttl`: a minute of real time). The
+gate's barrier hold follows clock_rate too; other app timers (take window, door alarms) stay in
+real time.
 
 Observation: `status()` rows for a live view (state of each machine from the console's FSM lines,
 online from the retained status, journal depth and heap from heartbeats, sessions from the ledger);
@@ -53,8 +54,8 @@ from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.sessions import SessionService
-from host_tools.protocol import ProtocolError, open_message, seal
-from host_tools.protocol import topic as topic_for
+from host_tools.cloud.timeserver import TimeServer
+from host_tools.protocol import ProtocolError, open_message
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.peripherals import SimPeripherals
 from host_tools.sim.provision import provision_sim
@@ -101,7 +102,7 @@ class ExternalBroker:
 
 class World:
     def __init__(self, root: str | Path | None = None, *, rate: float = 60, seed: int = 0,
-                 start: float = START, beacon_s: float = 5.0, ingest_workers: int = 1,
+                 start: float = START, ingest_workers: int = 1,
                  proxy: bool = True, broker: ExternalBroker | None = None, cloud_user: str = "cloud",
                  cloud_password: str | None = None, credit: int = 100_000, heapsize: str | None = None,
                  on_event: Callable[[dict], None] | None = None, echo: bool = False):
@@ -111,7 +112,9 @@ class World:
         self.rate = rate
         self.seed = seed
         self.clock = SimClock(start, rate)
-        self.beacon_s = beacon_s
+        # A command's life in simulated seconds: a minute of real time (the device's bounds follow).
+        self.cmd_ttl = min(604800, max(600, int(60 * rate)))
+        self.skew_s = min(3600, max(120, int(5 * rate)))
         self.ingest_workers = ingest_workers
         self.use_proxy = proxy
         self.cloud = (cloud_user, cloud_password or os.urandom(9).hex())
@@ -131,7 +134,6 @@ class World:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._keys: dict[str, Any] = {}
-        self._beacon_t: dict[str, int] = {}
         self.proxy: FaultyProxy | None = None
         self.started = False
 
@@ -150,10 +152,11 @@ class World:
         self._start_cloud()
         self.mq = CloudMQTT(host, self.broker.cloud_port, user, pw)
         self.mq.subscribe("v1/dev/+/up/#", self._on_up, qos=1)
+        self.time = TimeServer(self.registry, self.mq, clock=self.clock)
         self.mq.connect()
         if self.use_proxy:
             self.proxy = FaultyProxy(self.broker.port, host, seed=self.seed)
-        for fn, name in ((self._beacons, "beacons"), (self._tail, "console")):
+        for fn, name in ((self._tail, "console"),):
             t = threading.Thread(target=fn, name=f"world-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -169,7 +172,7 @@ class World:
         self.ledger = open_ledger(url)
         self.store = SessionStore.open(url)
         self.svc = SessionService(self.registry, self.provider, self.host, self.broker.cloud_port, user, pw,
-                                  clock=self.clock, cmd_ttl=600, store=self.store).start()
+                                  clock=self.clock, cmd_ttl=self.cmd_ttl, store=self.store).start()
         self.ingest = [IngestWorker(self.registry, self.ledger, self.host, self.broker.cloud_port, user, pw,
                                     hold_ms=500 if self.ingest_workers > 1 else 0, on_commit=self.svc.on_commit).start()
                        for _ in range(self.ingest_workers)]
@@ -272,7 +275,8 @@ class World:
         rate = int(round(self.rate))
         b = provision_sim(self.broker, self.registry, self.root / "boards", name, board_file=f"sim-{kind}",
                           peripherals=hw, clock_rate=rate if rate > 1 else None, broker_port=port,
-                          heapsize=self.heapsize)
+                          heapsize=self.heapsize,
+                          settings={"cmd_ttl_s": self.cmd_ttl, "clock_skew_s": self.skew_s})
         b.echo = self.echo
         d = SimDevice(name, kind, b, hw, bool(port))
         with self._lock:
@@ -289,22 +293,15 @@ class World:
         if not r.ok:
             raise RuntimeError(f"{d.name}: set_tariff {r.state.value} {r.code} {r.data}")
         if policy:
-            r = self.svc.cmd.send(d.name, "set_policy", dict(policy), timeout=timeout, ttl=600)
+            r = self.svc.cmd.send(d.name, "set_policy", dict(policy), timeout=timeout, ttl=self.cmd_ttl)
             if not r.ok:
                 raise RuntimeError(f"{d.name}: set_policy {r.state.value} {r.code} {r.data}")
         self.event(d.name, "boot", f"{d.kind} on the VM, online, tariff set")
 
     def _trust(self, d: SimDevice, start: int, timeout: float) -> None:
-        """A beacon now (the next round may be seconds away) until the device's clock is set."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.send_time(d.name)
-            try:
-                d.board.wait_for("time set", 1.0, start=start)
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
+        """Until the device's clock is set: it asks at connect (and again after 2, 4, 8 s), the
+        site's TimeServer answers."""
+        d.board.wait_for("time set", timeout, start=start)
 
     def bind(self, payer: str, account: str) -> None:
         self.svc.bind(payer, account)
@@ -312,12 +309,12 @@ class World:
     def allowlist(self, device: str, entries: dict[str, int], version: int = 1) -> None:
         """Install a full offline allowlist {payer: cap} (the device decides offline within it)."""
         r = self.svc.cmd.send(device, "set_allowlist", {1: version, 2: 0, 4: [[p, c] for p, c in entries.items()]},
-                              timeout=10, ttl=600)
+                              timeout=10, ttl=self.cmd_ttl)
         if not r.ok:
             raise RuntimeError(f"{device}: set_allowlist {r.state.value} {r.code} {r.data}")
 
     def get_state(self, device: str, timeout: float = 10.0) -> dict | None:
-        r = self.svc.cmd.send(device, "get_state", timeout=timeout, ttl=600)
+        r = self.svc.cmd.send(device, "get_state", timeout=timeout, ttl=self.cmd_ttl)
         return r.data if r.ok else None
 
     # ---- faults ------------------------------------------------------------------------------
@@ -363,28 +360,6 @@ class World:
             self.event(device, "power back", f"boot {d.board.boots}: resumed from flash")
 
     # ---- background --------------------------------------------------------------------------
-    def _beacons(self) -> None:
-        """A signed time beacon with the simulated time to every device, every beacon_s."""
-        while not self._stop.wait(self.beacon_s):
-            with self._lock:
-                devs = list(self.devices)
-            for name in devs:
-                try:
-                    self.send_time(name)
-                except Exception:  # noqa: BLE001 - the next round tries again
-                    pass
-
-    def send_time(self, device: str) -> None:
-        dev = self._keys.get(device) or self.registry.get(device)
-        with self._lock:
-            t = max(int(self.clock()), self._beacon_t.get(device, 0))  # never backwards
-            self._beacon_t[device] = t
-        tp = topic_for(device, "time")
-        msg = {"type": "time", "aud": device, "iat": t, "seq": self.registry.next_seq(device)}
-        # QoS 0: a beacon is never queued for a device that is offline (a power cut, an outage) and
-        # delivered late: a stale beacon would set the device's clock back (see _on_time).
-        self.mq.publish(tp, seal(dev.key, dev.kid, tp, msg), qos=0, timeout=None)
-
     def _tail(self) -> None:
         """The boards' consoles: FSM transitions, link state, actuations."""
         while not self._stop.wait(0.05):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wire_by_hand import (CTI, DEV, FALSE, HB, HELLO, KEY, KEY_OTHER, KEY_V2, KID, KID_OTHER,
-                          KID_V2, PREV1, T, V, arr, b, bad_payload, case, head, i, mac0, mac_tag,
+                          KID_V2, NONCE, PREV1, T, V, arr, b, bad_payload, case, head, i, mac0, mac_tag,
                           mp, mpx, payload, protected, raw, sized_event, t, topic, u)
 
 
@@ -312,6 +312,20 @@ def build_payload_errors() -> None:
                 payload("auth_req", {**req, "amount": u(300)})[0], "up/req")
     bad_payload("schema_auth_req_wrong_topic", "an auth_req on up/rec (MACed for up/rec)",
                 "bad_topic", payload("auth_req", req)[0], "up/rec")
+    answer = {"aud": t(DEV), "iat": u(T), "seq": u(603), "nonce": b(NONCE)}
+    bad_payload("schema_time_no_nonce", "a time answer without a nonce (an unsolicited beacon)",
+                "missing", payload("time", {k: v for k, v in answer.items() if k != "nonce"})[0],
+                "dn/time")
+    bad_payload("schema_time_nonce_short", "a time answer whose nonce is 7 bytes (8-16)", "bad_value",
+                payload("time", {**answer, "nonce": b(NONCE[:7])})[0], "dn/time")
+    bad_payload("schema_time_nonce_text", "a time answer whose nonce is a text string", "bad_type",
+                payload("time", {**answer, "nonce": t("a1b2c3d4e5f6")})[0], "dn/time")
+    bad_payload("schema_time_req_no_nonce", "a time_req without a nonce", "missing",
+                payload("time_req", {"seq": u(79)})[0], "up/time")
+    bad_payload("schema_time_req_nonce_17", "a time_req whose nonce is 17 bytes (8-16)", "bad_value",
+                payload("time_req", {"seq": u(79), "nonce": b(bytes(17))})[0], "up/time")
+    bad_payload("schema_time_req_wrong_topic", "a time_req on up/req (MACed for up/req)", "bad_topic",
+                payload("time_req", {"seq": u(79), "nonce": b(NONCE)})[0], "up/req")
     command = {"aud": t(DEV), "exp": u(T + 300), "iat": u(T), "cti": b(CTI), "seq": u(602),
                "name": t("open")}
     bad_payload("schema_cti_short", "cti of 7 bytes (8-16)", "bad_value",

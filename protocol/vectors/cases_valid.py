@@ -1,7 +1,7 @@
 """The valid golden vectors: one per message type and its notable shapes (SPEC §9)."""
 from __future__ import annotations
 
-from wire_by_hand import (CTI, CTI16, DEV, FALSE, HB, HELLO, KEY, PREV0, PREV1, T, TRUE, V, arr, b,
+from wire_by_hand import (CTI, CTI16, DEV, FALSE, HB, HELLO, KEY, NONCE, PREV0, PREV1, T, TRUE, V, arr, b,
                           case, i, mac0, mp, sized_event, t, topic, u, valid)
 
 
@@ -132,7 +132,12 @@ def build_valid() -> None:
     valid("ack_quarantined_16", "quarantined at its bound: 16 seqs, the last 2^53-1", "ack",
           {"aud": t(DEV), "iat": u(T), "seq": u(515), "upto": u((1 << 53) - 1),
            "quarantined": arr(*[u(n) for n in range(15)], u((1 << 53) - 1))})
-    valid("time", "time beacon", "time", {"aud": t(DEV), "iat": u(T + 7), "seq": u(513)})
+    valid("time_req", "the device asks for the time with a fresh 8-byte nonce", "time_req",
+          {"seq": u(77), "nonce": b(NONCE)})
+    valid("time_req_nonce16", "a time_req with a 16-byte nonce (the upper bound)", "time_req",
+          {"seq": u(78), "nonce": b(CTI16)})
+    valid("time", "the cloud's signed time, echoing the time_req's nonce", "time",
+          {"aud": t(DEV), "iat": u(T + 7), "seq": u(513), "nonce": b(NONCE)})
 
     # bounds, at the limit
     nest = u(0)
