@@ -174,8 +174,9 @@ def test_each_refusal_has_its_code_and_nothing_actuates(env):
         cti = raw_command(env, **kw)
         if want in ("bad_mac", "bad_kid"):
             # unauthenticated: the refusal names no command, whatever cti the message carried
-            _, m, _ = env.w.expect(lambda t, m, r: t.endswith("/up/res") and "status" in m, 10, what)
-            assert m.get("cti") is None and m.get("cseq") is None, what
+            _, m, _ = env.w.expect(lambda t, m, r: t.endswith("/up/res") and "status" in m and m["status"]
+                                   and m.get("cti") is None, 10, f"{what}: a refusal naming no command")
+            assert m.get("cseq") is None, what
             got = code_of(m)
         else:
             got = code_of(result_for(env, cti))
