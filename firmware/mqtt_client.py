@@ -286,7 +286,10 @@ class MQTTClient:
         for t in self._tasks:
             t.cancel()
         self._tasks = ()
-        s = self._stream or self._sock
+        # The socket itself, not the stream: MicroPython's Stream.close() is a no-op, and each
+        # dropped connection left its socket open (CLOSE-WAIT) until the board ran out of them.
+        # self._sock is the TLS socket when wrapped, whose close closes the TCP one under it.
+        s = self._sock
         self._stream = self._sock = None
         if s is not None:
             try:
@@ -386,10 +389,22 @@ class MQTTClient:
             await self._fill(st, self._rxmv[:n])
 
     async def _skip(self, st, n):
+        # Stream n bytes through the rx buffer, allocating nothing per chunk: readinto's nbytes
+        # bounds each read (no memoryview slice), the wait is inlined (no coroutine per read), and
+        # the socket is drained while it has data, so the poller is asked only when it is empty.
+        s = st.s
+        b = self._rx
+        m = self._max
+        q = asyncio.core._io_queue
         while n:
-            k = min(n, self._max)
-            await self._fill(st, self._rxmv[:k])
+            k = s.readinto(b, n if n < m else m)
+            if k is None:  # nothing buffered (or a TLS record incomplete): wait for the socket
+                yield q.queue_read(s)
+                continue
+            if not k:
+                raise OSError(ECONNRESET)
             n -= k
+            self._last_rx = ticks_ms()
 
     async def _reader(self, st):
         try:
@@ -397,11 +412,12 @@ class MQTTClient:
                 ptype, flags, n = await self._read_head(st)
                 if n > self._max:
                     self.stats["oversize"] += 1
-                    if ptype != F.PUBLISH or n > 16 * 1024 * 1024:
+                    if ptype != F.PUBLISH:
                         raise F.PacketTooLarge(n, self._max)
-                    # An oversized PUBLISH is refused without being stored: read its head into
-                    # the buffer, skip the rest, PUBACK it (else a persistent session would
-                    # redeliver it forever) and report it.
+                    # An oversized PUBLISH (any size the varint can say, 256 MiB) is refused
+                    # without being stored: read its head into the buffer, stream past the rest,
+                    # PUBACK it (else a persistent session redelivers it at every connect: the
+                    # device would never get online again) and report it.
                     k = min(self._max, n)
                     await self._fill(st, self._rxmv[:k])
                     topic, qos, _, _, pid, _ = F.parse_publish_head(flags, self._rxmv[:k])
