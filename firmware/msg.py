@@ -42,9 +42,11 @@ _SPEC = (
     b"\x0ce\x01\x00\x10" b"\x0da\x01\x01\x10" b"\x0ee\x01\x01\x07" b"\x0fu\x00\x00\x00"
     # 2 status: 6? iat, 8 seq, 10 online
     b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0ab\x01\x00\x00"
-    # 3 heartbeat: 6? iat, 8 seq, 10 uptime, 11 heap, 12 jdepth, 13? rssi, 14 clock
+    # 3 heartbeat: 6? iat, 8 seq, 10 uptime, 11 heap, 12 jdepth, 13? rssi, 14 clock,
+    #   15? rx_refused, 16? rx_oversize, 17? rx_dropped
     b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00" b"\x0bu\x01\x00\x00"
-    b"\x0cu\x01\x00\x00" b"\x0di\x00\x00\x00" b"\x0en\x01\x00\x01"
+    b"\x0cu\x01\x00\x00" b"\x0di\x00\x00\x00" b"\x0en\x01\x00\x01" b"\x0fu\x00\x00\x00"
+    b"\x10u\x00\x00\x00" b"\x11u\x00\x00\x00"
     # 4 event: 6? iat, 8 seq, 10 code, 11? detail
     b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
     # 5 alarm: 6? iat, 8 seq, 10 code, 11? detail, 12 active
@@ -84,8 +86,8 @@ _SPEC = (
     b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x10"
 )
 # Per type, in the order above: number, first record, record count.
-_IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 7, 4, 18, 4, 5, 22, 5, 6, 27, 11, 7, 38, 6, 8, 44, 13,
-              9, 57, 7, 10, 64, 10, 20, 74, 8, 21, 82, 6, 22, 88, 4, 11, 92, 2))
+_IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 10, 4, 21, 4, 5, 25, 5, 6, 30, 11, 7, 41, 6, 8, 47, 13,
+              9, 60, 7, 10, 67, 10, 20, 77, 8, 21, 85, 6, 22, 91, 4, 11, 95, 2))
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
           "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time", "/up/time")
 _LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "req", "cmd", "ack",

@@ -22,7 +22,7 @@ TYPE_NAMES = ("hello", "status", "heartbeat", "event", "alarm", "sess_open", "se
               "sess_close", "cmd_result", "auth_req", "command", "ack", "time", "time_req")
 _FNAMES = (
     "iat seq fw board reset caps kind boots", "iat seq online",
-    "iat seq uptime heap jdepth rssi clock", "iat seq code detail",
+    "iat seq uptime heap jdepth rssi clock rx_refused rx_oversize rx_dropped", "iat seq code detail",
     "iat seq code detail active", "seq prev sid payer slot t0 offline auth amount cur item",
     "seq prev sid amount cur t1",
     "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",

@@ -19,6 +19,8 @@ def build_valid() -> None:
           "heartbeat", {**HB, "clock": u(0), "jdepth": u(3)})
     valid("heartbeat_unknown_fields", "unknown keys 99 and 1000 are ignored and left out of "
           "decoded", "heartbeat", HB, extra=((u(99), t("future")), (u(1000), arr(u(1), u(2)))))
+    valid("heartbeat_rx_counters", "heartbeat with the receive counters: refused, oversize, dropped",
+          "heartbeat", {**HB, "rx_refused": u(3), "rx_oversize": u(1), "rx_dropped": u(300)})
     valid("heartbeat_uint_max", "uptime and heap 2^53-1, rssi -(2^53-1): at the count bound "
           "(SPEC §4 integer bounds)", "heartbeat",
           {**HB, "uptime": u((1 << 53) - 1), "heap": u((1 << 53) - 1), "rssi": i(-(1 << 53) + 1)})
