@@ -94,6 +94,8 @@ class Agent:
         self._cmdq = []                  # (bytes, packet id, connection): bounded by max_held
         self._wake = asyncio.Event()
         self._clock_grace = 50           # x 100 ms: how long the first commands wait for time
+        self.rx_refused = 0  # downlink messages refused unauthenticated, since boot
+        self._oversize_ms = None  # ticks of the last oversize alarm (rate limit)
         self._register_builtins()
         self.journal = self.uplink = None
         self.journal_error = None
@@ -113,7 +115,7 @@ class Agent:
         self.mqtt.subscribe(self.t_time, 0, self._on_time)
         self.mqtt.subscribe(self.t_ack, 1, self._on_ack)
         self.mqtt.on_state(self._on_state)
-        self.mqtt.on_error(lambda where, e: log("mqtt error", where, repr(e)))
+        self.mqtt.on_error(self._mqtt_error)
 
     def _open_journal(self):
         from hal import flash
@@ -169,6 +171,27 @@ class Agent:
         except Exception as e:
             log("announce failed", repr(e))
 
+    def _mqtt_error(self, where, e):
+        log("mqtt error", where, repr(e))
+        # "rx": a packet over the bound was skipped and acknowledged; alarm at most once a minute
+        # (its detail counts them all), so a flood of them costs one message a minute
+        now = time.ticks_ms()
+        if where == "rx" and (self._oversize_ms is None or time.ticks_diff(now, self._oversize_ms) >= 60000):
+            self._oversize_ms = now
+            asyncio.create_task(self._alarm("oversize", {"size": e.args[0], "n": self.mqtt.stats["oversize"]}))
+
+    async def _alarm(self, code, detail):
+        try:
+            await self.send(5, {10: code, 11: detail, 12: True})
+        except Exception as e:
+            log("alarm not sent", code, repr(e))
+
+    def rx_counts(self):
+        """Downlink messages since boot: refused unauthenticated, oversize (skipped), dropped (the
+        handler failed)."""
+        s = self.mqtt.stats
+        return self.rx_refused, s["oversize"], s["handler_errors"]
+
     def uptime(self):
         return time.ticks_diff(time.ticks_ms(), self.up_ms) // 1000
 
@@ -183,6 +206,9 @@ class Agent:
                 r = rssi()
                 if r is not None:
                     hb[13] = r
+                for k, v in zip((15, 16, 17), self.rx_counts()):
+                    if v:  # absent = 0: the usual heartbeat stays as small as before
+                        hb[k] = v
                 await self.send(T_HB, hb, 0)
             except Exception as e:  # a MemoryError skips one beat, never stops them
                 hb = None
@@ -240,6 +266,8 @@ class Agent:
             log("cmd dup", o.name)
             return self._repeats.take()  # redeliveries of captured commands: a few answers, not each
         log("cmd refused", o.code, o.name)
+        if o.name is None:
+            self.rx_refused += 1
         return o.name is not None or self._refusals.take()  # no amplification of a forged flood
 
     def _open_dn(self, topic, data):
@@ -248,6 +276,7 @@ class Agent:
             p = msg.open(self.hkey, self.kid, topic, data)
         except CodecError as e:
             log("dn refused", topic, e.code)
+            self.rx_refused += 1
             return None
         if p[3] != self.device:
             log("dn refused wrong_audience", topic)
@@ -278,7 +307,8 @@ class Agent:
                     "uptime": self.uptime(), "heap": gc.mem_free(), "heap_used": gc.mem_alloc(), "clock": 1 if self.clock.trusted() else 0,
                     "seq": self.seq.value, "cmd_seq": self.cmds.last_seq, "boots": self.boots,
                     "reset": self.reset_cause, "display": self.display.text, "jdepth": self.jdepth(),
-                    "settings": dict(self.settings)}
+                    "settings": dict(self.settings),
+                    "rx": dict(zip(("refused", "oversize", "dropped"), self.rx_counts()))}
 
         @on("sync_time", needs_time=False)  # ask the cloud's time now (moves nothing itself)
         def sync_time(args):
