@@ -11,6 +11,10 @@ Two listeners (per_listener_settings): the device listener, where the username i
 (so no credentials can take over another device's session), and the cloud listener on
 `cloud_port`, for cloud users only, where each worker keeps its own client id: with username-as-
 client-id, two cloud workers sharing a username would disconnect each other forever.
+
+One packet bound for the whole broker (Mosquitto's `max_packet_size` is global): MAX_PACKET, the
+device's own (SPEC §1). A bigger packet disconnects its sender and is never stored, so it cannot sit
+in a device's persistent session and be redelivered at every connect.
 """
 import base64
 import hashlib
@@ -24,13 +28,27 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Broker", "BrokerError", "free_port", "mosquitto_path", "DEVICE_PORT", "CLOUD_PORT"]
+from host_tools.protocol.cbor import MAX_MESSAGE
+
+__all__ = ["Broker", "BrokerError", "free_port", "mosquitto_path", "limit_conf", "DEVICE_PORT", "CLOUD_PORT",
+           "MAX_PACKET"]
 
 # The fixed ports of a deployed broker (`edgepay broker conf`): devices on DEVICE_PORT, cloud
 # workers (ingest, command clients, `edgepay cmd/time/watch`) on CLOUD_PORT. Broker() itself picks
 # free ports; tests read them from .port and .cloud_port.
 DEVICE_PORT = 1883
 CLOUD_PORT = 1884
+
+# The largest legitimate MQTT packet as a remaining length (SPEC §1): a message at the SPEC bound
+# plus topic (<= 49 B), packet id, MQTT 5 properties and headroom; firmware/agent.py MAX_PACKET, the
+# device's bound, is the same number (tests/test_oversize_vm.py checks). Raise MAX_MESSAGE and both follow.
+MAX_PACKET = MAX_MESSAGE + 252
+
+
+def limit_conf(max_packet: int | None = MAX_PACKET) -> list[str]:
+    """The global mosquitto.conf line for a packet bound (none for None or 0). Mosquitto compares
+    the remaining length plus one (the first header byte) with `max_packet_size`."""
+    return ["max_packet_size %d" % (max_packet + 1)] if max_packet else []
 
 
 class BrokerError(RuntimeError):
@@ -60,9 +78,11 @@ def password_line(user, password, iterations=101):
 
 class Broker:
     def __init__(self, users=None, cloud_users=("cloud",), port=None, persistence=False,
-                 tls=None, tls_port=None, workdir=None, extra_conf="", log_type="error"):
+                 tls=None, tls_port=None, workdir=None, extra_conf="", log_type="error",
+                 max_packet=MAX_PACKET):
         """users: {name: password}. tls: None or {"cafile", "certfile", "keyfile"} (paths);
-        a TLS listener then runs on tls_port (free port by default)."""
+        a TLS listener then runs on tls_port (free port by default). max_packet: the packet bound
+        (remaining length; None: none, for tests that let an oversize packet through to a device)."""
         self.exe = mosquitto_path()
         self.users = dict(users or {})
         self.cloud_users = set(cloud_users)
@@ -74,6 +94,7 @@ class Broker:
         self.tls_port = (tls_port or free_port()) if tls else None
         self.persistence = persistence
         self.extra_conf = extra_conf
+        self.max_packet = max_packet
         self.log_type = log_type
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="edgepay-mosq-"))
@@ -109,6 +130,7 @@ class Broker:
             "user %s" % pwd.getpwuid(os.getuid()).pw_name,
             "set_tcp_nodelay true",
             "max_queued_messages 100000",
+            *limit_conf(self.max_packet),
             "persistence %s" % ("true" if self.persistence else "false"),
             "persistence_location %s/" % d,
             "log_dest file %s" % (d / "mosquitto.log"),

@@ -197,7 +197,7 @@ def test_each_refusal_has_its_code_and_nothing_actuates(env):
     payload = cbor2.dumps({0: 20, 3: "dev1", 4: now + 60, 6: now, 7: os.urandom(12), 8: env.reg.next_seq("dev1"),
                            10: "display", 11: {1: "X", 2: 0}, 12: b"\0" * 500, 13: b"\0" * 500, 14: b"\0" * 500,
                            15: b"\0" * 500})
-    env.c.mqtt.publish(t, mac0_by_hand(dev.key, dev.kid, t, payload), qos=1)
+    env.c.mqtt.client.publish(t, mac0_by_hand(dev.key, dev.kid, t, payload), qos=1)  # paho: CloudMQTT refuses it
     _, m, _ = env.w.expect(lambda t, m, r: t.endswith("/up/res") and m.get("cti") is None, 10, "oversize result")
     assert code_of(m) == "too_large"
     # malformed: not CBOR at all

@@ -1,6 +1,8 @@
 """`edgepay broker conf`: a mosquitto.conf for the broker directory `edgepay provision` fills
 (passwd + acl for devices), with the cloud listener and its user, as host_tools/broker.py lays
-them out: devices on one listener (username = client id, the edgepay ACL), cloud workers on another.
+them out: devices on one listener (username = client id, the edgepay ACL), cloud workers on another;
+and the packet bound (host_tools.broker.MAX_PACKET, global in Mosquitto), so that no oversize message
+is ever queued for a device.
 
 Mosquitto started as root drops to the account in its `user` line (default `mosquitto`) before it
 reads the password, ACL and certificate files, which `provision` writes owner-only (0600, in 0700
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from host_tools.broker import CLOUD_PORT, DEVICE_PORT
+from host_tools.broker import CLOUD_PORT, DEVICE_PORT, MAX_PACKET, limit_conf
 from host_tools.cli.common import Ctx, fail, make_private_dir, write_private
 
 # what Mosquitto reads (ca.key is not among them: it stays with its owner)
@@ -97,7 +99,7 @@ def register(cli: click.Group) -> None:
                        f"password_file {d / 'passwd'}", f"acl_file {d / 'acl'}"]
         # `user`: only acted on when Mosquitto starts as root (see the module docstring)
         conf = ["per_listener_settings true", f"user {acct.pw_name}", "set_tcp_nodelay true",
-                "max_queued_messages 100000",
+                "max_queued_messages 100000", *limit_conf(MAX_PACKET),
                 f"listener {port} {bind}", *device_auth,
                 f"listener {cloud_port} {bind}", "allow_anonymous false",
                 f"password_file {d / 'passwd_cloud'}", f"acl_file {d / 'acl_cloud'}"]
@@ -107,6 +109,6 @@ def register(cli: click.Group) -> None:
         write_private(d / "mosquitto.conf", "\n".join(conf) + "\n")
         _give_to(d, acct)
         o.emit({"conf": str(d / "mosquitto.conf"), "port": port, "cloud_port": cloud_port, "tls_port": tls_port,
-                "user": acct.pw_name},
+                "user": acct.pw_name, "max_packet": MAX_PACKET},
                lambda: o.console.print(f"wrote {d / 'mosquitto.conf'} (runs as {acct.pw_name} when started by root); "
                                        f"run: mosquitto -c {d / 'mosquitto.conf'}"))

@@ -1,9 +1,12 @@
 """A cloud-side MQTT connection (paho-mqtt 2.x) with what every cloud worker needs: TCP_NODELAY
 (paho does not set it; without it a round trip costs ~40-90 ms of Nagle delay), a blocking
-connect with a clear error, subscriptions restored on reconnect, and publish-and-wait.
+connect with a clear error, subscriptions restored on reconnect, and publish-and-wait. A payload
+over the SPEC message bound on a device topic is dropped (counted in `oversize`) before any handler
+decodes it, and never published.
 """
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
@@ -13,6 +16,10 @@ from typing import Callable
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from host_tools.protocol.cbor import MAX_MESSAGE
+
+log = logging.getLogger(__name__)
+DEVICE_TOPICS = "v1/dev/"
 Handler = Callable[[str, bytes], None]
 
 
@@ -31,6 +38,7 @@ class CloudMQTT:
         self._subs: list[tuple[str, int, Handler]] = []
         self._connected = threading.Event()
         self._error: str | None = None
+        self.oversize = 0  # device-topic payloads over MAX_MESSAGE, dropped unread
         proto = paho.MQTTv5 if mqtt5 else paho.MQTTv311
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"cloud-{uuid.uuid4().hex[:12]}",
                                   protocol=proto)
@@ -58,6 +66,11 @@ class CloudMQTT:
         self._connected.set()
 
     def _on_message(self, client, userdata, m) -> None:
+        if len(m.payload) > MAX_MESSAGE and m.topic.startswith(DEVICE_TOPICS):
+            self.oversize += 1
+            log.warning("dropped %d-byte payload on %s (over the %d-byte message bound; %d so far)",
+                        len(m.payload), m.topic, MAX_MESSAGE, self.oversize)
+            return
         for flt, _, handler in self._subs:
             if flt.startswith("$share/"):  # $share/<group>/<filter>: match the filter part
                 flt = flt.split("/", 2)[2]
@@ -82,7 +95,11 @@ class CloudMQTT:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 timeout: float | None = 10.0) -> bool:
-        """Publish; with qos 1 wait for the broker's PUBACK (True) or the timeout (False)."""
+        """Publish; with qos 1 wait for the broker's PUBACK (True) or the timeout (False). A device-
+        topic payload over the message bound is a ValueError: the broker would drop the connection
+        for it (its packet bound), and paho would resend it at every reconnect."""
+        if len(payload) > MAX_MESSAGE and topic.startswith(DEVICE_TOPICS):
+            raise ValueError(f"{len(payload)}-byte payload on {topic}: over the {MAX_MESSAGE}-byte message bound")
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos == 0 or timeout is None:
             return True
