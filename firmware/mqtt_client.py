@@ -93,7 +93,8 @@ class MQTTClient:
         self._task = None
         self._tasks = ()
         self._stream = None
-        self._sock = None
+        self._sock = None        # the TCP socket
+        self._tls = None         # the TLS socket wrapping it
         self._reason = None
         self._busy = False
         self._last_rx = self._last_tx = 0
@@ -286,16 +287,16 @@ class MQTTClient:
         for t in self._tasks:
             t.cancel()
         self._tasks = ()
-        # The socket itself, not the stream: MicroPython's Stream.close() is a no-op, and each
-        # dropped connection left its socket open (CLOSE-WAIT) until the board ran out of them.
-        # self._sock is the TLS socket when wrapped, whose close closes the TCP one under it.
-        s = self._sock
-        self._stream = self._sock = None
-        if s is not None:
-            try:
-                s.close()
-            except Exception:
-                pass
+        # The sockets themselves, not the stream: MicroPython's Stream.close() is a no-op, and
+        # closing a TLS socket does not close the TCP one under it: each dropped connection left
+        # a socket open (CLOSE-WAIT) until the board ran out of them.
+        for s in (self._tls, self._sock):
+            if s is not None:
+                try:
+                    s.close()
+                except Exception:
+                    pass
+        self._stream = self._sock = self._tls = None
         self._ctrl = []
         self._q0 = []
         self._held = []
@@ -319,7 +320,7 @@ class MQTTClient:
             s = self._ssl_ctx.wrap_socket(
                 s, server_hostname=cfg["server_hostname"] or cfg["host"],
                 do_handshake_on_connect=False)
-            self._sock = s
+            self._tls = s
         st = asyncio.StreamReader(s)
         self._stream = st
         st.write(F.connect(cfg["client_id"], cfg["user"], cfg["password"], self._ka,
