@@ -112,8 +112,12 @@ def open_env(open_broker, tmp_path):
 
 
 def online(env, timeout=15):
+    """Online with a trusted clock (else the first commands of a boot wait for time: agent.py)."""
+    mark = len(env.b.lines)
     env.w.expect(lambda t, m, r: t.endswith("/up/status") and m.get("online") is True, timeout, "online status")
     time.sleep(0.3)  # SUBACK
+    assert env.c.send_time("dev1")
+    env.b.wait_for(r"time set \d+", 5, start=mark)
 
 
 def state_quickly(env, within=QUICK):
