@@ -151,6 +151,8 @@ def test_provisioned_broker_files_work_with_mosquitto(tmp_path):
     run("--password", "cloud-pw", "broker", "conf", "--broker-dir", str(bdir), "--port", str(port),
         "--cloud-port", str(cport))
     bad("broker", "conf", "--broker-dir", str(bdir), says="password")
+    from host_tools.broker import MAX_PACKET  # the packet bound (global): Mosquitto starts with it below
+    assert f"max_packet_size {MAX_PACKET + 1}" in (bdir / "mosquitto.conf").read_text().splitlines()
     proc = subprocess.Popen([mosquitto_path(), "-c", str(bdir / "mosquitto.conf")], stderr=subprocess.PIPE)
     try:
         pw = json.loads((tmp_path / "v1" / "config.json").read_text())["broker"]["password"]
