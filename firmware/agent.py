@@ -95,7 +95,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._clock_grace = 50           # x 100 ms: how long the first commands wait for time
         self.rx_refused = 0  # downlink messages refused unauthenticated, since boot
-        self._oversize_ms = None  # ticks of the last oversize alarm (rate limit)
+        self._oversize_ms = time.ticks_ms()  # no oversize alarm before this (rate limit)
         self._register_builtins()
         self.journal = self.uplink = None
         self.journal_error = None
@@ -173,22 +173,16 @@ class Agent:
 
     def _mqtt_error(self, where, e):
         log("mqtt error", where, repr(e))
-        # "rx": a packet over the bound was skipped and acknowledged; alarm at most once a minute
-        # (its detail counts them all), so a flood of them costs one message a minute
+        # "rx": a packet over the bound was skipped and acknowledged. Alarm at most once a minute
+        # (a flood costs one message a minute; the heartbeat counts them all).
         now = time.ticks_ms()
-        if where == "rx" and (self._oversize_ms is None or time.ticks_diff(now, self._oversize_ms) >= 60000):
-            self._oversize_ms = now
-            asyncio.create_task(self._alarm("oversize", {"size": e.args[0], "n": self.mqtt.stats["oversize"]}))
-
-    async def _alarm(self, code, detail):
-        try:
-            await self.send(5, {10: code, 11: detail, 12: True})
-        except Exception as e:
-            log("alarm not sent", code, repr(e))
+        if where == "rx" and time.ticks_diff(now, self._oversize_ms) >= 0:
+            self._oversize_ms = time.ticks_add(now, 60000)
+            asyncio.create_task(self.send(5, {10: "oversize", 11: {"size": e.args[0]}, 12: True}))
 
     def rx_counts(self):
-        """Downlink messages since boot: refused unauthenticated, oversize (skipped), dropped (the
-        handler failed)."""
+        """Downlink messages since boot: [refused unauthenticated, oversize (skipped), dropped (the
+        handler failed)]; heartbeat fields 15-17, get_state's "rx"."""
         s = self.mqtt.stats
         return self.rx_refused, s["oversize"], s["handler_errors"]
 
@@ -308,7 +302,7 @@ class Agent:
                     "seq": self.seq.value, "cmd_seq": self.cmds.last_seq, "boots": self.boots,
                     "reset": self.reset_cause, "display": self.display.text, "jdepth": self.jdepth(),
                     "settings": dict(self.settings),
-                    "rx": dict(zip(("refused", "oversize", "dropped"), self.rx_counts()))}
+                    "rx": list(self.rx_counts())}
 
         @on("sync_time", needs_time=False)  # ask the cloud's time now (moves nothing itself)
         def sync_time(args):

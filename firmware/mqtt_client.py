@@ -396,7 +396,7 @@ class MQTTClient:
         s = st.s
         b = self._rx
         m = self._max
-        q = asyncio.core._io_queue
+        q = asyncio.core._io_queue  # pyright: ignore  (MicroPython asyncio: what Stream.readinto waits on)
         while n:
             k = s.readinto(b, n if n < m else m)
             if k is None:  # nothing buffered (or a TLS record incomplete): wait for the socket
@@ -422,7 +422,7 @@ class MQTTClient:
                     k = min(self._max, n)
                     await self._fill(st, self._rxmv[:k])
                     topic, qos, _, _, pid, _ = F.parse_publish_head(flags, self._rxmv[:k])
-                    await self._skip(st, n - k)
+                    await self._skip(st, n - k)  # pyright: ignore  (a MicroPython coroutine with a bare yield)
                     if qos:
                         self._queue_ctrl(F.puback(pid))
                     self._report("rx", F.PacketTooLarge(n, self._max, topic))
