@@ -84,3 +84,30 @@ def test_fds_constant_over_broker_restarts_and_refused_connects(rig):
 
 def _password(b):
     return json.loads((b.dir / "config.json").read_text())["broker"]["password"]
+
+
+def test_fds_constant_over_refused_tls_handshakes(tmp_path):
+    """The broker's certificate does not verify: every handshake fails, and its sockets (the TLS
+    one and the TCP one under it) are closed each time."""
+    pki = write_pki(tmp_path / "pki")
+    br = Broker(users={"cloud": "cloud-pw"}, tls={"cafile": pki["ca"], "certfile": pki["cert"], "keyfile": pki["key"]})
+    br.start()
+    b = provision(br, Registry(), tmp_path, "dev1", settings=FASTEST, ca_file=pki["other-ca"])
+    try:
+        b.start()
+
+        def refusals():
+            return sum("not correctly signed" in ln for ln in b.lines)
+        deadline = time.monotonic() + 60
+        seen = []
+        while refusals() < REFUSALS:
+            assert time.monotonic() < deadline, b.log()[-2000:]
+            if refusals() >= 5:
+                seen.append(fds(b))
+            time.sleep(0.05)
+        print("%d refused TLS handshakes: fds seen %s" % (REFUSALS, sorted(set(seen))))
+        assert seen and max(seen) <= min(seen) + 1  # at most the attempt in progress
+        assert "mqtt up" not in b.log()
+    finally:
+        b.kill()
+        br.close()
