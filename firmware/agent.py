@@ -38,12 +38,14 @@ def rssi():
 
 
 def _pace_gc():
-    # Booted (and on every heartbeat): collect, then again once 3/4 of what is free has been
-    # allocated, so between collections nothing lands in the top quarter and big buffers still
-    # find room. 1/32 of the heap meant a collection (0.15-0.3 ms on the VM) on every command: the
-    # threshold counts every allocation, temporaries too: several times the ~5 KB a command keeps.
+    # Booted (and on every heartbeat): collect, then again after a quarter of what is free has been
+    # allocated, or 1/32 of the heap if that is more. A tight heap keeps the 1/32 pace that stops
+    # long-lived objects scattering (a 688-byte littlefs buffer found no room at 48K with 3/4 of
+    # free); a roomy one collects less often: at 1/32 the threshold, which counts temporaries too
+    # (several times the ~5 KB a command keeps), meant more than one collection a command.
     gc.collect()
-    gc.threshold(gc.mem_free() * 3 // 4)
+    free = gc.mem_free()
+    gc.threshold(max(free // 4, (free + gc.mem_alloc()) // 32))
 
 
 class Agent:
