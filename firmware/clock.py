@@ -18,6 +18,7 @@ class Clock:
         self.at = 0           # ticks_ms it stands for
         self.nonce = None     # the outstanding time_req's nonce, single use
         self.asked = 0        # ticks_ms it was sent
+        self.due = 0          # seconds until the next time_req (run)
         self.settings = settings  # live: cmd_ttl_s and clock_skew_s (commands.py), time_s
         # Simulator only (config "sim": {"clock_rate": n}; config.py checks it, a board never
         # sets it): the clock runs n x real time, so a simulated site can play an hour in a
@@ -50,20 +51,21 @@ class Clock:
         # The answer's time was read about half way through the round trip.
         self.base = p[6]
         self.at = time.ticks_add(self.asked, rtt // 2)
+        self.due = self.settings["time_s"]  # the next exchange a full period from this one
         return None
 
     async def run(self, link):
         """Ask at each (re)connect, then every time_s; while untrusted, after 2, 4, 8 ... s."""
-        gap = due = 0
+        gap = self.due = 0
         while True:
             if not link.mqtt.up:
-                gap = due = 0
-            elif due <= 0:
+                gap = self.due = 0
+            elif self.due <= 0:
                 t = self.settings["time_s"]
-                due = gap = t if self.base is not None else min(2 * gap or 2, t)
+                self.due = gap = t if self.base is not None else min(2 * gap or 2, t)
                 try:
                     await self.ask(link.send)
                 except Exception:
                     pass  # the link dropped: asked again at the reconnect
             await asyncio.sleep(1)
-            due -= 1
+            self.due -= 1
