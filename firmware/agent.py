@@ -104,7 +104,6 @@ class Agent:
         self._repeats = Rate(4, 500)     # answers to redeliveries of commands already answered
         self._cmdq = []                  # (bytes, packet id, connection): bounded by max_held
         self._wake = asyncio.Event()
-        self._clock_grace = 50           # x 100 ms: how long the first commands wait for time
         self.rx_refused = 0  # downlink messages refused unauthenticated, since boot
         self._oversize_ms = time.ticks_ms()  # no oversize alarm before this (rate limit)
         self._register_builtins()
@@ -239,11 +238,6 @@ class Agent:
             data, pid, gen = q.pop(0)
             o = None
             try:
-                # After a boot the broker's backlog arrives before the clock is set: give the
-                # time exchange a few seconds (once per boot) rather than refuse it all untrusted.
-                while self._clock_grace and not self.clock.trusted() and gen == mq.gen:
-                    self._clock_grace -= 1
-                    await asyncio.sleep_ms(100)
                 if gen == mq.gen:  # else the broker delivers it again on this connection
                     o = await self.cmds.handle(data)
                     data = None

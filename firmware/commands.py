@@ -1,6 +1,7 @@
 # The command pipeline: a command runs only if it is authentic, for this device, fresh and not
 # replayed. Checks run in the SPEC §5 order; the first failure is answered with its code and
 # nothing is actuated. Handlers are registered by name, so apps add their own.
+import asyncio
 from binascii import hexlify, unhexlify
 
 import msg
@@ -51,6 +52,7 @@ class Pipeline:
         self._n = 0
         if last[0]:
             self._remember(last[0], unhexlify(last[1]), last[2] or "interrupted")
+        self.grace = 30           # x 100 ms a command may wait for the clock, once per boot
         self.handlers = {}        # name -> fn
         self.untimed = []         # names of the read-only commands that may run untrusted
 
@@ -121,8 +123,14 @@ class Pipeline:
     async def _checked(self, p, cti, name, seq):
         entry = self.handlers.get(name)
         now = self.clock.now()
-        if now is None:
-            if entry is None or name not in self.untimed:
+        if now is None and (entry is None or name not in self.untimed):
+            # After a boot the broker's backlog arrives before the time answer: a command that
+            # needs time waits a few seconds for it (once per boot) rather than be refused.
+            while self.grace and now is None:
+                self.grace -= 1
+                await asyncio.sleep_ms(100)
+                now = self.clock.now()
+            if now is None:
                 return Outcome("clock_untrusted", cti, name, seq)
         # A command lives at most cmd_ttl_s, and is never issued in our future: one signed to
         # last for years, or held in a queue, cannot actuate later (SPEC §5).
