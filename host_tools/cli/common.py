@@ -28,6 +28,21 @@ EXIT_OK = 0
 EXIT_ERROR = 1        # bad input, unknown device, bad file, anything refused before acting
 EXIT_USAGE = 2        # click's own usage errors (unknown option, missing argument)
 EXIT_UNREACHABLE = 3  # broker, serial port or database unreachable
+# The "code" of a JSON error object (--json): a name for each exit code a script can match on.
+EXIT_NAMES = {EXIT_ERROR: "error", EXIT_USAGE: "usage", EXIT_UNREACHABLE: "unreachable", 130: "interrupted"}
+
+
+def error_object(message: str, exit_code: int) -> dict:
+    """What --json prints on stdout for a failure: {"error", "code", "exit"} (the exit code unchanged)."""
+    return {"error": message, "code": EXIT_NAMES.get(exit_code, "error"), "exit": exit_code}
+
+
+def show_error(message: str, exit_code: int, as_json: bool) -> None:
+    """One failure: a JSON object on stdout with --json (stdout stays parseable), else a line on stderr."""
+    if as_json:
+        click.echo(json.dumps(error_object(message, exit_code), sort_keys=True))
+    else:
+        click.echo(f"error: {message}", err=True)
 
 
 class CliError(click.ClickException):
@@ -38,7 +53,7 @@ class CliError(click.ClickException):
         self.exit_code = code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        show_error(self.format_message(), self.exit_code, False)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
