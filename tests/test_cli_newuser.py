@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from host_tools.cli import cli
+from tests.test_cli import fleet as fleet  # noqa: F401 - the shared fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGEPAY = [sys.executable, "-m", "host_tools.cli"]
@@ -68,3 +70,48 @@ def test_json_failure_console_script(tmp_path):
     assert json.loads(p.stdout)["code"] == "error"
     p = subprocess.run([*EDGEPAY, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert "JSON lines" in p.stdout and '"error"' in p.stdout
+
+
+# ---- 2. cmd: the commands listed, checked before signing; an offline device warned about -------
+def test_cmd_help_lists_commands_and_arguments():
+    r = invoke("cmd", "--help")
+    assert r.exit_code == 0
+    from host_tools.cli.cmdspec import COMMANDS
+    for name in COMMANDS:
+        assert f"  {name} " in r.stdout, name
+    assert "1:target" in r.stdout and "3?:hold_s" in r.stdout and "2:cur" in r.stdout
+
+
+def test_cmd_refuses_unknown_names_and_bad_args_before_anything():
+    """No registry, no broker: the check comes first, exit 2 (usage), naming what is valid."""
+    env = {"EDGEPAY_REGISTRY": "/nonexistent/registry.db", "EDGEPAY_MQTT_PASSWORD": "x"}
+    r = invoke("cmd", "gate-1", "opne", "1=0", env=env)
+    assert r.exit_code == 2 and "unknown command 'opne'" in r.stderr and "did you mean open" in r.stderr
+    assert "get_state" in r.stderr  # the valid names
+    for args, says in [(["open"], "needs 1:target"), (["open", "target=x"], "must be an unsigned integer"),
+                       (["open", "9=1"], "no argument 9"), (["open", "1=-1"], "unsigned integer"),
+                       (["set_tariff", "1=1", "2=eur"], "currency code"),
+                       (["display", "1=" + "x" * 65], "1-64 bytes"),
+                       (["get_state", "1=1"], "its arguments are none"),
+                       (["set_config", "1=2"], "by name"), (["auth", "1=s", "2=yes"], "true or false")]:
+        r = invoke("cmd", "gate-1", *args, env=env)
+        assert r.exit_code == 2 and says in r.stderr, (args, r.stderr)
+    obj = json_failure("cmd", "gate-1", "reboot", "delay=5", code=2, name="usage", env=env)
+    assert "1?:delay_s" in obj["error"]
+    # by name or by key, and --unchecked passes a name the table does not know: on to the registry
+    from host_tools.cli.cmdspec import check
+    assert check("open", {"target": 1, "hold_s": 5}) == {1: 1, 3: 5}
+    assert check("cancel_session", {1: 42}) == {1: "42"}
+    r = invoke("cmd", "gate-1", "future_cmd", "--unchecked", env=env)
+    assert r.exit_code == 1 and "no registry" in r.stderr
+
+
+def test_cmd_warns_when_retained_status_says_offline(fleet):  # noqa: F811
+    env, board = fleet
+    r = invoke("cmd", "gate-1", "get_state", env=env)
+    assert r.exit_code == 0 and "offline" not in r.stderr
+    board.kill()  # the broker publishes the device's will: status online=false, retained
+    time.sleep(1.0)
+    r = invoke("cmd", "gate-1", "get_state", "--timeout", "1", env=env)
+    assert r.exit_code == 12, r.output  # still sent (TIMED_OUT, not refused)
+    assert "retained status says offline" in r.stderr
