@@ -115,3 +115,19 @@ def test_cmd_warns_when_retained_status_says_offline(fleet):  # noqa: F811
     r = invoke("cmd", "gate-1", "get_state", "--timeout", "1", env=env)
     assert r.exit_code == 12, r.output  # still sent (TIMED_OUT, not refused)
     assert "retained status says offline" in r.stderr
+
+
+# ---- 3. --ca: a missing or bad CA file is said so, not "cannot connect to the broker" ----------
+def test_ca_file_missing_or_bad_is_named(tmp_path):
+    reg, _ = provision(tmp_path)
+    base = ["--registry", str(reg), "--broker", "127.0.0.1:1", "--password", "x"]
+    for cmd in (["cmd", "gate-1", "get_state"], ["watch", "gate-1", "--count", "1"]):
+        r = invoke(*base, "--ca", str(tmp_path / "missing.pem"), *cmd)
+        assert r.exit_code == 1 and "the CA file" in r.stderr and "does not exist" in r.stderr, r.stderr
+        assert "connect" not in r.stderr
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    r = invoke(*base, "--ca", str(junk), "cmd", "gate-1", "get_state")
+    assert r.exit_code == 1 and "not a PEM CA certificate" in r.stderr, r.stderr
+    json_failure(*base, "--ca", str(tmp_path), "cmd", "gate-1", "get_state", code=2, name="usage",
+                 says="is a directory")

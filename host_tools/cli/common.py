@@ -89,6 +89,10 @@ class Ctx:
 
     # ---- broker and registry -------------------------------------------------------------
     def broker_addr(self) -> tuple[str, int]:
+        """The broker's host and port, after checking the TLS CA file (if any) can be used: a
+        missing or unreadable CA is its own error, not "cannot connect to the broker"."""
+        if self.ca_file is not None:
+            check_ca_file(self.ca_file)
         return parse_hostport(self.broker, "--broker / EDGEPAY_BROKER")
 
     def need_password(self) -> str:
@@ -128,6 +132,21 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, (set, frozenset, tuple)):
         return list(v)
     return str(v)
+
+
+def check_ca_file(path: str) -> None:
+    import ssl
+    p = Path(path)
+    if not p.exists():
+        fail(f"the CA file {p} does not exist (--ca / EDGEPAY_CA: the broker's CA certificate, PEM)")
+    if not p.is_file():
+        fail(f"the CA file {p} is not a file (--ca / EDGEPAY_CA)")
+    try:
+        ssl.create_default_context(cafile=str(p))
+    except PermissionError as e:
+        fail(f"cannot read the CA file {p}: {e.strerror}")
+    except (ssl.SSLError, OSError, ValueError) as e:
+        fail(f"the CA file {p} is not a PEM CA certificate ({e})")
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
