@@ -131,3 +131,42 @@ def test_ca_file_missing_or_bad_is_named(tmp_path):
     assert r.exit_code == 1 and "not a PEM CA certificate" in r.stderr, r.stderr
     json_failure(*base, "--ca", str(tmp_path), "cmd", "gate-1", "get_state", code=2, name="usage",
                  says="is a directory")
+
+
+# ---- 4. ledger: full values when piped, ISO 8601 UTC times -------------------------------------
+def _ledger(tmp_path: Path, device: str) -> Path:
+    from host_tools.cloud.ledger import open_ledger
+    from tests.test_cli import _records
+    db = tmp_path / "ledger.db"
+    with open_ledger(str(db)) as led:
+        led.commit(_records(device, os.urandom(32)))
+    return db
+
+
+def test_ledger_piped_full_values_iso_times(tmp_path):
+    dev = "gate-north-entrance-lane-0001"
+    db = _ledger(tmp_path, dev)
+    r = invoke("ledger", "--db", str(db), "sessions")  # not a terminal: tab-separated, whole
+    assert r.exit_code == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].split("\t") == ["device", "sid", "state", "payer", "amount", "t0", "t1", "offline", "reason"]
+    rows = {ln.split("\t")[1]: ln.split("\t") for ln in lines[1:]}
+    assert rows["s1"][0] == dev and rows["s1"][4] == "250 EUR"
+    assert rows["s1"][5] == "1970-01-01T00:16:40Z" and rows["s1"][6] == "1970-01-01T00:26:40Z"
+    assert "…" not in r.stdout
+    assert json.loads(invoke("--json", "ledger", "--db", str(db)).stdout)[0]["t0"] in (1000, 2000)  # JSON: seconds
+    r = invoke("ledger", "--db", str(db), "totals")
+    assert r.stdout.splitlines()[1] == "EUR\t250"
+
+
+def test_ledger_terminal_table_folds_never_truncates(tmp_path):
+    dev = "gate-north-entrance-lane-0001"
+    db = _ledger(tmp_path, dev)
+    def table(columns: int) -> str:
+        p = subprocess.run([*EDGEPAY, "ledger", "--db", str(db)], capture_output=True, text=True, cwd=ROOT,
+                           env=dict(os.environ, FORCE_COLOR="1", NO_COLOR="1", COLUMNS=str(columns)), timeout=60)
+        assert p.returncode == 0 and "│" in p.stdout, p.stdout  # the rich table
+        return p.stdout
+    assert "…" not in table(70)  # narrow: cells fold
+    wide = table(200)
+    assert dev in wide and "1970-01-01T00:16:40Z" in wide and "…" not in wide
