@@ -170,3 +170,60 @@ def test_ledger_terminal_table_folds_never_truncates(tmp_path):
     assert "…" not in table(70)  # narrow: cells fold
     wide = table(200)
     assert dev in wide and "1970-01-01T00:16:40Z" in wide and "…" not in wide
+
+
+# ---- 5. provisioning while Mosquitto runs: the broker is reloaded, or the command said -------
+def test_provision_reloads_the_running_broker(tmp_path):
+    """`edgepay broker conf` + `mosquitto -c` (as docs/broker.md says): a device provisioned while
+    it runs is accepted at once (SIGHUP through the conf's pid_file), not refused with CONNACK 5."""
+    import time as _t
+
+    from host_tools.broker import free_port, mosquitto_path
+    from tests.test_cli import _mqtt_attempt
+    bdir = tmp_path / "broker"
+    reg = str(tmp_path / "r.db")
+    invoke("--registry", reg, "provision", "vend-1", "--board", "sim-vending", "--out", str(tmp_path / "v1"),
+           "--broker-dir", str(bdir))
+    port, cport = free_port(), free_port()
+    assert invoke("--password", "cloud-pw", "broker", "conf", "--broker-dir", str(bdir), "--port", str(port),
+                  "--cloud-port", str(cport)).exit_code == 0
+    assert f"pid_file {bdir.resolve() / 'mosquitto.pid'}" in (bdir / "mosquitto.conf").read_text()
+    proc = subprocess.Popen([mosquitto_path(), "-c", str(bdir / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if (bdir / "mosquitto.pid").exists() and _mqtt_attempt("cloud", "cloud-pw", cport):
+                break
+            _t.sleep(0.05)
+        r = invoke("--json", "--registry", reg, "provision", "vend-2", "--board", "sim-vending",
+                   "--out", str(tmp_path / "v2"), "--broker-dir", str(bdir))
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["broker_reload"] == {"reloaded": proc.pid}
+        pw = json.loads((tmp_path / "v2" / "config.json").read_text())["broker"]["password"]
+        ok = False
+        for _ in range(40):  # the reload is asynchronous: a few ms
+            ok = _mqtt_attempt("vend-2", pw, port)
+            if ok:
+                break
+            _t.sleep(0.05)
+        assert ok, "the new device is refused: the broker was not reloaded"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_provision_names_the_reload_for_a_broker_it_does_not_manage(tmp_path):
+    """A Mosquitto configured elsewhere that reads these files: the exact command, on stderr."""
+    from host_tools.broker import Broker
+    bdir = tmp_path / "broker"
+    bdir.mkdir()
+    (tmp_path / "other").mkdir()
+    with Broker(workdir=tmp_path / "other", extra_conf=f"# its devices: {bdir.resolve() / 'passwd'}") as b:
+        r = invoke("--json", "--registry", str(tmp_path / "r.db"), "provision", "vend-3", "--board", "sim-vending",
+                   "--out", str(tmp_path / "v3"), "--broker-dir", str(bdir))
+        assert r.exit_code == 0
+        assert json.loads(r.stdout)["broker_reload"]["reload"] == f"kill -HUP {b.proc.pid}"
+        assert f"kill -HUP {b.proc.pid}" in r.stderr and "CONNACK 5" in r.stderr
+    # nothing running that reads them: nothing said
+    r = invoke("--registry", str(tmp_path / "r.db"), "provision", "vend-4", "--board", "sim-vending",
+               "--out", str(tmp_path / "v4"), "--broker-dir", str(bdir))
+    assert r.exit_code == 0 and "warning" not in r.stderr

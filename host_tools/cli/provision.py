@@ -222,7 +222,10 @@ def register(cli: click.Group) -> None:
             fail(str(e))
         finally:
             reg.close()
+        from host_tools.cli.reload import reload_broker
+        reload = reload_broker(broker_dir)  # Mosquitto refuses the new device until it rereads passwd
         result = {"device": device, "kid": kid, "board": board["name"], "kind": board["kind"],
+                  "broker_reload": reload or None,
                   "config": str(out / "config.json"), "registry": str(o.registry),
                   "passwd": str(broker_dir / "passwd"), "acl": str(broker_dir / "acl"),
                   "broker": f"{host}:{port}", "tls": tls_files,
@@ -242,5 +245,11 @@ def register(cli: click.Group) -> None:
                 c.print(f"  tls       CA {tls_files['ca']}, broker {tls_files['server']}, device {tls_files['device_cert']}")
             if show_key:
                 c.print(f"  key       {key.hex()}")
+            if "reloaded" in reload:
+                c.print(f"  reloaded  the broker (mosquitto pid {reload['reloaded']}, SIGHUP): it knows {device} now")
             c.print(f"next: edgepay flash --board {board['name']} --port PORT --config {out / 'config.json'}")
+        if "reload" in reload:  # stderr, also under --json: a step the user must take
+            o.note(f"[yellow]warning:[/] Mosquitto (pid {', '.join(map(str, reload['pids']))}) reads "
+                   f"{broker_dir / 'passwd'} and refuses {device} (CONNACK 5, not authorised) until it rereads "
+                   f"it: {reload['reload']}")
         o.emit(result, human)
