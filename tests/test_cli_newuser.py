@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from host_tools.cli import cli
@@ -227,3 +228,56 @@ def test_provision_names_the_reload_for_a_broker_it_does_not_manage(tmp_path):
     r = invoke("--registry", str(tmp_path / "r.db"), "provision", "vend-4", "--board", "sim-vending",
                "--out", str(tmp_path / "v4"), "--broker-dir", str(bdir))
     assert r.exit_code == 0 and "warning" not in r.stderr
+
+
+# ---- 6. a sim board's VM ends with its parent, whatever signal ends the parent ---------------
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the death signal is Linux's (setpriv)")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_sim_board_vm_dies_with_the_example(tmp_path, broker, sig):
+    import signal as _signal
+    out = tmp_path / "gate-001"
+    assert invoke("--registry", str(tmp_path / "registry.db"), "provision", "gate-001", "--board", "sim-gate",
+                  "--out", str(out), "--broker-dir", str(tmp_path / "b"),
+                  "--device-broker", f"127.0.0.1:{broker.port}").exit_code == 0
+    broker.add_user("gate-001", json.loads((out / "config.json").read_text())["broker"]["password"])
+    p = subprocess.Popen([sys.executable, str(ROOT / "examples" / "sim_board.py"), str(out / "config.json"),
+                          str(tmp_path / "flash")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    try:
+        assert p.stdout is not None
+        deadline = time.monotonic() + 30
+        for line in p.stdout:
+            if "online" in line or time.monotonic() > deadline:
+                break
+        vms = _children(p.pid)
+        assert len(vms) == 1 and _alive(vms[0]), vms
+        p.send_signal(getattr(_signal, sig))
+        p.wait(15)
+        for _ in range(100):
+            if not _alive(vms[0]):
+                break
+            time.sleep(0.05)
+        assert not _alive(vms[0]), f"the VM outlived its parent ({sig})"
+        if sig == "SIGTERM":  # a clean stop: the example said so
+            assert "board exited: stopped" in p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
