@@ -45,7 +45,7 @@ def micropython() -> str:
     return found
 
 
-_spawner: list[ThreadPoolExecutor] = []  # the one spawner, made on first use
+_spawner: list = []  # the one spawner, made on first use
 _spawner_lock = threading.Lock()
 
 
