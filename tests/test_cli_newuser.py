@@ -281,3 +281,28 @@ def test_sim_board_vm_dies_with_the_example(tmp_path, broker, sig):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# ---- 7. keys written inside a checkout stay out of git -----------------------------------------
+def test_default_state_dir_is_ignored_by_git(tmp_path):
+    repo = tmp_path / "someones-repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([*EDGEPAY, "provision", "gate-001", "--board", "sim-gate"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (repo / "edgepay" / "devices" / "gate-001" / "config.json").exists()
+    assert (repo / "edgepay" / ".gitignore").read_text().splitlines()[-1] == "*"
+    st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo, capture_output=True,
+                        text=True, check=True).stdout
+    assert st == "", st  # neither the key, the broker passwd, the registry nor the .gitignore itself
+    # an --out made elsewhere: its topmost new directory is ignored too; an existing one is not touched
+    p = subprocess.run([*EDGEPAY, "--registry", "state/r.db", "provision", "gate-002", "--board", "sim-gate",
+                        "--out", "keys/gate-002", "--broker-dir", "edgepay/broker"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (repo / "keys" / ".gitignore").exists() and (repo / "state" / ".gitignore").exists()
+    assert not (repo / "keys" / "gate-002" / ".gitignore").exists()  # only the top: flash copies no extras
+    assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout == ""

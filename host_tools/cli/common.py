@@ -156,8 +156,13 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+GITIGNORE = "# made by edgepay: device keys, broker passwords, registry; never commit them\n*\n"
+
+
 def make_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) owner-only (0700); an existing one is tightened."""
+    """Create `path` (and parents) owner-only (0700); an existing one is tightened. The topmost
+    directory made here gets a .gitignore of "*": keys written inside a checkout (the default
+    ./edgepay/ is wherever the user stands) stay out of git."""
     path = Path(path)
     if str(path) in ("", "."):
         return path
@@ -165,6 +170,10 @@ def make_private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     for p in [path, *missing]:  # every directory made here, and the leaf, owner-only
         os.chmod(p, 0o700)
+    top = missing[-1] if missing else None
+    for d in (top, Path("edgepay") if path.parts[:1] == ("edgepay",) else None):  # and the default root
+        if d is not None and d.is_dir() and not (d / ".gitignore").exists():
+            (d / ".gitignore").write_text(GITIGNORE)
     return path
 
 
