@@ -306,3 +306,23 @@ def test_default_state_dir_is_ignored_by_git(tmp_path):
     assert not (repo / "keys" / "gate-002" / ".gitignore").exists()  # only the top: flash copies no extras
     assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo, capture_output=True,
                           text=True, check=True).stdout == ""
+
+
+# ---- 8. real boards: an explicit broker address, and no sim config flashed to them -------------
+def test_real_board_needs_device_broker_and_refuses_sim_config(tmp_path):
+    reg = str(tmp_path / "r.db")
+    r = invoke("--registry", reg, "provision", "gate-001", "--board", "esp32-devkitc-gate",
+               "--out", str(tmp_path / "g"), "--broker-dir", str(tmp_path / "b"))
+    assert r.exit_code == 2 and "real board" in r.stderr and "--device-broker" in r.stderr, r.stderr
+    assert not (tmp_path / "g").exists() and not (tmp_path / "r.db").exists()  # nothing made
+    r = invoke("--registry", reg, "provision", "gate-001", "--board", "esp32-devkitc-gate", "--out",
+               str(tmp_path / "g"), "--broker-dir", str(tmp_path / "b"), "--device-broker", "127.0.0.1:1883")
+    assert r.exit_code == 0 and "is the board itself" in r.stderr  # explicit: allowed, with a warning
+    r = invoke("--registry", reg, "provision", "gate-002", "--board", "esp32-devkitc-gate", "--out",
+               str(tmp_path / "g2"), "--broker-dir", str(tmp_path / "b"), "--device-broker", "192.168.1.10:1883")
+    assert r.exit_code == 0 and "warning" not in r.stderr
+    # a sim board's config on a real board: refused before the port is opened
+    _, sim = provision(tmp_path / "s", "gate-003")
+    r = invoke("flash", "--board", "esp32-devkitc-gate", "--port", str(tmp_path / "no-tty"),
+               "--config", str(sim / "config.json"))
+    assert r.exit_code == 1 and "sim board 'sim-gate'" in r.stderr and "real board" in r.stderr, r.stderr

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from host_tools.cli.common import EXIT_ERROR, EXIT_UNREACHABLE, Ctx, fail, load_board, read_json_object
+from host_tools.cli.common import (EXIT_ERROR, EXIT_UNREACHABLE, Ctx, fail, is_sim_board, load_board,
+                                   read_json_object)
 
 CONFIG_EXTRAS = ("ca", "cert", "certkey")  # files a config names, copied beside it
 
@@ -30,6 +31,11 @@ def check_config(path: Path, board: dict) -> tuple[dict, list[Path]]:
     kind = cfg["board"].get("kind") if isinstance(cfg["board"], dict) else None
     if kind != board["kind"]:
         fail(f"config {path} is for a {kind} board; {board['name']} is a {board['kind']} board")
+    cfg_sim = isinstance(cfg["board"], dict) and bool(cfg["board"].get("sim"))
+    if cfg_sim and not is_sim_board(board):  # a sim config: simulated pins, a loopback broker
+        fail(f"config {path} was provisioned for the sim board {cfg['board'].get('name')!r}; {board['name']} "
+             f"is a real board: provision the device for it (edgepay provision {cfg['device']} "
+             f"--board {board['name']} --device-broker HOST:PORT)")
     extras = []
     broker = cfg["broker"] if isinstance(cfg["broker"], dict) else {}
     for k in CONFIG_EXTRAS:
