@@ -326,3 +326,69 @@ def test_real_board_needs_device_broker_and_refuses_sim_config(tmp_path):
     r = invoke("flash", "--board", "esp32-devkitc-gate", "--port", str(tmp_path / "no-tty"),
                "--config", str(sim / "config.json"))
     assert r.exit_code == 1 and "sim board 'sim-gate'" in r.stderr and "real board" in r.stderr, r.stderr
+
+
+# ---- 11. journal export over a board's serial port, reconciled with the ledger ------------------
+@pytest.fixture
+def serial_board(tmp_path):
+    from tests.serialboard import FakeSerialBoard
+    b = FakeSerialBoard(tmp_path / "flash").start()
+    yield b
+    b.stop()
+
+
+def test_journal_export_from_a_serial_board_reconciles(tmp_path, serial_board):
+    """Records journaled on the board (the firmware's own Journal on its littlefs) come back over
+    the serial port as the JOURNAL `ledger reconcile` reads, and agree with the ledger's copy."""
+    import hashlib
+
+    from mpremote.transport_serial import SerialTransport
+
+    from host_tools.cloud.ledger import open_ledger
+    from host_tools.protocol import verify_mac0
+    from host_tools.protocol import topic as topic_for
+    from tests.test_cli import _records
+    reg, out = provision(tmp_path, "gate-1")
+    cfg = json.loads((out / "config.json").read_text())
+    built = json.loads(invoke("--json", "build", "--board", "sim-gate", "--out", str(tmp_path / "bld")).stdout)
+    r = invoke("--json", "flash", "--board", "sim-gate", "--port", serial_board.port, "--config",
+               str(out / "config.json"), "--bundle", built["out"], "--no-reset")
+    assert r.exit_code == 0, r.output
+    recs = _records("gate-1", bytes.fromhex(cfg["key"]))
+    t = topic_for("gate-1", "sess_open")
+    lines = ["import config", "from hal import flash", "from journal import Journal",
+             "b = config.load()['board']",
+             "j = Journal(flash.mount(b) + '/j', b['journal'].get('capacity', 32768), prog=flash.progsize)"]
+    for rec in recs:  # as firmware/uplink.py journals a record: the envelope, the payload's hash
+        h = hashlib.sha256(verify_mac0(bytes.fromhex(cfg["key"]), b"gate-1:1", t, rec.raw)).digest()[:16]
+        lines.append(f"j.append({rec.seq}, bytes.fromhex('{rec.raw.hex()}'), bytes.fromhex('{h.hex()}'), True)")
+    tr = SerialTransport(serial_board.port, baudrate=115200)
+    try:
+        tr.enter_raw_repl(soft_reset=True)
+        tr.exec("\n".join(lines) + "\n")
+        tr.exit_raw_repl()
+    finally:
+        tr.close()
+    jl = tmp_path / "gate-1.jsonl"
+    r = invoke("--json", "journal", "export", "--port", serial_board.port, "--out", str(jl), "--no-reset")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["records"] == 3 and summary["last_seq"] == 3 and summary["acked"] == 0
+    got = [json.loads(ln) for ln in jl.read_text().splitlines()]
+    assert [(g["seq"], g["raw"]) for g in got] == [(rec.seq, rec.raw.hex()) for rec in recs]
+    db = tmp_path / "ledger.db"
+    with open_ledger(str(db)) as led:
+        led.commit(recs)
+    r = invoke("--json", "ledger", "--db", str(db), "reconcile", "gate-1", str(jl))
+    assert r.exit_code == 0 and json.loads(r.stdout)["ok"], r.output
+    # to stdout without --out: the same lines, the summary on stderr
+    r = invoke("journal", "export", "--port", serial_board.port, "--no-reset")
+    assert r.exit_code == 0 and r.stdout == jl.read_text() and "exported 3 records" in r.stderr
+
+
+def test_journal_export_bad_input(tmp_path, serial_board):
+    r = invoke("journal", "export", "--port", str(tmp_path / "no-tty"))
+    assert r.exit_code == 3 and "serial port" in r.stderr
+    # a board with no config on its flash: the device's own error, one line
+    r = invoke("journal", "export", "--port", serial_board.port, "--no-reset")
+    assert r.exit_code == 1 and "could not open its journal" in r.stderr and "Traceback" not in r.stderr, r.stderr
