@@ -15,7 +15,7 @@ demo: setup
 	@$(VENV)/bin/edgepay demo
 
 bench: setup
-	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
+	@set -e; for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f; done  # _*.py: helpers, not benchmarks
 
 vectors: setup
 	$(PY) protocol/vectors/generate.py

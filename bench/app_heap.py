@@ -14,6 +14,9 @@ the same). The site runs on a fast simulated clock (EDGEPAY_APP_HEAP_RATE, defau
 as `edgepay sim` does): the gate's barrier hold (1.5 s after each car, apps/gate.py HOLD_MS) is a
 physical time and follows it (50 ms at x30), exactly as a real board (rate 1) keeps its 1.5 s.
 Prints {"gate_live_kb", "vending_live_kb", "rental_live_kb", "max_drift_kb", "min_heapsize_kb", ...}.
+Progress goes to stderr every PROGRESS_S seconds (a full run takes minutes); an app that fails at a
+smaller budget in the downward search is expected (that is how the floor is found) and says so
+in one line; only a failure at the main budget prints the board's log.
 """
 import json
 import os
@@ -149,21 +152,48 @@ JDEPTH: dict = {}  # the deepest journal seen per device (records not yet acknow
 DRIVERS = {"gate": drive_gate, "vending": drive_vending, "rental": drive_rental}
 
 
-def run(heap_kb, ns):
-    """All three apps at once at data budget heap_kb; {kind: samples or None (failed)}."""
+PROGRESS_S = float(os.environ.get("EDGEPAY_BENCH_PROGRESS_S", "10"))
+
+
+def note(text):
+    print(f"app_heap: {text}", file=sys.stderr, flush=True)
+
+
+def run(heap_kb, ns, search=False):
+    """All three apps at once at data budget heap_kb; {kind: samples or None (failed)}. `search`:
+    a run of the downward search, where a failure is the expected end, not an error."""
     out = {}
     devs = {"gate": "gate-1", "vending": "vend-1", "rental": "rent-1"}
+    live: dict = {k: [] for k in devs}  # each app's samples so far, for the progress line
+    note(f"{heap_kb}K budget: {', '.join(f'{k} {ns[k]}' for k in devs)} sessions" +
+         (" (search run)" if search else ""))
+    stop = threading.Event()
+
+    def progress():
+        t0 = time.monotonic()
+        while not stop.wait(PROGRESS_S):
+            note(f"{heap_kb}K, {time.monotonic() - t0:.0f} s: " +
+                 ", ".join(f"{k} {len(live[k])}/{ns[k]}" for k in devs))
+    threading.Thread(target=progress, daemon=True).start()
+    try:
+        return _run(heap_kb, ns, search, devs, live, out)
+    finally:
+        stop.set()
+
+
+def _run(heap_kb, ns, search, devs, live, out):
     with World(workdir(), rate=RATE, proxy=False, heapsize=f"{heap_kb}K") as w:
         try:
             w.add_devices([(d, k) for k, d in devs.items()])
         except Exception as e:  # noqa: BLE001 - a board that cannot even boot and connect at this budget
-            print(f"boot at {heap_kb}K failed: {e!r}"[:300], file=sys.stderr)
+            why = (str(e).splitlines() or [type(e).__name__])[0]  # not the board's log: its last lines
+            note(f"boot at {heap_kb}K failed{' (expected: the search stops here)' if search else ''}: {why}"[:300])
             for k in devs:
                 PARTIAL[(k, heap_kb)] = ([], "boot: " + repr(e)[:100])
             return {k: None for k in devs}
 
         def go(kind):
-            samples = []
+            samples = live[kind]
             try:
                 DRIVERS[kind](w, devs[kind], ns[kind], samples)
                 mine = [e for e in w.errors if e.startswith(devs[kind] + ":")]
@@ -171,8 +201,12 @@ def run(heap_kb, ns):
                     raise RuntimeError(f"board down or errors: {mine[:2]}")
                 out[kind] = samples
             except Exception as e:  # noqa: BLE001 - a MemoryError on the device shows as timeouts
-                print(f"{kind} at {heap_kb}K failed after {len(samples)} samples: {e!r}", file=sys.stderr)
-                print("  " + "\n  ".join(w.devices[devs[kind]].board.log().splitlines()[-25:]), file=sys.stderr)
+                if search:  # the floor found: one line, no log
+                    note(f"{kind} does not run at {heap_kb}K (expected: the search stops here) "
+                         f"after {len(samples)} samples ({type(e).__name__})")
+                else:
+                    note(f"{kind} at {heap_kb}K failed after {len(samples)} samples: {e}")
+                    print("  " + "\n  ".join(w.devices[devs[kind]].board.log().splitlines()[-25:]), file=sys.stderr)
                 out[kind] = None
                 PARTIAL[(kind, heap_kb)] = (samples, repr(e)[:120])
         ts = [threading.Thread(target=go, args=(k,)) for k in devs]
@@ -214,7 +248,7 @@ def main():
     for kb in LEVELS:
         if not alive or kb >= HEAP_KB:
             continue
-        r = run(kb, {k: SHORT_N for k in DRIVERS})
+        r = run(kb, {k: SHORT_N for k in DRIVERS}, search=True)
         for k in list(alive):
             if r.get(k):
                 lo[k] = kb

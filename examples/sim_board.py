@@ -3,12 +3,14 @@
 CONFIG is the config.json `edgepay provision DEVICE --board sim-...` wrote; FLASH_DIR stands in for
 the board's flash (config.json is copied there; the journal's flash.bin and the counters live
 there and survive restarts). The board's peripherals run detached: actuations are only logged.
-A `reboot` command restarts it. Ctrl-C stops it cleanly (offline status, then DISCONNECT).
+A `reboot` command restarts it. Ctrl-C, SIGTERM or SIGHUP stop it cleanly (offline status, then
+DISCONNECT); if this process is killed outright, the VM dies with it (host_tools/sim/board.py).
 
     .venv/bin/python examples/sim_board.py edgepay/devices/gate-001/config.json edgepay/sim/gate-001
 """
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +18,13 @@ import time
 from host_tools.sim.board import SimBoard
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # the clean stop below, as for Ctrl-C
+
+
 def main() -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
     ap.add_argument("flash_dir")

@@ -21,15 +21,20 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
+  echo "setup: installing the pinned packages (constraints.txt; about a minute on a fresh machine)..."
+  t0=$SECONDS
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+  echo "setup: packages installed in $((SECONDS - t0)) s"
   echo "$want" > "$stamp"
+else
+  echo "setup: .venv is up to date with the pins"
 fi
 
 # --- MicroPython type stubs (edgepay tooling): pyright checks firmware/ against them, not CPython's
 # typeshed (pyrightconfig.json: typeshedPath/stubPath .venv/typings; rp2 beside it, for hal/flash.py).
 # Installed into plain directories, never into the venv, where they would shadow CPython's stubs.
 if [ "$(cat .venv/typings/.stamp 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing MicroPython stubs into .venv/typings"
+  echo "setup: installing MicroPython stubs into .venv/typings (for pyright)..."
   rm -rf .venv/typings .venv/typings-rp2
   .venv/bin/python -m pip install -q --no-user --target .venv/typings -c constraints.txt micropython-esp32-stubs
   .venv/bin/python -m pip install -q --no-user --no-deps --target .venv/typings-rp2 -c constraints.txt micropython-rp2-stubs
@@ -53,6 +58,7 @@ apt_install() {  # PACKAGE
 }
 
 # Mosquitto: every MQTT test starts its own broker on a free loopback port.
+echo "setup: checking Mosquitto and PostgreSQL"
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto || exit 1
 fi

@@ -284,7 +284,7 @@ def test_cmd_time_outcomes(fleet):
     assert json.loads(r.output)["refused"] == 0
     r = run("--json", "cmd", "gate-1", "set_config", "hb_s=30", env=env)
     assert json.loads(r.output)["state"] == "SUCCEEDED"
-    run("--json", "cmd", "gate-1", "no_such_command", env=env, code=11)
+    run("--json", "cmd", "gate-1", "no_such_command", "--unchecked", env=env, code=11)  # the device's own refusal
     r = run("--json", "cmd", "gate-1", "set_config", "hb_s=1", env=env, code=11)  # out of range
     assert json.loads(r.output)["code"] == "bad_args"
     # no device answering: TIMED_OUT (12), or EXPIRED (13) once the command's exp has passed
@@ -296,10 +296,10 @@ def test_cmd_time_outcomes(fleet):
 def test_cmd_bad_input(fleet, tmp_path):
     env, _ = fleet
     bad("cmd", "nobody", "get_state", env=env, says="unknown device")
-    bad("cmd", "gate-1", "open", "1", env=env, says="key=value")
-    bad("cmd", "gate-1", "open", "1=2", "1=3", env=env, says="twice")
-    bad("cmd", "gate-1", "open", "1=2.5", env=env, says="float")
-    bad("cmd", "gate-1", "x" * 30, env=env, says="command name")
+    bad("cmd", "gate-1", "open", "1", env=env, code=2, says="key=value")  # argument errors: usage (2)
+    bad("cmd", "gate-1", "open", "1=2", "1=3", env=env, code=2, says="twice")
+    bad("cmd", "gate-1", "open", "1=2.5", env=env, code=2, says="float")
+    bad("cmd", "gate-1", "x" * 30, env=env, code=2, says="command name")
     bad("cmd", "gate-1", "get_state", env=dict(env, EDGEPAY_BROKER="127.0.0.1:1"), code=3, says="unreachable")
     bad("cmd", "gate-1", "get_state", env=dict(env, EDGEPAY_MQTT_PASSWORD="wrong"), code=3)
     bad("cmd", "gate-1", "get_state", env=dict(env, EDGEPAY_MQTT_PASSWORD=""), says="password")

@@ -254,7 +254,8 @@ def test_provision_wifi(tmp_path):
     pw.chmod(0o600)
     base = ["--registry", str(tmp_path / "r.db"), "provision"]
     r = run(*base, "gate-1", "--board", "esp32-devkitc-gate", "--out", str(tmp_path / "g"), "--broker-dir",
-            str(tmp_path / "b"), "--wifi-ssid", "site-net", "--wifi-password-file", str(pw))
+            str(tmp_path / "b"), "--device-broker", "10.0.0.5:1883",  # a real board: required
+            "--wifi-ssid", "site-net", "--wifi-password-file", str(pw))
     assert "correct horse" not in r.output and "site-net" in r.output
     cfg = json.loads((tmp_path / "g" / "config.json").read_text())
     assert cfg["wifi"] == {"ssid": "site-net", "password": "correct horse battery"}

@@ -17,19 +17,65 @@ from pathlib import Path
 
 import click
 
-from host_tools.cli.common import (DEFAULT_BROKER, DEFAULT_REGISTRY, DEFAULT_USER, EXIT_ERROR, CliError,
-                                   Ctx)
+from host_tools.cli.common import (DEFAULT_BROKER, DEFAULT_REGISTRY, DEFAULT_USER, EXIT_ERROR, EXIT_USAGE,
+                                   CliError, Ctx, show_error)
 
-COMMANDS = ("provision", "build", "flash", "cmd", "watch", "ledger", "broker", "sim", "demo")
+COMMANDS = ("provision", "build", "flash", "journal", "cmd", "watch", "ledger", "broker", "sim", "demo")
 
 EPILOG = """\b
 Exit codes: 0 ok; 1 error (bad input, unknown device, bad file; nothing done);
 2 usage; 3 unreachable (broker, serial port, database);
 cmd outcomes: 10 FAILED, 11 REJECTED, 12 TIMED_OUT, 13 EXPIRED.
+\b
+--json: one JSON object on stdout; streams (watch, logs, sim, demo) print JSON lines,
+one object per line. A failure is also a JSON object on stdout, nothing on stderr:
+{"error": "<message>", "code": "error|usage|unreachable", "exit": <exit code>}.
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+class EdgepayGroup(click.Group):
+    """`main` with one error path (console script and click's test runner alike): a clear line on
+    stderr, or under --json a JSON object on stdout, with the same exit code; never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+        try:
+            rv = super().main(args=argv, prog_name=prog_name or "edgepay", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except click.exceptions.Abort:
+            show_error("aborted", 130, as_json)
+            code = 130
+        except CliError as e:
+            show_error(e.format_message(), e.exit_code, as_json)
+            code = e.exit_code
+        except click.UsageError as e:
+            if as_json:
+                show_error(e.format_message(), EXIT_USAGE, True)
+            else:
+                e.show()
+            code = e.exit_code
+        except click.ClickException as e:
+            show_error(e.format_message(), e.exit_code, as_json)
+            code = e.exit_code
+        except click.exceptions.Exit as e:
+            code = e.exit_code
+        except KeyboardInterrupt:
+            show_error("interrupted", 130, as_json)
+            code = 130
+        except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+            if os.environ.get("EDGEPAY_DEBUG"):
+                raise
+            show_error(f"{type(e).__name__}: {e}", EXIT_ERROR, as_json)
+            code = EXIT_ERROR
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+@click.group(cls=EdgepayGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EPILOG)
 @click.option("--registry", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGEPAY_REGISTRY",
               default=DEFAULT_REGISTRY, show_default=True, show_envvar=True,
@@ -44,7 +90,8 @@ cmd outcomes: 10 FAILED, 11 REJECTED, 12 TIMED_OUT, 13 EXPIRED.
               help="cloud MQTT password (prefer the environment variable)")
 @click.option("--ca", "ca_file", envvar="EDGEPAY_CA", type=click.Path(dir_okay=False), show_envvar=True,
               help="CA certificate: connect to the broker with TLS")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output (JSON, or JSON lines for streams)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable stdout: one JSON object, or JSON lines (one object a line) for "
+                   "streams (watch, logs, sim, demo); a failure is {\"error\", \"code\", \"exit\"} on stdout")
 @click.version_option(package_name="edgepay")
 @click.pass_context
 def cli(ctx: click.Context, registry: Path, broker: str, user: str, password: str | None,
@@ -60,24 +107,7 @@ for _name in COMMANDS:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: clear errors, never a traceback for bad input (EDGEPAY_DEBUG=1 shows one)."""
-    try:
-        rv = cli.main(args=argv, prog_name="edgepay", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if os.environ.get("EDGEPAY_DEBUG"):
-            raise
-        click.echo(f"error: {type(e).__name__}: {e}", err=True)
-        return EXIT_ERROR
-    return rv if isinstance(rv, int) else 0
+    return cli.main(args=argv, prog_name="edgepay", standalone_mode=False)
 
 
 __all__ = ["cli", "main", "CliError"]

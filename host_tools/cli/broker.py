@@ -98,7 +98,9 @@ def register(cli: click.Group) -> None:
         device_auth = ["use_username_as_clientid true", "allow_anonymous false",
                        f"password_file {d / 'passwd'}", f"acl_file {d / 'acl'}"]
         # `user`: only acted on when Mosquitto starts as root (see the module docstring)
-        conf = ["per_listener_settings true", f"user {acct.pw_name}", "set_tcp_nodelay true",
+        # pid_file: `provision` reloads this broker (SIGHUP) when it adds a device (cli/reload.py)
+        conf = ["per_listener_settings true", f"user {acct.pw_name}", f"pid_file {d / 'mosquitto.pid'}",
+                "set_tcp_nodelay true",
                 "max_queued_messages 100000", *limit_conf(MAX_PACKET),
                 f"listener {port} {bind}", *device_auth,
                 f"listener {cloud_port} {bind}", "allow_anonymous false",

@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from host_tools.cli.common import EXIT_UNREACHABLE, Ctx, fail
+from host_tools.cli import cmdspec
+from host_tools.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, Ctx, fail
 
 OUTCOME_EXIT = {"SUCCEEDED": 0, "FAILED": 10, "REJECTED": 11, "TIMED_OUT": 12, "EXPIRED": 13}
 _INT = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -35,12 +36,12 @@ def parse_value(text: str) -> Any:
         try:
             v = json.loads(text)
         except ValueError:
-            fail(f"bad value {text!r}: it starts like JSON but is not valid JSON")
+            fail(f"bad value {text!r}: it starts like JSON but is not valid JSON", EXIT_USAGE)
         if isinstance(v, float) or _has_float(v):
-            fail(f"bad value {text!r}: no floats on the wire (money is integer minor units)")
+            fail(f"bad value {text!r}: no floats on the wire (money is integer minor units)", EXIT_USAGE)
         return v
     if re.fullmatch(r"-?[0-9]+\.[0-9]*([eE][-+]?[0-9]+)?", text):
-        fail(f"bad value {text!r}: no floats on the wire (money is integer minor units)")
+        fail(f"bad value {text!r}: no floats on the wire (money is integer minor units)", EXIT_USAGE)
     return text
 
 
@@ -59,20 +60,21 @@ def parse_args(items: tuple[str, ...]) -> dict | None:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            fail(f"bad argument {item!r}: use key=value (key an integer or a name), e.g. 1=2 or hb_s=10")
+            fail(f"bad argument {item!r}: use key=value (key an integer or a name), e.g. 1=2 or hb_s=10", EXIT_USAGE)
         if _INT.fullmatch(key) and not key.startswith("-"):
             k: Any = int(key)
         elif _NAME.fullmatch(key):
             k = key
         else:
-            fail(f"bad argument key {key!r}: an unsigned integer or a name [A-Za-z_][A-Za-z0-9_]*")
+            fail(f"bad argument key {key!r}: an unsigned integer or a name [A-Za-z_][A-Za-z0-9_]*", EXIT_USAGE)
         if k in out:
-            fail(f"argument key {key!r} given twice")
+            fail(f"argument key {key!r} given twice", EXIT_USAGE)
         out[k] = parse_value(value)
     return out or None
 
 
-def connect(o: Ctx):
+def connect(o: Ctx, status_of: str | None = None):
+    """A connected CommandClient; with `status_of`, also following that device's retained status."""
     from host_tools.cloud.commands import CommandClient
     from host_tools.cloud.mqtt import BrokerUnreachable
     host, port = o.broker_addr()
@@ -80,6 +82,15 @@ def connect(o: Ctx):
     reg = o.open_registry()
     try:
         client = CommandClient(reg, host, port, o.user, password, ca_file=o.ca_file)
+        if status_of is not None:
+            import threading
+            client.status_seen = threading.Event()  # type: ignore[attr-defined]
+            client.status = None  # type: ignore[attr-defined]
+
+            def on_status(topic: str, payload: bytes) -> None:
+                client.status = (topic, bytes(payload))  # type: ignore[attr-defined]
+                client.status_seen.set()  # type: ignore[attr-defined]
+            client.mqtt.subscribe(f"v1/dev/{status_of}/up/status", on_status, qos=1)
         client.connect(timeout=5)
     except BrokerUnreachable as e:
         reg.close()
@@ -91,7 +102,7 @@ def connect(o: Ctx):
 
 
 def register(cli: click.Group) -> None:
-    @cli.command(context_settings={"ignore_unknown_options": False})
+    @cli.command(context_settings={"ignore_unknown_options": False}, epilog=cmdspec.help_table())
     @click.argument("device")
     @click.argument("name")
     @click.argument("args", nargs=-1)
@@ -99,25 +110,37 @@ def register(cli: click.Group) -> None:
                   help="seconds in all: one deadline for the broker's PUBACK and the device's signed result")
     @click.option("--ttl", type=click.IntRange(min=1, max=86400), default=60, show_default=True,
                   help="the command's lifetime (its exp = now + ttl)")
+    @click.option("--unchecked", is_flag=True,
+                  help="send a NAME or argument the list below does not know (newer firmware) as written")
     @click.pass_obj
-    def cmd(o: Ctx, device: str, name: str, args: tuple[str, ...], timeout: float, ttl: int) -> None:
+    def cmd(o: Ctx, device: str, name: str, args: tuple[str, ...], timeout: float, ttl: int,
+            unchecked: bool) -> None:
         """Send the signed command NAME to DEVICE (through the broker's cloud listener, --broker)
         and wait for its outcome.
 
         \b
         ARGS are KEY=VALUE: edgepay cmd gate-001 open 1=0 3=5
+                            edgepay cmd gate-001 open target=0 hold_s=5
                             edgepay cmd gate-001 set_config hb_s=60
-        Exit code: 0 SUCCEEDED, 10 FAILED, 11 REJECTED, 12 TIMED_OUT, 13 EXPIRED.
+        Exit code: 0 SUCCEEDED, 10 FAILED, 11 REJECTED, 12 TIMED_OUT, 13 EXPIRED;
+        2 for an unknown NAME or a bad argument (nothing is signed or sent).
+        A device whose retained status says offline gets a warning; the command still goes.
         """
         from host_tools.protocol import ProtocolError
         if not 1 <= len(name.encode()) <= 24:
-            fail(f"bad command name {name!r}: 1-24 bytes")
+            fail(f"bad command name {name!r}: 1-24 bytes", EXIT_USAGE)
         cargs = parse_args(args)
+        if not unchecked:
+            try:
+                cargs = cmdspec.check(name, cargs)
+            except cmdspec.ArgProblem as e:
+                fail(str(e), EXIT_USAGE)
         reg0 = o.open_registry()
         o.device(reg0, device)  # unknown device: an error before any connection
         reg0.close()
-        reg, client = connect(o)
+        reg, client = connect(o, status_of=device)
         try:
+            warn_if_offline(o, client, device)
             t0 = time.monotonic()
             try:
                 c = client.send(device, name, cargs, timeout=timeout, ttl=ttl)
@@ -203,6 +226,20 @@ def register(cli: click.Group) -> None:
         code = OUTCOME_EXIT.get(state, 1)
         if code:
             raise click.exceptions.Exit(code)
+
+
+def warn_if_offline(o: Ctx, client, device: str, wait_s: float = 0.5) -> None:
+    """A retained status (or will) saying offline: a warning line on stderr. The command is still
+    sent: the broker holds it for the device's session, and its exp bounds how long it may run."""
+    from host_tools.cli.watch import verify
+    seen = getattr(client, "status_seen", None)
+    if seen is None or not seen.wait(wait_s):  # retained messages come right after SUBACK
+        return
+    topic, payload = client.status
+    _, msg, err = verify(client.registry, {}, topic, payload)
+    if err is None and msg is not None and msg.get("online") is False:
+        o.note(f"[yellow]warning:[/] {device}'s retained status says offline: the command is sent and "
+               "waits at the broker until the device reconnects (or it expires)")
 
 
 def _serve_time(o: Ctx, serve_s: float | None) -> None:

@@ -28,6 +28,21 @@ EXIT_OK = 0
 EXIT_ERROR = 1        # bad input, unknown device, bad file, anything refused before acting
 EXIT_USAGE = 2        # click's own usage errors (unknown option, missing argument)
 EXIT_UNREACHABLE = 3  # broker, serial port or database unreachable
+# The "code" of a JSON error object (--json): a name for each exit code a script can match on.
+EXIT_NAMES = {EXIT_ERROR: "error", EXIT_USAGE: "usage", EXIT_UNREACHABLE: "unreachable", 130: "interrupted"}
+
+
+def error_object(message: str, exit_code: int) -> dict:
+    """What --json prints on stdout for a failure: {"error", "code", "exit"} (the exit code unchanged)."""
+    return {"error": message, "code": EXIT_NAMES.get(exit_code, "error"), "exit": exit_code}
+
+
+def show_error(message: str, exit_code: int, as_json: bool) -> None:
+    """One failure: a JSON object on stdout with --json (stdout stays parseable), else a line on stderr."""
+    if as_json:
+        click.echo(json.dumps(error_object(message, exit_code), sort_keys=True))
+    else:
+        click.echo(f"error: {message}", err=True)
 
 
 class CliError(click.ClickException):
@@ -38,7 +53,7 @@ class CliError(click.ClickException):
         self.exit_code = code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        show_error(self.format_message(), self.exit_code, False)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -74,6 +89,10 @@ class Ctx:
 
     # ---- broker and registry -------------------------------------------------------------
     def broker_addr(self) -> tuple[str, int]:
+        """The broker's host and port, after checking the TLS CA file (if any) can be used: a
+        missing or unreadable CA is its own error, not "cannot connect to the broker"."""
+        if self.ca_file is not None:
+            check_ca_file(self.ca_file)
         return parse_hostport(self.broker, "--broker / EDGEPAY_BROKER")
 
     def need_password(self) -> str:
@@ -115,6 +134,21 @@ def jsonable(v: Any) -> Any:
     return str(v)
 
 
+def check_ca_file(path: str) -> None:
+    import ssl
+    p = Path(path)
+    if not p.exists():
+        fail(f"the CA file {p} does not exist (--ca / EDGEPAY_CA: the broker's CA certificate, PEM)")
+    if not p.is_file():
+        fail(f"the CA file {p} is not a file (--ca / EDGEPAY_CA)")
+    try:
+        ssl.create_default_context(cafile=str(p))
+    except PermissionError as e:
+        fail(f"cannot read the CA file {p}: {e.strerror}")
+    except (ssl.SSLError, OSError, ValueError) as e:
+        fail(f"the CA file {p} is not a PEM CA certificate ({e})")
+
+
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -122,8 +156,13 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+GITIGNORE = "# made by edgepay: device keys, broker passwords, registry; never commit them\n*\n"
+
+
 def make_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) owner-only (0700); an existing one is tightened."""
+    """Create `path` (and parents) owner-only (0700); an existing one is tightened. The topmost
+    directory made here gets a .gitignore of "*": keys written inside a checkout (the default
+    ./edgepay/ is wherever the user stands) stay out of git."""
     path = Path(path)
     if str(path) in ("", "."):
         return path
@@ -131,6 +170,10 @@ def make_private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     for p in [path, *missing]:  # every directory made here, and the leaf, owner-only
         os.chmod(p, 0o700)
+    top = missing[-1] if missing else None
+    for d in (top, Path("edgepay") if path.parts[:1] == ("edgepay",) else None):  # and the default root
+        if d is not None and d.is_dir() and not (d / ".gitignore").exists():
+            (d / ".gitignore").write_text(GITIGNORE)
     return path
 
 

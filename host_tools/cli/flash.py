@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from host_tools.cli.common import EXIT_ERROR, EXIT_UNREACHABLE, Ctx, fail, load_board, read_json_object
+from host_tools.cli.common import (EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, Ctx, fail, is_sim_board,
+                                   load_board, read_json_object)
 
 CONFIG_EXTRAS = ("ca", "cert", "certkey")  # files a config names, copied beside it
 
@@ -30,6 +31,11 @@ def check_config(path: Path, board: dict) -> tuple[dict, list[Path]]:
     kind = cfg["board"].get("kind") if isinstance(cfg["board"], dict) else None
     if kind != board["kind"]:
         fail(f"config {path} is for a {kind} board; {board['name']} is a {board['kind']} board")
+    cfg_sim = isinstance(cfg["board"], dict) and bool(cfg["board"].get("sim"))
+    if cfg_sim and not is_sim_board(board):  # a sim config: simulated pins, a loopback broker
+        fail(f"config {path} was provisioned for the sim board {cfg['board'].get('name')!r}; {board['name']} "
+             f"is a real board: provision the device for it (edgepay provision {cfg['device']} "
+             f"--board {board['name']} --device-broker HOST:PORT)")
     extras = []
     broker = cfg["broker"] if isinstance(cfg["broker"], dict) else {}
     for k in CONFIG_EXTRAS:
@@ -40,6 +46,32 @@ def check_config(path: Path, board: dict) -> tuple[dict, list[Path]]:
                 fail(f"config {path} names {k} file {name!r}, which is not beside it")
             extras.append(p)
     return cfg, extras
+
+
+def _write_image(o: Ctx, board: dict, image: Path, port: str | None, drive: Path | None, baud: int) -> None:
+    from host_tools.cli import firmware_image as fw
+    mcu = board.get("mcu", "")
+    if is_sim_board(board):
+        fail(f"{board['name']} is a sim board: it runs on the unix VM, there is no image to write")
+    if image.suffix.lower() == ".uf2":
+        if mcu not in fw.UF2_FAMILY:
+            fail(f"{image} is a UF2, and {board['name']} ({mcu}) is flashed with esptool: give its .bin")
+        if drive is None:
+            fail("a .uf2 --firmware needs --drive: the Pico's BOOTSEL drive (e.g. /media/$USER/RPI-RP2)", EXIT_USAGE)
+        res = fw.write_uf2(image, mcu, drive)
+        o.emit({"board": board["name"], "firmware": str(image), **res}, lambda: o.console.print(
+            f"[bold green]wrote[/] {image.name} ({res['blocks']} UF2 blocks) to {drive}: the board reboots into it; "
+            f"next: edgepay flash --board {board['name']} --port PORT --config ..."))
+        return
+    if mcu not in fw.ESP_CHIPS:
+        fail(f"{board['name']} ({mcu}) takes a .uf2 image (--firmware X.uf2 --drive BOOTSEL), not {image.name}")
+    if port is None:
+        fail("--firmware for an ESP32 needs --port: the board's serial port, e.g. /dev/ttyUSB0", EXIT_USAGE)
+    o.note(f"checking {image} (esptool image-info), then writing it to {port} at {hex(fw.ESP_CHIPS[mcu][2])}...")
+    res = fw.write_esp(image, mcu, port, baud)
+    o.emit({"board": board["name"], "firmware": str(image), **res}, lambda: o.console.print(
+        f"[bold green]wrote[/] {image.name} to {port} ({res['chip']} at {hex(res['offset'])}); "
+        f"next: edgepay flash --board {board['name']} --port {port} --config ..."))
 
 
 def open_transport(port: str):
@@ -56,9 +88,15 @@ def open_transport(port: str):
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--board", "board_name", required=True, help="a boards/*.json name or a path")
-    @click.option("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    @click.option("--port", help="the board's serial port, e.g. /dev/ttyUSB0 (required but for a UF2 --firmware)")
     @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
                   help="the device's config.json (edgepay provision)")
+    @click.option("--firmware", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                  help="write this MicroPython image first, then stop: an ESP32 .bin (esptool write-flash) "
+                       "or a Pico .uf2 (onto --drive); run flash again without it for the bundle")
+    @click.option("--drive", type=click.Path(file_okay=False, path_type=Path),
+                  help="with a .uf2 --firmware: the Pico's BOOTSEL drive (the folder it mounts as RPI-RP2)")
+    @click.option("--baud", type=int, default=460800, show_default=True, help="esptool's baud rate (--firmware)")
     @click.option("--bundle", type=click.Path(file_okay=False, path_type=Path),
                   help="a bundle made by `edgepay build` [default: build it now]")
     @click.option("--soft-reset/--no-soft-reset", default=True, show_default=True,
@@ -66,12 +104,18 @@ def register(cli: click.Group) -> None:
     @click.option("--reset/--no-reset", "reset_after", default=True, show_default=True,
                   help="soft-reset after copying so the new firmware starts")
     @click.pass_obj
-    def flash(o: Ctx, board_name: str, port: str, config: Path | None, bundle: Path | None,
-              soft_reset: bool, reset_after: bool) -> None:
-        """Copy the firmware bundle (and the device config) to a board with mpremote."""
+    def flash(o: Ctx, board_name: str, port: str | None, config: Path | None, firmware: Path | None,
+              drive: Path | None, baud: int, bundle: Path | None, soft_reset: bool, reset_after: bool) -> None:
+        """Copy the firmware bundle (and the device config) to a board with mpremote; with
+        --firmware, write a MicroPython image to it instead (esptool, or a UF2 to BOOTSEL)."""
         from mpremote.transport import TransportError
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
         board = load_board(board_name)
+        if firmware is not None:
+            _write_image(o, board, firmware, port, drive, baud)
+            return
+        if port is None:
+            fail("--port is required: the board's serial port, e.g. /dev/ttyUSB0", EXIT_USAGE)
         files: list[tuple[Path, str]] = []
         if config is not None:
             if not config.is_file():

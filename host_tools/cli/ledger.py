@@ -1,5 +1,7 @@
 """`edgepay ledger [sessions|totals|reconcile]` over host_tools.cloud.ledger.open_ledger(url):
-a SQLite path (or sqlite:///path) or a postgresql:// URL. Money is printed as integer minor units.
+a SQLite path (or sqlite:///path) or a postgresql:// URL. Money is printed as integer minor units,
+times as ISO 8601 UTC (`2026-12-02T06:53:04Z`; --json keeps Unix seconds). On a terminal a table
+whose cells wrap, never cut; piped, tab-separated lines with a header row and every value whole.
 
 `reconcile DEVICE JOURNAL` compares the ledger with a device's own records: JOURNAL is a JSON file
 (a list, or JSON lines) of {"seq": n, "raw": "<envelope hex>"}. Exit 0 when they agree, 4 when
@@ -8,6 +10,7 @@ records are missing, extra or different.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -32,6 +35,29 @@ def open_db(url: str):
     except Exception as e:  # noqa: BLE001 - sqlite3/psycopg errors: one clear line
         code = EXIT_UNREACHABLE if pg else 1
         fail(f"cannot open the ledger {url}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", code)
+
+
+def iso_utc(t: int | float | None) -> str:
+    """Unix seconds as ISO 8601 UTC with Z; '' for none."""
+    if t is None or t == "":
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(t)))
+
+
+def print_table(o: Ctx, title: str, cols: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> None:
+    """A rich table on a terminal (cells fold, never truncated with an ellipsis); otherwise
+    tab-separated lines, header first, so a pipe or a file gets every value whole."""
+    if not o.console.is_terminal:
+        click.echo("\t".join(cols))
+        for row in rows:
+            click.echo("\t".join(c.replace("\t", " ").replace("\n", " ") for c in row))
+        return
+    t = Table(title=title)
+    for col in cols:
+        t.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    for row in rows:
+        t.add_row(*row)
+    o.console.print(t)
 
 
 def _read(ledger, fn):
@@ -72,14 +98,13 @@ def register(cli: click.Group) -> None:
         data = [dict(vars(s)) for s in rows]
 
         def human() -> None:
-            t = Table(title=f"sessions ({len(rows)})")
-            for col in ("device", "sid", "state", "payer", "amount", "t0", "t1", "offline", "reason"):
-                t.add_column(col, justify="right" if col in ("amount", "t0", "t1") else "left")
+            cols = ["device", "sid", "state", "payer", "amount", "t0", "t1", "offline", "reason"]
+            out = []
             for s in rows:
                 amount = "" if s.amount is None else f"{s.amount} {s.currency or ''}".strip()
-                t.add_row(s.device, s.sid, s.state, s.payer or "", amount, str(s.t0 or ""), str(s.t1 or ""),
-                          "yes" if s.offline else "", s.reason or "")
-            o.console.print(t)
+                out.append([s.device, s.sid, s.state, s.payer or "", amount, iso_utc(s.t0), iso_utc(s.t1),
+                            "yes" if s.offline else "", s.reason or ""])
+            print_table(o, f"sessions ({len(rows)})", cols, out, right=("amount",))
         o.emit(data, human)
 
     @ledger.command()
@@ -97,12 +122,9 @@ def register(cli: click.Group) -> None:
             led.close()
 
         def human() -> None:
-            t = Table(title=f"totals ({state} sessions{', ' + device if device else ''}; {count} records)")
-            t.add_column("currency")
-            t.add_column("amount (minor units)", justify="right")
-            for cur, amount in tot.items():
-                t.add_row(cur, f"{amount}")
-            o.console.print(t)
+            print_table(o, f"totals ({state} sessions{', ' + device if device else ''}; {count} records)",
+                        ["currency", "amount (minor units)"], [[cur, f"{amount}"] for cur, amount in tot.items()],
+                        right=("amount (minor units)",))
         o.emit({"totals": tot, "state": state, "device": device, "records": count}, human)
 
     @ledger.command()

@@ -19,8 +19,8 @@ from pathlib import Path
 import click
 
 from host_tools.broker import DEVICE_PORT
-from host_tools.cli.common import (Ctx, fail, load_board, make_private_dir, parse_hostport,
-                                   write_private)
+from host_tools.cli.common import (EXIT_USAGE, Ctx, fail, is_sim_board, load_board, make_private_dir,
+                                   parse_hostport, write_private)
 from host_tools.tls import CA_DAYS, LEAF_DAYS
 
 DEVICE_ACL = ["pattern write v1/dev/%u/up/#", "pattern read v1/dev/%u/dn/#"]
@@ -145,6 +145,16 @@ def read_wifi(ssid: str | None, pw_file: Path | None) -> dict | None:
     return {"ssid": ssid, "password": pw}
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_ip(h: str, ipaddress) -> bool:
     try:
         ipaddress.ip_address(h)
@@ -183,9 +193,17 @@ def register(cli: click.Group) -> None:
         if not DEVICE_ID.fullmatch(device):
             fail(f"bad device id {device!r}: use 1-32 of a-z 0-9 - (not starting with -), e.g. gate-001")
         board = load_board(board_name)
+        if device_broker is None and not is_sim_board(board):
+            # a real board reaches the broker over the network: 127.0.0.1 would be the board itself
+            fail(f"{board['name']} is a real board: give --device-broker HOST:PORT, the broker's device "
+                 f"listener as the board reaches it over the network (e.g. 192.168.1.10:{DEVICE_PORT}, "
+                 f"or mqtt.example.com:8883 with --tls)", EXIT_USAGE)
         if device_broker is None:  # --broker is the cloud listener: the device gets the device port
             device_broker = f"{parse_hostport(o.broker, '--broker / EDGEPAY_BROKER')[0]}:{DEVICE_PORT}"
         host, port = parse_hostport(device_broker, "--device-broker")
+        if not is_sim_board(board) and _is_loopback(host):
+            o.note(f"[yellow]warning:[/] --device-broker {host}: on {board['name']} that is the board itself, "
+                   "not this machine; give the address the board reaches the broker at")
         wifi = read_wifi(wifi_ssid, wifi_password_file)
         out = Path(out) if out is not None else Path("edgepay") / "devices" / device
         if (out / "config.json").exists():
@@ -222,7 +240,10 @@ def register(cli: click.Group) -> None:
             fail(str(e))
         finally:
             reg.close()
+        from host_tools.cli.reload import reload_broker
+        reload = reload_broker(broker_dir)  # Mosquitto refuses the new device until it rereads passwd
         result = {"device": device, "kid": kid, "board": board["name"], "kind": board["kind"],
+                  "broker_reload": reload or None,
                   "config": str(out / "config.json"), "registry": str(o.registry),
                   "passwd": str(broker_dir / "passwd"), "acl": str(broker_dir / "acl"),
                   "broker": f"{host}:{port}", "tls": tls_files,
@@ -242,5 +263,11 @@ def register(cli: click.Group) -> None:
                 c.print(f"  tls       CA {tls_files['ca']}, broker {tls_files['server']}, device {tls_files['device_cert']}")
             if show_key:
                 c.print(f"  key       {key.hex()}")
+            if "reloaded" in reload:
+                c.print(f"  reloaded  the broker (mosquitto pid {reload['reloaded']}, SIGHUP): it knows {device} now")
             c.print(f"next: edgepay flash --board {board['name']} --port PORT --config {out / 'config.json'}")
+        if "reload" in reload:  # stderr, also under --json: a step the user must take
+            o.note(f"[yellow]warning:[/] Mosquitto (pid {', '.join(map(str, reload['pids']))}) reads "
+                   f"{broker_dir / 'passwd'} and refuses {device} (CONNACK 5, not authorised) until it rereads "
+                   f"it: {reload['reload']}")
         o.emit(result, human)

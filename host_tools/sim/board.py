@@ -5,6 +5,12 @@ runs in its own process, and the host sees only its MQTT traffic, its log and it
 Exit codes of the VM (see firmware/hal/reset.py): 0 clean stop, 3 bad config or board file,
 4 reboot requested. A watchdog reset kills the VM with SIGUSR2 (there is no os._exit in the VM).
 The simulator plays the reset-cause register: before a restart it writes `.reset_cause`.
+
+A VM ends with the process that started it, however that process ends (SIGKILL included): on
+Linux it runs under `setpriv --pdeathsig KILL`, and is forked from one long-lived spawner thread,
+because the kernel sends the death signal when the forking *thread* ends (boards are booted from
+short-lived threads by host_tools/sim/world.py). Otherwise a killed host left a VM heartbeating
+but deaf: nobody read its console, and a full pipe blocks it.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from host_tools.build import board_bundle, code_allowance, compile_firmware
@@ -36,6 +43,27 @@ def micropython() -> str:
     if not found:
         raise RuntimeError("the micropython VM is not installed: run `make setup`")
     return found
+
+
+_spawner: list = []  # the one spawner, made on first use
+_spawner_lock = threading.Lock()
+
+
+def die_with_parent_prefix() -> list[str]:
+    """The command prefix that gives a VM the death signal of its parent (Linux util-linux setpriv)."""
+    if sys.platform.startswith("linux"):
+        tool = shutil.which("setpriv")
+        if tool:
+            return [tool, "--pdeathsig", "KILL"]
+    return []
+
+
+def spawn(argv: list[str], **kw) -> subprocess.Popen:
+    """Popen from the spawner thread, which lives as long as this process (see the docstring)."""
+    with _spawner_lock:
+        if not _spawner:
+            _spawner.append(ThreadPoolExecutor(1, thread_name_prefix="simboard-spawn"))
+    return _spawner[0].submit(subprocess.Popen, [*die_with_parent_prefix(), *argv], **kw).result()
 
 
 def parse_size(s: str | int) -> int:
@@ -97,7 +125,7 @@ class SimBoard:
             bundle = board_bundle(bundle, board, self.firmware) or bundle
         env["MICROPYPATH"] = f"{bundle}:.frozen:"
         self.vm_heap = vm_heapsize(self.heapsize, bundle)
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [micropython(), "-X", f"heapsize={self.vm_heap}", "-m", "main"],
             cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1)
