@@ -19,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from host_tools.broker import Broker
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import GENESIS, chain_hash, open_ledger
+from host_tools.cloud.ledger import GENESIS, chain_hash
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import open_message, seal, topic, verify_mac0
 

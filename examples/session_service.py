@@ -14,7 +14,7 @@ from pathlib import Path
 
 from host_tools.broker import Broker
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.sessions import SessionService

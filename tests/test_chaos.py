@@ -15,7 +15,7 @@ import pytest
 
 from host_tools.broker import Broker
 from host_tools.cloud.commands import CommandClient
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.registry import Registry
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.provision import provision_sim

@@ -22,7 +22,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import GENESIS, open_ledger
+from host_tools.cloud.ledger import GENESIS
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import build_mac0, encode_payload, open_message, topic
 from tests.test_ledger import DeviceChain

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from host_tools.cloud.ledger import (GENESIS, Head, Outcome, Record, SESSION_COLS, chain_hash,
-                                     open_ledger)
+from host_tools.cloud.ledger import GENESIS, Head, Outcome, Record, SESSION_COLS, chain_hash
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.protocol import decode_payload, encode_payload, make_kid, build_mac0, topic
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.registry import Registry
 from host_tools.sim.provision import provision_sim
 

@@ -15,7 +15,7 @@ import pytest
 
 from host_tools.cloud import fees
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.payafter import OrderState, ProviderTimeout, ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore

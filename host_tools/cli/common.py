@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from host_tools.broker import CLOUD_PORT
+from host_tools.provision import make_private_dir, write_private  # noqa: F401 (cli modules import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARDS = ROOT / "boards"
@@ -120,31 +121,6 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         fail(f"bad {what} {text!r}: use host:port, e.g. 127.0.0.1:{CLOUD_PORT}")
     return host.strip("[]"), int(port)
-
-
-def make_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) owner-only (0700); an existing one is tightened."""
-    path = Path(path)
-    if str(path) in ("", "."):
-        return path
-    missing = [p for p in [path, *path.parents] if not p.exists()]
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for p in [path, *missing]:  # every directory made here, and the leaf, owner-only
-        os.chmod(p, 0o700)
-    return path
-
-
-def write_private(path: Path, data: bytes | str) -> Path:
-    """Write a secret-bearing file created 0600 from the start (never world-readable, even briefly)."""
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, raw)
-    finally:
-        os.close(fd)
-    return path
 
 
 # ---- boards -------------------------------------------------------------------------------

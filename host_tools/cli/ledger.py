@@ -1,4 +1,4 @@
-"""`edgepay ledger [sessions|totals|reconcile]` over host_tools.cloud.ledger.open_ledger(url):
+"""`edgepay ledger [sessions|totals|reconcile]` over host_tools.cloud.ledger_open.open_ledger(url):
 a SQLite path (or sqlite:///path) or a postgresql:// URL. Money is printed as integer minor units.
 
 `reconcile DEVICE JOURNAL` compares the ledger with a device's own records: JOURNAL is a JSON file
@@ -19,7 +19,7 @@ EXIT_DIFFERENCES = 4
 
 
 def open_db(url: str):
-    from host_tools.cloud.ledger import open_ledger
+    from host_tools.cloud.ledger_open import open_ledger
     pg = url.startswith(("postgresql://", "postgres://", "host=", "dbname="))
     if not pg and url != ":memory:":
         path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)

@@ -64,8 +64,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from host_tools.cloud.ledger import (RECORD_TYPES, Head, Ledger, Outcome, Record, chain_hash,
-                                     open_ledger)
+from host_tools.cloud.ledger import RECORD_TYPES, Head, Ledger, Outcome, Record, chain_hash
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
 from host_tools.protocol import (ProtocolError, decode, decode_payload, parse_topic, seal,

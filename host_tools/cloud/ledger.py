@@ -8,7 +8,7 @@ Two backends, one behaviour, one interface (`Ledger`):
   N ingest workers on N machines share one ledger; the per-device head row is locked with
   SELECT ... FOR UPDATE (devices in sorted order, so two batches never deadlock).
 
-    ledger = open_ledger("sqlite:///var/lib/edgepay/ledger.db")   # or a path, or "postgresql://..."
+    ledger = open_ledger("sqlite:///var/lib/edgepay/ledger.db")   # ledger_open.py; or a path, or "postgresql://..."
     results = ledger.commit([rec, ...])     # one transaction; per record an Outcome
     ledger.head("gate-001") -> Head(seq, hash) | None
 
@@ -69,7 +69,7 @@ from host_tools.cloud.ledger_model import (GENESIS, RECORD_TYPES, TYPE_NUMBERS, 
 
 __all__ = ["GENESIS", "RECORD_TYPES", "TYPE_NUMBERS", "RECORD_COLS", "SESSION_COLS", "CommitResult",
            "Head", "Ledger", "LedgerError", "Outcome", "Reconciliation", "Record", "Result", "Session",
-           "chain_hash", "open_ledger", "_int", "_schema"]
+           "chain_hash", "_int", "_schema"]
 
 log = logging.getLogger("edgepay.ledger")
 
@@ -453,14 +453,3 @@ class Ledger(Database):
 
     def __enter__(self) -> "Ledger":
         return self
-
-
-def open_ledger(url: str, **kw: Any) -> Ledger:
-    """`sqlite:///path/ledger.db`, a plain path, `:memory:`, or `postgresql://...` / a libpq
-    conninfo string starting with `host=` / `dbname=`."""
-    if url.startswith(("postgresql://", "postgres://")) or url.startswith(("host=", "dbname=")):
-        from host_tools.cloud.ledger_pg import PgLedger
-        return PgLedger(url, **kw)
-    from host_tools.cloud.ledger_sqlite import SqliteLedger
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url  # sqlite:////abs/path
-    return SqliteLedger(path, **kw)

@@ -96,7 +96,7 @@ class SessionStore:
     @classmethod
     def open(cls, url: str, **kw: Any) -> "SessionStore":
         """A store on its own connection to the ledger database at `url` (open_ledger's forms)."""
-        from host_tools.cloud.ledger import open_ledger
+        from host_tools.cloud.ledger_open import open_ledger
         return cls(open_ledger(url, **kw), own=True)
 
     @classmethod

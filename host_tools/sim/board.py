@@ -11,31 +11,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from host_tools.build import board_bundle, code_allowance, compile_firmware
+from host_tools.build import code_allowance, compile_firmware, micropython
+from host_tools.bundle import board_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 
 EXIT_OK, EXIT_CONFIG, EXIT_REBOOT = 0, 3, 4
 WATCHDOG_SIGNAL = signal.SIGUSR2
-
-
-def micropython() -> str:
-    exe = Path(sys.executable).parent / "micropython"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("micropython")
-    if not found:
-        raise RuntimeError("the micropython VM is not installed: run `make setup`")
-    return found
 
 
 def parse_size(s: str | int) -> int:

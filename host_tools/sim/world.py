@@ -48,17 +48,19 @@ from typing import Any, Callable
 from host_tools.broker import Broker
 from host_tools.build import compile_firmware
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import CloudMQTT
 from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.sessions import SessionService
 from host_tools.cloud.timeserver import TimeServer
+from host_tools.provision import ensure_acl, update_passwd
 from host_tools.protocol import ProtocolError, open_message
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.peripherals import SimPeripherals
 from host_tools.sim.provision import provision_sim
+from host_tools.sim.reconcile import reconcile
 from host_tools.sim.simclock import START, SimClock
 from host_tools.sim.simdevice import SimDevice, _Gate, _Hold
 
@@ -90,7 +92,6 @@ class ExternalBroker:
         self.reload_pid = reload_pid
 
     def add_user(self, name: str, password: str, cloud: bool = False) -> None:
-        from host_tools.cli.provision import ensure_acl, update_passwd
         self.dir.mkdir(parents=True, exist_ok=True)
         update_passwd(self.dir / "passwd", name, password)
         ensure_acl(self.dir / "acl")
@@ -447,5 +448,4 @@ class World:
         the raw envelope) vs the ledger's vs what the provider charged, plus the scenario's
         expectation where it has one; flags; devices' journals; orders left open
         (host_tools/sim/reconcile.py)."""
-        from host_tools.sim.reconcile import reconcile
         return reconcile(self, expected)
