@@ -179,11 +179,6 @@ class SessionService(AuthFlows, Settlement):
             self.store.set_binding(ident, account)
             self._bindings[ident] = account
 
-    def unbind(self, ident: str) -> None:
-        with self._lock:
-            self.store.set_binding(ident, None)
-            self._bindings.pop(ident, None)
-
     def account(self, ident: str | None) -> str | None:
         with self._lock:
             return self._bindings.get(ident) if ident else None

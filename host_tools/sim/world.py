@@ -243,13 +243,6 @@ class World:
         return e
 
     # ---- devices -----------------------------------------------------------------------------
-    def add_device(self, name: str, kind: str, *, tariff: dict | None = None, policy: dict | None = POLICY,
-                   proxied: bool = True, timeout: float = 30.0) -> SimDevice:
-        """Provision, boot and bring up one board: online, clock trusted, tariff and policy set."""
-        d = self._provision(name, kind, proxied)
-        self._boot(d, tariff, policy, timeout)
-        return d
-
     def add_devices(self, specs: list[tuple[str, str]], timeout: float = 30.0) -> list[SimDevice]:
         """Several boards, booted in parallel."""
         compile_firmware()  # once, before the boards race for it
