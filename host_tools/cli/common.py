@@ -36,7 +36,7 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, code: int = EXIT_ERROR):
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # pyright: ignore[reportAttributeAccessIssue] - click declares a class default; per-error codes are how click reads it
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)

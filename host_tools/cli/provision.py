@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -29,7 +30,7 @@ BOARD_DROP = ("description", "note")
 
 def _board_for_device(board: dict) -> dict:
     """The board definition as the device reads it from config.json (comments dropped)."""
-    def clean(v):
+    def clean(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items() if k not in BOARD_DROP}
         if isinstance(v, list):

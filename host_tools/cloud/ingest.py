@@ -99,7 +99,8 @@ def _quarantine_record(device: str, payload: bytes, raw: bytes, err: ProtocolErr
         raise err  # another message type on up/rec: not money, a plain refusal
     seq = p.get(8) if isinstance(p, dict) else None
     prev = p.get(9) if isinstance(p, dict) else None
-    if type(seq) is not int or not 0 <= seq <= MAX_COUNT or type(prev) is not bytes or len(prev) != 16:
+    if (not isinstance(p, dict) or type(seq) is not int or not 0 <= seq <= MAX_COUNT or type(prev) is not bytes
+            or len(prev) != 16):
         raise Unplaceable(err.code, err.detail, device, raw)
     return Record(device=device, seq=seq, type=p[0] if type(p.get(0)) is int else 0, sid="",
                   prev=prev, hash=chain_hash(payload), raw=bytes(raw), quarantine=err.code,
@@ -476,7 +477,7 @@ def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1884
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m host_tools.cloud.ingest", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m host_tools.cloud.ingest", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1884,  # host_tools.broker.CLOUD_PORT
                    help="the broker's cloud listener (default: %(default)s, as `edgepay broker conf`)")

@@ -206,7 +206,7 @@ class Ledger(Database):
                         elif outcome in (Outcome.CONFLICT, Outcome.OUT_OF_CHAIN):
                             rejects.append((dev, r.seq, outcome.value, hashlib.sha256(r.raw).digest(),
                                             r.raw, detail, now))
-                    if new_head is not head:
+                    if new_head is not None and new_head is not head:
                         # the head row exists: _lock_heads created it
                         cur.execute(self._sql("UPDATE heads SET seq=?, hash=? WHERE device=?"),
                                     (new_head.seq, new_head.hash, dev))
@@ -265,7 +265,7 @@ class Ledger(Database):
                 return Outcome.QUARANTINED_DUPLICATE, ""
             return Outcome.CONFLICT, "seq already quarantined with other bytes"
         head_seq = head.seq if head is not None and head.seq >= 0 else None
-        head_hash = head.hash if head_seq is not None else GENESIS
+        head_hash = head.hash if head is not None and head_seq is not None else GENESIS
         if head_seq is not None and r.seq <= head_seq:
             return Outcome.OUT_OF_CHAIN, f"seq {r.seq} <= head {head_seq} and not in the chain"
         if r.prev == head_hash:
@@ -394,7 +394,7 @@ class Ledger(Database):
         rows = self._read(f"SELECT currency, SUM(amount) FROM sessions{clause}"
                           f"{' AND' if clause else ' WHERE'} currency IS NOT NULL GROUP BY currency",
                           tuple(args))
-        return {cur: _int(total) for cur, total in sorted(rows)}
+        return {cur: _int(total) or 0 for cur, total in sorted(rows)}
 
     def rejects(self, device: str | None = None) -> list[dict]:
         sql = "SELECT device, seq, kind, detail, raw FROM rejects"

@@ -48,7 +48,7 @@ class CloudMQTT:
         self.client.on_socket_open = self._nodelay
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.1, 2)
+        self.client.reconnect_delay_set(0.1, 2)  # pyright: ignore[reportArgumentType] - paho types it int but sleeps a float: 100 ms first retry
 
     @staticmethod
     def _nodelay(client, userdata, sock) -> None:

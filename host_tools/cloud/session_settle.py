@@ -12,6 +12,7 @@ from typing import Any, Iterable
 from host_tools.cloud.ledger import Ledger, Record
 from host_tools.cloud.payafter import Order, OrderNotFound, OrderState, PayAfterError, PayerRefused
 from host_tools.cloud.registry import RegistryError
+from host_tools.cloud.session_core import ServiceCore
 from host_tools.cloud.session_model import CloseRecord, SessionState
 
 log = logging.getLogger("edgepay.sessions")
@@ -20,13 +21,13 @@ NO_CHARGE = ("remote_open", "cancelled", "not_taken")
 UNTIMED = "untimed"  # a close whose device had no trusted time: duration unknown, amount 0
 
 
-class Settlement:
+class Settlement(ServiceCore):
     # ---- settle: committed records -----------------------------------------------------------
     def on_commit(self, records: Iterable[Record]) -> None:
         """IngestWorker's `on_commit`: settle every committed sess_close (in the pool); a rental's
         sess_open with its item tag (21) is remembered, so a return elsewhere finds the rental."""
         for r in records:
-            if r.type == 6 and getattr(r, "item", None):
+            if r.type == 6 and r.item:
                 try:
                     kind = self.registry.get(r.device).kind
                 except RegistryError:

@@ -30,6 +30,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from host_tools.cloud.ledger_db import Database
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.session_model import CloseRecord, Flag, SessionState
 
 STORE_VERSION = 1
@@ -96,7 +97,6 @@ class SessionStore:
     @classmethod
     def open(cls, url: str, **kw: Any) -> "SessionStore":
         """A store on its own connection to the ledger database at `url` (open_ledger's forms)."""
-        from host_tools.cloud.ledger_open import open_ledger
         return cls(open_ledger(url, **kw), own=True)
 
     @classmethod
