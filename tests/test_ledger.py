@@ -163,12 +163,12 @@ def test_batch_is_one_transaction(ledger):
     d = DeviceChain("dev1")
     recs = d.records(d.session("s1", 100))
 
-    def boom(n):
+    def boom():  # inside the write transaction, before its COMMIT
         raise RuntimeError("crash before commit")
-    ledger.before_commit = boom
+    ledger._commit = boom
     with pytest.raises(RuntimeError):
         ledger.commit(recs)
-    ledger.before_commit = None
+    del ledger._commit  # the backend's own again
     assert ledger.count() == 0 and ledger.head("dev1") is None and ledger.sessions() == []
     assert ledger.commit(recs).count(Outcome.COMMITTED) == 3
 

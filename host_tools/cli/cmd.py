@@ -74,12 +74,12 @@ def parse_args(items: tuple[str, ...]) -> dict | None:
 
 def connect(o: Ctx):
     from host_tools.cloud.commands import CommandClient
-    from host_tools.cloud.mqtt import BrokerUnreachable
+    from host_tools.cloud.mqtt import BrokerSettings, BrokerUnreachable
     host, port = o.broker_addr()
     password = o.need_password()
     reg = o.open_registry()
     try:
-        client = CommandClient(reg, host, port, o.user, password, ca_file=o.ca_file)
+        client = CommandClient(reg, BrokerSettings(host, port, o.user, password, ca_file=o.ca_file))
         client.connect(timeout=5)
     except BrokerUnreachable as e:
         reg.close()

@@ -59,7 +59,7 @@ import hashlib
 import json
 import logging
 from abc import abstractmethod
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from host_tools.cloud.ledger_db import (LEDGER_VERSION, RECORD_COLS, SESSION_COLS, Database,
                                         _schema)
@@ -80,11 +80,6 @@ class Ledger(Database):
     A Ledger object may be shared by threads (calls are serialised by a lock); for parallel
     writers open one Ledger per thread or process: the database does the rest.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # test hook: called inside the write transaction just before COMMIT (crash tests stall here)
-        self.before_commit: Callable[[int], None] | None = None
 
     def _create_schema(self) -> None:
         """Backends call this once connected: create the tables, migrate an older file."""
@@ -224,8 +219,6 @@ class Ledger(Database):
                     cur.executemany(self._sql(
                         "INSERT INTO quarantine (device, seq, digest, raw, hash, prev, reason, detail, at) "
                         f"VALUES ({self._ph(9)}) ON CONFLICT DO NOTHING"), held)
-                if self.before_commit is not None:
-                    self.before_commit(len(rows))
                 self._commit()
             except BaseException:
                 self._rollback()

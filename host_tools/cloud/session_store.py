@@ -1,7 +1,7 @@
 """The session service's durable state, in the ledger's database (SQLite or PostgreSQL).
 
     store = SessionStore.open("sqlite:///var/lib/edgepay/ledger.db")   # or "postgresql://..."
-    svc = SessionService(registry, provider, host, port, user, pw, store=store)
+    svc = SessionService(registry, provider, BrokerSettings(host, port, user, pw), store=store)
 
 The store rides on a `Database` (host_tools/cloud/ledger_db.py: a ledger backend), so it has the
 same dialects, locking and schema versioning as the ledger; `SessionStore(ledger)` shares an open

@@ -49,7 +49,7 @@ from host_tools.broker import Broker
 from host_tools.build import compile_firmware
 from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger_open import open_ledger
-from host_tools.cloud.mqtt import CloudMQTT
+from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
@@ -148,10 +148,11 @@ class World:
         else:
             host = self._ext.host
         self.host = host
+        self.cloud_broker = BrokerSettings(host, self.broker.cloud_port, user, pw)  # every cloud worker's
         self.registry = Registry(self.root / "registry.db")
         self.provider = ScriptedProvider(clock=self.clock, default_credit=self.credit)
         self._start_cloud()
-        self.mq = CloudMQTT(host, self.broker.cloud_port, user, pw)
+        self.mq = CloudMQTT(self.cloud_broker)
         self.mq.subscribe("v1/dev/+/up/#", self._on_up, qos=1)
         self.time = TimeServer(self.registry, self.mq, clock=self.clock)
         self.mq.connect()
@@ -168,13 +169,12 @@ class World:
 
     def _start_cloud(self) -> None:
         """The ledger, the session service (its state in the ledger's database) and ingest."""
-        user, pw = self.cloud
         url = str(self.root / "ledger.db")
         self.ledger = open_ledger(url)
         self.store = SessionStore.open(url)
-        self.svc = SessionService(self.registry, self.provider, self.host, self.broker.cloud_port, user, pw,
+        self.svc = SessionService(self.registry, self.provider, self.cloud_broker,
                                   clock=self.clock, cmd_ttl=self.cmd_ttl, store=self.store).start()
-        self.ingest = [IngestWorker(self.registry, self.ledger, self.host, self.broker.cloud_port, user, pw,
+        self.ingest = [IngestWorker(self.registry, self.ledger, self.cloud_broker,
                                     hold_ms=500 if self.ingest_workers > 1 else 0, on_commit=self.svc.on_commit).start()
                        for _ in range(self.ingest_workers)]
 
