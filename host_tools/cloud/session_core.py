@@ -13,7 +13,7 @@ from typing import Any, Callable
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.payafter import Order, PayAfterProvider
 from host_tools.cloud.registry import Registry
-from host_tools.cloud.session_model import SessionState
+from host_tools.cloud.session_model import CloseRecord, SessionState
 from host_tools.cloud.session_store import SessionStore
 
 
@@ -32,7 +32,7 @@ class ServiceCore:
     # shared state: `_lock` guards every dict here; a session's own work runs under `_slock`
     _lock: threading.RLock
     _pool: ThreadPoolExecutor
-    _pending: dict[tuple[str, str], Any]    # settlements waiting on their session's close
+    _pending: dict[tuple[str, str], CloseRecord]    # settlements to retry (kept in the store too)
     _answered: collections.OrderedDict[tuple[str, int], tuple[bytes, tuple[str, dict]]]
     _answer_cache: int
     sent: list[tuple[str, str, dict]]
