@@ -267,10 +267,6 @@ class ScriptedProvider:
         with self._lock:
             self._fails.extend(_Fail(op, exc, applied, order_no) for _ in range(times))
 
-    def clear_failures(self) -> None:
-        with self._lock:
-            self._fails.clear()
-
     # -- queries
     def orders(self) -> list[Order]:
         with self._lock:

@@ -215,10 +215,6 @@ class SessionService(AuthFlows, Settlement):
             t = self._tariffs.get(device)
             return dict(t.args) if t else None
 
-    def tariff_state(self, device: str) -> TariffState | None:
-        with self._lock:
-            return self._tariffs.get(device)
-
     # ---- queries -----------------------------------------------------------------------------
     def orders(self) -> list[Order]:
         """Every provider order this service opened (the provider's current view)."""
