@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.broker import Broker  # noqa: E402
 from host_tools.cloud.commands import CommandClient  # noqa: E402
 from host_tools.cloud.registry import Registry  # noqa: E402
@@ -26,7 +27,7 @@ def workdir() -> Path:
 
 
 def cloud(b: Broker, reg: Registry) -> CommandClient:
-    return CommandClient(reg, "127.0.0.1", b.cloud_port, *CLOUD).connect()
+    return CommandClient(reg, BrokerSettings("127.0.0.1", b.cloud_port, *CLOUD)).connect()
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -5,7 +5,7 @@ gc.mem_alloc() after gc.collect()) sampled throughout, and the smallest data bud
 shorter run still passes.
 
 On the VM the firmware's code sits in the heap (a board freezes it into flash), so the simulator
-runs each board's own bundle (host_tools.build.board_bundle: a gate's modules, never the other
+runs each board's own bundle (host_tools.bundle.board_bundle: a gate's modules, never the other
 apps') and gives the VM the board's data budget plus that code's measured residency
 (code_allowance); live_kb = VM live heap - that code residency is the data a board holds. The three apps run at once, each on its own board.
 
@@ -26,7 +26,8 @@ import threading
 import time
 
 from _kit import workdir
-from host_tools.build import board_bundle, code_allowance, compile_firmware
+from host_tools.build import code_allowance, compile_firmware
+from host_tools.bundle import board_bundle
 from host_tools.sim.provision import board_definition
 from host_tools.sim.world import World
 

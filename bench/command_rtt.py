@@ -12,6 +12,7 @@ import threading
 import time
 
 from _kit import CLOUD, broker, cloud, pct, workdir
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.mqtt import CloudMQTT
 from host_tools.cloud.registry import Registry
 from host_tools.sim.provision import provision_sim
@@ -26,11 +27,11 @@ class Raw:
     """A host paho client echoes QoS1 messages; another times publish -> echo arrival."""
 
     def __init__(self, b):
-        self.echo = CloudMQTT("127.0.0.1", b.cloud_port, *CLOUD)
+        self.echo = CloudMQTT(BrokerSettings("127.0.0.1", b.cloud_port, *CLOUD))
         self.echo.subscribe("bench/ping", lambda t, p: self.echo.client.publish("bench/pong", p, qos=1))
         self.echo.connect()
         self.got = threading.Event()
-        self.pinger = CloudMQTT("127.0.0.1", b.cloud_port, *CLOUD)
+        self.pinger = CloudMQTT(BrokerSettings("127.0.0.1", b.cloud_port, *CLOUD))
         self.pinger.subscribe("bench/pong", lambda t, p: self.got.set())
         self.pinger.connect()
         time.sleep(0.3)  # both SUBACKs in

@@ -32,7 +32,8 @@ import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from _kit import CLOUD, broker, workdir  # noqa: E402
-from host_tools.cloud.ledger import GENESIS, chain_hash, open_ledger  # noqa: E402
+from host_tools.cloud.ledger import GENESIS, chain_hash
+from host_tools.cloud.ledger_open import open_ledger  # noqa: E402
 from host_tools.cloud.registry import Registry  # noqa: E402
 from host_tools.protocol import build_mac0, decode_payload, encode_payload, make_kid, topic, verify_mac0  # noqa: E402
 

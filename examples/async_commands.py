@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.broker import Broker
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.registry import Registry
@@ -56,7 +57,7 @@ def main() -> None:
                 b.start()
             for b in boards:
                 b.wait_for("online", timeout=30)
-            with CommandClient(registry, "127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW) as client:
+            with CommandClient(registry, BrokerSettings("127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW)) as client:
                 asyncio.run(run(client, broker))
         finally:
             for b in boards:

@@ -17,9 +17,11 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.broker import Broker
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import GENESIS, chain_hash, open_ledger
+from host_tools.cloud.ledger import GENESIS, chain_hash
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import open_message, seal, topic, verify_mac0
 
@@ -61,7 +63,7 @@ def main() -> None:
             for r in records:
                 print(f"committed {r.device} seq {r.seq} {r.type_name} sid={r.sid} amount={r.amount}")
 
-        worker = IngestWorker(registry, ledger, "127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW,
+        worker = IngestWorker(registry, ledger, BrokerSettings("127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW),
                               group="ingest", batch_ms=5, on_commit=on_commit).start()
 
         # the scripted device: its own credentials on the device listener (username = client id)

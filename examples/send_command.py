@@ -8,6 +8,7 @@ gate (boards/sim-gate.json) on the MicroPython VM, then talks to it with Command
 import tempfile
 from pathlib import Path
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.broker import Broker
 from host_tools.cloud.commands import CommandClient, State
 from host_tools.cloud.registry import Registry
@@ -31,7 +32,7 @@ def main():
         try:
             board.wait_for("online", timeout=30)
             # cloud workers use the broker's cloud listener, never the device listener
-            with CommandClient(registry, "127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW) as client:
+            with CommandClient(registry, BrokerSettings("127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW)) as client:
                 # read-only: allowed before the device has a trusted clock
                 show(client.send("gate-001", "get_state", timeout=5))
 

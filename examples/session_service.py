@@ -12,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.broker import Broker
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.sessions import SessionService
@@ -47,8 +48,8 @@ def main() -> None:
         registry = Registry(root / "registry.db")
         ledger = open_ledger(args.ledger or str(root / "ledger.db"))
         provider = ScriptedProvider(default_credit=100_000)  # every payer trusted up to 1000.00
-        svc = SessionService(registry, provider, "127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW).start()
-        worker = IngestWorker(registry, ledger, "127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW,
+        svc = SessionService(registry, provider, BrokerSettings("127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW)).start()
+        worker = IngestWorker(registry, ledger, BrokerSettings("127.0.0.1", broker.cloud_port, CLOUD_USER, CLOUD_PW),
                               on_commit=svc.on_commit).start()
         hw = SimPeripherals()
         board = provision_sim(broker, registry, root, DEV, board_file="sim-vending", peripherals=hw)

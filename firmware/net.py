@@ -3,7 +3,7 @@
 # with backoff, then keep the link (rejoin when it drops). With TLS, set the RTC by NTP once the
 # link is up: certificate dates are checked against it, and a power cut resets it to 2000.
 # Where `network` has no WLAN (the unix VM) everything here is a no-op: detected, never faked.
-# Sim boards do not ship this module (host_tools/cli/bundle.py).
+# Sim boards do not ship this module (host_tools/bundle.py).
 import asyncio
 import time
 

@@ -191,7 +191,7 @@ class Broker:
         ports = [self.port, self.cloud_port] + ([self.tls_port] if self.tls else [])
         while True:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace")
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 raise BrokerError("mosquitto exited %s: %s %s" % (self.proc.returncode, err, self.log()))
             if all(_accepts(p) for p in ports) and _catches_sighup(self.proc.pid):
                 self._started_once = True

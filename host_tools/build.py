@@ -34,6 +34,17 @@ def mpy_cross() -> str:
     return found
 
 
+def micropython() -> str:
+    """The unix MicroPython VM (the simulator's boards, the heap probe here, the VM tests)."""
+    exe = Path(sys.executable).parent / "micropython"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("micropython")
+    if not found:
+        raise RuntimeError("the micropython VM is not installed: run `make setup`")
+    return found
+
+
 def sources(root: Path = FIRMWARE) -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -62,10 +73,10 @@ def compile_firmware(root: Path = FIRMWARE, cache: Path = CACHE, arch: str | Non
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 raise BuildError(f"mpy-cross failed on {p.relative_to(ROOT)}:\n{r.stderr.strip()}")
-    return _publish(out, fill)
+    return publish(out, fill)
 
 
-def _publish(out: Path, fill) -> Path:
+def publish(out: Path, fill) -> Path:
     """Make directory `out` by filling a temporary one beside it and renaming it into place, so a
     reader never sees half of it; test workers racing to make the same one all get it whole."""
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
@@ -113,58 +124,20 @@ def modules(bundle: Path) -> list[str]:
     return out
 
 
-def board_modules(board: dict, root: Path = FIRMWARE) -> set[str] | None:
-    """The modules a board of this definition carries (its bundle: main, its own app and drivers,
-    their imports; host_tools/cli/bundle.py), or None if no bundle can be made for it."""
-    from host_tools.cli.bundle import select  # late: cli imports build
-    try:
-        return {m.name for m in select(board, root)}
-    except Exception:  # noqa: BLE001 - e.g. a deliberately broken test config
-        return None
-
-
-def board_bundle(bundle: Path, board: dict, root: Path = FIRMWARE) -> Path | None:
-    """A directory holding only the compiled modules `board` carries, as its flash would: a sim
-    board then imports and holds exactly what the real one does (never another app's code, nor a
-    module it lacks). Made once per module set beside `bundle`; None if no bundle can be made."""
-    want = board_modules(board, root)
-    if want is None:
-        return None
-    rels = []
-    for name in sorted(want):
-        parts = name.split(".")
-        rel = Path(*parts).with_suffix(".mpy")
-        if not (bundle / rel).exists():
-            rel = Path(*parts, "__init__.mpy")
-        rels.append(rel)
-    out = bundle.parent / (bundle.name + "-" + hashlib.sha256(" ".join(map(str, rels)).encode()).hexdigest()[:12])
-    if out.exists():
-        return out
-
-    def fill(tmp: Path) -> None:
-        for rel in rels:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(bundle / rel, tmp / rel)
-    return _publish(out, fill)
-
-
-def code_allowance(bundle: Path, board: dict | None = None) -> int:
+def code_allowance(bundle: Path) -> int:
     """Heap bytes the bundle's code occupies once imported on the VM.
 
     A board runs this code frozen into flash, where it costs almost no RAM; the unix VM cannot
-    freeze, so the simulator adds this many bytes to the board's heap budget. With `board` (a board
-    definition) only what that board carries counts (board_bundle): a gate never imports the vending
-    app, so the other apps' code must neither pad its heap nor be subtracted from its live heap as
-    "code". Measured once per module set (the figure is cached beside the bundle).
+    freeze, so the simulator adds this many bytes to the board's heap budget. Pass a board's own
+    bundle (host_tools.bundle.board_bundle) to count only what that board carries: a gate never
+    imports the vending app, so the other apps' code must neither pad its heap nor be subtracted
+    from its live heap as "code". Measured once per module set (the figure is cached beside the
+    bundle).
     """
     names = modules(bundle)
-    want = board_modules(board) if board is not None else None
-    if want is not None:
-        names = [n for n in names if n in want]
     cached = bundle / (".resident-" + hashlib.sha256(" ".join(names).encode()).hexdigest()[:12])
     if cached.exists():
         return int(cached.read_text())
-    from host_tools.sim.board import micropython  # late: sim imports build
     probe = bundle / ".probe.py"
     probe.write_text(_PROBE)
     env = dict(os.environ, MICROPYPATH=f"{bundle}:.frozen")

@@ -103,14 +103,14 @@ class PgServer:
         if self._run_as:
             pw = pwd.getpwnam(self._run_as)
             os.chmod(self.dir, 0o755)  # mkdtemp makes it 0700: the postgres user must enter it
-            for p in (self.dir, self.sock):
-                os.chown(p, pw.pw_uid, pw.pw_gid)
+            for d in (self.dir, self.sock):
+                os.chown(d, pw.pw_uid, pw.pw_gid)
         if not (self.data / "PG_VERSION").exists():
-            p = self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", self.superuser,
+            init = self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", self.superuser,
                            "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
                           timeout=timeout)
-            if p.returncode:
-                raise PgUnavailable(f"initdb failed ({p.returncode}): {p.stdout.decode(errors='replace')}")
+            if init.returncode:
+                raise PgUnavailable(f"initdb failed ({init.returncode}): {init.stdout.decode(errors='replace')}")
         opts = [f"-p {self.port}", f"-k {self.sock}", "-c listen_addresses=''", "-c max_connections=100"]
         if self.fast:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
@@ -132,7 +132,7 @@ class PgServer:
         import psycopg
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')  # pyright: ignore[reportCallIssue, reportArgumentType] - DDL takes no parameters; the name is ours (uuid)
         return self.url(name)
 
     def stop(self, timeout: float = 30.0) -> None:

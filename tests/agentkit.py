@@ -11,6 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import ProtocolError, open_message
@@ -74,4 +75,4 @@ class Watcher:
 def cloud(broker, registry) -> CommandClient:
     """A command client with no time responder: its devices' clocks stay untrusted until
     `sync_time(device)` (or `serve_time()`) answers them (SPEC §5)."""
-    return CommandClient(registry, "127.0.0.1", broker.cloud_port, *CLOUD).connect()
+    return CommandClient(registry, BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD)).connect()

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.sessions import SessionService
@@ -30,8 +31,8 @@ class Site:
         self.reg = Registry(root / "registry.db")
         self.ledger = open_ledger(str(root / "ledger.db"))
         self.provider = ScriptedProvider(default_credit=100_000)
-        self.svc = SessionService(self.reg, self.provider, "127.0.0.1", broker.cloud_port, *CLOUD).start()
-        self.ingest = IngestWorker(self.reg, self.ledger, "127.0.0.1", broker.cloud_port, *CLOUD,
+        self.svc = SessionService(self.reg, self.provider, BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD)).start()
+        self.ingest = IngestWorker(self.reg, self.ledger, BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD),
                                    hold_ms=0, on_commit=self.svc.on_commit)
         self.ingest.start()
         self.w = Watcher(broker, self.reg)

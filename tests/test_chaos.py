@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.broker import Broker
 from host_tools.cloud.commands import CommandClient
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.registry import Registry
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.provision import provision_sim
@@ -111,7 +112,7 @@ def test_chaos_ledger_equals_journals(tmp_path, backend, request):
         assert sum(s.amount for s in ledger.sessions() if s.state == "closed") == sum(100 + i for n in per for i in range(n))
         ledger.close()
         # and every device ends with nothing pending: all acknowledged, so all forgotten
-        c = CommandClient(reg, "127.0.0.1", broker.cloud_port, "cloud", "cloud-pw").connect()
+        c = CommandClient(reg, BrokerSettings("127.0.0.1", broker.cloud_port, "cloud", "cloud-pw")).connect()
         try:
             for d in DEVICES:
                 deadline = time.monotonic() + 30

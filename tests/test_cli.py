@@ -387,7 +387,7 @@ def _records(device: str, key: bytes):
 
 
 def test_ledger_sessions_totals_reconcile(tmp_path):
-    from host_tools.cloud.ledger import open_ledger
+    from host_tools.cloud.ledger_open import open_ledger
     db = tmp_path / "ledger.db"
     recs = _records("gate-1", os.urandom(32))
     with open_ledger(str(db)) as led:
@@ -417,7 +417,7 @@ def test_ledger_bad_input(tmp_path):
     assert "error:" in r.output
     j = tmp_path / "j.json"
     j.write_text("[{\"seq\": \"one\"}]")
-    from host_tools.cloud.ledger import open_ledger
+    from host_tools.cloud.ledger_open import open_ledger
     open_ledger(str(tmp_path / "l.db")).close()
     bad("ledger", "--db", str(tmp_path / "l.db"), "reconcile", "gate-1", str(j), says="entry 0")
     bad("ledger", "--db", "postgresql://nobody@127.0.0.1:1/none", "totals", code=3, says="cannot open")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.broker import CLOUD_PORT, DEVICE_PORT, free_port, mosquitto_path
 from tests.test_cli import bad, mode, run
 
@@ -110,7 +111,7 @@ def test_sdk_timeout_is_one_deadline_sync_and_async(broker, silent_device):
     from host_tools.cloud.registry import Registry
     _, reg_path = silent_device
     reg = Registry(reg_path)
-    client = CommandClient(reg, "127.0.0.1", broker.cloud_port, "cloud", "cloud-pw").connect(5)
+    client = CommandClient(reg, BrokerSettings("127.0.0.1", broker.cloud_port, "cloud", "cloud-pw")).connect(5)
     try:
         broker.freeze()
         t0 = time.monotonic()

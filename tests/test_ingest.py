@@ -21,8 +21,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import GENESIS, open_ledger
+from host_tools.cloud.ledger import GENESIS
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import build_mac0, encode_payload, open_message, topic
 from tests.test_ledger import DeviceChain
@@ -141,7 +143,7 @@ def env(broker, db_url, tmp_path):
     def worker(**kw):
         led = open_ledger(db_url)
         e.ledgers.append(led)
-        w = IngestWorker(e.registry, led, "127.0.0.1", broker.cloud_port, *CLOUD, **kw).start()
+        w = IngestWorker(e.registry, led, BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD), **kw).start()
         e.workers.append(w)
         return w
 
@@ -152,8 +154,8 @@ def env(broker, db_url, tmp_path):
         e.devices.append(d)
         return d
 
-    def proc(*extra, group="ingest"):
-        return spawn_worker(e, *extra, group=group)
+    def proc(*extra, group="ingest", stall=None):
+        return spawn_worker(e, *extra, group=group, stall=stall)
     e.worker, e.device, e.proc = worker, device, proc
     yield e
     for d in e.devices:
@@ -169,8 +171,11 @@ def env(broker, db_url, tmp_path):
     e.registry.close()
 
 
-def spawn_worker(e, *extra, group="ingest"):
-    cmd = [sys.executable, "-m", "host_tools.cloud.ingest", "--port", str(e.broker.cloud_port),
+def spawn_worker(e, *extra, group="ingest", stall=None):
+    """An ingest worker process; with stall=(ms, file), every write transaction stalls before its
+    COMMIT and logs its row count to file first (tests/ingest_stalled.py)."""
+    run = [str(ROOT / "tests" / "ingest_stalled.py"), str(stall[0]), str(stall[1])] if stall else ["-m", "host_tools.cloud.ingest"]
+    cmd = [sys.executable, *run, "--port", str(e.broker.cloud_port),
            "--user", CLOUD[0], "--registry", e.registry_path, "--db", e.url, "--group", group, *extra]
     p = subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "EDGEPAY_MQTT_PASSWORD": CLOUD[1]})
@@ -218,10 +223,13 @@ def test_ack_is_published_only_after_the_commit(env):
     events: list[tuple[str, float]] = []
     led = w.ledger
 
-    def slow(n):
+    commit = led._commit
+
+    def slow():  # inside the write transaction, before its COMMIT
         time.sleep(0.3)
         events.append(("commit-start", time.monotonic()))
-    led.before_commit = slow
+        commit()
+    led._commit = slow
     orig = w._send_ack
 
     def send_ack(dev, upto, resend, **kw):
@@ -371,7 +379,7 @@ def test_forged_and_invalid_records_are_refused_and_reported(env, broker):
 # ---- crash: SIGKILL mid-batch ------------------------------------------------------------------
 def test_worker_killed_mid_batch_loses_and_doubles_nothing(env):
     stall = env.tmp / "stall"
-    victim = env.proc("--test-stall-ms", "400", "--test-stall-file", str(stall), "--batch-ms", "20")
+    victim = env.proc("--batch-ms", "20", stall=(400, stall))
     devs = [env.device(f"dev{i}", "pw") for i in (1, 2, 3)]
     for d in devs:
         for k in range(8):
@@ -395,7 +403,7 @@ def test_two_worker_processes_one_killed(env):
     """Two worker processes share the group; one is killed mid-batch; the other and a restarted
     one finish the job exactly once."""
     stall = env.tmp / "stall"
-    victim = env.proc("--test-stall-ms", "300", "--test-stall-file", str(stall))
+    victim = env.proc(stall=(300, stall))
     survivor = env.proc()
     devs = [env.device(f"dev{i}", "pw") for i in (1, 2)]
     for d in devs:

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from host_tools.cloud.ledger import (GENESIS, Head, Outcome, Record, SESSION_COLS, chain_hash,
-                                     open_ledger)
+from host_tools.cloud.ledger import GENESIS, Head, Outcome, Record, SESSION_COLS, chain_hash
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.protocol import decode_payload, encode_payload, make_kid, build_mac0, topic
 
 
@@ -163,12 +163,12 @@ def test_batch_is_one_transaction(ledger):
     d = DeviceChain("dev1")
     recs = d.records(d.session("s1", 100))
 
-    def boom(n):
+    def boom():  # inside the write transaction, before its COMMIT
         raise RuntimeError("crash before commit")
-    ledger.before_commit = boom
+    ledger._commit = boom
     with pytest.raises(RuntimeError):
         ledger.commit(recs)
-    ledger.before_commit = None
+    del ledger._commit  # the backend's own again
     assert ledger.count() == 0 and ledger.head("dev1") is None and ledger.sessions() == []
     assert ledger.commit(recs).count(Outcome.COMMITTED) == 3
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from host_tools.cli.bundle import build_bundle
+from host_tools.bundle import build_bundle
 from host_tools.cli.common import load_board
 from tests.vm import VM_SCRIPTS, micropython, run_vm
 

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from host_tools.broker import MAX_PACKET, Broker
 from host_tools.cloud.commands import State
-from host_tools.cloud.mqtt import CloudMQTT
+from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import MAX_MESSAGE
 from tests.agentkit import CLOUD, Watcher, cloud, provision
@@ -299,7 +299,7 @@ def test_skip_allocates_nothing_per_chunk(mpy_dir):
 # ---- the cloud side ---------------------------------------------------------------------------
 def test_cloud_drops_device_payload_over_the_bound(broker):
     seen = []
-    c = CloudMQTT("127.0.0.1", broker.cloud_port, *CLOUD).connect()
+    c = CloudMQTT(BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD)).connect()
     c.subscribe("v1/dev/+/up/#", lambda t, p: seen.append(len(p)))
     time.sleep(0.3)
     dev = paho.Client(CallbackAPIVersion.VERSION2, client_id="dev1")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.registry import Registry
 from host_tools.sim.provision import provision_sim
 
@@ -30,7 +31,7 @@ def committed(board):
 def rig(broker, tmp_path):
     reg = Registry(tmp_path / "registry.db")
     ledger = open_ledger(str(tmp_path / "ledger.db"))
-    w = IngestWorker(reg, ledger, "127.0.0.1", broker.cloud_port, "cloud", "cloud-pw", hold_ms=0)
+    w = IngestWorker(reg, ledger, BrokerSettings("127.0.0.1", broker.cloud_port, "cloud", "cloud-pw"), hold_ms=0)
     w.start()
     yield reg, ledger
     w.stop()

@@ -14,9 +14,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud import fees
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.payafter import OrderState, ProviderTimeout, ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.sessions import SessionService
@@ -109,8 +110,8 @@ def env(broker, tmp_path):
     e.registry = Registry(str(tmp_path / "registry.db"))
     e.provider = ScriptedProvider()
     e.ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    e.svc = SessionService(e.registry, e.provider, "127.0.0.1", broker.cloud_port, *CLOUD).start()
-    e.worker = IngestWorker(e.registry, e.ledger, "127.0.0.1", broker.cloud_port, *CLOUD,
+    e.svc = SessionService(e.registry, e.provider, BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD)).start()
+    e.worker = IngestWorker(e.registry, e.ledger, BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD),
                             on_commit=e.svc.on_commit).start()
     e.devices = []
 

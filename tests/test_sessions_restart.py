@@ -13,9 +13,10 @@ import time
 
 import pytest
 
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud import fees
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.payafter import OrderState, ProviderTimeout, ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
@@ -42,9 +43,9 @@ class Cloud:
     def start(self, on_commit=True):
         self.ledger = open_ledger(self.url)
         self.store = SessionStore.open(self.url)
-        self.svc = SessionService(self.registry, self.provider, "127.0.0.1", self.broker.cloud_port, *CLOUD,
+        self.svc = SessionService(self.registry, self.provider, BrokerSettings("127.0.0.1", self.broker.cloud_port, *CLOUD),
                                   store=self.store).start()
-        self.worker = IngestWorker(self.registry, self.ledger, "127.0.0.1", self.broker.cloud_port, *CLOUD,
+        self.worker = IngestWorker(self.registry, self.ledger, BrokerSettings("127.0.0.1", self.broker.cloud_port, *CLOUD),
                                    on_commit=self.svc.on_commit if on_commit else None).start()
         self.up = True
 

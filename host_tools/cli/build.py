@@ -27,7 +27,7 @@ def register(cli: click.Group) -> None:
         OUT/package.json install them with mip
         """
         from host_tools.build import BuildError
-        from host_tools.cli.bundle import build_bundle
+        from host_tools.bundle import build_bundle
         board = load_board(board_name)
         out = Path(out) if out is not None else Path("build") / "boards" / board["name"]
         try:

@@ -76,12 +76,12 @@ def parse_args(items: tuple[str, ...]) -> dict | None:
 def connect(o: Ctx, status_of: str | None = None):
     """A connected CommandClient; with `status_of`, also following that device's retained status."""
     from host_tools.cloud.commands import CommandClient
-    from host_tools.cloud.mqtt import BrokerUnreachable
+    from host_tools.cloud.mqtt import BrokerSettings, BrokerUnreachable
     host, port = o.broker_addr()
     password = o.need_password()
     reg = o.open_registry()
     try:
-        client = CommandClient(reg, host, port, o.user, password, ca_file=o.ca_file)
+        client = CommandClient(reg, BrokerSettings(host, port, o.user, password, ca_file=o.ca_file))
         if status_of is not None:
             import threading
             client.status_seen = threading.Event()  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from host_tools.broker import CLOUD_PORT
+from host_tools.provision import make_private_dir, write_private  # noqa: F401 (cli modules import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARDS = ROOT / "boards"
@@ -50,7 +51,7 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, code: int = EXIT_ERROR):
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # pyright: ignore[reportAttributeAccessIssue] - click declares a class default; per-error codes are how click reads it
 
     def show(self, file: Any = None) -> None:
         show_error(self.format_message(), self.exit_code, False)
@@ -154,40 +155,6 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         fail(f"bad {what} {text!r}: use host:port, e.g. 127.0.0.1:{CLOUD_PORT}")
     return host.strip("[]"), int(port)
-
-
-GITIGNORE = "# made by edgepay: device keys, broker passwords, registry; never commit them\n*\n"
-
-
-def make_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) owner-only (0700); an existing one is tightened. The topmost
-    directory made here gets a .gitignore of "*": keys written inside a checkout (the default
-    ./edgepay/ is wherever the user stands) stay out of git."""
-    path = Path(path)
-    if str(path) in ("", "."):
-        return path
-    missing = [p for p in [path, *path.parents] if not p.exists()]
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for p in [path, *missing]:  # every directory made here, and the leaf, owner-only
-        os.chmod(p, 0o700)
-    top = missing[-1] if missing else None
-    for d in (top, Path("edgepay") if path.parts[:1] == ("edgepay",) else None):  # and the default root
-        if d is not None and d.is_dir() and not (d / ".gitignore").exists():
-            (d / ".gitignore").write_text(GITIGNORE)
-    return path
-
-
-def write_private(path: Path, data: bytes | str) -> Path:
-    """Write a secret-bearing file created 0600 from the start (never world-readable, even briefly)."""
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, raw)
-    finally:
-        os.close(fd)
-    return path
 
 
 # ---- boards -------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def register(cli: click.Group) -> None:
             cfg, extras = check_config(config, board)
         if bundle is None:
             from host_tools.build import BuildError
-            from host_tools.cli.bundle import build_bundle
+            from host_tools.bundle import build_bundle
             try:
                 bundle = build_bundle(board, Path("build") / "boards" / board["name"]).out / "bundle"
             except (BuildError, FileNotFoundError, SyntaxError) as e:

@@ -1,4 +1,4 @@
-"""`edgepay ledger [sessions|totals|reconcile]` over host_tools.cloud.ledger.open_ledger(url):
+"""`edgepay ledger [sessions|totals|reconcile]` over host_tools.cloud.ledger_open.open_ledger(url):
 a SQLite path (or sqlite:///path) or a postgresql:// URL. Money is printed as integer minor units,
 times as ISO 8601 UTC (`2026-12-02T06:53:04Z`; --json keeps Unix seconds). On a terminal a table
 whose cells wrap, never cut; piped, tab-separated lines with a header row and every value whole.
@@ -22,7 +22,7 @@ EXIT_DIFFERENCES = 4
 
 
 def open_db(url: str):
-    from host_tools.cloud.ledger import open_ledger
+    from host_tools.cloud.ledger_open import open_ledger
     pg = url.startswith(("postgresql://", "postgres://", "host=", "dbname="))
     if not pg and url != ":memory:":
         path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)

@@ -15,21 +15,22 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
 import click
 
 from host_tools.broker import DEVICE_PORT
 from host_tools.cli.common import (EXIT_USAGE, Ctx, fail, is_sim_board, load_board, make_private_dir,
                                    parse_hostport, write_private)
+from host_tools.provision import ensure_acl, update_passwd
 from host_tools.tls import CA_DAYS, LEAF_DAYS
 
-DEVICE_ACL = ["pattern write v1/dev/%u/up/#", "pattern read v1/dev/%u/dn/#"]
 BOARD_DROP = ("description", "note")
 
 
 def _board_for_device(board: dict) -> dict:
     """The board definition as the device reads it from config.json (comments dropped)."""
-    def clean(v):
+    def clean(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items() if k not in BOARD_DROP}
         if isinstance(v, list):
@@ -37,28 +38,6 @@ def _board_for_device(board: dict) -> dict:
         return v
     # `fs` is layout the host checks (boardcheck.py); the device never reads it: not worth its RAM
     return {k: v for k, v in clean(board).items() if k != "fs"}
-
-
-def update_passwd(path: Path, user: str, password: str) -> None:
-    from host_tools.broker import password_line
-    lines = []
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines(keepends=True)
-                 if ln.strip() and ln.split(":", 1)[0] != user]
-    lines.append(password_line(user, password))
-    write_private(path, "".join(lines))
-
-
-def ensure_acl(path: Path) -> None:
-    """The device patterns once; cloud users' entries (if an operator added them) are kept."""
-    text = path.read_text() if path.exists() else ""
-    have = {ln.strip() for ln in text.splitlines()}
-    missing = [ln for ln in DEVICE_ACL if ln not in have]
-    if missing:
-        head = "# edgepay ACL (protocol/SPEC.md section 1): a device may write its up/ and read its dn/ topics\n"
-        body = ("\n".join(missing) + "\n")
-        text = (head + body + ("\n" + text if text else "")) if not text.startswith("# edgepay") else text + body
-    write_private(path, text)
 
 
 def _pem(cert) -> bytes:

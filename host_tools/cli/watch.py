@@ -47,7 +47,7 @@ def register(cli: click.Group) -> None:
         """
         from rich.markup import escape
 
-        from host_tools.cloud.mqtt import BrokerUnreachable, CloudMQTT
+        from host_tools.cloud.mqtt import BrokerSettings, BrokerUnreachable, CloudMQTT
         from host_tools.protocol import is_device_id
         if device is not None and not is_device_id(device):
             fail(f"bad device id {device!r}")
@@ -57,13 +57,12 @@ def register(cli: click.Group) -> None:
         if device is not None:
             o.device(reg, device)
         q: queue.Queue = queue.Queue()
-        mq = CloudMQTT(host, port, o.user, password, ca_file=o.ca_file)
-
-        mq.client.on_message = lambda c, u, m: q.put((m.topic, bytes(m.payload), bool(m.retain)))
+        mq = CloudMQTT(BrokerSettings(host, port, o.user, password, ca_file=o.ca_file),
+                       sink=lambda t, p, r: q.put((t, bytes(p), bool(r))))
         dev = device or "+"
-        mq.subscribe(f"v1/dev/{dev}/up/#", lambda t, p: None, qos=1)
+        mq.subscribe(f"v1/dev/{dev}/up/#", qos=1)
         if down:
-            mq.subscribe(f"v1/dev/{dev}/dn/#", lambda t, p: None, qos=1)
+            mq.subscribe(f"v1/dev/{dev}/dn/#", qos=1)
         try:
             mq.connect(timeout=5)
         except BrokerUnreachable as e:

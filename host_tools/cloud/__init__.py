@@ -3,7 +3,7 @@
     registry.Registry        devices, their keys and the per-device cloud->device seq counter
     commands.CommandClient   signed commands followed to their outcome (sync + asyncio), and time answers
     ingest.IngestWorker      session records -> ledger, then the signed cumulative ack (shared subscription)
-    ledger.open_ledger       the money ledger: SQLite (ledger_sqlite) or PostgreSQL (ledger_pg)
+    ledger_open.open_ledger  the money ledger: SQLite (ledger_sqlite) or PostgreSQL (ledger_pg)
     sessions.SessionService  pay-after authorisation (auth_req -> auth) and settlement of closed sessions
     session_store.SessionStore  the session service's durable state, in the ledger's database
     payafter                 the PayAfterProvider interface and ScriptedProvider, its test double

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from host_tools.cloud.mqtt import CloudMQTT
+from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.registry import Device, Registry
 from host_tools.cloud.timeserver import TimeServer
 from host_tools.protocol import ERROR_NAMES, ProtocolError, open_message, seal
@@ -108,13 +108,11 @@ class CommandClient:
     `ttl_exceeded`, and one whose iat is ahead of its clock by over `clock_skew_s`: `future_iat`.
     """
 
-    def __init__(self, registry: Registry, host: str, port: int, username: str, password: str, *,
-                 ca_file: str | None = None, client_id: str | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, registry: Registry, broker: BrokerSettings, *, clock: Callable[[], float] = time.time):
         self.registry = registry
         self.clock = clock
         self.time_server: TimeServer | None = None
-        self.mqtt = CloudMQTT(host, port, username, password, ca_file=ca_file, client_id=client_id)
+        self.mqtt = CloudMQTT(broker)
         self._pending: dict[bytes, Command] = {}
         # (time it may be forgotten, cti), soonest first: pruning pops only what is due, never
         # scans the rest (a scan per command grew with every command kept: 6 ms each at 3,000)
@@ -148,7 +146,7 @@ class CommandClient:
         with self._lock:
             self._prune(now)
         info = self._sign_and_publish(cmd, dev)
-        if self._published(info, publish_timeout) and not cmd.state.final:
+        if self.mqtt.wait_published(info, publish_timeout) and not cmd.state.final:
             with self._lock:
                 if not cmd.state.final:
                     cmd._to(State.SENT)
@@ -167,24 +165,17 @@ class CommandClient:
                 msg["nbf"] = cmd.nbf
             if cmd.args:
                 msg["args"] = cmd.args
+            sealed = seal(dev.key, dev.kid, t, msg)  # ProtocolError (e.g. too_large) before it is pending
             with self._lock:
-                self._pending[cmd.cti] = cmd
+                self._pending[cmd.cti] = cmd  # before it goes: a result may come back at once
                 heapq.heappush(self._forget, (cmd.exp + LATE_GRACE_S, cmd.cti))
-            return self.mqtt.client.publish(t, seal(dev.key, dev.kid, t, msg), qos=1)
-
-    @staticmethod
-    def _published(info, timeout: float) -> bool:
-        try:
-            info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError):
-            return False
-        return info.is_published()
+            return self.mqtt.enqueue(t, sealed, qos=1)
 
     def _resign(self, cmd: Command) -> None:
         """SPEC §5: refused stale_seq means nothing ran (another cloud sender's command overtook
         this one): sign it again with a new seq and cti."""
         cmd.resigned += 1
-        self._published(self._sign_and_publish(cmd), 10.0)
+        self.mqtt.wait_published(self._sign_and_publish(cmd), 10.0)
 
     def _prune(self, now: float) -> None:
         """Forget finished commands once even a late result could no longer come (past exp + grace);

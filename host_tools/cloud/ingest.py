@@ -1,6 +1,6 @@
 """The ingest worker: session records from devices into the ledger, then the signed ack (SPEC §6).
 
-    w = IngestWorker(registry, ledger, "127.0.0.1", broker.cloud_port, "cloud", "pw").start()
+    w = IngestWorker(registry, ledger, BrokerSettings("127.0.0.1", broker.cloud_port, "cloud", "pw")).start()
     ...; w.stats; w.stop()
 
     python -m host_tools.cloud.ingest --port 18830 --password-env EDGEPAY_MQTT_PW \
@@ -64,9 +64,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from host_tools.cloud.ledger import (RECORD_TYPES, Head, Ledger, Outcome, Record, chain_hash,
-                                     open_ledger)
-from host_tools.cloud.mqtt import CloudMQTT
+from host_tools.cloud.ledger import RECORD_TYPES, Head, Ledger, Outcome, Record, chain_hash
+from host_tools.cloud.ledger_open import open_ledger
+from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
 from host_tools.protocol import (ProtocolError, decode, decode_payload, parse_topic, seal,
                                  verify_mac0)
@@ -99,32 +99,21 @@ def _quarantine_record(device: str, payload: bytes, raw: bytes, err: ProtocolErr
         raise err  # another message type on up/rec: not money, a plain refusal
     seq = p.get(8) if isinstance(p, dict) else None
     prev = p.get(9) if isinstance(p, dict) else None
-    if type(seq) is not int or not 0 <= seq <= MAX_COUNT or type(prev) is not bytes or len(prev) != 16:
+    if (not isinstance(p, dict) or type(seq) is not int or not 0 <= seq <= MAX_COUNT or type(prev) is not bytes
+            or len(prev) != 16):
         raise Unplaceable(err.code, err.detail, device, raw)
     return Record(device=device, seq=seq, type=p[0] if type(p.get(0)) is int else 0, sid="",
                   prev=prev, hash=chain_hash(payload), raw=bytes(raw), quarantine=err.code,
                   quarantine_detail=err.detail)
 
 
-class _SharedSubscriber(CloudMQTT):
-    """CloudMQTT whose messages all go to one sink, with the retain flag (which the ledger ignores)."""
-
-    def __init__(self, *a: Any, sink: Callable[[str, bytes, bool], None], **kw: Any):
-        super().__init__(*a, **kw)
-        self._sink = sink
-
-    def _on_message(self, client, userdata, m) -> None:  # paho network thread: queue only
-        self._sink(m.topic, m.payload, m.retain)
-
-
 class IngestWorker:
     """One ingest worker (see the module doc): start() subscribes and runs the worker thread;
     stats, alarms; stop() commits and acks what was queued, then disconnects."""
 
-    def __init__(self, registry: Registry, ledger: Ledger, host: str, port: int, username: str,
-                 password: str, group: str | None = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
+    def __init__(self, registry: Registry, ledger: Ledger, broker: BrokerSettings, group: str | None = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
                  hold_ms: float = 500.0, retry_ms: float = 20.0, resend_interval_s: float = 2.0,
-                 hold_max: int = 2000, client_id: str | None = None,
+                 hold_max: int = 2000,
                  on_alarm: Callable[[dict], None] | None = None, key_cache_s: float = 30.0,
                  on_commit: Callable[[list[Record]], None] | None = None):
         self.registry = registry
@@ -142,8 +131,8 @@ class IngestWorker:
         # group None: a plain (non-shared) subscription, e.g. an auditor that sees every copy
         self.subscription = f"$share/{group}/{RECORD_FILTER}" if group else RECORD_FILTER
         self._q: queue.Queue = queue.Queue()
-        self._mq = _SharedSubscriber(host, port, username, password, client_id=client_id, mqtt5=True,
-                                     sink=lambda t, p, r: self._q.put((t, p, r)))
+        # paho's network thread only queues (retain flag kept: the ledger ignores it, stats count it)
+        self._mq = CloudMQTT(broker, sink=lambda t, p, r: self._q.put((t, p, r)))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._keys: dict[str, tuple[Device, float]] = {}
@@ -161,7 +150,7 @@ class IngestWorker:
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "IngestWorker":
-        self._mq.subscribe(self.subscription, lambda t, p: None, qos=1)
+        self._mq.subscribe(self.subscription, qos=1)
         self._mq.connect(timeout)
         self._thread = threading.Thread(target=self._run, name=f"ingest-{self.group or 'plain'}", daemon=True)
         self._thread.start()
@@ -440,24 +429,17 @@ class IngestWorker:
 def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1884, username: str = "cloud",
                password: str = "", group: str = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
                hold_ms: float = 500.0, stop: threading.Event | None = None, stats_every_s: float = 0.0,
-               test_stall_ms: float = 0.0, test_stall_file: str | None = None, out=None) -> dict:
+               out=None) -> dict:
     """Run one worker until `stop` is set or SIGTERM/SIGINT; print `ready` when subscribed and
     the final stats as JSON. Returns the stats."""
     out = out or sys.stdout
     reg = Registry(registry)
     ledger = open_ledger(db)
-    if test_stall_ms > 0:  # crash tests: stall inside each write transaction, before COMMIT
-        def stall(n: int) -> None:
-            if test_stall_file:
-                with open(test_stall_file, "a") as f:
-                    f.write(f"{n}\n")
-            time.sleep(test_stall_ms / 1000.0)
-        ledger.before_commit = stall
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    w = IngestWorker(reg, ledger, host, port, username, password, group=group, batch_max=batch_max,
+    w = IngestWorker(reg, ledger, BrokerSettings(host, port, username, password), group=group, batch_max=batch_max,
                      batch_ms=batch_ms, hold_ms=hold_ms).start()
     print("ready", flush=True, file=out)
     last = time.monotonic()
@@ -476,7 +458,7 @@ def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1884
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m host_tools.cloud.ingest", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m host_tools.cloud.ingest", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1884,  # host_tools.broker.CLOUD_PORT
                    help="the broker's cloud listener (default: %(default)s, as `edgepay broker conf`)")
@@ -491,15 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-ms", type=float, default=500.0)
     p.add_argument("--stats-every", type=float, default=0.0)
     p.add_argument("--log-level", default="WARNING")
-    p.add_argument("--test-stall-ms", type=float, default=0.0, help=argparse.SUPPRESS)
-    p.add_argument("--test-stall-file", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     password = a.password if a.password is not None else os.environ.get(a.password_env, "")
     run_worker(a.registry, a.db, a.host, a.port, a.user, password, a.group, a.batch_max, a.batch_ms,
-               a.hold_ms, stats_every_s=a.stats_every, test_stall_ms=a.test_stall_ms,
-               test_stall_file=a.test_stall_file)
+               a.hold_ms, stats_every_s=a.stats_every)
     return 0
 
 

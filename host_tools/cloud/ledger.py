@@ -8,7 +8,7 @@ Two backends, one behaviour, one interface (`Ledger`):
   N ingest workers on N machines share one ledger; the per-device head row is locked with
   SELECT ... FOR UPDATE (devices in sorted order, so two batches never deadlock).
 
-    ledger = open_ledger("sqlite:///var/lib/edgepay/ledger.db")   # or a path, or "postgresql://..."
+    ledger = open_ledger("sqlite:///var/lib/edgepay/ledger.db")   # ledger_open.py; or a path, or "postgresql://..."
     results = ledger.commit([rec, ...])     # one transaction; per record an Outcome
     ledger.head("gate-001") -> Head(seq, hash) | None
 
@@ -59,7 +59,7 @@ import hashlib
 import json
 import logging
 from abc import abstractmethod
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from host_tools.cloud.ledger_db import (LEDGER_VERSION, RECORD_COLS, SESSION_COLS, Database,
                                         _schema)
@@ -69,7 +69,7 @@ from host_tools.cloud.ledger_model import (GENESIS, RECORD_TYPES, TYPE_NUMBERS, 
 
 __all__ = ["GENESIS", "RECORD_TYPES", "TYPE_NUMBERS", "RECORD_COLS", "SESSION_COLS", "CommitResult",
            "Head", "Ledger", "LedgerError", "Outcome", "Reconciliation", "Record", "Result", "Session",
-           "chain_hash", "open_ledger", "_int", "_schema"]
+           "chain_hash", "_int", "_schema"]
 
 log = logging.getLogger("edgepay.ledger")
 
@@ -80,11 +80,6 @@ class Ledger(Database):
     A Ledger object may be shared by threads (calls are serialised by a lock); for parallel
     writers open one Ledger per thread or process: the database does the rest.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # test hook: called inside the write transaction just before COMMIT (crash tests stall here)
-        self.before_commit: Callable[[int], None] | None = None
 
     def _create_schema(self) -> None:
         """Backends call this once connected: create the tables, migrate an older file."""
@@ -206,7 +201,7 @@ class Ledger(Database):
                         elif outcome in (Outcome.CONFLICT, Outcome.OUT_OF_CHAIN):
                             rejects.append((dev, r.seq, outcome.value, hashlib.sha256(r.raw).digest(),
                                             r.raw, detail, now))
-                    if new_head is not head:
+                    if new_head is not None and new_head is not head:
                         # the head row exists: _lock_heads created it
                         cur.execute(self._sql("UPDATE heads SET seq=?, hash=? WHERE device=?"),
                                     (new_head.seq, new_head.hash, dev))
@@ -224,8 +219,6 @@ class Ledger(Database):
                     cur.executemany(self._sql(
                         "INSERT INTO quarantine (device, seq, digest, raw, hash, prev, reason, detail, at) "
                         f"VALUES ({self._ph(9)}) ON CONFLICT DO NOTHING"), held)
-                if self.before_commit is not None:
-                    self.before_commit(len(rows))
                 self._commit()
             except BaseException:
                 self._rollback()
@@ -265,7 +258,7 @@ class Ledger(Database):
                 return Outcome.QUARANTINED_DUPLICATE, ""
             return Outcome.CONFLICT, "seq already quarantined with other bytes"
         head_seq = head.seq if head is not None and head.seq >= 0 else None
-        head_hash = head.hash if head_seq is not None else GENESIS
+        head_hash = head.hash if head is not None and head_seq is not None else GENESIS
         if head_seq is not None and r.seq <= head_seq:
             return Outcome.OUT_OF_CHAIN, f"seq {r.seq} <= head {head_seq} and not in the chain"
         if r.prev == head_hash:
@@ -394,7 +387,7 @@ class Ledger(Database):
         rows = self._read(f"SELECT currency, SUM(amount) FROM sessions{clause}"
                           f"{' AND' if clause else ' WHERE'} currency IS NOT NULL GROUP BY currency",
                           tuple(args))
-        return {cur: _int(total) for cur, total in sorted(rows)}
+        return {cur: _int(total) or 0 for cur, total in sorted(rows)}
 
     def rejects(self, device: str | None = None) -> list[dict]:
         sql = "SELECT device, seq, kind, detail, raw FROM rejects"
@@ -453,14 +446,3 @@ class Ledger(Database):
 
     def __enter__(self) -> "Ledger":
         return self
-
-
-def open_ledger(url: str, **kw: Any) -> Ledger:
-    """`sqlite:///path/ledger.db`, a plain path, `:memory:`, or `postgresql://...` / a libpq
-    conninfo string starting with `host=` / `dbname=`."""
-    if url.startswith(("postgresql://", "postgres://")) or url.startswith(("host=", "dbname=")):
-        from host_tools.cloud.ledger_pg import PgLedger
-        return PgLedger(url, **kw)
-    from host_tools.cloud.ledger_sqlite import SqliteLedger
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url  # sqlite:////abs/path
-    return SqliteLedger(path, **kw)

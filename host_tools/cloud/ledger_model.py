@@ -98,9 +98,6 @@ class CommitResult:
     results: list[Result]
     heads: dict[str, Head | None]          # every device of the batch, after the commit
 
-    def by_outcome(self, outcome: Outcome) -> list[Result]:
-        return [r for r in self.results if r.outcome is outcome]
-
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
 

@@ -38,6 +38,7 @@ class PgLedger(Ledger):
 
     def _cursor(self) -> Any:
         if self._db.closed or self._db.broken:  # the server restarted or the link broke: reconnect
+            assert psycopg is not None  # __init__ refused to make a PgLedger without it
             self._db = psycopg.connect(self.url, autocommit=False, connect_timeout=self._timeout)
         return self._db.cursor()
 
@@ -77,7 +78,7 @@ class PgLedger(Ledger):
     def _rollback(self) -> None:
         try:
             self._db.rollback()
-        except psycopg.Error:
+        except psycopg.Error:  # pyright: ignore[reportOptionalMemberAccess] - no PgLedger exists without psycopg
             pass
 
     def clear(self) -> None:

@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 import paho.mqtt.client as paho
@@ -21,6 +22,21 @@ from host_tools.protocol.cbor import MAX_MESSAGE
 log = logging.getLogger(__name__)
 DEVICE_TOPICS = "v1/dev/"
 Handler = Callable[[str, bytes], None]
+RawSink = Callable[[str, bytes, bool], None]   # (topic, payload, retain), on paho's network thread
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """How a cloud worker reaches the broker: every worker (CloudMQTT, CommandClient, IngestWorker,
+    SessionService, TimeServer.connect) takes one of these, so a setting is added in one place.
+    client_id None: a random `cloud-...` one per connection (two workers never kick each other)."""
+    host: str
+    port: int
+    username: str
+    password: str
+    client_id: str | None = None
+    ca_file: str | None = None      # TLS with this CA; None: plain TCP
+    mqtt5: bool = True              # False: MQTT 3.1.1
 
 
 class BrokerUnreachable(ConnectionError):
@@ -28,27 +44,30 @@ class BrokerUnreachable(ConnectionError):
 
 
 class CloudMQTT:
-    """One paho-mqtt 2.x client (MQTT 5 by default; a random `cloud-…` client id unless given):
-    subscribe() handlers by filter ($share/ filters matched on their filter part), connect()
-    blocking until CONNACK (BrokerUnreachable otherwise), publish() waiting for PUBACK."""
+    """One paho-mqtt 2.x client on `broker` (BrokerSettings): subscribe() handlers by filter
+    ($share/ filters matched on their filter part), connect() blocking until CONNACK
+    (BrokerUnreachable otherwise), publish() waiting for PUBACK. With `sink`, every message goes to
+    it as it arrives, unfiltered and with its retain flag, instead of to the handlers: a consumer
+    that queues and judges everything itself (ingest); subscribe() then only names the filters."""
 
-    def __init__(self, host: str, port: int, username: str, password: str, *,
-                 client_id: str | None = None, ca_file: str | None = None, mqtt5: bool = True):
-        self.host, self.port = host, port
-        self._subs: list[tuple[str, int, Handler]] = []
+    def __init__(self, broker: BrokerSettings, *, sink: RawSink | None = None):
+        self.settings = broker
+        self.host, self.port = broker.host, broker.port
+        self._sink = sink
+        self._subs: list[tuple[str, int, Handler | None]] = []
         self._connected = threading.Event()
         self._error: str | None = None
         self.oversize = 0  # device-topic payloads over MAX_MESSAGE, dropped unread
-        proto = paho.MQTTv5 if mqtt5 else paho.MQTTv311
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"cloud-{uuid.uuid4().hex[:12]}",
-                                  protocol=proto)
-        self.client.username_pw_set(username, password)
-        if ca_file:
-            self.client.tls_set(ca_certs=ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        proto = paho.MQTTv5 if broker.mqtt5 else paho.MQTTv311
+        self.client = paho.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=broker.client_id or f"cloud-{uuid.uuid4().hex[:12]}", protocol=proto)
+        self.client.username_pw_set(broker.username, broker.password)
+        if broker.ca_file:
+            self.client.tls_set(ca_certs=broker.ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.client.on_socket_open = self._nodelay
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.1, 2)
+        self.client.reconnect_delay_set(0.1, 2)  # pyright: ignore[reportArgumentType] - paho types it int but sleeps a float: 100 ms first retry
 
     @staticmethod
     def _nodelay(client, userdata, sock) -> None:
@@ -66,6 +85,9 @@ class CloudMQTT:
         self._connected.set()
 
     def _on_message(self, client, userdata, m) -> None:
+        if self._sink is not None:
+            self._sink(m.topic, m.payload, m.retain)
+            return
         if len(m.payload) > MAX_MESSAGE and m.topic.startswith(DEVICE_TOPICS):
             self.oversize += 1
             log.warning("dropped %d-byte payload on %s (over the %d-byte message bound; %d so far)",
@@ -74,10 +96,11 @@ class CloudMQTT:
         for flt, _, handler in self._subs:
             if flt.startswith("$share/"):  # $share/<group>/<filter>: match the filter part
                 flt = flt.split("/", 2)[2]
-            if paho.topic_matches_sub(flt, m.topic):
+            if handler is not None and paho.topic_matches_sub(flt, m.topic):
                 handler(m.topic, m.payload)
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+    def subscribe(self, topic_filter: str, handler: Handler | None = None, qos: int = 1) -> None:
+        """Subscribe (again at every reconnect); `handler` gets matching messages (none with a sink)."""
         self._subs.append((topic_filter, qos, handler))
         if self._connected.is_set():
             self.client.subscribe(topic_filter, qos)
@@ -98,11 +121,21 @@ class CloudMQTT:
         """Publish; with qos 1 wait for the broker's PUBACK (True) or the timeout (False). A device-
         topic payload over the message bound is a ValueError: the broker would drop the connection
         for it (its packet bound), and paho would resend it at every reconnect."""
-        if len(payload) > MAX_MESSAGE and topic.startswith(DEVICE_TOPICS):
-            raise ValueError(f"{len(payload)}-byte payload on {topic}: over the {MAX_MESSAGE}-byte message bound")
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.enqueue(topic, payload, qos, retain)
         if qos == 0 or timeout is None:
             return True
+        return self.wait_published(info, timeout)
+
+    def enqueue(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> paho.MQTTMessageInfo:
+        """publish() without the wait, for a caller that must hand messages to paho in an order
+        under its own lock and wait outside it (CommandClient: seq order); wait_published() then."""
+        if len(payload) > MAX_MESSAGE and topic.startswith(DEVICE_TOPICS):
+            raise ValueError(f"{len(payload)}-byte payload on {topic}: over the {MAX_MESSAGE}-byte message bound")
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    @staticmethod
+    def wait_published(info: paho.MQTTMessageInfo, timeout: float) -> bool:
+        """True once the broker acknowledged `info` (PUBACK), False at the timeout or if paho gave up."""
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError):

@@ -267,10 +267,6 @@ class ScriptedProvider:
         with self._lock:
             self._fails.extend(_Fail(op, exc, applied, order_no) for _ in range(times))
 
-    def clear_failures(self) -> None:
-        with self._lock:
-            self._fails.clear()
-
     # -- queries
     def orders(self) -> list[Order]:
         with self._lock:
@@ -282,8 +278,11 @@ class ScriptedProvider:
     # -- the interface
     def create(self, order_no: str, payer: str, device: str, sid: str, limit: int, cur: str,
                expires_s: int) -> Order:
-        _text("order_no", order_no), _text("payer", payer), _text("device", device), _text("sid", sid)
-        _money("limit", limit), _cur(cur), _money("expires_s", expires_s)
+        for name, value in (("order_no", order_no), ("payer", payer), ("device", device), ("sid", sid)):
+            _text(name, value)
+        _money("limit", limit)
+        _cur(cur)
+        _money("expires_s", expires_s)
         params = (payer, device, sid, limit, cur, expires_s)
 
         def act() -> Order:
@@ -316,7 +315,8 @@ class ScriptedProvider:
 
     def complete(self, order_no: str, amount: int, cur: str, lines: Sequence = (),
                  end_device: str | None = None, t1: int | None = None) -> Order:
-        _money("amount", amount), _cur(cur)
+        _money("amount", amount)
+        _cur(cur)
         lns = _lines(lines)
         if t1 is not None:
             _money("t1", t1)

@@ -14,6 +14,7 @@ from host_tools.cloud.payafter import (MODE_DEPOSIT, IllegalTransition, LimitExc
                                        OrderConflict, OrderNotFound, OrderState, PayAfterError,
                                        PayerRefused, ProviderUnavailable)
 from host_tools.cloud.registry import RegistryError
+from host_tools.cloud.session_core import ServiceCore
 from host_tools.cloud.session_model import (CLOSING, OPENING, PURPOSES, R_CLOSED, R_CONFLICT,
                                             R_NO_ORDER, R_NO_TARIFF, R_PURPOSE, R_QR, R_REFUSED,
                                             R_UNAVAILABLE, R_UNKNOWN, SessionState)
@@ -22,7 +23,7 @@ from host_tools.protocol import ProtocolError, open_message, parse_topic
 log = logging.getLogger("edgepay.sessions")
 
 
-class AuthFlows:
+class AuthFlows(ServiceCore):
     # ---- auth_req in -------------------------------------------------------------------------
     def _on_req(self, topic: str, payload: bytes) -> None:
         """paho's thread: verify, then hand to the pool (provider calls and publishing block)."""

@@ -3,7 +3,10 @@ a session's state, flags, tariffs sent, and a closed session waiting to be charg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only
+    from host_tools.cloud.ledger_model import Record, Session
 
 REQ_FILTER = "v1/dev/+/up/req"
 PURPOSES = {"gate": {"entry", "exit", "reauth"}, "vending": {"vend", "reauth"},
@@ -84,7 +87,8 @@ class CloseRecord:
     seq: int | None = None
 
     @classmethod
-    def of(cls, r: Any) -> "CloseRecord":
+    def of(cls, r: "Record | Session") -> "CloseRecord":
+        """The settle path's input from a committed sess_close Record or a closed ledger Session."""
         return cls(r.device, r.sid, r.payer, r.t0, r.t1, r.amount, r.currency, r.reason,
                    [list(x) for x in r.lines] if r.lines is not None else None, r.auth,
                    getattr(r, "seq", getattr(r, "close_seq", None)))

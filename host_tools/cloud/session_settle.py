@@ -7,11 +7,12 @@ retried (`sweep`), and a restarted service catches up from the ledger (`recover`
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Iterable
 
 from host_tools.cloud.ledger import Ledger, Record
 from host_tools.cloud.payafter import Order, OrderNotFound, OrderState, PayAfterError, PayerRefused
 from host_tools.cloud.registry import RegistryError
+from host_tools.cloud.session_core import ServiceCore
 from host_tools.cloud.session_model import CloseRecord, SessionState
 
 log = logging.getLogger("edgepay.sessions")
@@ -20,20 +21,20 @@ NO_CHARGE = ("remote_open", "cancelled", "not_taken")
 UNTIMED = "untimed"  # a close whose device had no trusted time: duration unknown, amount 0
 
 
-class Settlement:
+class Settlement(ServiceCore):
     # ---- settle: committed records -----------------------------------------------------------
     def on_commit(self, records: Iterable[Record]) -> None:
         """IngestWorker's `on_commit`: settle every committed sess_close (in the pool); a rental's
         sess_open with its item tag (21) is remembered, so a return elsewhere finds the rental."""
         for r in records:
-            if r.type == 6 and getattr(r, "item", None):
+            if r.type == 6 and r.item:
                 try:
                     kind = self.registry.get(r.device).kind
                 except RegistryError:
                     continue
                 self._remember_item(r.device, r.sid, kind, r.payer, r.t0, r.item)
             if r.type == 8:
-                self._pool.submit(self._settle_safe, r)
+                self._pool.submit(self._settle_safe, CloseRecord.of(r))
 
     def _remember_item(self, device: str, sid: str, kind: str, payer: str | None, t0: int | None,
                        item: str) -> None:
@@ -46,7 +47,7 @@ class Settlement:
                     self.store.set_item(item, device, sid)
                 self._save(s)
 
-    def _settle_safe(self, r: Any) -> None:
+    def _settle_safe(self, r: CloseRecord) -> None:
         try:
             self.settle(r)
         except Exception:  # noqa: BLE001
@@ -63,13 +64,13 @@ class Settlement:
                 s = self._known(sess.device, sess.sid)
                 if s is not None and s.closed and s.status != "pending":
                     continue
-            self.settle(sess)
+            self.settle(CloseRecord.of(sess))
             n += 1
         return n
 
-    def settle(self, r: Any) -> str:
-        """Settle one closed session (a ledger Record of type sess_close, or a ledger Session);
-        returns the settle status."""
+    def settle(self, r: CloseRecord) -> str:
+        """Settle one closed session (CloseRecord.of a ledger sess_close Record or a closed ledger
+        Session; the store keeps the same for a retry); returns the settle status."""
         try:
             kind = self.registry.get(r.device).kind
         except RegistryError:
@@ -77,7 +78,7 @@ class Settlement:
         key = (r.device, r.sid)
         with self._slock(r.device, r.sid):
             with self._lock:   # registered before anything can show "pending"; dropped once final
-                self.store.set_pending(r.device, r.sid, CloseRecord.of(r))
+                self.store.set_pending(r.device, r.sid, r)
                 self._pending[key] = r
             status = self._settle(r, kind)
             if status != "pending":
@@ -86,7 +87,7 @@ class Settlement:
                     self._pending.pop(key, None)
             return status
 
-    def _settle(self, r: Any, kind: str) -> str:
+    def _settle(self, r: CloseRecord, kind: str) -> str:
         with self._lock:  # a rental closed at another station settles on the rental's session
             dev, sid = self.store.link(r.device, r.sid) or (r.device, r.sid)
             self.store.drop_items(dev, sid)
@@ -96,7 +97,7 @@ class Settlement:
         finally:
             self._save(s)
 
-    def _settle_on(self, s: SessionState, r: Any, kind: str) -> str:
+    def _settle_on(self, s: SessionState, r: CloseRecord, kind: str) -> str:
         s.payer = s.payer or r.payer
         if r.t0 is not None:
             s.t0 = r.t0
@@ -157,7 +158,7 @@ class Settlement:
         s.status = "unpaid" if amount else "settled"
         return s.status
 
-    def _settle_without_order(self, s: SessionState, order_no: str, amount: int, lines: list, r: Any,
+    def _settle_without_order(self, s: SessionState, order_no: str, amount: int, lines: list, r: CloseRecord,
                               cloud: int | None) -> str:
         if not amount:
             s.status = "settled"

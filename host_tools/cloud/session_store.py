@@ -1,7 +1,7 @@
 """The session service's durable state, in the ledger's database (SQLite or PostgreSQL).
 
     store = SessionStore.open("sqlite:///var/lib/edgepay/ledger.db")   # or "postgresql://..."
-    svc = SessionService(registry, provider, host, port, user, pw, store=store)
+    svc = SessionService(registry, provider, BrokerSettings(host, port, user, pw), store=store)
 
 The store rides on a `Database` (host_tools/cloud/ledger_db.py: a ledger backend), so it has the
 same dialects, locking and schema versioning as the ledger; `SessionStore(ledger)` shares an open
@@ -30,6 +30,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from host_tools.cloud.ledger_db import Database
+from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.session_model import CloseRecord, Flag, SessionState
 
 STORE_VERSION = 1
@@ -96,7 +97,6 @@ class SessionStore:
     @classmethod
     def open(cls, url: str, **kw: Any) -> "SessionStore":
         """A store on its own connection to the ledger database at `url` (open_ledger's forms)."""
-        from host_tools.cloud.ledger import open_ledger
         return cls(open_ledger(url, **kw), own=True)
 
     @classmethod

@@ -1,6 +1,6 @@
 """The session service: authorises pay-after sessions for devices and settles them.
 
-    svc = SessionService(registry, provider, "127.0.0.1", broker.cloud_port, "cloud", "pw").start()
+    svc = SessionService(registry, provider, BrokerSettings("127.0.0.1", broker.cloud_port, "cloud", "pw")).start()
     svc.bind("SH-A12345", "acct-42")                 # plate / QR / tag -> pay-after account
     svc.set_tariff("gate-001", {1: 1, 2: "EUR", 3: 15, 4: 3600, 5: 250, 6: 1800, 7: 3000})
     worker = IngestWorker(..., on_commit=svc.on_commit)   # the settle path
@@ -89,6 +89,7 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 from host_tools.cloud.commands import Command, CommandClient
+from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.payafter import Order, OrderState, PayAfterError, PayAfterProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_auth import AuthFlows
@@ -110,9 +111,8 @@ class SessionService(AuthFlows, Settlement):
     """Authorises pay-after sessions (auth_req -> signed `auth`) and settles closed ones (see the
     module doc for every rule). State is in `store` (durable when it is on a ledger database)."""
 
-    def __init__(self, registry: Registry, provider: PayAfterProvider, host: str, port: int,
-                 username: str, password: str, *, client_id: str | None = None, group: str | None = None,
-                 ca_file: str | None = None, workers: int = 8, clock: Callable[[], float] = time.time,
+    def __init__(self, registry: Registry, provider: PayAfterProvider, broker: BrokerSettings, *,
+                 group: str | None = None, workers: int = 8, clock: Callable[[], float] = time.time,
                  bindings: dict[str, str] | None = None, order_expires_s: int = 300,
                  default_limit: int = 10_000, vend_max_items: int = 5, cmd_ttl: int = 60,
                  doubt_s: float = 120.0, answer_cache: int = 10_000, max_skew_s: int = 300,
@@ -139,7 +139,7 @@ class SessionService(AuthFlows, Settlement):
         self._answered: collections.OrderedDict[tuple[str, int], tuple[bytes, tuple[str, dict]]] = \
             collections.OrderedDict()
         self._answer_cache = answer_cache
-        self._pending: dict[tuple[str, str], Any] = {(r.device, r.sid): r for r in self.store.pending()}
+        self._pending: dict[tuple[str, str], CloseRecord] = {(r.device, r.sid): r for r in self.store.pending()}
         self._flags: list[Flag] = self.store.flags()
         self._flag_keys: set[tuple[str, str, str]] = {(f.device, f.sid, f.kind) for f in self._flags}
         for ident, account in (bindings or {}).items():
@@ -147,8 +147,7 @@ class SessionService(AuthFlows, Settlement):
         self.sent: list[tuple[str, str, dict]] = []          # (device, command name, args), in order
         self.stats: collections.Counter = collections.Counter()
         self.refused: collections.Counter = collections.Counter()  # auth_req refused by code
-        self.cmd = CommandClient(registry, host, port, username, password, ca_file=ca_file,
-                                 client_id=client_id, clock=clock)  # devices keep the site's time
+        self.cmd = CommandClient(registry, broker, clock=clock)  # devices keep the site's time
         self.subscription = f"$share/{group}/{REQ_FILTER}" if group else REQ_FILTER
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sessions")
         self.cmd.mqtt.subscribe(self.subscription, self._on_req, qos=1)
@@ -178,11 +177,6 @@ class SessionService(AuthFlows, Settlement):
         with self._lock:
             self.store.set_binding(ident, account)
             self._bindings[ident] = account
-
-    def unbind(self, ident: str) -> None:
-        with self._lock:
-            self.store.set_binding(ident, None)
-            self._bindings.pop(ident, None)
 
     def account(self, ident: str | None) -> str | None:
         with self._lock:
@@ -220,10 +214,6 @@ class SessionService(AuthFlows, Settlement):
         with self._lock:
             t = self._tariffs.get(device)
             return dict(t.args) if t else None
-
-    def tariff_state(self, device: str) -> TariffState | None:
-        with self._lock:
-            return self._tariffs.get(device)
 
     # ---- queries -----------------------------------------------------------------------------
     def orders(self) -> list[Order]:

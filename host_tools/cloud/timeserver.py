@@ -7,7 +7,7 @@ and the nonce echoed. Both at QoS 0: a lost one is asked again, and a late one i
 device refuses an answer that does not echo its outstanding nonce, or that comes after 5 s).
 
     ts = TimeServer(registry, mqtt)                # on an existing CloudMQTT connection
-    ts = TimeServer.connect(registry, host, port, user, password)   # or on its own
+    ts = TimeServer.connect(registry, BrokerSettings(host, port, user, password))   # or on its own
     ts.skew["gate-1"] = 3600                       # tests: answer gate-1 an hour ahead
     ts.wait_answered("gate-1", 10)                 # a later answer to gate-1 was sent
 
@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable
 
-from host_tools.cloud.mqtt import CloudMQTT
+from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import ProtocolError, open_message, seal
 from host_tools.protocol import topic as topic_for
@@ -45,9 +45,8 @@ class TimeServer:
         mqtt.subscribe(f"$share/{share}/{REQUESTS}" if share else REQUESTS, self._on_req, qos=0)
 
     @classmethod
-    def connect(cls, registry: Registry, host: str, port: int, username: str, password: str, *,
-                ca_file: str | None = None, **kw) -> "TimeServer":
-        ts = cls(registry, CloudMQTT(host, port, username, password, ca_file=ca_file), **kw)
+    def connect(cls, registry: Registry, broker: BrokerSettings, **kw) -> "TimeServer":
+        ts = cls(registry, CloudMQTT(broker), **kw)
         ts._own = True
         ts.mqtt.connect()
         return ts

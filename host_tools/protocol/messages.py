@@ -27,7 +27,7 @@ def decode_payload(data: bytes, topic: str | None = None) -> dict[str, Any]:
     return from_wire(decode(data), topic)
 
 
-def seal(key: bytes, kid: bytes | str, topic: str, message: Mapping[str | int, Any]) -> bytes:
+def seal(key: bytes, kid: bytes | str, topic: str, message: Mapping[Any, Any]) -> bytes:
     """Encode, validate and MAC a message for ``topic``; the bytes to publish."""
     return build_mac0(key, kid, topic, encode_payload(message, topic))
 

@@ -92,11 +92,12 @@ class Field:
             texts = [x[0] if isinstance(x, list) else x for x in value]
             if not all(lo <= _utf8_len(t) <= hi for t in texts):
                 return False
+        items: Any = value  # the kind fixed its shape (validated before): not the str narrowed above
         if self.max is not None:
-            ints = value if self.kind == "uint_list" else [abs(int(value))]
+            ints = items if self.kind == "uint_list" else [abs(int(items))]
             if any(x > self.max for x in ints):
                 return False
-        if self.kind == "lines" and any(q > MAX_COUNT or p > MAX_MONEY for _, q, p in value):
+        if self.kind == "lines" and any(q > MAX_COUNT or p > MAX_MONEY for _, q, p in items):
             return False
         if self.choices is not None and value not in self.choices:
             return False

@@ -26,23 +26,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from host_tools.build import board_bundle, code_allowance, compile_firmware
+from host_tools.build import code_allowance, compile_firmware, micropython
+from host_tools.bundle import board_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 
 EXIT_OK, EXIT_CONFIG, EXIT_REBOOT = 0, 3, 4
 WATCHDOG_SIGNAL = signal.SIGUSR2
-
-
-def micropython() -> str:
-    exe = Path(sys.executable).parent / "micropython"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("micropython")
-    if not found:
-        raise RuntimeError("the micropython VM is not installed: run `make setup`")
-    return found
 
 
 _spawner: list = []  # the one spawner, made on first use

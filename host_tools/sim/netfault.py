@@ -75,6 +75,7 @@ class FaultyProxy:
         while not self._stop:
             for key, _ in self.sel.select(0.05):
                 s = key.fileobj
+                assert isinstance(s, socket.socket)  # only sockets are registered
                 if s is self.srv:
                     self._accept()
                     continue

@@ -67,10 +67,6 @@ class SimPeripherals:
         return self.output(name)
 
     @property
-    def display_text(self) -> str | None:
-        return self.display()
-
-    @property
     def connected(self) -> bool:
         with self._cond:
             return self._conn is not None and self.hellos > 0

@@ -62,7 +62,8 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
         if "wdt_ms" not in extra and isinstance(bdef.get("wdt_ms"), int):
             extra["wdt_ms"] = bdef["wdt_ms"]
     kind = kind or "gate"
-    bname = bdef.get("name") if bdef and isinstance(bdef.get("name"), str) else f"sim-{kind}"
+    name = bdef.get("name") if bdef else None
+    bname = name if isinstance(name, str) else f"sim-{kind}"
     key = os.urandom(32)
     registry.add(device, key, kind, bname)
     password = os.urandom(12).hex()

@@ -48,17 +48,19 @@ from typing import Any, Callable
 from host_tools.broker import Broker
 from host_tools.build import compile_firmware
 from host_tools.cloud.ingest import IngestWorker
-from host_tools.cloud.ledger import open_ledger
-from host_tools.cloud.mqtt import CloudMQTT
+from host_tools.cloud.ledger_open import open_ledger
+from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.payafter import ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.sessions import SessionService
 from host_tools.cloud.timeserver import TimeServer
+from host_tools.provision import ensure_acl, update_passwd
 from host_tools.protocol import ProtocolError, open_message
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.peripherals import SimPeripherals
 from host_tools.sim.provision import provision_sim
+from host_tools.sim.reconcile import reconcile
 from host_tools.sim.simclock import START, SimClock
 from host_tools.sim.simdevice import SimDevice, _Gate, _Hold
 
@@ -90,7 +92,6 @@ class ExternalBroker:
         self.reload_pid = reload_pid
 
     def add_user(self, name: str, password: str, cloud: bool = False) -> None:
-        from host_tools.cli.provision import ensure_acl, update_passwd
         self.dir.mkdir(parents=True, exist_ok=True)
         update_passwd(self.dir / "passwd", name, password)
         ensure_acl(self.dir / "acl")
@@ -147,10 +148,11 @@ class World:
         else:
             host = self._ext.host
         self.host = host
+        self.cloud_broker = BrokerSettings(host, self.broker.cloud_port, user, pw)  # every cloud worker's
         self.registry = Registry(self.root / "registry.db")
         self.provider = ScriptedProvider(clock=self.clock, default_credit=self.credit)
         self._start_cloud()
-        self.mq = CloudMQTT(host, self.broker.cloud_port, user, pw)
+        self.mq = CloudMQTT(self.cloud_broker)
         self.mq.subscribe("v1/dev/+/up/#", self._on_up, qos=1)
         self.time = TimeServer(self.registry, self.mq, clock=self.clock)
         self.mq.connect()
@@ -167,13 +169,12 @@ class World:
 
     def _start_cloud(self) -> None:
         """The ledger, the session service (its state in the ledger's database) and ingest."""
-        user, pw = self.cloud
         url = str(self.root / "ledger.db")
         self.ledger = open_ledger(url)
         self.store = SessionStore.open(url)
-        self.svc = SessionService(self.registry, self.provider, self.host, self.broker.cloud_port, user, pw,
+        self.svc = SessionService(self.registry, self.provider, self.cloud_broker,
                                   clock=self.clock, cmd_ttl=self.cmd_ttl, store=self.store).start()
-        self.ingest = [IngestWorker(self.registry, self.ledger, self.host, self.broker.cloud_port, user, pw,
+        self.ingest = [IngestWorker(self.registry, self.ledger, self.cloud_broker,
                                     hold_ms=500 if self.ingest_workers > 1 else 0, on_commit=self.svc.on_commit).start()
                        for _ in range(self.ingest_workers)]
 
@@ -242,13 +243,6 @@ class World:
         return e
 
     # ---- devices -----------------------------------------------------------------------------
-    def add_device(self, name: str, kind: str, *, tariff: dict | None = None, policy: dict | None = POLICY,
-                   proxied: bool = True, timeout: float = 30.0) -> SimDevice:
-        """Provision, boot and bring up one board: online, clock trusted, tariff and policy set."""
-        d = self._provision(name, kind, proxied)
-        self._boot(d, tariff, policy, timeout)
-        return d
-
     def add_devices(self, specs: list[tuple[str, str]], timeout: float = 30.0) -> list[SimDevice]:
         """Several boards, booted in parallel."""
         compile_firmware()  # once, before the boards race for it
@@ -447,5 +441,4 @@ class World:
         the raw envelope) vs the ledger's vs what the provider charged, plus the scenario's
         expectation where it has one; flags; devices' journals; orders left open
         (host_tools/sim/reconcile.py)."""
-        from host_tools.sim.reconcile import reconcile
         return reconcile(self, expected)

@@ -1,4 +1,5 @@
-"""Which firmware modules a board needs, compiled with mpy-cross (host_tools/build.py).
+"""Which firmware modules a board needs, compiled with mpy-cross (host_tools/build.py): `edgepay
+build`, `edgepay flash`, and each simulated board's own bundle (board_bundle).
 
 The bundle is the import closure (read from the source with `ast`, lazy imports inside functions
 included) of `main` and of the board's app (`apps/<kind>.py`, loaded by name at run time, so it is
@@ -14,12 +15,13 @@ Other apps never ship with a board: a gate carries no vending code.
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools.build import FIRMWARE, compile_firmware
+from host_tools.build import FIRMWARE, compile_firmware, publish
 
 MACHINE_MODULES = {"machine", "esp32", "rp2", "esp", "network", "bluetooth", "neopixel"}
 # Wi-Fi bring-up (firmware/net.py): only boards with a radio, i.e. not sim boards (main.py goes on
@@ -199,3 +201,37 @@ def package_json(board: dict, mods: list[Module], root: Path = FIRMWARE) -> str:
     urls = [[str(r), f"bundle/{r}"] for r in rels]
     return json.dumps({"urls": urls, "deps": [], "version": fw_version(root),
                        "board": board.get("name"), "kind": board.get("kind")}, indent=1) + "\n"
+
+
+def board_modules(board: dict, root: Path = FIRMWARE) -> set[str] | None:
+    """The modules a board of this definition carries (its bundle: main, its own app and drivers,
+    their imports: select), or None if no bundle can be made for it."""
+    try:
+        return {m.name for m in select(board, root)}
+    except Exception:  # noqa: BLE001 - e.g. a deliberately broken test config
+        return None
+
+
+def board_bundle(bundle: Path, board: dict, root: Path = FIRMWARE) -> Path | None:
+    """A directory holding only the compiled modules `board` carries, as its flash would: a sim
+    board then imports and holds exactly what the real one does (never another app's code, nor a
+    module it lacks). Made once per module set beside `bundle`; None if no bundle can be made."""
+    want = board_modules(board, root)
+    if want is None:
+        return None
+    rels = []
+    for name in sorted(want):
+        parts = name.split(".")
+        rel = Path(*parts).with_suffix(".mpy")
+        if not (bundle / rel).exists():
+            rel = Path(*parts, "__init__.mpy")
+        rels.append(rel)
+    out = bundle.parent / (bundle.name + "-" + hashlib.sha256(" ".join(map(str, rels)).encode()).hexdigest()[:12])
+    if out.exists():
+        return out
+
+    def fill(tmp: Path) -> None:
+        for rel in rels:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle / rel, tmp / rel)
+    return publish(out, fill)
