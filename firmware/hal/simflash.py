@@ -30,11 +30,13 @@ class SimFlash:
         self.n = block_count
         try:
             self.f = open(path, "r+b")
-        except OSError:  # a new chip comes erased
-            with open(path, "wb") as f:
-                for _ in range(block_size * block_count // _CHUNK):
-                    f.write(_FF)
+        except OSError:
+            open(path, "wb").close()
             self.f = open(path, "r+b")
+        f = self.f
+        f.seek(0, 2)
+        for _ in range((block_size * block_count - f.tell()) // _CHUNK):
+            f.write(_FF)  # a new chip comes erased; so do the blocks an older, smaller image lacks
         self.cut_at = cut_at
         self.tear = tear
         self.dead = False
@@ -127,3 +129,20 @@ class SimFlash:
                 raise PowerLoss("flash: power lost while erasing")
             return 0
         return 0  # init, sync: the host file is written through on every call
+
+
+class Part:
+    """Blocks [first, first + n) of a chip, as one partition: it shares the chip's power and op count."""
+
+    def __init__(self, chip, first, n):
+        self.c, self.first, self.n = chip, first, n
+
+    def readblocks(self, b, buf, off=0):
+        self.c.readblocks(self.first + b, buf, off)
+
+    def writeblocks(self, b, buf, off=None):
+        self.c.writeblocks(self.first + b, buf, off)
+
+    def ioctl(self, op, arg):
+        r = self.c.ioctl(op, arg + self.first if op == IOCTL_ERASE else arg)
+        return self.n if op == IOCTL_COUNT else r

@@ -5,6 +5,8 @@ runs in its own process, and the host sees only its MQTT traffic, its log and it
 Exit codes of the VM (see firmware/hal/reset.py): 0 clean stop, 3 bad config or board file,
 4 reboot requested. A watchdog reset kills the VM with SIGUSR2 (there is no os._exit in the VM).
 The simulator plays the reset-cause register: before a restart it writes `.reset_cause`.
+Everything the device writes lives in the directory's `flash.bin` (littlefs: the journal's region,
+then the main filesystem with store.py's files); read those with `state()` (host_tools/sim/flashfs.py).
 """
 from __future__ import annotations
 
@@ -193,6 +195,17 @@ class SimBoard:
                     raise TimeoutError(f"no log line matching {pattern!r} in {timeout}s; last lines:\n"
                                        + "\n".join(self.lines[-20:]))
                 self._cond.wait(min(left, 0.2))
+
+    def state(self, name: str, default=None):
+        """A file the device keeps with firmware/store.py ("cmdstate", "boots", "pk/<plate hex>"),
+        read from its flash image (host_tools/sim/flashfs.py); `default` when absent."""
+        from host_tools.sim.flashfs import read_state
+        return read_state(self.dir, name, default)
+
+    def state_files(self) -> dict[str, bytes]:
+        """Every file on the board's main filesystem (its flash image), by path."""
+        from host_tools.sim.flashfs import read_files
+        return read_files(self.dir)
 
     def log(self) -> str:
         with self._cond:
