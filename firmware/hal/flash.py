@@ -10,10 +10,8 @@ import vfs
 from hal import ON_VM
 
 MOUNT = "/jfs"
-FS_BLOCKS = 64  # the VM's main filesystem (256 KiB of 4 KiB blocks), after the journal's region
 dev = None  # the mounted block device (stats, power-cut harnesses): on the VM, the whole chip
 progsize = 16  # of the mounted fs: the journal pads its segment budget to it
-_chip = None  # the VM's chip once mount_fs() has it: the journal then mounts a partition of it
 
 
 class FlashError(Exception):
@@ -36,8 +34,7 @@ def device(board_cfg):
     fc = board_cfg.get("flash") or {}
     if ON_VM:
         from hal import simflash
-        d = simflash.Part(_chip, 0, fc.get("blocks", 128)) if _chip else _sim(fc, 0)
-        return d, fc.get("readsize", 128), fc.get("progsize", 16)
+        return simflash.journal_dev(fc), fc.get("readsize", 128), fc.get("progsize", 16)
     import sys
     if sys.platform == "rp2":
         import rp2
@@ -51,14 +48,6 @@ def device(board_cfg):
     if not p:
         raise FlashError("no '" + fc.get("label", "journal") + "' partition for the journal")
     return p[0], 128, 16  # ESP32 NOR programs any byte: pad commits to 16 only
-
-
-def _sim(fc, extra):
-    from hal import simflash
-    d = fc.get("dir", ".")
-    cut, tear = simflash.read_cut(d + "/flash.cut")  # the harness may arm a power cut
-    return simflash.SimFlash(d + "/flash.bin", fc.get("block_size", 4096), fc.get("blocks", 128) + extra,
-                             cut_at=cut, tear=tear)
 
 
 def _mount(d, rs, ps, point):
@@ -84,13 +73,9 @@ def mount(board_cfg, mount_point=MOUNT):
 
 
 def mount_fs(board_cfg):
-    """The prefix of store's files: "" on a board (its root fs); on the VM "/fs/", mounted here at
-    boot from the simulated chip (VfsLfs2's defaults, as a board's root), whose cut kills the board."""
-    global _chip, dev
+    """The prefix of store's files: "" on a board (its root fs); on the VM "/fs/", mounted at boot
+    from the simulated chip (hal/simflash.py), whose power cut then kills the board."""
     if not ON_VM:
         return ""
-    from hal import simflash, reset
-    fc = board_cfg.get("flash") or {}
-    c = dev = _chip = _sim(fc, FS_BLOCKS)
-    c.on_cut = reset.power_off
-    return _mount(simflash.Part(c, fc.get("blocks", 128), FS_BLOCKS), 128, 16, "/fs") + "/"
+    from hal import simflash
+    return simflash.mount_fs(board_cfg.get("flash") or {}, _mount)

@@ -2,7 +2,7 @@
 "tbeacon", "settings", parked cars under "pk/", ...) out of its flash image.
 
 The device keeps them on littlefs, on the main-filesystem partition of `flash.bin` (after the
-journal's region; firmware/hal/flash.py mount_fs), as a board keeps them on its root filesystem.
+journal's region; firmware/hal/simflash.py mount_fs), as a board keeps them on its root filesystem.
 The host has no littlefs, so the MicroPython VM reads them: a small read-only block device over
 the image, mounted read-only, every file dumped as hex. Read a stopped board (or a copy): a
 running one may be mid-commit.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from host_tools.sim.board import micropython
 
-FS_BLOCKS = 64  # the main filesystem's blocks after the journal's (firmware/hal/flash.py FS_BLOCKS)
+FS_BLOCKS = 64  # the main filesystem's blocks after the journal's (firmware/hal/simflash.py FS_BLOCKS)
 
 _DUMP = r"""
 import json, os, vfs
