@@ -68,22 +68,22 @@ def test_vending_power_cut_at_every_op_of_a_session(site):
         site.svc.bind(payer, f"acct-{payer}")
         payers[key] = payer
         inv = [f"cola#{key}a", f"cola#{key}b", f"water#{key}"]
-        hw.scan("rfid", ",".join(inv))
+        p.scan("rfid", ",".join(inv))
         time.sleep(0.2)
         while True:  # scan until the door unlocks
-            hw.scan("qr", payer)
+            p.scan("qr", payer)
             if p.wait(p.out("door_lock", "unlocked"), what="unlocked"):
                 break
-            hw.scan("rfid", ",".join(inv))  # the reader reports after the reboot
-            time.sleep(0.3)
+            p.scan("rfid", ",".join(inv))  # the reader reports after the reboot
+            time.sleep(1.5)  # and the cabinet first settles a session on record (1 s after boot)
         hw.set_input("door", 1)
         time.sleep(0.3)
         inv.remove(f"cola#{key}b")  # one cola
-        hw.scan("rfid", ",".join(inv))
+        p.scan("rfid", ",".join(inv))
         time.sleep(0.3)
         hw.set_input("door", 0)
-        while not p.wait(p.logged(r"FSM door door_closed -> idle", True), what="settled"):
-            hw.scan("rfid", ",".join(inv))  # rebooted: the reader reports what is in the cabinet
+        while not p.wait(p.logged(r"FSM door (door_closed|resume) -> idle", True), what="settled"):
+            p.scan("rfid", ",".join(inv))  # rebooted: the reader reports what is in the cabinet
         return key
 
     def check(key):
@@ -92,7 +92,8 @@ def test_vending_power_cut_at_every_op_of_a_session(site):
         closes = [r for r in recs if r.payer == payer and r.type == 8]
         paid = [r for r in closes if r.amount]
         assert len(paid) == 1 and paid[0].amount == 350, (key, closes)  # one cola, charged once
-        assert all(r.reason == "not_opened" or r is paid[0] for r in closes), closes
+        # a session cut before the door opened settles at zero (by the inventory, after a reset)
+        assert all(r is paid[0] or (r.amount == 0 and r.reason in ("not_opened", "normal")) for r in closes), closes
         assert hw.output("door_lock") == "locked"
 
     ops = run_cuts(site, b, dev, session, check, STRIDE)
@@ -115,7 +116,7 @@ def test_rental_power_cut_at_every_op_of_a_session(site):
         site.svc.bind(payer, f"acct-{payer}")
         payers[key] = payer
         while True:
-            hw.scan("qr", payer)
+            p.scan("qr", payer)
             if p.wait(p.out("locks.0", "unlocked"), what="unlocked"):
                 break
             time.sleep(2.0)  # rebooted: give the station a moment (a rental on record is offered again)
@@ -124,11 +125,11 @@ def test_rental_power_cut_at_every_op_of_a_session(site):
         hw.set_input("slots.0", 0)  # taken
         while not p.wait(p.logged(r"FSM slot0 taken -> empty", True), what="taken"):
             pass
-        hw.scan("rfid", f"{dev}-item0")  # brought back
+        p.scan("rfid", f"{dev}-item0")  # brought back
         time.sleep(0.2)
         hw.set_input("slots.0", 1)
-        while not p.wait(p.logged(r"FSM slot0 returned -> stocked", True), what="returned"):
-            hw.scan("rfid", f"{dev}-item0")  # the reader at the slot reads the item again
+        while not p.wait(p.logged(r"FSM slot0 (returned|resume) -> stocked", True), what="returned"):
+            p.scan("rfid", f"{dev}-item0")  # the reader at the slot reads the item again
         return key
 
     def check(key):

@@ -34,7 +34,7 @@ def signed(site, dev, name, args):
     t = topic_for(dev, "command")
     now = int(time.time())
     cti = os.urandom(12)
-    msg = {"type": "command", "aud": dev, "exp": now + 60, "iat": now, "cti": cti,
+    msg: dict = {"type": "command", "aud": dev, "exp": now + 60, "iat": now, "cti": cti,
            "seq": site.reg.next_seq(dev), "name": name}
     if args:
         msg["args"] = args
@@ -84,13 +84,14 @@ def deliver_twice(site, b, p, dev, name, args):
 
 def state_of(site, p, dev):
     """get_state's data; with a Person, a cut still armed that strikes under it reboots the board."""
+    r = None
     for _ in range(5):
         if p is not None:
             p.wait(lambda: True)
         r = site.cmd(dev, "get_state", timeout=3)
         if r.ok:
             return r.data
-    raise AssertionError(("get_state never answered", r.state))
+    raise AssertionError(("get_state never answered", r and r.state))
 
 
 def opens(hist, name):
