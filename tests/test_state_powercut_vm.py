@@ -208,3 +208,43 @@ def test_set_config_cut_at_every_op_never_runs_twice(site):
     ops = run_cuts(site, b, dev, session, check, STRIDE)
     print("set_config: boot + command flash ops:", ops, "answers:", sorted({tuple(v[3]) for v in seen.values()}))
     assert ops >= 5
+
+
+# ---- reading the state back on the host ----------------------------------------------------------
+def test_host_reads_state_from_the_image_and_refuses_a_bad_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    from host_tools.sim.board import SimBoard
+    from host_tools.sim.flashfs import FS_BLOCKS, FlashImageError, read_files
+
+    d = tmp_path / "b"
+    with pytest.raises(FlashImageError, match="config.json"):
+        read_files(tmp_path)  # not a board directory
+    b = SimBoard(d, {"board": {"name": "x", "kind": "gate", "flash": {"blocks": 8}}})
+    assert read_files(d) == {} and b.state("boots", 0) == 0  # never booted: nothing kept yet
+    (d / "flash.bin").write_bytes(b"\xff" * (8 + FS_BLOCKS) * 4096)
+    assert read_files(d) == {}  # a blank chip: nothing kept yet either
+    (d / "flash.bin").write_bytes(bytes((8 + FS_BLOCKS) * 4096))  # not blank, not littlefs
+    with pytest.raises(FlashImageError, match="does not mount"):
+        read_files(d)
+    run = [sys.executable, "-m", "host_tools.sim.flashfs"]
+    r = subprocess.run(run + [str(d)], capture_output=True, text=True)
+    assert r.returncode == 1 and "does not mount" in r.stderr
+    assert subprocess.run(run, capture_output=True, text=True).returncode == 2  # usage
+    # a real image: a VM writes store files on the main filesystem as the firmware does
+    (d / "flash.bin").unlink()
+    script = ("import store\nfrom hal import flash\n"
+              f"store.ROOT = flash.mount_fs({{'flash': {{'dir': {str(d)!r}, 'blocks': 8}}}})\n"
+              "store.write('boots', 7)\nstore.write('settings', {'hb_s': 9})\n")
+    from host_tools.sim.board import FIRMWARE, micropython
+    subprocess.run([micropython(), "-c", script], check=True, env={"MICROPYPATH": str(FIRMWARE)}, timeout=30)
+    assert read_files(d) == {"boots": b"7", "settings": b'{"hb_s": 9}'}
+    assert b.state("settings") == {"hb_s": 9}
+    r = subprocess.run(run + [str(d), "settings"], capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"hb_s": 9}
+    r = subprocess.run(run + [str(d), "nothing"], capture_output=True, text=True)
+    assert r.returncode == 1 and "no 'nothing'" in r.stderr
