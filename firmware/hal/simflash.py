@@ -168,5 +168,5 @@ def mount_fs(fc, mount):
     global chip
     from hal import reset
     c = chip = _chip(fc, FS_BLOCKS)
-    c.on_cut = reset.power_off  # a cut kills the whole board, wherever it strikes
+    c.on_cut = reset.power_off  # pyright: ignore[reportAttributeAccessIssue]  (a cut kills the whole board)
     return mount(Part(c, fc.get("blocks", 128), FS_BLOCKS), 128, 16, "/fs") + "/"
