@@ -122,7 +122,7 @@ def run_cuts(site, b, device, session, check, stride=1, cap=400):
     for at in range(1, cap + 1, 1 if WIDE else stride):
         died = False
         for tear in TEARS:
-            quiesce(site, b, device)
+            quiesce(site, b, device, p=Person(site, b))  # a cut the last run left armed may strike here
             b.kill()
             b.arm_power_cut(at, tear)
             p = Person(site, b)
