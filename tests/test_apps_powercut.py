@@ -20,11 +20,14 @@ kit, cuts on commands and on state writes: tests/powercutkit.py, tests/test_stat
 """
 import time
 
+import pytest
+
 from host_tools.cloud import fees
 from tests.appkit import RENTAL
-from tests.powercutkit import barrier_never_closed_on_a_car, check_ledger, run_cuts, through
+from tests.powercutkit import WIDE, barrier_never_closed_on_a_car, check_ledger, run_cuts, through
 
-STRIDE = 7  # a session is ~50-70 ops since store.py's state is on the flash too: sample it
+STRIDE = 7  # a session is ~50-90 ops since store.py's state is on the flash too: sample it
+pytestmark = [pytest.mark.timeout(7200)] if WIDE else []  # every op: far past the 300 s default
 
 
 def test_gate_power_cut_at_every_op_of_entry_and_exit(site):

@@ -20,11 +20,14 @@ state writes too. EDGEPAY_APP_CUTS=all: every op, clean and torn (tests/powercut
 import os
 import time
 
+import pytest
+
 from host_tools.protocol import ERROR_NAMES, seal
 from host_tools.protocol import topic as topic_for
-from tests.powercutkit import check_ledger, quiesce, run_cuts
+from tests.powercutkit import WIDE, check_ledger, quiesce, run_cuts
 
 STRIDE = 5
+pytestmark = [pytest.mark.timeout(7200)] if WIDE else []  # every op: far past the 300 s default
 PROVISIONED = {"config.json", "console.log"}  # what the host puts there and what it logs
 
 
@@ -216,7 +219,6 @@ def test_host_reads_state_from_the_image_and_refuses_a_bad_one(tmp_path):
     import subprocess
     import sys
 
-    import pytest
 
     from host_tools.sim.board import SimBoard
     from host_tools.sim.flashfs import FS_BLOCKS, FlashImageError, read_files
