@@ -1,10 +1,11 @@
 """Run a provisioned device on the MicroPython VM, as a board would run it.
 
 CONFIG is the config.json `edgepay provision DEVICE --board sim-...` wrote; FLASH_DIR stands in for
-the board's flash (config.json is copied there; the journal's flash.bin and the counters live
-there and survive restarts). The board's peripherals run detached: actuations are only logged.
-A `reboot` command restarts it. Ctrl-C, SIGTERM or SIGHUP stop it cleanly (offline status, then
-DISCONNECT); if this process is killed outright, the VM dies with it (host_tools/sim/board.py).
+the board's flash (config.json is copied there; its flash.bin, littlefs with the journal and the
+device's state, survives restarts: `python -m host_tools.sim.flashfs FLASH_DIR` lists that state).
+The board's peripherals run detached: actuations are only logged. A `reboot` command restarts it.
+Ctrl-C, SIGTERM or SIGHUP stop it cleanly (offline status, then DISCONNECT); if this process is
+killed outright, the VM dies with it (host_tools/sim/board.py).
 
     .venv/bin/python examples/sim_board.py edgepay/devices/gate-001/config.json edgepay/sim/gate-001
 """

@@ -16,6 +16,9 @@ def main():
         return
     import board
     board.boot(cfg)  # a wrong or incomplete board file stops here too, naming the field
+    import store
+    from hal import flash
+    store.ROOT = flash.mount_fs(cfg["board"])  # state on flash, before anything reads it
     try:
         from net import up  # Wi-Fi, then NTP for TLS, before the agent connects (not on sim boards)
         up(cfg)

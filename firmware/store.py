@@ -12,17 +12,19 @@ import json
 import os
 
 _INPLACE = 512
+ROOT = ""  # where the files are: a board's root fs; main.py sets it once at boot (hal/flash.mount_fs)
 
 
 def read(name, default=None):
     try:
-        with open(name) as f:
+        with open(ROOT + name) as f:
             return json.load(f)
     except (OSError, ValueError):
         return default
 
 
 def write(name, value):
+    name = ROOT + name
     data = json.dumps(value).encode()
     if len(data) <= _INPLACE:
         try:

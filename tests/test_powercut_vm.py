@@ -40,7 +40,7 @@ def rig(broker, tmp_path):
 
 def test_power_cut_at_chosen_writes_loses_nothing(broker, rig, tmp_path):
     reg, ledger = rig
-    b = provision_sim(broker, reg, tmp_path, "cut-1", app="loadgen", loadgen={"sessions": 300, "gap_ms": 5})
+    b = provision_sim(broker, reg, tmp_path, "cut-1", app="loadgen", loadgen={"sessions": 300, "gap_ms": 15})
     cfg = json.loads((b.dir / "config.json").read_text())
     cfg["board"].update(journal={"capacity": 32 * 1024}, flash={"blocks": 48})
     b.write_config(cfg)

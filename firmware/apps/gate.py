@@ -52,7 +52,7 @@ class GateApp(SessionApp):
     def __init__(self, agent, hw):
         super().__init__(agent, hw)
         try:
-            os.mkdir(PARK)
+            os.mkdir(store.ROOT + PARK)
         except OSError:
             pass  # exists
         self.lanes = {}
@@ -88,7 +88,7 @@ class GateApp(SessionApp):
 
     def _unpark(self, plate):
         try:
-            os.remove(self._pk(plate))
+            os.remove(store.ROOT + self._pk(plate))
         except OSError:
             pass
 
@@ -264,7 +264,7 @@ class GateApp(SessionApp):
             if m.state == "qr" and m.data.get("sid") == sid:
                 self.unwait(sid)  # no payment is awaited any more: the car leaves, or staff open
                 hit = True
-        for e in os.ilistdir(PARK):
+        for e in os.ilistdir(store.ROOT + PARK):
             if e[0].endswith(".tmp"):
                 continue
             p = store.read(PARK + "/" + e[0])

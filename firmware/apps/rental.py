@@ -66,6 +66,16 @@ class RentalApp(SessionApp):
     def _resume(self, m):
         c, typ = m.committed(), m.data.get("pend_t")
         i = m.i
+        if c and "staff" not in m.data:
+            # the record reached flash, its transition's save did not: the record stands, finish it
+            if typ == T_OPEN and m.state == "stocked":
+                m.state = "offered"  # offered below (or taken, if it is gone)
+            elif typ == T_CLOSE and m.state in ("offered", "empty"):  # not taken, cancelled, returned
+                if self.out.pop(m.data.get("tag"), None):
+                    store.write("rentals", self.out)  # never closed twice on its next read
+                self._lock(i).lock()
+                m.state, m.data = "stocked", {}
+                print("FSM", m.name, "resume -> stocked")
         if m.state == "offered" and typ == T_OPEN and c is False:
             m.state = "stocked"  # the rental was never on flash: relock, nothing owed
             self._lock(i).lock()

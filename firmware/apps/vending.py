@@ -41,21 +41,36 @@ class VendingApp(SessionApp):
     def start(self):
         m = self.m
         c, typ = m.committed(), m.data.get("pend_t")
+        if c and typ == T_OPEN and m.state == "idle":
+            m.state = "unlocked"  # the session reached flash, its transition's save did not: it stands
         if m.state in ("unlocked", "open"):
             if (typ == T_OPEN and c is False) or (typ == T_CLOSE and c):
                 # no session was ever on flash, or its settlement already is: never charge twice
                 m.state, m.data = "idle", {}
                 m.save()
                 self.hw.get("door_lock").lock()
-            elif not self.hw.value("door"):
-                self._spawn("door_closed" if m.state == "open" else "timeout")
+                if c:
+                    print("FSM door resume -> idle")  # settled: the close was on flash
             else:
-                m.later(1000 * (LEFT_OPEN_S if m.state == "open" else OPEN_WAIT_S), m.state)
+                asyncio.create_task(self._resume(m))
         elif m.state == "staff":
             self._spawn("timeout")  # relock, once the door is closed
         self.hw.on("qr", lambda v: self._spawn("scan", v))
         self.hw.on("rfid", self._inv)
         self.hw.on("door", lambda v: self._spawn("door_open" if v else "door_closed"))
+
+    async def _resume(self, m):
+        # Decide once the inputs are read after the reset, not from the power-up default. Unlocked
+        # at the cut: the door may have been opened and shut while the power was off (the lock is
+        # shut now), so settle it as an opened door, by the inventory: what was taken is charged.
+        await asyncio.sleep_ms(1000)
+        if m.state == "unlocked":
+            await m.fire("door_open")
+        if m.state == "open":
+            if not self.hw.value("door"):
+                await m.fire("door_closed")
+            else:
+                m.later(LEFT_OPEN_S * 1000, "open")
 
     def _inv(self, v):
         if self._wait_inv:

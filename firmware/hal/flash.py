@@ -3,11 +3,14 @@
 # Its own mount because the journal wants littlefs tuned for it: a 512-byte cache lets a ~480-byte
 # record live inline in its directory's log (see journal.py), and no mtime attribute on each write.
 # A blank chip is formatted; a damaged one is NEVER formatted over: it may hold unsent money.
+# The rest of the device's state (store.py's files) lives on the main filesystem: a board's root,
+# littlefs on flash already; on the VM, mount_fs() mounts its stand-in from the same simulated
+# chip, after the journal's region, so a power cut strikes store writes as it strikes the journal.
 import vfs
 from hal import ON_VM
 
 MOUNT = "/jfs"
-dev = None  # the mounted block device (stats, power-cut harnesses)
+dev = None  # the mounted block device (stats, power-cut harnesses): on the VM, the whole chip
 progsize = 16  # of the mounted fs: the journal pads its segment budget to it
 
 
@@ -31,11 +34,7 @@ def device(board_cfg):
     fc = board_cfg.get("flash") or {}
     if ON_VM:
         from hal import simflash
-        d = fc.get("dir", ".")
-        cut, tear = simflash.read_cut(d + "/flash.cut")  # the harness may arm a power cut
-        dev = simflash.SimFlash(d + "/flash.bin", fc.get("block_size", 4096), fc.get("blocks", 128),
-                                cut_at=cut, tear=tear)
-        return dev, fc.get("readsize", 128), fc.get("progsize", 16)
+        return simflash.journal_dev(fc), fc.get("readsize", 128), fc.get("progsize", 16)
     import sys
     if sys.platform == "rp2":
         import rp2
@@ -51,18 +50,32 @@ def device(board_cfg):
     return p[0], 128, 16  # ESP32 NOR programs any byte: pad commits to 16 only
 
 
-def mount(board_cfg, mount_point=MOUNT):
-    """Mount the journal filesystem and return its path (format only a blank chip)."""
-    global dev, progsize
-    d, rs, ps = device(board_cfg)
+def _mount(d, rs, ps, point):
     kw = {"readsize": rs, "progsize": ps, "lookahead": 32}
     try:
         fs = vfs.VfsLfs2(d, mtime=False, **kw)
     except OSError as e:
         if not _blank(d):
-            raise FlashError("journal filesystem will not mount (%s): not formatting over it" % e)
+            raise FlashError(point + " will not mount (%s): not formatting over it" % e)
         vfs.VfsLfs2.mkfs(d, **kw)
         fs = vfs.VfsLfs2(d, mtime=False, **kw)
-    vfs.mount(fs, mount_point)
-    dev, progsize = d, ps
+    vfs.mount(fs, point)
+    return point
+
+
+def mount(board_cfg, mount_point=MOUNT):
+    """Mount the journal filesystem and return its path (format only a blank chip)."""
+    global dev, progsize
+    d, rs, ps = device(board_cfg)
+    _mount(d, rs, ps, mount_point)
+    dev, progsize = getattr(d, "c", d), ps
     return mount_point
+
+
+def mount_fs(board_cfg):
+    """The prefix of store's files: "" on a board (its root fs); on the VM "/fs/", mounted at boot
+    from the simulated chip (hal/simflash.py), whose power cut then kills the board."""
+    if not ON_VM:
+        return ""
+    from hal import simflash
+    return simflash.mount_fs(board_cfg.get("flash") or {}, _mount)

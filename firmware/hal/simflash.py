@@ -6,6 +6,8 @@ import os
 IOCTL_INIT, IOCTL_DEINIT, IOCTL_SYNC, IOCTL_COUNT, IOCTL_SIZE, IOCTL_ERASE = 1, 2, 3, 4, 5, 6
 _CHUNK = 64  # the read-modify-write scratch: small, it stays in the heap for good
 _FF = b"\xff" * _CHUNK
+FS_BLOCKS = 64  # the main filesystem (256 KiB of 4 KiB blocks), after the journal's region
+chip = None  # the board's chip once mount_fs() has it: the journal then mounts a partition of it
 
 
 class PowerLoss(Exception):
@@ -30,11 +32,13 @@ class SimFlash:
         self.n = block_count
         try:
             self.f = open(path, "r+b")
-        except OSError:  # a new chip comes erased
-            with open(path, "wb") as f:
-                for _ in range(block_size * block_count // _CHUNK):
-                    f.write(_FF)
+        except OSError:
+            open(path, "wb").close()
             self.f = open(path, "r+b")
+        f = self.f
+        f.seek(0, 2)
+        for _ in range((block_size * block_count - f.tell()) // _CHUNK):
+            f.write(_FF)  # a new chip comes erased; so do the blocks an older, smaller image lacks
         self.cut_at = cut_at
         self.tear = tear
         self.dead = False
@@ -127,3 +131,42 @@ class SimFlash:
                 raise PowerLoss("flash: power lost while erasing")
             return 0
         return 0  # init, sync: the host file is written through on every call
+
+
+class Part:
+    """Blocks [first, first + n) of a chip, as one partition: it shares the chip's power and op count."""
+
+    def __init__(self, chip, first, n):
+        self.c, self.first, self.n = chip, first, n
+
+    def readblocks(self, b, buf, off=0):
+        self.c.readblocks(self.first + b, buf, off)
+
+    def writeblocks(self, b, buf, off=None):
+        self.c.writeblocks(self.first + b, buf, off)
+
+    def ioctl(self, op, arg):
+        r = self.c.ioctl(op, arg + self.first if op == IOCTL_ERASE else arg)
+        return self.n if op == IOCTL_COUNT else r
+
+
+def _chip(fc, extra):
+    d = fc.get("dir", ".")
+    cut, tear = read_cut(d + "/flash.cut")  # the harness may arm a power cut
+    return SimFlash(d + "/flash.bin", fc.get("block_size", 4096), fc.get("blocks", 128) + extra,
+                    cut_at=cut, tear=tear)
+
+
+def journal_dev(fc):
+    """The journal's region: of the board's chip, or (a journal alone, in tests) a chip of its own."""
+    return Part(chip, 0, fc.get("blocks", 128)) if chip else _chip(fc, 0)
+
+
+def mount_fs(fc, mount):
+    """The board's main filesystem, after the journal's region (VfsLfs2 with the journal's read and
+    program sizes: littlefs scans its logs in reads of that size, and reads are the sim's cost)."""
+    global chip
+    from hal import reset
+    c = chip = _chip(fc, FS_BLOCKS)
+    c.on_cut = reset.power_off  # pyright: ignore[reportAttributeAccessIssue]  (a cut kills the whole board)
+    return mount(Part(c, fc.get("blocks", 128), FS_BLOCKS), 128, 16, "/fs") + "/"

@@ -11,6 +11,8 @@ Linux it runs under `setpriv --pdeathsig KILL`, and is forked from one long-live
 because the kernel sends the death signal when the forking *thread* ends (boards are booted from
 short-lived threads by host_tools/sim/world.py). Otherwise a killed host left a VM heartbeating
 but deaf: nobody read its console, and a full pipe blocks it.
+Everything the device writes lives in the directory's `flash.bin` (littlefs: the journal's region,
+then the main filesystem with store.py's files); read those with `state()` (host_tools/sim/flashfs.py).
 """
 from __future__ import annotations
 
@@ -212,6 +214,17 @@ class SimBoard:
                     raise TimeoutError(f"no log line matching {pattern!r} in {timeout}s; last lines:\n"
                                        + "\n".join(self.lines[-20:]))
                 self._cond.wait(min(left, 0.2))
+
+    def state(self, name: str, default=None):
+        """A file the device keeps with firmware/store.py ("cmdstate", "boots", "pk/<plate hex>"),
+        read from its flash image (host_tools/sim/flashfs.py); `default` when absent."""
+        from host_tools.sim.flashfs import read_state
+        return read_state(self.dir, name, default)
+
+    def state_files(self) -> dict[str, bytes]:
+        """Every file on the board's main filesystem (its flash image), by path."""
+        from host_tools.sim.flashfs import read_files
+        return read_files(self.dir)
 
     def log(self) -> str:
         with self._cond:

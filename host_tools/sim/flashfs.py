@@ -1,0 +1,111 @@
+"""Read a simulated board's state (the files firmware/store.py keeps: "cmdstate", "boots", "seq",
+"tbeacon", "settings", parked cars under "pk/", ...) out of its flash image.
+
+The device keeps them on littlefs, on the main-filesystem partition of `flash.bin` (after the
+journal's region; firmware/hal/simflash.py mount_fs), as a board keeps them on its root filesystem.
+The host has no littlefs, so the MicroPython VM reads them: a small read-only block device over
+the image, mounted read-only, every file dumped as hex. Read a stopped board (or a copy): a
+running one may be mid-commit.
+
+    .venv/bin/python -m host_tools.sim.flashfs BOARD_DIR [NAME]
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from host_tools.sim.board import micropython
+
+FS_BLOCKS = 64  # the main filesystem's blocks after the journal's (firmware/hal/simflash.py FS_BLOCKS)
+
+_DUMP = r"""
+import json, os, vfs
+P, FIRST, N, BS = %r, %d, %d, %d
+class Dev:
+    def __init__(s):
+        s.f = open(P, "rb")
+    def readblocks(s, b, buf, off=0):
+        s.f.seek((FIRST + b) * BS + off)
+        s.f.readinto(buf)
+    def writeblocks(s, b, buf, off=None):
+        raise OSError(30)
+    def ioctl(s, op, arg):
+        return N if op == 4 else BS if op == 5 else 0
+vfs.mount(vfs.VfsLfs2(Dev(), readsize=128, progsize=16, lookahead=32, mtime=False), "/fs", readonly=True)
+out = {}
+def walk(d, rel):
+    for e in os.ilistdir(d):
+        if e[1] == 0x4000:
+            walk(d + "/" + e[0], rel + e[0] + "/")
+        else:
+            with open(d + "/" + e[0], "rb") as f:
+                out[rel + e[0]] = f.read().hex()
+walk("/fs", "")
+print(json.dumps(out))
+"""
+
+
+class FlashImageError(Exception):
+    pass
+
+
+def _layout(board_dir: Path) -> tuple[int, int]:
+    """(first block of the main filesystem, block size) from the board's config.json."""
+    try:
+        board = json.loads((board_dir / "config.json").read_text()).get("board") or {}
+    except (OSError, ValueError) as e:
+        raise FlashImageError(f"{board_dir}: no readable config.json ({e})") from e
+    fc = board.get("flash") or {} if isinstance(board, dict) else {}
+    return fc.get("blocks", 128), fc.get("block_size", 4096)
+
+
+def read_files(board_dir: str | Path) -> dict[str, bytes]:
+    """Every file on the board's main filesystem, by path ("cmdstate", "pk/4142"); {} for a
+    board that never booted (no image, or a blank region)."""
+    d = Path(board_dir)
+    image = d / "flash.bin"
+    first, bs = _layout(d)
+    try:
+        with open(image, "rb") as f:
+            f.seek(first * bs)
+            head = f.read(2 * bs)  # both superblock candidates
+    except OSError:
+        return {}
+    if not head or head.count(0xFF) == len(head):
+        return {}
+    script = _DUMP % (str(image.resolve()), first, FS_BLOCKS, bs)
+    r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise FlashImageError(f"{image}: the main filesystem does not mount: {(r.stderr or r.stdout)[-300:]}")
+    return {k: bytes.fromhex(v) for k, v in json.loads(r.stdout.splitlines()[-1]).items()}
+
+
+def read_state(board_dir: str | Path, name: str, default=None):
+    """One store file, decoded as the device wrote it (JSON); `default` if it is not there."""
+    raw = read_files(board_dir).get(name)
+    return default if raw is None else json.loads(raw)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or len(argv) > 2:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    try:
+        files = read_files(argv[0])
+    except FlashImageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if len(argv) == 2:
+        if argv[1] not in files:
+            print(f"error: no {argv[1]!r} on {argv[0]}'s flash", file=sys.stderr)
+            return 1
+        print(files[argv[1]].decode())
+        return 0
+    print(json.dumps({k: v.decode(errors="replace") for k, v in sorted(files.items())}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
