@@ -136,7 +136,7 @@ def test_ca_file_missing_or_bad_is_named(tmp_path):
 
 # ---- 4. ledger: full values when piped, ISO 8601 UTC times -------------------------------------
 def _ledger(tmp_path: Path, device: str) -> Path:
-    from host_tools.cloud.ledger import open_ledger
+    from host_tools.cloud.ledger_open import open_ledger
     from tests.test_cli import _records
     db = tmp_path / "ledger.db"
     with open_ledger(str(db)) as led:
@@ -344,7 +344,7 @@ def test_journal_export_from_a_serial_board_reconciles(tmp_path, serial_board):
 
     from mpremote.transport_serial import SerialTransport
 
-    from host_tools.cloud.ledger import open_ledger
+    from host_tools.cloud.ledger_open import open_ledger
     from host_tools.protocol import verify_mac0
     from host_tools.protocol import topic as topic_for
     from tests.test_cli import _records

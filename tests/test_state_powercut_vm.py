@@ -125,7 +125,7 @@ def test_device_state_lives_on_the_flash_and_cuts_strike_its_writes(site):
     # nothing the device wrote is on the host: only the flash image (and the provisioned files)
     assert {f.name for f in b.dir.iterdir()} - PROVISIONED == {"flash.bin"}, sorted(os.listdir(b.dir))
     files = b.state_files()  # read back through the VM, from the image's littlefs
-    for name in ("cmdstate", "boots", "seq", "tbeacon", "tariff", "gate_n", "m_entry"):
+    for name in ("cmdstate", "boots", "seq", "tariff", "gate_n", "m_entry"):
         assert name in files, sorted(files)
     assert not [f for f in files if f.endswith(".tmp")]
     assert b.state("boots") == 1 and b.state("tariff")["2"] == "CNY"

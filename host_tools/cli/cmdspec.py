@@ -121,9 +121,9 @@ def _value(name: str, a: Arg, v: Any) -> Any:
         v, ok = str(v), True  # `sid=42` meant the text 42
     if not ok:
         raise ArgProblem(f"{name}: {a.label()} must be {TYPES[a.kind]}, not {v!r}")
-    if a.size and not a.size[0] <= len(v.encode()) <= a.size[1]:
+    if a.size and isinstance(v, str) and not a.size[0] <= len(v.encode()) <= a.size[1]:
         raise ArgProblem(f"{name}: {a.label()} must be {a.size[0]}-{a.size[1]} bytes of text, not {len(v.encode())}")
-    return bytes.fromhex(v) if a.kind == "bstr" else v
+    return bytes.fromhex(v) if a.kind == "bstr" and isinstance(v, str) else v
 
 
 def _near(a: str, b: str) -> bool:

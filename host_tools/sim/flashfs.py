@@ -90,7 +90,7 @@ def read_state(board_dir: str | Path, name: str, default=None):
 
 def main(argv: list[str]) -> int:
     if not argv or len(argv) > 2:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        print((__doc__ or "").strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
     try:
         files = read_files(argv[0])
