@@ -92,9 +92,13 @@ def test_burst_of_distinct_authentic_commands_each_answered_once_in_order(env):
     mark = len(env.w.all)
     t0 = time.monotonic()
     burst(env, [d for _, d in cmds])
-    until(lambda: len(results(env)) >= N, 30 + N * 0.1, f"{N} results")
+    until(lambda: len({m["cti"] for m in results(env)}) >= N, 30 + N * 0.1, f"{N} results")
     took = time.monotonic() - t0
-    res = results(env)
+    everything = results(env)
+    # A connection lost under load between a command's run and its PUBACK gets it delivered again:
+    # answered once more, flagged dup (SPEC §5). Every command's own answer comes exactly once.
+    res = [m for m in everything if not (m.get("data") or {}).get("dup")]
+    assert len(everything) - len(res) <= 8
     assert len(res) == N  # exactly once each (QoS1 resends of one signed result are one result)
     assert [m["cseq"] for m in res] == [m["seq"] for m, _ in cmds]  # in seq order
     assert {m["cti"] for m in res} == {m["cti"] for m, _ in cmds}
