@@ -232,8 +232,8 @@ class MQTTClient:
             await self._wrote.wait()
 
     def _resync_done(self):
-        if self._resync and not self._held and not self._window and self._up:
-            self._resync = False
+        if self._resync is True and not self._held and not self._window and self._up:
+            self._resync = 2  # still set: what comes before the broker closes is left too
             self._reason = F.MQTTError("resync")  # what the report says when the broker closes
             self._queue_ctrl(F.DISCONNECT_PKT)  # no will; the broker closes, we reconnect
     # ---- supervisor ---------------------------------------------------------------------
@@ -476,7 +476,7 @@ class MQTTClient:
                 # Once one is left, leave all the rest too: the broker delivers them again in order.
                 if self._resync or len(self._held) >= self.cfg["max_held"]:
                     self.stats["deferred"] += 1
-                    self._resync = True
+                    self._resync = self._resync or True
                     return
                 self._held.append(pid)
             h[1](topic, payload, retain, dup, pid if qos else 0)

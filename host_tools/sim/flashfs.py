@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from host_tools.sim.board import micropython
+from host_tools.build import micropython
 
 FS_BLOCKS = 64  # the main filesystem's blocks after the journal's (firmware/hal/simflash.py FS_BLOCKS)
 
