@@ -13,6 +13,7 @@ from host_tools.cloud.ledger import Ledger, Record
 from host_tools.cloud.payafter import Order, OrderNotFound, OrderState, PayAfterError, PayerRefused
 from host_tools.cloud.registry import RegistryError
 from host_tools.cloud.session_model import CloseRecord, SessionState
+from host_tools.protocol import SESS_CLOSE, SESS_OPEN
 
 log = logging.getLogger("edgepay.sessions")
 # closes that owe nothing: a staff open, a staff cancel, a rental item never taken
@@ -26,13 +27,13 @@ class Settlement:
         """IngestWorker's `on_commit`: settle every committed sess_close (in the pool); a rental's
         sess_open with its item tag (21) is remembered, so a return elsewhere finds the rental."""
         for r in records:
-            if r.type == 6 and getattr(r, "item", None):
+            if r.type == SESS_OPEN and getattr(r, "item", None):
                 try:
                     kind = self.registry.get(r.device).kind
                 except RegistryError:
                     continue
                 self._remember_item(r.device, r.sid, kind, r.payer, r.t0, r.item)
-            if r.type == 8:
+            if r.type == SESS_CLOSE:
                 self._pool.submit(self._settle_safe, r)
 
     def _remember_item(self, device: str, sid: str, kind: str, payer: str | None, t0: int | None,
@@ -234,7 +235,7 @@ class Settlement:
         items = 0
         opened = {(s.device, s.sid) for s in ledger.sessions() if s.state == "open"}
         for r in ledger.records():
-            if r.type == 6 and r.item and (r.device, r.sid) in opened:
+            if r.type == SESS_OPEN and r.item and (r.device, r.sid) in opened:
                 try:
                     kind = self.registry.get(r.device).kind
                 except RegistryError:
