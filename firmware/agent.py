@@ -83,8 +83,8 @@ def _pace_gc():
 
 
 class Signer:
-    """The device's key. The one sealing path: every uplink message, money records included, is
-    schema-checked (msg.check raises CodecError) before it is encoded and signed."""
+    """The device's key, both ways. The one sealing path: every uplink message, money records
+    included, is schema-checked (msg.check raises CodecError) before it is encoded and signed."""
 
     def __init__(self, hkey, kid):
         self.hkey = hkey
@@ -95,6 +95,10 @@ class Signer:
         msg.check(fields, topic)
         p = cbor.encode(fields)
         return cose.build(self.hkey, self.kid, topic, p), p
+
+    def open(self, topic, data):
+        """Verify a downlink envelope and check its payload; -> payload dict, or CodecError."""
+        return msg.open(self.hkey, self.kid, topic, data)
 
 
 class Context:
@@ -128,9 +132,7 @@ class Agent:
         gc.threshold((gc.mem_free() + gc.mem_alloc()) // 32)
         self.cfg = cfg
         self.device = dev = cfg["device"]
-        self.kid = cfg["kid"].encode()
-        self.hkey = HmacKey(cfg.pop("key_bytes"))
-        self.signer = Signer(self.hkey, self.kid)
+        self.signer = Signer(HmacKey(cfg.pop("key_bytes")), cfg["kid"].encode())
         cfg.pop("key", None)  # the key lives in the HMAC pads only
         self.board = cfg["board"]
         self.settings = cfg["settings"]
@@ -144,7 +146,7 @@ class Agent:
         base = "v1/dev/" + dev + "/"
         self.t_up = base + "up/"
         t_cmd = base + "dn/cmd"
-        self.cmds = Pipeline(dev, self.hkey, self.kid, self.clock, t_cmd, self.settings["cmd_window"])
+        self.cmds = Pipeline(dev, self.signer, self.clock, t_cmd, self.settings["cmd_window"])
         self.display = Display()
         self._hello_sent = False
         self._refusals = Rate(8, 1250)  # answers to unauthenticated messages: 8, then 1 per 1.25 s
@@ -341,7 +343,7 @@ class Agent:
     def _open_dn(self, topic, data):
         """Verify a time answer or ack: authentic and for this device, else None (logged)."""
         try:
-            p = msg.open(self.hkey, self.kid, topic, data)
+            p = self.signer.open(topic, data)
         except CodecError as e:
             log("dn refused", topic, e.code)
             self.rx_refused += 1

@@ -46,10 +46,9 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, device, hkey, kid, clock, topic, window=16, state_file="cmdstate"):
+    def __init__(self, device, signer, clock, topic, window=16, state_file="cmdstate"):
         self.device = device
-        self.hkey = hkey
-        self.kid = kid
+        self.signer = signer  # agent.Signer: verifies and schema-checks
         self.clock = clock
         self.topic = topic
         self.state_file = state_file
@@ -83,7 +82,7 @@ class Pipeline:
 
     async def handle(self, data):
         try:
-            p = msg.open(self.hkey, self.kid, self.topic, data)
+            p = self.signer.open(self.topic, data)
         except CodecError as e:
             # Unauthenticated: nothing in it can be believed, so the refusal names no command (no cti,
             # no cseq). A forged copy of a real command can never be taken for its outcome (SPEC §4).
