@@ -103,22 +103,42 @@ class Signer:
 
 class Context:
     """All an app may touch: its commands, sending, alarms, money records, time, its hardware
-    (the display too), and the link. Nothing else of the agent."""
+    (the display too), and the link. Nothing else of the agent. Methods, not bound-method
+    attributes: those would be ~0.7 KB of live heap on every board."""
 
     def __init__(self, a, hw):
-        self.on_command = a.cmds.on  # decorator: on_command(name, needs_time=True)(fn)
-        self.send = a.send           # async send(type, fields, qos=1, retain=False)
-        self.alarm = a.alarm         # alarm(code, detail=None, active=True): fire and forget
-        up = a.uplink                # None: no journal, so no money (apps refuse sessions)
-        self.record = up and up.record        # record(type, fields, seq): journaled when it returns
-        self.committed = up and up.committed  # committed(seq): did a record with seq reach flash?
-        self.next_seq = a.seq.next            # a record's seq, taken before it is noted and recorded
-        c = a.clock
-        self.now, self.rate = c.now, c.rate   # now(): None while the clock is untrusted
-        self.online = a.online
-        self.on_link = a.mqtt.on_state        # on_link(fn(up))
-        self.hw = hw                          # the board's peripherals, its display among them
+        self._a = a
+        self.hw = hw  # the board's peripherals, its display among them
         self.device, self.boots, self.cfg = a.device, a.boots, a.cfg
+        self.rate = a.clock.rate  # the sim clock's rate (1 on a board): physical waits follow it
+        self.money = a.uplink is not None  # False: no journal, so no money (apps refuse sessions)
+
+    def on_command(self, name, needs_time=True):  # decorator: on_command(name)(fn(args))
+        return self._a.cmds.on(name, needs_time)
+
+    def send(self, typ, fields, qos=1):  # async
+        return self._a.send(typ, fields, qos)
+
+    def alarm(self, code, detail=None, active=True):  # fire and forget
+        self._a.alarm(code, detail, active)
+
+    def record(self, typ, fields, seq=None):  # journaled when it returns; raises if it cannot be
+        return self._a.uplink.record(typ, fields, seq)
+
+    def committed(self, seq):  # did the record with this seq reach flash?
+        return self._a.uplink.committed(seq)
+
+    def next_seq(self):  # a record's seq, taken before it is noted and recorded
+        return self._a.seq.next()
+
+    def now(self):  # None while the clock is untrusted
+        return self._a.clock.now()
+
+    def online(self):
+        return self._a.mqtt.up
+
+    def on_link(self, fn):  # fn(up) at every link change
+        self._a.mqtt.on_state(fn)
 
 
 class Agent:
@@ -219,9 +239,6 @@ class Agent:
         if detail is not None:
             f[_K_DETAIL] = detail
         asyncio.create_task(self.send(_T_ALARM, f))
-
-    def online(self):
-        return self.mqtt.up
 
     def jdepth(self):
         return self.journal.depth() if self.uplink else 0

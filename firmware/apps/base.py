@@ -343,18 +343,18 @@ class SessionApp:
         The record's seq is noted in the machine first, so after a power cut `m.committed()` tells
         whether it reached flash: redo nothing that was committed, trust nothing that was not.
         """
-        rec = self.ctx.record
-        if rec is None:
+        c = self.ctx
+        if not c.money:
             raise OSError("no journal")
-        seq = self.ctx.next_seq()
+        seq = c.next_seq()
         m.data["pend"], m.data["pend_t"] = seq, typ
         m.save()
         try:
-            rec(typ, fields, seq)
+            c.record(typ, fields, seq)
         except MemoryError:  # a fragmented heap (seen just after a reboot): collect, try once more
             import gc
             gc.collect()
-            rec(typ, fields, seq)
+            c.record(typ, fields, seq)
         return seq
 
     def now(self):
