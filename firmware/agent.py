@@ -36,6 +36,23 @@ _K_SEQ = const(8)
 _K_CODE = const(10)  # alarm: code, detail, active; status: online; hello: fw ...
 _K_DETAIL = const(11)
 _K_ACTIVE = const(12)
+# hello: 10 fw, 11 board, 12 reset, 13 caps, 14 kind, 15 boots
+_H_FW = const(10)
+_H_BOARD = const(11)
+_H_RESET = const(12)
+_H_CAPS = const(13)
+_H_KIND = const(14)
+_H_BOOTS = const(15)
+# heartbeat: 10 uptime, 11 heap, 12 jdepth, 13 rssi, 14 clock, 15-17 rx counts
+_B_UPTIME = const(10)
+_B_HEAP = const(11)
+_B_JDEPTH = const(12)
+_B_RSSI = const(13)
+_B_CLOCK = const(14)
+# ack (downlink): 10 upto, 11 resend, 12 quarantined seqs
+_A_UPTO = const(10)
+_A_RESEND = const(11)
+_A_QUAR = const(12)
 
 
 def log(*a):
@@ -252,8 +269,9 @@ class Agent:
     async def _announce(self):
         try:
             if not self._hello_sent:  # once per boot (OCPP: do not re-announce unless it changed)
-                await self.send(_T_HELLO, {10: FW_VERSION, 11: self.board["name"], 12: self.reset_cause,
-                                           13: CAPS, 14: self.board["kind"], 15: self.boots})
+                await self.send(_T_HELLO, {_H_FW: FW_VERSION, _H_BOARD: self.board["name"],
+                                           _H_RESET: self.reset_cause, _H_CAPS: CAPS,
+                                           _H_KIND: self.board["kind"], _H_BOOTS: self.boots})
                 self._hello_sent = True
                 log("hello sent")
                 if self.journal_error:
@@ -289,10 +307,11 @@ class Agent:
                 continue
             try:
                 _pace_gc()
-                hb = {10: self.uptime(), 11: gc.mem_free(), 12: self.jdepth(), 14: 1 if self.clock.trusted() else 0}
+                hb = {_B_UPTIME: self.uptime(), _B_HEAP: gc.mem_free(), _B_JDEPTH: self.jdepth(),
+                      _B_CLOCK: 1 if self.clock.trusted() else 0}
                 r = rssi()
                 if r is not None:
-                    hb[13] = r
+                    hb[_B_RSSI] = r
                 for k, v in zip((15, 16, 17), self.rx_counts()):
                     if v:  # absent = 0: the usual heartbeat stays as small as before
                         hb[k] = v
@@ -379,8 +398,8 @@ class Agent:
 
     def _on_ack(self, topic, data, retain, dup):
         p = self._open_dn(topic, data)
-        if p is not None and self.uplink:  # ack: 10 upto, 11 resend, 12 quarantined seqs
-            self.uplink.on_ack(p[10], p.get(11, False), p.get(12))
+        if p is not None and self.uplink:
+            self.uplink.on_ack(p[_A_UPTO], p.get(_A_RESEND, False), p.get(_A_QUAR))
 
     # ---- built-in commands ------------------------------------------------------------------
     def _register_builtins(self):
