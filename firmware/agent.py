@@ -1,10 +1,13 @@
-# The device agent: identity, presence (hello, retained status, will, heartbeat), signed time,
-# and the command pipeline, over the MQTT client. Apps (gate, vending, rental) plug in by
-# registering command handlers on `agent.cmds` and hooks for acks.
+# The device agent, the composition root: it builds the services (MQTT link, signer, clock,
+# command pipeline, uplink of money records) and wires them together; it owns presence (hello,
+# retained status, will, heartbeat). An app (gate, vending, rental) gets only a Context (below).
 import asyncio
 import gc
 import time
+from micropython import const
 
+import cbor
+import cose
 import msg
 import store
 import config as cfgmod
@@ -21,7 +24,35 @@ FW_VERSION = "0.1.0"
 CAPS = ["cmd", "time", "cfg"]
 MAX_PACKET = 2300  # SPEC message bound (2048) + topic + MQTT headers
 
-T_STATUS, T_HB, T_RES, T_HELLO = 2, 3, 9, 1
+# Message types and field keys (SPEC §4): const names cost nothing in the compiled bundle.
+_T_HELLO = const(1)
+_T_STATUS = const(2)
+_T_HB = const(3)
+_T_ALARM = const(5)
+_T_RES = const(9)
+_K_TYPE = const(0)
+_K_IAT = const(6)
+_K_SEQ = const(8)
+_K_CODE = const(10)  # alarm: code, detail, active; status: online; hello: fw ...
+_K_DETAIL = const(11)
+_K_ACTIVE = const(12)
+# hello: 10 fw, 11 board, 12 reset, 13 caps, 14 kind, 15 boots
+_H_FW = const(10)
+_H_BOARD = const(11)
+_H_RESET = const(12)
+_H_CAPS = const(13)
+_H_KIND = const(14)
+_H_BOOTS = const(15)
+# heartbeat: 10 uptime, 11 heap, 12 jdepth, 13 rssi, 14 clock, 15-17 rx counts
+_B_UPTIME = const(10)
+_B_HEAP = const(11)
+_B_JDEPTH = const(12)
+_B_RSSI = const(13)
+_B_CLOCK = const(14)
+# ack (downlink): 10 upto, 11 resend, 12 quarantined seqs
+_A_UPTO = const(10)
+_A_RESEND = const(11)
+_A_QUAR = const(12)
 
 
 def log(*a):
@@ -68,6 +99,65 @@ def _pace_gc():
     gc.threshold(max(free // 4, (free + gc.mem_alloc()) // 32))
 
 
+class Signer:
+    """The device's key, both ways. The one sealing path: every uplink message, money records
+    included, is schema-checked (msg.check raises CodecError) before it is encoded and signed."""
+
+    def __init__(self, hkey, kid):
+        self.hkey = hkey
+        self.kid = kid
+
+    def seal(self, topic, fields):
+        """-> (envelope, payload bytes)."""
+        msg.check(fields, topic)
+        p = cbor.encode(fields)
+        return cose.build(self.hkey, self.kid, topic, p), p
+
+    def open(self, topic, data):
+        """Verify a downlink envelope and check its payload; -> payload dict, or CodecError."""
+        return msg.open(self.hkey, self.kid, topic, data)
+
+
+class Context:
+    """All an app may touch: its commands, sending, alarms, money records, time, its hardware
+    (the display too), and the link. Nothing else of the agent. Methods, not bound-method
+    attributes: those would be ~0.7 KB of live heap on every board."""
+
+    def __init__(self, a, hw):
+        self._a = a
+        self.hw = hw  # the board's peripherals, its display among them
+        self.device, self.boots, self.cfg = a.device, a.boots, a.cfg
+        self.rate = a.clock.rate  # the sim clock's rate (1 on a board): physical waits follow it
+        self.money = a.uplink is not None  # False: no journal, so no money (apps refuse sessions)
+
+    def on_command(self, name, needs_time=True):  # decorator: on_command(name)(fn(args))
+        return self._a.cmds.on(name, needs_time)
+
+    def send(self, typ, fields, qos=1):  # async
+        return self._a.send(typ, fields, qos)
+
+    def alarm(self, code, detail=None, active=True):  # fire and forget
+        self._a.alarm(code, detail, active)
+
+    def record(self, typ, fields, seq=None):  # journaled when it returns; raises if it cannot be
+        return self._a.uplink.record(typ, fields, seq)
+
+    def committed(self, seq):  # did the record with this seq reach flash?
+        return self._a.uplink.committed(seq)
+
+    def next_seq(self):  # a record's seq, taken before it is noted and recorded
+        return self._a.seq.next()
+
+    def now(self):  # None while the clock is untrusted
+        return self._a.clock.now()
+
+    def online(self):
+        return self._a.mqtt.up
+
+    def on_link(self, fn):  # fn(up) at every link change
+        self._a.mqtt.on_state(fn)
+
+
 class Agent:
     def __init__(self, cfg):
         # Keep the heap in one piece: without a threshold the GC runs only when the heap is full,
@@ -79,8 +169,7 @@ class Agent:
         gc.threshold((gc.mem_free() + gc.mem_alloc()) // 32)
         self.cfg = cfg
         self.device = dev = cfg["device"]
-        self.kid = cfg["kid"].encode()
-        self.hkey = HmacKey(cfg.pop("key_bytes"))
+        self.signer = Signer(HmacKey(cfg.pop("key_bytes")), cfg["kid"].encode())
         cfg.pop("key", None)  # the key lives in the HMAC pads only
         self.board = cfg["board"]
         self.settings = cfg["settings"]
@@ -93,12 +182,9 @@ class Agent:
         self.up_ms = time.ticks_ms()
         base = "v1/dev/" + dev + "/"
         self.t_up = base + "up/"
-        self.t_cmd, self.t_time, self.t_ack = base + "dn/cmd", base + "dn/time", base + "dn/ack"
-        self.cmds = Pipeline(dev, self.hkey, self.kid, self.clock, self.t_cmd, self.settings["cmd_window"])
-        self.ack_hooks = []  # fn(upto, resend, quarantined): the journal (store-and-forward) subscribes here
+        t_cmd = base + "dn/cmd"
+        self.cmds = Pipeline(dev, self.signer, self.clock, t_cmd, self.settings["cmd_window"])
         self.display = Display()
-        self.jdepth = lambda: 0  # replaced by the journal
-        self.app = None
         self._hello_sent = False
         self._refusals = Rate(8, 1250)  # answers to unauthenticated messages: 8, then 1 per 1.25 s
         self._repeats = Rate(4, 500)     # answers to redeliveries of commands already answered
@@ -112,7 +198,7 @@ class Agent:
         if self.board.get("journal"):
             self._open_journal()
         b = cfg.pop("broker")  # the MQTT client keeps what it needs
-        will = self.seal(T_STATUS, {10: False})
+        will = self.seal(_T_STATUS, {_K_CODE: False})
         self.mqtt = MQTTClient({
             "client_id": dev, "user": dev, "password": b["password"],
             "host": b["host"], "port": b["port"], "keepalive": self.settings["keepalive_s"],
@@ -121,16 +207,19 @@ class Agent:
             "max_packet": MAX_PACKET,
             "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"],
         })
-        self.mqtt.subscribe(self.t_cmd, 1, self._on_cmd, True)
-        self.mqtt.subscribe(self.t_time, 0, self._on_time)
-        self.mqtt.subscribe(self.t_ack, 1, self._on_ack)
+        self.mqtt.subscribe(t_cmd, 1, self._on_cmd, True)
+        self.mqtt.subscribe(base + "dn/time", 0, self._on_time)
+        self.mqtt.subscribe(base + "dn/ack", 1, self._on_ack)
         self.mqtt.on_state(self._on_state)
         self.mqtt.on_error(self._mqtt_error)
+        if self.journal is not None:
+            from uplink import Uplink
+            self.uplink = Uplink(self.signer, self.seq, self.mqtt, self.t_up + "rec", self.journal, self.alarm)
+            CAPS.append("rec")
 
     def _open_journal(self):
         from hal import flash
         from journal import Journal
-        from uplink import Uplink
         try:
             self.journal = Journal(flash.mount(self.board) + "/j", self.board["journal"].get("capacity", 32768),
                                    prog=flash.progsize)
@@ -144,22 +233,31 @@ class Agent:
             return
         if getattr(flash.dev, "on_cut", 1) is None:  # simulated flash: a cut kills the whole board
             flash.dev.on_cut = hreset.power_off
-        self.uplink = Uplink(self, self.journal)
-        CAPS.append("rec")
+        self.seq.skip_to(self.journal.last_seq)  # never reuse a number the journal holds (will first)
         log("journal", self.journal.depth(), "pending, last seq", self.journal.last_seq)
 
     # ---- sending ----------------------------------------------------------------------------
     def seal(self, typ, fields):
-        fields[0] = typ
-        fields[8] = self.seq.next()
+        fields[_K_TYPE] = typ
+        fields[_K_SEQ] = self.seq.next()
         now = self.clock.now()
-        if now is not None and typ < 6:
-            fields[6] = now
-        return msg.seal(self.hkey, self.kid, self.t_up + msg.topic_suffix(typ), fields)
+        if now is not None and typ < 6:  # the non-record types carry their time (SPEC §4)
+            fields[_K_IAT] = now
+        return self.signer.seal(self.t_up + msg.topic_suffix(typ), fields)[0]
 
     async def send(self, typ, fields, qos=1, retain=False):
         data = self.seal(typ, fields)
         return await self.mqtt.publish(self.t_up + msg.topic_suffix(typ), data, qos, retain)
+
+    def alarm(self, code, detail=None, active=True):
+        """Send an alarm, not awaited (QoS 1 from a task: the caller goes on at once)."""
+        f = {_K_CODE: code, _K_ACTIVE: active}
+        if detail is not None:
+            f[_K_DETAIL] = detail
+        asyncio.create_task(self.send(_T_ALARM, f))
+
+    def jdepth(self):
+        return self.journal.depth() if self.uplink else 0
 
     # ---- presence ---------------------------------------------------------------------------
     def _on_state(self, up):
@@ -170,13 +268,15 @@ class Agent:
     async def _announce(self):
         try:
             if not self._hello_sent:  # once per boot (OCPP: do not re-announce unless it changed)
-                await self.send(T_HELLO, {10: FW_VERSION, 11: self.board["name"], 12: self.reset_cause,
-                                          13: CAPS, 14: self.board["kind"], 15: self.boots})
+                await self.send(_T_HELLO, {_H_FW: FW_VERSION, _H_BOARD: self.board["name"],
+                                           _H_RESET: self.reset_cause, _H_CAPS: CAPS,
+                                           _H_KIND: self.board["kind"], _H_BOOTS: self.boots})
                 self._hello_sent = True
                 log("hello sent")
                 if self.journal_error:
-                    await self.send(5, {10: "journal", 11: {"why": self.journal_error}, 12: True})
-            await self.send(T_STATUS, {10: True}, 1, True)
+                    await self.send(_T_ALARM, {_K_CODE: "journal", _K_DETAIL: {"why": self.journal_error},
+                                               _K_ACTIVE: True})
+            await self.send(_T_STATUS, {_K_CODE: True}, 1, True)
             log("online")
         except Exception as e:
             log("announce failed", repr(e))
@@ -188,7 +288,7 @@ class Agent:
         now = time.ticks_ms()
         if where == "rx" and time.ticks_diff(now, self._oversize_ms) >= 0:
             self._oversize_ms = time.ticks_add(now, 60000)
-            asyncio.create_task(self.send(5, {10: "oversize", 11: {"size": e.args[0]}, 12: True}))
+            self.alarm("oversize", {"size": e.args[0]})
 
     def rx_counts(self):
         """Downlink messages since boot: [refused unauthenticated, oversize (skipped), dropped (the
@@ -206,14 +306,15 @@ class Agent:
                 continue
             try:
                 _pace_gc()
-                hb = {10: self.uptime(), 11: gc.mem_free(), 12: self.jdepth(), 14: 1 if self.clock.trusted() else 0}
+                hb = {_B_UPTIME: self.uptime(), _B_HEAP: gc.mem_free(), _B_JDEPTH: self.jdepth(),
+                      _B_CLOCK: 1 if self.clock.trusted() else 0}
                 r = rssi()
                 if r is not None:
-                    hb[13] = r
+                    hb[_B_RSSI] = r
                 for k, v in zip((15, 16, 17), self.rx_counts()):
                     if v:  # absent = 0: the usual heartbeat stays as small as before
                         hb[k] = v
-                await self.send(T_HB, hb, 0)
+                await self.send(_T_HB, hb, 0)
             except Exception as e:  # a MemoryError skips one beat, never stops them
                 hb = None
                 log("heartbeat", repr(e))
@@ -243,7 +344,7 @@ class Agent:
                     data = None
                     if self._answering(o):
                         # Into the QoS1 window (resent across reconnects); a reboot waits for it.
-                        await mq.publish(self.t_up + "res", self.seal(T_RES, self.cmds.result(o)), 1, False,
+                        await mq.publish(self.t_up + "res", self.seal(_T_RES, self.cmds.result(o)), 1, False,
                                          o.after is not None)
             except Exception as e:  # MemoryError included: one command lost, never the device
                 data = None
@@ -272,7 +373,7 @@ class Agent:
     def _open_dn(self, topic, data):
         """Verify a time answer or ack: authentic and for this device, else None (logged)."""
         try:
-            p = msg.open(self.hkey, self.kid, topic, data)
+            p = self.signer.open(topic, data)
         except CodecError as e:
             log("dn refused", topic, e.code)
             self.rx_refused += 1
@@ -291,9 +392,8 @@ class Agent:
 
     def _on_ack(self, topic, data, retain, dup):
         p = self._open_dn(topic, data)
-        if p is not None:
-            for fn in self.ack_hooks:
-                fn(p[10], p.get(11, False), p.get(12))
+        if p is not None and self.uplink:
+            self.uplink.on_ack(p[_A_UPTO], p.get(_A_RESEND, False), p.get(_A_QUAR))
 
     # ---- built-in commands ------------------------------------------------------------------
     def _register_builtins(self):
@@ -340,6 +440,22 @@ class Agent:
                 raise CommandError("bad_args", "delay")
             return None, lambda: asyncio.create_task(self._reboot(delay))
 
+    def _hardware(self):
+        """Build the board's peripherals (None on a board without them)."""
+        if not self.board.get("peripherals"):
+            return None
+        import board
+        import hal
+        b = board.load(self.board)
+        hw = hal.build(b, sim=self.cfg.get("sim"))
+        # The board file is read at boot only (the drivers hold what they need): after it only its
+        # name and kind are (hello, get_state), so the rest (~3.5 KB of dicts on the rental) leaves RAM.
+        b.peripherals = None
+        b.d = {"name": b.name, "kind": b.kind}
+        if hw.has("display"):
+            self.display = hw.get("display")  # the built-in `display` command shows on the board's own
+        return hw
+
     async def _reboot(self, delay):
         await asyncio.sleep(delay)
         log("ACT reboot")
@@ -357,7 +473,7 @@ class Agent:
         if app:
             __import__(app)
             import sys
-            sys.modules[app].setup(self)
+            sys.modules[app].setup(Context(self, self._hardware()))
         _pace_gc()
         wdt = Watchdog(wdt_ms)
         self.mqtt.start()
@@ -375,7 +491,7 @@ class Agent:
         """Orderly stop: offline status (retained), then DISCONNECT (no will)."""
         try:
             if self.mqtt.up:
-                await asyncio.wait_for(self.send(T_STATUS, {10: False}, 1, True), 3)
+                await asyncio.wait_for(self.send(_T_STATUS, {_K_CODE: False}, 1, True), 3)
         except Exception:
             pass
         try:

@@ -3,12 +3,27 @@
 # nothing is actuated. Handlers are registered by name, so apps add their own.
 import asyncio
 from binascii import hexlify, unhexlify
+from micropython import const
 
 import msg
 import store
 from cbor import CodecError
 
-K_AUD, K_EXP, K_NBF, K_IAT, K_CTI, K_SEQ, K_NAME, K_ARGS = 3, 4, 5, 6, 7, 8, 10, 11
+# command fields (SPEC §4, type 11): const names cost nothing in the compiled bundle
+_K_AUD = const(3)
+_K_EXP = const(4)
+_K_NBF = const(5)
+_K_IAT = const(6)
+_K_CTI = const(7)
+_K_SEQ = const(8)
+_K_NAME = const(10)
+_K_ARGS = const(11)
+# cmd_result (type 9): 0 type, 7 cti, 10 status, 11 name, 12 data, 13 cseq
+_T_RES = const(9)
+_R_STATUS = const(10)
+_R_NAME = const(11)
+_R_DATA = const(12)
+_R_CSEQ = const(13)
 
 
 class CommandError(Exception):
@@ -32,10 +47,9 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, device, hkey, kid, clock, topic, window=16, state_file="cmdstate"):
+    def __init__(self, device, signer, clock, topic, window=16, state_file="cmdstate"):
         self.device = device
-        self.hkey = hkey
-        self.kid = kid
+        self.signer = signer  # agent.Signer: verifies and schema-checks
         self.clock = clock
         self.topic = topic
         self.state_file = state_file
@@ -70,15 +84,15 @@ class Pipeline:
 
     async def handle(self, data):
         try:
-            p = msg.open(self.hkey, self.kid, self.topic, data)
+            p = self.signer.open(self.topic, data)
         except CodecError as e:
             # Unauthenticated: nothing in it can be believed, so the refusal names no command (no cti,
             # no cseq). A forged copy of a real command can never be taken for its outcome (SPEC §4).
             return Outcome(e.code)
-        cti = p[K_CTI]
-        name = p[K_NAME]
-        seq = p[K_SEQ]
-        if p[K_AUD] != self.device:
+        cti = p[_K_CTI]
+        name = p[_K_NAME]
+        seq = p[_K_SEQ]
+        if p[_K_AUD] != self.device:
             return Outcome("wrong_audience", cti, name, seq)
         c = self._seen(cti, seq)
         if c >= 0:
@@ -135,14 +149,14 @@ class Pipeline:
         # A command lives at most cmd_ttl_s, and is never issued in our future: one signed to
         # last for years, or held in a queue, cannot actuate later (SPEC §5).
         s = self.clock.settings
-        if p[K_EXP] - p[K_IAT] > s["cmd_ttl_s"]:
+        if p[_K_EXP] - p[_K_IAT] > s["cmd_ttl_s"]:
             return Outcome("ttl_exceeded", cti, name, seq)
         if now is not None:
-            if p[K_IAT] > now + s["clock_skew_s"]:
+            if p[_K_IAT] > now + s["clock_skew_s"]:
                 return Outcome("future_iat", cti, name, seq)
-            if now >= p[K_EXP]:
+            if now >= p[_K_EXP]:
                 return Outcome("expired", cti, name, seq)
-            if K_NBF in p and now < p[K_NBF]:
+            if _K_NBF in p and now < p[_K_NBF]:
                 return Outcome("not_yet_valid", cti, name, seq)
         if self._seen(cti) >= 0:
             return Outcome("replay", cti, name, seq)
@@ -155,7 +169,7 @@ class Pipeline:
     async def _run(self, entry, p, cti, name, seq):
         if entry is None:
             return Outcome("unsupported", cti, name, seq)
-        args = p.get(K_ARGS, {})
+        args = p.get(_K_ARGS, {})
         try:
             r = entry(args)
             if hasattr(r, "send"):  # a coroutine: MicroPython has no inspect
@@ -178,15 +192,15 @@ class Pipeline:
 
     def result(self, o):
         """The cmd_result payload fields (int keys, seq added by the sender) for an outcome."""
-        f = {0: 9, 10: msg.ERRORS[o.code]}
+        f = {0: _T_RES, _R_STATUS: msg.ERRORS[o.code]}
         if o.cti is not None:
-            f[7] = o.cti
+            f[_K_CTI] = o.cti
         if o.name is not None:
-            f[11] = o.name
+            f[_R_NAME] = o.name
         if o.data:
-            f[12] = o.data
+            f[_R_DATA] = o.data
         if o.cseq is not None:
-            f[13] = o.cseq
+            f[_R_CSEQ] = o.cseq
         return f
 
 

@@ -5,47 +5,55 @@
 import asyncio
 import hashlib
 import time
+from micropython import const
 
-import cbor
-import cose
+_K_TYPE = const(0)
+_K_SEQ = const(8)
+_K_PREV = const(9)  # the hash of the record before (the chain, SPEC §6)
 
 
 class Uplink:
-    def __init__(self, agent, journal, window=4, retry_ms=15000):
-        self.agent = agent
+    """Built from a signer (agent.Signer), the sequence counter and the MQTT client; `alarm` is
+    the agent's alarm(code, detail) (a quarantine is reported)."""
+
+    def __init__(self, signer, seq, mqtt, topic, journal, alarm, window=4, retry_ms=15000):
+        self.signer = signer
+        self.seq = seq
+        self.mq = mqtt
+        self.alarm = alarm
         self.j = journal
         self.window = window
         self.retry_ms = retry_ms
-        self.topic = agent.t_up + "rec"
+        self.topic = topic
         self.sent = journal.acked    # highest seq handed to MQTT since the last (re)start
         self.progress = time.ticks_ms()
         self.wake = asyncio.Event()
-        agent.seq.skip_to(journal.last_seq)  # never reuse a number the journal holds
-        agent.ack_hooks.append(self.on_ack)
-        agent.jdepth = journal.depth
 
     def record(self, typ, fields, seq=None):
-        """Sign and journal one money record; returns its seq once it is committed to flash.
+        """Check, sign and journal one money record; returns its seq once it is committed to flash.
 
-        `seq` may be taken beforehand (agent.seq.next()) so a caller can note it first: after a
-        power cut, the record was committed exactly when journal.last_seq >= seq, because nothing
-        else can append between taking a number and appending (no await in between).
-        Raises journal.JournalFull when there is no room: the caller must refuse to act.
+        `seq` may be taken beforehand (seq.next()) so a caller can note it first: after a power
+        cut, the record was committed exactly when committed(seq), because nothing else can
+        append between taking a number and appending (no await in between).
+        Raises CodecError (a malformed record: the cloud would refuse it and never ack it) or
+        journal.JournalFull (no room), journaling nothing: the caller must refuse to act.
         """
         if seq is None:
-            seq = self.agent.seq.next()
-        fields[0] = typ
-        fields[8] = seq
-        fields[9] = self.j.last_hash
-        payload = cbor.encode(fields)
-        data = cose.build(self.agent.hkey, self.agent.kid, self.topic, payload)
+            seq = self.seq.next()
+        fields[_K_TYPE] = typ
+        fields[_K_SEQ] = seq
+        fields[_K_PREV] = self.j.last_hash
+        data, payload = self.signer.seal(self.topic, fields)
         self.j.append(seq, data, hashlib.sha256(payload).digest()[:16], True)
         self.wake.set()
         return seq
 
+    def committed(self, seq):
+        return self.j.last_seq >= seq
+
     def on_ack(self, upto, resend, quarantined=None):
         if quarantined:  # SPEC §6: the cloud holds these bytes, not its ledger; forgotten with upto as usual
-            asyncio.create_task(self.agent.send(5, {10: "record_quarantined", 11: {"seqs": quarantined}, 12: True}))
+            self.alarm("record_quarantined", {"seqs": quarantined})
         if upto > self.j.acked:
             self.j.ack(upto)
             self.progress = time.ticks_ms()
@@ -72,7 +80,7 @@ class Uplink:
                 self.progress = time.ticks_ms()
 
     async def _pump(self):
-        mq = self.agent.mqtt
+        mq = self.mq
         if not mq.up:
             return
         for seq, data in self.j.pending():

@@ -107,19 +107,13 @@ print(gc.mem_alloc() - a)
 """
 
 
-# Firmware modules for tests and tooling only (message tables by name, the broker's side of MQTT):
-# no board imports them, so they are not code a board holds.
-TOOLING = ("msgschema", "mqtt_peer")
-
-
 def modules(bundle: Path) -> list[str]:
-    """Importable module names of a compiled bundle (main excluded: importing it runs the agent;
-    TOOLING excluded: no board loads it, and counting it would give the VM heap a board lacks)."""
+    """Importable module names of a compiled bundle (main excluded: importing it runs the agent)."""
     out = []
     for p in sorted(bundle.rglob("*.mpy")):
         rel = p.relative_to(bundle).with_suffix("")
         name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        if name != "main" and name not in TOOLING:
+        if name != "main":
             out.append(name)
     return out
 

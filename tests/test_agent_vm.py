@@ -280,8 +280,8 @@ def test_watchdog_resets_a_stalled_loop(env):
     b = env.board(app="stallapp", wdt_ms=1500)
     (b.dir / "stallapp.py").write_text(
         "import time\n"
-        "def setup(agent):\n"
-        "    @agent.cmds.on('stall', needs_time=False)\n"
+        "def setup(ctx):\n"
+        "    @ctx.on_command('stall', needs_time=False)\n"
         "    def stall(args):\n"
         "        time.sleep(30)  # blocks the event loop: exactly what the watchdog is for\n")
     b.start()

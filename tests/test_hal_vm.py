@@ -17,29 +17,26 @@ from host_tools.sim.provision import BOARDS, provision_sim
 from tests.agentkit import Watcher, cloud
 from tests.vm import micropython
 
-# The test app: checks the board at boot, builds the HAL, wires inputs to outputs and lets the
-# cloud drive any actuator: hw {1: name, 2: "open"|"close"|"lock"|"unlock"|"on"|"off"}.
+# The test app: gets the HAL the agent built from the board (its context's hw), wires inputs to
+# outputs and lets the cloud drive any actuator: hw {1: name, 2: "open"|"close"|"lock"|"unlock"|"on"|"off"}.
 HALAPP = '''
 import asyncio
-import board
-import hal
 
-def setup(agent):
-    b = board.boot(agent.cfg)
-    p = hal.build(b, sim=agent.cfg.get("sim"))
-    agent.display = p.display
+def setup(ctx):
+    p = ctx.hw
     show = p.display.show
+    kind = ctx.cfg["board"]["kind"]
 
-    @agent.cmds.on("hw")
+    @ctx.on_command("hw")
     def hw(args):
         d = p.get(args[1])
         getattr(d, args[2])()
         return {"state": d.state}
 
-    if b.kind == "gate":
+    if kind == "gate":
         p.on("entry_loop", lambda v: p.led.set(v))
         p.on("entry_camera", lambda s: show("plate " + s))
-    elif b.kind == "vending":
+    elif kind == "vending":
         p.on("door", lambda v: p.led.set(v))
         p.on("rfid", lambda s: show("tag " + s))
         p.on("scale", lambda g: show("%d g" % g))

@@ -2,14 +2,31 @@
 # asking the cloud to authorise a payer (auth_req -> `auth` / `paid` commands), deciding offline
 # within the policy, re-authorising offline sessions on reconnect, and write-ahead session
 # records. Apps (gate, vending, rental) are explicit state machines on top (Machine below).
+# An app sees the device only through its context (agent.Context): self.ctx.
 import asyncio
 import time
+from micropython import const
 
 import store
 from commands import CommandError
 from apps import fees
 
-T_AUTH_REQ, T_OPEN, T_CLOSE = 10, 6, 8
+T_OPEN, T_CLOSE = 6, 8  # sess_open, sess_close (SPEC §4): the apps import these
+_T_AUTH_REQ = const(10)
+# sess_open / sess_close / auth_req field keys (SPEC §4)
+_K_SID = const(10)
+_K_PAYER = const(11)
+_K_SLOT = const(12)
+_K_T0 = const(13)
+_K_OFFLINE = const(14)  # sess_*; auth_req: purpose
+_K_PURPOSE = const(14)
+_K_AUTH = const(15)
+_K_AMOUNT = const(16)
+_K_CUR = const(17)
+_K_T1 = const(18)       # sess_close; auth_req: t0
+_K_REQ_T0 = const(18)
+_K_LINES = const(19)
+_K_REASON = const(20)
 MAX_ALLOW = 200     # allowlist entries kept on the device (RAM and flash bound)
 AUTH_TIMEOUT_S = 8  # then decide offline
 STAFF_HOLD_S = 10   # a staff `open` stays open this long for nobody (sim: / clock rate)
@@ -37,8 +54,8 @@ def _int(v, lo=0):
 class SessionApp:
     NKEY = "n"  # the store name of the app's session counter (sids)
 
-    def __init__(self, agent, hw):
-        self.agent = agent
+    def __init__(self, ctx, hw):
+        self.ctx = ctx
         self.hw = hw
         self.sids = store.Counter(self.NKEY)  # reserved in blocks: not a flash write per session
         self.tariff = _intkeys(store.read("tariff", None))
@@ -48,7 +65,7 @@ class SessionApp:
         self.off = store.read("offline", None) or {"n": 0, "amt": 0, "per": {}, "todo": []}
         self._waits = {}  # sid -> [Event, Decision or None]
         self.flags = []   # sids whose offline re-authorisation the cloud refused (also alarmed)
-        on = agent.cmds.on
+        on = ctx.on_command
         on("set_tariff")(self._set_tariff)
         on("set_policy")(self._set_policy)
         on("set_allowlist")(self._set_allowlist)
@@ -56,16 +73,16 @@ class SessionApp:
         on("paid")(self._paid)
         on("open")(self._open)
         on("cancel_session")(self._cancel)
-        agent.mqtt.on_state(self._link)
+        ctx.on_link(self._link)
 
     def new_sid(self):
-        return "%s-%d-%d" % (self.agent.device[-8:], self.agent.boots, self.sids.next())
+        return "%s-%d-%d" % (self.ctx.device[-8:], self.ctx.boots, self.sids.next())
 
     def refuse(self, e):
         """A record could not be journaled (journal full or broken): fail closed, say so, alarm."""
         print("record refused:", repr(e))
         self.say("Out of service")
-        asyncio.create_task(self.agent.send(5, {10: "journal_full", 11: {"why": repr(e)[:40]}, 12: True}))
+        self.ctx.alarm("journal_full", {"why": repr(e)[:40]})
 
     def t_noop(self, m, *a):
         return None
@@ -84,7 +101,7 @@ class SessionApp:
         if (m.state, "staff") not in m.table:
             raise CommandError("busy", m.state)  # a customer's session has it: cancel that first
         rsid = self.new_sid()
-        await m.fire("staff", rsid, t, hold * 1000 // self.agent.clock.rate)
+        await m.fire("staff", rsid, t, hold * 1000 // self.ctx.rate)
         if m.data.get("staff") != rsid:
             raise CommandError("failed", "journal")  # not on record, so not opened
         return {"sid": rsid}
@@ -112,16 +129,16 @@ class SessionApp:
     def close(self, m, sid, payer, slot, t0, amount, reason, auth=None, off=False, t1=None, lines=None):
         """Journal a session's close (sess_close, the settlement the cloud captures) before acting,
         then count an offline one against the policy. Raises if it cannot be journaled."""
-        f = {10: sid, 11: payer, 13: t0, 16: amount, 17: (self.tariff or {}).get(2, "XXX"),
-             18: t1 or max(self.now(), t0), 20: reason}
+        f = {_K_SID: sid, _K_PAYER: payer, _K_T0: t0, _K_AMOUNT: amount, _K_CUR: (self.tariff or {}).get(2, "XXX"),
+             _K_T1: t1 or max(self.now(), t0), _K_REASON: reason}
         if slot is not None:
-            f[12] = slot
+            f[_K_SLOT] = slot
         if lines is not None:
-            f[19] = lines
+            f[_K_LINES] = lines
         if auth:
-            f[15] = auth
+            f[_K_AUTH] = auth
         if off:
-            f[14] = True
+            f[_K_OFFLINE] = True
         self.record(m, T_CLOSE, f)
         if off:
             self.offline_charged(sid, payer, amount)
@@ -208,18 +225,18 @@ class SessionApp:
     async def authorize(self, sid, payer, purpose, slot=None, amount=None, cur=None, t0=None, auth=None,
                         timeout_s=AUTH_TIMEOUT_S, wait_paid=False):
         """Ask the cloud; fall back to the offline policy when it cannot answer in time."""
-        if self.agent.mqtt.up:
+        if self.ctx.online():
             ev = asyncio.Event()
             self._waits[sid] = [ev, None]
-            f = {10: sid, 11: payer, 14: purpose}
+            f = {_K_SID: sid, _K_PAYER: payer, _K_PURPOSE: purpose}
             if slot is not None:
-                f[12] = slot
+                f[_K_SLOT] = slot
             if auth:
-                f[15] = auth
+                f[_K_AUTH] = auth
             if amount is not None:
-                f[16], f[17] = amount, cur
+                f[_K_AMOUNT], f[_K_CUR] = amount, cur
             if t0 is not None:
-                f[18] = t0
+                f[_K_REQ_T0] = t0
             try:
                 await asyncio.wait_for(self._ask(f, ev), timeout_s)
             except asyncio.TimeoutError:
@@ -232,7 +249,7 @@ class SessionApp:
         return self.offline_decision(payer, amount, t0)
 
     async def _ask(self, f, ev):
-        await self.agent.send(T_AUTH_REQ, f)
+        await self.ctx.send(_T_AUTH_REQ, f)
         await ev.wait()
 
     async def wait_paid(self, sid, timeout_s):
@@ -293,13 +310,13 @@ class SessionApp:
     async def _reauth_all(self):
         await asyncio.sleep(1)  # let hello/status go first
         for sid, payer, t0, amount in list(self.off["todo"]):
-            f = {10: sid, 11: payer, 14: "reauth"}
+            f = {_K_SID: sid, _K_PAYER: payer, _K_PURPOSE: "reauth"}
             if t0 is not None:
-                f[18] = t0
+                f[_K_REQ_T0] = t0
             if amount:
-                f[16], f[17] = amount, (self.policy or {}).get(2, "XXX")
+                f[_K_AMOUNT], f[_K_CUR] = amount, (self.policy or {}).get(2, "XXX")
             try:
-                await self.agent.send(T_AUTH_REQ, f)
+                await self.ctx.send(_T_AUTH_REQ, f)
             except Exception:
                 return
 
@@ -311,7 +328,7 @@ class SessionApp:
                 if not d.granted:
                     # Never silently dropped: flagged, alarmed, and the cloud flags it too.
                     self.flags.append(sid)
-                    asyncio.create_task(self.agent.send(5, {10: "reauth_refused", 11: {"sid": sid}, 12: True}))
+                    self.ctx.alarm("reauth_refused", {"sid": sid})
                 if not o["todo"]:
                     o["n"], o["amt"], o["per"] = 0, 0, {}  # the cloud has taken over the exposure
                 store.write("offline", o)
@@ -320,27 +337,28 @@ class SessionApp:
 
     # ---- records (write-ahead) --------------------------------------------------------------
     def record(self, m, typ, fields):
-        """Journal a session record before acting (write-ahead); raises JournalFull (fail closed).
+        """Journal a session record before acting (write-ahead); raises JournalFull or CodecError
+        (a malformed record), journaling nothing: fail closed.
 
         The record's seq is noted in the machine first, so after a power cut `m.committed()` tells
         whether it reached flash: redo nothing that was committed, trust nothing that was not.
         """
-        up = self.agent.uplink
-        if up is None:
+        c = self.ctx
+        if not c.money:
             raise OSError("no journal")
-        seq = self.agent.seq.next()
+        seq = c.next_seq()
         m.data["pend"], m.data["pend_t"] = seq, typ
         m.save()
         try:
-            up.record(typ, fields, seq)
+            c.record(typ, fields, seq)
         except MemoryError:  # a fragmented heap (seen just after a reboot): collect, try once more
             import gc
             gc.collect()
-            up.record(typ, fields, seq)
+            c.record(typ, fields, seq)
         return seq
 
     def now(self):
-        return self.agent.clock.now() or int(time.time())
+        return self.ctx.now() or int(time.time())
 
     def say(self, text, seconds=0):
         self.hw.display.show(text, seconds)
@@ -388,7 +406,7 @@ class Machine:
         seq = self.data.get("pend")
         if seq is None:
             return None
-        return self.app.agent.journal.last_seq >= seq
+        return self.app.ctx.committed(seq)
 
     async def fire(self, event, *args):
         m = self.table.get((self.state, event))
@@ -408,20 +426,9 @@ class Machine:
         return True
 
 
-def setup_app(agent, cls):
-    """Build the board's peripherals and start the app `cls` on them (called by apps.<kind>.setup)."""
-    import board
-    import hal
-    b = board.load(agent.board)
-    hw = hal.build(b, sim=agent.cfg.get("sim"))
-    # The board file is read at boot only (the drivers hold what they need): after it only its name
-    # and kind are (hello, get_state), so the rest (~3.5 KB of dicts on the rental) leaves RAM.
-    b.peripherals = None
-    b.d = {"name": b.name, "kind": b.kind}
-    if hw.has("display"):
-        agent.display = hw.get("display")  # the built-in `display` command shows on the board's own
-    app = cls(agent, hw)
-    agent.app = app
+def setup_app(ctx, cls):
+    """Start the app `cls` on the board's peripherals (called by apps.<kind>.setup)."""
+    app = cls(ctx, ctx.hw)
     # a `cancel_session` of a session kept in the app's table notes its record's seq first
     # (cancel_kept): a power cut between that record and forgetting the session is finished here
     saved = store.read("m_cx", None)

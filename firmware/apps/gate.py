@@ -49,8 +49,8 @@ EXIT = {
 class GateApp(SessionApp):
     NKEY = "gate_n"
 
-    def __init__(self, agent, hw):
-        super().__init__(agent, hw)
+    def __init__(self, ctx, hw):
+        super().__init__(ctx, hw)
         try:
             os.mkdir(store.ROOT + PARK)
         except OSError:
@@ -62,7 +62,7 @@ class GateApp(SessionApp):
         # The hold is a physical time (the car clears the arm), so it runs on the site's clock: on a
         # simulated site played at n x real time (sim-only clock_rate) it is n times shorter. A real
         # board's rate is 1: 1.5 s.
-        self.hold_ms = HOLD_MS // agent.clock.rate
+        self.hold_ms = HOLD_MS // ctx.rate
 
     def start(self):
         for lane, m in self.lanes.items():
@@ -138,7 +138,7 @@ class GateApp(SessionApp):
         if store.read(self._pk(plate)) is not None:
             self.say("Already inside")
             return None
-        if not self.agent.clock.trusted():  # a stay that cannot be timed is never started (SPEC §5)
+        if self.ctx.now() is None:  # a stay that cannot be timed is never started (SPEC §5)
             self.say("Sorry: no entry now")
             return None
         sid = self.new_sid()
@@ -189,7 +189,7 @@ class GateApp(SessionApp):
             self.say("Out of service: no tariff")
             return None
         p = store.read(self._pk(plate))
-        now = self.agent.clock.now()
+        now = self.ctx.now()
         if p is None:  # no entry on record: the lost-ticket price, never a free exit
             now = now or self.now()  # the lost price is flat: the time is only informative
             sid, payer, t0, auth, lost = self.new_sid(), plate, now, None, True
@@ -239,7 +239,7 @@ class GateApp(SessionApp):
 
     def t_tailgate(self, m):
         # A second car on the loop while the barrier is still up on one payment.
-        asyncio.create_task(self.agent.send(5, {10: "tailgate", 11: {"lane": m.name}, 12: True}))
+        self.ctx.alarm("tailgate", {"lane": m.name})
         self.say("One car per payment")
         return "open"  # keep it open: it closes only once the loop is clear
 
@@ -286,5 +286,5 @@ class GateApp(SessionApp):
         return "idle"
 
 
-def setup(agent):
-    return setup_app(agent, GateApp)
+def setup(ctx):
+    return setup_app(ctx, GateApp)

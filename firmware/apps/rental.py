@@ -32,8 +32,8 @@ TABLE = {
 class RentalApp(SessionApp):
     NKEY = "rent_n"
 
-    def __init__(self, agent, hw):
-        super().__init__(agent, hw)
+    def __init__(self, ctx, hw):
+        super().__init__(ctx, hw)
         self.nslots = len(hw.get("slots"))
         self.stock = store.read("stock", None) or {}  # slot -> the item's tag, learnt when it was put in
         self.out = store.read("rentals", None) or {}  # item tag -> [sid, payer, t0, auth, offline]
@@ -47,7 +47,7 @@ class RentalApp(SessionApp):
         return self.hw.get("locks")[i]
 
     def _tag(self, i):
-        return self.stock.get(str(i)) or "%s-item%d" % (self.agent.device, i)
+        return self.stock.get(str(i)) or "%s-item%d" % (self.ctx.device, i)
 
     def start(self):
         for i, m in enumerate(self.slots):
@@ -118,7 +118,7 @@ class RentalApp(SessionApp):
         if not self.tariff:
             self.say("Out of service: no tariff")
             return None
-        if not self.agent.clock.trusted():  # a rental that cannot be timed is never started (SPEC §5)
+        if self.ctx.now() is None:  # a rental that cannot be timed is never started (SPEC §5)
             self.say("Sorry: no rental now")
             return None
         i = m.i
@@ -162,7 +162,7 @@ class RentalApp(SessionApp):
         return "stocked"
 
     def t_forced(self, m):
-        asyncio.create_task(self.agent.send(5, {10: "slot_forced", 11: {"slot": m.i}, 12: True}))
+        self.ctx.alarm("slot_forced", {"slot": m.i})
         return "empty"
 
     async def t_returned(self, m, tag):
@@ -174,10 +174,10 @@ class RentalApp(SessionApp):
             sid = self.new_sid()
             d = await self.authorize(sid, tag, "return", slot=i)
             if not d.granted or d.t0 is None:
-                asyncio.create_task(self.agent.send(4, {10: "unknown_return", 11: {"tag": tag, "slot": i}}))
+                asyncio.create_task(self.ctx.send(4, {10: "unknown_return", 11: {"tag": tag, "slot": i}}))
                 return "stocked"  # keep the item; the cloud settles it from the event
             r = [d.rsid or sid, d.payer or tag, d.t0, d.auth, False]
-        now = self.agent.clock.now()
+        now = self.ctx.now()
         if now is None:  # no trusted time: taken back unmeasured (t1 = t0, 0); the cloud prices it
             t1, amount, why = r[2], 0, "untimed"
         else:
@@ -235,5 +235,5 @@ class RentalApp(SessionApp):
         return "stocked"
 
 
-def setup(agent):
-    return setup_app(agent, RentalApp)
+def setup(ctx):
+    return setup_app(ctx, RentalApp)

@@ -33,8 +33,8 @@ TABLE = {
 class VendingApp(SessionApp):
     NKEY = "vend_n"
 
-    def __init__(self, agent, hw):
-        super().__init__(agent, hw)
+    def __init__(self, ctx, hw):
+        super().__init__(ctx, hw)
         self.m = Machine(self, "door", TABLE, "idle")
         self._wait_inv = False  # a settlement waits for the reader's first inventory since boot
 
@@ -180,17 +180,17 @@ class VendingApp(SessionApp):
         return self._settle(m, [], "cancelled")
 
     def t_left_open(self, m):
-        asyncio.create_task(self.agent.send(5, {10: "door_left_open", 11: {"sid": m.data.get("sid")}, 12: True}))
+        self.ctx.alarm("door_left_open", {"sid": m.data.get("sid")})
         return None
 
     def t_forced(self, m):
-        asyncio.create_task(self.agent.send(5, {10: "door_forced", 12: True}))
+        self.ctx.alarm("door_forced")
         return "forced"
 
     def t_forced_closed(self, m):
-        asyncio.create_task(self.agent.send(5, {10: "door_forced", 12: False}))
+        self.ctx.alarm("door_forced", None, False)
         return "idle"
 
 
-def setup(agent):
-    return setup_app(agent, VendingApp)
+def setup(ctx):
+    return setup_app(ctx, VendingApp)

@@ -61,6 +61,7 @@ import logging
 from abc import abstractmethod
 from typing import Any, Iterable, Mapping, Sequence
 
+from host_tools.protocol import SESS_OPEN, SESS_UPDATE
 from host_tools.cloud.ledger_db import (LEDGER_VERSION, RECORD_COLS, SESSION_COLS, Database,
                                         _schema)
 from host_tools.cloud.ledger_model import (GENESIS, RECORD_TYPES, TYPE_NUMBERS, CommitResult, Head,
@@ -287,7 +288,7 @@ class Ledger(Database):
         lines = json.dumps(r.lines) if r.lines is not None else None
         cur.execute(self._sql("SELECT state FROM sessions WHERE device=? AND sid=?"), (r.device, r.sid))
         exists = cur.fetchone() is not None
-        if r.type == 6:
+        if r.type == SESS_OPEN:
             if exists:
                 cur.execute(self._sql(
                     "UPDATE sessions SET payer=?, slot=?, t0=?, offline=?, auth=?, open_seq=?, "
@@ -298,7 +299,7 @@ class Ledger(Database):
                     f"INSERT INTO sessions ({','.join(SESSION_COLS)}) VALUES ({self._ph(len(SESSION_COLS))})"),
                     (r.device, r.sid, "open", r.payer, r.slot, r.t0, None, r.amount, r.currency, r.offline,
                      r.auth, None, None, r.seq, r.seq, None))
-        elif r.type == 7:
+        elif r.type == SESS_UPDATE:
             if exists:
                 cur.execute(self._sql(
                     "UPDATE sessions SET amount=?, currency=?, t1=?, last_seq=? WHERE device=? AND sid=?"),

@@ -14,6 +14,7 @@ from host_tools.cloud.payafter import Order, OrderNotFound, OrderState, PayAfter
 from host_tools.cloud.registry import RegistryError
 from host_tools.cloud.session_core import ServiceCore
 from host_tools.cloud.session_model import CloseRecord, SessionState
+from host_tools.protocol import SESS_CLOSE, SESS_OPEN
 
 log = logging.getLogger("edgepay.sessions")
 # closes that owe nothing: a staff open, a staff cancel, a rental item never taken
@@ -27,13 +28,13 @@ class Settlement(ServiceCore):
         """IngestWorker's `on_commit`: settle every committed sess_close (in the pool); a rental's
         sess_open with its item tag (21) is remembered, so a return elsewhere finds the rental."""
         for r in records:
-            if r.type == 6 and r.item:
+            if r.type == SESS_OPEN and r.item:
                 try:
                     kind = self.registry.get(r.device).kind
                 except RegistryError:
                     continue
                 self._remember_item(r.device, r.sid, kind, r.payer, r.t0, r.item)
-            if r.type == 8:
+            if r.type == SESS_CLOSE:
                 self._pool.submit(self._settle_safe, CloseRecord.of(r))
 
     def _remember_item(self, device: str, sid: str, kind: str, payer: str | None, t0: int | None,
@@ -235,7 +236,7 @@ class Settlement(ServiceCore):
         items = 0
         opened = {(s.device, s.sid) for s in ledger.sessions() if s.state == "open"}
         for r in ledger.records():
-            if r.type == 6 and r.item and (r.device, r.sid) in opened:
+            if r.type == SESS_OPEN and r.item and (r.device, r.sid) in opened:
                 try:
                     kind = self.registry.get(r.device).kind
                 except RegistryError:

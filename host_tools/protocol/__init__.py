@@ -17,8 +17,8 @@ from .cose import build_mac0, mac_structure, protected_header, verify_mac0
 from .errors import ERROR_CODES, ERROR_NAMES, ProtocolError
 from .ids import device_from_topic, is_device_id, make_kid, parse_kid, parse_topic
 from .messages import decode_payload, encode_payload, open_message, seal, topic
-from .schema import (MESSAGE_TYPES, TYPES_BY_NAME, Field, MessageType, from_wire, message_type,
-                     to_wire)
+from .schema import (MESSAGE_TYPES, SESS_CLOSE, SESS_OPEN, SESS_UPDATE, TYPES_BY_NAME, Field, MessageType,
+                     from_wire, message_type, to_wire)
 
 __all__ = [
     "MAX_DEPTH", "MAX_ENTRIES", "MAX_ITEMS", "MAX_MESSAGE", "MAX_STRING", "Tag", "decode",
@@ -26,5 +26,5 @@ __all__ = [
     "ERROR_NAMES", "ProtocolError", "device_from_topic", "is_device_id", "make_kid", "parse_kid",
     "parse_topic", "decode_payload", "encode_payload", "open_message", "seal", "topic",
     "MESSAGE_TYPES", "TYPES_BY_NAME", "Field", "MessageType", "from_wire", "message_type",
-    "to_wire",
+    "to_wire", "SESS_OPEN", "SESS_UPDATE", "SESS_CLOSE",
 ]

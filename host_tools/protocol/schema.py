@@ -189,6 +189,11 @@ MESSAGE_TYPES: Mapping[int, MessageType] = MappingProxyType({t.number: t for t i
 TYPES_BY_NAME: Mapping[str, MessageType] = MappingProxyType(
     {t.name: t for t in MESSAGE_TYPES.values()})
 
+# The money record types by name (issue 11 §1: no `r.type == 6` in host code).
+SESS_OPEN = TYPES_BY_NAME["sess_open"].number
+SESS_UPDATE = TYPES_BY_NAME["sess_update"].number
+SESS_CLOSE = TYPES_BY_NAME["sess_close"].number
+
 
 def message_type(type_: str | int) -> MessageType:
     """Look a message type up by name (``"hello"``) or number (``1``)."""
