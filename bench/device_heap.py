@@ -40,6 +40,9 @@ import sys
 import config, board
 cfg = config.load()
 board.boot(cfg)
+import store
+from hal import flash
+store.ROOT = flash.mount_fs(cfg["board"])
 import agent
 agent.Agent(cfg)
 print(" ".join(sorted(sys.modules)))
