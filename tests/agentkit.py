@@ -76,3 +76,32 @@ def cloud(broker, registry) -> CommandClient:
     """A command client with no time responder: its devices' clocks stay untrusted until
     `sync_time(device)` (or `serve_time()`) answers them (SPEC §5)."""
     return CommandClient(registry, BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD)).connect()
+
+
+class AgentRig:
+    """A registry, a verifying watcher and a command client around VM boards on one broker: the
+    `env` of the VM agent tests. `board(device, start=…, **provision)`; close() kills them all."""
+
+    def __init__(self, broker, root: Path, serve_time: bool = False, settings: dict | None = None,
+                 start: bool = False):
+        self.broker, self.tmp = broker, Path(root)
+        self.reg = Registry()
+        self.w = Watcher(broker, self.reg)
+        self.c = cloud(broker, self.reg)
+        if serve_time:
+            self.c.serve_time()  # devices ask the time at every connect (SPEC §5)
+        self._settings, self._start = settings, start
+        self.boards: list[SimBoard] = []
+
+    def board(self, device: str = "dev1", **kw) -> SimBoard:
+        if self._settings is not None:
+            kw.setdefault("settings", dict(self._settings))
+        b = provision(self.broker, self.reg, self.tmp, device, **kw)
+        self.boards.append(b)
+        return b.start() if self._start else b
+
+    def close(self) -> None:
+        for b in self.boards:
+            b.kill()
+        self.c.close()
+        self.w.close()

@@ -4,7 +4,6 @@ import hashlib
 import hmac
 import os
 import time
-from types import SimpleNamespace
 
 import cbor2
 import paho.mqtt.client as paho
@@ -15,26 +14,14 @@ from host_tools.cloud.commands import State
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import ERROR_NAMES, build_mac0, encode_payload, seal
 from host_tools.protocol import topic as topic_for
-from tests.agentkit import FAST, Watcher, cloud, provision
+from tests.agentkit import AgentRig, FAST, Watcher, provision
 
 
 @pytest.fixture
 def env(broker, tmp_path):
-    reg = Registry()
-    w = Watcher(broker, reg)
-    c = cloud(broker, reg)
-    boards = []
-
-    def board(device="dev1", **kw):
-        b = provision(broker, reg, tmp_path, device, **kw)
-        boards.append(b)
-        return b
-
-    yield SimpleNamespace(broker=broker, reg=reg, w=w, c=c, board=board, tmp=tmp_path)
-    for b in boards:
-        b.kill()
-    c.close()
-    w.close()
+    rig = AgentRig(broker, tmp_path)
+    yield rig
+    rig.close()
 
 
 def online(env, device="dev1", timeout=15):

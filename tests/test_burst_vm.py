@@ -3,15 +3,13 @@ survives hostile traffic). A burst of authentic commands, redeliveries of one ca
 reset in the middle of a burst, and an attacker who slips a forged copy in front of every command."""
 import os
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from host_tools.cloud.commands import State
-from host_tools.cloud.registry import Registry
 from host_tools.protocol import ERROR_NAMES, seal
 from host_tools.protocol import topic as topic_for
-from tests.agentkit import Watcher, cloud, provision
+from tests.agentkit import AgentRig
 from tests.injectkit import ForgingProxy
 
 N = int(os.environ.get("EDGEPAY_BURST_N", "1000"))
@@ -19,23 +17,9 @@ N = int(os.environ.get("EDGEPAY_BURST_N", "1000"))
 
 @pytest.fixture
 def env(broker, tmp_path):
-    reg = Registry()
-    w = Watcher(broker, reg)
-    c = cloud(broker, reg)
-    c.serve_time()  # devices ask the time at every connect (SPEC §5): answered at once
-    boards = []
-
-    def board(device="dev1", **kw):
-        kw.setdefault("settings", {"hb_s": 5})
-        b = provision(broker, reg, tmp_path, device, **kw)
-        boards.append(b)
-        return b
-
-    yield SimpleNamespace(broker=broker, reg=reg, w=w, c=c, board=board)
-    for b in boards:
-        b.kill()
-    c.close()
-    w.close()
+    rig = AgentRig(broker, tmp_path, serve_time=True, settings={"hb_s": 5})
+    yield rig
+    rig.close()
 
 
 def trusted(env, device="dev1"):

@@ -5,16 +5,14 @@ Here the test is the cloud's time responder by hand (it sees each verified time_
 or not, as each case needs); the last cases run the real one (host_tools/cloud/timeserver.py)."""
 import os
 import time
-from types import SimpleNamespace
 
 import cbor2
 import pytest
 
 from host_tools.cloud.commands import State
-from host_tools.cloud.registry import Registry
 from host_tools.protocol import ERROR_NAMES, build_mac0, seal
 from host_tools.protocol import topic as topic_for
-from tests.agentkit import Watcher, cloud, provision
+from tests.agentkit import AgentRig
 
 DEV = "dev1"
 T_TIME = topic_for(DEV, "time")
@@ -24,21 +22,10 @@ TARIFF = {1: 1, 2: "CNY", 4: 60, 5: 100, 6: 4000, 7: 4000}  # 100 a minute, no f
 
 @pytest.fixture
 def env(broker, tmp_path):
-    reg = Registry()
-    w = Watcher(broker, reg)
-    c = cloud(broker, reg)
-    boards = []
-
-    def board(**kw):
-        b = provision(broker, reg, tmp_path, DEV, **kw)
-        boards.append(b)
-        return b.start()
-
-    yield SimpleNamespace(broker=broker, reg=reg, w=w, c=c, board=board)
-    for b in boards:
-        b.kill()
-    c.close()
-    w.close()
+    rig = AgentRig(broker, tmp_path, start=True)
+    rig.board = lambda **kw: AgentRig.board(rig, DEV, **kw)  # one device, booted at once
+    yield rig
+    rig.close()
 
 
 def next_req(env, timeout=10.0):
