@@ -28,6 +28,21 @@ def env(broker, tmp_path):
     rig.close()
 
 
+def reboot_offline(b, hw, device):
+    """Cut the network, then the power while it is down, and boot again with no way to the cloud
+    (so no time): returns the log index the new boot's lines start from."""
+    n = len(b.lines)
+    b.proxy.partition(3600)
+    b.wait_for(r"mqtt down", 20, start=n)
+    hellos = hw.hellos
+    b.kill()                                     # a power cut while the network is down
+    b.restart()
+    hw.wait_connected(15, after=hellos)
+    b.wait_for(rf"agent {device} boot", 15, start=n)
+    time.sleep(1.0)
+    return n
+
+
 def next_req(env, timeout=10.0):
     """The device's next time_req (verified by the host codec): its nonce."""
     _, m, _ = env.w.expect(lambda t, m, r: t == f"v1/dev/{DEV}/up/time", timeout, "time_req")
@@ -239,15 +254,7 @@ def test_gate_without_trusted_time_lets_a_car_out_and_the_cloud_prices_the_stay(
 
     through("entry", "NT1")                      # in, online, with trusted time
     opened = site.wait_records(dev, 1)[0]
-    n = len(b.lines)
-    b.proxy.partition(3600)
-    b.wait_for(r"mqtt down", 20, start=n)
-    hellos = hw.hellos
-    b.kill()                                     # a power cut while the network is down
-    b.restart()
-    hw.wait_connected(15, after=hellos)
-    b.wait_for(r"agent gate-nt boot", 15, start=n)
-    time.sleep(1.0)
+    n = reboot_offline(b, hw, "gate-nt")
     assert "time set" not in "\n".join(b.lines[n:])
     through("entry", "NT2", expect=r"ACT display 'Sorry: no entry now'")  # a stay it cannot time
     assert hw.output("entry_barrier") == "closed"
@@ -288,15 +295,7 @@ def test_rental_without_trusted_time_takes_the_item_back_and_the_cloud_prices_it
     hw.set_input("slots.0", 0)
     hw.wait_output("locks.0", "locked", 5)
     opened = site.wait_records(dev, 1)[0]
-    n = len(b.lines)
-    b.proxy.partition(3600)
-    b.wait_for(r"mqtt down", 20, start=n)
-    hellos = hw.hellos
-    b.kill()                                     # a power cut while the network is down
-    b.restart()
-    hw.wait_connected(15, after=hellos)
-    b.wait_for(r"agent rent-nt boot", 15, start=n)
-    time.sleep(1.0)
+    n = reboot_offline(b, hw, "rent-nt")
     hw.scan("qr", "RN2")                         # a rental it cannot time: refused
     b.wait_for(r"ACT display 'Sorry: no rental now'", 10, start=n)
     assert hw.output("locks.1") == "locked"
