@@ -55,7 +55,9 @@ class CloudMQTT:
         self.host, self.port = broker.host, broker.port
         self._sink = sink
         self._subs: list[tuple[str, int, Handler | None]] = []
-        self._connected = threading.Event()
+        self._connected = threading.Event()   # CONNACK taken and every subscription SUBACKed
+        self._pending: set[int] = set()       # mids of this connection's SUBSCRIBEs not yet SUBACKed
+        self._lock = threading.Lock()
         self._error: str | None = None
         self.oversize = 0  # device-topic payloads over MAX_MESSAGE, dropped unread
         proto = paho.MQTTv5 if broker.mqtt5 else paho.MQTTv311
@@ -67,6 +69,7 @@ class CloudMQTT:
         self.client.on_socket_open = self._nodelay
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(0.1, 2)  # pyright: ignore[reportArgumentType] - paho types it int but sleeps a float: 100 ms first retry
 
     @staticmethod
@@ -80,9 +83,25 @@ class CloudMQTT:
         if reason.is_failure:
             self._error = str(reason)
             return
-        for topic, qos, _ in self._subs:
-            client.subscribe(topic, qos)
-        self._connected.set()
+        # Ready only once the broker has granted every subscription: a message published between
+        # CONNACK and SUBACK would be lost to a clean session, and `ready` would be a lie.
+        with self._lock:
+            self._pending.clear()
+            for topic, qos, _ in self._subs:
+                rc, mid = client.subscribe(topic, qos)
+                if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+                    self._pending.add(mid)
+            if not self._pending:
+                self._connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reasons, props) -> None:
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.warning("broker refused a subscription (mid %s): %s", mid, ", ".join(refused))
+        with self._lock:
+            self._pending.discard(mid)
+            if not self._pending:
+                self._connected.set()
 
     def _on_message(self, client, userdata, m) -> None:
         if self._sink is not None:
