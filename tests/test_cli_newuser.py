@@ -392,3 +392,66 @@ def test_journal_export_bad_input(tmp_path, serial_board):
     # a board with no config on its flash: the device's own error, one line
     r = invoke("journal", "export", "--port", serial_board.port, "--no-reset")
     assert r.exit_code == 1 and "could not open its journal" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_journal_export_from_a_sim_boards_flash_reconciles(tmp_path):
+    """A stopped sim board's journal, read from its flash image (the firmware's Journal on the VM,
+    over a copy): the records it holds come back as the JOURNAL `ledger reconcile` reads."""
+    import hashlib
+    import subprocess
+
+    from host_tools.build import compile_firmware, micropython
+    from host_tools.cloud.ledger_open import open_ledger
+    from host_tools.protocol import topic as topic_for
+    from host_tools.protocol import verify_mac0
+    from tests.test_cli import _records
+    reg, out = provision(tmp_path, "gate-1")
+    cfg = json.loads((out / "config.json").read_text())
+    fc = cfg["board"].get("flash") or {}
+    recs = _records("gate-1", bytes.fromhex(cfg["key"]))
+    t = topic_for("gate-1", "sess_open")
+    appends = []
+    for rec in recs:  # as firmware/uplink.py journals a record: the envelope, the payload's hash
+        h = hashlib.sha256(verify_mac0(bytes.fromhex(cfg["key"]), b"gate-1:1", t, rec.raw)).digest()[:16]
+        appends.append(f"j.append({rec.seq}, bytes.fromhex('{rec.raw.hex()}'), bytes.fromhex('{h.hex()}'), True)")
+    image = out / "flash.bin"
+    image.write_bytes(b"\xff" * (fc.get("blocks", 128) + 64) * 4096)   # a blank chip, as a new board's
+    script = "\n".join([
+        "import vfs", "from journal import Journal",
+        f"P, N = {str(image)!r}, {fc.get('blocks', 128)}",
+        "class Dev:",
+        "    def __init__(s): s.f = open(P, 'r+b')",
+        "    def readblocks(s, b, buf, off=0): s.f.seek(b * 4096 + off); s.f.readinto(buf)",
+        "    def writeblocks(s, b, buf, off=0): s.f.seek(b * 4096 + off); s.f.write(buf)",
+        "    def ioctl(s, op, arg):",
+        "        if op == 6: s.f.seek(arg * 4096); s.f.write(b'\\xff' * 4096)",
+        "        return N if op == 4 else 4096 if op == 5 else 0",
+        "vfs.VfsLfs2.mkfs(Dev(), readsize=128, progsize=16, lookahead=32)",
+        "vfs.mount(vfs.VfsLfs2(Dev(), readsize=128, progsize=16, lookahead=32, mtime=False), '/jfs')",
+        f"j = Journal('/jfs/j', {cfg['board']['journal'].get('capacity', 32768)}, prog=16)",
+        *appends, "j.ack(1)", "print('done')"])
+    r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=60,
+                       env={"MICROPYPATH": str(compile_firmware())})
+    assert r.returncode == 0 and "done" in r.stdout, r.stderr
+    before = image.read_bytes()
+    jl = tmp_path / "gate-1.jsonl"
+    r = invoke("--json", "journal", "export", "--board-dir", str(out), "--out", str(jl))
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["records"] == 2 and summary["last_seq"] == 3 and summary["acked"] == 1
+    got = [json.loads(ln) for ln in jl.read_text().splitlines()]
+    assert [(g["seq"], g["raw"]) for g in got] == [(rec.seq, rec.raw.hex()) for rec in recs[1:]]
+    assert image.read_bytes() == before   # read from a copy: the board's image is untouched
+    db = tmp_path / "ledger.db"
+    with open_ledger(str(db)) as led:
+        led.commit(recs)
+    r = invoke("--json", "ledger", "--db", str(db), "reconcile", "gate-1", str(jl), "--from-seq", "2")
+    assert r.exit_code == 0 and json.loads(r.stdout)["ok"], r.output
+    # refused: both sources, neither, a directory that is no board, a board that never booted
+    assert invoke("journal", "export", "--port", "x", "--board-dir", str(out)).exit_code == 2
+    assert invoke("journal", "export").exit_code == 2
+    r = invoke("journal", "export", "--board-dir", str(tmp_path / "nothing"))
+    assert r.exit_code == 1 and "not a provisioned board" in r.stderr
+    image.unlink()
+    r = invoke("journal", "export", "--board-dir", str(out))
+    assert r.exit_code == 1 and "never booted" in r.stderr

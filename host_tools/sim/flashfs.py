@@ -1,5 +1,5 @@
 """Read a simulated board's state (the files firmware/store.py keeps: "cmdstate", "boots", "seq",
-"tbeacon", "settings", parked cars under "pk/", ...) out of its flash image.
+"tbeacon", "settings", parked cars under "pk/", ...) and its money journal out of its flash image.
 
 The device keeps them on littlefs, on the main-filesystem partition of `flash.bin` (after the
 journal's region; firmware/hal/simflash.py mount_fs), as a board keeps them on its root filesystem.
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from host_tools.build import micropython
+from host_tools.build import compile_firmware, micropython
 
 FS_BLOCKS = 64  # the main filesystem's blocks after the journal's (firmware/hal/simflash.py FS_BLOCKS)
 
@@ -44,6 +44,36 @@ def walk(d, rel):
                 out[rel + e[0]] = f.read().hex()
 walk("/fs", "")
 print(json.dumps(out))
+"""
+
+
+# The journal's region (blocks 0..N of the chip, firmware/hal/simflash.py journal_dev) opened as the
+# agent opens it (firmware/agent.py _open_journal), with the firmware's own Journal, over a copy.
+_JOURNAL = r"""
+import json, vfs
+from binascii import hexlify
+from journal import Journal
+P, N, BS, RS, PS, CAP = %r, %d, %d, %d, %d, %d
+class Dev:
+    def __init__(s):
+        s.f = open(P, "r+b")
+    def readblocks(s, b, buf, off=0):
+        s.f.seek(b * BS + off)
+        s.f.readinto(buf)
+    def writeblocks(s, b, buf, off=0):
+        s.f.seek(b * BS + off)
+        s.f.write(buf)
+    def ioctl(s, op, arg):
+        if op == 6:
+            s.f.seek(arg * BS)
+            s.f.write(b"\xff" * BS)
+        return N if op == 4 else BS if op == 5 else 0
+vfs.mount(vfs.VfsLfs2(Dev(), readsize=RS, progsize=PS, lookahead=32, mtime=False), "/jfs")
+j = Journal("/jfs/j", CAP, prog=PS)
+print(json.dumps({"acked": j.acked, "last_seq": j.last_seq, "depth": j.depth()}))
+for s, d in j.pending():
+    print(json.dumps({"seq": s, "raw": hexlify(d).decode()}))
+print("END")
 """
 
 
@@ -80,6 +110,36 @@ def read_files(board_dir: str | Path) -> dict[str, bytes]:
     if r.returncode != 0:
         raise FlashImageError(f"{image}: the main filesystem does not mount: {(r.stderr or r.stdout)[-300:]}")
     return {k: bytes.fromhex(v) for k, v in json.loads(r.stdout.splitlines()[-1]).items()}
+
+
+def read_journal(board_dir: str | Path) -> tuple[dict, list[dict]]:
+    """The money records a stopped sim board still holds (journaled, not yet acknowledged):
+    ({acked, last_seq, depth}, [{"seq", "raw" hex}]), read from a copy of its flash image (opening
+    a journal runs littlefs recovery, which may write: the board's own image is never touched)."""
+    import shutil
+    import tempfile
+    d = Path(board_dir)
+    try:
+        board = json.loads((d / "config.json").read_text())["board"]
+        fc = board.get("flash") or {}
+        cap = int(board["journal"].get("capacity", 32768))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FlashImageError(f"{d}: not a provisioned board directory ({e})") from None
+    blocks, bs = fc.get("blocks", 128), fc.get("block_size", 4096)
+    image = d / "flash.bin"
+    if not image.is_file():
+        raise FlashImageError(f"{d}: no flash.bin: the board never booted")
+    with tempfile.TemporaryDirectory(prefix="edgepay-journal-") as tmp:
+        copy = Path(tmp) / "flash.bin"
+        shutil.copyfile(image, copy)
+        script = _JOURNAL % (str(copy), blocks, bs, fc.get("readsize", 128), fc.get("progsize", 16), cap)
+        r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=60,
+                           env={"MICROPYPATH": str(compile_firmware())})
+    lines = r.stdout.splitlines()
+    if r.returncode != 0 or not lines or lines[-1] != "END":
+        why = (r.stderr or r.stdout).strip().splitlines()
+        raise FlashImageError(f"{image}: the journal does not open: {why[-1] if why else 'no output'}")
+    return json.loads(lines[0]), [json.loads(x) for x in lines[1:-1]]
 
 
 def read_state(board_dir: str | Path, name: str, default=None):
