@@ -37,6 +37,7 @@ RATE = int(os.environ.get("EDGEPAY_APP_HEAP_RATE", "30"))
 HEAP_KB = int(os.environ.get("EDGEPAY_APP_HEAP_KB", "96"))
 SHORT_N = int(os.environ.get("EDGEPAY_APP_HEAP_SHORT_N", "40"))
 W = 10.0
+INSIDE = int(os.environ.get("EDGEPAY_APP_HEAP_INSIDE", "200"))
 LEVELS = [int(x) for x in os.environ.get("EDGEPAY_APP_HEAP_LEVELS", "64,48,32").split(",")]
 SAMPLES = 25
 
@@ -60,7 +61,9 @@ def drive_gate(w, dev, n, samples):
     plates = [f"H{i:05d}" for i in range(n)]
     for p in plates:
         w.bind(p, "acct-" + p)
-    q: queue.Queue = queue.Queue()
+    # at most INSIDE cars in at once: a car park's size, well inside what the sim's 256 KiB state
+    # fs parks (~550: firmware/apps/gate.py FREE_MIN); entries otherwise outrun exits without bound
+    q: queue.Queue = queue.Queue(maxsize=INSIDE)
     err: list = []
     quiet = threading.Lock()  # held while the entry lane has a car: samples see both lanes idle
 

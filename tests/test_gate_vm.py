@@ -30,3 +30,91 @@ def test_pay_after_entry_and_exit(site):
     close = recs[1]
     assert close.type == 8 and close.amount == 0 and close.currency == "CNY"  # within free minutes
     assert not site.svc.flags("gate-1")
+
+
+_FILL = r"""
+import os, vfs
+P, FIRST, N, BS, LEAVE = %r, %d, %d, %d, %d
+class Dev:
+    def __init__(s):
+        s.f = open(P, "r+b")
+    def readblocks(s, b, buf, off=0):
+        s.f.seek((FIRST + b) * BS + off)
+        s.f.readinto(buf)
+    def writeblocks(s, b, buf, off=0):
+        s.f.seek((FIRST + b) * BS + off)
+        s.f.write(buf)
+    def ioctl(s, op, arg):
+        if op == 6:  # erase
+            s.f.seek((FIRST + arg) * BS)
+            s.f.write(b"\xff" * BS)
+        return N if op == 4 else BS if op == 5 else 0
+vfs.mount(vfs.VfsLfs2(Dev(), readsize=128, progsize=16, lookahead=32, mtime=False), "/fs")
+while os.statvfs("/fs")[3] > LEAVE:
+    with open("/fs/zfill", "ab") as f:
+        f.write(bytes(2048))
+print("free", os.statvfs("/fs")[3])
+"""
+
+
+def _fill_state_fs(board_dir, leave_blocks):
+    """Fill a stopped sim board's state filesystem until `leave_blocks` are free (the VM's littlefs
+    writes the filler, as it wrote the board's own files)."""
+    import json
+    import subprocess
+    from host_tools.build import micropython
+    from host_tools.sim.flashfs import FS_BLOCKS
+    fc = json.loads((board_dir / "config.json").read_text())["board"].get("flash") or {}
+    script = _FILL % (str(board_dir / "flash.bin"), fc.get("blocks", 128), FS_BLOCKS,
+                      fc.get("block_size", 4096), leave_blocks)
+    r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[-1])
+
+
+FREE_MIN = 8  # firmware/apps/gate.py FREE_MIN
+
+
+def test_a_full_car_park_refuses_the_next_entry_and_nothing_else(site):
+    """The state fs (one small file per car inside) nearly full: an entry that would take the
+    blocks command state and counters need is refused before any record ("Car park full", alarm
+    park_full); every car let in has its record and its parked file; a car still leaves, paid."""
+    b = site.board("gate-1", "gate")
+    hw = b.hw
+    b.stop()
+    assert _fill_state_fs(b.dir, FREE_MIN + 1) <= FREE_MIN + 1
+    site.boot(b)
+    inside, refused = [], None
+    for i in range(60):
+        plate = f"F{i:04d}"
+        site.svc.bind(plate, "acct-" + plate)
+        mark = len(hw.history("display"))
+        drive_through(hw, "entry", plate)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            shown = [m.get("v") for m in hw.history("display")[mark:] if m.get("t") == "out"]
+            if "Car park full" in shown or hw.output("entry_barrier") == "open":
+                break
+            time.sleep(0.02)
+        if "Car park full" in shown:
+            refused = plate
+            assert hw.output("entry_barrier") == "closed"
+            hw.set_input("entry_loop", 0)
+            break
+        hw.wait_output("entry_barrier", "open", 5)
+        hw.set_input("entry_loop", 0)
+        hw.wait_output("entry_barrier", "closed", 5)
+        inside.append(plate)
+    assert refused and inside, "the state fs never filled"
+    site.w.expect(lambda t, m, r: t.endswith("/up/evt") and m.get("code") == "park_full", 10, "park_full alarm")
+    recs = site.wait_records("gate-1", len(inside))
+    assert [r.payer for r in recs if r.type == 6] == inside   # no record for the refused car
+    # a car inside still leaves, charged from its parked entry (not the lost-ticket price)
+    drive_through(hw, "exit", inside[0])
+    hw.wait_output("exit_barrier", "open", 10)
+    hw.set_input("exit_loop", 0)
+    hw.wait_output("exit_barrier", "closed", 5)
+    recs = site.wait_records("gate-1", len(inside) + 1)
+    close = [r for r in recs if r.type == 8]
+    assert len(close) == 1 and close[0].sid == recs[0].sid
+    assert "Traceback" not in b.log()

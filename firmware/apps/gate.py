@@ -17,6 +17,9 @@ PAY_WAIT_S = 120   # how long a car may wait at the QR code
 HOLD_MS = 1500     # barrier stays open this long after the car has passed (sim: / clock rate)
 PARK = "pk"        # one small file per car inside, [sid, payer, t0, auth, offline]: RAM stays
                    # flat however full the car park is (a dict of them was ~200 B a car)
+FREE_MIN = 8       # blocks of the state fs no car may take (a parked car costs littlefs ~400 B):
+                   # command state, counters and copy-on-write always find room, so a full car
+                   # park refuses the next entry and nothing else (256 KiB sim fs: ~550 cars)
 
 ENTRY = {
     ("idle", "car"): "t_car",
@@ -116,6 +119,8 @@ class GateApp(SessionApp):
                 m.save()
                 self._barrier(m).open()
             else:  # nothing was committed: start over with this car (never a free exit)
+                if m.name == "entry" and "plate" in m.data and "staff" not in m.data:
+                    self._unpark(m.data["plate"])  # parked ahead of a record that never landed
                 m.state, m.data = "idle", {}
                 m.save()
                 if self._occupied(m):
@@ -165,8 +170,26 @@ class GateApp(SessionApp):
     def t_entry_paid(self, m, auth):
         return self._enter(m, m.data["plate"], m.data["plate"], m.data["t0"], auth, False)
 
+    def _room(self):
+        try:
+            return os.statvfs(store.ROOT or "/")[3] >= FREE_MIN
+        except OSError:
+            return True  # cannot tell: the park write itself will say
+
     def _enter(self, m, plate, payer, t0, auth, offline):
         m.data.update(auth=auth, off=offline)  # what a resume needs to park the car
+        # Parked before the record: an entry on flash always has its car parked (else its exit
+        # would pay the lost-ticket price), and a full state fs refuses the car before any record.
+        try:
+            if not self._room():
+                raise OSError(28)
+            self._park(plate, [m.data["sid"], payer, t0, auth, offline])
+        except OSError as e:
+            self._unpark(plate)
+            print("park refused:", repr(e))
+            self.say("Car park full")
+            self.ctx.alarm("park_full", {"plate": plate})
+            return "idle"
         f = {10: m.data["sid"], 11: payer, 12: 0, 13: t0}
         if auth:
             f[15] = auth
@@ -175,11 +198,11 @@ class GateApp(SessionApp):
         try:
             self.record(m, T_OPEN, f)  # write-ahead: the entry is on flash before the barrier moves
         except Exception as e:
+            self._unpark(plate)
             self.refuse(e)
             return "idle"
         if offline:
             self.offline_opened(m.data["sid"], payer, t0)
-        self._park(plate, [m.data["sid"], payer, t0, auth, offline])
         self._barrier(m).open()
         self.say("Welcome " + plate)
         return "open"
