@@ -73,13 +73,21 @@ def parse_args(items: tuple[str, ...]) -> dict | None:
     return out or None
 
 
-def connect(o: Ctx, status_of: str | None = None):
-    """A connected CommandClient; with `status_of`, also following that device's retained status."""
+def connect(o: Ctx, status_of: str | None = None, device: str | None = None):
+    """(registry, a connected CommandClient) on one registry connection; with `device`, that device
+    must be registered (an error before any broker connection); with `status_of`, the client also
+    follows that device's retained status."""
     from host_tools.cloud.commands import CommandClient
     from host_tools.cloud.mqtt import BrokerSettings, BrokerUnreachable
-    host, port = o.broker_addr()
-    password = o.need_password()
     reg = o.open_registry()
+    try:
+        if device is not None:
+            o.device(reg, device)
+        host, port = o.broker_addr()
+        password = o.need_password()
+    except BaseException:
+        reg.close()
+        raise
     try:
         client = CommandClient(reg, BrokerSettings(host, port, o.user, password, ca_file=o.ca_file))
         if status_of is not None:
@@ -135,10 +143,7 @@ def register(cli: click.Group) -> None:
                 cargs = cmdspec.check(name, cargs)
             except cmdspec.ArgProblem as e:
                 fail(str(e), EXIT_USAGE)
-        reg0 = o.open_registry()
-        o.device(reg0, device)  # unknown device: an error before any connection
-        reg0.close()
-        reg, client = connect(o, status_of=device)
+        reg, client = connect(o, status_of=device, device=device)
         try:
             warn_if_offline(o, client, device)
             t0 = time.monotonic()
@@ -190,10 +195,7 @@ def register(cli: click.Group) -> None:
         if device is None:
             _serve_time(o, serve_s)
             return
-        reg0 = o.open_registry()
-        o.device(reg0, device)
-        reg0.close()
-        reg, client = connect(o)
+        reg, client = connect(o, device=device)
         try:
             deadline = time.monotonic() + timeout
             ts = client.serve_time()
