@@ -25,6 +25,7 @@ or count), non_canonical.
 """
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -200,8 +201,18 @@ def _cbor2_error(exc: cbor2.CBORDecodeError) -> ProtocolError:
     return _fail("malformed", text)
 
 
+_SCALARS = frozenset((int, str, bytes, bool, type(None)))
+
+
 def _thaw(value: Any) -> Any:
     """cbor2 decodes the content of a tag immutably (tuple, frozendict): make it plain again."""
+    t = type(value)
+    if t in _SCALARS:  # the common case first: exact types, no ABC check (typing's is slow)
+        return value
+    if t is dict:
+        return {_thaw(key): _thaw(item) for key, item in value.items()}
+    if t is list:
+        return [_thaw(item) for item in value]
     if isinstance(value, Tag):
         return Tag(value.tag, _thaw(value.value))
     if isinstance(value, (list, tuple)):
@@ -220,7 +231,7 @@ def _walk(value: Any, depth: int, top: bool) -> None:
         return
     if depth > MAX_DEPTH:
         raise _fail("too_deep", f"nesting deeper than {MAX_DEPTH}")
-    if value is None or isinstance(value, (bool, int, bytes, str)):
+    if type(value) in _SCALARS or value is None or isinstance(value, (bool, int, bytes, str)):
         return
     if isinstance(value, list):
         for item in value:
@@ -270,8 +281,36 @@ def decode(data: bytes | bytearray | memoryview, *, envelope: bool = False) -> A
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_bytes(kind: type, key: int | str) -> bytes:
+    """A map key's encoding, its sort key (RFC 8949 §4.2.1): message keys repeat, cbor2 need not."""
+    if kind is int and not -_UINT_LIMIT <= key < _UINT_LIMIT:  # type: ignore[operator]
+        raise _fail("unsupported_cbor", "integer out of 64-bit range")
+    return cbor2.dumps(key)
+
+
 def _prepare(value: Any) -> Any:
     """Turn a value into what cbor2 encodes deterministically with canonical=False."""
+    t = type(value)
+    if t is str or t is bytes or t is bool or value is None:
+        return value
+    if t is int:
+        if not -_UINT_LIMIT <= value < _UINT_LIMIT:
+            raise _fail("unsupported_cbor", "integer out of 64-bit range")
+        return value
+    if t is dict:
+        entries = []
+        for key, item in value.items():
+            kt = type(key)
+            if kt is not int and kt is not str:
+                if isinstance(key, bool) or not isinstance(key, (int, str)):
+                    raise _fail("unsupported_cbor", "map key is not an integer or text string")
+                kt = int if isinstance(key, int) else str  # a subclass: encoded as its base
+            entries.append((_key_bytes(kt, kt(key)), key, item))
+        entries.sort(key=lambda entry: entry[0])
+        return {key: _prepare(item) for _, key, item in entries}
+    if t is list:
+        return [_prepare(item) for item in value]
     if value is None or isinstance(value, (bool, str, bytes)):
         return value
     if isinstance(value, int):
