@@ -1,0 +1,244 @@
+"""`edgepay campaign`: roll a signed command out to many devices in cohorts, at a rate, halting by
+itself past a failure share (host_tools/cloud/rollout.py; states in the ledger's database, so a
+campaign survives a restart: `run` picks it up where it was).
+
+    edgepay campaign create hb60 set_config hb_s=60 --kind gate --cohorts 5,25,50,100 --rate 30
+    edgepay campaign run                  # the runner: until every campaign is final (--forever)
+    edgepay campaign status [ID] [--json]
+    edgepay campaign pause|resume|cancel ID
+Exit code of `run` and `status ID`: 0 done, 5 halted or cancelled, 6 still live (status only).
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import click
+
+from host_tools.cli import cmdspec
+from host_tools.cli.common import EXIT_USAGE, Ctx, fail
+
+EXIT_HALTED, EXIT_LIVE = 5, 6
+DEFAULT_DB = "edgepay/ledger.db"
+
+
+def _store(url: str, create: bool = False):
+    from pathlib import Path
+
+    from host_tools.cloud.rollout_store import RolloutStore
+    pg = url.startswith(("postgresql://", "postgres://", "host=", "dbname="))
+    if not pg and not create:
+        path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)
+        if not path.is_file():
+            fail(f"no database at {path} (give --db or EDGEPAY_LEDGER)")
+    try:
+        return RolloutStore.open(url)
+    except Exception as e:  # noqa: BLE001 - sqlite3/psycopg errors: one clear line
+        fail(f"cannot open {url}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+
+
+def _engine(store, client=None):
+    from host_tools.cloud.rollout import CommandAction, Rollouts
+    return Rollouts(store, {"command": CommandAction(client)} if client is not None else {"command": _NoAction()})
+
+
+class _NoAction:
+    """Stands in for the command action where nothing is sent (create, status, pause...)."""
+
+    def start(self, c, device):
+        raise RuntimeError("not a runner")
+
+    def poll(self, c, device):
+        return None
+
+    def abort(self, c, device):
+        pass
+
+
+def _summary(c) -> dict:
+    return {"id": c.id, "action": c.action, "spec": c.spec, "state": c.state, "reason": c.reason,
+            "cohorts": c.cohorts, "rate_per_min": c.rate, "timeout_s": c.timeout_s,
+            "abort_share": c.abort_share, "min_finished": c.min_finished, "counts": c.counts,
+            "devices": sum(c.counts.values())}
+
+
+def _line(c) -> str:
+    n = sum(c.counts.values())
+    done = sum(v for k, v in c.counts.items() if k not in ("pending", "started"))
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(c.counts.items()))
+    return f"{c.id}  {c.state:<9} {done}/{n}  {parts}" + (f"  ({c.reason})" if c.reason else "")
+
+
+def _exit_for(c) -> int:
+    return 0 if c.state == "done" else EXIT_LIVE if not c.final else EXIT_HALTED
+
+
+def register(cli: click.Group) -> None:
+    db_opt = click.option("--db", default=lambda: os.environ.get("EDGEPAY_LEDGER", DEFAULT_DB),
+                          show_default="EDGEPAY_LEDGER or edgepay/ledger.db",
+                          help="the ledger's database: a SQLite path or a postgresql:// URL")
+
+    @cli.group()
+    def campaign() -> None:
+        """Roll a signed command out to many devices, safely (cohorts, rate, abort threshold)."""
+
+    @campaign.command()
+    @click.argument("cid", metavar="ID")
+    @click.argument("name")
+    @click.argument("args", nargs=-1)
+    @click.option("--device", "devices", multiple=True, help="a target device (repeat)")
+    @click.option("--kind", help="every registered device of this kind (gate, vending, rental)")
+    @click.option("--board", help="every registered device on this board")
+    @click.option("--cohorts", default="5,25,50,100", show_default=True, help="rising percentages ending at 100")
+    @click.option("--rate", type=float, default=60.0, show_default=True, help="starts per minute at most")
+    @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+                  help="seconds a device has to answer before it counts as timed out (a failure)")
+    @click.option("--abort-at", "abort_share", type=float, default=0.2, show_default=True,
+                  help="halt once this share of the finished devices failed")
+    @click.option("--min-finished", type=int, default=None, help="...and at least this many finished [first cohort]")
+    @click.option("--ttl", type=click.IntRange(min=1, max=86400), default=60, show_default=True,
+                  help="each command's lifetime")
+    @db_opt
+    @click.pass_obj
+    def create(o: Ctx, cid: str, name: str, args: tuple[str, ...], devices: tuple[str, ...], kind: str | None,
+               board: str | None, cohorts: str, rate: float, timeout_s: float, abort_share: float,
+               min_finished: int | None, ttl: int, db: str) -> None:
+        """Create campaign ID: command NAME with ARGS (KEY=VALUE, as `edgepay cmd`) to the devices
+        named, or every device of a kind or board in the registry. `edgepay campaign run` sends it."""
+        from host_tools.cli.cmd import parse_args
+        from host_tools.cloud.rollout import CommandAction, RolloutError
+        try:
+            cargs = cmdspec.check(name, parse_args(args))
+        except cmdspec.ArgProblem as e:
+            fail(str(e), EXIT_USAGE)
+        try:
+            pct = [int(p) for p in cohorts.split(",")]
+        except ValueError:
+            fail(f"--cohorts {cohorts!r}: comma-separated whole percentages, e.g. 5,25,50,100", EXIT_USAGE)
+        reg = o.open_registry()
+        try:
+            known = {d.device_id: d for d in reg.devices()}
+        finally:
+            reg.close()
+        targets = list(devices)
+        unknown = [d for d in targets if d not in known]
+        if unknown:
+            fail(f"unknown device(s): {', '.join(unknown)}")
+        if kind or board:
+            targets += [d for d, dev in sorted(known.items()) if d not in targets
+                        and (kind is None or dev.kind == kind) and (board is None or dev.board == board)]
+        if not targets:
+            fail("no devices: give --device, --kind or --board (of registered devices)", EXIT_USAGE)
+        store = _store(db, create=True)
+        try:
+            c = _engine(store).create(cid, "command", CommandAction.spec(name, cargs, ttl), targets, cohorts=pct,
+                                      rate=rate, timeout_s=timeout_s, abort_share=abort_share,
+                                      min_finished=min_finished)
+        except RolloutError as e:
+            fail(str(e), EXIT_USAGE)
+        finally:
+            store.close()
+        o.emit(_summary(c), lambda: o.console.print(f"[bold green]created[/] {_line(c)}"))
+
+    @campaign.command()
+    @click.argument("cid", metavar="ID", required=False)
+    @db_opt
+    @click.pass_obj
+    def status(o: Ctx, cid: str | None, db: str) -> None:
+        """Every campaign, or campaign ID with each device's state."""
+        from host_tools.cloud.rollout import RolloutError
+        store = _store(db)
+        try:
+            if cid is None:
+                cs = store.campaigns()
+
+                def listing() -> None:
+                    for c in cs:
+                        o.console.print(_line(c))
+                    if not cs:
+                        o.console.print("no campaigns")
+                o.emit([_summary(c) for c in cs], listing)
+                return
+            try:
+                c = _engine(store).status(cid)
+            except RolloutError as e:
+                fail(str(e))
+            ts = store.targets(cid)
+        finally:
+            store.close()
+        data = {**_summary(c), "targets": [{"device": t.device, "state": t.state, "reason": t.reason,
+                                            "started_at": t.started_at, "finished_at": t.finished_at} for t in ts]}
+
+        def human() -> None:
+            o.console.print(_line(c))
+            for t in ts:
+                o.console.print(f"  {t.device:<20} {t.state:<10} {t.reason or ''}")
+        o.emit(data, human)
+        code = _exit_for(c)
+        if code:
+            raise click.exceptions.Exit(code)
+
+    helps = {"pause": "Start no more devices of campaign ID (started ones still finish).",
+             "resume": "Go on with paused campaign ID.",
+             "cancel": "End campaign ID for good: started devices aborted, pending ones skipped."}
+
+    def _op(verb: str):
+        @campaign.command(verb, help=helps[verb])
+        @click.argument("cid", metavar="ID")
+        @db_opt
+        @click.pass_obj
+        def op(o: Ctx, cid: str, db: str) -> None:
+            from host_tools.cloud.rollout import RolloutError
+            store = _store(db)
+            try:
+                c = getattr(_engine(store), verb)(cid)
+            except RolloutError as e:
+                fail(str(e))
+            finally:
+                store.close()
+            o.emit(_summary(c), lambda: o.console.print(_line(c)))
+    for verb in ("pause", "resume", "cancel"):
+        _op(verb)
+
+    @campaign.command()
+    @click.option("--forever", is_flag=True, help="keep running when every campaign is final (a service)")
+    @click.option("--every", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="seconds between passes")
+    @db_opt
+    @click.pass_obj
+    def run(o: Ctx, forever: bool, every: float, db: str) -> None:
+        """Run the campaigns: send, wait for outcomes, open cohorts, halt past the threshold."""
+        from host_tools.cli.cmd import connect
+        store = _store(db)
+        reg, client = connect(o)
+        try:
+            ro = _engine(store, client)
+            stop = threading.Event()
+            last: dict[str, str] = {}
+            while True:
+                cs = ro.tick()
+                for c in cs:
+                    line = _line(c)
+                    if last.get(c.id) != line:
+                        last[c.id] = line
+                        if o.json:
+                            o.jsonline(_summary(c))
+                        else:
+                            o.note(line)
+                if not forever and not store.campaigns(live_only=True):
+                    break
+                if stop.wait(every):
+                    break
+            final = store.campaigns()
+        except KeyboardInterrupt:
+            final = store.campaigns()
+        finally:
+            client.close()
+            reg.close()
+            store.close()
+        if not o.json:
+            for c in final:
+                o.console.print(_line(c))
+        worst = max((_exit_for(c) for c in final), default=0)
+        if worst:
+            raise click.exceptions.Exit(worst)
+
