@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -78,9 +77,8 @@ class EdgepayGroup(click.Group):
 @click.group(cls=EdgepayGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EPILOG)
-@click.option("--registry", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGEPAY_REGISTRY",
-              default=DEFAULT_REGISTRY, show_default=True, show_envvar=True,
-              help="the device registry (SQLite file)")
+@click.option("--registry", envvar="EDGEPAY_REGISTRY", default=str(DEFAULT_REGISTRY), show_default=True,
+              show_envvar=True, help="the device registry: a SQLite file, or a postgresql:// URL (the ledger's)")
 @click.option("--broker", envvar="EDGEPAY_BROKER", default=DEFAULT_BROKER, show_default=True,
               show_envvar=True,
               help="the broker's CLOUD listener, host:port (cmd, time, watch, sim --broker-dir); "
@@ -95,7 +93,7 @@ class EdgepayGroup(click.Group):
                    "streams (watch, logs, sim, demo); a failure is {\"error\", \"code\", \"exit\"} on stdout")
 @click.version_option(package_name="edgepay")
 @click.pass_context
-def cli(ctx: click.Context, registry: Path, broker: str, user: str, password: str | None,
+def cli(ctx: click.Context, registry: str, broker: str, user: str, password: str | None,
         ca_file: str | None, as_json: bool) -> None:
     """edgepay: provision, build, flash and talk to payment boards."""
     ctx.obj = Ctx(registry=registry, broker=broker, user=user, password=password, ca_file=ca_file,

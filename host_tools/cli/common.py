@@ -63,7 +63,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 @dataclass
 class Ctx:
-    registry: Path = DEFAULT_REGISTRY
+    registry: Path | str = DEFAULT_REGISTRY  # a SQLite path or a postgresql:// URL
     broker: str = DEFAULT_BROKER
     user: str = DEFAULT_USER
     password: str | None = None
@@ -103,6 +103,13 @@ class Ctx:
 
     def open_registry(self, create: bool = False):
         from host_tools.cloud.registry import Registry
+        url = str(self.registry)
+        if url.startswith(("postgresql://", "postgres://", "host=", "dbname=")):  # the ledger's PostgreSQL
+            try:
+                return Registry(url)
+            except Exception as e:  # noqa: BLE001 - psycopg's errors: one clear line
+                fail(f"cannot open the registry database: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+                     EXIT_UNREACHABLE)
         path = Path(self.registry)
         if not create and not path.exists():
             fail(f"no registry at {path} (provision a device first, or give --registry / EDGEPAY_REGISTRY)")

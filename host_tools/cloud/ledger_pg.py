@@ -23,7 +23,8 @@ class PgLedger(Ledger):
     blob = "BYTEA"
     bigint = "BIGINT"
 
-    def __init__(self, url: str, connect_timeout: float = 10.0, synchronous_commit: str | None = None):
+    def __init__(self, url: str, connect_timeout: float = 10.0, synchronous_commit: str | None = None,
+                 schema: bool = True):
         super().__init__()
         if psycopg is None:
             raise LedgerError("psycopg 3 is not installed: pip install 'psycopg[binary]' (see pyproject dev extra)")
@@ -34,7 +35,8 @@ class PgLedger(Ledger):
             with self._db.cursor() as cur:
                 cur.execute("SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,))
             self._db.commit()
-        self._create_schema()
+        if schema:  # False: the connection only, for another component's tables (the registry)
+            self._create_schema()
 
     def _cursor(self) -> Any:
         if self._db.closed or self._db.broken:  # the server restarted or the link broke: reconnect

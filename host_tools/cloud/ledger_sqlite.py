@@ -17,7 +17,8 @@ from host_tools.cloud.ledger import GENESIS, Head, Ledger
 class SqliteLedger(Ledger):
     placeholder = "?"
 
-    def __init__(self, path: str | Path = ":memory:", synchronous: str = "FULL", timeout: float = 60.0):
+    def __init__(self, path: str | Path = ":memory:", synchronous: str = "FULL", timeout: float = 60.0,
+                 schema: bool = True):
         super().__init__()
         self.path = str(path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=timeout)
@@ -29,7 +30,8 @@ class SqliteLedger(Ledger):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous: {synchronous!r}")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._create_schema()  # BEGIN IMMEDIATE serialises it with other processes
+        if schema:  # False: the connection only, for another component's tables (the registry)
+            self._create_schema()  # BEGIN IMMEDIATE serialises it with other processes
 
     def _cursor(self) -> Any:
         return self._db.cursor()

@@ -2,18 +2,21 @@
 
 SPEC §5: everything the cloud sends one device is numbered from one per-device counter shared by
 all cloud senders, so the counter lives here and is taken atomically. Keys sit in the database for
-now; a deployment would keep them in a KMS and hand out only per-device handles.
+now; a deployment would keep them in a KMS and hand out only per-device handles. The registry
+lives on the ledger's backends (SQLite or PostgreSQL: host_tools/cloud/ledger_db.py), as the
+schema component "registry".
 """
 from __future__ import annotations
 
 import re
-import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools.cloud.ledger_db import Database
+
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 KINDS = ("gate", "vending", "rental")
+REGISTRY_VERSION = 1
 
 
 class RegistryError(Exception):
@@ -35,21 +38,18 @@ class Device:
 
 
 class Registry:
-    """SQLite-backed; safe to share between threads and between processes (WAL, short transactions)."""
+    """On the ledger's backends: a SQLite file (the embedded default; WAL, short transactions) or
+    PostgreSQL (`postgresql://...`), so N command senders on one database share each device's
+    counter: next_seq() is one UPDATE ... RETURNING, atomic across threads, processes and hosts.
+    Safe to share between threads (the connection's lock)."""
 
     def __init__(self, path: str | Path = ":memory:"):
         self.path = str(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # A crash may lose the last few counter increments; the device then refuses the reused
-            # numbers as stale_seq and nothing runs, so the counter need not sync on every call.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS devices ("
-            " device_id TEXT PRIMARY KEY, key BLOB NOT NULL, key_version INTEGER NOT NULL,"
-            " kind TEXT NOT NULL, board TEXT NOT NULL, dn_seq INTEGER NOT NULL DEFAULT 0)")
+        self.db = _connect(self.path)
+        self.db.ensure_schema("registry", [
+            f"CREATE TABLE IF NOT EXISTS devices ("
+            f" device_id TEXT PRIMARY KEY, key {self.db.blob} NOT NULL, key_version INTEGER NOT NULL,"
+            f" kind TEXT NOT NULL, board TEXT NOT NULL, dn_seq {self.db.bigint} NOT NULL DEFAULT 0)"], REGISTRY_VERSION)
 
     def add(self, device_id: str, key: bytes, kind: str, board: str, key_version: int = 1) -> Device:
         if not DEVICE_ID.fullmatch(device_id):
@@ -60,35 +60,54 @@ class Registry:
             raise RegistryError(f"unknown device kind {kind!r}: one of {', '.join(KINDS)}")
         if key_version < 1:
             raise RegistryError("key version starts at 1")
-        with self._lock:
-            try:
-                self._db.execute("INSERT INTO devices (device_id, key, key_version, kind, board) VALUES (?,?,?,?,?)",
-                                 (device_id, key, key_version, kind, board))
-            except sqlite3.IntegrityError:
-                raise RegistryError(f"device {device_id!r} is already registered") from None
+        db = self.db
+
+        def run(cur) -> int:
+            cur.execute(db._sql("INSERT INTO devices (device_id, key, key_version, kind, board) VALUES (?,?,?,?,?) "
+                                "ON CONFLICT (device_id) DO NOTHING"), (device_id, key, key_version, kind, board))
+            return cur.rowcount
+        if db._write(run) != 1:
+            raise RegistryError(f"device {device_id!r} is already registered")
         return Device(device_id, key, key_version, kind, board)
 
     def get(self, device_id: str) -> Device:
-        with self._lock:
-            row = self._db.execute("SELECT device_id, key, key_version, kind, board FROM devices WHERE device_id=?",
-                                   (device_id,)).fetchone()
-        if row is None:
+        rows = self.db._read("SELECT device_id, key, key_version, kind, board FROM devices WHERE device_id=?",
+                             (device_id,))
+        if not rows:
             raise RegistryError(f"unknown device {device_id!r}")
-        return Device(row[0], bytes(row[1]), row[2], row[3], row[4])
+        r = rows[0]
+        return Device(r[0], bytes(r[1]), r[2], r[3], r[4])
 
     def devices(self) -> list[Device]:
-        with self._lock:
-            rows = self._db.execute("SELECT device_id, key, key_version, kind, board FROM devices ORDER BY device_id").fetchall()
+        rows = self.db._read("SELECT device_id, key, key_version, kind, board FROM devices ORDER BY device_id")
         return [Device(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
 
     def next_seq(self, device_id: str) -> int:
-        """Take the next cloud->device sequence number (atomic across threads and processes)."""
-        with self._lock:
-            row = self._db.execute("UPDATE devices SET dn_seq = dn_seq + 1 WHERE device_id=? RETURNING dn_seq",
-                                   (device_id,)).fetchone()
+        """Take the next cloud->device sequence number (atomic across threads, processes and, on
+        PostgreSQL, hosts: the row is locked by the UPDATE until its transaction commits)."""
+        db = self.db
+
+        def run(cur) -> tuple | None:
+            cur.execute(db._sql("UPDATE devices SET dn_seq = dn_seq + 1 WHERE device_id=? RETURNING dn_seq"),
+                        (device_id,))
+            return cur.fetchone()
+        row = db._write(run)
         if row is None:
             raise RegistryError(f"unknown device {device_id!r}")
         return int(row[0])
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
+
+
+def _connect(url: str) -> Database:
+    """A connection of the ledger's backends, without the ledger's tables."""
+    if url.startswith(("postgresql://", "postgres://", "host=", "dbname=")):
+        from host_tools.cloud.ledger_pg import PgLedger
+        return PgLedger(url, schema=False)
+    from host_tools.cloud.ledger_sqlite import SqliteLedger
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    # A crash may lose the last few counter increments; the device then refuses the reused
+    # numbers as stale_seq and nothing runs (the sender re-signs), so the counter need not sync
+    # on every call: synchronous NORMAL.
+    return SqliteLedger(path, synchronous="NORMAL", timeout=30.0, schema=False)
