@@ -19,11 +19,39 @@ from tests.conftest import USERS
 
 def test_settings_are_one_frozen_object():
     s = BrokerSettings("127.0.0.1", 1884, *CLOUD)
-    assert (s.client_id, s.ca_file, s.mqtt5) == (None, None, True)
+    assert (s.client_id, s.ca_file, s.mqtt5, s.engine, s.v5) == (None, None, None, "mosquitto", True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
     c = CloudMQTT(dataclasses.replace(s, client_id="svc-1"))
     assert c.settings.client_id == "svc-1" and (c.host, c.port) == ("127.0.0.1", 1884)
+
+
+def test_the_engine_decides_the_mqtt_version_and_work_sharing():
+    """Nothing hard-codes MQTT 5 or `$share`: each cloud part asks its BrokerSettings. NATS and
+    RabbitMQ speak 3.1.1 only and grant a `$share/...` subscription, then deliver nothing: a group
+    on them is refused, clearly, before any worker starts deaf."""
+    from host_tools.cloud.ingest import IngestWorker
+    from host_tools.cloud.ledger_open import open_ledger
+    from host_tools.cloud.mqtt import BrokerUnsupported
+    m = BrokerSettings("h", 1, *CLOUD)
+    assert m.work_share("ingest", "v1/dev/+/up/rec") == "$share/ingest/v1/dev/+/up/rec"
+    assert m.work_share(None, "v1/dev/+/up/rec") == "v1/dev/+/up/rec"
+    assert CloudMQTT(m).client.protocol == paho.MQTTv5
+    for engine in ("nats", "rabbitmq"):
+        s = BrokerSettings("h", 1, *CLOUD, engine=engine)
+        assert not s.v5 and CloudMQTT(s).client.protocol == paho.MQTTv311
+        assert s.work_share(None, "v1/dev/+/up/rec") == "v1/dev/+/up/rec"
+        with pytest.raises(BrokerUnsupported, match="no MQTT shared subscriptions"):
+            s.work_share("ingest", "v1/dev/+/up/rec")
+        reg, led = Registry(), open_ledger(":memory:")
+        with pytest.raises(BrokerUnsupported):
+            IngestWorker(reg, led, s, group="ingest")
+        assert IngestWorker(reg, led, s, group=None).subscription == "v1/dev/+/up/rec"
+        led.close()
+        reg.close()
+    assert BrokerSettings("h", 1, *CLOUD, engine="nats", mqtt5=True).v5   # an explicit choice wins
+    with pytest.raises(ValueError, match="unknown broker engine"):
+        BrokerSettings("h", 1, *CLOUD, engine="kafka")
 
 
 def test_sink_gets_every_message_raw_and_handlers_none(broker):

@@ -89,15 +89,18 @@ class EdgepayGroup(click.Group):
               help="cloud MQTT password (prefer the environment variable)")
 @click.option("--ca", "ca_file", envvar="EDGEPAY_CA", type=click.Path(dir_okay=False), show_envvar=True,
               help="CA certificate: connect to the broker with TLS")
+@click.option("--broker-engine", "engine", envvar="EDGEPAY_BROKER_ENGINE", default="mosquitto", show_default=True,
+              show_envvar=True, type=click.Choice(["mosquitto", "nats", "rabbitmq"]),
+              help="the broker engine: the MQTT version the cloud speaks to it (5 on Mosquitto, 3.1.1 on the others)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable stdout: one JSON object, or JSON lines (one object a line) for "
                    "streams (watch, logs, sim, demo); a failure is {\"error\", \"code\", \"exit\"} on stdout")
 @click.version_option(package_name="edgepay")
 @click.pass_context
 def cli(ctx: click.Context, registry: str, broker: str, user: str, password: str | None,
-        ca_file: str | None, as_json: bool) -> None:
+        ca_file: str | None, engine: str, as_json: bool) -> None:
     """edgepay: provision, build, flash and talk to payment boards."""
     ctx.obj = Ctx(registry=registry, broker=broker, user=user, password=password, ca_file=ca_file,
-                  json=as_json)
+                  engine=engine, json=as_json)
 
 
 for _name in COMMANDS:

@@ -78,7 +78,7 @@ def connect(o: Ctx, status_of: str | None = None, device: str | None = None):
     must be registered (an error before any broker connection); with `status_of`, the client also
     follows that device's retained status."""
     from host_tools.cloud.commands import CommandClient
-    from host_tools.cloud.mqtt import BrokerSettings, BrokerUnreachable
+    from host_tools.cloud.mqtt import BrokerUnreachable
     reg = o.open_registry()
     try:
         if device is not None:
@@ -89,7 +89,7 @@ def connect(o: Ctx, status_of: str | None = None, device: str | None = None):
         reg.close()
         raise
     try:
-        client = CommandClient(reg, BrokerSettings(host, port, o.user, password, ca_file=o.ca_file))
+        client = CommandClient(reg, o.broker_settings(host, port, password))
         if status_of is not None:
             import threading
             client.status_seen = threading.Event()  # type: ignore[attr-defined]

@@ -68,6 +68,7 @@ class Ctx:
     user: str = DEFAULT_USER
     password: str | None = None
     ca_file: str | None = None
+    engine: str = "mosquitto"   # the broker engine (host_tools/cloud/mqtt.py ENGINES)
     json: bool = False
     console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
@@ -95,6 +96,10 @@ class Ctx:
         if self.ca_file is not None:
             check_ca_file(self.ca_file)
         return parse_hostport(self.broker, "--broker / EDGEPAY_BROKER")
+
+    def broker_settings(self, host: str, port: int, password: str):
+        from host_tools.cloud.mqtt import BrokerSettings
+        return BrokerSettings(host, port, self.user, password, ca_file=self.ca_file, engine=self.engine)
 
     def need_password(self) -> str:
         if not self.password:

@@ -47,7 +47,7 @@ def register(cli: click.Group) -> None:
         """
         from rich.markup import escape
 
-        from host_tools.cloud.mqtt import BrokerSettings, BrokerUnreachable, CloudMQTT
+        from host_tools.cloud.mqtt import BrokerUnreachable, CloudMQTT
         from host_tools.protocol import is_device_id
         if device is not None and not is_device_id(device):
             fail(f"bad device id {device!r}")
@@ -57,7 +57,7 @@ def register(cli: click.Group) -> None:
         if device is not None:
             o.device(reg, device)
         q: queue.Queue = queue.Queue()
-        mq = CloudMQTT(BrokerSettings(host, port, o.user, password, ca_file=o.ca_file),
+        mq = CloudMQTT(o.broker_settings(host, port, password),
                        sink=lambda t, p, r: q.put((t, bytes(p), bool(r))))
         dev = device or "+"
         mq.subscribe(f"v1/dev/{dev}/up/#", qos=1)

@@ -66,7 +66,7 @@ from typing import Any, Callable
 
 from host_tools.cloud.ledger import RECORD_TYPES, Head, Ledger, Outcome, Record, chain_hash
 from host_tools.cloud.ledger_open import open_ledger
-from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
+from host_tools.cloud.mqtt import BrokerSettings, BrokerUnsupported, CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
 from host_tools.protocol import (ProtocolError, decode, decode_payload, parse_topic, seal,
                                  verify_mac0)
@@ -129,7 +129,7 @@ class IngestWorker:
         self.on_alarm = on_alarm
         self.on_commit = on_commit
         # group None: a plain (non-shared) subscription, e.g. an auditor that sees every copy
-        self.subscription = f"$share/{group}/{RECORD_FILTER}" if group else RECORD_FILTER
+        self.subscription = broker.work_share(group, RECORD_FILTER)
         self._q: queue.Queue = queue.Queue()
         # paho's network thread only queues (retain flag kept: the ledger ignores it, stats count it)
         self._mq = CloudMQTT(broker, sink=lambda t, p, r: self._q.put((t, p, r)))
@@ -429,7 +429,7 @@ class IngestWorker:
 def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1884, username: str = "cloud",
                password: str = "", group: str = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
                hold_ms: float = 500.0, stop: threading.Event | None = None, stats_every_s: float = 0.0,
-               out=None) -> dict:
+               out=None, engine: str = "mosquitto") -> dict:
     """Run one worker until `stop` is set or SIGTERM/SIGINT; print `ready` when subscribed and
     the final stats as JSON. Returns the stats."""
     out = out or sys.stdout
@@ -439,7 +439,8 @@ def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1884
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    w = IngestWorker(reg, ledger, BrokerSettings(host, port, username, password), group=group, batch_max=batch_max,
+    w = IngestWorker(reg, ledger, BrokerSettings(host, port, username, password, engine=engine),
+                     group=group or None, batch_max=batch_max,
                      batch_ms=batch_ms, hold_ms=hold_ms).start()
     print("ready", flush=True, file=out)
     last = time.monotonic()
@@ -467,7 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--password-env", default="EDGEPAY_MQTT_PASSWORD")
     p.add_argument("--registry", required=True, help="registry database path")
     p.add_argument("--db", required=True, help="ledger: sqlite:///path, a path, or postgresql://...")
-    p.add_argument("--group", default="ingest")
+    p.add_argument("--group", default="ingest", help="the workers that split the records ('' for none: every "
+                   "worker sees every record)")
+    p.add_argument("--engine", default="mosquitto", choices=("mosquitto", "nats", "rabbitmq"),
+                   help="the broker engine: its MQTT version and whether workers can share a subscription")
     p.add_argument("--batch-max", type=int, default=500)
     p.add_argument("--batch-ms", type=float, default=5.0)
     p.add_argument("--hold-ms", type=float, default=500.0)
@@ -477,8 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     password = a.password if a.password is not None else os.environ.get(a.password_env, "")
-    run_worker(a.registry, a.db, a.host, a.port, a.user, password, a.group, a.batch_max, a.batch_ms,
-               a.hold_ms, stats_every_s=a.stats_every)
+    try:
+        run_worker(a.registry, a.db, a.host, a.port, a.user, password, a.group, a.batch_max, a.batch_ms,
+                   a.hold_ms, stats_every_s=a.stats_every, engine=a.engine)
+    except BrokerUnsupported as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -36,11 +36,39 @@ class BrokerSettings:
     password: str
     client_id: str | None = None
     ca_file: str | None = None      # TLS with this CA; None: plain TCP
-    mqtt5: bool = True              # False: MQTT 3.1.1
+    mqtt5: bool | None = None       # None: the engine's (ENGINES); False: MQTT 3.1.1
+    engine: str = "mosquitto"       # which broker: what it speaks and how workers share work on it
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown broker engine {self.engine!r}: one of {', '.join(ENGINES)}")
+
+    @property
+    def v5(self) -> bool:
+        return ENGINES[self.engine][0] if self.mqtt5 is None else self.mqtt5
+
+    def work_share(self, group: str | None, topic_filter: str) -> str:
+        """The filter with which N consumers in `group` split `topic_filter`'s messages between them
+        (None: every consumer gets every message). An engine without MQTT shared subscriptions is
+        refused here: NATS and RabbitMQ grant a `$share/...` filter and then deliver nothing."""
+        if group is None:
+            return topic_filter
+        if not ENGINES[self.engine][1]:
+            raise BrokerUnsupported(f"{self.engine} has no MQTT shared subscriptions: run one consumer "
+                                    f"without a group, or share the work on the engine's own queues")
+        return f"$share/{group}/{topic_filter}"
+
+
+# engine -> (MQTT 5 by default, shared subscriptions). NATS 2.x and RabbitMQ 3.x speak 3.1.1 only.
+ENGINES = {"mosquitto": (True, True), "nats": (False, False), "rabbitmq": (False, False)}
 
 
 class BrokerUnreachable(ConnectionError):
     pass
+
+
+class BrokerUnsupported(ValueError):
+    """Asked for something the broker engine cannot do (a shared subscription on NATS)."""
 
 
 class CloudMQTT:
@@ -60,7 +88,7 @@ class CloudMQTT:
         self._lock = threading.Lock()
         self._error: str | None = None
         self.oversize = 0  # device-topic payloads over MAX_MESSAGE, dropped unread
-        proto = paho.MQTTv5 if broker.mqtt5 else paho.MQTTv311
+        proto = paho.MQTTv5 if broker.v5 else paho.MQTTv311
         self.client = paho.Client(CallbackAPIVersion.VERSION2,
                                   client_id=broker.client_id or f"cloud-{uuid.uuid4().hex[:12]}", protocol=proto)
         self.client.username_pw_set(broker.username, broker.password)

@@ -148,7 +148,7 @@ class SessionService(AuthFlows, Settlement):
         self.stats: collections.Counter = collections.Counter()
         self.refused: collections.Counter = collections.Counter()  # auth_req refused by code
         self.cmd = CommandClient(registry, broker, clock=clock)  # devices keep the site's time
-        self.subscription = f"$share/{group}/{REQ_FILTER}" if group else REQ_FILTER
+        self.subscription = broker.work_share(group, REQ_FILTER)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sessions")
         self.cmd.mqtt.subscribe(self.subscription, self._on_req, qos=1)
 

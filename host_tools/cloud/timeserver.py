@@ -42,7 +42,7 @@ class TimeServer:
         self._own = False
         # With `share`, N responders split the requests ($share/<group>/); without, each answers all
         # (a device takes the first answer to its nonce and refuses the others: harmless).
-        mqtt.subscribe(f"$share/{share}/{REQUESTS}" if share else REQUESTS, self._on_req, qos=0)
+        mqtt.subscribe(mqtt.settings.work_share(share, REQUESTS), self._on_req, qos=0)
 
     @classmethod
     def connect(cls, registry: Registry, broker: BrokerSettings, **kw) -> "TimeServer":
