@@ -8,7 +8,7 @@ from rich.table import Table
 
 from host_tools.cli.common import Ctx, fail, load_board
 
-SIZE_GOAL = 60 * 1024
+SIZE_GOAL = 64 * 1024  # bench/firmware_size.py GOAL
 
 
 def register(cli: click.Group) -> None:
