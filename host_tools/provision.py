@@ -54,6 +54,16 @@ def update_passwd(path: Path, user: str, password: str) -> None:
     write_private(path, "".join(lines))
 
 
+def remove_passwd(path: Path, user: str) -> bool:
+    """Drop `user`'s line from the broker's passwd (a revoked device); True if it was there."""
+    if not path.exists():
+        return False
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines if ln.strip() and ln.split(":", 1)[0] != user]
+    write_private(path, "".join(keep))
+    return len(keep) != len([ln for ln in lines if ln.strip()])
+
+
 def ensure_acl(path: Path) -> None:
     """The device patterns once; cloud users' entries (if an operator added them) are kept."""
     text = path.read_text() if path.exists() else ""

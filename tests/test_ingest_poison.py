@@ -323,3 +323,27 @@ def test_device_forgets_a_quarantined_record_and_raises_the_alarm(site):
     [rec] = site.wait_records("gate-q1", 1)
     assert rec.seq > q["seq"] and site.ledger.head("gate-q1").seq == rec.seq
     assert sum(1 for _t, m, _r in site.w.all if m.get("code") == "record_quarantined") == 1
+
+
+def test_a_revoked_devices_records_are_kept_in_quarantine_never_as_money(env):
+    """issue 15 §3: what a revoked device journaled before it was cut off and still sends is kept,
+    raw, for audit (quarantine `device_revoked`, acked so it is not resent), never taken as money;
+    every other device goes on."""
+    env.worker(batch_ms=5, key_cache_s=0)   # sees the registry's status at once
+    calm, stolen = env.device("calm"), env.device("stolen")
+    first = stolen.chain.session("a", 100)
+    stolen.send(first)
+    wait_for(stolen.all_acked, what="before the theft")
+    env.registry.set_status("stolen", "revoked")
+    late = stolen.chain.session("b", 900)
+    for seq, raw in late:
+        stolen.chain.sent.remove((seq, raw))   # not for the records table: for quarantine
+    stolen.send(late)
+    calm.send(calm.chain.session("c", 5))
+    wait_for(lambda: calm.all_acked() and stolen.all_acked(), what="all acked")
+    assert [(r.seq, r.raw) for r in env.checker.records("stolen")] == first
+    q = env.checker.quarantined("stolen")
+    assert [(x["seq"], x["raw"], x["reason"]) for x in q] == [(s, raw, "device_revoked") for s, raw in late]
+    assert [(r.seq, r.raw) for r in env.checker.records("calm")] == calm.chain.sent
+    assert env.checker.totals() == {"EUR": 100 + 5}   # the stolen device's late session is no money
+    assert not calm.violations and not stolen.violations

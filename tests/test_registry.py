@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from host_tools.cloud.registry import Registry, RegistryError
+from host_tools.cloud.registry import REGISTRY_VERSION, Registry, RegistryError
 
 
 @pytest.fixture(params=["sqlite", "pg"])
@@ -39,7 +39,7 @@ def test_add_get_and_refusals(url):
         reg.close()
     again = Registry(url)   # durable: a new connection sees it, and its schema is not re-made
     try:
-        assert again.get("gate-1").key == key and again.db.schema_version("registry") == 1
+        assert again.get("gate-1").key == key and again.db.schema_version("registry") == REGISTRY_VERSION
     finally:
         again.close()
 
@@ -108,3 +108,37 @@ def test_the_cli_takes_a_postgresql_registry(pg, tmp_path):
     r = edgepay("campaign", "create", "c1", "get_state", "--kind", "gate", "--db", str(tmp_path / "l.db"))
     assert r.exit_code == 0 and json.loads(r.stdout)["devices"] == 2, r.output
     assert {d.device_id for d in Registry(url).devices()} == {"gate-1", "gate-2"}
+
+
+def test_revoke_and_decommission_keep_the_key_verify_only(url):
+    reg = Registry(url)
+    try:
+        key = os.urandom(32)
+        reg.add("gate-1", key, "gate", "sim-gate")
+        assert reg.get("gate-1").active
+        d = reg.set_status("gate-1", "revoked")
+        assert d.status == "revoked" and not d.active and d.key == key   # still verifiable, for audit
+        assert reg.set_status("gate-1", "decommissioned").status == "decommissioned"
+        with pytest.raises(RegistryError, match="status is one of"):
+            reg.set_status("gate-1", "lost")
+        with pytest.raises(RegistryError, match="unknown device"):
+            reg.set_status("nope", "revoked")
+    finally:
+        reg.close()
+
+
+def test_a_registry_file_from_before_versioning_is_migrated(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE devices (device_id TEXT PRIMARY KEY, key BLOB NOT NULL, key_version INTEGER NOT NULL,"
+               " kind TEXT NOT NULL, board TEXT NOT NULL, dn_seq INTEGER NOT NULL DEFAULT 0)")
+    db.execute("INSERT INTO devices VALUES ('gate-1', ?, 1, 'gate', 'sim-gate', 41)", (os.urandom(32),))
+    db.commit()
+    db.close()
+    reg = Registry(path)
+    try:
+        assert reg.get("gate-1").status == "active" and reg.next_seq("gate-1") == 42
+        assert reg.db.schema_version("registry") == REGISTRY_VERSION
+    finally:
+        reg.close()

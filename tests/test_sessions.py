@@ -530,6 +530,23 @@ def test_forged_and_misplaced_requests_are_refused(env):
     assert [o.order_no for o in env.provider.orders()] == ["gate-1:sy"]
 
 
+def test_a_revoked_device_is_granted_nothing_and_its_open_sessions_are_flagged(env):
+    """issue 15 §3: after `device revoke`, an authentic auth_req gets no grant (refused, counted),
+    and device_revoked() flags each of its open sessions for an operator."""
+    d = env.device("gate-1")
+    env.svc.bind("SH-R1", "acct-r")
+    d.auth_req("entry", "s1", "SH-R1", t0=int(time.time()) - 60, slot=1)
+    d.wait("auth", "s1")
+    env.registry.set_status("gate-1", "revoked")
+    d.auth_req("entry", "s2", "SH-R1", t0=int(time.time()), slot=2)
+    wait_for(lambda: env.svc.refused["device_revoked"] == 1, what="refused")
+    assert d.cmds("auth", "s2") == []
+    [s] = env.svc.device_revoked("gate-1")
+    assert s.sid == "s1"
+    assert [(f.kind, f.sid) for f in env.svc.flags("gate-1")] == [("device_revoked", "s1")]
+    assert env.svc.device_revoked("gate-1") and len(env.svc.flags("gate-1")) == 1   # flagged once
+
+
 def test_settle_by_polling_the_ledger(env, tmp_path):
     """Without on_commit (e.g. after a restart): settle_ledger finds the closed sessions."""
     d = env.device("gate-1")

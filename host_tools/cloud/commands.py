@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
-from host_tools.cloud.registry import Device, Registry
+from host_tools.cloud.registry import Device, Registry, RegistryError
 from host_tools.cloud.timeserver import TimeServer
 from host_tools.protocol import ERROR_NAMES, ProtocolError, open_message, seal
 from host_tools.protocol import topic as topic_for
@@ -140,6 +140,8 @@ class CommandClient:
     def submit(self, device: str, name: str, args: dict | None = None, *, ttl: int = 60,
                nbf: int | None = None, publish_timeout: float = 10.0) -> Command:
         dev = self.registry.get(device)  # unknown device: RegistryError before anything is created
+        if not dev.active:
+            raise RegistryError(f"device {device!r} is {dev.status}: it is sent nothing")
         now = int(self.clock())
         cmd = Command(device, name, args, b"", 0, now + ttl, nbf=nbf, clock=self.clock)
         cmd._to(State.CREATED)

@@ -88,7 +88,16 @@ class Unplaceable(ProtocolError):
         self.device, self.raw = device, raw
 
 
-def _quarantine_record(device: str, payload: bytes, raw: bytes, err: ProtocolError) -> Record:
+class Revoked(Exception):
+    """A revoked (or decommissioned) device's authentic record: kept in quarantine for audit."""
+    code = "device_revoked"
+
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.detail = f"the device is {status}"
+
+
+def _quarantine_record(device: str, payload: bytes, raw: bytes, err: ProtocolError | Revoked) -> Record:
     """The quarantined Record of an authenticated payload the codec refused (SPEC §6 Quarantine);
     Unplaceable if its seq/prev cannot place it, ProtocolError as is if it is no record at all."""
     try:
@@ -261,6 +270,8 @@ class IngestWorker:
             return _quarantine_record(device_id, payload, data, e)
         if msg["type"] not in RECORD_TYPE_NAMES:  # the topic check already implies it
             raise ProtocolError("bad_topic", f"{msg['type']} is not a record")
+        if not dev.active:  # revoked: its records are kept for audit, never taken as money
+            return _quarantine_record(device_id, payload, data, Revoked(dev.status))
         return Record.from_message(device_id, msg, payload, data)
 
     def _refuse(self, code: str, topic: str, detail: str) -> None:

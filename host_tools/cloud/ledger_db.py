@@ -66,6 +66,7 @@ def _add_column(table: str, column: str, decl: str) -> Callable[["Database", Any
 # component -> [(version reached, step)], in order
 MIGRATIONS: dict[str, list[tuple[int, Callable[["Database", Any], None]]]] = {
     "ledger": [(2, _add_column("records", "item", "TEXT"))],
+    "registry": [(2, _add_column("devices", "status", "TEXT NOT NULL DEFAULT 'active'"))],
 }
 
 
@@ -151,6 +152,8 @@ class Database(ABC):
                 found = int(row[0])
             elif component == "ledger" and "records" in self._tables(cur):
                 found = 1  # a database from before versioning
+            elif component == "registry" and self._columns(cur, "devices"):
+                found = 1  # a registry file from before versioning
             else:
                 found = 0
             for stmt in statements:  # CREATE ... IF NOT EXISTS: new tables at the latest version

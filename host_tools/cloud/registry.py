@@ -16,7 +16,8 @@ from host_tools.cloud.ledger_db import Database
 
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 KINDS = ("gate", "vending", "rental")
-REGISTRY_VERSION = 1
+REGISTRY_VERSION = 2   # 2: devices.status
+STATUSES = ("active", "revoked", "decommissioned")
 
 
 class RegistryError(Exception):
@@ -31,6 +32,11 @@ class Device:
     key_version: int
     kind: str
     board: str
+    status: str = "active"   # revoked: stolen or compromised; decommissioned: retired, journal drained
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
 
     @property
     def kid(self) -> bytes:
@@ -49,7 +55,8 @@ class Registry:
         self.db.ensure_schema("registry", [
             f"CREATE TABLE IF NOT EXISTS devices ("
             f" device_id TEXT PRIMARY KEY, key {self.db.blob} NOT NULL, key_version INTEGER NOT NULL,"
-            f" kind TEXT NOT NULL, board TEXT NOT NULL, dn_seq {self.db.bigint} NOT NULL DEFAULT 0)"], REGISTRY_VERSION)
+            f" kind TEXT NOT NULL, board TEXT NOT NULL, dn_seq {self.db.bigint} NOT NULL DEFAULT 0,"
+            f" status TEXT NOT NULL DEFAULT 'active')"], REGISTRY_VERSION)
 
     def add(self, device_id: str, key: bytes, kind: str, board: str, key_version: int = 1) -> Device:
         if not DEVICE_ID.fullmatch(device_id):
@@ -71,16 +78,30 @@ class Registry:
         return Device(device_id, key, key_version, kind, board)
 
     def get(self, device_id: str) -> Device:
-        rows = self.db._read("SELECT device_id, key, key_version, kind, board FROM devices WHERE device_id=?",
+        rows = self.db._read("SELECT device_id, key, key_version, kind, board, status FROM devices WHERE device_id=?",
                              (device_id,))
         if not rows:
             raise RegistryError(f"unknown device {device_id!r}")
         r = rows[0]
-        return Device(r[0], bytes(r[1]), r[2], r[3], r[4])
+        return Device(r[0], bytes(r[1]), r[2], r[3], r[4], r[5])
 
     def devices(self) -> list[Device]:
-        rows = self.db._read("SELECT device_id, key, key_version, kind, board FROM devices ORDER BY device_id")
-        return [Device(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
+        rows = self.db._read("SELECT device_id, key, key_version, kind, board, status FROM devices ORDER BY device_id")
+        return [Device(r[0], bytes(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def set_status(self, device_id: str, status: str) -> Device:
+        """Mark a device revoked (the cloud then refuses to command it and quarantines its records)
+        or decommissioned; its key is kept, verify-only, so what it journaled can still be audited."""
+        if status not in STATUSES:
+            raise RegistryError(f"status is one of {', '.join(STATUSES)}")
+        db = self.db
+
+        def run(cur) -> int:
+            cur.execute(db._sql("UPDATE devices SET status=? WHERE device_id=?"), (status, device_id))
+            return cur.rowcount
+        if db._write(run) != 1:
+            raise RegistryError(f"unknown device {device_id!r}")
+        return self.get(device_id)
 
     def next_seq(self, device_id: str) -> int:
         """Take the next cloud->device sequence number (atomic across threads, processes and, on

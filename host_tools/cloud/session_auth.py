@@ -44,6 +44,10 @@ class AuthFlows(ServiceCore):
             self.refused["unknown_device"] += 1
             log.warning("request from an unknown device on %s: %s", topic, e)
             return
+        if not dev.active:  # revoked or decommissioned: authentic, but nothing it asks is granted
+            self.refused[f"device_{dev.status}"] += 1
+            log.warning("request from %s device %s refused", dev.status, device)
+            return
         self._pool.submit(self._handle_safe, device, dev.kind, msg)
 
     def _handle_safe(self, device: str, kind: str, msg: dict) -> None:

@@ -297,6 +297,15 @@ class SessionService(AuthFlows, Settlement):
         with self._lock:
             self.store.save_session(s)
 
+    def device_revoked(self, device: str) -> list[SessionState]:
+        """Flag every open session of a revoked device (`device_revoked`) for an operator: its
+        records still settle as they arrive (quarantined ones do not); the open ones need a look."""
+        with self._lock:
+            known = [s for s in self.store.sessions() if s.device == device and not s.closed]
+        for s in known:
+            self._flag("device_revoked", s, "the device was revoked with this session open")
+        return known
+
     def _flag(self, kind: str, s: SessionState, detail: str, **kw: Any) -> None:
         with self._lock:
             key = (s.device, s.sid, kind)
