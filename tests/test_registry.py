@@ -142,3 +142,80 @@ def test_a_registry_file_from_before_versioning_is_migrated(tmp_path):
         assert reg.db.schema_version("registry") == REGISTRY_VERSION
     finally:
         reg.close()
+
+
+def test_keys_at_rest_are_sealed_under_the_master_key(url, tmp_path):
+    from host_tools.cloud.keyvault import KeyVault, write_master_key
+    master = write_master_key(tmp_path / "master.key")
+    key = os.urandom(32)
+    reg = Registry(url, master_key=master)
+    try:
+        reg.add("gate-1", key, "gate", "sim-gate")
+        blob = bytes(reg.db._read("SELECT key FROM devices WHERE device_id='gate-1'")[0][0])
+        assert blob.startswith(b"EPK1") and key not in blob      # a copy of the database is no key
+        assert reg.get("gate-1").key == key and reg.devices()[0].key == key
+    finally:
+        reg.close()
+    for master_key, says in [(None, "sealed under a master key"), (os.urandom(32), "another master key")]:
+        other = Registry(url, master_key=master_key)
+        try:
+            with pytest.raises(RegistryError, match=says):
+                other.get("gate-1")
+        finally:
+            other.close()
+    # a sealed key moved to another device's row does not open
+    reg = Registry(url, master_key=master)
+    try:
+        reg.add("gate-2", os.urandom(32), "gate", "sim-gate")
+        reg.db._write(lambda cur: cur.execute(reg.db._sql("UPDATE devices SET key=? WHERE device_id='gate-2'"), (blob,)))
+        with pytest.raises(RegistryError, match="does not open"):
+            reg.get("gate-2")
+        reg.db._write(lambda cur: cur.execute(reg.db._sql("DELETE FROM devices WHERE device_id='gate-2'")))
+        # rotation: everything resealed under a new master key in one transaction
+        new = os.urandom(32)
+        assert reg.reseal(KeyVault(new)) == 1
+    finally:
+        reg.close()
+    rotated = Registry(url, master_key=new)
+    try:
+        assert rotated.get("gate-1").key == key
+    finally:
+        rotated.close()
+
+
+def test_a_plain_registry_is_sealed_and_the_cli_does_it(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from host_tools.cli import cli
+    path = tmp_path / "registry.db"
+    key = os.urandom(32)
+    plain = Registry(path)
+    plain.add("gate-1", key, "gate", "sim-gate")
+    plain.close()
+
+    def edgepay(*args, env=None):
+        r = CliRunner().invoke(cli, ["--json", "--registry", str(path), *args], catch_exceptions=False, env=env or {})
+        assert "Traceback" not in r.output
+        return r
+    mk = tmp_path / "keys" / "master.key"
+    r = edgepay("registry", "master-keygen", "--out", str(mk))
+    assert r.exit_code == 0 and (mk.stat().st_mode & 0o777) == 0o600, r.output
+    r = edgepay("registry", "reseal", "--new-master-key-file", str(mk))
+    assert r.exit_code == 0 and json.loads(r.stdout)["resealed"] == 1, r.output
+    with pytest.raises(RegistryError, match="EDGEPAY_MASTER_KEY_FILE"):
+        Registry(path).get("gate-1")
+    from host_tools.cloud.keyvault import read_master_key
+    assert Registry(path, master_key=read_master_key(mk)).get("gate-1").key == key
+    # the CLI reads the master key from the environment, as every cloud worker does
+    mk2 = tmp_path / "keys" / "master2.key"
+    edgepay("registry", "master-keygen", "--out", str(mk2))
+    r = edgepay("registry", "reseal", "--new-master-key-file", str(mk2), env={"EDGEPAY_MASTER_KEY_FILE": str(mk)})
+    assert r.exit_code == 0, r.output
+    assert Registry(path, master_key=read_master_key(mk2)).get("gate-1").key == key
+    r = edgepay("registry", "reseal", "--new-master-key-file", str(mk2))   # no current master key given
+    assert r.exit_code == 1 and "sealed under a master key" in r.stdout
+    os.chmod(mk2, 0o644)
+    r = edgepay("registry", "reseal", "--new-master-key-file", str(mk2), env={"EDGEPAY_MASTER_KEY_FILE": str(mk2)})
+    assert r.exit_code == 1 and "readable by others" in r.stdout

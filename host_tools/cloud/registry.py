@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools.cloud.keyvault import KeyVault, VaultError, master_key_from_env
 from host_tools.cloud.ledger_db import Database
 
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -49,8 +50,12 @@ class Registry:
     counter: next_seq() is one UPDATE ... RETURNING, atomic across threads, processes and hosts.
     Safe to share between threads (the connection's lock)."""
 
-    def __init__(self, path: str | Path = ":memory:"):
+    def __init__(self, path: str | Path = ":memory:", master_key: bytes | None = None):
+        """master_key (32 bytes; default: the file named by EDGEPAY_MASTER_KEY_FILE, if set): device
+        keys are stored sealed under it (AES-256-GCM, keyvault.py); without one they are stored as
+        they are and a sealed one cannot be read."""
         self.path = str(path)
+        self.vault = KeyVault(master_key if master_key is not None else master_key_from_env())
         self.db = _connect(self.path)
         self.db.ensure_schema("registry", [
             f"CREATE TABLE IF NOT EXISTS devices ("
@@ -71,7 +76,8 @@ class Registry:
 
         def run(cur) -> int:
             cur.execute(db._sql("INSERT INTO devices (device_id, key, key_version, kind, board) VALUES (?,?,?,?,?) "
-                                "ON CONFLICT (device_id) DO NOTHING"), (device_id, key, key_version, kind, board))
+                                "ON CONFLICT (device_id) DO NOTHING"),
+                        (device_id, self.vault.seal(key, device_id, key_version), key_version, kind, board))
             return cur.rowcount
         if db._write(run) != 1:
             raise RegistryError(f"device {device_id!r} is already registered")
@@ -82,12 +88,37 @@ class Registry:
                              (device_id,))
         if not rows:
             raise RegistryError(f"unknown device {device_id!r}")
-        r = rows[0]
-        return Device(r[0], bytes(r[1]), r[2], r[3], r[4], r[5])
+        return self._device(rows[0])
+
+    def _device(self, r: tuple) -> Device:
+        try:
+            key = self.vault.open(bytes(r[1]), r[0], r[2])
+        except VaultError as e:
+            raise RegistryError(str(e)) from None
+        return Device(r[0], key, r[2], r[3], r[4], r[5])
 
     def devices(self) -> list[Device]:
         rows = self.db._read("SELECT device_id, key, key_version, kind, board, status FROM devices ORDER BY device_id")
-        return [Device(r[0], bytes(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+        return [self._device(r) for r in rows]
+
+    def reseal(self, new: "KeyVault") -> int:
+        """Store every device key sealed under `new` (from plaintext or from this registry's master
+        key: a first encryption, or a rotation of the master key); one transaction; how many."""
+        db = self.db
+
+        def run(cur) -> int:
+            cur.execute(db._sql("SELECT device_id, key, key_version FROM devices"))
+            rows = cur.fetchall()
+            for dev, blob, ver in rows:
+                try:
+                    plain = self.vault.open(bytes(blob), dev, ver)
+                except VaultError as e:
+                    raise RegistryError(str(e)) from None
+                cur.execute(db._sql("UPDATE devices SET key=? WHERE device_id=?"), (new.seal(plain, dev, ver), dev))
+            return len(rows)
+        n = db._write(run)
+        self.vault = new
+        return n
 
     def set_status(self, device_id: str, status: str) -> Device:
         """Mark a device revoked (the cloud then refuses to command it and quarantines its records)
