@@ -77,7 +77,7 @@ def test_json_failure_console_script(tmp_path):
 def test_cmd_help_lists_commands_and_arguments():
     r = invoke("cmd", "--help")
     assert r.exit_code == 0
-    from host_tools.cli.cmdspec import COMMANDS
+    from host_tools.cloud.cmdspec import COMMANDS
     for name in COMMANDS:
         assert f"  {name} " in r.stdout, name
     assert "1:target" in r.stdout and "3?:hold_s" in r.stdout and "2:cur" in r.stdout
@@ -100,7 +100,7 @@ def test_cmd_refuses_unknown_names_and_bad_args_before_anything():
     obj = json_failure("cmd", "gate-1", "reboot", "delay=5", code=2, name="usage", env=env)
     assert "1?:delay_s" in obj["error"]
     # by name or by key, and --unchecked passes a name the table does not know: on to the registry
-    from host_tools.cli.cmdspec import check
+    from host_tools.cloud.cmdspec import check
     assert check("open", {"target": 1, "hold_s": 5}) == {1: 1, 3: 5}
     assert check("cancel_session", {1: 42}) == {1: "42"}
     r = invoke("cmd", "gate-1", "future_cmd", "--unchecked", env=env)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "host_tools"
-RANK = {"protocol": 0, "base": 1, "cloud": 2, "sim": 3, "cli": 4}
+RANK = {"protocol": 0, "base": 1, "cloud": 2, "sim": 3, "service": 3, "cli": 4}
 
 
 def _name(p: Path) -> str:

@@ -15,7 +15,7 @@ import threading
 
 import click
 
-from host_tools.cli import cmdspec
+from host_tools.cloud import cmdspec
 from host_tools.cli.common import EXIT_USAGE, Ctx, fail
 
 EXIT_HALTED, EXIT_LIVE = 5, 6

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from host_tools.cli import cmdspec
+from host_tools.cloud import cmdspec
 from host_tools.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, Ctx, fail
 
 OUTCOME_EXIT = {"SUCCEEDED": 0, "FAILED": 10, "REJECTED": 11, "TIMED_OUT": 12, "EXPIRED": 13}

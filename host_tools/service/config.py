@@ -1,0 +1,107 @@
+"""The service's configuration: a TOML file, then environment overrides (a container or a systemd
+unit sets those), then defaults. Secrets never sit in the file: the broker password and the API
+token come from the environment variables the file names.
+
+    [broker]   host, port, user, password_env, engine, ca_file
+    [store]    registry (a SQLite path or postgresql:// URL), ledger (the same forms)
+    [http]     host, port, token_env (a bearer token for /v1; unset: no token asked)
+    [parts]    ingest, time, campaigns, api (booleans), ingest_group
+Environment: EDGEPAY_BROKER (host:port), EDGEPAY_MQTT_USER, EDGEPAY_MQTT_PASSWORD,
+EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_HTTP (host:port).
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PARTS = ("ingest", "time", "campaigns", "api")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ServiceConfig:
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1884
+    user: str = "cloud"
+    password_env: str = "EDGEPAY_MQTT_PASSWORD"
+    engine: str = "mosquitto"
+    ca_file: str | None = None
+    registry: str = "edgepay/registry.db"
+    ledger: str = "edgepay/ledger.db"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    token_env: str | None = None
+    parts: dict[str, bool] = field(default_factory=lambda: {p: True for p in PARTS})
+    ingest_group: str | None = "ingest"
+
+    @property
+    def password(self) -> str:
+        pw = os.environ.get(self.password_env)
+        if not pw:
+            raise ConfigError(f"no broker password: set {self.password_env}")
+        return pw
+
+    @property
+    def token(self) -> str | None:
+        if not self.token_env:
+            return None
+        tok = os.environ.get(self.token_env)
+        if not tok:
+            raise ConfigError(f"[http] token_env names {self.token_env}, which is not set")
+        return tok
+
+
+def _hostport(v: str, what: str) -> tuple[str, int]:
+    host, _, port = v.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: HOST:PORT, not {v!r}")
+    return host, int(port)
+
+
+def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceConfig:
+    """The file (if any), then the environment; ConfigError naming the bad key."""
+    env = dict(os.environ if env is None else env)
+    c = ServiceConfig()
+    if path is not None:
+        try:
+            doc = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        known = {"broker": {"host", "port", "user", "password_env", "engine", "ca_file"},
+                 "store": {"registry", "ledger"}, "http": {"host", "port", "token_env"},
+                 "parts": {*PARTS, "ingest_group"}}
+        for sec, keys in doc.items():
+            if sec not in known or not isinstance(keys, dict):
+                raise ConfigError(f"{path}: unknown section [{sec}] (known: {', '.join(known)})")
+            bad = set(keys) - known[sec]
+            if bad:
+                raise ConfigError(f"{path}: unknown key(s) in [{sec}]: {', '.join(sorted(bad))}")
+        b, s, h, p = (doc.get(k, {}) for k in ("broker", "store", "http", "parts"))
+        c.broker_host, c.broker_port = b.get("host", c.broker_host), int(b.get("port", c.broker_port))
+        c.user, c.password_env = b.get("user", c.user), b.get("password_env", c.password_env)
+        c.engine, c.ca_file = b.get("engine", c.engine), b.get("ca_file", c.ca_file)
+        c.registry, c.ledger = s.get("registry", c.registry), s.get("ledger", c.ledger)
+        c.http_host, c.http_port = h.get("host", c.http_host), int(h.get("port", c.http_port))
+        c.token_env = h.get("token_env", c.token_env)
+        for part in PARTS:
+            if part in p:
+                if not isinstance(p[part], bool):
+                    raise ConfigError(f"{path}: [parts] {part} is true or false")
+                c.parts[part] = p[part]
+        c.ingest_group = p.get("ingest_group", c.ingest_group) or None
+    if "EDGEPAY_BROKER" in env:
+        c.broker_host, c.broker_port = _hostport(env["EDGEPAY_BROKER"], "EDGEPAY_BROKER")
+    if "EDGEPAY_HTTP" in env:
+        c.http_host, c.http_port = _hostport(env["EDGEPAY_HTTP"], "EDGEPAY_HTTP")
+    c.user = env.get("EDGEPAY_MQTT_USER", c.user)
+    c.engine = env.get("EDGEPAY_BROKER_ENGINE", c.engine)
+    c.registry = env.get("EDGEPAY_REGISTRY", c.registry)
+    c.ledger = env.get("EDGEPAY_LEDGER", c.ledger)
+    return c

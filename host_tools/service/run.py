@@ -1,0 +1,115 @@
+"""The service's parts, started from one ServiceConfig: ingest (a worker in the config's group),
+the time responder, the campaign runner, and the HTTP API on uvicorn. `only` starts a subset, so
+N of each run on N machines against one PostgreSQL (ingest in a shared group; the registry's
+counter and the campaigns' conditional starts are safe across processes).
+
+    svc = Service(load("edgepay.toml")).start()     # .url once the API listens
+    ...
+    svc.stop()
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Iterable
+
+import uvicorn
+
+from host_tools.cloud.commands import CommandClient
+from host_tools.cloud.ingest import IngestWorker
+from host_tools.cloud.ledger_open import open_ledger
+from host_tools.cloud.mqtt import BrokerSettings
+from host_tools.cloud.registry import Registry
+from host_tools.cloud.rollout import CommandAction, Rollouts
+from host_tools.cloud.rollout_store import RolloutStore
+from host_tools.service.api import make_app
+from host_tools.service.config import PARTS, ConfigError, ServiceConfig
+
+log = logging.getLogger("edgepay.serve")
+
+
+class Service:
+    def __init__(self, cfg: ServiceConfig, only: Iterable[str] | None = None):
+        parts = set(only) if only else {p for p, on in cfg.parts.items() if on}
+        bad = parts - set(PARTS)
+        if bad:
+            raise ConfigError(f"unknown part(s) {', '.join(sorted(bad))}: one of {', '.join(PARTS)}")
+        self.cfg, self.parts = cfg, parts
+        self.broker = BrokerSettings(cfg.broker_host, cfg.broker_port, cfg.user, cfg.password,
+                                     ca_file=cfg.ca_file, engine=cfg.engine)
+        self.token = cfg.token if "api" in parts else None
+        self.registry: Registry | None = None
+        self.client: CommandClient | None = None
+        self.ingest: IngestWorker | None = None
+        self._ledger = self._rollouts = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: uvicorn.Server | None = None
+        self.url: str | None = None
+
+    def start(self, timeout: float = 15.0) -> "Service":
+        cfg = self.cfg
+        self.registry = Registry(cfg.registry)
+        if self.parts & {"api", "time", "campaigns"}:
+            self.client = CommandClient(self.registry, self.broker).connect(timeout)
+            if "time" in self.parts:
+                self.client.serve_time()
+        if "ingest" in self.parts:
+            self._ledger = open_ledger(cfg.ledger)
+            self.ingest = IngestWorker(self.registry, self._ledger, self.broker, group=cfg.ingest_group).start(timeout)
+        if self.parts & {"campaigns", "api"}:
+            self._rollouts = RolloutStore.open(cfg.ledger)
+        if "campaigns" in self.parts:
+            assert self.client is not None and self._rollouts is not None
+            ro = Rollouts(self._rollouts, {"command": CommandAction(self.client)})
+            t = threading.Thread(target=ro.run, args=(self._stop,), name="campaigns", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if "api" in self.parts:
+            assert self.client is not None
+            ingest = self.ingest
+            app = make_app(self.registry, self.client, rollouts=self._rollouts, token=self.token,
+                           ready=self.not_ready, ingest_stats=(lambda: ingest.stats) if ingest else None)
+            self._server = uvicorn.Server(uvicorn.Config(app, host=cfg.http_host, port=cfg.http_port,
+                                                         log_level="warning", lifespan="off"))
+            t = threading.Thread(target=self._server.run, name="http", daemon=True)
+            t.start()
+            self._threads.append(t)
+            deadline = time.monotonic() + timeout
+            while not self._server.started:
+                if not t.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the HTTP server did not start on {cfg.http_host}:{cfg.http_port}")
+                time.sleep(0.02)
+            port = self._server.servers[0].sockets[0].getsockname()[1] if cfg.http_port == 0 else cfg.http_port
+            self.url = f"http://{cfg.http_host}:{port}"
+        log.info("edgepay serve: %s", ", ".join(sorted(self.parts)))
+        return self
+
+    def not_ready(self) -> list[str]:
+        out = []
+        if self.client is not None and not self.client.mqtt.client.is_connected():
+            out.append("broker: the command connection is down")
+        if self.ingest is not None and not self.ingest._mq.client.is_connected():
+            out.append("broker: the ingest connection is down")
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        for t in self._threads:
+            t.join(10)
+        if self.ingest is not None:
+            self.ingest.stop()
+        if self.client is not None:
+            self.client.close()
+        for x in (self._ledger, self._rollouts, self.registry):
+            if x is not None:
+                x.close()
+
+    def __enter__(self) -> "Service":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
