@@ -133,3 +133,38 @@ def test_the_serve_process_says_ready_and_ends_on_sigterm(site, tmp_path):
     r = subprocess.run([sys.executable, "-m", "host_tools.cli", "serve", "--config", str(tmp_path / "none.toml")],
                        cwd=ROOT, capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_systemd_unit_verifies_and_the_container_recipe_runs(site, tmp_path):
+    """No container image can be pulled here and no unit installed: the unit passes
+    `systemd-analyze verify` with its ExecStart pointed at this virtualenv, and the recipe's CMD is
+    run in the virtualenv against a real config (it says ready)."""
+    import re
+    import shlex
+    import shutil
+    from host_tools.broker import free_port
+    unit = (ROOT / "docs" / "deploy" / "edgepay.service").read_text()
+    exe = ROOT / ".venv" / "bin" / "edgepay"
+    if shutil.which("systemd-analyze"):
+        u = tmp_path / "edgepay.service"
+        u.write_text(unit.replace("/opt/edgepay/.venv/bin/edgepay", str(exe)))
+        r = subprocess.run(["systemd-analyze", "verify", str(u)], capture_output=True, text=True)
+        assert r.returncode == 0 and "edgepay.service" not in r.stderr, r.stderr
+    recipe = (ROOT / "docs" / "deploy" / "Containerfile").read_text()
+    [cmd] = re.findall(r"^CMD (\[.*\])$", recipe, re.M)
+    argv = json.loads(cmd)
+    assert argv[:2] == ["edgepay", "serve"] and "--config" in argv
+    for src in re.findall(r"^COPY (\S+) ", recipe, re.M):
+        for part in src.split():
+            assert (ROOT / part).exists(), part
+    cfg = write_config(tmp_path, site, port=free_port(), campaigns=False)
+    argv[argv.index("--config") + 1] = str(cfg)
+    env = {**os.environ, "TEST_MQTT_PW": CLOUD[1], "TEST_API_TOKEN": "x"}
+    p = subprocess.Popen([str(exe), *argv[1:]], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("ready http://"), (line, shlex.join(argv))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 0
