@@ -371,18 +371,12 @@ class MQTTClient:
 
     # ---- reading ------------------------------------------------------------------------
     async def _fill(self, st, mv):
-        # The socket first, the poller only when it is empty: Stream.readinto always waits on the
-        # poller, one trip through the scheduler per read, three for every packet (head, length,
-        # body), most of a command's time on the device.
-        s = st.s
         off = 0
         n = len(mv)
         while off < n:
-            k = s.readinto(mv[off:])
-            if k is None:
-                k = await st.readinto(mv[off:])
-                if k is None:  # TLS: record not complete yet
-                    continue
+            k = await st.readinto(mv[off:])
+            if k is None:  # TLS: record not complete yet
+                continue
             if not k:
                 raise OSError(ECONNRESET)
             off += k
