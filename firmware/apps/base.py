@@ -369,7 +369,6 @@ class Machine:
     transition and returns the next state. State and its data are persisted at every transition,
     so after a power cut the unit resumes where the last committed transition left it."""
     _timer = _tstate = table = None  # _timer, _tstate: set on an instance only while it has a timer
-    i = 0                    # a rental slot's index
 
     def __init__(self, app, name, table, initial):
         # name, table: None when a subclass has them as class attributes or a property (RAM x machines)

@@ -91,8 +91,9 @@ class _Watched:
     def __init__(self, name):
         self.name = name
 
-    def on_change(self, cb):
-        self._cbs = (self._cbs or ()) + (cb,)  # a tuple: half a list's RAM, and set up once
+    def on_change(self, cb, t=None):
+        t = t or (cb,)  # t: one tuple shared by a group's members
+        self._cbs = self._cbs + t if self._cbs else t  # a tuple: half a list's RAM, and set up once
 
     def _changed(self, v):
         if self._ev is not None:
@@ -220,9 +221,10 @@ class Periph:
         """Inputs call cb(value), scanners cb(text), scales cb(grams); a group calls cb(index, value)."""
         d = self.get(name)
         if isinstance(d, list):
+            t = (cb,)
             for i, m in enumerate(d):
                 m.gi = i  # a member calls its group's callbacks with its index: no closure each
-                m.on_change(cb)
+                m.on_change(cb, t)
         else:
             d.on_change(cb)
 

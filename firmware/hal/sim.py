@@ -84,6 +84,7 @@ class SimLink:
                     if getattr(d, "KIND", None) == "out":
                         out[d.name] = d.state
                 self._send({"t": "hello", "board": self.board, "out": out})
+                out = None  # else held by this frame for the whole connection
                 down = asyncio.Event()
                 r = asyncio.create_task(self._reader(st, down))
                 w = asyncio.create_task(self._writer(st, down))
