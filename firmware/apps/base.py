@@ -368,14 +368,16 @@ class Machine:
     """An explicit state machine: TABLE maps (state, event) -> method name; the method runs the
     transition and returns the next state. State and its data are persisted at every transition,
     so after a power cut the unit resumes where the last committed transition left it."""
-    _timer = _tstate = None  # set on an instance only while it has a timer (RAM x machines)
-    i = 0                    # a rental slot's index
+    _timer = _tstate = table = None  # _timer, _tstate: set on an instance only while it has a timer
 
     def __init__(self, app, name, table, initial):
+        # name, table: None when a subclass has them as class attributes or a property (RAM x machines)
         self.app = app
-        self.name = name
-        self.table = table
-        saved = store.read("m_" + name, None)
+        if name:
+            self.name = name
+        if table:
+            self.table = table
+        saved = store.read("m_" + self.name, None)
         self.state, self.data = (saved[0], saved[1]) if saved else (initial, {})
 
     def later(self, ms, state, event="timeout"):

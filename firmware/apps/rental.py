@@ -29,6 +29,18 @@ TABLE = {
 }
 
 
+class Slot(Machine):
+    table = TABLE
+
+    def __init__(self, app, i):
+        self.i = i  # its slot (an attribute, not a key in every slot's data: RAM x slots)
+        super().__init__(app, None, None, "stocked")  # a station is installed stocked
+
+    @property
+    def name(self):  # made when needed: a "slot%d" string kept per slot was RAM x slots
+        return "slot%d" % self.i
+
+
 class RentalApp(SessionApp):
     NKEY = "rent_n"
 
@@ -37,8 +49,7 @@ class RentalApp(SessionApp):
         self.nslots = len(hw.get("slots"))
         self.stock = store.read("stock", None) or {}  # slot -> the item's tag, learnt when it was put in
         self.out = store.read("rentals", None) or {}  # item tag -> [sid, payer, t0, auth, offline]
-        self.slots = [Machine(self, "slot%d" % i, TABLE, "stocked")  # a station is installed stocked
-                      for i in range(self.nslots)]
+        self.slots = [Slot(self, i) for i in range(self.nslots)]
 
     def _present(self, i):
         return self.hw.get("slots")[i].value
@@ -50,8 +61,7 @@ class RentalApp(SessionApp):
         return self.stock.get(str(i)) or "%s-item%d" % (self.ctx.device, i)
 
     def start(self):
-        for i, m in enumerate(self.slots):
-            m.i = i  # its slot (an attribute, not a key in every slot's data: RAM x slots)
+        for m in self.slots:
             self._resume(m)
         self.hw.on("slots", lambda i, v: self._slot(self.slots[i], v))
         self.hw.on("qr", self._scan)

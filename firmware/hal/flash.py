@@ -78,4 +78,4 @@ def mount_fs(board_cfg):
     if not ON_VM:
         return ""
     from hal import simflash
-    return simflash.mount_fs(board_cfg.get("flash") or {}, _mount)
+    return simflash.mount_fs(board_cfg.get("flash") or {}, _mount, board_cfg.get("mcu") or "")

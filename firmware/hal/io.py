@@ -17,13 +17,21 @@ def _call(cbs, *a):
             print("hal: handler error", repr(e))
 
 
+def _name(d):
+    # a group member keeps its group's name and its index (gi): its own ("locks.3") is made when
+    # needed, not kept (a string each: ~1 KB for a rental's 16 slot members)
+    return d._g if d.gi is None else "%s.%d" % (d._g, d.gi)
+
+
 class Output:
     """Two-state actuator (relay). drv.write(dev, 0|1) drives the hardware."""
     KIND = "out"
     STATES = ("off", "on")
+    gi = None
+    name = property(_name)
 
     def __init__(self, name, drv):
-        self.name = name
+        self._g = name
         self._drv = drv
         self.state = self.STATES[0]
 
@@ -87,12 +95,14 @@ class _Watched:
     The callback list and the Event are made on first use: 8 slot sensors nobody awaits cost less."""
 
     _cbs = _ev = gi = None  # made on first use, on the instance; gi: index in its group
+    name = property(_name)
 
     def __init__(self, name):
-        self.name = name
+        self._g = name
 
-    def on_change(self, cb):
-        self._cbs = (self._cbs or ()) + (cb,)  # a tuple: half a list's RAM, and set up once
+    def on_change(self, cb, t=None):
+        t = t or (cb,)  # t: one tuple shared by a group's members
+        self._cbs = self._cbs + t if self._cbs else t  # a tuple: half a list's RAM, and set up once
 
     def _changed(self, v):
         if self._ev is not None:
@@ -209,8 +219,12 @@ class Periph:
 
     def get(self, name):
         d = self.all.get(name)
-        if d is None:
-            raise KeyError("no peripheral '" + name + "' on " + self.board.name)
+        if d is None:  # a group member, "locks.3"
+            g, _, i = name.partition(".")
+            g = self.all.get(g)
+            if type(g) is not list or not i.isdigit() or int(i) >= len(g):
+                raise KeyError("no peripheral '" + name + "' on " + self.board.name)
+            d = g[int(i)]
         return d
 
     def value(self, name):
@@ -220,9 +234,9 @@ class Periph:
         """Inputs call cb(value), scanners cb(text), scales cb(grams); a group calls cb(index, value)."""
         d = self.get(name)
         if isinstance(d, list):
-            for i, m in enumerate(d):
-                m.gi = i  # a member calls its group's callbacks with its index: no closure each
-                m.on_change(cb)
+            t = (cb,)
+            for m in d:  # a member calls its group's callbacks with its index (gi): no closure each
+                m.on_change(cb, t)
         else:
             d.on_change(cb)
 
@@ -252,7 +266,7 @@ def build(board, loop=None, sim=None):
     p = Periph(board)
     if board.sim:
         from hal.sim import SimLink
-        f = p.link = SimLink(board.name, sim, p.all)
+        f = p.link = SimLink(board.name, sim, p)
     else:
         from hal import ON_VM
         if ON_VM and board.peripherals:
@@ -262,9 +276,9 @@ def build(board, loop=None, sim=None):
         f = Factory()
     for name, spec in board.peripherals.items():
         if "pins" in spec:
-            g = [_make(f, name + "." + str(i), spec, pin) for i, pin in enumerate(spec["pins"])]
-            for d in g:
-                p.all[d.name] = d
+            g = [_make(f, name, spec, pin) for pin in spec["pins"]]
+            for i, d in enumerate(g):
+                d.gi = i
             p._add(name, g)
         else:
             p._add(name, _make(f, name, spec, spec.get("pin")))

@@ -28,7 +28,7 @@ class SimLink:
         cfg = cfg or {}
         self.host = cfg.get("host", "127.0.0.1")
         self.port = cfg.get("port")
-        self.devs = devs  # name -> device (the Periph's table)
+        self.p = devs  # the Periph: its devices by name
         self.up = False
         self.q = []
         self._ev = asyncio.Event()
@@ -36,20 +36,14 @@ class SimLink:
         self._rx = bytearray(RXBUF)
 
     # ---- the factory side (hal.io.build asks these) -------------------------------------------
-    def out(self, spec, pin):
+    def out(self, *a):  # out(spec, pin), display(spec): the link drives them
         return self
 
-    def inp(self, dev, spec, pin):
+    def inp(self, dev, *a):  # inp(dev, spec, pin), scanner(dev, spec), scale(dev, spec): the link feeds them
         return dev
 
-    def scanner(self, dev, spec):
-        return dev
-
-    def scale(self, dev, spec):
-        return dev
-
-    def display(self, spec):
-        return self
+    display = out
+    scanner = scale = inp
 
     def tasks(self):
         return [self.run()] if self.port else []
@@ -80,10 +74,12 @@ class SimLink:
                 self.q = []
                 self.up = True
                 out = {}
-                for d in self.devs.values():
-                    if getattr(d, "KIND", None) == "out":
-                        out[d.name] = d.state
+                for g in self.p.all.values():
+                    for d in g if type(g) is list else (g,):
+                        if getattr(d, "KIND", None) == "out":
+                            out[d.name] = d.state
                 self._send({"t": "hello", "board": self.board, "out": out})
+                out = None  # else held by this frame for the whole connection
                 down = asyncio.Event()
                 r = asyncio.create_task(self._reader(st, down))
                 w = asyncio.create_task(self._writer(st, down))
@@ -168,7 +164,10 @@ class SimLink:
             self.bad += 1
             print("sim bad line")
             return
-        d = self.devs.get(name)
+        try:
+            d = self.p.get(name)
+        except Exception:  # unknown (or not a name at all)
+            d = None
         kind = getattr(d, "KIND", None)
         if t == "in" and kind == "in" and v in (0, 1):
             d._set(v)

@@ -162,11 +162,14 @@ def journal_dev(fc):
     return Part(chip, 0, fc.get("blocks", 128)) if chip else _chip(fc, 0)
 
 
-def mount_fs(fc, mount):
-    """The board's main filesystem, after the journal's region (VfsLfs2 with the journal's read and
-    program sizes: littlefs scans its logs in reads of that size, and reads are the sim's cost)."""
+def mount_fs(fc, mount, mcu=""):
+    """The board's main filesystem, after the journal's region. On an ESP32 it stands in for the
+    root littlefs, mounted with MicroPython's defaults (readsize = progsize = 32: its caches, 4 x
+    that each, and every open file's are 128 B; the journal's 128/16 made them 512 B, ~1 KB of
+    heap more than the board holds). Other boards keep the journal's read and program sizes."""
     global chip
     from hal import reset
     c = chip = _chip(fc, FS_BLOCKS)
     c.on_cut = reset.power_off  # pyright: ignore[reportAttributeAccessIssue]  (a cut kills the whole board)
-    return mount(Part(c, fc.get("blocks", 128), FS_BLOCKS), 128, 16, "/fs") + "/"
+    rs, ps = (32, 32) if mcu[:5] == "esp32" else (128, 16)
+    return mount(Part(c, fc.get("blocks", 128), FS_BLOCKS), rs, ps, "/fs") + "/"
