@@ -1,4 +1,4 @@
-# Entry point, unchanged on a board and on the unix VM: load the provisioned config, run the agent.
+# Entry point (a board and the unix VM alike): load the config, run the agent.
 import asyncio
 import sys
 
@@ -10,22 +10,22 @@ def main():
     try:
         cfg = config.load()
     except config.ConfigError as e:
-        # A bad or missing config stops here with a clear message; it must not boot-loop.
+        # a bad or missing config stops here, clearly: never a boot loop
         print("config error:", e)
         reset.halt(reset.EXIT_CONFIG)
         return
     import board
-    board.boot(cfg)  # a wrong or incomplete board file stops here too, naming the field
+    board.boot(cfg)  # a bad board file stops here too, naming the field
     import store
     from hal import flash
     store.ROOT = flash.mount_fs(cfg["board"])  # state on flash, before anything reads it
     try:
-        from net import up  # Wi-Fi, then NTP for TLS, before the agent connects (not on sim boards)
+        from net import up  # Wi-Fi, then NTP for TLS (not on sim boards)
         up(cfg)
     except ImportError:
         pass
     if "" not in sys.path:
-        sys.path.append("")  # apps named in the config may live beside it on flash
+        sys.path.append("")  # apps may live beside the config
     import agent
     a = agent.Agent(cfg)
     try:

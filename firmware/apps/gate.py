@@ -170,23 +170,15 @@ class GateApp(SessionApp):
     def t_entry_paid(self, m, auth):
         return self._enter(m, m.data["plate"], m.data["plate"], m.data["t0"], auth, False)
 
-    def _room(self):
-        try:
-            return os.statvfs(store.ROOT or "/")[3] >= FREE_MIN
-        except OSError:
-            return True  # cannot tell: the park write itself will say
-
     def _enter(self, m, plate, payer, t0, auth, offline):
         m.data.update(auth=auth, off=offline)  # what a resume needs to park the car
         # Parked before the record: an entry on flash always has its car parked (else its exit
         # would pay the lost-ticket price), and a full state fs refuses the car before any record.
-        try:
-            if not self._room():
+        try:  # a state fs that cannot say how full it is counts as full: fail closed
+            if os.statvfs(store.ROOT or "/")[3] < FREE_MIN:
                 raise OSError(28)
             self._park(plate, [m.data["sid"], payer, t0, auth, offline])
-        except OSError as e:
-            self._unpark(plate)
-            print("park refused:", repr(e))
+        except OSError:
             self.say("Car park full")
             self.ctx.alarm("park_full", {"plate": plate})
             return "idle"
