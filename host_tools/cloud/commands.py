@@ -114,6 +114,7 @@ class CommandClient:
         self.time_server: TimeServer | None = None
         self.mqtt = CloudMQTT(broker)
         self._pending: dict[bytes, Command] = {}
+        self._keys: dict[str, Device] = {}  # device -> as read at its last submit (results verify with it)
         # (time it may be forgotten, cti), soonest first: pruning pops only what is due, never
         # scans the rest (a scan per command grew with every command kept: 6 ms each at 3,000)
         self._forget: list[tuple[float, bytes]] = []
@@ -139,20 +140,28 @@ class CommandClient:
     # -- sending
     def submit(self, device: str, name: str, args: dict | None = None, *, ttl: int = 60,
                nbf: int | None = None, publish_timeout: float = 10.0) -> Command:
+        """Sign and send; returns once the broker has the command (SENT) or `publish_timeout`."""
+        cmd, info = self._submit(device, name, args, ttl, nbf)
+        if self.mqtt.wait_published(info, publish_timeout):
+            self._sent(cmd)
+        return cmd
+
+    def _submit(self, device: str, name: str, args: dict | None, ttl: int, nbf: int | None):
         dev = self.registry.get(device)  # unknown device: RegistryError before anything is created
         if not dev.active:
             raise RegistryError(f"device {device!r} is {dev.status}: it is sent nothing")
+        self._keys[device] = dev  # the result is verified with it (refreshed at every submit)
         now = int(self.clock())
         cmd = Command(device, name, args, b"", 0, now + ttl, nbf=nbf, clock=self.clock)
         cmd._to(State.CREATED)
         with self._lock:
             self._prune(now)
-        info = self._sign_and_publish(cmd, dev)
-        if self.mqtt.wait_published(info, publish_timeout) and not cmd.state.final:
-            with self._lock:
-                if not cmd.state.final:
-                    cmd._to(State.SENT)
-        return cmd
+        return cmd, self._sign_and_publish(cmd, dev)
+
+    def _sent(self, cmd: Command) -> None:
+        with self._lock:
+            if cmd.state is State.CREATED:
+                cmd._to(State.SENT)
 
     def _sign_and_publish(self, cmd: Command, dev: Device | None = None):
         """Take a seq, sign and hand the command to paho in one step, so one client's commands
@@ -197,8 +206,12 @@ class CommandClient:
              ttl: int = 60, nbf: int | None = None) -> Command:
         """Send and wait for the outcome: `timeout` seconds in all, the broker's PUBACK included."""
         deadline = time.monotonic() + timeout
-        cmd = self.submit(device, name, args, ttl=ttl, nbf=nbf, publish_timeout=timeout)
-        return self._settle(cmd.wait(_left(deadline)))
+        cmd, info = self._submit(device, name, args, ttl, nbf)
+        # One wait, for the outcome: a result implies the broker had it (SENT first, _on_result);
+        # only a call that ends without one asks whether the broker ever acknowledged it.
+        if not cmd._done.wait(_left(deadline)) and info.is_published():
+            self._sent(cmd)
+        return self._settle(cmd)
 
     async def asend(self, device: str, name: str, args: dict | None = None, *, timeout: float = 10.0,
                     ttl: int = 60, nbf: int | None = None) -> Command:
@@ -243,8 +256,18 @@ class CommandClient:
     def _on_result(self, topic: str, payload: bytes) -> None:
         device = topic.split("/")[2]
         try:
-            dev = self.registry.get(device)
-            res = open_message(dev.key, dev.kid, topic, payload)
+            dev = self._keys.get(device)
+            try:
+                if dev is None:
+                    raise ProtocolError("bad_kid", "no key at hand")
+                res = open_message(dev.key, dev.kid, topic, payload)
+            except ProtocolError as e:
+                if e.code not in ("bad_kid", "bad_mac"):
+                    raise
+                fresh = self.registry.get(device)  # not sent to lately, or its key changed since
+                if dev is not None and (fresh.key, fresh.kid) == (dev.key, dev.kid):
+                    raise
+                res = open_message(fresh.key, fresh.kid, topic, payload)
         except (ProtocolError, Exception) as e:  # never correlate what we cannot verify
             self.unverified_results += 1
             log.warning("unverified result on %s: %s", topic, getattr(e, "code", e))
@@ -268,5 +291,7 @@ class CommandClient:
             if cmd.state.final:
                 cmd.late = res  # after our timeout: keep it, don't rewrite the outcome
                 return
+            if cmd.state is State.CREATED:
+                cmd._to(State.SENT)  # a result: the broker had it (its PUBACK may still be coming)
             cmd.code, cmd.data = code, res.get("data")
             cmd._to(state_for(code))
