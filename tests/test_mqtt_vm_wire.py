@@ -131,8 +131,9 @@ def test_qos1_retransmitted_with_dup_and_same_packet_id_after_reconnect(fake, ag
 def test_qos1_retransmitted_after_ack_timeout_same_connection(fake, agents):
     a = agents({"port": fake.port, "keepalive": 10, "ack_timeout": 400})
     c = fake.accept()
+    a.wait_ev("state", up=True)  # the VM has taken the CONNACK (a loaded machine is slow to)
     a.send(op="pub", id=1, topic=UP + "rec", payload="r1", qos=1)
-    p = c.read_publish()
+    p = c.read_publish(timeout=10)
     t0 = time.monotonic()
     q = c.read_publish(timeout=2)
     assert 0.3 <= time.monotonic() - t0 <= 1.0
