@@ -56,3 +56,12 @@ def pg():
         pytest.skip(msg)
     yield server
     server.close()
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+def ledger_url(request, tmp_path):
+    """A fresh database for a test, once on SQLite and once on PostgreSQL (the ledger's backends,
+    which the registry, the session store and the rollouts share)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("pg").new_database()

@@ -416,16 +416,9 @@ def test_journal_export_from_a_sim_boards_flash_reconciles(tmp_path):
         appends.append(f"j.append({rec.seq}, bytes.fromhex('{rec.raw.hex()}'), bytes.fromhex('{h.hex()}'), True)")
     image = out / "flash.bin"
     image.write_bytes(b"\xff" * (fc.get("blocks", 128) + 64) * 4096)   # a blank chip, as a new board's
-    script = "\n".join([
+    from host_tools.sim.flashfs import vm_blockdev
+    script = vm_blockdev(image, 0, fc.get("blocks", 128), 4096, writable=True) + "\n".join([
         "import vfs", "from journal import Journal",
-        f"P, N = {str(image)!r}, {fc.get('blocks', 128)}",
-        "class Dev:",
-        "    def __init__(s): s.f = open(P, 'r+b')",
-        "    def readblocks(s, b, buf, off=0): s.f.seek(b * 4096 + off); s.f.readinto(buf)",
-        "    def writeblocks(s, b, buf, off=0): s.f.seek(b * 4096 + off); s.f.write(buf)",
-        "    def ioctl(s, op, arg):",
-        "        if op == 6: s.f.seek(arg * 4096); s.f.write(b'\\xff' * 4096)",
-        "        return N if op == 4 else 4096 if op == 5 else 0",
         "vfs.VfsLfs2.mkfs(Dev(), readsize=128, progsize=16, lookahead=32)",
         "vfs.mount(vfs.VfsLfs2(Dev(), readsize=128, progsize=16, lookahead=32, mtime=False), '/jfs')",
         f"j = Journal('/jfs/j', {cfg['board']['journal'].get('capacity', 32768)}, prog=16)",

@@ -34,23 +34,8 @@ def test_pay_after_entry_and_exit(site):
 
 _FILL = r"""
 import os, vfs
-P, FIRST, N, BS, LEAVE = %r, %d, %d, %d, %d
-class Dev:
-    def __init__(s):
-        s.f = open(P, "r+b")
-    def readblocks(s, b, buf, off=0):
-        s.f.seek((FIRST + b) * BS + off)
-        s.f.readinto(buf)
-    def writeblocks(s, b, buf, off=0):
-        s.f.seek((FIRST + b) * BS + off)
-        s.f.write(buf)
-    def ioctl(s, op, arg):
-        if op == 6:  # erase
-            s.f.seek((FIRST + arg) * BS)
-            s.f.write(b"\xff" * BS)
-        return N if op == 4 else BS if op == 5 else 0
 vfs.mount(vfs.VfsLfs2(Dev(), readsize=128, progsize=16, lookahead=32, mtime=False), "/fs")
-while os.statvfs("/fs")[3] > LEAVE:
+while os.statvfs("/fs")[3] > %d:
     with open("/fs/zfill", "ab") as f:
         f.write(bytes(2048))
 print("free", os.statvfs("/fs")[3])
@@ -63,10 +48,10 @@ def _fill_state_fs(board_dir, leave_blocks):
     import json
     import subprocess
     from host_tools.build import micropython
-    from host_tools.sim.flashfs import FS_BLOCKS
+    from host_tools.sim.flashfs import FS_BLOCKS, vm_blockdev
     fc = json.loads((board_dir / "config.json").read_text())["board"].get("flash") or {}
-    script = _FILL % (str(board_dir / "flash.bin"), fc.get("blocks", 128), FS_BLOCKS,
-                      fc.get("block_size", 4096), leave_blocks)
+    script = vm_blockdev(board_dir / "flash.bin", fc.get("blocks", 128), FS_BLOCKS, fc.get("block_size", 4096),
+                         writable=True) + _FILL % leave_blocks
     r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return int(r.stdout.split()[-1])

@@ -121,11 +121,9 @@ class FakeDevice:
         self.client.loop_stop()
 
 
-@pytest.fixture(params=["sqlite", "pg"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return request.getfixturevalue("pg").new_database()
+@pytest.fixture
+def db_url(ledger_url):
+    return ledger_url  # conftest: SQLite, then PostgreSQL
 
 
 @pytest.fixture

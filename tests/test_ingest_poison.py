@@ -7,7 +7,7 @@ record that passes the codec but that the database refuses (a trigger here: "a D
 that record"). Each is kept byte for byte in `quarantine`, alarmed, and - when it has a place in the
 chain - acked with its seq in `quarantined`, so the device's next record still links.
 """
-# ruff: noqa: F811  (the fixtures env, db_url, ledger, ledger_url are imported from their modules)
+# ruff: noqa: F811  (the fixtures env, db_url, ledger are imported from their modules)
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +20,7 @@ import pytest
 from host_tools.cloud.ledger import GENESIS, Outcome
 from host_tools.protocol import build_mac0, encode
 from tests.test_ingest import FakeDevice, db_url, env, wait_for  # noqa: F401
-from tests.test_ledger import DeviceChain, chain_hash, ledger, ledger_url  # noqa: F401
+from tests.test_ledger import DeviceChain, chain_hash, ledger  # noqa: F401
 
 T0 = 1_700_000_000
 

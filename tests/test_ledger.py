@@ -56,13 +56,6 @@ class DeviceChain:
         return [self.record(raw) for _, raw in items]
 
 
-@pytest.fixture(params=["sqlite", "pg"])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return request.getfixturevalue("pg").new_database()
-
-
 @pytest.fixture
 def ledger(ledger_url):
     led = open_ledger(ledger_url)

@@ -12,11 +12,9 @@ import pytest
 from host_tools.cloud.registry import REGISTRY_VERSION, Registry, RegistryError
 
 
-@pytest.fixture(params=["sqlite", "pg"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "registry.db")
-    return request.getfixturevalue("pg").new_database()
+@pytest.fixture
+def url(ledger_url):
+    return ledger_url  # conftest: SQLite (a sqlite:/// URL), then PostgreSQL
 
 
 def test_add_get_and_refusals(url):

@@ -46,19 +46,12 @@ class Scripted:
         self.aborted.append(device)
 
 
-@pytest.fixture(params=["sqlite", "pg"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return request.getfixturevalue("pg").new_database()
-
-
 @pytest.fixture
-def rig(url):
+def rig(ledger_url):
     stores = []
 
     def make(action, clock):
-        st = RolloutStore.open(url)
+        st = RolloutStore.open(ledger_url)
         stores.append(st)
         return Rollouts(st, {"command": action}, clock=clock)
     yield make

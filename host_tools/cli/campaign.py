@@ -25,10 +25,10 @@ DEFAULT_DB = "edgepay/ledger.db"
 def _store(url: str, create: bool = False):
     from pathlib import Path
 
+    from host_tools.cloud.ledger_open import is_postgres, sqlite_path
     from host_tools.cloud.rollout_store import RolloutStore
-    pg = url.startswith(("postgresql://", "postgres://", "host=", "dbname="))
-    if not pg and not create:
-        path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)
+    if not is_postgres(url) and not create:
+        path = Path(sqlite_path(url))
         if not path.is_file():
             fail(f"no database at {path} (give --db or EDGEPAY_LEDGER)")
     try:

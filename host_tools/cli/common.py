@@ -108,8 +108,9 @@ class Ctx:
 
     def open_registry(self, create: bool = False):
         from host_tools.cloud.registry import Registry
+        from host_tools.cloud.ledger_open import is_postgres
         url = str(self.registry)
-        if url.startswith(("postgresql://", "postgres://", "host=", "dbname=")):  # the ledger's PostgreSQL
+        if is_postgres(url):  # the ledger's PostgreSQL
             try:
                 return Registry(url)
             except Exception as e:  # noqa: BLE001 - psycopg's errors: one clear line

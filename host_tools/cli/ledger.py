@@ -22,10 +22,10 @@ EXIT_DIFFERENCES = 4
 
 
 def open_db(url: str):
-    from host_tools.cloud.ledger_open import open_ledger
-    pg = url.startswith(("postgresql://", "postgres://", "host=", "dbname="))
+    from host_tools.cloud.ledger_open import is_postgres, open_ledger, sqlite_path
+    pg = is_postgres(url)
     if not pg and url != ":memory:":
-        path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)
+        path = Path(sqlite_path(url))
         if not path.is_file():
             fail(f"no ledger at {path} (give --db or EDGEPAY_LEDGER: a SQLite path or a postgresql:// URL)")
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from host_tools.cloud.keyvault import KeyVault, VaultError, master_key_from_env
 from host_tools.cloud.ledger_db import Database
+from host_tools.cloud.ledger_open import is_postgres, open_ledger
 
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 KINDS = ("gate", "vending", "rental")
@@ -154,12 +155,9 @@ class Registry:
 
 def _connect(url: str) -> Database:
     """A connection of the ledger's backends, without the ledger's tables."""
-    if url.startswith(("postgresql://", "postgres://", "host=", "dbname=")):
-        from host_tools.cloud.ledger_pg import PgLedger
-        return PgLedger(url, schema=False)
-    from host_tools.cloud.ledger_sqlite import SqliteLedger
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    if is_postgres(url):
+        return open_ledger(url, schema=False)
     # A crash may lose the last few counter increments; the device then refuses the reused
     # numbers as stale_seq and nothing runs (the sender re-signs), so the counter need not sync
     # on every call: synchronous NORMAL.
-    return SqliteLedger(path, synchronous="NORMAL", timeout=30.0, schema=False)
+    return open_ledger(url, synchronous="NORMAL", timeout=30.0, schema=False)

@@ -20,19 +20,29 @@ from host_tools.build import compile_firmware, micropython
 
 FS_BLOCKS = 64  # the main filesystem's blocks after the journal's (firmware/hal/simflash.py FS_BLOCKS)
 
+def vm_blockdev(image: str | Path, first: int, blocks: int, block_size: int, writable: bool = False) -> str:
+    """MicroPython source of `Dev`: a block device over `blocks` blocks of `image` from block
+    `first` (what vfs.VfsLfs2 mounts on the VM), read-only unless `writable`. The scripts here and
+    the tests that stage a board's flash share it."""
+    write = ("    def writeblocks(s, b, buf, off=0):\n        s.f.seek((FIRST + b) * BS + off)\n        s.f.write(buf)\n"
+             if writable else "    def writeblocks(s, b, buf, off=None):\n        raise OSError(30)\n")
+    erase = ("        if op == 6:\n            s.f.seek((FIRST + arg) * BS)\n            s.f.write(b'\\xff' * BS)\n"
+             if writable else "")
+    return (f"P, FIRST, N, BS = {str(image)!r}, {first}, {blocks}, {block_size}\n"
+            "class Dev:\n"
+            "    def __init__(s):\n"
+            f"        s.f = open(P, {'r+b' if writable else 'rb'!r})\n"
+            "    def readblocks(s, b, buf, off=0):\n"
+            "        s.f.seek((FIRST + b) * BS + off)\n"
+            "        s.f.readinto(buf)\n"
+            + write +
+            "    def ioctl(s, op, arg):\n"
+            + erase +
+            "        return N if op == 4 else BS if op == 5 else 0\n")
+
+
 _DUMP = r"""
 import json, os, vfs
-P, FIRST, N, BS = %r, %d, %d, %d
-class Dev:
-    def __init__(s):
-        s.f = open(P, "rb")
-    def readblocks(s, b, buf, off=0):
-        s.f.seek((FIRST + b) * BS + off)
-        s.f.readinto(buf)
-    def writeblocks(s, b, buf, off=None):
-        raise OSError(30)
-    def ioctl(s, op, arg):
-        return N if op == 4 else BS if op == 5 else 0
 vfs.mount(vfs.VfsLfs2(Dev(), readsize=128, progsize=16, lookahead=32, mtime=False), "/fs", readonly=True)
 out = {}
 def walk(d, rel):
@@ -53,21 +63,7 @@ _JOURNAL = r"""
 import json, vfs
 from binascii import hexlify
 from journal import Journal
-P, N, BS, RS, PS, CAP = %r, %d, %d, %d, %d, %d
-class Dev:
-    def __init__(s):
-        s.f = open(P, "r+b")
-    def readblocks(s, b, buf, off=0):
-        s.f.seek(b * BS + off)
-        s.f.readinto(buf)
-    def writeblocks(s, b, buf, off=0):
-        s.f.seek(b * BS + off)
-        s.f.write(buf)
-    def ioctl(s, op, arg):
-        if op == 6:
-            s.f.seek(arg * BS)
-            s.f.write(b"\xff" * BS)
-        return N if op == 4 else BS if op == 5 else 0
+RS, PS, CAP = %d, %d, %d
 vfs.mount(vfs.VfsLfs2(Dev(), readsize=RS, progsize=PS, lookahead=32, mtime=False), "/jfs")
 j = Journal("/jfs/j", CAP, prog=PS)
 print(json.dumps({"acked": j.acked, "last_seq": j.last_seq, "depth": j.depth()}))
@@ -105,7 +101,7 @@ def read_files(board_dir: str | Path) -> dict[str, bytes]:
         return {}
     if not head or head.count(0xFF) == len(head):
         return {}
-    script = _DUMP % (str(image.resolve()), first, FS_BLOCKS, bs)
+    script = vm_blockdev(image.resolve(), first, FS_BLOCKS, bs) + _DUMP
     r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=30)
     if r.returncode != 0:
         raise FlashImageError(f"{image}: the main filesystem does not mount: {(r.stderr or r.stdout)[-300:]}")
@@ -132,7 +128,8 @@ def read_journal(board_dir: str | Path) -> tuple[dict, list[dict]]:
     with tempfile.TemporaryDirectory(prefix="edgepay-journal-") as tmp:
         copy = Path(tmp) / "flash.bin"
         shutil.copyfile(image, copy)
-        script = _JOURNAL % (str(copy), blocks, bs, fc.get("readsize", 128), fc.get("progsize", 16), cap)
+        script = vm_blockdev(copy, 0, blocks, bs, writable=True) + _JOURNAL % (
+            fc.get("readsize", 128), fc.get("progsize", 16), cap)
         r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=60,
                            env={"MICROPYPATH": str(compile_firmware())})
     lines = r.stdout.splitlines()
