@@ -21,7 +21,7 @@ from host_tools.cloud.payafter import OrderState, ProviderTimeout, ScriptedProvi
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.sessions import SessionService
-from tests.test_sessions import CLOUD, T_PARK, T_RENT, T_VEND, FakeDevice, wait_for
+from tests.sessionkit import CLOUD, T_PARK, T_RENT, T_VEND, FakeDevice, wait_for
 
 
 @pytest.fixture(params=["sqlite", "pg"])

@@ -64,56 +64,19 @@ import threading
 import time
 from typing import Any, Callable
 
-from host_tools.cloud.ledger import RECORD_TYPES, Head, Ledger, Outcome, Record, chain_hash
+from host_tools.cloud.ingest_quarantine import Revoked, Unplaceable, quarantine_record
+from host_tools.cloud.ledger import Head, Ledger, Outcome, Record
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings, BrokerUnsupported, CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
-from host_tools.protocol import (ProtocolError, decode, decode_payload, parse_topic, seal,
+from host_tools.protocol import (ProtocolError, decode_payload, parse_topic, seal,
                                  verify_mac0)
 from host_tools.protocol import topic as topic_for
-from host_tools.protocol.schema import MAX_COUNT
 
 log = logging.getLogger("edgepay.ingest")
 
 RECORD_FILTER = "v1/dev/+/up/rec"
 RECORD_TYPE_NAMES = ("sess_open", "sess_update", "sess_close")
-
-
-class Unplaceable(ProtocolError):
-    """An authenticated record the codec refused whose seq or prev is unusable: it cannot be placed
-    in the chain, so it is kept (ledger.quarantine_unplaced) and never acked."""
-
-    def __init__(self, code: str, detail: str, device: str, raw: bytes):
-        super().__init__(code, detail)
-        self.device, self.raw = device, raw
-
-
-class Revoked(Exception):
-    """A revoked (or decommissioned) device's authentic record: kept in quarantine for audit."""
-    code = "device_revoked"
-
-    def __init__(self, status: str):
-        super().__init__(status)
-        self.detail = f"the device is {status}"
-
-
-def _quarantine_record(device: str, payload: bytes, raw: bytes, err: ProtocolError | Revoked) -> Record:
-    """The quarantined Record of an authenticated payload the codec refused (SPEC §6 Quarantine);
-    Unplaceable if its seq/prev cannot place it, ProtocolError as is if it is no record at all."""
-    try:
-        p = decode(payload)
-    except ProtocolError:
-        p = None
-    if isinstance(p, dict) and type(p.get(0)) is int and p[0] not in RECORD_TYPES:
-        raise err  # another message type on up/rec: not money, a plain refusal
-    seq = p.get(8) if isinstance(p, dict) else None
-    prev = p.get(9) if isinstance(p, dict) else None
-    if (not isinstance(p, dict) or type(seq) is not int or not 0 <= seq <= MAX_COUNT or type(prev) is not bytes
-            or len(prev) != 16):
-        raise Unplaceable(err.code, err.detail, device, raw)
-    return Record(device=device, seq=seq, type=p[0] if type(p.get(0)) is int else 0, sid="",
-                  prev=prev, hash=chain_hash(payload), raw=bytes(raw), quarantine=err.code,
-                  quarantine_detail=err.detail)
 
 
 class IngestWorker:
@@ -267,11 +230,11 @@ class IngestWorker:
         try:
             msg = decode_payload(payload, topic)
         except ProtocolError as e:  # authenticated, but the codec refuses it: quarantine
-            return _quarantine_record(device_id, payload, data, e)
+            return quarantine_record(device_id, payload, data, e)
         if msg["type"] not in RECORD_TYPE_NAMES:  # the topic check already implies it
             raise ProtocolError("bad_topic", f"{msg['type']} is not a record")
         if not dev.active:  # revoked: its records are kept for audit, never taken as money
-            return _quarantine_record(device_id, payload, data, Revoked(dev.status))
+            return quarantine_record(device_id, payload, data, Revoked(dev.status))
         return Record.from_message(device_id, msg, payload, data)
 
     def _refuse(self, code: str, topic: str, detail: str) -> None:
