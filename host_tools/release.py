@@ -121,10 +121,8 @@ def build_release(board: dict, version: str, seq: int, key: Ed25519PrivateKey, *
         raise ReleaseError(f"{board['name']}: an ESP32 release carries an OTA image of the MicroPython port with "
                            "the bundle frozen in (format 'image'); that needs the port's own build, not made here yet")
     with tempfile.TemporaryDirectory(prefix="edgepay-release-") as tmp:
-        b = build_bundle(board, Path(tmp))
-        root = Path(tmp) / "bundle"
+        root = build_bundle(board, Path(tmp)).out / "bundle"
         files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-        del b
     payload = pack(files)
     m = Manifest(board=board["name"], kind=board["kind"], version=version, seq=seq, size=len(payload),
                  sha256=hashlib.sha256(payload).digest(), chunk=chunk, journal=JOURNAL_FORMAT, format="bundle",

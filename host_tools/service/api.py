@@ -145,8 +145,9 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
             args = cmdspec.check(body.name, {_key(k): v for k, v in (body.args or {}).items()} or None)
         except cmdspec.ArgProblem as e:
             raise HTTPException(422, str(e)) from None
-        if ready():
-            raise HTTPException(503, "not ready: " + "; ".join(ready()))
+        down = ready()
+        if down:
+            raise HTTPException(503, "not ready: " + "; ".join(down))
         t0 = time.monotonic()
         c = await client.asend(device_id, body.name, args, timeout=body.timeout, ttl=body.ttl)
         dt = time.monotonic() - t0
