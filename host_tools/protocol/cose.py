@@ -1,7 +1,11 @@
 """COSE_Mac0 (RFC 9052 §6.2) with HMAC 256/256 and the MQTT topic as external AAD (SPEC §2)."""
 from __future__ import annotations
 
-from cryptography.hazmat.primitives import constant_time, hashes, hmac
+import functools
+import hmac as _hmac
+
+import cbor2
+from cryptography.hazmat.primitives import constant_time
 
 from .cbor import ENVELOPE_TAG, MAX_MESSAGE, Tag, decode, encode
 from .errors import ProtocolError
@@ -25,25 +29,38 @@ def _check_key(key: bytes) -> bytes:
 
 def protected_header(kid: bytes | str) -> bytes:
     """The encoded protected header ``{1: 5, 4: kid}``."""
-    return encode({HEADER_ALG: ALG_HMAC_256_256, HEADER_KID: _kid_bytes(kid)})
+    return _protected(_kid_bytes(kid))
+
+
+@functools.lru_cache(maxsize=4096)
+def _protected(kid: bytes) -> bytes:  # one per key, made once
+    return encode({HEADER_ALG: ALG_HMAC_256_256, HEADER_KID: kid})
+
+
+@functools.lru_cache(maxsize=4096)
+def _header(protected: bytes) -> dict:
+    """The protected header's map, strictly decoded: the same few bytes per device come again and
+    again (a refusal raises and is not cached). Read-only for its callers."""
+    return decode(protected)
 
 
 def mac_structure(protected: bytes, topic: str, payload: bytes) -> bytes:
-    """``["MAC0", protected, external_aad, payload]``, deterministic CBOR."""
-    return encode(["MAC0", protected, topic.encode("utf-8"), payload])
+    """``["MAC0", protected, external_aad, payload]``, deterministic CBOR (text and byte strings
+    only: cbor2's plain encoding is the deterministic one)."""
+    return cbor2.dumps(["MAC0", bytes(protected), topic.encode("utf-8"), bytes(payload)])
 
 
 def compute_tag(key: bytes, protected: bytes, topic: str, payload: bytes) -> bytes:
-    mac = hmac.HMAC(_check_key(key), hashes.SHA256())
-    mac.update(mac_structure(protected, topic, payload))
-    return mac.finalize()
+    # the standard library's one-shot HMAC (OpenSSL): no object per message
+    return _hmac.digest(_check_key(key), mac_structure(protected, topic, payload), "sha256")
 
 
 def build_mac0(key: bytes, kid: bytes | str, topic: str, payload: bytes) -> bytes:
     """Wrap encoded payload bytes in a tagged COSE_Mac0 bound to ``topic``."""
     protected = protected_header(kid)
-    tag = compute_tag(key, protected, topic, bytes(payload))
-    message = encode(Tag(ENVELOPE_TAG, [protected, {}, bytes(payload), tag]))
+    payload = bytes(payload)
+    tag = compute_tag(key, protected, topic, payload)
+    message = cbor2.dumps(cbor2.CBORTag(ENVELOPE_TAG, [protected, {}, payload, tag]))
     if len(message) > MAX_MESSAGE:
         raise ProtocolError("too_large", f"message of {len(message)} bytes")
     return message
@@ -65,7 +82,7 @@ def verify_mac0(key: bytes, kid: bytes | str, topic: str, data: bytes) -> bytes:
         raise ProtocolError("bad_envelope", "unprotected header not empty")
     if not protected:
         raise ProtocolError("bad_envelope", "empty protected header")
-    header = decode(protected)  # §3 errors of the header's own encoding
+    header = _header(protected)  # §3 errors of the header's own encoding
     if not (isinstance(header, dict) and set(header) == {HEADER_ALG, HEADER_KID}
             and isinstance(header[HEADER_KID], bytes)):
         raise ProtocolError("bad_envelope", "protected header is not {1: alg, 4: kid}")

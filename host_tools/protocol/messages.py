@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .cbor import decode, encode
+from .cbor import decode, decode_own, encode
 from .cose import build_mac0, verify_mac0
 from .ids import topic_for_suffix
 from .schema import from_wire, message_type, to_wire
@@ -18,7 +18,7 @@ def topic(device_id: str, type_name: str | int) -> str:
 def encode_payload(message: Mapping[str | int, Any], topic: str | None = None) -> bytes:
     """Validate a message by field names and return its deterministic payload bytes."""
     data = encode(to_wire(message))
-    decode_payload(data, topic)  # whatever we send, we would accept
+    from_wire(decode_own(data), topic)  # whatever we send, we would accept
     return data
 
 
