@@ -302,6 +302,20 @@ v_case("payload_over_512_ok", envelope(enc({0: 4, 8: 1, 10: "x", 11: {1: "a" * 5
                                        topic="v1/dev/gate-001/up/evt"),
        {"ok": {"$hex": enc({0: 4, 8: 1, 10: "x", 11: {1: "a" * 500, 2: "b" * 500}}).hex()}},
        topic="v1/dev/gate-001/up/evt")
+# The device's fast path (an envelope byte for byte as a canonical sender writes it for its kid)
+# must agree with the full decode at each of its edges: every payload head size, and any
+# deviation left to the decode for its exact error.
+SMALL = enc({0: 4, 8: 1, 10: "x"})  # under 24 bytes: a one-byte bstr head
+v_case("fast_small_payload_ok", envelope(SMALL, topic="v1/dev/gate-001/up/evt"), {"ok": {"$hex": SMALL.hex()}},
+       topic="v1/dev/gate-001/up/evt")
+_PRE = b"\xd1\x84" + enc(PROT) + b"\xa0"
+v_case("fast_payload_head_not_shortest", _PRE + b"\x58" + bytes([len(SMALL)]) + SMALL + enc(bytes(32)),
+       {"error": "non_canonical"}, topic="v1/dev/gate-001/up/evt")
+v_case("fast_payload_head16_not_shortest", _PRE + b"\x59\x00" + bytes([len(P)]) + P + enc(bytes(32)),
+       {"error": "non_canonical"})
+v_case("fast_tag_33_bytes", envelope(P, tag=bytes(33)), {"error": "bad_mac"})
+v_case("fast_tag_head_wrong_type", GOOD[:-34] + b"\x98\x20" + GOOD[-32:], {"error": "malformed"})
+v_case("fast_truncated", GOOD[:-1], {"error": "malformed"})
 v_case("bad_alg_6", envelope(P, prot=enc({1: 6, 4: KID.encode()})), {"error": "bad_alg"})
 v_case("bad_alg_neg", envelope(P, prot=enc({1: -7, 4: KID.encode()})), {"error": "bad_alg"})
 v_case("bad_alg_text", envelope(P, prot=enc({1: "HS256", 4: KID.encode()})), {"error": "bad_alg"})
