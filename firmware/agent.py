@@ -11,7 +11,7 @@ import cose
 import msg
 import store
 import config as cfgmod
-from clock import Clock
+from clock import Clock, log
 from commands import Pipeline, CommandError
 from hmac256 import HmacKey
 from mqtt_client import MQTTClient
@@ -50,13 +50,6 @@ _B_JDEPTH = const(12)
 _B_RSSI = const(13)
 _B_CLOCK = const(14)
 # ack (downlink): 10 upto, 11 resend, 12 quarantined seqs
-_A_UPTO = const(10)
-_A_RESEND = const(11)
-_A_QUAR = const(12)
-
-
-def log(*a):
-    print("%d" % time.ticks_ms(), *a)
 
 
 class Rate:
@@ -103,9 +96,11 @@ class Signer:
     """The device's key, both ways. The one sealing path: every uplink message, money records
     included, is schema-checked (msg.check raises CodecError) before it is encoded and signed."""
 
-    def __init__(self, hkey, kid):
+    def __init__(self, hkey, kid, device):
         self.hkey = hkey
         self.kid = kid
+        self.device = device
+        self.refused = 0  # downlink messages refused unauthenticated, since boot
 
     def seal(self, topic, fields):
         """-> (envelope, payload bytes)."""
@@ -116,6 +111,20 @@ class Signer:
     def open(self, topic, data):
         """Verify a downlink envelope and check its payload; -> payload dict, or CodecError."""
         return msg.open(self.hkey, self.kid, topic, data)
+
+    def open_dn(self, topic, data):
+        """A time answer or ack for the services that subscribe to them: authentic and for this
+        device, else None (logged, and counted if unauthenticated)."""
+        try:
+            p = self.open(topic, data)
+        except CodecError as e:
+            log("dn refused", topic, e.code)
+            self.refused += 1
+            return None
+        if p[3] != self.device:
+            log("dn refused wrong_audience", topic)
+            return None
+        return p
 
 
 class Context:
@@ -169,7 +178,7 @@ class Agent:
         gc.threshold((gc.mem_free() + gc.mem_alloc()) // 32)
         self.cfg = cfg
         self.device = dev = cfg["device"]
-        self.signer = Signer(HmacKey(cfg.pop("key_bytes")), cfg["kid"].encode())
+        self.signer = Signer(HmacKey(cfg.pop("key_bytes")), cfg["kid"].encode(), dev)
         cfg.pop("key", None)  # the key lives in the HMAC pads only
         self.board = cfg["board"]
         self.settings = cfg["settings"]
@@ -190,7 +199,6 @@ class Agent:
         self._repeats = Rate(4, 500)     # answers to redeliveries of commands already answered
         self._cmdq = []                  # (bytes, packet id, connection): bounded by max_held
         self._wake = asyncio.Event()
-        self.rx_refused = 0  # downlink messages refused unauthenticated, since boot
         self._oversize_ms = time.ticks_ms()  # no oversize alarm before this (rate limit)
         self._register_builtins()
         self.journal = self.uplink = None
@@ -208,13 +216,12 @@ class Agent:
             "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"],
         })
         self.mqtt.subscribe(t_cmd, 1, self._on_cmd, True)
-        self.mqtt.subscribe(base + "dn/time", 0, self._on_time)
-        self.mqtt.subscribe(base + "dn/ack", 1, self._on_ack)
+        self.clock.attach(self.mqtt, self.signer, base)  # each service subscribes to its own topics
         self.mqtt.on_state(self._on_state)
         self.mqtt.on_error(self._mqtt_error)
         if self.journal is not None:
             from uplink import Uplink
-            self.uplink = Uplink(self.signer, self.seq, self.mqtt, self.t_up + "rec", self.journal, self.alarm)
+            self.uplink = Uplink(self.signer, self.seq, self.mqtt, base, self.journal, self.alarm)
             CAPS.append("rec")
 
     def _open_journal(self):
@@ -294,7 +301,7 @@ class Agent:
         """Downlink messages since boot: [refused unauthenticated, oversize (skipped), dropped (the
         handler failed)]; heartbeat fields 15-17, get_state's "rx"."""
         s = self.mqtt.stats
-        return self.rx_refused, s["oversize"], s["handler_errors"]
+        return self.signer.refused, s["oversize"], s["handler_errors"]
 
     def uptime(self):
         return time.ticks_diff(time.ticks_ms(), self.up_ms) // 1000
@@ -367,33 +374,8 @@ class Agent:
             return self._repeats.take()  # redeliveries of captured commands: a few answers, not each
         log("cmd refused", o.code, o.name)
         if o.name is None:
-            self.rx_refused += 1
+            self.signer.refused += 1
         return o.name is not None or self._refusals.take()  # no amplification of a forged flood
-
-    def _open_dn(self, topic, data):
-        """Verify a time answer or ack: authentic and for this device, else None (logged)."""
-        try:
-            p = self.signer.open(topic, data)
-        except CodecError as e:
-            log("dn refused", topic, e.code)
-            self.rx_refused += 1
-            return None
-        if p[3] != self.device:
-            log("dn refused wrong_audience", topic)
-            return None
-        return p
-
-    def _on_time(self, topic, data, retain, dup):
-        p = self._open_dn(topic, data)
-        if p is None:
-            return
-        why = self.clock.answer(p)  # only the answer to our outstanding nonce (clock.py)
-        log("time refused", why) if why else log("time set", self.clock.now())
-
-    def _on_ack(self, topic, data, retain, dup):
-        p = self._open_dn(topic, data)
-        if p is not None and self.uplink:
-            self.uplink.on_ack(p[_A_UPTO], p.get(_A_RESEND, False), p.get(_A_QUAR))
 
     # ---- built-in commands ------------------------------------------------------------------
     def _register_builtins(self):
@@ -479,7 +461,7 @@ class Agent:
         self.mqtt.start()
         asyncio.create_task(self._heartbeats())
         asyncio.create_task(self._commands())
-        asyncio.create_task(self.clock.run(self))
+        asyncio.create_task(self.clock.run(self.mqtt, self.send))
         if self.uplink:
             asyncio.create_task(self.uplink.run())
         log("agent", self.device, "boot", self.boots, "reset", self.reset_cause)

@@ -12,6 +12,10 @@ from micropython import const
 _RTT_MS = const(5000)  # a slower round trip could hide a delayed answer: its time is refused
 
 
+def log(*a):  # the device's log lines, stamped with its ticks (ms since boot)
+    print("%d" % time.ticks_ms(), *a)
+
+
 class Clock:
     def __init__(self, rate=1, settings=None):
         self.base = None      # the cloud's time, Unix seconds
@@ -54,17 +58,28 @@ class Clock:
         self.due = self.settings["time_s"]  # the next exchange a full period from this one
         return None
 
-    async def run(self, link):
+    def attach(self, mqtt, signer, base):
+        """Take the time answers on the device's dn/time (base: its "v1/dev/<id>/")."""
+        self.signer = signer
+        mqtt.subscribe(base + "dn/time", 0, self._on_time)
+
+    def _on_time(self, topic, data, retain, dup):
+        p = self.signer.open_dn(topic, data)
+        if p is not None:
+            why = self.answer(p)  # only the answer to our outstanding nonce
+            log("time refused", why) if why else log("time set", self.now())
+
+    async def run(self, mqtt, send):
         """Ask at each (re)connect, then every time_s; while untrusted, after 2, 4, 8 ... s."""
         gap = self.due = 0
         while True:
-            if not link.mqtt.up:
+            if not mqtt.up:
                 gap = self.due = 0
             elif self.due <= 0:
                 t = self.settings["time_s"]
                 self.due = gap = t if self.base is not None else min(2 * gap or 2, t)
                 try:
-                    await self.ask(link.send)
+                    await self.ask(send)
                 except Exception:
                     pass  # the link dropped: asked again at the reconnect
             await asyncio.sleep(1)

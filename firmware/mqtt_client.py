@@ -51,15 +51,13 @@ DEFAULTS = {
 def _put(st, head, payload, ctrl):
     # A small PUBLISH goes out in one write with the queued PUBACKs behind it: one segment, one
     # broker wake (~0.1 ms a command round trip on loopback), the result ahead of the PUBACK.
-    # A big payload is not copied: the PUBACKs first, then two writes.
+    # A big payload is not copied: two writes, the PUBACKs in the next.
     if len(payload) <= 512:
         head.extend(payload)
         while ctrl:
             head.extend(ctrl.pop(0))
         st.write(head)
     else:
-        while ctrl:
-            st.write(ctrl.pop(0))
         st.write(head)
         st.write(payload)
 

@@ -10,13 +10,17 @@ from micropython import const
 _K_TYPE = const(0)
 _K_SEQ = const(8)
 _K_PREV = const(9)  # the hash of the record before (the chain, SPEC §6)
+_A_UPTO = const(10)  # ack (type 21) fields
+_A_RESEND = const(11)
+_A_QUAR = const(12)
 
 
 class Uplink:
     """Built from a signer (agent.Signer), the sequence counter and the MQTT client; `alarm` is
-    the agent's alarm(code, detail) (a quarantine is reported)."""
+    the agent's alarm(code, detail) (a quarantine is reported). It sends on the device's up/rec
+    and takes the cloud's acks on its dn/ack (base: "v1/dev/<id>/")."""
 
-    def __init__(self, signer, seq, mqtt, topic, journal, alarm, window=4, retry_ms=15000):
+    def __init__(self, signer, seq, mqtt, base, journal, alarm, window=4, retry_ms=15000):
         self.signer = signer
         self.seq = seq
         self.mq = mqtt
@@ -24,7 +28,8 @@ class Uplink:
         self.j = journal
         self.window = window
         self.retry_ms = retry_ms
-        self.topic = topic
+        self.topic = base + "up/rec"
+        mqtt.subscribe(base + "dn/ack", 1, self._on_ack)
         self.sent = journal.acked    # highest seq handed to MQTT since the last (re)start
         self.progress = time.ticks_ms()
         self.wake = asyncio.Event()
@@ -50,6 +55,11 @@ class Uplink:
 
     def committed(self, seq):
         return self.j.last_seq >= seq
+
+    def _on_ack(self, topic, data, retain, dup):
+        p = self.signer.open_dn(topic, data)
+        if p is not None:
+            self.on_ack(p[_A_UPTO], p.get(_A_RESEND, False), p.get(_A_QUAR))
 
     def on_ack(self, upto, resend, quarantined=None):
         if quarantined:  # SPEC §6: the cloud holds these bytes, not its ledger; forgotten with upto as usual

@@ -21,8 +21,18 @@ TOPIC = "v1/dev/dev1/up/rec"
 alarms = []
 j = journal.Journal(flash.mount({"flash": {"dir": D, "blocks": 32}}) + "/j", 20000)
 key = HmacKey(b"k" * 32)
-up = Uplink(Signer(key, KID), store.Counter("seq"), None, TOPIC, j,
+
+
+class Link:  # what Uplink asks of the MQTT client before anything is sent: its subscription
+    subs = []
+
+    def subscribe(self, topic, qos, handler):
+        self.subs.append(topic)
+
+
+up = Uplink(Signer(key, KID, "dev1"), store.Counter("seq"), Link(), "v1/dev/dev1/", j,
             lambda code, detail=None: alarms.append([code, detail]))
+assert Link.subs == ["v1/dev/dev1/dn/ack"] and up.topic == TOPIC
 
 
 def close(k=None, v=None):
