@@ -29,16 +29,39 @@ TABLE = {
 }
 
 
+def _put(m, k, v):
+    m.app.S[4 * m.i + k] = v
+
+
+def _data(m):
+    S = m.app.S
+    d = S[4 * m.i + 1]
+    if d is None:
+        d = S[4 * m.i + 1] = {}
+    return d
+
+
 class Slot(Machine):
+    """Slot i's machine as a view: its state, data and timer are four entries of the app's list S,
+    and a Slot is made when something needs one (a machine object kept per slot was ~140 B of RAM
+    each, 8 a station; the entries are 32 B a slot). Views of one slot all see the same machine."""
     table = TABLE
+    name = property(lambda m: "slot%d" % m.i)  # made when needed, never kept
+    state = property(lambda m: m.app.S[4 * m.i], lambda m, v: _put(m, 0, v))
+    data = property(_data, lambda m, v: _put(m, 1, v or None))  # None: no data, no dict
+    _timer = property(lambda m: m.app.S[4 * m.i + 2], lambda m, v: _put(m, 2, v))
+    _tstate = property(lambda m: m.app.S[4 * m.i + 3], lambda m, v: _put(m, 3, v))
 
-    def __init__(self, app, i):
-        self.i = i  # its slot (an attribute, not a key in every slot's data: RAM x slots)
-        super().__init__(app, None, None, "stocked")  # a station is installed stocked
+    def __init__(self, app, i, load=False):
+        self.app = app
+        self.i = i
+        if load:  # once per slot at boot: its saved state and data, or stocked
+            super().__init__(app, None, None, "stocked")  # a station is installed stocked
 
-    @property
-    def name(self):  # made when needed: a "slot%d" string kept per slot was RAM x slots
-        return "slot%d" % self.i
+    def save(self):
+        super().save()
+        if not self.app.S[4 * self.i + 1]:
+            _put(self, 1, None)
 
 
 class RentalApp(SessionApp):
@@ -46,10 +69,16 @@ class RentalApp(SessionApp):
 
     def __init__(self, ctx, hw):
         super().__init__(ctx, hw)
-        self.nslots = len(hw.get("slots"))
+        self.nslots = n = len(hw.get("slots"))
         self.stock = store.read("stock", None) or {}  # slot -> the item's tag, learnt when it was put in
         self.out = store.read("rentals", None) or {}  # item tag -> [sid, payer, t0, auth, offline]
-        self.slots = [Slot(self, i) for i in range(self.nslots)]
+        self.S = [None] * (4 * n)  # per slot: state, data, timer, the timer's state
+        for i in range(n):
+            Slot(self, i, True)
+
+    def machines(self):
+        for i in range(self.nslots):
+            yield Slot(self, i)
 
     def _present(self, i):
         return self.hw.get("slots")[i].value
@@ -61,15 +90,15 @@ class RentalApp(SessionApp):
         return self.stock.get(str(i)) or "%s-item%d" % (self.ctx.device, i)
 
     def start(self):
-        for m in self.slots:
+        for m in self.machines():
             self._resume(m)
-        self.hw.on("slots", lambda i, v: self._slot(self.slots[i], v))
+        self.hw.on("slots", lambda i, v: self._slot(Slot(self, i), v))
         self.hw.on("qr", self._scan)
         self.hw.on("rfid", self._read)
 
     def _read(self, tag):
         # an item read in a slot that is waiting for it (its return was seen before its tag)
-        for m in self.slots:
+        for m in self.machines():
             if m.state == "empty" and self._present(m.i):
                 asyncio.create_task(m.fire("returned", tag))
 
@@ -118,7 +147,7 @@ class RentalApp(SessionApp):
             asyncio.create_task(m.fire("taken"))
 
     def _scan(self, payer):
-        for m in self.slots:
+        for m in self.machines():
             if m.state == "stocked":
                 asyncio.create_task(m.fire("rent", payer))
                 return
@@ -206,7 +235,7 @@ class RentalApp(SessionApp):
         return "stocked"
 
     def target(self, t):
-        return self.slots[t] if t < self.nslots else None
+        return Slot(self, t) if t < self.nslots else None
 
     def t_staff(self, m, rsid, t, hold_ms):
         if not self.staff(m, rsid, t):
@@ -223,7 +252,7 @@ class RentalApp(SessionApp):
         return "stocked" if self._present(i) else "empty"
 
     async def cancel(self, sid):
-        for m in self.slots:
+        for m in self.machines():
             if m.data.get("sid") == sid:
                 return await m.fire("cancel")
         for tag, r in self.out.items():
