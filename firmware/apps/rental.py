@@ -29,15 +29,18 @@ TABLE = {
 }
 
 
+def _entry(k):  # slot m's kth entry in the app's list S, as an attribute of the view
+    return property(lambda m: m.app.S[4 * m.i + k], lambda m, v: _put(m, k, v))
+
+
 def _put(m, k, v):
     m.app.S[4 * m.i + k] = v
 
 
 def _data(m):
-    S = m.app.S
-    d = S[4 * m.i + 1]
+    d = m.app.S[4 * m.i + 1]
     if d is None:
-        d = S[4 * m.i + 1] = {}
+        d = m.app.S[4 * m.i + 1] = {}
     return d
 
 
@@ -47,21 +50,16 @@ class Slot(Machine):
     each, 8 a station; the entries are 32 B a slot). Views of one slot all see the same machine."""
     table = TABLE
     name = property(lambda m: "slot%d" % m.i)  # made when needed, never kept
-    state = property(lambda m: m.app.S[4 * m.i], lambda m, v: _put(m, 0, v))
+    state = _entry(0)
     data = property(_data, lambda m, v: _put(m, 1, v or None))  # None: no data, no dict
-    _timer = property(lambda m: m.app.S[4 * m.i + 2], lambda m, v: _put(m, 2, v))
-    _tstate = property(lambda m: m.app.S[4 * m.i + 3], lambda m, v: _put(m, 3, v))
+    _timer = _entry(2)
+    _tstate = _entry(3)
 
     def __init__(self, app, i, load=False):
         self.app = app
         self.i = i
         if load:  # once per slot at boot: its saved state and data, or stocked
             super().__init__(app, None, None, "stocked")  # a station is installed stocked
-
-    def save(self):
-        super().save()
-        if not self.app.S[4 * self.i + 1]:
-            _put(self, 1, None)
 
 
 class RentalApp(SessionApp):
