@@ -8,10 +8,9 @@
 # in one double-and-add pass), as OpenSSL, and so the cloud's `cryptography`, does it. S >= L
 # (non-canonical) is refused, and so are an R or A that do not decode (y >= p, no square root,
 # x = 0 with the sign bit set).
-import hashlib
-
-_sha512 = getattr(hashlib, "sha512", None)
-if _sha512 is None:
+try:
+    from hashlib import sha512 as _sha512
+except ImportError:  # the unix and ESP32 ports: sha1, sha256 and md5 only
     from sha512 import sha512 as _sha512
 
 P = (1 << 255) - 19

@@ -58,7 +58,7 @@ _H0 = (
     0x510e527fade682d1,
     0x9b05688c2b3e6c1f,
     0x1f83d9abfb41bd6b,
-    0x5be0cd19137e2179
+    0x5be0cd19137e2179,
 )
 
 
@@ -86,46 +86,9 @@ class sha512:
             n += take
             i += take
             if n == 128:
-                self._block()
+                _compress(self._h, buf)
                 n = 0
         self._n = n
-
-    def _block(self):
-        w = list(struct.unpack(">16Q", self._buf))
-        h = self._h
-        a, b, c, d, e, f, g, hh = h
-        M = _M
-        K = _K
-        for t in range(80):
-            j = t & 15
-            if t >= 16:
-                x = w[(t - 15) & 15]
-                y = w[(t - 2) & 15]
-                # the rotations' bits above 64 are cut once, by the final mask
-                w[j] = (w[j] + w[(t - 7) & 15]
-                        + (((x >> 1) | (x << 63)) ^ ((x >> 8) | (x << 56)) ^ (x >> 7))
-                        + (((y >> 19) | (y << 45)) ^ ((y >> 61) | (y << 3)) ^ (y >> 6))) & M
-            # sums carry bits above 64 until the masks on e and a: the low 64 bits are exact
-            t1 = (hh + (((e >> 14) | (e << 50)) ^ ((e >> 18) | (e << 46)) ^ ((e >> 41) | (e << 23)))
-                  + ((e & f) ^ ((e ^ M) & g)) + struct.unpack_from(">Q", K, t << 3)[0] + w[j])
-            t2 = (((a >> 28) | (a << 36)) ^ ((a >> 34) | (a << 30)) ^ ((a >> 39) | (a << 25))) \
-                + ((a & b) ^ (a & c) ^ (b & c))
-            hh = g
-            g = f
-            f = e
-            e = (d + t1) & M
-            d = c
-            c = b
-            b = a
-            a = (t1 + t2) & M
-        h[0] = (h[0] + a) & M
-        h[1] = (h[1] + b) & M
-        h[2] = (h[2] + c) & M
-        h[3] = (h[3] + d) & M
-        h[4] = (h[4] + e) & M
-        h[5] = (h[5] + f) & M
-        h[6] = (h[6] + g) & M
-        h[7] = (h[7] + hh) & M
 
     def digest(self):
         # pads a copy of the state, so update() may go on afterwards (as hashlib's digest allows)
@@ -136,15 +99,48 @@ class sha512:
         buf[n] = 0x80
         for i in range(n + 1, 128):
             buf[i] = 0
-        saved = self._h, self._buf
-        self._h = h
-        self._buf = buf
         if n >= 112:
-            self._block()
+            _compress(h, buf)
             for i in range(128):
                 buf[i] = 0
         struct.pack_into(">QQ", buf, 112, bits >> 64, bits & _M)
-        self._block()
-        out = struct.pack(">8Q", *h)
-        self._h, self._buf = saved
-        return out
+        _compress(h, buf)
+        return struct.pack(">8Q", *h)
+
+
+def _compress(h, block):
+    # one 128-byte block into the eight-word state h (a list, updated in place)
+    w = list(struct.unpack(">16Q", block))
+    a, b, c, d, e, f, g, hh = h
+    M = _M
+    K = _K
+    for t in range(80):
+        j = t & 15
+        if t >= 16:
+            x = w[(t - 15) & 15]
+            y = w[(t - 2) & 15]
+            # the rotations' bits above 64 are cut once, by the final mask
+            w[j] = (w[j] + w[(t - 7) & 15]
+                    + (((x >> 1) | (x << 63)) ^ ((x >> 8) | (x << 56)) ^ (x >> 7))
+                    + (((y >> 19) | (y << 45)) ^ ((y >> 61) | (y << 3)) ^ (y >> 6))) & M
+        # sums carry bits above 64 until the masks on e and a: the low 64 bits are exact
+        t1 = (hh + (((e >> 14) | (e << 50)) ^ ((e >> 18) | (e << 46)) ^ ((e >> 41) | (e << 23)))
+              + ((e & f) ^ ((e ^ M) & g)) + struct.unpack_from(">Q", K, t << 3)[0] + w[j])
+        t2 = (((a >> 28) | (a << 36)) ^ ((a >> 34) | (a << 30)) ^ ((a >> 39) | (a << 25))) \
+            + ((a & b) ^ (a & c) ^ (b & c))
+        hh = g
+        g = f
+        f = e
+        e = (d + t1) & M
+        d = c
+        c = b
+        b = a
+        a = (t1 + t2) & M
+    h[0] = (h[0] + a) & M
+    h[1] = (h[1] + b) & M
+    h[2] = (h[2] + c) & M
+    h[3] = (h[3] + d) & M
+    h[4] = (h[4] + e) & M
+    h[5] = (h[5] + f) & M
+    h[6] = (h[6] + g) & M
+    h[7] = (h[7] + hh) & M
