@@ -191,13 +191,16 @@ def test_every_refusal_has_its_reason_on_both_codecs(keys):
     c.run()
 
 
-def test_a_version_the_host_cannot_order_is_refused_on_the_device(keys):
-    # "1.3.0" against "1.rc.0": the host's tuple compare raises TypeError; the device refuses
-    a = keys[0]
-    got = vm_run([{"op": "manifest", "raw": sign_manifest(a, manifest(from_version="1.3.0")).hex(),
-                   "trusted": {key_id(a.public_key()).hex(): raw_pub(a).hex()},
-                   "device": {**DEVICE, "version": "1.rc.0"}}])[0]
-    assert got.get("error") == "from_version", got
+def test_versions_that_cannot_be_ordered_are_refused_on_both(keys):
+    # "1.rc.0" against "1.3.0": a number against text; both codecs refuse rather than guess
+    c = Cases(keys)
+    gated = sign_manifest(keys[0], manifest(from_version="1.3.0"))
+    c.add("text against a number", gated, "from_version", device={**DEVICE, "version": "1.rc.0"})
+    c.add("text against text", sign_manifest(keys[0], manifest(from_version="1.3.0-rc2")), "from_version",
+          device={**DEVICE, "version": "1.3.0-rc1"})
+    c.add("text after text", sign_manifest(keys[0], manifest(from_version="1.3.0-rc1")), None,
+          device={**DEVICE, "version": "1.3.0-rc2"})
+    c.run()
 
 
 # ---- EPB1 archives -----------------------------------------------------------------------------
