@@ -6,12 +6,14 @@ import ast
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tests.vm import FIRMWARE, run_vm
+from tests.vm import FIRMWARE, ROOT, run_vm
 
 P = 2 ** 255 - 19
 L = 2 ** 252 + 27742317777372353535851937790883648493
@@ -172,3 +174,15 @@ def test_sha512_constants_are_the_fips_ones():
     mask = 2 ** 64 - 1
     assert consts["_K"] == b"".join((_iroot(p << 192, 3) & mask).to_bytes(8, "big") for p in primes)
     assert consts["_H0"] == tuple(_iroot(p << 128, 2) & mask for p in primes[:8])
+
+
+def test_bench_verifies_from_mpy_at_a_64k_heap():
+    """bench/ed25519_vm.py as a board runs the code (.mpy, -X heapsize=64K): a verify leaves nothing
+    behind and fits well inside the data budget. Its time is the bench's to report (shared cores)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "ed25519_vm.py")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["retained_bytes"] <= 64, res
+    assert res["peak_heap_kb"] <= 6 and res["min_free_kb"] <= 12, res
+    assert set(res["mpy_bytes"]) == {"ed25519", "sha512", "release"} and res["mpy_total"] < 12_000, res
