@@ -12,8 +12,9 @@ verify needs above what is live before it (peak_heap_kb: the lowest gc.mem_free(
 point operation and hash block with gc.threshold(256), so at most 256 B of it is garbage); what
 stays allocated after it (retained_bytes, after gc.collect()); what importing the modules costs
 (import_heap_kb, import_bytes: a frozen module's code would sit in flash instead). Then the least
-free heap in which a verify still passes, the rest taken by a ballast (min_free_kb, bisected to
-1/8 KB over separate VM runs). The unix port is 64-bit: objects are about twice an ESP32's.
+free heap in which a verify still passes, the rest taken by a ballast of chunks that fills the
+holes too (min_free_kb, bisected to 1/8 KB over separate VM runs: the peak plus what fragmentation
+costs). The unix port is 64-bit: objects are about twice an ESP32's.
 ESP32 runs MicroPython roughly 45-70x slower (DESIGN.md): verify_ms x 45..70 is the board's figure.
 
 Last line: {"verify_ms", "manifest_verify_ms", "sha512_ms", "peak_heap_kb", "min_free_kb",
@@ -145,9 +146,17 @@ raw = u(d["raw"])
 trusted = {u(d["kid"]): pub}
 d = None
 if MODE != "measure":
-    # leave only MODE bytes free (a ballast holds the rest), then verify once: exit 0 iff it fits
+    # leave about MODE bytes free, then verify once: exit 0 iff it fits. The ballast is a chain of
+    # chunks, largest first, so it fills the holes too: what is left is MODE bytes, not one hole.
+    want = int(MODE)
+    ballast = None
     gc.collect()
-    ballast = bytearray(gc.mem_free() - int(MODE) - 32)
+    for size in (4096, 1024, 256, 64, 16):
+        try:
+            while gc.mem_free() - size - 96 > want:
+                ballast = (ballast, bytearray(size))
+        except MemoryError:
+            pass
     gc.collect()
     if not ed25519.verify(pub, sig, msg):
         sys.exit(2)

@@ -15,13 +15,6 @@ except ImportError:  # the unix and ESP32 ports: sha1, sha256 and md5 only
 
 P = (1 << 255) - 19
 L = (1 << 252) + 27742317777372353535851937790883648493
-_D = 37095705934669439343138083508754565189542113879843219016388785533085940283555
-_D2 = 16295367250680780974490674513165176452449235426866156013048779062215315747161  # 2d
-_SQRT_M1 = 19681161376707505956807079304988542015446066515923890162744021073123829784752
-_BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
-_BY = 46316835694926478169428394003475163141307993866256225615783033603165251855960
-_B = (_BX, _BY, 1, _BX * _BY % P)
-_ZERO = (0, 1, 1, 0)  # the neutral element
 
 
 def _pow(b, e):
@@ -36,6 +29,14 @@ def _pow(b, e):
             b = b * b % P
             e >>= 1
         return r
+
+
+# The curve's constants are derived at import (four exponentiations, once per update) rather than
+# written out: each literal would be 77 digits of code in every board's bundle.
+_D = -121665 * _pow(121666, P - 2) % P  # d = -121665/121666
+_D2 = 2 * _D % P
+_SQRT_M1 = _pow(2, (P - 1) >> 2)  # a square root of -1
+_ZERO = (0, 1, 1, 0)  # the neutral element
 
 
 def _add(p, q):
@@ -91,6 +92,9 @@ def decode_point(s):
     if x & 1 != sign:
         x = P - x
     return (x, y, 1, x * y % P)
+
+
+_B = decode_point((4 * _pow(5, P - 2) % P).to_bytes(32, "little"))  # y = 4/5, x even (RFC 8032 §5.1)
 
 
 def verify(pub, sig, msg):

@@ -9,6 +9,8 @@
 # Every refusal is a ReleaseError whose .code is the SPEC §10 reason (the `failed` reason of the
 # update events): bad_manifest, bad_alg, revoked_key, unknown_key, bad_signature, wrong_class,
 # downgrade, too_large, journal_format, outside_window, from_version, digest_mismatch, bad_archive.
+# .detail is a word at most (which field, which CBOR error, which kid): every string here is code
+# in each board's bundle once the updater ships, and the cloud knows the manifest it offered.
 import hashlib
 
 import cbor
@@ -33,20 +35,15 @@ class ReleaseError(Exception):
         self.detail = detail
 
 
-def key_id(pub):
-    """A release key's kid: the first 8 bytes of SHA-256 over its raw 32-byte public key."""
-    return hashlib.sha256(pub).digest()[:8]
-
-
 def _text(v, name):
     if type(v) is not str or not 0 < len(v.encode()) <= 32:
-        raise ReleaseError("bad_manifest", name + " is a 1-32 byte string")
+        raise ReleaseError("bad_manifest", name)
     return v
 
 
 def _uint(v, lo, hi, name):
     if type(v) is not int or not lo <= v <= hi:
-        raise ReleaseError("bad_manifest", "%s is %d..%d" % (name, lo, hi))
+        raise ReleaseError("bad_manifest", name)
     return v
 
 
@@ -54,18 +51,18 @@ class Manifest:
     # The payload map's fields (SPEC §10), validated as the host's Manifest.validate does.
     def __init__(self, p):
         if type(p) is not dict:
-            raise ReleaseError("bad_manifest", "the payload is not a map")
+            raise ReleaseError("bad_manifest", "payload")
         for k in p:
             if type(k) is not int or (k not in _REQUIRED and k not in _OPTIONAL):
-                raise ReleaseError("bad_manifest", "unknown key %r" % (k,))
+                raise ReleaseError("bad_manifest", "keys")
         for k in _REQUIRED:
             if k not in p:
-                raise ReleaseError("bad_manifest", "key %d missing" % k)
+                raise ReleaseError("bad_manifest", "keys")
         w = p.get(10)
         if w is not None and type(w) is not list:
-            raise ReleaseError("bad_manifest", "window is a list")
+            raise ReleaseError("bad_manifest", "window")
         if 12 in p and p[12] is not True:
-            raise ReleaseError("bad_manifest", "allow_lower is present only as true")
+            raise ReleaseError("bad_manifest", "allow_lower")
         self.board = _text(p[1], "board")
         self.kind = _text(p[2], "kind")
         self.version = _text(p[3], "version")
@@ -73,17 +70,17 @@ class Manifest:
         self.size = _uint(p[5], 1, MAX_PAYLOAD, "size")
         h = p[6]
         if type(h) is not bytes or len(h) != 32:
-            raise ReleaseError("bad_manifest", "sha256 is 32 bytes")
+            raise ReleaseError("bad_manifest", "sha256")
         self.sha256 = h
         self.chunk = _uint(p[7], 256, 1536, "chunk")
         self.journal = _uint(p[8], 1, 255, "journal")
         if p[9] not in FORMATS:
-            raise ReleaseError("bad_manifest", "format is bundle or image")
+            raise ReleaseError("bad_manifest", "format")
         self.format = p[9]
         if w is not None:
             if len(w) != 2 or type(w[0]) is not int or type(w[1]) is not int \
                     or not 0 <= w[0] < w[1] < 1 << 40:
-                raise ReleaseError("bad_manifest", "window is [start, end) Unix seconds, start < end")
+                raise ReleaseError("bad_manifest", "window")
             w = (w[0], w[1])
         self.window = w
         f = p.get(11)
@@ -95,19 +92,19 @@ class Manifest:
         Unix time or None (an untrusted clock is outside any window: wait for the next time
         exchange)."""
         if self.board != board or self.kind != kind:
-            raise ReleaseError("wrong_class", "for %s/%s, not %s/%s" % (self.board, self.kind, board, kind))
+            raise ReleaseError("wrong_class")
         if self.seq <= installed_seq and not self.allow_lower:
-            raise ReleaseError("downgrade", "seq %d is not above the installed %d" % (self.seq, installed_seq))
+            raise ReleaseError("downgrade")
         if self.size > slot_bytes:
-            raise ReleaseError("too_large", "%d bytes for a %d-byte slot" % (self.size, slot_bytes))
+            raise ReleaseError("too_large")
         if self.journal != journal:
-            raise ReleaseError("journal_format", "reads journal format %d, the device has %d" % (self.journal, journal))
+            raise ReleaseError("journal_format")
         w = self.window
         if w is not None and (now is None or not w[0] <= now < w[1]):
-            raise ReleaseError("outside_window", "installs in [%d, %d), now %r" % (w[0], w[1], now))
+            raise ReleaseError("outside_window")
         f = self.from_version
         if f is not None and installed_version is not None and _older(installed_version, f):
-            raise ReleaseError("from_version", "updates from %s on, not %s" % (f, installed_version))
+            raise ReleaseError("from_version")
 
 
 def _older(a, b):
@@ -135,16 +132,16 @@ def open_manifest(raw, trusted, revoked=()):
     and trusted (trusted: {kid: raw 32-byte public key}; revoked: kids), the Ed25519 signature,
     then the payload's fields. -> Manifest; ReleaseError with the first failure's reason."""
     if len(raw) > MAX_MANIFEST:
-        raise ReleaseError("bad_manifest", "over %d bytes" % MAX_MANIFEST)
+        raise ReleaseError("bad_manifest", "size")
     try:
         tag, body = cbor.decode(raw, True)
     except CodecError as e:
-        raise ReleaseError("bad_manifest", "CBOR: " + e.code)
+        raise ReleaseError("bad_manifest", e.code)
     if tag != SIGN1_TAG:
-        raise ReleaseError("bad_manifest", "not a tagged COSE_Sign1 (tag 18)")
+        raise ReleaseError("bad_manifest", "tag")
     if type(body) is not list or len(body) != 4 or type(body[0]) is not memoryview \
             or body[1] != {} or type(body[2]) is not memoryview or type(body[3]) is not memoryview:
-        raise ReleaseError("bad_manifest", "not [protected, {}, payload, signature]")
+        raise ReleaseError("bad_manifest", "shape")
     prot = body[0]
     payload = body[2]
     sig = body[3]
@@ -152,11 +149,11 @@ def open_manifest(raw, trusted, revoked=()):
     try:
         hdr = cbor.decode(prot)
     except CodecError as e:
-        raise ReleaseError("bad_manifest", "protected header: " + e.code)
+        raise ReleaseError("bad_manifest", e.code)
     if type(hdr) is not dict or len(hdr) != 2 or 1 not in hdr or 4 not in hdr or type(hdr[4]) is not bytes:
-        raise ReleaseError("bad_manifest", "protected header is not {1: alg, 4: kid}")
+        raise ReleaseError("bad_manifest", "header")
     if hdr[1] != ALG_EDDSA:
-        raise ReleaseError("bad_alg", "alg %r, not EdDSA (-8)" % (hdr[1],))
+        raise ReleaseError("bad_alg")
     kid = hdr[4]
     hdr = None
     # a revoked kid is revoked_key whether or not it is still listed as trusted (as the host)
@@ -166,7 +163,7 @@ def open_manifest(raw, trusted, revoked=()):
     if pub is None:
         raise ReleaseError("unknown_key", kid.hex())
     if len(sig) != 64:
-        raise ReleaseError("bad_signature", "not 64 bytes")
+        raise ReleaseError("bad_signature")
     # Sig_structure ["Signature1", protected, h'', payload], fed to the hash in parts
     if not ed25519.verify(pub, bytes(sig), (_SIG1, cbor.head(2, len(prot)), prot, _EMPTY_BSTR,
                                             cbor.head(2, len(payload)), payload)):
@@ -174,16 +171,8 @@ def open_manifest(raw, trusted, revoked=()):
     try:
         p = cbor.decode(payload)
     except CodecError as e:
-        raise ReleaseError("bad_manifest", "payload: " + e.code)
+        raise ReleaseError("bad_manifest", e.code)
     return Manifest(p)
-
-
-def verify(raw, trusted, revoked, board, kind, installed_seq, slot_bytes, journal, now=None,
-           installed_version=None):
-    """open_manifest, then Manifest.check: all a device checks before it writes a byte."""
-    m = open_manifest(raw, trusted, revoked)
-    m.check(board, kind, installed_seq, slot_bytes, journal, now, installed_version)
-    return m
 
 
 def check_payload(f, m, buf):
@@ -228,7 +217,7 @@ class Archive:
         self.path = None
         self.size = 0
         if self._exact(4) != 4 or self._hdr[:4] != b"EPB1":
-            self._fail("not an EPB1 archive")
+            self._fail("magic")
 
     def _read(self, mv):
         # one read into mv, never past the payload; hashed
@@ -278,24 +267,24 @@ class Archive:
             self._fail("truncated")
         n = self._hdr[0]
         if not n:
-            self._fail("empty path")
+            self._fail("path")
         if self._exact(n + 4) != n + 4:
             self._fail("truncated")
         hdr = self._hdr
         size = (hdr[n] << 24) | (hdr[n + 1] << 16) | (hdr[n + 2] << 8) | hdr[n + 3]
         raw = bytes(self._mv[:n])
         if self._prev is not None and raw <= self._prev:
-            self._fail("paths out of order")
+            self._fail("order")
         if not cbor._utf8_strict(raw, 0, n):
-            self._fail("path is not UTF-8")
+            self._fail("path")
         path = raw.decode()
         if path[0] == "/" or "\\" in path or "\x00" in path:
-            self._fail("unsafe path")
+            self._fail("path")
         for part in path.split("/"):
             if part == "" or part == "." or part == "..":
-                self._fail("unsafe path")
+                self._fail("path")
         if size > self._left:
-            self._fail("file past the payload's end")
+            self._fail("past end")
         self._prev = raw
         self._file = size
         self.path = path
