@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import random
 from pathlib import Path
 
 import cbor2
@@ -306,8 +308,6 @@ def test_a_signed_but_malformed_archive_is_bad_archive(tmp_path):
 def test_mutated_manifests_get_the_same_outcome_from_both_codecs(keys):
     """Every byte of a signed manifest flipped in turn, and some truncations and insertions: the host
     and the VM agree on each outcome (almost all bad_manifest or bad_signature; never a crash)."""
-    import os
-    import random
     rng = random.Random(int(os.environ.get("EDGEPAY_MANIFEST_SEED", "12")))
     raw = sign_manifest(keys[0], manifest(window=(100, 200), from_version="1.2.0"))
     c = Cases(keys)
