@@ -134,12 +134,21 @@ class Manifest:
         if self.journal != journal:
             raise ManifestError("journal_format", f"reads journal format {self.journal}, the device has {journal}")
         if self.from_version is not None and installed_version is not None \
-                and _vkey(installed_version) < _vkey(self.from_version):
+                and _older(installed_version, self.from_version):
             raise ManifestError("from_version", f"updates from {self.from_version} on, not {installed_version}")
 
 
 def _vkey(v: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in v.replace("-", ".").split("."))
+
+
+def _older(a: str, b: str) -> bool:
+    """Version a below b, part by part (numbers by value, other parts as text); a number against
+    text cannot be ordered and counts as older: refused, as the device does (firmware/release.py)."""
+    try:
+        return _vkey(a) < _vkey(b)
+    except TypeError:
+        return True
 
 
 def key_id(public: Ed25519PublicKey) -> bytes:

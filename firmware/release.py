@@ -1,0 +1,303 @@
+# Firmware release manifests and payloads on the device (protocol/SPEC.md §10): everything a
+# device checks before it writes a byte of an update, and the EPB1 archive walked one header at a
+# time. Standalone: the updater imports it (and so ed25519, sha512) only when an update arrives.
+#
+#     m = open_manifest(raw, trusted, revoked)      # shape, alg, key, signature, fields
+#     m.check("sim-gate", "gate", installed_seq, slot_bytes, journal, now, installed_version)
+#     a = Archive(f, m)                              # then: while a.next(): a.readinto(buf) ...
+#
+# Every refusal is a ReleaseError whose .code is the SPEC §10 reason (the `failed` reason of the
+# update events): bad_manifest, bad_alg, revoked_key, unknown_key, bad_signature, wrong_class,
+# downgrade, too_large, journal_format, outside_window, from_version, digest_mismatch, bad_archive.
+# .detail is a word at most (which field, which CBOR error, which kid): every string here is code
+# in each board's bundle once the updater ships, and the cloud knows the manifest it offered.
+import hashlib
+
+import cbor
+import ed25519
+from cbor import CodecError
+
+MAX_MANIFEST = 512  # bytes of the whole Sign1
+MAX_PAYLOAD = 4 * 1024 * 1024
+ALG_EDDSA = -8
+SIGN1_TAG = 18
+_SIG1 = b"\x84\x6aSignature1"  # array(4), tstr "Signature1": the Sig_structure's first two heads
+_EMPTY_BSTR = b"\x40"  # external_aad: a manifest is bound to no topic
+_REQUIRED = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+_OPTIONAL = (10, 11, 12)
+FORMATS = ("bundle", "image")
+
+
+class ReleaseError(Exception):
+    def __init__(self, code, detail=""):
+        super().__init__(code + ": " + detail if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+def _text(v, name):
+    if type(v) is not str or not 0 < len(v.encode()) <= 32:
+        raise ReleaseError("bad_manifest", name)
+    return v
+
+
+def _uint(v, lo, hi, name):
+    if type(v) is not int or not lo <= v <= hi:
+        raise ReleaseError("bad_manifest", name)
+    return v
+
+
+class Manifest:
+    # The payload map's fields (SPEC §10), validated as the host's Manifest.validate does.
+    def __init__(self, p):
+        if type(p) is not dict:
+            raise ReleaseError("bad_manifest", "payload")
+        for k in p:
+            if type(k) is not int or (k not in _REQUIRED and k not in _OPTIONAL):
+                raise ReleaseError("bad_manifest", "keys")
+        for k in _REQUIRED:
+            if k not in p:
+                raise ReleaseError("bad_manifest", "keys")
+        w = p.get(10)
+        if w is not None and type(w) is not list:
+            raise ReleaseError("bad_manifest", "window")
+        if 12 in p and p[12] is not True:
+            raise ReleaseError("bad_manifest", "allow_lower")
+        self.board = _text(p[1], "board")
+        self.kind = _text(p[2], "kind")
+        self.version = _text(p[3], "version")
+        self.seq = _uint(p[4], 1, 0xFFFFFFFF, "seq")
+        self.size = _uint(p[5], 1, MAX_PAYLOAD, "size")
+        h = p[6]
+        if type(h) is not bytes or len(h) != 32:
+            raise ReleaseError("bad_manifest", "sha256")
+        self.sha256 = h
+        self.chunk = _uint(p[7], 256, 1536, "chunk")
+        self.journal = _uint(p[8], 1, 255, "journal")
+        if p[9] not in FORMATS:
+            raise ReleaseError("bad_manifest", "format")
+        self.format = p[9]
+        if w is not None:
+            if len(w) != 2 or type(w[0]) is not int or type(w[1]) is not int \
+                    or not 0 <= w[0] < w[1] < 1 << 40:
+                raise ReleaseError("bad_manifest", "window")
+            w = (w[0], w[1])
+        self.window = w
+        f = p.get(11)
+        self.from_version = None if f is None else _text(f, "from")
+        self.allow_lower = 12 in p
+
+    def check(self, board, kind, installed_seq, slot_bytes, journal, now=None, installed_version=None):
+        """The device's own checks, in SPEC §10 order; ReleaseError otherwise. `now` is trusted
+        Unix time or None (an untrusted clock is outside any window: wait for the next time
+        exchange)."""
+        if self.board != board or self.kind != kind:
+            raise ReleaseError("wrong_class")
+        if self.seq <= installed_seq and not self.allow_lower:
+            raise ReleaseError("downgrade")
+        if self.size > slot_bytes:
+            raise ReleaseError("too_large")
+        if self.journal != journal:
+            raise ReleaseError("journal_format")
+        w = self.window
+        if w is not None and (now is None or not w[0] <= now < w[1]):
+            raise ReleaseError("outside_window")
+        f = self.from_version
+        if f is not None and installed_version is not None and _older(installed_version, f):
+            raise ReleaseError("from_version")
+
+
+def _older(a, b):
+    # version a < version b: dot- (or dash-) separated parts, numbers by value, other parts as
+    # text (the host's _vkey); a number against text cannot be ordered, and is refused as older
+    pa = a.replace("-", ".").split(".")
+    pb = b.replace("-", ".").split(".")
+    for i in range(min(len(pa), len(pb))):
+        x = pa[i]
+        y = pb[i]
+        dx = x.isdigit()
+        dy = y.isdigit()
+        if dx and dy:
+            x = int(x)
+            y = int(y)
+        elif dx or dy:
+            return True
+        if x != y:
+            return x < y
+    return len(pa) < len(pb)
+
+
+def open_manifest(raw, trusted, revoked=()):
+    """Check a manifest (bytes) in SPEC §10 order: size and CBOR, Sign1 shape, alg, kid not revoked
+    and trusted (trusted: {kid: raw 32-byte public key}; revoked: kids), the Ed25519 signature,
+    then the payload's fields. -> Manifest; ReleaseError with the first failure's reason."""
+    if len(raw) > MAX_MANIFEST:
+        raise ReleaseError("bad_manifest", "size")
+    try:
+        tag, body = cbor.decode(raw, True)
+    except CodecError as e:
+        raise ReleaseError("bad_manifest", e.code)
+    if tag != SIGN1_TAG:
+        raise ReleaseError("bad_manifest", "tag")
+    if type(body) is not list or len(body) != 4 or type(body[0]) is not memoryview \
+            or body[1] != {} or type(body[2]) is not memoryview or type(body[3]) is not memoryview:
+        raise ReleaseError("bad_manifest", "shape")
+    prot = body[0]
+    payload = body[2]
+    sig = body[3]
+    body = None
+    try:
+        hdr = cbor.decode(prot)
+    except CodecError as e:
+        raise ReleaseError("bad_manifest", e.code)
+    if type(hdr) is not dict or len(hdr) != 2 or 1 not in hdr or 4 not in hdr or type(hdr[4]) is not bytes:
+        raise ReleaseError("bad_manifest", "header")
+    if hdr[1] != ALG_EDDSA:
+        raise ReleaseError("bad_alg")
+    kid = hdr[4]
+    hdr = None
+    # a revoked kid is revoked_key whether or not it is still listed as trusted (as the host)
+    if kid in revoked:
+        raise ReleaseError("revoked_key", kid.hex())
+    pub = trusted.get(kid)
+    if pub is None:
+        raise ReleaseError("unknown_key", kid.hex())
+    if len(sig) != 64:
+        raise ReleaseError("bad_signature")
+    # Sig_structure ["Signature1", protected, h'', payload], fed to the hash in parts
+    if not ed25519.verify(pub, bytes(sig), (_SIG1, cbor.head(2, len(prot)), prot, _EMPTY_BSTR,
+                                            cbor.head(2, len(payload)), payload)):
+        raise ReleaseError("bad_signature")
+    try:
+        p = cbor.decode(payload)
+    except CodecError as e:
+        raise ReleaseError("bad_manifest", e.code)
+    return Manifest(p)
+
+
+def check_payload(f, m, buf):
+    """The SHA-256 of the first m.size bytes of file object f (a staged slot) against the
+    manifest, read through buf (a bytearray); ReleaseError digest_mismatch otherwise."""
+    h = hashlib.sha256()
+    left = m.size
+    mv = memoryview(buf)
+    while left:
+        n = f.readinto(mv[:left] if left < len(mv) else mv)
+        if not n:
+            break
+        h.update(mv[:n])
+        left -= n
+    if left or h.digest() != m.sha256:
+        raise ReleaseError("digest_mismatch")
+
+
+class Archive:
+    """An EPB1 archive (SPEC §10: b"EPB1", then per file in path order a u8 path length, the UTF-8
+    path, a u32 big-endian size, the bytes) walked from file object f, one header held at a time,
+    every byte hashed. m gives the payload's size and sha256 (a Manifest):
+
+        a = Archive(f, m)
+        while a.next():                  # sets a.path, a.size; None after the last file
+            n = a.readinto(buf)          # the current file's bytes, 0 at its end
+
+    Files seen before next() returns None are unproven: next() checks the digest of the whole
+    payload at the end (digest_mismatch). A malformed archive is digest_mismatch when its digest
+    is wrong too (corruption), bad_archive when it is not (a signed but malformed payload). Bytes
+    of f past m.size are never read (a slot is larger than its payload)."""
+
+    def __init__(self, f, m):
+        self._f = f
+        self._want = m.sha256
+        self._left = m.size  # payload bytes not read yet
+        self._h = hashlib.sha256()
+        self._hdr = bytearray(260)  # a header (u8 + 255-byte path + u32), or scratch to skip
+        self._mv = memoryview(self._hdr)
+        self._prev = None  # the last path, to hold the archive to strictly ascending order
+        self._file = 0  # bytes of the current file not read yet
+        self.path = None
+        self.size = 0
+        if self._exact(4) != 4 or self._hdr[:4] != b"EPB1":
+            self._fail("magic")
+
+    def _read(self, mv):
+        # one read into mv, never past the payload; hashed
+        n = len(mv)
+        if n > self._left:
+            n = self._left
+        if not n:
+            return 0
+        n = self._f.readinto(mv[:n] if n < len(mv) else mv) or 0
+        self._h.update(mv[:n])
+        self._left -= n
+        return n
+
+    def _exact(self, n):
+        # n header bytes into _hdr[:n]; the count read (short at the end of f or of the payload)
+        got = 0
+        while got < n:
+            k = self._read(self._mv[got:n])
+            if not k:
+                break
+            got += k
+        return got
+
+    def _fail(self, why):
+        # the rest of the payload still goes through the hash: a corrupt archive is digest_mismatch
+        while self._read(self._mv):
+            pass
+        self.path = None
+        if self._left or self._h.digest() != self._want:
+            raise ReleaseError("digest_mismatch")
+        raise ReleaseError("bad_archive", why)
+
+    def next(self):
+        """Advance to the next file (the unread rest of the current one is skipped, hashed);
+        -> its path, or None after the last one, once the whole payload's digest matches."""
+        while self._file:
+            n = self._read(self._mv[:self._file] if self._file < 260 else self._mv)
+            if not n:
+                self._fail("truncated")
+            self._file -= n
+        if not self._left:
+            self.path = None
+            if self._h.digest() != self._want:
+                raise ReleaseError("digest_mismatch")
+            return None
+        if not self._exact(1):
+            self._fail("truncated")
+        n = self._hdr[0]
+        if not n:
+            self._fail("path")
+        if self._exact(n + 4) != n + 4:
+            self._fail("truncated")
+        hdr = self._hdr
+        size = (hdr[n] << 24) | (hdr[n + 1] << 16) | (hdr[n + 2] << 8) | hdr[n + 3]
+        raw = bytes(self._mv[:n])
+        if self._prev is not None and raw <= self._prev:
+            self._fail("order")
+        if not cbor._utf8_strict(raw, 0, n):
+            self._fail("path")
+        path = raw.decode()
+        if path[0] == "/" or "\\" in path or "\x00" in path:
+            self._fail("path")
+        for part in path.split("/"):
+            if part == "" or part == "." or part == "..":
+                self._fail("path")
+        if size > self._left:
+            self._fail("past end")
+        self._prev = raw
+        self._file = size
+        self.path = path
+        self.size = size
+        return path
+
+    def readinto(self, buf):
+        """Up to len(buf) bytes of the current file into buf; 0 at its end."""
+        if not self._file:
+            return 0
+        mv = memoryview(buf)
+        n = self._read(mv[:self._file] if self._file < len(mv) else mv)
+        if not n:
+            self._fail("truncated")
+        self._file -= n
+        return n
