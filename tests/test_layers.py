@@ -94,3 +94,45 @@ def test_no_import_cycles():
         if m not in done:
             visit(m, [], set(), done)
     assert not cycles, "\n".join(cycles)
+
+
+# ---- firmware: layers by import rule (README "The house"; not packages: each costs RAM) ----------
+FW = ROOT / "firmware"
+FW_RANK = {  # a module imports only its own rank or below
+    **dict.fromkeys(("cbor", "hmac256", "cose", "msg", "sha512", "ed25519", "mqtt_frame", "journal",
+                     "store", "config"), 0),  # codec and primitives
+    "hal": 1,                                                    # the board's hardware
+    **dict.fromkeys(("mqtt_client", "net", "clock", "commands", "uplink", "release", "board"), 2),  # services
+    "apps": 3,                                                   # payment apps, behind agent.Context
+    "agent": 4,                                                  # the composition root
+    **dict.fromkeys(("start", "main"), 5),                       # boot
+}
+APP_IMPORTS = {"apps", "commands", "store"}  # all an app may import of the firmware
+
+
+def _fw_imports() -> dict[str, set[str]]:
+    fw_names = {p.stem for p in FW.glob("*.py")} | {"hal", "apps"}
+    out: dict[str, set[str]] = {}
+    for p in FW.rglob("*.py"):
+        top = p.relative_to(FW).parts[0].removesuffix(".py")
+        got = out.setdefault(top, set())
+        for n in ast.walk(ast.parse(p.read_text(), str(p))):
+            names = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+                [n.module] if isinstance(n, ast.ImportFrom) and n.module else []
+            got |= {x.split(".")[0] for x in names if x.split(".")[0] in fw_names}
+        got.discard(top)
+    return out
+
+
+def test_every_firmware_module_has_a_layer():
+    assert set(_fw_imports()) <= set(FW_RANK), set(_fw_imports()) - set(FW_RANK)
+
+
+def test_firmware_imports_point_down():
+    up = sorted((m, d) for m, ds in _fw_imports().items() for d in ds if FW_RANK[d] > FW_RANK[m])
+    assert not up, up
+
+
+def test_apps_see_only_their_face():
+    wide = {d for d in _fw_imports()["apps"] if d not in APP_IMPORTS}
+    assert not wide, wide
