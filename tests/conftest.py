@@ -3,6 +3,8 @@ import pytest
 
 from host_tools.broker import Broker
 
+pytest_plugins = ["tests.secretlog"]  # no generated key or password in any log the suite writes
+
 # device users have the device-id ACL; "cloud" may read/write v1/#
 USERS = {"cloud": "cloud-pw", "dev1": "dev1-pw", "dev2": "dev2-pw"}
 
