@@ -37,6 +37,7 @@ LEVELS = (48, 40, 32, 28, 24, 20, 16, 12, 8)  # searched downward until one fail
 
 _LOADED = """
 import sys
+import start  # main.py's body (its boot, below, done by hand: start.main() would run the agent)
 import config, board
 cfg = config.load()
 board.boot(cfg)
