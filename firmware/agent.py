@@ -205,16 +205,14 @@ class Agent:
         self.journal_error = None
         if self.board.get("journal"):
             self._open_journal()
-        b = cfg.pop("broker")  # the MQTT client keeps what it needs
-        will = self.seal(_T_STATUS, {_K_CODE: False})
-        self.mqtt = MQTTClient({
-            "client_id": dev, "user": dev, "password": b["password"],
-            "host": b["host"], "port": b["port"], "keepalive": self.settings["keepalive_s"],
-            "tls": bool(b.get("tls")), "ca": b.get("ca"), "server_hostname": b.get("server_hostname"),
-            "will_topic": self.t_up + "status", "will_msg": will, "will_qos": 1, "will_retain": True,
-            "max_packet": MAX_PACKET,
-            "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"],
-        })
+        # The config's broker section already speaks the client's names (host, port, password;
+        # tls, ca, server_hostname, cert, certkey): it is completed and handed over, not copied.
+        b = cfg.pop("broker")
+        b.update({"client_id": dev, "user": dev, "keepalive": self.settings["keepalive_s"],
+                  "will_topic": self.t_up + "status", "will_msg": self.seal(_T_STATUS, {_K_CODE: False}),
+                  "will_qos": 1, "will_retain": True, "max_packet": MAX_PACKET,
+                  "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"]})
+        self.mqtt = MQTTClient(b)
         self.mqtt.subscribe(t_cmd, 1, self._on_cmd, True)
         self.clock.attach(self.mqtt, self.signer, base)  # each service subscribes to its own topics
         self.mqtt.on_state(self._on_state)

@@ -165,7 +165,10 @@ def build_bundle(board: dict, out: Path, root: Path = FIRMWARE) -> Bundle:
         rel = m.rel if str(m.rel) == "main.py" else m.mpy_rel
         dst = out / "bundle" / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(m.source if rel == m.rel else compiled / m.mpy_rel, dst)
+        if rel == m.rel:  # its text is what the board stores: its comments stay in src/
+            dst.write_text(code_lines(m.source.read_text()))
+        else:
+            shutil.copyfile(compiled / m.mpy_rel, dst)
         sizes[str(rel)] = dst.stat().st_size
         src = out / "src" / m.rel
         src.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,19 @@ def build_bundle(board: dict, out: Path, root: Path = FIRMWARE) -> Bundle:
     (out / "manifest.py").write_text(manifest_text(board, mods))
     (out / "package.json").write_text(package_json(board, mods, root))
     return Bundle(board, out, mods, sizes)
+
+
+def code_lines(src: str) -> str:
+    """Python source less its comment-only and blank lines (main.py ships as source, so every byte
+    of it is flash; its comments stay in src/). A line holding any code, or part of a string, stays."""
+    import io
+    import tokenize
+    keep: set[int] = set()
+    skip = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type not in skip:
+            keep.update(range(tok.start[0], tok.end[0] + 1))
+    return "".join(ln for i, ln in enumerate(src.splitlines(keepends=True), 1) if i in keep)
 
 
 def manifest_text(board: dict, mods: list[Module]) -> str:
