@@ -38,6 +38,7 @@ DEFAULTS = {
     "ca": None,                 # CA file (PEM or DER): verify the broker's certificate
     "cadata": None,             # CA bytes instead of a file
     "server_hostname": None,    # name checked against the cert (default: host)
+    "cert": None, "certkey": None,  # the device's certificate and key (DER files): mutual TLS
     "max_inflight": 8,          # QoS1 window
     "max_packet": 4096,         # largest packet received (bytes after the fixed header)
     "max_qos0": 8,              # QoS0 messages queued while a write is pending
@@ -330,7 +331,7 @@ class MQTTClient:
         s = self._sock = hal.connect(cfg["host"], cfg["port"])
         if cfg["tls"] or cfg["ca"] or cfg["cadata"]:
             if self._ssl_ctx is None:  # made once: loading the CA costs RAM and time
-                self._ssl_ctx = hal.tls_context(cfg["ca"], cfg["cadata"])
+                self._ssl_ctx = hal.tls_context(cfg["ca"], cfg["cadata"], cfg["cert"], cfg["certkey"])
             s = self._ssl_ctx.wrap_socket(
                 s, server_hostname=cfg["server_hostname"] or cfg["host"],
                 do_handshake_on_connect=False)

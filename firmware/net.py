@@ -7,9 +7,7 @@
 import asyncio
 import time
 
-
-def log(*a):
-    print("%d" % time.ticks_ms(), *a)
+from clock import log
 
 
 def wlan():

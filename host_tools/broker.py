@@ -68,6 +68,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def mtls_auth(acl):
+    """A device listener's authentication by certificate (mutual TLS): the broker requires a client
+    certificate signed by its CA, takes its CN as the username (and, as everywhere, the username as
+    the client id), so the ACL's %u is the certified device id; no password is asked."""
+    return ["require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
+            "allow_anonymous false", "acl_file %s" % acl]
+
+
 def password_line(user, password, iterations=101):
     """Mosquitto 2.x password file entry: $7$ = PBKDF2-HMAC-SHA512, 12-byte salt."""
     salt = os.urandom(12)
@@ -147,12 +155,14 @@ class Broker:
         if self.tls:
             conf += [
                 "listener %d 127.0.0.1" % self.tls_port,
-                *device_auth,
+                *(mtls_auth(d / "acl") if self.tls.get("require_certificate") else device_auth),
                 "cafile %s" % self.tls["cafile"],
                 "certfile %s" % self.tls["certfile"],
                 "keyfile %s" % self.tls["keyfile"],
                 "tls_version tlsv1.2",
             ]
+            if self.tls.get("crlfile"):
+                conf.append("crlfile %s" % self.tls["crlfile"])
         conf.append(self.extra_conf)
         (d / "mosquitto.conf").write_text("\n".join(conf) + "\n")
 

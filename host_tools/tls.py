@@ -37,15 +37,20 @@ def make_ca(cn="edgepay test CA", days=CA_DAYS):
     return key, cert
 
 
-def make_leaf(ca_key, ca_cert, cn="localhost", dns=("localhost",), ips=("127.0.0.1",), days=LEAF_DAYS):
+def make_leaf(ca_key, ca_cert, cn="localhost", dns=("localhost",), ips=("127.0.0.1",), days=LEAF_DAYS,
+              ended_days_ago=None):
+    """A certificate signed by the CA; `ended_days_ago`: one that expired that long ago (tests)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     # a certificate outliving its CA would only fail later, at the CA's expiry: end with it
     end = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
+    start = now - datetime.timedelta(days=1)
+    if ended_days_ago is not None:
+        start, end = now - datetime.timedelta(days=ended_days_ago + 30), now - datetime.timedelta(days=ended_days_ago)
     san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -73,3 +78,22 @@ def write_pki(d, **leaf_kw):
     out["cert"] = str(d / "server.pem")
     out["key"] = str(d / "server.key")
     return out
+
+
+def device_der(key, cert) -> tuple[bytes, bytes]:
+    """A device's certificate and private key as the device loads them: DER (its mbedtls has no
+    PEM parser), the key PKCS#8."""
+    return (cert.public_bytes(serialization.Encoding.DER),
+            key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def make_crl(ca_key, ca_cert, revoked=(), days=30) -> bytes:
+    """A CRL (PEM) from the CA listing the certificates `revoked`: what the broker's `crlfile` reads."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+         .last_update(now - datetime.timedelta(minutes=5)).next_update(now + datetime.timedelta(days=days)))
+    for c in revoked:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(c.serial_number)
+                                      .revocation_date(now - datetime.timedelta(minutes=5)).build())
+    return b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

@@ -94,6 +94,27 @@ def test_provision_tls(tmp_path):
     assert dev.subject.rfc4514_string() == "CN=rent-1"
     dev.verify_directly_issued_by(ca)
     srv.verify_directly_issued_by(ca)
+    # what the board loads for mutual TLS: the same certificate and its key, DER (no PEM parser there)
+    assert (cfg["broker"]["cert"], cfg["broker"]["certkey"]) == ("device.der", "device.key.der")
+    assert x509.load_der_x509_certificate((out / "device.der").read_bytes()) == dev
+    assert mode(out / "device.key.der") == 0o600
+
+
+def test_broker_conf_mutual_tls(tmp_path, monkeypatch):
+    out, bdir = tmp_path / "d", tmp_path / "b"
+    run("--registry", str(tmp_path / "r.db"), "provision", "rent-1", "--board", "sim-rental", "--out", str(out),
+        "--broker-dir", str(bdir), "--tls", "--tls-host", "localhost")
+    monkeypatch.setenv("EDGEPAY_MQTT_PASSWORD", "cloud-secret-pw")
+    crl = tmp_path / "crl.pem"
+    crl.write_text("-----BEGIN X509 CRL-----\n-----END X509 CRL-----\n")
+    run("broker", "conf", "--broker-dir", str(bdir), "--tls-port", "18883", "--tls-clients", "certificate",
+        "--crl", str(crl))
+    conf = (bdir / "mosquitto.conf").read_text().split("listener ")
+    tls = next(part for part in conf if part.startswith("18883"))
+    assert "require_certificate true" in tls and "use_identity_as_username true" in tls
+    assert "password_file" not in tls and f"crlfile {crl.resolve()}" in tls
+    plain = next(part for part in conf if part.startswith("1883 "))
+    assert "password_file" in plain and "require_certificate" not in plain
 
 
 def test_provision_bad_input(tmp_path):

@@ -33,21 +33,28 @@ def connect(host, port):
     return s
 
 
-def tls_context(ca_file=None, cadata=None):
+def tls_context(ca_file=None, cadata=None, cert=None, key=None):
     """A TLS client context: verifying the server against the CA (a file or bytes, PEM or DER) when
-    one is given; without one, encrypted but not authenticated."""
+    one is given; without one, encrypted but not authenticated. cert, key: the device's own
+    certificate and key, DER files, for a broker that requires them (mutual TLS)."""
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca = cadata
     if ca is None and ca_file:
-        with open(ca_file, "rb") as f:
-            ca = f.read()
+        ca = _read(ca_file)
     if ca is not None:
         ctx.load_verify_locations(cadata=pem_to_der(ca))
         ctx.verify_mode = ssl.CERT_REQUIRED
     else:
         ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(_read(cert), _read(key))
     return ctx
+
+
+def _read(name):
+    with open(name, "rb") as f:
+        return f.read()
 
 
 def pem_to_der(data):

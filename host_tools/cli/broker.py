@@ -72,17 +72,22 @@ def register(cli: click.Group) -> None:
                   help="the cloud listener (the global --broker of cmd, time, watch)")
     @click.option("--bind", default="127.0.0.1", show_default=True)
     @click.option("--tls-port", type=click.IntRange(1, 65535), help="also a TLS device listener (provision --tls made the certificates)")
+    @click.option("--tls-clients", type=click.Choice(["password", "certificate"]), default="password", show_default=True,
+                  help="how devices authenticate on the TLS listener: their password, or their certificate "
+                       "(mutual TLS: CN = device id, no password asked)")
+    @click.option("--crl", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                  help="a CRL (PEM) of revoked device certificates, for --tls-clients certificate")
     @click.option("--run-as", help="the account Mosquitto runs as when started by root; the files it reads "
                   "are given to it [default: you, the files' owner]")
     @click.pass_obj
     def conf(o: Ctx, broker_dir: Path, port: int, cloud_port: int, bind: str, tls_port: int | None,
-             run_as: str | None) -> None:
+             tls_clients: str, crl: Path | None, run_as: str | None) -> None:
         """Write BROKER_DIR/mosquitto.conf (+ the cloud user's passwd_cloud/acl_cloud).
 
         The cloud user is --user / --password (EDGEPAY_MQTT_USER / EDGEPAY_MQTT_PASSWORD).
         Run it with: mosquitto -c BROKER_DIR/mosquitto.conf
         """
-        from host_tools.broker import password_line
+        from host_tools.broker import mtls_auth, password_line
         if port == cloud_port or (tls_port is not None and tls_port in (port, cloud_port)):
             fail("the listeners need distinct ports")
         password = o.need_password()
@@ -106,8 +111,14 @@ def register(cli: click.Group) -> None:
                 f"listener {cloud_port} {bind}", "allow_anonymous false",
                 f"password_file {d / 'passwd_cloud'}", f"acl_file {d / 'acl_cloud'}"]
         if tls_port is not None:
-            conf += [f"listener {tls_port} {bind}", *device_auth, f"cafile {d / 'ca.pem'}",
-                     f"certfile {d / 'server.pem'}", f"keyfile {d / 'server.key'}", "tls_version tlsv1.2"]
+            mtls = tls_clients == "certificate"
+            conf += [f"listener {tls_port} {bind}", *(mtls_auth(d / "acl") if mtls else device_auth),
+                     f"cafile {d / 'ca.pem'}", f"certfile {d / 'server.pem'}", f"keyfile {d / 'server.key'}",
+                     "tls_version tlsv1.2"]
+            if crl is not None:
+                conf.append(f"crlfile {crl.resolve()}")
+        elif tls_clients == "certificate" or crl is not None:
+            fail("--tls-clients certificate and --crl need --tls-port")
         write_private(d / "mosquitto.conf", "\n".join(conf) + "\n")
         _give_to(d, acct)
         o.emit({"conf": str(d / "mosquitto.conf"), "port": port, "cloud_port": cloud_port, "tls_port": tls_port,

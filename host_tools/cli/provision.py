@@ -61,7 +61,7 @@ def tls_material(broker_dir: Path, out: Path, device: str, hostnames: list[str],
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from host_tools.tls import make_ca, make_leaf
+    from host_tools.tls import device_der, make_ca, make_leaf
     ca_pem, ca_key_p = broker_dir / "ca.pem", broker_dir / "ca.key"
     if ca_pem.exists() and ca_key_p.exists():
         try:
@@ -85,6 +85,9 @@ def tls_material(broker_dir: Path, out: Path, device: str, hostnames: list[str],
                f"certificates end then, not in {days} days")
     write_private(out / "device.key", _key_pem(dkey))
     write_private(out / "device.pem", _pem(dcert))
+    cert_der, key_der = device_der(dkey, dcert)  # what the board loads: its mbedtls reads DER only
+    write_private(out / "device.der", cert_der)
+    write_private(out / "device.key.der", key_der)
     write_private(out / "ca.pem", _pem(ca))
     return {"ca": str(ca_pem), "server": str(broker_dir / "server.pem"), "device_cert": str(out / "device.pem")}
 
@@ -209,7 +212,7 @@ def register(cli: click.Group) -> None:
         if tls:
             tls_files = tls_material(broker_dir, out, device, list(tls_host) or [host], cert_days, o)
             cfg["broker"].update(tls=True, ca="ca.pem", server_hostname=(list(tls_host) or [host])[0],
-                                 cert="device.pem", certkey="device.key")
+                                 cert="device.der", certkey="device.key.der")
         write_private(out / "config.json", json.dumps(cfg, indent=1) + "\n")
         update_passwd(broker_dir / "passwd", device, password)
         ensure_acl(broker_dir / "acl")

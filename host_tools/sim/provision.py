@@ -35,7 +35,8 @@ def board_definition(board_file: str | Path) -> dict:
 def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str | None = None,
                   settings: dict | None = None, heapsize: str | None = None, ca_file: str | None = None,
                   peripherals=None, board_file: str | Path | None = None, clock_rate: int | None = None,
-                  broker_port: int | None = None, **extra) -> SimBoard:
+                  broker_port: int | None = None, client_cert: tuple[bytes, bytes] | None = None,
+                  **extra) -> SimBoard:
     """Register `device`, give it broker credentials and write its config; returns the (stopped) board.
 
     With `ca_file`, the device connects to the broker's TLS listener and verifies its certificate
@@ -48,6 +49,8 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
     With `clock_rate` (simulator only, firmware/clock.py), the device's clock runs that many times
     real time (host_tools/sim/world.py plays an hour in a minute this way).
     With `broker_port`, the device connects there instead of the broker's own port (a FaultyProxy).
+    With `client_cert` (certificate, key: DER, host_tools.tls.device_der) and `ca_file`, the device
+    also presents that certificate (mutual TLS), kept on its flash as device.der and device.key.der.
     """
     bdef = None
     if board_file is not None:
@@ -81,5 +84,9 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
     if ca_file:
         (board.dir / "ca.pem").write_bytes(Path(ca_file).read_bytes())
         cfg["broker"].update(tls=True, ca="ca.pem", server_hostname="localhost")
+        if client_cert is not None:
+            (board.dir / "device.der").write_bytes(client_cert[0])
+            (board.dir / "device.key.der").write_bytes(client_cert[1])
+            cfg["broker"].update(cert="device.der", certkey="device.key.der")
         board.write_config(cfg)
     return board
