@@ -91,7 +91,8 @@ def test_the_api_commands_a_vm_board_and_reports(site, served):
     assert call(u + "/v1/devices/gate-1/commands", "POST", {"name": ""}, tok)[0] == 422
     site.reg.set_status("gate-1", "revoked")
     assert call(u + "/v1/devices/gate-1/commands", "POST", {"name": "get_state"}, tok)[0] == 409
-    st, text = call(u + "/metrics")
+    assert call(u + "/metrics")[0] == 401          # only health answers without auth
+    st, text = call(u + "/metrics", token=tok)
     assert st == 200 and 'edgepay_commands_total{state="SUCCEEDED"} 2.0' in text
     assert "edgepay_command_seconds_bucket" in text and 'edgepay_devices{status="revoked"} 1.0' in text
     st, spec = call(u + "/openapi.json")
