@@ -50,10 +50,10 @@ def add_account_routes(app: FastAPI, auth: Auth, accounts: Accounts, *, cookie_s
     def who(p: Principal) -> dict:
         return {"user": p.user, "role": p.role, "sites": list(p.sites) if p.sites is not None else None, "via": p.via}
 
-    @app.post("/v1/session")
+    @app.post("/v1/session", name="login")
     def login(body: LoginIn, request: Request, response: Response) -> dict:
         # a sync route: the slow password hash runs on a worker thread, not the event loop
-        audit_note(request, action="login", actor=body.user, target=body.user)
+        audit_note(request, actor=body.user, target=body.user)
         p = accounts.check_login(body.user, body.password)
         if p is None:
             raise Problem(401, "wrong user name or password", "login-failed")
@@ -64,9 +64,8 @@ def add_account_routes(app: FastAPI, auth: Auth, accounts: Accounts, *, cookie_s
                                 httponly=http_only, samesite="strict")
         return {**who(p), "via": "session", "csrf": csrf, "expires_in_s": SESSION_S}
 
-    @app.delete("/v1/session")
+    @app.delete("/v1/session", name="logout")
     def logout(request: Request, response: Response, p: Principal = anyone) -> dict:
-        audit_note(request, action="logout")
         sid = request.cookies.get(SESSION_COOKIE)
         if p.via == "session" and sid:
             accounts.end_session(sid)
@@ -86,18 +85,18 @@ def add_account_routes(app: FastAPI, auth: Auth, accounts: Accounts, *, cookie_s
     def users() -> list[dict]:
         return [user_json(u) for u in accounts.users()]
 
-    @app.post("/v1/users", dependencies=[admin], status_code=201)
+    @app.post("/v1/users", dependencies=[admin], status_code=201, name="user.add")
     def add_user(body: UserIn, request: Request) -> dict:
-        audit_note(request, action="user.add", target=body.name,
+        audit_note(request, target=body.name,
                    detail={"role": body.role, "sites": body.sites, "password": body.password is not None})
         try:
             return user_json(accounts.add_user(body.name, body.role, body.password, body.sites))
         except AccountError as e:
             raise Problem(409 if "exists" in str(e) else 422, str(e)) from None
 
-    @app.delete("/v1/users/{name}", dependencies=[admin])
+    @app.delete("/v1/users/{name}", dependencies=[admin], name="user.remove")
     def remove_user(name: str, request: Request) -> dict:
-        audit_note(request, action="user.remove", target=name)
+        audit_note(request, target=name)
         try:
             accounts.remove_user(name)
         except AccountError as e:
@@ -112,9 +111,9 @@ def add_account_routes(app: FastAPI, auth: Auth, accounts: Accounts, *, cookie_s
     def tokens(user: str | None = None) -> list[dict]:
         return [token_json(t) for t in accounts.tokens(user)]
 
-    @app.post("/v1/tokens", dependencies=[admin], status_code=201)
+    @app.post("/v1/tokens", dependencies=[admin], status_code=201, name="token.create")
     def create_token(body: TokenIn, request: Request) -> dict:
-        audit_note(request, action="token.create", target=body.user, detail={"name": body.name})
+        audit_note(request, target=body.user, detail={"name": body.name})
         try:
             secret, t = accounts.create_token(body.user, body.name, body.expires_in_days * 86400)
         except AccountError as e:
@@ -122,9 +121,9 @@ def add_account_routes(app: FastAPI, auth: Auth, accounts: Accounts, *, cookie_s
         audit_note(request, detail={"name": body.name, "token": t.id, "expires_at": t.expires_at})
         return {**token_json(t), "token": secret}
 
-    @app.delete("/v1/tokens/{token_id}", dependencies=[admin])
+    @app.delete("/v1/tokens/{token_id}", dependencies=[admin], name="token.revoke")
     def revoke_token(token_id: str, request: Request) -> dict:
-        audit_note(request, action="token.revoke", target=token_id)
+        audit_note(request, target=token_id)
         try:
             return token_json(accounts.revoke_token(token_id))
         except AccountError as e:

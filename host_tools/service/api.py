@@ -92,8 +92,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
     m = metrics or Metrics()
     app = FastAPI(title="edgepay", version="1", description=(__doc__ or "").split("\n")[0])
     install_problems(app)
-    app.add_middleware(AuditMiddleware, accounts=accounts)
     auth = Auth(accounts, token)
+    app.add_middleware(AuditMiddleware, accounts=accounts, auth=auth)
     viewer, operator = auth.need("viewer"), auth.need("operator")
 
     @app.get("/healthz")
@@ -152,10 +152,10 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
     def device(device_id: str, p: Principal = Depends(viewer)) -> Device:
         return _device(_get(p, device_id))
 
-    @app.post("/v1/devices/{device_id}/commands")
+    @app.post("/v1/devices/{device_id}/commands", name="command")
     async def command(device_id: str, body: CommandIn, request: Request,
                       p: Principal = Depends(operator)) -> CommandOut:
-        audit_note(request, action="command", target=device_id, detail={"name": body.name})
+        audit_note(request, detail={"name": body.name})
         d = _get(p, device_id)
         if not d.active:
             raise Problem(409, f"device {device_id!r} is {d.status}: it is sent nothing")

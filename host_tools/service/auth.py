@@ -140,13 +140,16 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 class AuditMiddleware:
     """Records every unsafe /v1 call after it is answered: who (the principal, or none), what (the
-    route, or the `action` a route set on request.state.audit), the target, the HTTP status and
-    the route's detail (a command's id and outcome). Refusals are recorded too (a failed login, a
+    route's name: command, user.add, token.revoke...; an unknown route: its method and path), the
+    target (the path's parameter: a device, a user, a token), the HTTP status and the route's
+    detail (a command's id and outcome), also when a dependency refused the call before the route
+    ran. Refusals are recorded too (a failed login, a
     forbidden call). Nothing of the request body is recorded but what a route chooses."""
 
-    def __init__(self, app: Any, accounts: Accounts | None):
+    def __init__(self, app: Any, accounts: Accounts | None, auth: Auth | None = None):
         self.app = app
         self.accounts = accounts
+        self.auth = auth
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if (scope["type"] != "http" or scope["method"] in SAFE or not scope["path"].startswith("/v1/")
@@ -164,13 +167,23 @@ class AuditMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             p: Principal | None = state.get("principal")
+            if p is None and self.auth is not None:   # no route ran (404, 405): who tried, still
+                try:
+                    p = self.auth.principal(Request(scope))
+                except StarletteHTTPException:
+                    p = None
             a: dict = state.get("audit") or {}
-            route = getattr(scope.get("route"), "path", None) or scope["path"]
+            route = scope.get("route")
+            if scope["method"] not in getattr(route, "methods", ()):
+                route = None    # a path matched with another method (405): no route's name
+            params = list((scope.get("path_params") or {}).values()) if route is not None else []
+            action = a.get("action") or getattr(route, "name", None) or f"{scope['method']} {scope['path']}"
             try:
-                self.accounts.record(a.get("action") or f"{scope['method']} {route}",
+                self.accounts.record(action,
                                      str(status[0]) if status else "500",
                                      actor=a.get("actor") or (p.user if p else None), via=p.via if p else None,
-                                     target=a.get("target") or scope["path"], detail=a.get("detail"))
+                                     target=a.get("target") or (str(params[0]) if params else None),
+                                     detail=a.get("detail"))
             except Exception:  # noqa: BLE001 - the call is done; the failure is logged loudly
                 log.exception("audit: could not record %s %s", scope["method"], scope["path"])
 
