@@ -290,6 +290,11 @@ def test_every_change_is_audited_and_the_audit_log_cannot_be_edited(api):
     after = api.acc.audit(limit=1000)
     assert [e for e in after if e["id"] <= page["items"][0]["id"]] == page["items"]   # the old entries unchanged
     assert len(after) == n + 16    # ...and each refused attempt recorded as one more entry
+    # below the API, the database refuses too
+    for sql in ("UPDATE audit SET status='200'", "DELETE FROM audit"):
+        with pytest.raises(Exception, match="append-only"):
+            api.acc.db._write(lambda cur: cur.execute(sql))
+    assert api.acc.audit(limit=1000) == after
 
 
 def test_the_accounts_schema_is_its_own_versioned_component(api, ledger_url):

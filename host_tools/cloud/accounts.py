@@ -26,7 +26,8 @@ Tables (schema component "accounts", version 1):
     audit         id PK (1, 2, ... in commit order), at, actor, via (token:<id>, session,
                   password, config-token, cli), action, target, status (the HTTP status or "ok"),
                   detail (JSON: the outcome; a command's id `cti` and its state)
-The audit table is written only by `record()`; nothing here updates or deletes a row of it.
+The audit table is written only by `record()`; nothing here updates or deletes a row of it, and
+the database itself refuses to (triggers on both backends).
 """
 from __future__ import annotations
 
@@ -154,7 +155,25 @@ def _schema(db: Database) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS audit (
             id {audit_id}, at DOUBLE PRECISION NOT NULL, actor TEXT, via TEXT, action TEXT NOT NULL,
             target TEXT, status TEXT NOT NULL, detail TEXT)""",
+        *(_PG_APPEND_ONLY if isinstance(db, PgLedger) else _SQLITE_APPEND_ONLY),
     ]
+
+
+# The database refuses to change or delete an audit row, whatever code asks (a bug, an injected
+# statement); only the database's owner dropping the trigger can (a retention job, deliberately).
+_SQLITE_APPEND_ONLY = [
+    f"CREATE TRIGGER IF NOT EXISTS audit_no_{op.lower()} BEFORE {op} ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END" for op in ("UPDATE", "DELETE")]
+_PG_APPEND_ONLY = [
+    """CREATE OR REPLACE FUNCTION edgepay_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$""",
+    """DO $$ BEGIN
+         IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_append_only') THEN
+           CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit
+             FOR EACH STATEMENT EXECUTE FUNCTION edgepay_audit_append_only();
+         END IF;
+       END $$""",
+]
 
 
 class Accounts:

@@ -139,7 +139,8 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 class AuditMiddleware:
-    """Records every unsafe /v1 call after it is answered: who (the principal, or none), what (the
+    """Records every unsafe /v1 call as it is answered (before the answer is sent, so a caller who
+    has its answer finds the entry): who (the principal, or none), what (the
     route's name: command, user.add, token.revoke...; an unknown route: its method and path), the
     target (the path's parameter: a device, a user, a token), the HTTP status and the route's
     detail (a command's id and outcome), also when a dependency refused the call before the route
@@ -157,35 +158,40 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        status: list[int] = []
+        done: list[int] = []
 
-        async def send_status(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
+        async def send_recorded(message: dict) -> None:
+            if message["type"] == "http.response.start" and not done:
+                done.append(message["status"])
+                self._record(scope, state, str(message["status"]))   # before the caller hears back
             await send(message)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send_recorded)
         finally:
-            p: Principal | None = state.get("principal")
-            if p is None and self.auth is not None:   # no route ran (404, 405): who tried, still
-                try:
-                    p = self.auth.principal(Request(scope))
-                except StarletteHTTPException:
-                    p = None
-            a: dict = state.get("audit") or {}
-            route = scope.get("route")
-            if scope["method"] not in getattr(route, "methods", ()):
-                route = None    # a path matched with another method (405): no route's name
-            params = list((scope.get("path_params") or {}).values()) if route is not None else []
-            action = a.get("action") or getattr(route, "name", None) or f"{scope['method']} {scope['path']}"
+            if not done:   # no answer at all (the app raised): the server answers 500
+                self._record(scope, state, "500")
+
+    def _record(self, scope: dict, state: dict, status: str) -> None:
+        p: Principal | None = state.get("principal")
+        if p is None and self.auth is not None:   # no route ran (404, 405): who tried, still
             try:
-                self.accounts.record(action,
-                                     str(status[0]) if status else "500",
-                                     actor=a.get("actor") or (p.user if p else None), via=p.via if p else None,
-                                     target=a.get("target") or (str(params[0]) if params else None),
-                                     detail=a.get("detail"))
-            except Exception:  # noqa: BLE001 - the call is done; the failure is logged loudly
-                log.exception("audit: could not record %s %s", scope["method"], scope["path"])
+                p = self.auth.principal(Request(scope))
+            except StarletteHTTPException:
+                p = None
+        a: dict = state.get("audit") or {}
+        route = scope.get("route")
+        if scope["method"] not in getattr(route, "methods", ()):
+            route = None    # a path matched with another method (405): no route's name
+        params = list((scope.get("path_params") or {}).values()) if route is not None else []
+        action = a.get("action") or getattr(route, "name", None) or f"{scope['method']} {scope['path']}"
+        try:
+            assert self.accounts is not None
+            self.accounts.record(action, status, actor=a.get("actor") or (p.user if p else None),
+                                 via=p.via if p else None,
+                                 target=a.get("target") or (str(params[0]) if params else None),
+                                 detail=a.get("detail"))
+        except Exception:  # noqa: BLE001 - the call is done; the failure is logged loudly
+            log.exception("audit: could not record %s %s", scope["method"], scope["path"])
 
 
 def audit_note(request: Request, **kw: Any) -> None:
