@@ -36,6 +36,8 @@ class FakeClient:
         self.sent: list[tuple[str, str, dict | None]] = []
 
     async def asend(self, device_id, name, args, timeout=10.0, ttl=60):
+        if name == "sync_time":
+            raise RuntimeError("the stand-in fails this one")
         self.sent.append((device_id, name, args))
         n = len(self.sent)
         return SimpleNamespace(state=SimpleNamespace(value="SUCCEEDED"), code="ok", data=None,
@@ -159,6 +161,10 @@ def test_each_role_is_allowed_its_calls_and_refused_the_rest(api):
     assert api.call("/v1/me", token=BOOT)[1] == {"user": "config-token", "role": "admin", "sites": None,
                                                  "via": "config-token"}
     assert api.call("/v1/users", token=BOOT)[0] == 200
+    spec = api.call("/openapi.json")[1]
+    assert set(spec["components"]["securitySchemes"]) == {"token", "session"}
+    assert "security" in spec["paths"]["/v1/devices/{device_id}/commands"]["post"]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
 
 
 def test_expired_revoked_and_forged_tokens_are_refused(api):
@@ -295,6 +301,14 @@ def test_every_change_is_audited_and_the_audit_log_cannot_be_edited(api):
         with pytest.raises(Exception, match="append-only"):
             api.acc.db._write(lambda cur: cur.execute(sql))
     assert api.acc.audit(limit=1000) == after
+
+
+def test_a_crash_is_a_problem_too_and_is_audited(api):
+    op = api.user("otto", "operator")
+    r = api.call("/v1/devices/lot1-gate-1/commands", "POST", {"name": "sync_time"}, op)
+    assert is_problem(r, 500, "internal") and "Traceback" not in json.dumps(r[1])
+    e = api.acc.audit(limit=1)[0]
+    assert (e["action"], e["actor"], e["status"]) == ("command", "otto", "500")
 
 
 def test_the_accounts_schema_is_its_own_versioned_component(api, ledger_url):

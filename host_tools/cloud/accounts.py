@@ -324,9 +324,12 @@ class Accounts:
         """(the session cookie's secret, its CSRF token); only their digests are stored."""
         sid, csrf, now = new_secret(), secrets.token_urlsafe(32), time.time()
         db = self.db
-        db._write(lambda cur: cur.execute(db._sql(
-            "INSERT INTO acc_sessions (digest, usr, csrf, created_at, expires_at) VALUES (?,?,?,?,?)"),
-            (digest(sid), user, digest(csrf), now, now + lifetime_s)))
+
+        def run(cur: Any) -> None:
+            cur.execute(db._sql("DELETE FROM acc_sessions WHERE expires_at < ?"), (now - 86400,))  # ended a day ago
+            cur.execute(db._sql("INSERT INTO acc_sessions (digest, usr, csrf, created_at, expires_at) VALUES (?,?,?,?,?)"),
+                        (digest(sid), user, digest(csrf), now, now + lifetime_s))
+        db._write(run)
         return sid, csrf
 
     def check_session(self, sid: str) -> tuple[Principal, bytes] | None:

@@ -25,10 +25,11 @@ import hmac
 import logging
 from typing import Any, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyCookie, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from host_tools.cloud.accounts import Accounts, Principal, digest
@@ -49,7 +50,8 @@ TITLES = {"unauthenticated": "Authentication required", "invalid-token": "The to
           "forbidden": "Not allowed for this account", "csrf": "The CSRF token is missing or wrong",
           "not-found": "Not found", "method-not-allowed": "Method not allowed", "conflict": "Conflict",
           "invalid": "The request is not valid", "confirmation-required": "This command needs confirmation",
-          "unavailable": "Not ready", "bad-request": "Bad request", "login-failed": "Wrong user name or password"}
+          "unavailable": "Not ready", "bad-request": "Bad request", "login-failed": "Wrong user name or password",
+          "internal": "Internal error"}
 
 
 class Problem(StarletteHTTPException):
@@ -75,6 +77,11 @@ def install_problems(app: FastAPI) -> None:
         kind = getattr(exc, "kind", None) or KINDS.get(exc.status_code, "error")
         return problem_response(exc.status_code, kind, exc.detail, getattr(exc, "headers", None),
                                 **getattr(exc, "ext", {}))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return problem_response(500, "internal", "the server failed to answer this call; its log says why")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):
@@ -130,12 +137,17 @@ class Auth:
             return p
         # FastAPI runs an `async def` dependency on the event loop (a sync one goes to a thread):
         # the token check is one digest and one indexed read, so it stays on the loop
-        async def adep(request: Request) -> Principal:
+        # (the two security schemes only declare the credentials in the OpenAPI document)
+        async def adep(request: Request, _bearer: Any = Security(_BEARER), _cookie: Any = Security(_COOKIE)) -> Principal:
             return dep(request)
         return adep  # type: ignore[return-value]
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_BEARER = HTTPBearer(auto_error=False, scheme_name="token",
+                     description="an API token (`edgepay user token create`) or the config's bootstrap token")
+_COOKIE = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, scheme_name="session",
+                       description="a browser session (POST /v1/session); unsafe methods also need X-CSRF-Token")
 
 
 class AuditMiddleware:
