@@ -250,6 +250,17 @@ def test_a_browser_session_needs_its_csrf_token_for_changes(api):
     assert len(api.client.sent) == 1
 
 
+def test_wrong_passwords_for_a_name_are_throttled(api):
+    from host_tools.service.accounts_api import LOGIN_TRIES
+    api.acc.add_user("otto", "operator", PW)
+    for _ in range(LOGIN_TRIES):
+        assert api.call("/v1/session", "POST", {"user": "otto", "password": "guess guess"})[0] == 401
+    r = api.call("/v1/session", "POST", {"user": "otto", "password": PW})     # even the right one, for now
+    assert is_problem(r, 429, "too-many-attempts") and int(r[2]["Retry-After"]) > 0
+    assert api.call("/v1/session", "POST", {"user": "vera", "password": "guess"})[0] == 401   # another name is not held
+    assert api.acc.failed_logins("otto", 900) == LOGIN_TRIES
+
+
 def test_every_change_is_audited_and_the_audit_log_cannot_be_edited(api):
     admin, op, viewer = api.user("ada", "admin"), api.user("otto", "operator"), api.user("vera", "viewer")
     before = api.acc.audit()

@@ -155,6 +155,7 @@ def _schema(db: Database) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS audit (
             id {audit_id}, at DOUBLE PRECISION NOT NULL, actor TEXT, via TEXT, action TEXT NOT NULL,
             target TEXT, status TEXT NOT NULL, detail TEXT)""",
+        "CREATE INDEX IF NOT EXISTS audit_target ON audit (target, at)",
         *(_PG_APPEND_ONLY if isinstance(db, PgLedger) else _SQLITE_APPEND_ONLY),
     ]
 
@@ -368,6 +369,13 @@ class Accounts:
                          json.dumps(detail, sort_keys=True, default=str) if detail is not None else None))
             return new
         return db._write(run)
+
+    def failed_logins(self, name: str, within_s: float) -> int:
+        """How many refused logins as `name` the audit log holds for the last `within_s` seconds
+        (every instance on this database writes there, so the count is the fleet's)."""
+        rows = self.db._read("SELECT COUNT(*) FROM audit WHERE target=? AND at > ? AND action='login' "
+                             "AND status='401'", (name, time.time() - within_s))
+        return int(rows[0][0])
 
     def audit(self, *, before: int | None = None, limit: int = 100, actor: str | None = None) -> list[dict]:
         """Entries newest first; `before` (an id) pages back."""

@@ -2,7 +2,8 @@
 accounts, their tokens and the audit log.
 
     POST   /v1/session           {"user", "password"} -> cookies edgepay_session (HttpOnly,
-                                 SameSite=Strict) and edgepay_csrf, and {"csrf", ...} once
+                                 SameSite=Strict) and edgepay_csrf, and {"csrf", ...} once;
+                                 429 after 10 wrong passwords for a name in 15 minutes
     DELETE /v1/session           log out
     GET    /v1/me                the caller: user, role, sites, how it authenticated
     GET    /v1/users             admin
@@ -23,6 +24,12 @@ from pydantic import BaseModel, Field
 
 from host_tools.cloud.accounts import SESSION_S, AccountError, Accounts, Principal
 from host_tools.service.auth import CSRF_COOKIE, SESSION_COOKIE, Auth, Problem, audit_note
+
+
+# a name with this many refused logins in the window is refused without a password check (the
+# count comes from the audit log, so it holds across instances); per-address limits belong to the
+# reverse proxy
+LOGIN_TRIES, LOGIN_WINDOW_S = 10, 900
 
 
 class LoginIn(BaseModel):
@@ -54,6 +61,9 @@ def add_account_routes(app: FastAPI, auth: Auth, accounts: Accounts, *, cookie_s
     def login(body: LoginIn, request: Request, response: Response) -> dict:
         # a sync route: the slow password hash runs on a worker thread, not the event loop
         audit_note(request, actor=body.user, target=body.user)
+        if accounts.failed_logins(body.user, LOGIN_WINDOW_S) >= LOGIN_TRIES:
+            raise Problem(429, f"{LOGIN_TRIES} wrong passwords for {body.user!r} in {LOGIN_WINDOW_S // 60} minutes: "
+                          "try again later", "too-many-attempts", {"Retry-After": str(LOGIN_WINDOW_S // 3)})
         p = accounts.check_login(body.user, body.password)
         if p is None:
             raise Problem(401, "wrong user name or password", "login-failed")

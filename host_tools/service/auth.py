@@ -45,13 +45,14 @@ BOOTSTRAP = "config-token"
 
 KINDS = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
          405: "method-not-allowed", 409: "conflict", 422: "invalid", 428: "confirmation-required",
+         429: "too-many-attempts",
          503: "unavailable"}
 TITLES = {"unauthenticated": "Authentication required", "invalid-token": "The token is not valid",
           "forbidden": "Not allowed for this account", "csrf": "The CSRF token is missing or wrong",
           "not-found": "Not found", "method-not-allowed": "Method not allowed", "conflict": "Conflict",
           "invalid": "The request is not valid", "confirmation-required": "This command needs confirmation",
           "unavailable": "Not ready", "bad-request": "Bad request", "login-failed": "Wrong user name or password",
-          "internal": "Internal error"}
+          "internal": "Internal error", "too-many-attempts": "Too many attempts"}
 
 
 class Problem(StarletteHTTPException):
