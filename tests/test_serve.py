@@ -83,6 +83,18 @@ def test_the_api_commands_a_vm_board_and_reports(site, served):
     assert b.hw.display() == "hi api"
     st, out = call(u + "/v1/devices/gate-1/commands", "POST", {"name": "get_state"}, tok)
     assert st == 200 and out["data"]["board"] == "sim-gate"
+    # an operator's own token (tests/test_serve_auth.py has the roles); the audit log links the
+    # command's id to the device's signed outcome
+    served.accounts.add_user("otto", "operator")
+    op = served.accounts.create_token("otto", "test")[0]
+    assert call(u + "/v1/devices/gate-1/commands", "POST", {"name": "reboot"}, op)[0] == 428   # confirm first
+    st, out = call(u + "/v1/devices/gate-1/commands", "POST", {"name": "display", "args": {"text": "by otto"}}, op)
+    assert st == 200 and out["state"] == "SUCCEEDED" and b.hw.display() == "by otto"
+    st, page = call(u + "/v1/audit", token=tok)
+    last = page["items"][0]
+    assert (last["action"], last["actor"], last["status"], last["target"]) == ("command", "otto", "200", "gate-1")
+    assert last["detail"]["cti"] == out["cti"] and last["detail"]["state"] == "SUCCEEDED"
+    assert call(u + "/v1/audit", token=op)[0] == 403
     # refusals, nothing signed or sent
     assert call(u + "/v1/devices/nope", token=tok)[0] == 404
     assert call(u + "/v1/devices/nope/commands", "POST", {"name": "get_state"}, tok)[0] == 404
@@ -91,8 +103,9 @@ def test_the_api_commands_a_vm_board_and_reports(site, served):
     assert call(u + "/v1/devices/gate-1/commands", "POST", {"name": ""}, tok)[0] == 422
     site.reg.set_status("gate-1", "revoked")
     assert call(u + "/v1/devices/gate-1/commands", "POST", {"name": "get_state"}, tok)[0] == 409
-    st, text = call(u + "/metrics")
-    assert st == 200 and 'edgepay_commands_total{state="SUCCEEDED"} 2.0' in text
+    assert call(u + "/metrics")[0] == 401          # only health answers without auth
+    st, text = call(u + "/metrics", token=tok)
+    assert st == 200 and 'edgepay_commands_total{state="SUCCEEDED"} 3.0' in text
     assert "edgepay_command_seconds_bucket" in text and 'edgepay_devices{status="revoked"} 1.0' in text
     st, spec = call(u + "/openapi.json")
     assert st == 200 and "/v1/devices/{device_id}/commands" in spec["paths"]

@@ -19,7 +19,7 @@ import click
 from host_tools.cli.common import (DEFAULT_BROKER, DEFAULT_REGISTRY, DEFAULT_USER, EXIT_ERROR, EXIT_USAGE,
                                    CliError, Ctx, show_error)
 
-COMMANDS = ("provision", "device", "registry", "build", "release", "flash", "journal", "cmd", "campaign", "serve", "watch", "ledger", "broker", "sim", "demo")
+COMMANDS = ("provision", "device", "registry", "build", "release", "flash", "journal", "cmd", "campaign", "serve", "user", "watch", "ledger", "broker", "sim", "demo")
 
 EPILOG = """\b
 Exit codes: 0 ok; 1 error (bad input, unknown device, bad file; nothing done);

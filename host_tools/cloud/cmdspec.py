@@ -65,6 +65,10 @@ COMMANDS: dict[str, tuple[tuple[Arg, ...] | None, str]] = {
     "ota": ((_a(1, "manifest", "bstr"),), "placeholder: answers unsupported in v1"),
 }
 
+# Commands that act on the world: open a barrier, door or slot (open, paid, a granted auth), end a
+# customer's session, restart the device. The HTTP API sends one only with an explicit confirmation.
+ACTUATING = frozenset({"open", "paid", "auth", "cancel_session", "reboot"})
+
 
 class ArgProblem(ValueError):
     """What is wrong with a command or its arguments, in words that say what is valid."""

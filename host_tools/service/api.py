@@ -1,33 +1,42 @@
-"""The HTTP API: devices and their commands, campaigns, health and metrics.
+"""The HTTP API: devices and their commands, campaigns, accounts and the audit log, health and
+metrics.
 
-    GET  /healthz                          the process is alive
+    GET  /healthz                          the process is alive (no auth)
     GET  /readyz                           200 when the broker connection is up and the databases
-                                           answer, else 503 with the reasons
-    GET  /metrics                          Prometheus text
-    GET  /v1/devices?status=&kind=&board=  the registry's devices
-    GET  /v1/devices/{id}
-    POST /v1/devices/{id}/commands         {"name", "args": {"text": "hi"}, "ttl", "timeout"}: signs
-                                           and sends, waits for the signed result; the outcome
-    GET  /v1/campaigns, /v1/campaigns/{id}
-With a token configured, every /v1 call needs `Authorization: Bearer <token>` (401 otherwise).
-Errors are JSON {"detail": ...}: 404 unknown device or campaign, 409 a revoked device, 422 an
-unknown command or a bad argument (nothing is signed or sent), 503 the broker is down.
+                                           answer, else 503 with the reasons (no auth)
+    GET  /metrics                          Prometheus text (viewer; no auth with metrics_public)
+    GET  /v1/devices?status=&kind=&board=  the registry's devices (viewer; a scoped account: its sites')
+    GET  /v1/devices/{id}                  (viewer)
+    POST /v1/devices/{id}/commands         (operator) {"name", "args": {"text": "hi"}, "ttl",
+                                           "timeout", "confirm"}: signs and sends, waits for the
+                                           signed result; the outcome. An actuating command
+                                           (cmdspec.ACTUATING: open, paid, auth, reboot,
+                                           cancel_session) needs "confirm": true (428 otherwise)
+    GET  /v1/campaigns, /v1/campaigns/{id} (viewer)
+    accounts, tokens, sessions, audit      host_tools/service/accounts_api.py
+Who may call what: host_tools/service/auth.py. Errors are RFC 9457 problems
+(application/problem+json, "detail" says what): 401 no or a bad token, 403 a role or CSRF refusal,
+404 unknown device or campaign (or outside the caller's sites), 409 a revoked device, 422 an
+unknown command or a bad argument (nothing is signed or sent), 428 an actuating command without
+"confirm": true, 503 the broker is down.
 """
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Any, Callable
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
 from host_tools.cloud import cmdspec
+from host_tools.cloud.accounts import Accounts, Principal
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.registry import Registry, RegistryError
 from host_tools.cloud.rollout_store import RolloutStore
+from host_tools.service.accounts_api import add_account_routes
+from host_tools.service.auth import AuditMiddleware, Auth, Problem, audit_note, install_problems
 
 
 class CommandIn(BaseModel):
@@ -35,6 +44,7 @@ class CommandIn(BaseModel):
     args: dict[str, Any] | None = None
     ttl: int = Field(default=60, ge=1, le=86400)
     timeout: float = Field(default=10.0, gt=0, le=120)
+    confirm: bool = False   # required true for an actuating command (cmdspec.ACTUATING)
 
 
 class CommandOut(BaseModel):
@@ -73,18 +83,18 @@ class Metrics:
 
 
 def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStore | None = None,
-             token: str | None = None, ready: Callable[[], list[str]] = lambda: [],
-             ingest_stats: Callable[[], dict] | None = None, metrics: Metrics | None = None) -> FastAPI:
-    """The app over the service's parts. `ready()` lists what is not ready (empty: ready)."""
+             token: str | None = None, accounts: Accounts | None = None,
+             ready: Callable[[], list[str]] = lambda: [], ingest_stats: Callable[[], dict] | None = None,
+             metrics: Metrics | None = None, metrics_public: bool = False, cookie_secure: bool = True) -> FastAPI:
+    """The app over the service's parts. `ready()` lists what is not ready (empty: ready). Every
+    /v1 call needs an account's token or session (`accounts`), or the bootstrap `token` (an admin);
+    with neither, every /v1 call is refused."""
     m = metrics or Metrics()
     app = FastAPI(title="edgepay", version="1", description=(__doc__ or "").split("\n")[0])
-
-    def auth(request: Request) -> None:
-        if token is None:
-            return
-        got = request.headers.get("authorization", "")
-        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())):
-            raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    install_problems(app)
+    auth = Auth(accounts, token)
+    app.add_middleware(AuditMiddleware, accounts=accounts, auth=auth)
+    viewer, operator = auth.need("viewer"), auth.need("operator")
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -101,7 +111,7 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
             return JSONResponse({"ready": False, "not_ready": missing}, status_code=503)
         return {"ready": True}
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[] if metrics_public else [Depends(viewer)])
     def metrics_() -> PlainTextResponse:
         counts: dict[str, int] = {}
         for d in registry.devices():
@@ -115,59 +125,80 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         m.up.set(0 if any("broker" in r for r in ready()) else 1)
         return PlainTextResponse(generate_latest(m.registry).decode(), media_type="text/plain; version=0.0.4")
 
-    v1 = [Depends(auth)]
+    if accounts is not None:
+        add_account_routes(app, auth, accounts, cookie_secure=cookie_secure)
 
     def _device(d) -> Device:
         return Device(id=d.device_id, kind=d.kind, board=d.board, status=d.status, key_version=d.key_version)
 
-    @app.get("/v1/devices", dependencies=v1)
-    def devices(status: str | None = None, kind: str | None = None, board: str | None = None) -> list[Device]:
+    def _get(p: Principal, device_id: str):
+        """The device, if the caller's sites cover it; outside them it is as unknown as a missing one
+        (a scoped account does not learn which devices exist elsewhere)."""
+        try:
+            if p.sees(device_id):
+                return registry.get(device_id)
+        except RegistryError:
+            pass
+        raise Problem(404, f"unknown device {device_id!r}")
+
+    @app.get("/v1/devices")
+    def devices(status: str | None = None, kind: str | None = None, board: str | None = None,
+                p: Principal = Depends(viewer)) -> list[Device]:
         return [_device(d) for d in registry.devices()
                 if (status is None or d.status == status) and (kind is None or d.kind == kind)
-                and (board is None or d.board == board)]
+                and (board is None or d.board == board) and p.sees(d.device_id)]
 
-    @app.get("/v1/devices/{device_id}", dependencies=v1)
-    def device(device_id: str) -> Device:
-        try:
-            return _device(registry.get(device_id))
-        except RegistryError as e:
-            raise HTTPException(404, str(e)) from None
+    @app.get("/v1/devices/{device_id}")
+    def device(device_id: str, p: Principal = Depends(viewer)) -> Device:
+        return _device(_get(p, device_id))
 
-    @app.post("/v1/devices/{device_id}/commands", dependencies=v1)
-    async def command(device_id: str, body: CommandIn) -> CommandOut:
-        try:
-            d = registry.get(device_id)
-        except RegistryError as e:
-            raise HTTPException(404, str(e)) from None
+    @app.post("/v1/devices/{device_id}/commands", name="command")
+    async def command(device_id: str, body: CommandIn, request: Request,
+                      p: Principal = Depends(operator)) -> CommandOut:
+        audit_note(request, detail={"name": body.name})
+        d = _get(p, device_id)
         if not d.active:
-            raise HTTPException(409, f"device {device_id!r} is {d.status}: it is sent nothing")
+            raise Problem(409, f"device {device_id!r} is {d.status}: it is sent nothing")
         try:
             args = cmdspec.check(body.name, {_key(k): v for k, v in (body.args or {}).items()} or None)
         except cmdspec.ArgProblem as e:
-            raise HTTPException(422, str(e)) from None
+            raise Problem(422, str(e)) from None
+        if body.name in cmdspec.ACTUATING and not body.confirm:
+            raise Problem(428, f"{body.name} acts on the world (it opens, ends or restarts something): "
+                          'send it again with "confirm": true', "confirmation-required", command=body.name)
         down = ready()
         if down:
-            raise HTTPException(503, "not ready: " + "; ".join(down))
+            raise Problem(503, "not ready: " + "; ".join(down))
         t0 = time.monotonic()
         c = await client.asend(device_id, body.name, args, timeout=body.timeout, ttl=body.ttl)
         dt = time.monotonic() - t0
         m.commands.labels(c.state.value).inc()
         m.latency.observe(dt)
+        audit_note(request, detail={"name": body.name, "cti": c.cti.hex(), "seq": c.seq, "state": c.state.value,
+                                    "code": c.code, "confirmed": body.confirm})
         return CommandOut(device=device_id, name=body.name, state=c.state.value, code=c.code, data=_plain(c.data),
                           cti=c.cti.hex(), seq=c.seq, elapsed_ms=round(dt * 1000, 1))
 
-    @app.get("/v1/campaigns", dependencies=v1)
-    def campaigns() -> list[dict]:
-        return [_campaign(c) for c in rollouts.campaigns()] if rollouts is not None else []
-
-    @app.get("/v1/campaigns/{cid}", dependencies=v1)
-    def campaign(cid: str) -> dict:
-        c = rollouts.campaign(cid) if rollouts is not None else None
-        if c is None:
-            raise HTTPException(404, f"no campaign {cid!r}")
+    def _seen(p: Principal, cid: str) -> list:
         assert rollouts is not None
+        return [t for t in rollouts.targets(cid) if p.sees(t.device)]
+
+    @app.get("/v1/campaigns")
+    def campaigns(p: Principal = Depends(viewer)) -> list[dict]:
+        # a scoped account sees the campaigns that reach one of its devices (their counts are the
+        # campaign's; the targets listed by /v1/campaigns/{id} are only its own)
+        if rollouts is None:
+            return []
+        return [_campaign(c) for c in rollouts.campaigns() if p.sites is None or _seen(p, c.id)]
+
+    @app.get("/v1/campaigns/{cid}")
+    def campaign(cid: str, p: Principal = Depends(viewer)) -> dict:
+        c = rollouts.campaign(cid) if rollouts is not None else None
+        targets = _seen(p, cid) if c is not None else []
+        if c is None or (p.sites is not None and not targets):
+            raise Problem(404, f"no campaign {cid!r}")
         return {**_campaign(c), "targets": [{"device": t.device, "state": t.state, "reason": t.reason}
-                                            for t in rollouts.targets(cid)]}
+                                            for t in targets]}
     return app
 
 

@@ -4,7 +4,9 @@ token come from the environment variables the file names.
 
     [broker]   host, port, user, password_env, engine, ca_file
     [store]    registry (a SQLite path or postgresql:// URL), ledger (the same forms)
-    [http]     host, port, token_env (a bearer token for /v1; unset: no token asked)
+    [http]     host, port, token_env (the bootstrap admin's bearer token; unset: none),
+               metrics_public (false: /metrics needs a viewer token), cookie_secure (true: the
+               session cookie is sent over HTTPS only; false for plain-HTTP development)
     [parts]    ingest, time, campaigns, api (booleans), ingest_group
 Environment: EDGEPAY_BROKER (host:port), EDGEPAY_MQTT_USER, EDGEPAY_MQTT_PASSWORD,
 EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_HTTP (host:port).
@@ -36,6 +38,8 @@ class ServiceConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     token_env: str | None = None
+    metrics_public: bool = False
+    cookie_secure: bool = True
     parts: dict[str, bool] = field(default_factory=lambda: {p: True for p in PARTS})
     ingest_group: str | None = "ingest"
 
@@ -75,7 +79,7 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}") from None
         known = {"broker": {"host", "port", "user", "password_env", "engine", "ca_file"},
-                 "store": {"registry", "ledger"}, "http": {"host", "port", "token_env"},
+                 "store": {"registry", "ledger"}, "http": {"host", "port", "token_env", "metrics_public", "cookie_secure"},
                  "parts": {*PARTS, "ingest_group"}}
         for sec, keys in doc.items():
             if sec not in known or not isinstance(keys, dict):
@@ -90,6 +94,11 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         c.registry, c.ledger = s.get("registry", c.registry), s.get("ledger", c.ledger)
         c.http_host, c.http_port = h.get("host", c.http_host), int(h.get("port", c.http_port))
         c.token_env = h.get("token_env", c.token_env)
+        for key in ("metrics_public", "cookie_secure"):
+            if key in h:
+                if not isinstance(h[key], bool):
+                    raise ConfigError(f"{path}: [http] {key} is true or false")
+                setattr(c, key, h[key])
         for part in PARTS:
             if part in p:
                 if not isinstance(p[part], bool):

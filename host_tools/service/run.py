@@ -16,6 +16,7 @@ from typing import Iterable
 
 import uvicorn
 
+from host_tools.cloud.accounts import Accounts
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger_open import open_ledger
@@ -40,6 +41,7 @@ class Service:
                                      ca_file=cfg.ca_file, engine=cfg.engine)
         self.token = cfg.token if "api" in parts else None
         self.registry: Registry | None = None
+        self.accounts: Accounts | None = None
         self.client: CommandClient | None = None
         self.ingest: IngestWorker | None = None
         self._ledger = self._rollouts = None
@@ -69,8 +71,12 @@ class Service:
         if "api" in self.parts:
             assert self.client is not None
             ingest = self.ingest
+            # the accounts and the audit log live in the registry's database (its connection)
+            self.accounts = Accounts(self.registry.db)
             app = make_app(self.registry, self.client, rollouts=self._rollouts, token=self.token,
-                           ready=self.not_ready, ingest_stats=(lambda: ingest.stats) if ingest else None)
+                           accounts=self.accounts, ready=self.not_ready,
+                           ingest_stats=(lambda: ingest.stats) if ingest else None,
+                           metrics_public=cfg.metrics_public, cookie_secure=cfg.cookie_secure)
             self._server = uvicorn.Server(uvicorn.Config(app, host=cfg.http_host, port=cfg.http_port,
                                                          log_level="warning", lifespan="off"))
             t = threading.Thread(target=self._server.run, name="http", daemon=True)
