@@ -307,8 +307,8 @@ class Agent:
     async def _heartbeats(self):
         while True:
             await asyncio.sleep(self.settings["hb_s"])
-            if not self.mqtt.up:
-                continue
+            while not self.mqtt.up:  # a beat due while the link is down goes once it is back
+                await asyncio.sleep_ms(200)
             try:
                 _pace_gc()
                 hb = {_B_UPTIME: self.uptime(), _B_HEAP: gc.mem_free(), _B_JDEPTH: self.jdepth(),

@@ -288,10 +288,13 @@ class MQTTClient:
                     self._teardown()
                     raise
                 reason = self._reason
+                again = self._resync  # our own clean disconnect, for a redelivery: back at once
                 self._teardown()
                 if self._stopping:
                     break
                 self._report("connection", reason)
+                if again:
+                    continue
             # exponential backoff with full jitter in [min, min(max, min * 2^attempt)]
             lo = self.cfg["backoff_min"]
             hi = min(self.cfg["backoff_max"], lo << min(attempt, 16))
@@ -554,13 +557,13 @@ class MQTTClient:
                         if x.state == 0:
                             m = x
                             break
-                    if m is not None:
+                    if self._q0:  # first: a burst of QoS1 results never starves the heartbeat (max_qos0 bounds it)
+                        t, p, r = self._q0.pop(0)
+                        _put(st, F.publish_header(t, len(p), 0, r), p, c)
+                    elif m is not None:
                         _put(st, F.publish_header(m.topic, len(m.payload), 1, m.retain, m.sent != 0, m.pid), m.payload, c)
                         m.state = 1
                         m.sent = ticks_ms() or 1
-                    elif self._q0:
-                        t, p, r = self._q0.pop(0)
-                        _put(st, F.publish_header(t, len(p), 0, r), p, c)
                     elif c:
                         st.write(c.pop(0))
                     else:

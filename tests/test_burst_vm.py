@@ -87,9 +87,11 @@ def test_burst_of_distinct_authentic_commands_each_answered_once_in_order(env):
     assert [m["cseq"] for m in res] == [m["seq"] for m, _ in cmds]  # in seq order
     assert {m["cti"] for m in res} == {m["cti"] for m, _ in cmds}
     assert all(ERROR_NAMES[m["status"]] == "ok" for m in res)
+    # heartbeats went on (every 5 s): one within a period or so of the burst's start, however soon
+    # the burst was done, and about one a period while it lasted (one may fall in a resync reconnect)
+    until(lambda: heartbeats(env, mark), 5 + 3, "a heartbeat since the burst began")
     hb = heartbeats(env, mark)
-    # heartbeats went on (every 5 s; one may fall in a resync reconnect, QoS 0 is never queued)
-    assert len(hb) >= max(1, int(took / 10)), (len(hb), took)
+    assert len(hb) >= int(took / 10), (len(hb), took)
     log = b.log()
     assert "MemoryError" not in log
     assert b.running
