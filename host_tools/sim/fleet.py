@@ -61,7 +61,8 @@ def _ms(x: float | None) -> str:
 class Fleet:
     def __init__(self, n: int, *, scenario: str = "traffic", seconds: float = 30.0, rate: float = 60.0,
                  seed: int = 0, procs: int | None = None, every: float | None = None, hb_s: float = 30.0,
-                 ramp: int = 1000, root: str | None = None, tail: float | None = None, probe_s: float = 0.5):
+                 ramp: int = 1000, root: str | None = None, tail: float | None = None, probe_s: float = 0.5,
+                 retry_s: float = 15.0):
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario is one of {', '.join(SCENARIOS)}")
         self.n = n
@@ -76,6 +77,7 @@ class Fleet:
         self.ramp = ramp
         self.tail = tail if tail is not None else max(6.0, seconds * 0.25)
         self.probe_s = probe_s
+        self.retry_s = retry_s  # a device sends everything unacknowledged again after this long without acks
         self._own_root = root is None
         self.root = root or tempfile.mkdtemp(prefix="edgepay-fleet-")
         self.world = World(self.root, rate=rate, seed=seed, proxy=False)
@@ -122,7 +124,7 @@ class Fleet:
             w.provider.refuse(a)
         self.provision_s = time.monotonic() - t
         cfg = {"host": "127.0.0.1", "port": w.broker.port, "rate": self.rate, "hb_s": self.hb_s,
-               "time_s": 600.0, "keepalive": 60, "retry_s": 15.0, "cmd_ttl_s": w.cmd_ttl,
+               "time_s": 600.0, "keepalive": 60, "retry_s": self.retry_s, "cmd_ttl_s": w.cmd_ttl,
                "clock_skew_s": w.skew_s, "seed": self.seed, "ramp": max(1, self.ramp // self.procs),
                "report_s": 1.0}
         ctx = multiprocessing.get_context("spawn")
@@ -254,8 +256,9 @@ class Fleet:
 
     # ---- the run -----------------------------------------------------------------------------
     def run(self, on_line: Callable[[str], None] | None = None, connect_timeout: float | None = None,
-            storm_at: float | None = None) -> dict:
-        """Connect everyone, set tariffs, play the scenario for `seconds`, drain, reconcile."""
+            storm_at: float | None = None, events: list[tuple[float, Callable[["Fleet"], Any]]] | None = None) -> dict:
+        """Connect everyone, set tariffs, play the scenario for `seconds`, drain, reconcile.
+        `events`: (seconds into the traffic, fn(fleet)) faults of the caller's (a broker restart ...)."""
         say = on_line or (lambda s: None)
         self.t0 = time.monotonic()
         problems: list[str] = []
@@ -281,9 +284,15 @@ class Fleet:
             storm_at = self.seconds / 2
         end = time.monotonic() + self.seconds
         storm_t = time.monotonic() + storm_at if storm_at is not None else None
+        todo = sorted(((time.monotonic() + at, i, fn) for i, (at, fn) in enumerate(events or [])),
+                      key=lambda e: e[:2])
         next_line = time.monotonic() + 1.0
         while time.monotonic() < end:
             self.poll(0.2)
+            while todo and time.monotonic() >= todo[0][0]:
+                _, _, fn = todo.pop(0)
+                say(f"event: {getattr(fn, '__name__', fn)}")
+                fn(self)
             if storm_t is not None and time.monotonic() >= storm_t:
                 storm_t = None
                 storm = self.storm(say)

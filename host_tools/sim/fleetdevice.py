@@ -426,12 +426,17 @@ class FleetDevice:
     async def authorize(self, sid: str, payer: str, purpose: str, timeout: float = 10.0, tries: int = 3,
                         **fields: Any) -> dict | None:
         """An auth_req; the cloud's `auth` args, or None if no answer came. A retry is the same
-        request again under a new seq (the service re-runs its idempotent decision)."""
+        request again under a new seq (the service re-runs its idempotent decision) and the same
+        iat: the cloud prices an exit at the request's iat, so a retry 20 s later must not move it."""
         f = {"sid": sid, "payer": payer, "purpose": purpose, **{k: v for k, v in fields.items() if v is not None}}
+        now = self.now()
+        if now is not None:
+            f.setdefault("iat", now)
         for _ in range(tries):
-            if not self.mq.up:
-                await asyncio.sleep(1.0)
-                continue
+            waited = 0.0
+            while not self.mq.up and waited < timeout:  # offline: the request waits for the link
+                await asyncio.sleep(0.2)
+                waited += 0.2
             fut = self.loop.create_future()
             self.waits[sid] = fut
             t0 = time.monotonic()

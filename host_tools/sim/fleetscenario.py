@@ -127,12 +127,25 @@ class Gate(App):
         await asyncio.sleep(after)
         while d.now() is None:  # a reboot: wait for the clock (the firmware would close untimed)
             await asyncio.sleep(0.5)
-        t1 = max(d.now() or t0, t0)
         tariff = d.tariff or {}
-        amount = fees.parking(tariff, t0, t1)
-        ans = await d.authorize(sid, plate, "exit", slot=0, amount=amount, cur=tariff[2], t0=t0, auth=auth)
+        # Each try is priced at its own time and says so (iat = t1: the cloud prices an exit at the
+        # request's iat). If an earlier try was charged and only its answer was lost, the grant's
+        # limit is what was charged: the close is that try's (t1, amount), so all sides agree.
+        tries: list[tuple[int, int]] = []
+        ans = None
+        for _ in range(3):
+            t1 = max(d.now() or t0, t0)
+            amount = fees.parking(tariff, t0, t1)
+            tries.append((t1, amount))
+            ans = await d.authorize(sid, plate, "exit", tries=1, slot=0, amount=amount, cur=tariff[2], t0=t0,
+                                    auth=auth, iat=t1)
+            if ans is not None:
+                break
         if not ans or not ans.get(2):
             self.note("exit_unconfirmed")  # the car leaves anyway; the cloud settles the close
+        t1, amount = tries[-1]
+        if ans and ans.get(2) and ans.get(4) != amount:
+            t1, amount = next((t for t in reversed(tries) if t[1] == ans.get(4)), tries[-1])
         d.record("sess_close", {"sid": sid, "payer": plate, "slot": 0, "t0": t0, "amount": amount, "cur": tariff[2],
                                 "t1": t1, "reason": "normal", **({"auth": auth} if auth else {})})
         self.note("sessions_closed")
