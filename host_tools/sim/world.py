@@ -153,7 +153,11 @@ class World:
         self.provider = ScriptedProvider(clock=self.clock, default_credit=self.credit)
         self._start_cloud()
         self.mq = CloudMQTT(self.cloud_broker)
-        self.mq.subscribe("v1/dev/+/up/#", self._on_up, qos=1)
+        # Only what _on_up reads: with up/# this connection also had a copy of every record, result
+        # and time_req, and the broker delivers a message once per matching filter, so the
+        # TimeServer's up/time on the same connection answered every request twice.
+        for suffix in ("status", "hb", "evt"):
+            self.mq.subscribe(f"v1/dev/+/up/{suffix}", self._on_up, qos=1)
         self.time = TimeServer(self.registry, self.mq, clock=self.clock)
         self.mq.connect()
         if self.use_proxy:
