@@ -62,6 +62,9 @@ class AsyncMQTT:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        self.q1: set[int] = set()  # QoS 1 publishes the broker has not PUBACKed yet
+        self.room: asyncio.Event | None = None  # set at each PUBACK, for a publisher that waits on it
         c.connect_async(host, port, keepalive)
         self.client = c
         self._connack: asyncio.Future | None = None
@@ -104,6 +107,11 @@ class AsyncMQTT:
         if was and self.on_down_cb:
             self.on_down_cb()
 
+    def _on_publish(self, client, userdata, mid, reason, props) -> None:
+        self.q1.discard(mid)
+        if self.room is not None:
+            self.room.set()
+
     def _on_message(self, client, userdata, m) -> None:
         if self.on_message_cb:
             self.on_message_cb(m.topic, m.payload)
@@ -139,7 +147,12 @@ class AsyncMQTT:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
         if not self.up:
             return False
-        return self.client.publish(topic, payload, qos=qos, retain=retain).rc == paho.MQTT_ERR_SUCCESS
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return False
+        if qos:
+            self.q1.add(info.mid)
+        return True
 
     def misc(self) -> None:
         if self.client.socket() is not None:

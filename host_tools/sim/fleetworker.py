@@ -2,7 +2,9 @@
 devices, driven over a multiprocessing Pipe.
 
 Parent -> worker: ("traffic", until_s, close_by_s, every_s) start the customers (seconds from
-now); ("storm", jitter_s) every device drops its connection within jitter_s and reconnects;
+now); ("flood", seconds, cap) every device journals sess_open records as fast as the broker
+takes them (a new one once the MQTT window has room: 8 unPUBACKed) for `seconds`, at most `cap`
+unacknowledged in its journal (bench/fleet.py); ("storm", jitter_s) every device drops its connection within jitter_s and reconnects;
 ("drop", [ids]) those devices drop theirs; ("finish",) orderly stop, then the journals' histories.
 Worker -> parent, every `report_s`: ("stats", {...}); at the end ("history", {id: [...]}), ("done",).
 """
@@ -46,6 +48,7 @@ def _rss_kb() -> int:
 
 async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
     loop = asyncio.get_running_loop()
+    rss0 = _rss_kb()  # the process before its devices: what the devices cost is the difference
     stats = Stats()
     devs = [FleetDevice(s, cfg["host"], cfg["port"], loop, stats, rate=cfg["rate"], hb_s=cfg["hb_s"],
                         time_s=cfg["time_s"], keepalive=cfg["keepalive"], retry_s=cfg["retry_s"],
@@ -79,7 +82,7 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
             conn.send(("stats", {
                 "online": sum(1 for d in devs if d.mq.up), "trusted": sum(1 for d in devs if d.trusted()),
                 "tariffed": sum(1 for d in devs if d.tariff is not None), "depth": sum(d.depth() for d in devs),
-                "rss_kb": _rss_kb(), **stats.take()}))
+                "rss_kb": _rss_kb(), "rss0_kb": rss0, **stats.take()}))
 
     loop.create_task(ramp())
     reporter = loop.create_task(report())
@@ -91,6 +94,11 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
             now = time.monotonic()
             for d in devs:
                 apps.append(loop.create_task(app_for(d, now + until_s, now + close_by_s, every).run()))
+        elif what == "flood":
+            _, seconds, cap = msg
+            end = time.monotonic() + seconds
+            for d in devs:
+                apps.append(loop.create_task(_flood(d, end, cap)))
         elif what == "storm":
             jitter = msg[1]
             for d in devs:
@@ -107,7 +115,25 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
             reporter.cancel()
             misc.cancel()
             conn.send(("stats", {"online": 0, "trusted": 0, "tariffed": 0, "depth": sum(d.depth() for d in devs),
-                                 "rss_kb": _rss_kb(), **stats.take()}))
+                                 "rss_kb": _rss_kb(), "rss0_kb": rss0, **stats.take()}))
             conn.send(("history", {d.id: d.history for d in devs}))
             conn.send(("done",))
             return
+
+
+async def _flood(d: FleetDevice, end: float, cap: int) -> None:
+    room = d.mq.room = asyncio.Event()
+    n = 0
+    while time.monotonic() < end and d.running:
+        if not (d.mq.up and len(d.mq.q1) < 8 and d.depth() < cap):
+            room.clear()
+            try:
+                await asyncio.wait_for(room.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            continue
+        n += 1
+        d.record("sess_open", {"sid": f"fl-{n}", "payer": "FLOOD", "t0": d.now() or 0})
+        if n % 8 == 0:
+            await asyncio.sleep(0)
+    d.mq.room = None
