@@ -61,7 +61,7 @@ def _ms(x: float | None) -> str:
 class Fleet:
     def __init__(self, n: int, *, scenario: str = "traffic", seconds: float = 30.0, rate: float = 60.0,
                  seed: int = 0, procs: int | None = None, every: float | None = None, hb_s: float = 30.0,
-                 ramp: int = 1000, root: str | None = None, tail: float | None = None, probe_s: float = 0.5,
+                 ramp: int = 500, root: str | None = None, tail: float | None = None, probe_s: float = 0.5,
                  retry_s: float = 15.0):
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario is one of {', '.join(SCENARIOS)}")
