@@ -27,6 +27,8 @@ def register(cli: click.Group) -> None:
     @click.option("--procs", type=click.IntRange(1, 16), help="--fleet: device processes [1 up to 1,500 devices, else 2]")
     @click.option("--every", type=click.FloatRange(min=0.5), help="--fleet: real seconds between a device's "
                   "customers on average [max(8, N/25)]")
+    @click.option("--with-boards", is_flag=True, help="--fleet: also the --gates/--vending/--rental VM boards "
+                  "(the firmware) in the same site, playing its scenario beside the fleet")
     @click.option("--storm-at", type=click.FloatRange(min=0), help="--fleet: a reconnect storm this many seconds "
                   "into the traffic (the storm scenario: half way)")
     @click.option("--duration", type=click.FloatRange(min=1), help="real seconds (traffic: default 60; "
@@ -48,7 +50,7 @@ def register(cli: click.Group) -> None:
     def sim(o: Ctx, gates: int, vending: int, rental: int, scenario: str, duration: float | None, rate: int,
             seed: int, heap: str | None, faults: bool, broker_dir: Path | None, device_port: int,
             reload_pid: int | None, keep: str | None, fleet: int | None, seconds: float, procs: int | None,
-            every: float | None, storm_at: float | None) -> None:
+            every: float | None, storm_at: float | None, with_boards: bool) -> None:
         """Run simulated boards with a live view, then reconcile their sessions.
 
         With --json: one JSON object per event line, the reconciliation as the last line.
@@ -59,7 +61,10 @@ def register(cli: click.Group) -> None:
                 fail("--fleet plays traffic, idle or storm")
             if broker_dir is not None:
                 fail("--fleet runs its own Mosquitto (no --broker-dir)")
-            rc = run_fleet(o, fleet, scenario, seconds, rate, seed, procs, every, storm_at, keep)
+            boards = ([(f"gate-{i + 1}", "gate") for i in range(gates)]
+                      + [(f"vend-{i + 1}", "vending") for i in range(vending)]
+                      + [(f"rent-{i + 1}", "rental") for i in range(rental)]) if with_boards else []
+            rc = run_fleet(o, fleet, scenario, seconds, rate, seed, procs, every, storm_at, keep, boards)
             if rc:
                 raise click.exceptions.Exit(rc)
             return
@@ -87,7 +92,8 @@ def register(cli: click.Group) -> None:
 
 
 def run_fleet(o: Ctx, n: int, scenario: str, seconds: float, rate: int, seed: int, procs: int | None,
-              every: float | None, storm_at: float | None, keep: str | None) -> int:
+              every: float | None, storm_at: float | None, keep: str | None,
+              boards: list[tuple[str, str]] | None = None) -> int:
     """`edgepay sim --fleet N`: the live summary (stderr, or JSON lines), the reconciliation last."""
     import logging
 
@@ -99,8 +105,10 @@ def run_fleet(o: Ctx, n: int, scenario: str, seconds: float, rate: int, seed: in
             o.jsonline({"type": "summary", "line": text})
         else:
             o.console.print(text, markup=False)
-    f = Fleet(n, scenario=scenario, seconds=seconds, rate=rate, seed=seed, procs=procs, every=every, root=keep)
-    line(f"edgepay sim --fleet {n}: {scenario} for {seconds:g} s, {f.procs} device process(es), clock x{rate}")
+    f = Fleet(n, scenario=scenario, seconds=seconds, rate=rate, seed=seed, procs=procs, every=every, root=keep,
+              boards=boards)
+    line(f"edgepay sim --fleet {n}: {scenario} for {seconds:g} s, {f.procs} device process(es), clock x{rate}"
+         + (f", {len(boards)} VM boards" if boards else ""))
     try:
         with f:
             rep = f.run(on_line=line, storm_at=storm_at)
@@ -115,6 +123,9 @@ def run_fleet(o: Ctx, n: int, scenario: str, seconds: float, rate: int, seed: in
                         f"devices {t['device']}, ledger {t['ledger']}, charged {t['charged']} (minor units {t['cur']}); "
                         f"commands p50 {rep['commands']['p50_ms']} p99 {rep['commands']['p99_ms']} ms; "
                         f"{'OK' if rep['ok'] else 'MISMATCH'}", markup=False)
+        if rep.get("boards"):
+            b = rep["boards"]
+            o.console.print(f"VM boards: {b['sessions']} sessions {b['by_kind']}, totals {b['totals']}", markup=False)
         for p in rep["problems"]:
             o.console.print(f"  {p}", markup=False)
     return 0 if rep["ok"] else 1

@@ -63,7 +63,7 @@ class Fleet:
     def __init__(self, n: int, *, scenario: str = "traffic", seconds: float = 30.0, rate: float = 60.0,
                  seed: int = 0, procs: int | None = None, every: float | None = None, hb_s: float = 30.0,
                  ramp: int = 500, root: str | None = None, tail: float | None = None, probe_s: float = 0.5,
-                 retry_s: float = 15.0):
+                 retry_s: float = 15.0, boards: list[tuple[str, str]] | None = None):
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario is one of {', '.join(SCENARIOS)}")
         self.n = n
@@ -79,6 +79,9 @@ class Fleet:
         self.tail = tail if tail is not None else max(6.0, seconds * 0.25)
         self.probe_s = probe_s
         self.retry_s = retry_s  # a device sends everything unacknowledged again after this long without acks
+        # VM boards (the firmware, host_tools/sim/board.py) in the same site, playing the site's
+        # scenario (host_tools/sim/scenarios.py) beside the fleet: [("gate-1", "gate"), ...]
+        self.boards = list(boards or [])
         self._own_root = root is None
         self.root = root or tempfile.mkdtemp(prefix="edgepay-fleet-")
         self.world = World(self.root, rate=rate, seed=seed, proxy=False)
@@ -135,6 +138,7 @@ class Fleet:
                "clock_skew_s": w.skew_s, "seed": self.seed, "ramp": max(1, self.ramp // self.procs),
                "report_s": 1.0}
         ctx = multiprocessing.get_context("spawn")
+        self.t_spawn = time.monotonic()
         for i in range(self.procs):
             share = self.devices[i::self.procs]
             parent, child = ctx.Pipe()
@@ -142,6 +146,8 @@ class Fleet:
             p.start()
             child.close()
             self.workers.append((p, parent, [d["id"] for d in share]))
+        if self.boards:
+            w.add_devices(self.boards)  # booted while the fleet's processes start and connect
         self.started = True
         return self
 
@@ -281,6 +287,14 @@ class Fleet:
         probe = threading.Thread(target=self._probe, name="fleet-probe", daemon=True)
         probe.start()
         storm = None
+        runner = runner_t = None
+        if self.boards and self.scenario != "idle":
+            from host_tools.sim.scenarios import TAIL, Runner, hour_plan
+            span = max(300, int(self.seconds * self.rate) - TAIL)
+            runner = Runner(self.world, hour_plan(self.seed, self.boards, span=span, faults=False),
+                            self._stop_probe)
+            runner_t = threading.Thread(target=runner.run, name="fleet-boards", daemon=True)
+            runner_t.start()
         if self.scenario != "idle":
             self.send_all(("traffic", self.seconds, self.seconds + self.tail, self.every))
         if self.scenario == "storm" and storm_at is None:
@@ -304,12 +318,24 @@ class Fleet:
                 say(self.summary_line())
         # the last sessions close by seconds + tail; then every journal must drain
         self.wait_for(lambda: False, self.tail, say)
+        if runner_t is not None:
+            self.wait_for(lambda: not runner_t.is_alive(), 120.0, say)  # the boards' plan plays to its end
         self._stop_probe.set()
         drained = self.drain(say)
         if not drained:
             problems.append(f"journals did not drain: depth {self.total('depth')}")
+        boards = None
+        if self.boards:
+            if not self.world.drain(30):
+                problems.append("the VM boards' journals did not drain")
+            boards = self.world.reconcile(runner.expected() if runner else None)
+            if runner is not None:
+                boards["problems"] += runner.problems()
+            problems += [f"VM board {p}" for p in boards["problems"]]
         self.finish()
         rep = self.reconcile()
+        if boards is not None:
+            rep["boards"] = {k: boards[k] for k in ("sessions", "by_kind", "totals", "devices", "problems")}
         rep["problems"] = problems + rep["problems"]
         rep["ok"] = not rep["problems"]
         rep.update(connect_s=self.connect_s, provision_s=round(self.provision_s, 1), tariffs=tariffs, storm=storm,
@@ -327,7 +353,7 @@ class Fleet:
         self.t0 = time.monotonic()
         up = self.wait_for(lambda: self.total("online") >= self.n and self.total("trusted") >= self.n,
                            timeout or max(30.0, self.n / 100), say)
-        self.connect_s = round(time.monotonic() - self.t0, 1)
+        self.connect_s = round(time.monotonic() - self.t_spawn, 1)  # from the processes' start
         say(f"connected: {self.total('online')}/{self.n} online, {self.total('trusted')} with trusted time "
             f"in {self.connect_s} s")
         return up
@@ -405,7 +431,8 @@ class Fleet:
             for seq in sorted(set(led) - seqs):
                 problems.append(f"{name} seq {seq}: in the ledger, not in the journal")
         orders = {o.order_no: o for o in w.provider.orders()}
-        sessions = w.ledger.sessions() if check_sessions else []
+        mine = {d["id"] for d in self.devices}
+        sessions = [s for s in w.ledger.sessions() if s.device in mine] if check_sessions else []
         led_total = charged_total = 0
         open_n = 0
         for s in sessions:
@@ -420,7 +447,7 @@ class Fleet:
             if (charged or 0) != (s.amount or 0):
                 problems.append(f"{s.device}/{s.sid}: charged {charged} != ledger {s.amount} "
                                 f"(order {o.state.value if o else None})")
-        flags = w.svc.flags()
+        flags = [f for f in w.svc.flags() if f.device in mine]  # the boards' own are in their reconciliation
         for f in flags:
             problems.append(f"flag {f.kind} {f.device}/{f.sid}: {f.detail}")
         if check_sessions and not (dev_total == led_total == charged_total):
