@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
-from host_tools.protocol import decode_payload, seal, verify_mac0
+from host_tools.cloud.registry import Registry
+from host_tools.protocol import ERROR_CODES, decode_payload, open_message, seal, verify_mac0
 from host_tools.sim.fleet import Fleet
 from host_tools.sim.fleetdevice import ZERO_PREV, FleetDevice, Stats
 
@@ -148,6 +150,80 @@ def test_record_resent_until_acked_across_a_broker_restart(broker):
         asyncio.run(main())
     finally:
         cloud.close()
+
+
+def test_command_pipeline_of_a_fleet_device(broker, tmp_path):
+    """SPEC §5 as the device runs it: read-only before the clock, clock_untrusted, time by challenge,
+    redelivery answered `dup` (never run twice), replay, stale_seq, and a forgery refused without cti."""
+    key = os.urandom(32)
+    broker.add_user("fd-2", "fd-2-pw")
+    reg = Registry(tmp_path / "registry.db")
+    reg.add("fd-2", key, "gate", "fleet-gate")
+    settings = BrokerSettings("127.0.0.1", broker.cloud_port, "cloud", "cloud-pw")
+    cc = CommandClient(reg, settings).connect()
+    results: list[dict] = []
+    tap = CloudMQTT(settings)
+    tap.subscribe("v1/dev/fd-2/up/res", lambda t, p: results.append(open_message(key, b"fd-2:1", t, p)))
+    tap.connect()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def make():
+        d = FleetDevice({"id": "fd-2", "kind": "gate", "key": key.hex(), "password": "fd-2-pw"}, "127.0.0.1",
+                        broker.port, asyncio.get_running_loop(), Stats())
+        d.start()
+        return d
+    d = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
+    try:
+        deadline = time.monotonic() + 10
+        while not d.mq.up:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = cc.send("fd-2", "get_state")
+        assert r.ok and r.data["clock"] == 0
+        r = cc.send("fd-2", "display", {1: "hello"})
+        assert r.state.value == "REJECTED" and r.code == "clock_untrusted"
+        assert cc.sync_time("fd-2")
+        deadline = time.monotonic() + 5
+        while not d.trusted():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert cc.send("fd-2", "display", {1: "hello"}).ok
+
+        t = "v1/dev/fd-2/dn/cmd"
+
+        def command(seq, cti, k=key):
+            now = int(time.time())
+            return seal(k, b"fd-2:1", t, {"type": "command", "aud": "fd-2", "exp": now + 60, "iat": now, "cti": cti,
+                                          "seq": seq, "name": "display", "args": {1: "x"}})
+
+        def answers(n):
+            deadline = time.monotonic() + 5
+            while len(results) < n:
+                assert time.monotonic() < deadline, results
+                time.sleep(0.02)
+            return results[n - 1]
+        base = len(results)
+        seq, cti = reg.next_seq("fd-2"), os.urandom(12)
+        raw = command(seq, cti)
+        cc.mqtt.publish(t, raw)
+        cc.mqtt.publish(t, raw)  # the broker's redelivery
+        first, again = answers(base + 1), answers(base + 2)
+        assert first["status"] == 0 and first["cti"] == cti and first["cseq"] == seq
+        assert again["status"] == 0 and again["data"] == {"dup": True} and again["cti"] == cti
+        cc.mqtt.publish(t, command(reg.next_seq("fd-2"), cti))  # the same cti under a new seq
+        assert answers(base + 3)["status"] == ERROR_CODES["replay"]
+        cc.mqtt.publish(t, command(seq - 1, os.urandom(12)))
+        assert answers(base + 4)["status"] == ERROR_CODES["stale_seq"]
+        cc.mqtt.publish(t, command(reg.next_seq("fd-2"), os.urandom(12), k=os.urandom(32)))  # forged
+        forged = answers(base + 5)
+        assert forged["status"] == ERROR_CODES["bad_mac"] and "cti" not in forged and "cseq" not in forged
+    finally:
+        asyncio.run_coroutine_threadsafe(d.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        tap.close()
+        cc.close()
+        reg.close()
 
 
 @pytest.mark.skipif(not os.environ.get("EDGEPAY_FLEET_N"), reason="full size: set EDGEPAY_FLEET_N (e.g. 10000)")

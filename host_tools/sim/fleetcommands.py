@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any, Callable
 
 from host_tools.protocol import ERROR_CODES, ProtocolError, open_message
 
 READ_ONLY = ("get_state", "sync_time")
 FW = "fleet-0.1"
+
+
+class Bucket:
+    """A token bucket: `burst` at once, then one per `every` seconds (SPEC §4, §5 rate limits)."""
+
+    def __init__(self, burst: int, every: float):
+        self.burst, self.every = burst, every
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) / self.every)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
 
 
 class CommandPipeline:
@@ -44,6 +63,8 @@ class CommandPipeline:
     depth: Callable[[], int]
     reboot: Callable[[], None]
     _ask_time: Callable[[], None]
+    _refusals: Bucket | None = None
+    _dups: Bucket | None = None
 
     def _result(self, status: str, cmd: dict | None, data: Any = None) -> None:
         f: dict[str, Any] = {"status": ERROR_CODES[status]}
@@ -59,14 +80,21 @@ class CommandPipeline:
             cmd = open_message(self.key, self.kid, topic, payload)
         except ProtocolError as e:
             self.stats.c["rx_refused"] += 1
-            self._result(e.code, None)  # nothing in it can be believed: no cti, no cseq
+            if self._refusals is None:
+                self._refusals = Bucket(8, 1.25)
+            if self._refusals.take():  # a flood of forgeries gets few answers (no amplification)
+                self._result(e.code, None)  # nothing in it can be believed: no cti, no cseq
             return
         if cmd.get("aud") != self.id:
             return self._result("wrong_audience", cmd)
         key = (cmd["seq"], cmd["cti"])
         first = self.answered.get(key)
-        if first is not None:  # a redelivery: never run again
-            return self._result(first[0], cmd, {**(first[1] or {}), "dup": True})
+        if first is not None:  # a redelivery: never run again; the cloud has the first answer
+            if self._dups is None:
+                self._dups = Bucket(4, 0.5)
+            if self._dups.take():
+                self._result(first[0], cmd, {**(first[1] or {}), "dup": True})
+            return
         if cmd["seq"] <= self.cmd_seq:
             return self._result("stale_seq", cmd)
         name = cmd["name"]
