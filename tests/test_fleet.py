@@ -240,3 +240,14 @@ def test_fleet_full_size():
     print(json.dumps({k: rep[k] for k in ("connect_s", "storm", "commands", "rss_kb", "totals", "records")}))
     _check(rep)
     assert rep["storm"]["recovered"]
+
+
+@pytest.mark.skipif(os.environ.get("EDGEPAY_BENCH_TESTS") != "1", reason="a bench at toy size (~20 s): EDGEPAY_BENCH_TESTS=1")
+def test_bench_fleet_small():
+    p = subprocess.run([sys.executable, "bench/fleet.py", "--devices", "30", "--hold", "6", "--hb", "2",
+                        "--flood-devices", "10", "--flood-s", "3"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 30 and out["broker_kb_per_device"] > 0 and out["sim_kb_per_device"] > 0
+    assert out["reconciled"] and out["drained"] and 0 < out["committed_ratio"] <= 1.05
