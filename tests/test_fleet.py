@@ -52,6 +52,21 @@ def test_cli_fleet_traffic_reconciles_exactly():
     assert any("online 120/120" in ln["line"] for ln in lines if ln["type"] == "summary")
 
 
+def test_cli_fleet_on_an_operators_broker(broker):
+    """--broker-dir: the fleet's users go into the operator's passwd in one write and one SIGHUP."""
+    env = dict(os.environ, EDGEPAY_MQTT_PASSWORD="cloud-pw")
+    p = subprocess.run([sys.executable, "-m", "host_tools.cli", "--json", "--broker", f"127.0.0.1:{broker.cloud_port}",
+                        "sim", "--fleet", "30", "--seconds", "6", "--every", "3", "--broker-dir", str(broker.dir),
+                        "--device-port", str(broker.port), "--reload-pid", str(broker.proc.pid)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    lines = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert lines and lines[-1]["type"] == "reconciliation", (p.stdout[-2000:], p.stderr[-2000:])
+    assert p.returncode == 0, lines[-1]["problems"]
+    _check(lines[-1])
+    users = [ln.split(":", 1)[0] for ln in (broker.dir / "passwd").read_text().splitlines()]
+    assert sum(u.startswith("f") for u in users) == 30 and len(set(users)) == len(users)
+
+
 def test_fleet_reconnect_storm():
     with Fleet(100, scenario="storm", seconds=10, every=4, seed=2) as f:
         rep = f.run()

@@ -6,6 +6,7 @@ hour at a site, with a network outage and a power cut), `idle` (boards only)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -59,12 +60,17 @@ def register(cli: click.Group) -> None:
         if fleet is not None:
             if scenario == "hour":
                 fail("--fleet plays traffic, idle or storm")
-            if broker_dir is not None:
-                fail("--fleet runs its own Mosquitto (no --broker-dir)")
+            ext = None
+            if broker_dir is not None:  # the fleet's users go into BROKER_DIR/passwd at once, one reload
+                from host_tools.sim.world import ExternalBroker
+                host, port = parse_hostport(o.broker, "--broker / EDGEPAY_BROKER")
+                ext = ExternalBroker(host, port, device_port, broker_dir, reload_pid)
+                o.need_password()
             boards = ([(f"gate-{i + 1}", "gate") for i in range(gates)]
                       + [(f"vend-{i + 1}", "vending") for i in range(vending)]
                       + [(f"rent-{i + 1}", "rental") for i in range(rental)]) if with_boards else []
-            rc = run_fleet(o, fleet, scenario, seconds, rate, seed, procs, every, storm_at, keep, boards)
+            rc = run_fleet(o, fleet, scenario, seconds, rate, seed, procs, every, storm_at, keep, boards,
+                           ext, (o.user, o.password) if ext is not None else None)
             if rc:
                 raise click.exceptions.Exit(rc)
             return
@@ -93,7 +99,8 @@ def register(cli: click.Group) -> None:
 
 def run_fleet(o: Ctx, n: int, scenario: str, seconds: float, rate: int, seed: int, procs: int | None,
               every: float | None, storm_at: float | None, keep: str | None,
-              boards: list[tuple[str, str]] | None = None) -> int:
+              boards: list[tuple[str, str]] | None = None, broker: Any = None,
+              cloud: tuple[str, str | None] | None = None) -> int:
     """`edgepay sim --fleet N`: the live summary (stderr, or JSON lines), the reconciliation last."""
     import logging
 
@@ -106,7 +113,7 @@ def run_fleet(o: Ctx, n: int, scenario: str, seconds: float, rate: int, seed: in
         else:
             o.console.print(text, markup=False)
     f = Fleet(n, scenario=scenario, seconds=seconds, rate=rate, seed=seed, procs=procs, every=every, root=keep,
-              boards=boards)
+              boards=boards, broker=broker, cloud=cloud)
     line(f"edgepay sim --fleet {n}: {scenario} for {seconds:g} s, {f.procs} device process(es), clock x{rate}"
          + (f", {len(boards)} VM boards" if boards else ""))
     try:

@@ -61,7 +61,8 @@ class Fleet:
     def __init__(self, n: int, *, scenario: str = "traffic", seconds: float = 30.0, rate: float = 60.0,
                  seed: int = 0, procs: int | None = None, every: float | None = None, hb_s: float = 30.0,
                  ramp: int = 500, root: str | None = None, tail: float | None = None, probe_s: float = 0.5,
-                 retry_s: float = 15.0, boards: list[tuple[str, str]] | None = None):
+                 retry_s: float = 15.0, boards: list[tuple[str, str]] | None = None,
+                 broker: Any = None, cloud: tuple[str, str | None] | None = None):
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario is one of {', '.join(SCENARIOS)}")
         self.n = n
@@ -82,7 +83,13 @@ class Fleet:
         self.boards = list(boards or [])
         self._own_root = root is None
         self.root = root or tempfile.mkdtemp(prefix="edgepay-fleet-")
-        self.world = World(self.root, rate=rate, seed=seed, proxy=False)
+        # broker: an operator's Mosquitto (world.ExternalBroker, `edgepay broker conf` layout) with
+        # the cloud user (name, password) of its cloud listener; default: the site's own
+        kw: dict[str, Any] = {}
+        if broker is not None:
+            kw["broker"] = broker
+            kw["cloud_user"], kw["cloud_password"] = cloud or ("cloud", None)
+        self.world = World(self.root, rate=rate, seed=seed, proxy=False, **kw)
         self.devices: list[dict] = []
         self.workers: list[tuple[Any, Any, list[str]]] = []   # (process, conn, device ids)
         self.last: dict[int, dict] = {}                        # worker index -> last stats
@@ -131,7 +138,7 @@ class Fleet:
         # time, as the site's command lifetime (World.cmd_ttl).
         w.svc.max_skew_s = max(w.svc.max_skew_s, int(60 * self.rate))
         self.provision_s = time.monotonic() - t
-        cfg = {"host": "127.0.0.1", "port": w.broker.port, "rate": self.rate, "hb_s": self.hb_s,
+        cfg = {"host": w.host, "port": w.broker.port, "rate": self.rate, "hb_s": self.hb_s,
                "time_s": 600.0, "keepalive": 60, "retry_s": self.retry_s, "cmd_ttl_s": w.cmd_ttl,
                "clock_skew_s": w.skew_s, "seed": self.seed, "ramp": max(1, self.ramp // self.procs),
                "report_s": 1.0}
@@ -342,7 +349,8 @@ class Fleet:
                    commands={"p50_ms": _r(pct(self.cmd_lat_all, 50)), "p99_ms": _r(pct(self.cmd_lat_all, 99)),
                              "n": len(self.cmd_lat_all), "failed": self.cmd_failed},
                    rss_kb={"workers": [s.get("rss_kb", 0) for s in self.last.values()],
-                           "broker": _proc_rss(self.world.broker.proc.pid) if self.world.broker.proc else 0})
+                           "broker": _proc_rss(self.world.broker.proc.pid)
+                           if getattr(self.world.broker, "proc", None) else 0})
         return rep
 
     def connect(self, say: Callable[[str], None] | None = None, timeout: float | None = None) -> bool:
