@@ -84,6 +84,29 @@ class Registry:
             raise RegistryError(f"device {device_id!r} is already registered")
         return Device(device_id, key, key_version, kind, board)
 
+    def add_many(self, devices: list[tuple[str, bytes, str, str]], key_version: int = 1) -> int:
+        """Register many (device_id, key, kind, board) in one transaction (a fleet of thousands:
+        one commit, not one per device); the same checks as add(); how many were added."""
+        rows = []
+        for device_id, key, kind, board in devices:
+            if not DEVICE_ID.fullmatch(device_id) or len(key) != 32 or kind not in KINDS:
+                raise RegistryError(f"bad device {device_id!r}: id [a-z0-9][a-z0-9-]{{0,31}}, 256-bit key, "
+                                    f"kind one of {', '.join(KINDS)}")
+            rows.append((device_id, self.vault.seal(key, device_id, key_version), key_version, kind, board))
+        db = self.db
+
+        def run(cur) -> int:
+            n = 0
+            for row in rows:
+                cur.execute(db._sql("INSERT INTO devices (device_id, key, key_version, kind, board) VALUES (?,?,?,?,?) "
+                                    "ON CONFLICT (device_id) DO NOTHING"), row)
+                n += cur.rowcount
+            return n
+        n = db._write(run)
+        if n != len(rows):
+            raise RegistryError(f"{len(rows) - n} of {len(rows)} devices were already registered")
+        return n
+
     def get(self, device_id: str) -> Device:
         rows = self.db._read("SELECT device_id, key, key_version, kind, board, status FROM devices WHERE device_id=?",
                              (device_id,))

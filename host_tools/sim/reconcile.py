@@ -26,6 +26,8 @@ def reconcile(w: "World", expected: dict[tuple[str, str], int] | None = None) ->
         flag_keys.setdefault((f.device, f.sid), []).append(f.kind)
     offline_sids = {(r.device, r.sid) for r in w.ledger.records() if r.offline}
     for s in sorted(w.ledger.sessions(), key=lambda s: (s.device, s.t0 or 0, s.sid)):
+        if s.device not in w.devices:  # not one of the world's boards (a fleet's device: fleet.py reconciles it)
+            continue
         close = None
         if s.close_seq is not None:
             for r in w.ledger.records(s.device):

@@ -55,7 +55,7 @@ from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.sessions import SessionService
 from host_tools.cloud.timeserver import TimeServer
-from host_tools.provision import ensure_acl, update_passwd
+from host_tools.provision import ensure_acl, update_passwd, update_passwd_many
 from host_tools.protocol import ProtocolError, open_message
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.peripherals import SimPeripherals
@@ -98,6 +98,15 @@ class ExternalBroker:
         if self.reload_pid:
             os.kill(self.reload_pid, signal.SIGHUP)
             time.sleep(0.1)
+
+    def add_users(self, users: dict[str, str]) -> None:
+        """Many device users: one passwd write, one reload (a fleet, host_tools/sim/fleet.py)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        update_passwd_many(self.dir / "passwd", users)
+        ensure_acl(self.dir / "acl")
+        if self.reload_pid:
+            os.kill(self.reload_pid, signal.SIGHUP)
+            time.sleep(0.2)
 
 
 
@@ -153,7 +162,11 @@ class World:
         self.provider = ScriptedProvider(clock=self.clock, default_credit=self.credit)
         self._start_cloud()
         self.mq = CloudMQTT(self.cloud_broker)
-        self.mq.subscribe("v1/dev/+/up/#", self._on_up, qos=1)
+        # Only what _on_up reads: with up/# this connection also had a copy of every record, result
+        # and time_req, and the broker delivers a message once per matching filter, so the
+        # TimeServer's up/time on the same connection answered every request twice.
+        for suffix in ("status", "hb", "evt"):
+            self.mq.subscribe(f"v1/dev/+/up/{suffix}", self._on_up, qos=1)
         self.time = TimeServer(self.registry, self.mq, clock=self.clock)
         self.mq.connect()
         if self.use_proxy:
