@@ -386,3 +386,34 @@ def test_every_cbor2_builtin_tag_is_overridden() -> None:
             except cbor2.CBORDecodeError:
                 builtin.add(number)
     assert builtin <= set(_CBOR2_BUILTIN_TAGS)
+
+
+# --- the canonical-envelope fast path of verify_mac0 agrees with the full decode at its edges ------
+
+def test_verify_fast_path_edges() -> None:
+    import hashlib
+    import hmac as _hmac
+
+    from host_tools.protocol.cose import protected_header
+    prot = protected_header(KID)
+    pre = b"\xd1\x84" + cbor2.dumps(prot) + b"\xa0"
+
+    def env(payload: bytes, head: bytes | None = None, tag: bytes | None = None, tail: bytes = b"") -> bytes:
+        mac = _hmac.new(KEY, cbor2.dumps(["MAC0", prot, HB_TOPIC.encode(), payload]), hashlib.sha256).digest()
+        return pre + (head if head is not None else cbor2.dumps(payload)[:-len(payload)] if payload else b"\x40") \
+            + payload + cbor2.dumps(tag if tag is not None else mac) + tail
+
+    small = encode_payload({"type": "event", "seq": 1, "code": "c"})
+    assert len(small) < 24 and verify_mac0(KEY, KID, HB_TOPIC, env(small)) == small
+    big = encode_payload({"type": "event", "seq": 1, "code": "c", "detail": {1: "x" * 300}})
+    assert len(big) >= 256 and verify_mac0(KEY, KID, HB_TOPIC, env(big)) == big
+    good = encode_payload(HB)
+    assert verify_mac0(KEY, KID, HB_TOPIC, env(good)) == good
+    rejects("non_canonical", verify_mac0, KEY, KID, HB_TOPIC, env(small, head=b"\x58" + bytes([len(small)])))
+    rejects("non_canonical", verify_mac0, KEY, KID, HB_TOPIC, env(good, head=b"\x59\x00" + bytes([len(good)])))
+    rejects("trailing", verify_mac0, KEY, KID, HB_TOPIC, env(good, tail=b"\x00"))
+    rejects("bad_mac", verify_mac0, KEY, KID, HB_TOPIC, env(good, tag=bytes(33)))
+    rejects("bad_mac", verify_mac0, KEY, KID, HB_TOPIC, env(good, tag=bytes(32)))
+    rejects("malformed", verify_mac0, KEY, KID, HB_TOPIC, env(good)[:-1])
+    rejects("bad_kid", verify_mac0, KEY, "gate-001:9", HB_TOPIC, env(good))
+    rejects("malformed", verify_mac0, KEY, KID, HB_TOPIC, "not bytes")  # type: ignore[arg-type]
