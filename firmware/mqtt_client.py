@@ -28,17 +28,16 @@ def _rand(n):
 ticks_ms = time.ticks_ms
 ticks_diff = time.ticks_diff
 
+# Settings with a default. Optional ones default to None (read with .get, never stored: each
+# entry completed into the caller's dict is RAM for good): client_id (required), user,
+# password, clean_session, will_topic, will_msg; tls (True to use TLS), ca (CA file, PEM or DER:
+# verify the broker's certificate), cadata (CA bytes instead), server_hostname (checked against
+# the cert; default: host), cert and certkey (the device's certificate and key, DER files:
+# mutual TLS).
 DEFAULTS = {
-    "client_id": None, "user": None, "password": None,
     "host": "127.0.0.1", "port": 1883,
     "keepalive": 60,            # s; PINGREQ after keepalive/2 of silence, dead at 1.25x
-    "clean_session": False,
-    "will_topic": None, "will_msg": None, "will_qos": 1, "will_retain": True,
-    "tls": False,               # True to use TLS
-    "ca": None,                 # CA file (PEM or DER): verify the broker's certificate
-    "cadata": None,             # CA bytes instead of a file
-    "server_hostname": None,    # name checked against the cert (default: host)
-    "cert": None, "certkey": None,  # the device's certificate and key (DER files): mutual TLS
+    "will_qos": 1, "will_retain": True,
     "max_inflight": 8,          # QoS1 window
     "max_packet": 4096,         # largest packet received (bytes after the fixed header)
     "max_qos0": 8,              # QoS0 messages queued while a write is pending
@@ -81,7 +80,7 @@ class MQTTClient:
         for k in DEFAULTS:
             if k not in cfg:
                 cfg[k] = DEFAULTS[k]
-        if not cfg["client_id"]:
+        if not cfg.get("client_id"):
             raise ValueError("client_id")
         self.cfg = cfg
         self._ka = int(cfg["keepalive"])
@@ -332,17 +331,18 @@ class MQTTClient:
         self._sub_pids = {}
         self.gen += 1
         s = self._sock = hal.connect(cfg["host"], cfg["port"])
-        if cfg["tls"] or cfg["ca"] or cfg["cadata"]:
+        g = cfg.get
+        if g("tls") or g("ca") or g("cadata"):
             if self._ssl_ctx is None:  # made once: loading the CA costs RAM and time
-                self._ssl_ctx = hal.tls_context(cfg["ca"], cfg["cadata"], cfg["cert"], cfg["certkey"])
+                self._ssl_ctx = hal.tls_context(g("ca"), g("cadata"), g("cert"), g("certkey"))
             s = self._ssl_ctx.wrap_socket(
-                s, server_hostname=cfg["server_hostname"] or cfg["host"],
+                s, server_hostname=g("server_hostname") or cfg["host"],
                 do_handshake_on_connect=False)
             self._tls = s
         st = asyncio.StreamReader(s)
         self._stream = st
-        st.write(F.connect(cfg["client_id"], cfg["user"], cfg["password"], self._ka,
-                           cfg["clean_session"], cfg["will_topic"], cfg["will_msg"],
+        st.write(F.connect(cfg["client_id"], g("user"), g("password"), self._ka,
+                           g("clean_session"), g("will_topic"), g("will_msg"),
                            cfg["will_qos"], cfg["will_retain"]))
         await st.drain()
         ptype, flags, n = await self._read_head(st)
