@@ -217,3 +217,22 @@ def test_a_plain_registry_is_sealed_and_the_cli_does_it(tmp_path):
     os.chmod(mk2, 0o644)
     r = edgepay("registry", "reseal", "--new-master-key-file", str(mk2), env={"EDGEPAY_MASTER_KEY_FILE": str(mk2)})
     assert r.exit_code == 1 and "readable by others" in r.stdout
+
+
+def test_device_pages_filter_and_scope_in_the_database(ledger_url):
+    """page(): id order, keyset paging (after/limit), filters and site prefixes, no keys unsealed."""
+    reg = Registry(ledger_url)
+    ids = [f"lot{s}-{k}-{i}" for s in (1, 2) for k in ("gate", "vend") for i in range(5)]
+    reg.add_many([(d, os.urandom(32), "gate" if "gate" in d else "vending", "sim-x") for d in ids])
+    seen, after = [], ""
+    while True:
+        page = reg.page(after=after, limit=3)
+        seen += [d.device_id for d in page]
+        if len(page) < 3:
+            break
+        after = page[-1].device_id
+    assert seen == sorted(ids) and not hasattr(page[0] if page else reg.page(limit=1)[0], "key")
+    assert [d.device_id for d in reg.page(kind="vending", prefixes=("lot2-",))] == [f"lot2-vend-{i}" for i in range(5)]
+    assert reg.page(prefixes=()) == [] and len(reg.page(prefixes=("lot1-", "lot2-g"))) == 15
+    assert reg.page(prefixes=("lot_",)) == []  # a LIKE wildcard in a site is a character, not a pattern
+    reg.close()

@@ -194,6 +194,13 @@ def test_a_scoped_account_sees_and_commands_only_its_sites(api):
     everyone = api.user("vera", "viewer")
     assert [d["id"] for d in api.call("/v1/devices", token=lot1)[1]] == ["lot1-gate-1", "lot1-vend-1"]
     assert len(api.call("/v1/devices", token=everyone)[1]) == 3
+    # paged in the database: a full page links to the next, which is where the list goes on
+    st, page, hdr = api.call("/v1/devices?limit=2", token=everyone)
+    nxt = hdr["Link"]
+    assert st == 200 and [d["id"] for d in page] == ["lot1-gate-1", "lot1-vend-1"] and 'rel="next"' in nxt
+    st, rest, hdr = api.call(nxt[1:nxt.index(">")], token=everyone)
+    assert [d["id"] for d in rest] == ["lot2-gate-1"] and "Link" not in hdr
+    assert api.call("/v1/devices?limit=0", token=everyone)[0] == 422
     assert api.call("/v1/devices/lot1-vend-1", token=lot1)[0] == 200
     # outside its sites a device is as unknown as a missing one
     assert is_problem(api.call("/v1/devices/lot2-gate-1", token=lot1), 404, "not-found")

@@ -74,12 +74,15 @@ class Command:
     resigned: int = 0                 # times re-signed after a stale_seq refusal
     clock: Callable[[], float] = field(default=time.time, repr=False)  # the signer's (exp is on it)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _waiters: list[Callable[[], None]] = field(default_factory=list, repr=False)  # asend's wake-ups
 
     def _to(self, state: State) -> None:
         self.state = state
         self.history.append((state, time.time()))
         if state.final:
             self._done.set()
+            for w in self._waiters:
+                w()
 
     @property
     def ok(self) -> bool:
@@ -215,19 +218,26 @@ class CommandClient:
 
     async def asend(self, device: str, name: str, args: dict | None = None, *, timeout: float = 10.0,
                     ttl: int = 60, nbf: int | None = None) -> Command:
-        """send() for asyncio: one deadline `timeout` seconds away for the PUBACK and the outcome."""
+        """send() for asyncio: one deadline `timeout` seconds away for the outcome. The signing runs
+        on the loop's executor (a registry read and a counter write); the wait is a future the
+        result's arrival resolves (no thread per call)."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
-        cmd = await loop.run_in_executor(None, lambda: self.submit(device, name, args, ttl=ttl, nbf=nbf,
-                                                                   publish_timeout=timeout))
+        cmd, info = await loop.run_in_executor(None, self._submit, device, name, args, ttl, nbf)
         fut: asyncio.Future = loop.create_future()
-        left = _left(deadline)
-        threading.Thread(target=lambda: (cmd._done.wait(left),
-                                         loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))),
-                         daemon=True).start()
-        await fut
+
+        def wake() -> None:  # on paho's thread, under self._lock (every _to runs under it)
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
         with self._lock:
-            cmd._finish_unanswered()
+            if cmd.state.final:
+                fut.set_result(None)
+            else:
+                cmd._waiters.append(wake)
+        try:
+            await asyncio.wait_for(fut, _left(deadline))
+        except asyncio.TimeoutError:
+            if info.is_published():  # as send(): only a call ending without a result asks
+                self._sent(cmd)
         return self._settle(cmd)
 
     def _settle(self, cmd: Command) -> Command:

@@ -45,6 +45,16 @@ class Device:
         return f"{self.device_id}:{self.key_version}".encode()
 
 
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A device as a list shows it: everything but its key."""
+    device_id: str
+    key_version: int
+    kind: str
+    board: str
+    status: str
+
+
 class Registry:
     """On the ledger's backends: a SQLite file (the embedded default; WAL, short transactions) or
     PostgreSQL (`postgresql://...`), so N command senders on one database share each device's
@@ -120,6 +130,26 @@ class Registry:
         except VaultError as e:
             raise RegistryError(str(e)) from None
         return Device(r[0], key, r[2], r[3], r[4], r[5])
+
+    def page(self, *, after: str = "", limit: int = 100, status: str | None = None, kind: str | None = None,
+             board: str | None = None, prefixes: tuple[str, ...] | None = None) -> list[DeviceInfo]:
+        """Up to `limit` devices after `after`, in id order, filtered in the database (an index walk:
+        a page of a 10,000-device fleet costs what a page costs). No keys: nothing is unsealed.
+        prefixes: device-id prefixes the caller may see (None: all)."""
+        where, args = ["device_id > ?"], [after]
+        for col, v in (("status", status), ("kind", kind), ("board", board)):
+            if v is not None:
+                where.append(f"{col} = ?")
+                args.append(v)
+        if prefixes is not None:
+            if not prefixes:
+                return []
+            # LIKE, not a range: a PostgreSQL collation may order '-' in ways a range would miss
+            where.append("(" + " OR ".join("device_id LIKE ? ESCAPE '!'" for _ in prefixes) + ")")
+            args += [pre.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%" for pre in prefixes]
+        rows = self.db._read("SELECT device_id, key_version, kind, board, status FROM devices WHERE "
+                             + " AND ".join(where) + " ORDER BY device_id LIMIT ?", (*args, int(limit)))
+        return [DeviceInfo(*r) for r in rows]
 
     def devices(self) -> list[Device]:
         rows = self.db._read("SELECT device_id, key, key_version, kind, board, status FROM devices ORDER BY device_id")

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import time
 from typing import Any, Callable
+from urllib.parse import urlencode
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -142,11 +143,17 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         raise Problem(404, f"unknown device {device_id!r}")
 
     @app.get("/v1/devices")
-    def devices(status: str | None = None, kind: str | None = None, board: str | None = None,
+    def devices(response: Response, status: str | None = None, kind: str | None = None, board: str | None = None,
+                after: str = "", limit: int = Query(100, ge=1, le=1000),
                 p: Principal = Depends(viewer)) -> list[Device]:
-        return [_device(d) for d in registry.devices()
-                if (status is None or d.status == status) and (kind is None or d.kind == kind)
-                and (board is None or d.board == board) and p.sees(d.device_id)]
+        """A page of devices in id order, filtered and paged in the database; a full page carries a
+        `Link: <...after=LAST>; rel="next"` header (RFC 8288) to the next one."""
+        rows = registry.page(after=after, limit=limit, status=status, kind=kind, board=board, prefixes=p.sites)
+        if len(rows) == limit:
+            q = {k: v for k, v in (("status", status), ("kind", kind), ("board", board)) if v is not None}
+            q.update(after=rows[-1].device_id, limit=str(limit))
+            response.headers["Link"] = f'</v1/devices?{urlencode(q)}>; rel="next"'
+        return [_device(d) for d in rows]
 
     @app.get("/v1/devices/{device_id}")
     def device(device_id: str, p: Principal = Depends(viewer)) -> Device:
