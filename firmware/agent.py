@@ -468,14 +468,9 @@ class Agent:
             await asyncio.sleep_ms(250)
 
     async def shutdown(self):
-        """Orderly stop: offline status (retained), then DISCONNECT (no will)."""
+        """Orderly stop: offline status (retained), then DISCONNECT (no will), both written here."""
         try:
-            if self.mqtt.up:
-                await asyncio.wait_for(self.send(_T_STATUS, {_K_CODE: False}, 1, True), 3)
-        except Exception:
-            pass
-        try:
-            await asyncio.wait_for(self.mqtt.stop(), 3)
+            await asyncio.wait_for(self.mqtt.stop(last=(self.t_up + "status", self.seal(_T_STATUS, {_K_CODE: False}))), 3)
         except Exception:
             pass
         log("stopped")

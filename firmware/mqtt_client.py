@@ -140,12 +140,18 @@ class MQTTClient:
             self._task = asyncio.create_task(self._supervise())
         return self._task
 
-    async def stop(self, disconnect=True):
+    async def stop(self, disconnect=True, last=None):
         """Send DISCONNECT (no will), close, end the supervisor. Waiting publishers get an
-        MQTTError; their messages are forgotten (persist them above this layer)."""
+        MQTTError; their messages are forgotten (persist them above this layer). last: (topic,
+        payload), a retained QoS0 message written just before the DISCONNECT by this call itself,
+        not the writer task (a Ctrl-C that lands inside a task ends that task)."""
         self._stopping = True
         if disconnect and self._up and self._stream is not None:
             try:
+                if last:
+                    h = F.publish_header(last[0], len(last[1]), 0, True)
+                    h.extend(last[1])
+                    self._stream.write(h)
                 self._stream.write(F.DISCONNECT_PKT)
                 await asyncio.wait_for_ms(self._stream.drain(), 1000)
             except Exception:
