@@ -38,7 +38,7 @@ from multiprocessing.connection import wait as mp_wait
 from typing import Any, Callable
 
 from host_tools.sim.fleetscenario import SCENARIOS, account, payers, refused_accounts
-from host_tools.sim.fleetworker import worker_main
+from host_tools.sim.fleetworker import rss_kb, worker_main
 from host_tools.sim.world import TARIFFS, World
 
 __all__ = ["Fleet", "SCENARIOS", "MIX", "pct"]
@@ -349,7 +349,7 @@ class Fleet:
                    commands={"p50_ms": _r(pct(self.cmd_lat_all, 50)), "p99_ms": _r(pct(self.cmd_lat_all, 99)),
                              "n": len(self.cmd_lat_all), "failed": self.cmd_failed},
                    rss_kb={"workers": [s.get("rss_kb", 0) for s in self.last.values()],
-                           "broker": _proc_rss(self.world.broker.proc.pid)
+                           "broker": rss_kb(self.world.broker.proc.pid)
                            if getattr(self.world.broker, "proc", None) else 0})
         return rep
 
@@ -407,14 +407,3 @@ class Fleet:
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x * 1000, 1)
-
-
-def _proc_rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0

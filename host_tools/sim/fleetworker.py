@@ -35,9 +35,10 @@ def worker_main(conn: Any, specs: list[dict], cfg: dict) -> None:
         pass
 
 
-def _rss_kb() -> int:
+def rss_kb(pid: int | None = None) -> int:
+    """A process's resident memory in KB (this one by default), 0 where /proc cannot tell."""
     try:
-        with open(f"/proc/{os.getpid()}/status") as f:
+        with open(f"/proc/{pid or os.getpid()}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
@@ -48,7 +49,7 @@ def _rss_kb() -> int:
 
 async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
     loop = asyncio.get_running_loop()
-    rss0 = _rss_kb()  # the process before its devices: what the devices cost is the difference
+    rss0 = rss_kb()  # the process before its devices: what the devices cost is the difference
     stats = Stats()
     devs = [FleetDevice(s, cfg["host"], cfg["port"], loop, stats, rate=cfg["rate"], hb_s=cfg["hb_s"],
                         time_s=cfg["time_s"], keepalive=cfg["keepalive"], retry_s=cfg["retry_s"],
@@ -82,7 +83,7 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
             conn.send(("stats", {
                 "online": sum(1 for d in devs if d.mq.up), "trusted": sum(1 for d in devs if d.trusted()),
                 "tariffed": sum(1 for d in devs if d.tariff is not None), "depth": sum(d.depth() for d in devs),
-                "rss_kb": _rss_kb(), "rss0_kb": rss0, **stats.take()}))
+                "rss_kb": rss_kb(), "rss0_kb": rss0, **stats.take()}))
 
     loop.create_task(ramp())
     reporter = loop.create_task(report())
@@ -115,7 +116,7 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
             reporter.cancel()
             misc.cancel()
             conn.send(("stats", {"online": 0, "trusted": 0, "tariffed": 0, "depth": sum(d.depth() for d in devs),
-                                 "rss_kb": _rss_kb(), "rss0_kb": rss0, **stats.take()}))
+                                 "rss_kb": rss_kb(), "rss0_kb": rss0, **stats.take()}))
             conn.send(("history", {d.id: d.history for d in devs}))
             conn.send(("done",))
             return

@@ -3,13 +3,12 @@
 # A map anywhere in "t" or "a" is {"$m": [[key, value], ...]} (JSON keys are only text; tariff keys
 # are ints). Prints one line each: {"r": result} ("ok" for validate; tuples as lists), or
 # {"e": [code, field]} for a FeeError, or {"x": "Type: text"} for anything else.
-import gc
 import json
-import sys
 
 from apps import fees
 from apps.basket import vending
 from apps.rentfee import rental_fee
+from jform import cases
 
 
 def dec(v):
@@ -25,15 +24,7 @@ def dec(v):
 
 FN = {"parking": fees.parking, "rental": rental_fee, "vending": vending}
 
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    if not line.strip():
-        continue
-    gc.collect()
-    c = json.loads(line)
-    line = None
+for c in cases():
     try:
         t = dec(c["t"])
         a = dec(c["a"])

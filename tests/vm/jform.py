@@ -39,3 +39,20 @@ def named(p):
         if k and k in p:
             r[name] = to_json(p[k])
     return r
+
+
+def cases():
+    """A batch runner's input: one JSON document a line on stdin, each parsed into a freshly
+    collected heap (a big batch then fits the 64K heap); blank lines are skipped."""
+    import gc
+    import json
+    import sys
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            gc.collect()
+            c = json.loads(line)
+            line = None
+            yield c

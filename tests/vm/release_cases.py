@@ -8,13 +8,12 @@
 #   {"op": "payload", "file", "size", "sha256"}                -> {"ok": true} or {"error"}
 # all bytes as hex; a ReleaseError is {"error": code}, anything else {"exc": text}.
 import binascii
-import gc
 import hashlib
 import json
-import sys
 
 import ed25519
 import sha512
+from jform import cases
 
 u = binascii.unhexlify
 
@@ -73,14 +72,7 @@ def run(c):
     return {"exc": "unknown op " + op}
 
 
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    if not line.strip():
-        continue
-    gc.collect()
-    c = json.loads(line)
+for c in cases():
     try:
         r = run(c)
     except Exception as e:

@@ -1,14 +1,12 @@
 # protocol/vectors cases, one JSON object a line on stdin ({name, key, kid, topic, hex}); prints
 # one line each: {"name", "decoded": §9 form} or {"name", "error": code} or {"name", "exc": text}.
 import binascii
-import gc
 import json
-import sys
 
 import cbor
 import hmac256
 import msg
-from jform import named
+from jform import cases, named
 
 
 def unhex(v):
@@ -20,14 +18,7 @@ def unhex(v):
     return bytes(b)
 
 
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    if not line.strip():
-        continue
-    gc.collect()
-    c = json.loads(line)
+for c in cases():
     r = {"name": c["name"]}
     try:
         k = hmac256.HmacKey(binascii.unhexlify(c["key"]))
