@@ -42,6 +42,11 @@ LEVELS = [int(x) for x in os.environ.get("EDGEPAY_APP_HEAP_LEVELS", "64,48,32").
 SAMPLES = 25
 
 
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
 def _sampler(w, dev, n, samples):
     every = max(1, n // SAMPLES)
 
@@ -240,11 +245,17 @@ def main():
                 figures[f"{kind}_samples_before_failure"] = len(part)
             continue
         warm = samples[len(samples) // 5:]
+        # drift: the level of the last quarter of the warm samples against the first (medians). A
+        # sample is one instant: whichever sessions are in flight then add up to ~1.5 KB, so one
+        # sample against another (kept as drift_endpoints_kb) is noise, a leak is a level that rises.
+        q = max(1, len(warm) // 4)
+        drift = _median(warm[-q:]) - _median(warm[:q])
         figures[f"{kind}_live_kb"] = round((max(samples) - code) / 1024, 2)
         figures[f"{kind}_vm_live_kb"] = round(max(samples) / 1024, 2)
-        figures[f"{kind}_drift_kb"] = round((warm[-1] - warm[0]) / 1024, 2)
+        figures[f"{kind}_drift_kb"] = round(drift / 1024, 2)
+        figures[f"{kind}_drift_endpoints_kb"] = round((warm[-1] - warm[0]) / 1024, 2)
         figures[f"{kind}_samples_kb"] = [round((x - code) / 1024, 1) for x in samples]
-        drifts.append(warm[-1] - warm[0])
+        drifts.append(drift)
     figures["max_drift_kb"] = round(max(drifts, key=abs) / 1024, 2) if drifts else None
     # the smallest data budget at which every app still passes a shorter run, searched downward
     lo = {k: (HEAP_KB if res[k] else None) for k in res}
