@@ -223,7 +223,7 @@ class SessionApp:
         w[0].set()
 
     async def authorize(self, sid, payer, purpose, slot=None, amount=None, cur=None, t0=None, auth=None,
-                        timeout_s=AUTH_TIMEOUT_S, wait_paid=False):
+                        timeout_s=AUTH_TIMEOUT_S):
         """Ask the cloud; fall back to the offline policy when it cannot answer in time."""
         if self.ctx.online():
             ev = asyncio.Event()
@@ -244,29 +244,11 @@ class SessionApp:
             d = self._waits.pop(sid)[1]
             if d is not None:
                 return d
-        if wait_paid:
-            return Decision(False, reason="offline")
         return self.offline_decision(payer, amount, t0)
 
     async def _ask(self, f, ev):
         await self.ctx.send(_T_AUTH_REQ, f)
         await ev.wait()
-
-    async def wait_paid(self, sid, timeout_s):
-        """Wait for an out-of-band payment (`paid`, or a late `auth` grant) for `sid`."""
-        ev = asyncio.Event()
-        self._waits[sid] = [ev, None]
-        try:
-            await asyncio.wait_for(ev.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
-        return self._waits.pop(sid)[1]
-
-    def unwait(self, sid):
-        """The session ended (the car left the QR code): end its payment wait now, not in minutes."""
-        w = self._waits.get(sid)
-        if w is not None:
-            w[0].set()
 
     def offline_decision(self, payer, amount=None, t0=None):
         p = self.policy

@@ -1,8 +1,8 @@
 # Fees from the signed tariff (protocol/FEES.md): integer minor units, integer seconds, no floats.
 # The cloud recomputes every fee with its own implementation (host_tools/cloud/fees.py); the two
 # share nothing but FEES.md. Allocation-light: validation and the time fee use only small ints
-# (every tariff value is < 2^30), nothing is built. Parking's fee and the shared time fee are here; a
-# basket's price is apps/basket.py and a rental's apps/rentfee.py: each kind carries only its own.
+# (every tariff value is < 2^30), nothing is built. The shared time fee is here; parking's fee is
+# apps/parkfee.py, a basket's price apps/basket.py, a rental's apps/rentfee.py: each kind carries only its own.
 
 MAX_MONEY = 1073741823      # 2^30 - 1
 MAX_DURATION = 1073741823   # seconds
@@ -123,13 +123,3 @@ def _time_fee(t, d):
         return days * full + part
     return part
 
-
-def parking(t, t0, t1, lost=False):
-    validate(t)
-    d = _duration(t, t0, t1)
-    if lost and 7 not in t:
-        raise FeeError("no_lost_price")
-    fee = _time_fee(t, d)
-    if lost and t[7] > fee:
-        return t[7]
-    return fee

@@ -9,7 +9,7 @@ import asyncio
 import os
 from binascii import hexlify
 
-from apps import fees
+from apps.parkfee import parking
 from apps.base import SessionApp, Machine, T_OPEN, setup_app
 import store
 
@@ -162,6 +162,22 @@ class GateApp(SessionApp):
         # an offline refusal says why (not on the list, over a cap...): paying by QR needs the cloud
         return "Sorry: %s. " % d.reason if d.reason and d.reason.startswith("offline") else ""
 
+    async def wait_paid(self, sid, timeout_s):
+        """Wait for an out-of-band payment (`paid`, or a late `auth` grant) for `sid`."""
+        ev = asyncio.Event()
+        self._waits[sid] = [ev, None]
+        try:
+            await asyncio.wait_for(ev.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        return self._waits.pop(sid)[1]
+
+    def unwait(self, sid):
+        """The session ended (the car left the QR code): end its payment wait now, not in minutes."""
+        w = self._waits.get(sid)
+        if w is not None:
+            w[0].set()
+
     async def _await_paid(self, m, sid):
         d = await self.wait_paid(sid, PAY_WAIT_S)
         if d is not None and d.granted and m.state == "qr" and m.data.get("sid") == sid:
@@ -214,7 +230,7 @@ class GateApp(SessionApp):
         # stay is unmeasured (reason untimed, t1 = t0, nothing charged here) and the cloud prices it.
         untimed = now is None
         t1 = t0 if untimed else max(now, t0)
-        amount = 0 if untimed else fees.parking(self.tariff, t0, t1, lost)
+        amount = 0 if untimed else parking(self.tariff, t0, t1, lost)
         cur = self.tariff[2]
         m.data.update(sid=sid, plate=plate, payer=payer, t0=t0, t1=t1, amount=amount, auth=auth,
                       why="untimed" if untimed else "lost" if lost else "normal")

@@ -6,6 +6,7 @@
 import json
 
 from apps import fees
+from apps.parkfee import parking
 from apps.basket import vending
 from apps.rentfee import rental_fee
 from jform import cases
@@ -22,7 +23,7 @@ def dec(v):
     return v
 
 
-FN = {"parking": fees.parking, "rental": rental_fee, "vending": vending}
+FN = {"parking": parking, "rental": rental_fee, "vending": vending}
 
 for c in cases():
     try:
