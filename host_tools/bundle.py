@@ -9,7 +9,9 @@ exists. Then, by board:
 - a simulated board (`"sim": true`) drops machine-only modules: a `hal/` module that imports
   `machine`, `esp32`, `rp2`... (anywhere, lazily too) and never asks `ON_VM` which side it runs on
   (hal/mach.py); dual modules such as hal/flash.py branch on `ON_VM` and ship everywhere; nor
-  the Wi-Fi bring-up `net` (RADIO_MODULES).
+  the Wi-Fi bring-up `net` (RADIO_MODULES);
+- a board without a per-slot group ("pins") drops `hal/group.py`, one without a load cell
+  `hal/scale.py` (OPTIONAL: what each is for).
 Other apps never ship with a board: a gate carries no vending code.
 """
 from __future__ import annotations
@@ -99,6 +101,10 @@ def is_machine_only(m: Module, known: dict[str, Module]) -> bool:
     return bool(_imports(m, known)[1] & MACHINE_MODULES)
 
 
+# interface modules a board carries only when one of its peripherals needs them
+OPTIONAL = {"hal.group": lambda p: "pins" in p, "hal.scale": lambda p: p.get("type") == "scale"}
+
+
 def select(board: dict, root: Path = FIRMWARE) -> list[Module]:
     """The modules `board` needs, sorted by path."""
     known = firmware_modules(root)
@@ -107,8 +113,13 @@ def select(board: dict, root: Path = FIRMWARE) -> list[Module]:
     sim = bool(board.get("sim"))
     kind = board.get("kind")
 
+    pers = [p for p in (board.get("peripherals") or {}).values() if isinstance(p, dict)]
+    dropped = {m for m, needs in OPTIONAL.items() if not any(needs(p) for p in pers)}
+
     def wanted(name: str) -> bool:
         m = known[name]
+        if name in dropped:
+            return False
         if sim and (is_machine_only(m, known) or name in RADIO_MODULES):
             return False
         if not sim and is_sim_only(m):

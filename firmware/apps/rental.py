@@ -81,8 +81,8 @@ class RentalApp(SessionApp):
     def _present(self, i):
         return self.hw.get("slots")[i].value
 
-    def _lock(self, i):
-        return self.hw.get("locks")[i]
+    def _lock(self, i, on=0):  # slot i's lock: locked, or (on=1) unlocked
+        self.hw.get("locks")[i].set(on)
 
     def _tag(self, i):
         return self.stock.get(str(i)) or "%s-item%d" % (self.ctx.device, i)
@@ -90,7 +90,7 @@ class RentalApp(SessionApp):
     def start(self):
         for m in self.machines():
             self._resume(m)
-        self.hw.on("slots", lambda i, v: self._slot(Slot(self, i), v))
+        self.hw.on("slots", self._slot)
         self.hw.on("qr", self._scan)
         self.hw.on("rfid", self._read)
 
@@ -110,12 +110,12 @@ class RentalApp(SessionApp):
             elif typ == T_CLOSE and m.state in ("offered", "empty"):  # not taken, cancelled, returned
                 if self.out.pop(m.data.get("tag"), None):
                     store.write("rentals", self.out)  # never closed twice on its next read
-                self._lock(i).lock()
+                self._lock(i)
                 m.state, m.data = "stocked", {}
                 print("FSM", m.name, "resume -> stocked")
         if m.state == "offered" and typ == T_OPEN and c is False:
             m.state = "stocked"  # the rental was never on flash: relock, nothing owed
-            self._lock(i).lock()
+            self._lock(i)
         elif m.state == "offered":
             asyncio.create_task(self._reoffer(m))
         elif m.state == "staff":
@@ -135,14 +135,12 @@ class RentalApp(SessionApp):
         if not self._present(m.i):
             await m.fire("taken")
         else:
-            self._lock(m.i).unlock()
+            self._lock(m.i, 1)
             m.later(TAKE_WAIT_S * 1000, "offered")
 
-    def _slot(self, m, present):
-        if present:  # the reader at the slots saw the item's tag as it went in
-            asyncio.create_task(m.fire("returned", self.hw.value("rfid")))
-        else:
-            asyncio.create_task(m.fire("taken"))
+    def _slot(self, i, present):  # back in (the reader at the slots saw its tag as it went in), or gone
+        m = Slot(self, i)
+        asyncio.create_task(m.fire("returned", self.hw.value("rfid")) if present else m.fire("taken"))
 
     def _scan(self, payer):
         for m in self.machines():
@@ -178,23 +176,23 @@ class RentalApp(SessionApp):
             return None
         if d.offline:
             self.offline_opened(sid, payer, t0)
-        self._lock(i).unlock()
+        self._lock(i, 1)
         self.say("Take slot %d" % (i + 1))
         m.later(TAKE_WAIT_S * 1000, "offered")
         return "offered"
 
     def t_taken(self, m):
         d = m.data
-        self._lock(m.i).lock()
+        self._lock(m.i)
         self.out[d["tag"]] = [d["sid"], d["payer"], d["t0"], d["auth"], d["off"]]
         store.write("rentals", self.out)
         m.data = {}
         return "empty"
 
-    def t_not_taken(self, m):
+    def t_not_taken(self, m, why="not_taken"):  # relocked, closed at zero
         d = m.data
-        self._lock(m.i).lock()
-        self.close(m, d["sid"], d["payer"], m.i, d["t0"], 0, "not_taken", d["auth"], d["off"])
+        self._lock(m.i)
+        self.close(m, d["sid"], d["payer"], m.i, d["t0"], 0, why, d["auth"], d["off"])
         m.data = {}
         return "stocked"
 
@@ -227,7 +225,7 @@ class RentalApp(SessionApp):
         self.close(m, r[0], r[1], i, r[2], amount, why, r[3], r[4], t1)
         self.out.pop(tag, None)
         store.write("rentals", self.out)
-        self._lock(i).lock()
+        self._lock(i)
         self.say("Returned: %d" % amount)
         m.data = {}
         return "stocked"
@@ -238,14 +236,14 @@ class RentalApp(SessionApp):
     def t_staff(self, m, rsid, t, hold_ms):
         if not self.staff(m, rsid, t):
             return None
-        self._lock(t).unlock()
+        self._lock(t, 1)
         self.say("Staff: slot %d" % (t + 1))
         m.later(hold_ms, "staff")
         return "staff"
 
     def t_staff_end(self, m):
         i = m.i
-        self._lock(i).lock()
+        self._lock(i)
         m.data = {}
         return "stocked" if self._present(i) else "empty"
 
@@ -264,12 +262,8 @@ class RentalApp(SessionApp):
         store.write("rentals", self.out)
 
     def t_cancel(self, m):
-        d = m.data
-        self._lock(m.i).lock()
-        self.close(m, d["sid"], d["payer"], m.i, d["t0"], 0, "cancelled", d["auth"], d["off"])
         self.say("Cancelled: no charge")
-        m.data = {}
-        return "stocked"
+        return self.t_not_taken(m, "cancelled")
 
 
 def setup(ctx):

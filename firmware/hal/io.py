@@ -17,21 +17,14 @@ def _call(cbs, *a):
             print("hal: handler error", repr(e))
 
 
-def _name(d):
-    # a group member keeps its group's name and its index (gi): its own ("locks.3") is made when
-    # needed, not kept (a string each: ~1 KB for a rental's 16 slot members)
-    return d._g if d.gi is None else "%s.%d" % (d._g, d.gi)
-
-
 class Output:
     """Two-state actuator (relay). drv.write(dev, 0|1) drives the hardware."""
     KIND = "out"
     STATES = ("off", "on")
-    gi = None
-    name = property(_name)
+    gi = None  # a group member's index (hal/group.py)
 
     def __init__(self, name, drv):
-        self._g = name
+        self.name = name
         self._drv = drv
         self.state = self.STATES[0]
 
@@ -95,14 +88,12 @@ class _Watched:
     The callback list and the Event are made on first use: 8 slot sensors nobody awaits cost less."""
 
     _cbs = _ev = gi = None  # made on first use, on the instance; gi: index in its group
-    name = property(_name)
 
     def __init__(self, name):
-        self._g = name
+        self.name = name
 
-    def on_change(self, cb, t=None):
-        t = t or (cb,)  # t: one tuple shared by a group's members
-        self._cbs = self._cbs + t if self._cbs else t  # a tuple: half a list's RAM, and set up once
+    def on_change(self, cb):
+        self._cbs = (self._cbs or ()) + (cb,)  # a tuple: half a list's RAM, and set up once
 
     def _changed(self, v):
         if self._ev is not None:
@@ -170,40 +161,9 @@ class Scanner(_Watched):
         return self._q.pop(0)
 
 
-class Scale(_Watched):
-    """Load cell: grams (int, None until the first reading); read() awaits a fresh reading."""
-    KIND = "scale"
-
-    def __init__(self, name):
-        super().__init__(name)
-        self.grams = None
-        self._raw = None
-        self.zero = 0
-
-    @property
-    def value(self):
-        return self.grams
-
-    def _set(self, g):
-        self._raw = g
-        g -= self.zero
-        if g != self.grams:
-            print("SCALE", self.name, g)
-        self.grams = g
-        self._changed(g)
-
-    def tare(self):
-        if self._raw is not None:
-            self.zero = self._raw
-            self.grams = 0
-
-    async def read(self):
-        return await self.changed()
-
-
 class Periph:
     """The board's peripherals by name: attributes (p.entry_barrier, p.locks[3]) and lookups for
-    apps that go by name (has/get/value/on). Slot groups are lists; members are "locks.3"."""
+    apps that go by name (has/get/value/on). Slot groups are hal/group.py's; members are "locks.3"."""
 
     def __init__(self, board):
         self.board = board
@@ -222,7 +182,7 @@ class Periph:
         if d is None:  # a group member, "locks.3"
             g, _, i = name.partition(".")
             g = self.all.get(g)
-            if type(g) is not list or not i.isdigit() or int(i) >= len(g):
+            if getattr(g, "KIND", 0) != "group" or not i.isdigit() or int(i) >= len(g):
                 raise KeyError("no peripheral '" + name + "' on " + self.board.name)
             d = g[int(i)]
         return d
@@ -232,13 +192,7 @@ class Periph:
 
     def on(self, name, cb):
         """Inputs call cb(value), scanners cb(text), scales cb(grams); a group calls cb(index, value)."""
-        d = self.get(name)
-        if isinstance(d, list):
-            t = (cb,)
-            for m in d:  # a member calls its group's callbacks with its index (gi): no closure each
-                m.on_change(cb, t)
-        else:
-            d.on_change(cb)
+        self.get(name).on_change(cb)
 
 
 def _make(f, name, spec, pin):
@@ -254,6 +208,7 @@ def _make(f, name, spec, pin):
     if t == "scanner":
         return f.scanner(Scanner(name, spec["kind"]), spec)
     if t == "scale":
+        from hal.scale import Scale
         return f.scale(Scale(name), spec)
     from hal.display import Display
     return Display(name, f.display(spec))
@@ -276,10 +231,8 @@ def build(board, loop=None, sim=None):
         f = Factory()
     for name, spec in board.peripherals.items():
         if "pins" in spec:
-            g = [_make(f, name, spec, pin) for pin in spec["pins"]]
-            for i, d in enumerate(g):
-                d.gi = i
-            p._add(name, g)
+            from hal.group import Group
+            p._add(name, Group(f, name, spec))
         else:
             p._add(name, _make(f, name, spec, spec.get("pin")))
     spawn = loop.create_task if loop is not None else asyncio.create_task

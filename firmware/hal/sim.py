@@ -75,8 +75,8 @@ class SimLink:
                 self.up = True
                 out = {}
                 for g in self.p.all.values():
-                    for d in g if type(g) is list else (g,):
-                        if getattr(d, "KIND", None) == "out":
+                    for d in g if g.KIND == "group" else (g,):
+                        if d.KIND == "out":
                             out[d.name] = d.state
                 self._send({"t": "hello", "board": self.board, "out": out})
                 out = None  # else held by this frame for the whole connection
