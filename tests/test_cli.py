@@ -358,11 +358,13 @@ def test_watch_shows_unverified(fleet):
 
     from host_tools.protocol import seal
     env, board = fleet
-    p = subprocess.Popen([*EDGEPAY, "--json", "watch", "--count", "3", "--duration", "8"],
+    board.kill()  # quiet, so the forged message is the one seen (after the retained status)
+    p = subprocess.Popen([*EDGEPAY, "--json", "watch", "--count", "3", "--duration", "20"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, **env), cwd=ROOT)
-    board.kill()  # quiet, so the forged message is the one seen (after the retained status)
-    time.sleep(1.5)
+    assert p.stderr is not None
+    ready = p.stderr.readline()   # "watching ...": subscribed, so the forged message cannot be missed
+    assert ready.startswith("watching"), ready
     c = paho.Client(CallbackAPIVersion.VERSION2)
     c.username_pw_set("cloud", "cloud-pw")
     c.connect("127.0.0.1", int(env["EDGEPAY_BROKER"].split(":")[1]))

@@ -68,8 +68,9 @@ def register(cli: click.Group) -> None:
         except BrokerUnreachable as e:
             reg.close()
             fail(str(e), EXIT_UNREACHABLE)
-        if not o.json:
-            o.note(f"watching v1/dev/{dev}/{'#' if down else 'up/#'} on {host}:{port} (Ctrl-C to stop)")
+        # on stderr with --json too: the line says the subscriptions are granted (nothing sent from
+        # now on is missed), which a script that starts a watch and then acts waits for
+        o.note(f"watching v1/dev/{dev}/{'#' if down else 'up/#'} on {host}:{port} (Ctrl-C to stop)")
         cache: dict = {}
         n = 0
         deadline = time.monotonic() + duration if duration else None

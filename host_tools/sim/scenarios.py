@@ -152,6 +152,9 @@ def hour_plan(seed: int = 0, devices: list[tuple[str, str]] | None = None, span:
 
 
 # ---- playing a plan -------------------------------------------------------------------------------
+ENDS = ("car_out",)   # jobs that end a session in progress (a rental's return is _return_at's)
+
+
 class Runner:
     """Plays a Plan on a World: one thread per actor, each job at its simulated time (a busy actor
     runs late jobs as soon as it can; amounts follow what actually happened)."""
@@ -216,8 +219,10 @@ class Runner:
 
     def _actor(self, actor: str, jobs: list[Job]) -> None:
         for j in jobs:
-            if not self.w.clock.wait_until(self.w.clock.start + self.t0 + j.at, self.stop):
-                return
+            # `stop` is closing time: nothing new starts, and whoever is inside leaves now (a car
+            # still parked or an item still out would be a session the run left open on purpose)
+            if not self.w.clock.wait_until(self.w.clock.start + self.t0 + j.at, self.stop) and j.action not in ENDS:
+                continue
             try:
                 getattr(self, "do_" + j.action)(actor.split("/")[0], **j.args)
             except Exception as e:  # noqa: BLE001 - logged, counted, the others go on
@@ -385,8 +390,7 @@ class Runner:
         t.start()
 
     def _return_at(self, dev: str, payer: str, back: float) -> None:
-        if not self.w.clock.wait_until(self.w.clock.start + self.t0 + back, self.stop):
-            return
+        self.w.clock.wait_until(self.w.clock.start + self.t0 + back, self.stop)  # or closing time: now
         try:
             self.do_return(dev, payer)
         except Exception as e:  # noqa: BLE001
