@@ -1,7 +1,9 @@
-"""`edgepay ledger [sessions|totals|reconcile]` over host_tools.cloud.ledger_open.open_ledger(url):
+"""`edgepay ledger [sessions|totals|export|reconcile]` over host_tools.cloud.ledger_open.open_ledger(url):
 a SQLite path (or sqlite:///path) or a postgresql:// URL. Money is printed as integer minor units,
 times as ISO 8601 UTC (`2026-12-02T06:53:04Z`; --json keeps Unix seconds). On a terminal a table
 whose cells wrap, never cut; piped, tab-separated lines with a header row and every value whole.
+
+`export --from --to [--site P]` is a period's closed sessions for finance (host_tools/cloud/ledger_export.py).
 
 `reconcile DEVICE JOURNAL` compares the ledger with a device's own records: JOURNAL is a JSON file
 (a list, or JSON lines) of {"seq": n, "raw": "<envelope hex>"}. Exit 0 when they agree, 4 when
@@ -126,6 +128,37 @@ def register(cli: click.Group) -> None:
                         ["currency", "amount (minor units)"], [[cur, f"{amount}"] for cur, amount in tot.items()],
                         right=("amount (minor units)",))
         o.emit({"totals": tot, "state": state, "device": device, "records": count}, human)
+
+    @ledger.command()
+    @click.option("--from", "since", required=True, help="start of the period (2026-11-01, ISO 8601 UTC, or Unix seconds)")
+    @click.option("--to", "until", required=True, help="end of the period, not included")
+    @click.option("--site", "sites", multiple=True, help="device-id prefix of a site (repeat; default: every site)")
+    @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write to this file (default: stdout)")
+    @click.pass_context
+    def export(ctx: click.Context, since: str, until: str, sites: tuple[str, ...], fmt: str, out: Path | None) -> None:
+        """The closed sessions that ended in [--from, --to), for finance: CSV rows or JSON with totals
+        per currency (integer minor units)."""
+        from host_tools.cloud.ledger_export import ExportError, export as make_export, parse_time
+        o: Ctx = ctx.obj
+        try:
+            t_from, t_to = parse_time(since), parse_time(until)
+        except ExportError as e:
+            fail(str(e))
+        led = open_db(_db(ctx))
+        try:
+            try:
+                exp = _read(led, lambda: make_export(led, t_from, t_to, sites or None))
+            except ExportError as e:
+                fail(str(e))
+        finally:
+            led.close()
+        text = json.dumps(exp.as_json(), indent=1) + "\n" if (fmt == "json" or o.json) else exp.csv()
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            out.write_text(text)
+            o.note(f"{exp.as_json()['count']} sessions, totals {exp.totals} -> {out}")
 
     @ledger.command()
     @click.argument("device")

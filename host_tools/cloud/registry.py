@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host_tools.cloud.keyvault import KeyVault, VaultError, master_key_from_env
-from host_tools.cloud.ledger_db import Database
+from host_tools.cloud.ledger_db import Database, prefix_clause
 from host_tools.cloud.ledger_open import is_postgres, open_ledger
 
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -144,9 +144,9 @@ class Registry:
         if prefixes is not None:
             if not prefixes:
                 return []
-            # LIKE, not a range: a PostgreSQL collation may order '-' in ways a range would miss
-            where.append("(" + " OR ".join("device_id LIKE ? ESCAPE '!'" for _ in prefixes) + ")")
-            args += [pre.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%" for pre in prefixes]
+            sql, pre = prefix_clause("device_id", prefixes)
+            where.append(sql)
+            args += pre
         rows = self.db._read("SELECT device_id, key_version, kind, board, status FROM devices WHERE "
                              + " AND ".join(where) + " ORDER BY device_id LIMIT ?", (*args, int(limit)))
         return [DeviceInfo(*r) for r in rows]

@@ -13,6 +13,10 @@ metrics.
                                            (cmdspec.ACTUATING: open, paid, auth, reboot,
                                            cancel_session) needs "confirm": true (428 otherwise)
     GET  /v1/campaigns, /v1/campaigns/{id} (viewer)
+    GET  /v1/ledger/export?from=&to=&site=&format=json|csv
+                                           (viewer) the closed sessions that ended in [from, to)
+                                           with totals per currency (ledger_export.py); a scoped
+                                           account exports its sites only
     accounts, tokens, sessions, audit      host_tools/service/accounts_api.py
 Who may call what: host_tools/service/auth.py. Errors are RFC 9457 problems
 (application/problem+json, "detail" says what): 401 no or a bad token, 403 a role or CSRF refusal,
@@ -34,6 +38,9 @@ from pydantic import BaseModel, Field
 from host_tools.cloud import cmdspec
 from host_tools.cloud.accounts import Accounts, Principal
 from host_tools.cloud.commands import CommandClient
+from host_tools.cloud.ledger import Ledger
+from host_tools.cloud.ledger_export import ExportError, iso, parse_time
+from host_tools.cloud.ledger_export import export as ledger_export_
 from host_tools.cloud.registry import Registry, RegistryError
 from host_tools.cloud.rollout_store import RolloutStore
 from host_tools.service.accounts_api import add_account_routes
@@ -86,7 +93,8 @@ class Metrics:
 def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStore | None = None,
              token: str | None = None, accounts: Accounts | None = None,
              ready: Callable[[], list[str]] = lambda: [], ingest_stats: Callable[[], dict] | None = None,
-             metrics: Metrics | None = None, metrics_public: bool = False, cookie_secure: bool = True) -> FastAPI:
+             metrics: Metrics | None = None, metrics_public: bool = False, cookie_secure: bool = True,
+             ledger: Ledger | None = None) -> FastAPI:
     """The app over the service's parts. `ready()` lists what is not ready (empty: ready). Every
     /v1 call needs an account's token or session (`accounts`), or the bootstrap `token` (an admin);
     with neither, every /v1 call is refused."""
@@ -185,6 +193,25 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
                                     "code": c.code, "confirmed": body.confirm})
         return CommandOut(device=device_id, name=body.name, state=c.state.value, code=c.code, data=_plain(c.data),
                           cti=c.cti.hex(), seq=c.seq, elapsed_ms=round(dt * 1000, 1))
+
+    @app.get("/v1/ledger/export", response_model=None)
+    def ledger_export(since: str = Query(alias="from"), until: str = Query(alias="to"),
+                      site: list[str] | None = Query(None), format: str = Query("json", pattern="^(json|csv)$"),
+                      p: Principal = Depends(viewer)) -> dict | Response:
+        if ledger is None:
+            raise Problem(404, "this server has no ledger (the api part runs without [store] ledger)")
+        sites = tuple(site) if site else p.sites
+        if site and p.sites is not None and not all(any(s.startswith(m) for m in p.sites) for s in site):
+            raise Problem(403, f"{p.user} may export only the sites {', '.join(p.sites)}", "forbidden")
+        try:
+            exp = ledger_export_(ledger, parse_time(since), parse_time(until), sites)
+        except ExportError as e:
+            raise Problem(422, str(e)) from None
+        if format == "csv":
+            name = f"edgepay-ledger-{iso(exp.since)[:10]}-{iso(exp.until)[:10]}.csv"
+            return Response(exp.csv(), media_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return exp.as_json()
 
     def _seen(p: Principal, cid: str) -> list:
         assert rollouts is not None

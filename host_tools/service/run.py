@@ -60,6 +60,8 @@ class Service:
         if "ingest" in self.parts:
             self._ledger = open_ledger(cfg.ledger)
             self.ingest = IngestWorker(self.registry, self._ledger, self.broker, group=cfg.ingest_group).start(timeout)
+        if "api" in self.parts and self._ledger is None:   # the finance export reads the ledger
+            self._ledger = open_ledger(cfg.ledger)
         if self.parts & {"campaigns", "api"}:
             self._rollouts = RolloutStore.open(cfg.ledger)
         if "campaigns" in self.parts:
@@ -76,7 +78,8 @@ class Service:
             app = make_app(self.registry, self.client, rollouts=self._rollouts, token=self.token,
                            accounts=self.accounts, ready=self.not_ready,
                            ingest_stats=(lambda: ingest.stats) if ingest else None,
-                           metrics_public=cfg.metrics_public, cookie_secure=cfg.cookie_secure)
+                           metrics_public=cfg.metrics_public, cookie_secure=cfg.cookie_secure,
+                           ledger=self._ledger)
             self._server = uvicorn.Server(uvicorn.Config(app, host=cfg.http_host, port=cfg.http_port,
                                                          log_level="warning", lifespan="off"))
             t = threading.Thread(target=self._server.run, name="http", daemon=True)

@@ -1,0 +1,144 @@
+"""The ledger export for finance (host_tools/cloud/ledger_export.py; issue 13 §2), on SQLite and on
+PostgreSQL: a period's closed sessions by site, whose totals are the ledger's, whose consecutive
+periods add up to the whole, and whose CSV says what its JSON says; through the library, the CLI
+(`edgepay ledger export`) and the API (GET /v1/ledger/export, a scoped account its sites only)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from host_tools.cloud.ledger_export import MAX_SPAN_S, ExportError, export, parse_time
+from host_tools.cloud.ledger_open import open_ledger
+from tests.test_cli import bad, run
+from tests.test_ledger import DeviceChain
+from tests.test_serve_auth import Api, is_problem
+
+T = 1_790_000_000       # the sessions' starts; each closes an hour after its start (DeviceChain)
+H = 3600
+
+
+def _fill(led) -> dict[str, DeviceChain]:
+    """lot1-gate-1: 4 sessions, one a day; lot1-vend-1: 2 (one in USD); lot2-gate-1: 2; and one
+    session left open (never exported)."""
+    a, b, c = DeviceChain("lot1-gate-1"), DeviceChain("lot1-vend-1"), DeviceChain("lot2-gate-1")
+    items = {a: [], b: [], c: []}
+    for i in range(4):
+        items[a] += a.session(f"a{i}", 100 * (i + 1), cur="CNY", t0=T + i * 86400)
+    items[b] += b.session("b0", 650, cur="CNY", t0=T) + b.session("b1", 199, cur="USD", t0=T + 86400)
+    items[c] += c.session("c0", 1000, cur="CNY", t0=T + 2 * 86400) + c.session("c1", 0, cur="CNY", t0=T + 3 * 86400)
+    items[c].append(c.make("sess_open", sid="c2", payer="p", t0=T + 3 * 86400, slot=1))
+    led.commit([r for d, its in items.items() for r in d.records(its)])
+    return {d.device: d for d in items}
+
+
+@pytest.fixture
+def ledger(ledger_url):
+    led = open_ledger(ledger_url)
+    _fill(led)
+    yield led
+    led.close()
+
+
+def test_the_export_is_the_ledgers_closed_sessions_and_its_totals(ledger):
+    whole = export(ledger, T, T + 5 * 86400)
+    assert whole.totals == ledger.totals() == {"CNY": 2650, "USD": 199}
+    assert whole.as_json()["count"] == 8 and "c2" not in {s.sid for s in whole.sessions}   # open: not yet money
+    assert all(type(r["amount"]) is int for r in whole.rows())
+    # in order of their end; t1 as ISO 8601 UTC
+    assert [s.t1 for s in whole.sessions] == sorted(s.t1 for s in whole.sessions)
+    assert whole.rows()[0]["t1"].endswith("Z")
+
+
+def test_consecutive_periods_add_up_to_the_whole_and_a_boundary_is_in_one(ledger):
+    whole = export(ledger, T, T + 5 * 86400)
+    cut = T + 86400 + H          # exactly the end of a1 and b1: they belong to the period that starts there
+    first, second = export(ledger, T, cut), export(ledger, cut, T + 5 * 86400)
+    assert {s.sid for s in first.sessions} == {"a0", "b0"}
+    assert {s.sid for s in second.sessions} >= {"a1", "b1"}
+    assert [(s.device, s.sid) for s in first.sessions + second.sessions] == [(s.device, s.sid) for s in whole.sessions]
+    for cur in whole.totals:
+        assert first.totals.get(cur, 0) + second.totals.get(cur, 0) == whole.totals[cur]
+
+
+def test_a_site_is_a_device_id_prefix(ledger):
+    lot1 = export(ledger, T, T + 5 * 86400, ["lot1-"])
+    assert {s.device for s in lot1.sessions} == {"lot1-gate-1", "lot1-vend-1"}
+    assert lot1.totals == {"CNY": 1650, "USD": 199}
+    assert export(ledger, T, T + 5 * 86400, ["lot1-", "lot2-"]).totals == ledger.totals()
+    assert export(ledger, T, T + 5 * 86400, ["lot_"]).sessions == []   # `_` is a character, not a wildcard
+    assert export(ledger, T, T + 5 * 86400, ["lot3-"]).totals == {}
+
+
+def test_the_csv_says_what_the_json_says(ledger):
+    exp = export(ledger, T, T + 5 * 86400)
+    text = exp.csv()
+    assert text.startswith("device,sid,payer,t0,t1,amount,currency,") and "\r\n" in text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    js = exp.as_json()["sessions"]
+    assert [(r["device"], r["sid"], int(r["amount"]), r["currency"], r["t1"]) for r in rows] == \
+        [(r["device"], r["sid"], r["amount"], r["currency"], r["t1"]) for r in js]
+    by_cur: dict[str, int] = {}
+    for r in rows:
+        by_cur[r["currency"]] = by_cur.get(r["currency"], 0) + int(r["amount"])
+    assert by_cur == exp.totals
+
+
+def test_bad_periods_and_sites_are_refused_in_words(ledger):
+    for since, until, sites, says in [(T, T, None, "before it starts"), (T + 1, T, None, "before it starts"),
+                                      (T, T + MAX_SPAN_S + 1, None, "at most 366 days"),
+                                      (T, T + H, [""], "empty site")]:
+        with pytest.raises(ExportError, match=says):
+            export(ledger, since, until, sites)
+    assert parse_time("2026-11-01") == parse_time("2026-11-01T00:00:00Z") == parse_time("1793491200")
+    assert parse_time("2026-11-01T08:00:00+08:00") == parse_time("2026-11-01")
+    for text in ("yesterday", "2026-13-01", "", "-5"):
+        with pytest.raises(ExportError, match="not a time"):
+            parse_time(text)
+
+
+def test_cli_export_csv_json_and_refusals(tmp_path):
+    db = tmp_path / "ledger.db"
+    led = open_ledger(str(db))
+    _fill(led)
+    led.close()
+    frm, to = str(T), str(T + 5 * 86400)
+    out = run("ledger", "--db", str(db), "export", "--from", frm, "--to", to, "--site", "lot1-").output
+    assert out.splitlines()[0].startswith("device,sid,") and len(out.splitlines()) == 1 + 6
+    js = json.loads(run("ledger", "--db", str(db), "export", "--from", frm, "--to", to, "--format", "json").output)
+    assert js["totals"] == {"CNY": 2650, "USD": 199} and js["count"] == 8
+    f = tmp_path / "nov.csv"
+    run("ledger", "--db", str(db), "export", "--from", frm, "--to", to, "--out", str(f))
+    assert f.read_text().count("\n") == 9
+    bad("ledger", "--db", str(db), "export", "--from", "soon", "--to", to, says="not a time")
+    bad("ledger", "--db", str(db), "export", "--from", to, "--to", frm, says="before it starts")
+    bad("ledger", "--db", str(tmp_path / "none.db"), "export", "--from", frm, "--to", to, says="no ledger")
+
+
+def test_api_export_json_csv_scoped_and_refused(ledger_url):
+    led = open_ledger(ledger_url)
+    _fill(led)
+    api = Api(ledger_url, ledger=led)
+    try:
+        viewer, lot1 = api.user("vera", "viewer"), api.user("lou", "viewer", ("lot1-",))
+        q = f"/v1/ledger/export?from={T}&to={T + 5 * 86400}"
+        st, body, _ = api.call(q, token=viewer)
+        assert st == 200 and body["totals"] == led.totals() and body["count"] == 8
+        st, text, headers = api.call(q + "&format=csv", token=viewer)
+        assert st == 200 and headers.get_content_type() == "text/csv" and "attachment" in headers["Content-Disposition"]
+        assert len(list(csv.DictReader(io.StringIO(text)))) == 8
+        # a scoped account: its sites, by default and when it names them; another site is refused
+        st, body, _ = api.call(q, token=lot1)
+        assert st == 200 and {r["device"] for r in body["sessions"]} == {"lot1-gate-1", "lot1-vend-1"}
+        assert api.call(q + "&site=lot1-gate", token=lot1)[1]["count"] == 4
+        assert is_problem(api.call(q + "&site=lot2-", token=lot1), 403, "forbidden")
+        assert is_problem(api.call(q + "&site=lot", token=lot1), 403, "forbidden")   # wider than its site
+        assert is_problem(api.call(f"/v1/ledger/export?from=later&to={T}", token=viewer), 422, "invalid")
+        assert is_problem(api.call(f"/v1/ledger/export?from={T}&to={T}", token=viewer), 422, "invalid")
+        assert is_problem(api.call(q + "&format=xlsx", token=viewer), 422, "invalid")
+        assert is_problem(api.call(q), 401, "unauthenticated")
+    finally:
+        api.close()
+        led.close()
