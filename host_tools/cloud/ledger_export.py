@@ -1,8 +1,9 @@
 """The ledger export for finance (issue 13 §2): a period's closed sessions, by site, as CSV or JSON,
-with totals per currency that are the ledger's own sums (Ledger.totals) over the same rows.
+with totals per currency.
 
-A session is in the period its end falls in: from <= t1 < to, t1 being the close time the device
-signed (an offline session's end, not when its record reached the cloud), so a month exported once
+The totals add up the exported rows; over a period that holds every close they equal the ledger's
+own (Ledger.totals), which the tests check. A session is in the period its end falls in:
+from <= t1 < to, t1 being the close time the device signed (an offline session's end, not when its record reached the cloud), so a month exported once
 and again after a late record lands differs only by that record, and consecutive periods add up to
 the whole. Amounts are integer minor units with their currency; nothing is converted or summed
 across currencies.
@@ -76,11 +77,11 @@ class Export:
 
     def csv(self) -> str:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, COLUMNS, lineterminator="\r\n")   # RFC 4180 line ends
-        w.writeheader()
+        w = csv.writer(buf, lineterminator="\r\n")   # RFC 4180 line ends
+        w.writerow(COLUMNS)
         for r in self.rows():
-            w.writerow({k: ("" if v is None else "true" if v is True else "false" if v is False else v)
-                        for k, v in r.items()})
+            w.writerow(["" if r[k] is None else str(r[k]).lower() if isinstance(r[k], bool) else r[k]
+                        for k in COLUMNS])
         return buf.getvalue()
 
 
