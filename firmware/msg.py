@@ -70,10 +70,10 @@ _SPEC = (
     b"\x06u\x00\x00\x01" b"\x07B\x00\x08\x10" b"\x08u\x01\x00\x00" b"\x0aE\x01\x00\x00"
     b"\x0bt\x00\x01\x18" b"\x0cm\x00\x00\x00" b"\x0du\x00\x00\x00"
     # 10 auth_req: 6? iat, 8 seq, 10 sid, 11 payer, 12? slot, 14 purpose, 15? auth, 16? amount,
-    #   17? cur, 18? t0
+    #   17? cur, 18? t0, 19? t1
     b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bt\x01\x01\x40"
     b"\x0cu\x00\x00\x00" b"\x0ee\x01\x02\x06" b"\x0ft\x00\x01\x40" b"\x10u\x00\x00\x02"
-    b"\x11c\x00\x00\x00" b"\x12u\x00\x00\x01"
+    b"\x11c\x00\x00\x00" b"\x12u\x00\x00\x01" b"\x13u\x00\x00\x01"
     # 20 command: 3 aud, 4 exp, 5? nbf, 6 iat, 7 cti, 8 seq, 10 name, 11? args
     b"\x03d\x01\x00\x00" b"\x04u\x01\x00\x01" b"\x05u\x00\x00\x01" b"\x06u\x01\x00\x01"
     b"\x07B\x01\x08\x10" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x18" b"\x0bm\x00\x00\x00"
@@ -87,7 +87,7 @@ _SPEC = (
 )
 # Per type, in the order above: number, first record, record count.
 _IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 10, 4, 21, 4, 5, 25, 5, 6, 30, 11, 7, 41, 6, 8, 47, 13,
-              9, 60, 7, 10, 67, 10, 20, 77, 8, 21, 85, 6, 22, 91, 4, 11, 95, 2))
+              9, 60, 7, 10, 67, 11, 20, 78, 8, 21, 86, 6, 22, 92, 4, 11, 96, 2))
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
           "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time", "/up/time")
 _LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "req", "cmd", "ack",

@@ -35,7 +35,7 @@ SCHEMA = {
                                  "20 reason 0"),
     9: ("cmd_result", "/up/res", "6 iat 0|7 cti 0|8 seq 1|10 status 1|11 name 0|12 data 0|13 cseq 0"),
     10: ("auth_req", "/up/req", ("6 iat 0|8 seq 1|10 sid 1|11 payer 1|12 slot 0|14 purpose 1|"
-                                 "15 auth 0|16 amount 0|17 cur 0|18 t0 0")),
+                                 "15 auth 0|16 amount 0|17 cur 0|18 t0 0|19 t1 0")),
     20: ("command", "/dn/cmd", "3 aud 1|4 exp 1|5 nbf 0|6 iat 1|7 cti 1|8 seq 1|10 name 1|11 args 0"),
     21: ("ack", "/dn/ack", "3 aud 1|6 iat 1|8 seq 1|10 upto 1|11 resend 0|12 quarantined 0"),
     11: ("time_req", "/up/time", "8 seq 1|10 nonce 1"),

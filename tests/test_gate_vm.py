@@ -29,6 +29,10 @@ def test_pay_after_entry_and_exit(site):
     recs = site.wait_records("gate-1", 2)
     close = recs[1]
     assert close.type == 8 and close.amount == 0 and close.currency == "CNY"  # within free minutes
+    # the exit request carries the instant its amount was priced, which the close repeats: the
+    # cloud prices that instant, not the request's arrival (which may fall a fee step later)
+    [req] = [m for t, m, _ in site.w.all if t.endswith("/up/req") and m.get("purpose") == "exit"]
+    assert (req["t1"], req["amount"]) == (close.t1, close.amount)
     assert not site.svc.flags("gate-1")
 
 

@@ -194,6 +194,28 @@ def test_exit_clock_skew_uses_cloud_time(env):
     assert sorted(f.kind for f in env.svc.flags()) == ["clock_skew", "fee_mismatch"]
 
 
+def test_exit_is_priced_at_the_devices_t1_not_its_iat(env):
+    """The device priced the stay at t1 and sealed the request a second later, across a fee step
+    (bench/app_heap.py caught a 900 s stay charged 500 against the device's 0): the cloud prices t1.
+    A t1 after the request's own iat is a lie about time: flagged, iat used."""
+    d = env.device("gate-1")
+    env.svc.bind("SH-T1", "acct-t1")
+    now = int(time.time())
+    t0 = now - 3600                                  # one started hour at t1; two at iat
+    assert (fees.parking(T_PARK, t0, now), fees.parking(T_PARK, t0, now + 1)) == (250, 500)
+    d.auth_req("entry", "p1", "SH-T1", t0=t0)
+    d.wait("auth", "p1")
+    d.auth_req("exit", "p1", "SH-T1", t0=t0, amount=250, cur="EUR", t1=now, iat=now + 1)
+    assert d.wait("auth", "p1", 2)[1][4] == 250
+    assert env.provider.get("gate-1:p1").amount == 250 and env.svc.flags() == []
+
+    d.auth_req("entry", "p2", "SH-T1", t0=t0)
+    d.wait("auth", "p2")
+    d.auth_req("exit", "p2", "SH-T1", t0=t0, amount=250, cur="EUR", t1=now + 1, iat=now)
+    assert d.wait("auth", "p2", 2)[1][4] == 250       # priced at iat, not the later t1
+    assert [f.kind for f in env.svc.flags()] == ["clock_skew"]
+
+
 def test_over_limit_charges_the_limit_and_flags(env):
     d = env.device("gate-1")
     env.svc.bind("SH-A007", "acct-7")

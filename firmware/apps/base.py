@@ -25,6 +25,7 @@ _K_AMOUNT = const(16)
 _K_CUR = const(17)
 _K_T1 = const(18)       # sess_close; auth_req: t0
 _K_REQ_T0 = const(18)
+_K_REQ_T1 = const(19)   # auth_req: when its amount was priced
 _K_LINES = const(19)
 _K_REASON = const(20)
 MAX_ALLOW = 200     # allowlist entries kept on the device (RAM and flash bound)
@@ -223,8 +224,10 @@ class SessionApp:
         w[0].set()
 
     async def authorize(self, sid, payer, purpose, slot=None, amount=None, cur=None, t0=None, auth=None,
-                        timeout_s=AUTH_TIMEOUT_S):
-        """Ask the cloud; fall back to the offline policy when it cannot answer in time."""
+                        t1=None, timeout_s=AUTH_TIMEOUT_S):
+        """Ask the cloud; fall back to the offline policy when it cannot answer in time. An amount
+        goes with its currency and t1, the instant it was priced: the cloud prices that instant, not
+        the request's arrival a second later (a stay that crosses a fee step in between)."""
         if self.ctx.online():
             ev = asyncio.Event()
             self._waits[sid] = [ev, None]
@@ -234,7 +237,7 @@ class SessionApp:
             if auth:
                 f[_K_AUTH] = auth
             if amount is not None:
-                f[_K_AMOUNT], f[_K_CUR] = amount, cur
+                f[_K_AMOUNT], f[_K_CUR], f[_K_REQ_T1] = amount, cur, t1
             if t0 is not None:
                 f[_K_REQ_T0] = t0
             try:

@@ -234,7 +234,7 @@ class GateApp(SessionApp):
         cur = self.tariff[2]
         m.data.update(sid=sid, plate=plate, payer=payer, t0=t0, t1=t1, amount=amount, auth=auth,
                       why="untimed" if untimed else "lost" if lost else "normal")
-        d = await self.authorize(sid, payer, "exit", 0, amount, cur, t0, auth)
+        d = await self.authorize(sid, payer, "exit", 0, amount, cur, t0, auth, t1)
         if not d.granted:
             self.say(self._why(d) + "Pay %d %s: scan QR %s" % (amount, cur, sid))
             asyncio.create_task(self._await_paid(m, sid))

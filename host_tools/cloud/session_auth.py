@@ -207,9 +207,14 @@ class AuthFlows(ServiceCore):
                 log.warning("t0 of %s/%s: entry said %s, exit says %s", s.device, s.sid, s.t0, msg["t0"])
             s.t0 = msg["t0"]
         now = int(self.clock())
-        t1 = msg.get("iat", now)
+        # the instant the device priced the stay (t1, SPEC §4 auth_req), else when it asked (iat):
+        # a request sealed a second after its pricing must not be charged the next fee step
+        t1 = msg.get("t1", msg.get("iat", now))
+        if "iat" in msg and t1 > msg["iat"]:
+            self._flag("clock_skew", s, f"request t1 {t1} is after its iat {msg['iat']}; iat used")
+            t1 = msg["iat"]
         if abs(t1 - now) > self.max_skew_s:
-            self._flag("clock_skew", s, f"request iat {t1} is {t1 - now:+d} s from the cloud's clock; cloud time used")
+            self._flag("clock_skew", s, f"request time {t1} is {t1 - now:+d} s from the cloud's clock; cloud time used")
             t1 = now
         tariff = self.tariff(s.device)
         cloud, lines, why = self._fee(s.kind, tariff, s.t0, t1)

@@ -286,6 +286,9 @@ def build_payload_errors() -> None:
     bad_payload("bound_auth_req_t0", "auth_req t0 2^32", "bad_value",
                 payload("auth_req", {"seq": u(115), "sid": t("s-1"), "payer": t("p"),
                                      "purpose": t("exit"), "t0": u(1 << 32)})[0], "up/req")
+    bad_payload("bound_auth_req_t1", "auth_req t1 2^32", "bad_value",
+                payload("auth_req", {"seq": u(116), "sid": t("s-1"), "payer": t("p"),
+                                     "purpose": t("exit"), "t1": u(1 << 32)})[0], "up/req")
     ack = {"aud": t(DEV), "iat": u(T), "seq": u(603), "upto": u(104)}
     bad_payload("bound_ack_upto_2_53", "ack upto 2^53", "bad_value",
                 payload("ack", {**ack, "upto": u(1 << 53)})[0], "dn/ack")

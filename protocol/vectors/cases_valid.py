@@ -77,6 +77,10 @@ def build_valid() -> None:
           "earlier authorisation and the session start t0", "auth_req",
           {"seq": u(121), "sid": t("s-0100"), "payer": t("plate:B-EP-123"), "purpose": t("exit"),
            "auth": t("auth-77f3"), "amount": u(450), "cur": t("EUR"), "t0": u(T)})
+    valid("auth_req_exit_priced", "auth_req for exit with t1, the instant its amount was priced "
+          "(the cloud prices that instant, not the request's arrival)", "auth_req",
+          {"seq": u(123), "iat": u(T + 5401), "sid": t("s-0100"), "payer": t("plate:B-EP-123"),
+           "purpose": t("exit"), "amount": u(450), "cur": t("EUR"), "t0": u(T), "t1": u(T + 5400)})
     valid("auth_req_reauth", "auth_req to re-authorise a running rental (t0, no amount)",
           "auth_req", {"seq": u(122), "sid": t("s-0101"), "payer": t("qr:7f3a9c"),
                        "purpose": t("reauth"), "auth": t("ord-5521"), "t0": u(T - 3600)})

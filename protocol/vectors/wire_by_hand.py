@@ -107,7 +107,7 @@ FIELDS = {
     "sess_open": SESS, "sess_update": SESS, "sess_close": SESS,
     "cmd_result": {"status": 10, "name": 11, "data": 12, "cseq": 13},
     "auth_req": {"sid": 10, "payer": 11, "slot": 12, "purpose": 14, "auth": 15, "amount": 16,
-                 "cur": 17, "t0": 18},
+                 "cur": 17, "t0": 18, "t1": 19},
     "command": {"name": 10, "args": 11},
     "ack": {"upto": 10, "resend": 11, "quarantined": 12},
     "time": {"nonce": 10},

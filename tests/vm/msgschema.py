@@ -26,7 +26,7 @@ _FNAMES = (
     "iat seq code detail active", "seq prev sid payer slot t0 offline auth amount cur item",
     "seq prev sid amount cur t1",
     "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
-    "iat cti seq status name data cseq", "iat seq sid payer slot purpose auth amount cur t0",
+    "iat cti seq status name data cseq", "iat seq sid payer slot purpose auth amount cur t0 t1",
     "aud exp nbf iat cti seq name args",
     "aud iat seq upto resend quarantined", "aud iat seq nonce", "seq nonce",
 )
