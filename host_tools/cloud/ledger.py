@@ -62,7 +62,7 @@ from abc import abstractmethod
 from typing import Any, Iterable, Mapping, Sequence
 
 from host_tools.protocol import SESS_OPEN, SESS_UPDATE
-from host_tools.cloud.ledger_db import (LEDGER_VERSION, RECORD_COLS, SESSION_COLS, Database, prefix_clause,
+from host_tools.cloud.ledger_db import (LEDGER_VERSION, RECORD_COLS, SESSION_COLS, Database, where_prefixes,
                                         _schema)
 from host_tools.cloud.ledger_model import (GENESIS, RECORD_TYPES, TYPE_NUMBERS, CommitResult, Head,
                                            LedgerError, Outcome, Reconciliation, Record, Result,
@@ -371,19 +371,14 @@ class Ledger(Database):
         """Closed sessions whose end (t1, the device's signed close time) is in [since, until),
         on devices whose id starts with one of `prefixes` (None: every device), in (t1, device,
         sid) order: a period's sessions for finance (ledger_export.py)."""
-        where, args = ["state='closed'"], []
-        if since is not None:
-            where.append("t1 >= ?")
-            args.append(int(since))
-        if until is not None:
-            where.append("t1 < ?")
-            args.append(int(until))
-        if prefixes is not None:
-            if not prefixes:
-                return []
-            sql, pre = prefix_clause("device", prefixes)
-            where.append(sql)
-            args += pre
+        where: list[str] = ["state='closed'"]
+        args: list[Any] = []
+        for cond, v in (("t1 >= ?", since), ("t1 < ?", until)):
+            if v is not None:
+                where.append(cond)
+                args.append(int(v))
+        if not where_prefixes(where, args, "device", prefixes):
+            return []
         cols = ",".join(SESSION_COLS)
         return self._sessions(self._read(f"SELECT {cols} FROM sessions WHERE {' AND '.join(where)} "
                                          "ORDER BY t1, device, sid", tuple(args)))

@@ -28,12 +28,19 @@ SESSION_COLS = ("device", "sid", "state", "payer", "slot", "t0", "t1", "amount",
 LEDGER_VERSION = 3
 
 
-def prefix_clause(col: str, prefixes: Sequence[str]) -> tuple[str, list[str]]:
-    """`(col LIKE 'p1%' OR ...)` and its arguments: the rows whose `col` starts with one of
-    `prefixes` (a site's device-id prefix). LIKE, not a range: a PostgreSQL collation may order '-'
-    in ways a range would miss; `!` escapes the pattern characters a prefix may hold."""
-    sql = "(" + " OR ".join(f"{col} LIKE ? ESCAPE '!'" for _ in prefixes) + ")"
-    return sql, [p.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%" for p in prefixes]
+def where_prefixes(where: list[str], args: list[Any], col: str, prefixes: Sequence[str] | None) -> bool:
+    """Add `(col LIKE 'p1%' OR ...)` and its arguments to a WHERE under construction: the rows whose
+    `col` starts with one of `prefixes` (a site's device-id prefix; None: no condition). False when
+    `prefixes` is empty: no row can match, so there is nothing to ask. LIKE, not a range: a
+    PostgreSQL collation may order '-' in ways a range would miss; `!` escapes the pattern
+    characters a prefix may hold."""
+    if prefixes is None:
+        return True
+    if not prefixes:
+        return False
+    where.append("(" + " OR ".join(f"{col} LIKE ? ESCAPE '!'" for _ in prefixes) + ")")
+    args += [p.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%" for p in prefixes]
+    return True
 
 
 def _schema(blob: str, bigint: str) -> list[str]:

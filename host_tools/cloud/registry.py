@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host_tools.cloud.keyvault import KeyVault, VaultError, master_key_from_env
-from host_tools.cloud.ledger_db import Database, prefix_clause
+from host_tools.cloud.ledger_db import Database, where_prefixes
 from host_tools.cloud.ledger_open import is_postgres, open_ledger
 
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -141,12 +141,8 @@ class Registry:
             if v is not None:
                 where.append(f"{col} = ?")
                 args.append(v)
-        if prefixes is not None:
-            if not prefixes:
-                return []
-            sql, pre = prefix_clause("device_id", prefixes)
-            where.append(sql)
-            args += pre
+        if not where_prefixes(where, args, "device_id", prefixes):
+            return []
         rows = self.db._read("SELECT device_id, key_version, kind, board, status FROM devices WHERE "
                              + " AND ".join(where) + " ORDER BY device_id LIMIT ?", (*args, int(limit)))
         return [DeviceInfo(*r) for r in rows]
