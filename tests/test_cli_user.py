@@ -63,3 +63,23 @@ def test_user_commands_bootstrap_an_admin_and_manage_tokens(reg_url):
         assert all(e["actor"].startswith("cli") for e in acc.audit())
     finally:
         reg.close()
+
+
+def test_user_passwd_sets_a_password_and_ends_its_sessions(reg_url):
+    edgepay(reg_url, "user", "add", "ada", "--role", "admin", "--password-stdin", input="a long password\n")
+    reg = Registry(reg_url)
+    acc = Accounts(reg.db)
+    try:
+        acc.create_session("ada")
+        tok = acc.create_token("ada", "ci")[0]
+        out = edgepay(reg_url, "user", "passwd", "ada", "--password-stdin", input="another long one\n")
+        assert out == {"user": "ada", "sessions_ended": 1}
+        assert acc.check_login("ada", "a long password") is None and acc.check_login("ada", "another long one")
+        assert acc.check_token(tok) is not None                      # tokens are credentials of their own
+        assert "8 characters" in edgepay(reg_url, "user", "passwd", "ada", "--password-stdin", input="short\n",
+                                         code=1)["error"]
+        assert "no user" in edgepay(reg_url, "user", "passwd", "zed", "--password-stdin", input="long enough\n",
+                                    code=1)["error"]
+        assert [(e["action"], e["target"]) for e in acc.audit(limit=1)] == [("user.password", "ada")]
+    finally:
+        reg.close()

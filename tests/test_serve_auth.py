@@ -268,6 +268,51 @@ def test_wrong_passwords_for_a_name_are_throttled(api):
     assert api.acc.failed_logins("otto", 900) == LOGIN_TRIES
 
 
+def _login(api, user: str, password: str):
+    """(cookie jar, csrf) of a new browser session, or the refusal's status."""
+    st, out, headers = api.call("/v1/session", "POST", {"user": user, "password": password})
+    if st != 200:
+        return st
+    return "; ".join(c.split(";", 1)[0] for c in headers.get_all("Set-Cookie")), out["csrf"]
+
+
+def test_a_password_change_needs_the_old_one_and_ends_the_other_sessions(api):
+    from host_tools.service.accounts_api import LOGIN_TRIES
+    api.acc.add_user("otto", "operator", PW)
+    (jar, csrf), (jar2, _) = _login(api, "otto", PW), _login(api, "otto", PW)
+    hdr = {"Cookie": jar, "X-CSRF-Token": csrf}
+    change = "/v1/me/password"
+    assert is_problem(api.call(change, "POST", {"old": "not it at all", "new": "a new secret"}, headers=hdr),
+                      401, "login-failed")
+    assert is_problem(api.call(change, "POST", {"new": "a new secret"}, headers=hdr), 401, "login-failed")
+    assert is_problem(api.call(change, "POST", {"old": PW, "new": "short"}, headers=hdr), 422, "invalid")
+    assert is_problem(api.call(change, "POST", {"old": PW, "new": "a new secret"}, headers={"Cookie": jar}),
+                      403, "csrf")                                       # a change: the CSRF token too
+    st, out, _ = api.call(change, "POST", {"old": PW, "new": "a new secret"}, headers=hdr)
+    assert st == 200 and out == {"user": "otto", "sessions_ended": 1}
+    assert api.call("/v1/me", headers={"Cookie": jar})[0] == 200          # the session that asked stays
+    assert is_problem(api.call("/v1/me", headers={"Cookie": jar2}), 401, "unauthenticated")   # the other ended
+    assert _login(api, "otto", PW) == 401 and isinstance(_login(api, "otto", "a new secret"), tuple)
+    # the bootstrap token is no account; an admin sets another's password and ends all its sessions
+    assert is_problem(api.call(change, "POST", {"old": "x", "new": "whatever long"}, BOOT), 409, "conflict")
+    admin = api.user("ada", "admin")
+    st, out, _ = api.call("/v1/users/otto/password", "POST", {"new": "reset by ada"}, admin)
+    assert st == 200 and out["sessions_ended"] == 2
+    assert is_problem(api.call("/v1/me", headers={"Cookie": jar}), 401, "unauthenticated")
+    assert is_problem(api.call("/v1/users/nobody/password", "POST", {"new": "reset by ada"}, admin), 404, "not-found")
+    op = api.acc.create_token("otto", "t")[0]
+    assert is_problem(api.call("/v1/users/ada/password", "POST", {"new": "taken over!"}, op), 403, "forbidden")
+    # guessing the current password through this call is throttled like logins
+    for _ in range(LOGIN_TRIES - 2):
+        api.call(change, "POST", {"old": "guess guess", "new": "a new secret"}, op)
+    assert is_problem(api.call(change, "POST", {"old": "reset by ada", "new": "a new secret"}, op),
+                      429, "too-many-attempts")
+    entries = [e for e in api.acc.audit(limit=100) if e["action"] in ("me.password", "user.password")]
+    assert all("secret" not in json.dumps(e) and "reset by" not in json.dumps(e) for e in entries)
+    assert {(e["action"], e["status"]) for e in entries} >= {("me.password", "200"), ("me.password", "401"),
+                                                               ("user.password", "200"), ("me.password", "429")}
+
+
 def test_every_change_is_audited_and_the_audit_log_cannot_be_edited(api):
     admin, op, viewer = api.user("ada", "admin"), api.user("otto", "operator"), api.user("vera", "viewer")
     before = api.acc.audit()

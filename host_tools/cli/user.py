@@ -1,10 +1,11 @@
-"""`edgepay user add|list|remove|token create|token revoke|token list`: the operator accounts of
+"""`edgepay user add|list|passwd|remove|token create|token revoke|token list`: the operator accounts of
 `edgepay serve` (host_tools/cloud/accounts.py), in the registry's database (--registry /
 EDGEPAY_REGISTRY: a SQLite file or a postgresql:// URL). Each change is recorded in the audit log
 (actor `cli:<login>`, via `cli`).
 
     edgepay user add ada --role admin                     # asks for the password (twice)
     edgepay user add lot7 --role operator --site lot7-    # scoped to devices lot7-...
+    edgepay user passwd ada                               # a new password; ada's sessions end
     edgepay user token create ada --name ci --expires-days 30    # prints the token once
     edgepay user token revoke t-1a2b3c4d5e6f
 """
@@ -86,6 +87,26 @@ def register(cli: click.Group) -> None:
             if not rows:
                 o.console.print("no accounts yet: edgepay user add NAME --role admin")
         o.emit(rows, human)
+
+    @user.command("passwd")
+    @click.argument("name")
+    @click.option("--password-stdin", is_flag=True, help="read the new password from stdin (one line)")
+    @click.pass_obj
+    def passwd(o: Ctx, name: str, password_stdin: bool) -> None:
+        """Set an account's password; every browser session of it ends (its API tokens stay)."""
+        from host_tools.cloud.accounts import AccountError
+        password = (sys.stdin.readline().rstrip("\r\n") if password_stdin else
+                    click.prompt(f"new password for {name}", hide_input=True, confirmation_prompt=True))
+        reg, acc = _accounts(o)
+        try:
+            ended = acc.set_password(name, password)
+            acc.record("user.password", "ok", actor=_actor(), via="cli", target=name)
+        except AccountError as e:
+            fail(str(e))
+        finally:
+            reg.close()
+        o.emit({"user": name, "sessions_ended": ended},
+               lambda: o.console.print(f"[bold green]password set[/] for {name}; {ended} session(s) ended"))
 
     @user.command("remove")
     @click.argument("name")

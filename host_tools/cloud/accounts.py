@@ -258,6 +258,24 @@ class Accounts:
         if db._write(run) != 1:
             raise AccountError(f"no user {name!r}")
 
+    def set_password(self, name: str, password: str, keep_session: str | None = None) -> int:
+        """A new password for `name`; its browser sessions end (all but `keep_session`, the one
+        that asked, if any): a password changed because it leaked must shut out whoever used it.
+        API tokens are credentials of their own and stay (revoke them apart). Sessions ended."""
+        if len(password) < 8:
+            raise AccountError("a password has 8 characters at least")
+        pw, now, db = hash_password(password, **self.scrypt), time.time(), self.db
+        keep = digest(keep_session) if keep_session else b""
+
+        def run(cur: Any) -> int:
+            cur.execute(db._sql("UPDATE acc_users SET pw_hash=? WHERE name=?"), (pw, name))
+            if cur.rowcount != 1:
+                raise AccountError(f"no user {name!r}")
+            cur.execute(db._sql("UPDATE acc_sessions SET revoked_at=? WHERE usr=? AND revoked_at IS NULL "
+                                "AND expires_at > ? AND digest <> ?"), (now, name, now, keep))
+            return cur.rowcount
+        return db._write(run)
+
     def check_login(self, name: str, password: str) -> Principal | None:
         """The account if the password is right; the same slow hash is run for an unknown name, so
         the time taken does not tell which names exist."""
@@ -373,8 +391,9 @@ class Accounts:
     def failed_logins(self, name: str, within_s: float) -> int:
         """How many refused logins as `name` the audit log holds for the last `within_s` seconds
         (every instance on this database writes there, so the count is the fleet's)."""
-        rows = self.db._read("SELECT COUNT(*) FROM audit WHERE target=? AND at > ? AND action='login' "
-                             "AND status='401'", (name, time.time() - within_s))
+        # a wrong current password given to change it (me.password) is a guess like a wrong login
+        rows = self.db._read("SELECT COUNT(*) FROM audit WHERE target=? AND at > ? AND action IN "
+                             "('login', 'me.password') AND status='401'", (name, time.time() - within_s))
         return int(rows[0][0])
 
     def audit(self, *, before: int | None = None, limit: int = 100, actor: str | None = None) -> list[dict]:

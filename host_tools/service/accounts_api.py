@@ -6,6 +6,9 @@ accounts, their tokens and the audit log.
                                  429 after 10 wrong passwords for a name in 15 minutes
     DELETE /v1/session           log out
     GET    /v1/me                the caller: user, role, sites, how it authenticated
+    POST   /v1/me/password       {"old", "new"}: the caller's own password; its other browser
+                                 sessions end; a wrong `old` is 401 and counts as a wrong login
+    POST   /v1/users/{name}/password   admin: {"new"}: set a password; every session of it ends
     GET    /v1/users             admin
     POST   /v1/users             admin: {"name", "role", "password"?, "sites"?}
     DELETE /v1/users/{name}      admin (its tokens and sessions go with it)
@@ -42,6 +45,11 @@ class UserIn(BaseModel):
     role: str
     password: str | None = Field(default=None, max_length=1024)
     sites: list[str] | None = None
+
+
+class PasswordIn(BaseModel):
+    old: str | None = Field(default=None, max_length=1024)
+    new: str = Field(min_length=1, max_length=1024)
 
 
 class TokenIn(BaseModel):
@@ -86,6 +94,30 @@ def add_account_routes(app: FastAPI, auth: Auth, accounts: Accounts, *, cookie_s
     @app.get("/v1/me")
     def me(p: Principal = anyone) -> dict:
         return who(p)
+
+    @app.post("/v1/me/password", name="me.password")
+    def my_password(body: PasswordIn, request: Request, p: Principal = anyone) -> dict:
+        audit_note(request, target=p.user)
+        if p.via == "config-token":
+            raise Problem(409, "the config's token is no account: it has no password")
+        if accounts.failed_logins(p.user, LOGIN_WINDOW_S) >= LOGIN_TRIES:
+            raise Problem(429, f"{LOGIN_TRIES} wrong passwords for {p.user!r} in {LOGIN_WINDOW_S // 60} minutes: "
+                          "try again later", "too-many-attempts", {"Retry-After": str(LOGIN_WINDOW_S // 3)})
+        if body.old is None or accounts.check_login(p.user, body.old) is None:
+            raise Problem(401, "the current password is wrong", "login-failed")
+        return _set(p.user, body.new, request.cookies.get(SESSION_COOKIE) if p.via == "session" else None)
+
+    @app.post("/v1/users/{name}/password", dependencies=[admin], name="user.password")
+    def user_password(name: str, body: PasswordIn, request: Request) -> dict:
+        audit_note(request, target=name)
+        return _set(name, body.new, None)
+
+    def _set(name: str, new: str, keep: str | None) -> dict:
+        try:
+            ended = accounts.set_password(name, new, keep)
+        except AccountError as e:
+            raise Problem(404 if "no user" in str(e) else 422, str(e)) from None
+        return {"user": name, "sessions_ended": ended}
 
     def user_json(u) -> dict:
         return {"name": u.name, "role": u.role, "sites": list(u.sites) if u.sites is not None else None,
