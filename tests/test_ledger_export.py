@@ -142,3 +142,45 @@ def test_api_export_json_csv_scoped_and_refused(ledger_url):
     finally:
         api.close()
         led.close()
+
+
+def test_api_sessions_query_paged_and_scoped_and_flags(ledger_url):
+    from host_tools.cloud.session_model import Flag
+    from host_tools.cloud.session_store import SessionStore
+    led = open_ledger(ledger_url)
+    _fill(led)
+    SessionStore(led).add_flag(Flag("charge_mismatch", "lot2-gate-1", "c0", "charged 1500, costs 1000",
+                                    device_amount=1000, cloud_amount=1000, charged=1500, cur="CNY", at=1.0))
+    api = Api(ledger_url, ledger=led)
+    try:
+        viewer, lot1 = api.user("vera", "viewer"), api.user("lou", "viewer", ("lot1-",))
+        st, rows, _ = api.call("/v1/sessions", token=viewer)
+        assert st == 200 and len(rows) == 9 and rows[0]["sid"] in ("a3", "c1", "c2")    # newest start first
+        assert [r["t0"] for r in rows] == sorted((r["t0"] for r in rows), reverse=True)
+        # pages of 2, following the Link header, give every session once, in the same order
+        seen, url = [], "/v1/sessions?limit=2"
+        while url:
+            st, page, headers = api.call(url, token=viewer)
+            seen += [(r["device"], r["sid"]) for r in page]
+            link = headers.get("Link")
+            url = link[1:link.index(">")] if link else None
+        assert seen == [(r["device"], r["sid"]) for r in rows]
+        assert [r["sid"] for r in api.call("/v1/sessions?payer=payer-1&device=lot1-vend-1", token=viewer)[1]] == ["b1", "b0"]
+        assert {r["sid"] for r in api.call("/v1/sessions?state=open", token=viewer)[1]} == {"c2"}
+        assert {r["sid"] for r in api.call(f"/v1/sessions?from={T + 86400}&to={T + 2 * 86400}", token=viewer)[1]} == {"a1", "b1"}
+        assert all(type(r["amount"]) is int for r in rows if r["state"] == "closed")
+        # a scoped account: its sites only, another site's device is as good as absent
+        assert {r["device"] for r in api.call("/v1/sessions", token=lot1)[1]} == {"lot1-gate-1", "lot1-vend-1"}
+        assert api.call("/v1/sessions?device=lot2-gate-1", token=lot1)[1] == []
+        for q, kind in (("state=gone", "invalid"), ("from=soon", "invalid"), ("before=x/y", "invalid"),
+                        ("limit=0", "invalid")):
+            assert is_problem(api.call(f"/v1/sessions?{q}", token=viewer), 422, kind), q
+        assert is_problem(api.call("/v1/sessions"), 401, "unauthenticated")
+        # flags
+        [f] = api.call("/v1/flags", token=viewer)[1]
+        assert (f["kind"], f["device"], f["charged"], f["cloud_amount"]) == ("charge_mismatch", "lot2-gate-1", 1500, 1000)
+        assert api.call("/v1/flags?kind=fee_mismatch", token=viewer)[1] == []
+        assert api.call("/v1/flags", token=lot1)[1] == []
+    finally:
+        api.close()
+        led.close()

@@ -383,6 +383,28 @@ class Ledger(Database):
         return self._sessions(self._read(f"SELECT {cols} FROM sessions WHERE {' AND '.join(where)} "
                                          "ORDER BY t1, device, sid", tuple(args)))
 
+    def find(self, *, device: str | None = None, payer: str | None = None, state: str | None = None,
+             since: int | None = None, until: int | None = None, prefixes: Sequence[str] | None = None,
+             before: tuple[int, str, str] | None = None, limit: int = 100) -> list[Session]:
+        """Sessions newest first by start (t0, then device and sid), filtered in the database:
+        started in [since, until), a device, a payer, a state, sites; `before` is the last row of
+        the previous page (t0, device, sid): the page after it (keyset, so a page costs a page)."""
+        where: list[str] = ["t0 IS NOT NULL"]
+        args: list[Any] = []
+        for cond, v in (("device = ?", device), ("payer = ?", payer), ("state = ?", state),
+                        ("t0 >= ?", since), ("t0 < ?", until)):
+            if v is not None:
+                where.append(cond)
+                args.append(v)
+        if before is not None:
+            where.append("(t0 < ? OR (t0 = ? AND (device < ? OR (device = ? AND sid < ?))))")
+            args += [before[0], before[0], before[1], before[1], before[2]]
+        if not where_prefixes(where, args, "device", prefixes):
+            return []
+        cols = ",".join(SESSION_COLS)
+        return self._sessions(self._read(f"SELECT {cols} FROM sessions WHERE {' AND '.join(where)} "
+                                         "ORDER BY t0 DESC, device DESC, sid DESC LIMIT ?", (*args, int(limit))))
+
     @staticmethod
     def _sessions(rows: Iterable[Sequence[Any]]) -> list[Session]:
         out = []

@@ -13,6 +13,11 @@ metrics.
                                            (cmdspec.ACTUATING: open, paid, auth, reboot,
                                            cancel_session) needs "confirm": true (428 otherwise)
     GET  /v1/campaigns, /v1/campaigns/{id} (viewer)
+    GET  /v1/sessions?device=&payer=&state=&from=&to=&before=&limit=
+                                           (viewer) the ledger's sessions, newest start first, paged
+                                           (a full page links the next: before=<cursor>)
+    GET  /v1/flags?device=&kind=           (viewer) the session service's flags (charge and fee
+                                           mismatches, refused reauthorisations, clock skew...)
     GET  /v1/ledger/export?from=&to=&site=&format=json|csv
                                            (viewer) the closed sessions that ended in [from, to)
                                            with totals per currency (ledger_export.py); a scoped
@@ -27,6 +32,7 @@ unknown command or a bad argument (nothing is signed or sent), 428 an actuating 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -43,6 +49,7 @@ from host_tools.cloud.ledger_export import ExportError, iso, parse_time
 from host_tools.cloud.ledger_export import export as ledger_export_
 from host_tools.cloud.registry import Registry, RegistryError
 from host_tools.cloud.rollout_store import RolloutStore
+from host_tools.cloud.session_store import SessionStore
 from host_tools.service.accounts_api import add_account_routes
 from host_tools.service.auth import AuditMiddleware, Auth, Problem, audit_note, install_problems
 
@@ -194,17 +201,62 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         return CommandOut(device=device_id, name=body.name, state=c.state.value, code=c.code, data=_plain(c.data),
                           cti=c.cti.hex(), seq=c.seq, elapsed_ms=round(dt * 1000, 1))
 
+    stores: list[SessionStore] = []   # the session service's tables, on the ledger's database (first use)
+
+    def _ledger() -> Ledger:
+        if ledger is None:
+            raise Problem(404, "this server has no ledger (the api part runs without [store] ledger)")
+        return ledger
+
+    @app.get("/v1/sessions")
+    def sessions(response: Response, device: str | None = None, payer: str | None = None,
+                 state: str | None = Query(None, pattern="^(open|closed)$"), since: str | None = Query(None, alias="from"),
+                 until: str | None = Query(None, alias="to"), before: str | None = None,
+                 limit: int = Query(100, ge=1, le=1000), p: Principal = Depends(viewer)) -> list[dict]:
+        led = _ledger()
+        try:
+            t_from = parse_time(since) if since is not None else None
+            t_to = parse_time(until) if until is not None else None
+        except ExportError as e:
+            raise Problem(422, str(e)) from None
+        cursor = None
+        if before is not None:
+            t0, _, rest = before.partition("/")
+            dev, _, sid = rest.partition("/")
+            if not (t0.isdigit() and dev and sid):
+                raise Problem(422, f"bad cursor {before!r}: use the one a page's Link header gives")
+            cursor = (int(t0), dev, sid)
+        if device is not None and not p.sees(device):
+            return []
+        rows = led.find(device=device, payer=payer, state=state, since=t_from, until=t_to, prefixes=p.sites,
+                        before=cursor, limit=limit)
+        if len(rows) == limit:
+            q = {k: v for k, v in (("device", device), ("payer", payer), ("state", state), ("from", since),
+                                   ("to", until)) if v is not None}
+            last = rows[-1]
+            q.update(before=f"{last.t0}/{last.device}/{last.sid}", limit=str(limit))
+            response.headers["Link"] = f'</v1/sessions?{urlencode(q)}>; rel="next"'
+        return [{"device": s.device, "sid": s.sid, "state": s.state, "payer": s.payer, "slot": s.slot,
+                 "t0": s.t0, "t1": s.t1, "amount": s.amount, "cur": s.currency, "offline": s.offline,
+                 "auth": s.auth, "reason": s.reason, "lines": s.lines} for s in rows]
+
+    @app.get("/v1/flags")
+    def flags(device: str | None = None, kind: str | None = None, p: Principal = Depends(viewer)) -> list[dict]:
+        if not stores:
+            stores.append(SessionStore(_ledger()))
+        return [asdict(f) for f in stores[0].flags()
+                if p.sees(f.device) and device in (None, f.device) and kind in (None, f.kind)]
+
     @app.get("/v1/ledger/export", response_model=None)
     def ledger_export(since: str = Query(alias="from"), until: str = Query(alias="to"),
                       site: list[str] | None = Query(None), format: str = Query("json", pattern="^(json|csv)$"),
                       p: Principal = Depends(viewer)) -> dict | Response:
-        if ledger is None:
-            raise Problem(404, "this server has no ledger (the api part runs without [store] ledger)")
+        led = _ledger()
         sites = tuple(site) if site else p.sites
         if site and p.sites is not None and not all(any(s.startswith(m) for m in p.sites) for s in site):
             raise Problem(403, f"{p.user} may export only the sites {', '.join(p.sites)}", "forbidden")
         try:
-            exp = ledger_export_(ledger, parse_time(since), parse_time(until), sites)
+            exp = ledger_export_(led, parse_time(since), parse_time(until), sites)
         except ExportError as e:
             raise Problem(422, str(e)) from None
         if format == "csv":
