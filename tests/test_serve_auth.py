@@ -45,14 +45,16 @@ class FakeClient:
 
 
 class Api:
-    def __init__(self, url: str, scrypt: dict = FAST, ledger=None) -> None:
+    def __init__(self, url: str, scrypt: dict = FAST, ledger=None, webhooks: bool = False) -> None:
+        from host_tools.cloud.webhooks import Webhooks
         self.reg = Registry(url)
+        self.hooks = Webhooks(self.reg.db) if webhooks else None
         for d, kind in (("lot1-gate-1", "gate"), ("lot1-vend-1", "vending"), ("lot2-gate-1", "gate")):
             self.reg.add(d, bytes(32), kind, f"sim-{kind}")
         self.acc = Accounts(self.reg.db, scrypt=scrypt)
         self.client = FakeClient()
         app = make_app(self.reg, self.client, token=BOOT, accounts=self.acc,  # type: ignore[arg-type]
-                       cookie_secure=False, ledger=ledger)
+                       cookie_secure=False, ledger=ledger, webhooks=self.hooks)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                                     lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

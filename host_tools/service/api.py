@@ -13,6 +13,8 @@ metrics.
                                            (cmdspec.ACTUATING: open, paid, auth, reboot,
                                            cancel_session) needs "confirm": true (428 otherwise)
     GET  /v1/campaigns, /v1/campaigns/{id} (viewer)
+    /v1/webhooks                           (admin) host_tools/service/webhooks_api.py: a command's
+                                           final state POSTed, signed, retried, recorded
     GET  /v1/sessions?device=&payer=&state=&from=&to=&before=&limit=
                                            (viewer) the ledger's sessions, newest start first, paged
                                            (a full page links the next: before=<cursor>)
@@ -31,6 +33,7 @@ unknown command or a bad argument (nothing is signed or sent), 428 an actuating 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from typing import Any, Callable
@@ -50,8 +53,13 @@ from host_tools.cloud.ledger_export import export as ledger_export_
 from host_tools.cloud.registry import Registry, RegistryError
 from host_tools.cloud.rollout_store import RolloutStore
 from host_tools.cloud.session_store import SessionStore
+from host_tools.cloud.webhooks import Webhooks
 from host_tools.service.accounts_api import add_account_routes
+from host_tools.service.webhooks_api import add_webhook_routes
 from host_tools.service.auth import AuditMiddleware, Auth, Problem, audit_note, install_problems
+
+
+log = logging.getLogger("edgepay.serve")
 
 
 class CommandIn(BaseModel):
@@ -101,7 +109,7 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
              token: str | None = None, accounts: Accounts | None = None,
              ready: Callable[[], list[str]] = lambda: [], ingest_stats: Callable[[], dict] | None = None,
              metrics: Metrics | None = None, metrics_public: bool = False, cookie_secure: bool = True,
-             ledger: Ledger | None = None) -> FastAPI:
+             ledger: Ledger | None = None, webhooks: Webhooks | None = None) -> FastAPI:
     """The app over the service's parts. `ready()` lists what is not ready (empty: ready). Every
     /v1 call needs an account's token or session (`accounts`), or the bootstrap `token` (an admin);
     with neither, every /v1 call is refused."""
@@ -143,6 +151,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
 
     if accounts is not None:
         add_account_routes(app, auth, accounts, cookie_secure=cookie_secure)
+    if webhooks is not None:
+        add_webhook_routes(app, auth, webhooks)
 
     def _device(d) -> Device:
         return Device(id=d.device_id, kind=d.kind, board=d.board, status=d.status, key_version=d.key_version)
@@ -198,8 +208,14 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         m.latency.observe(dt)
         audit_note(request, detail={"name": body.name, "cti": c.cti.hex(), "seq": c.seq, "state": c.state.value,
                                     "code": c.code, "confirmed": body.confirm})
-        return CommandOut(device=device_id, name=body.name, state=c.state.value, code=c.code, data=_plain(c.data),
-                          cti=c.cti.hex(), seq=c.seq, elapsed_ms=round(dt * 1000, 1))
+        out = CommandOut(device=device_id, name=body.name, state=c.state.value, code=c.code, data=_plain(c.data),
+                         cti=c.cti.hex(), seq=c.seq, elapsed_ms=round(dt * 1000, 1))
+        if webhooks is not None:
+            try:
+                webhooks.emit("command.final", {**out.model_dump(), "by": p.user})
+            except Exception:  # noqa: BLE001 - the command is done and answered; its event is logged lost
+                log.exception("webhooks: command.final of %s not recorded", c.cti.hex())
+        return out
 
     stores: list[SessionStore] = []   # the session service's tables, on the ledger's database (first use)
 

@@ -1,5 +1,5 @@
 """The service's parts, started from one ServiceConfig: ingest (a worker in the config's group),
-the time responder, the campaign runner, and the HTTP API on uvicorn. `only` starts a subset, so
+the time responder, the campaign runner, and the HTTP API on uvicorn (with the webhook dispatcher). `only` starts a subset, so
 N of each run on N machines against one PostgreSQL (ingest in a shared group; the registry's
 counter and the campaigns' conditional starts are safe across processes).
 
@@ -24,6 +24,7 @@ from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.rollout import CommandAction, Rollouts
 from host_tools.cloud.rollout_store import RolloutStore
+from host_tools.cloud.webhooks import Dispatcher, Webhooks
 from host_tools.service.api import make_app
 from host_tools.service.config import PARTS, ConfigError, ServiceConfig
 
@@ -42,6 +43,7 @@ class Service:
         self.token = cfg.token if "api" in parts else None
         self.registry: Registry | None = None
         self.accounts: Accounts | None = None
+        self.webhooks: Webhooks | None = None
         self.client: CommandClient | None = None
         self.ingest: IngestWorker | None = None
         self._ledger = self._rollouts = None
@@ -75,11 +77,16 @@ class Service:
             ingest = self.ingest
             # the accounts and the audit log live in the registry's database (its connection)
             self.accounts = Accounts(self.registry.db)
+            # the webhooks too; their dispatcher sends what any instance recorded
+            self.webhooks = Webhooks(self.registry.db)
+            d = threading.Thread(target=Dispatcher(self.webhooks).run, args=(self._stop,), name="webhooks", daemon=True)
+            d.start()
+            self._threads.append(d)
             app = make_app(self.registry, self.client, rollouts=self._rollouts, token=self.token,
                            accounts=self.accounts, ready=self.not_ready,
                            ingest_stats=(lambda: ingest.stats) if ingest else None,
                            metrics_public=cfg.metrics_public, cookie_secure=cfg.cookie_secure,
-                           ledger=self._ledger)
+                           ledger=self._ledger, webhooks=self.webhooks)
             self._server = uvicorn.Server(uvicorn.Config(app, host=cfg.http_host, port=cfg.http_port,
                                                          log_level="warning", lifespan="off"))
             t = threading.Thread(target=self._server.run, name="http", daemon=True)
