@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_the_api_commands_a_vm_board_and_reports(site, served):
     assert call(u + "/v1/devices?kind=vending", token=tok) == (200, [])
     st, out = call(u + "/v1/devices/gate-1/commands", "POST", {"name": "display", "args": {"text": "hi api"}}, tok)
     assert st == 200 and out["state"] == "SUCCEEDED" and out["code"] == "ok", out
-    assert b.hw.display() == "hi api"
+    b.hw.wait_output("display", "hi api", 5)   # the display's report comes over the sim link, after the result may
     st, out = call(u + "/v1/devices/gate-1/commands", "POST", {"name": "get_state"}, tok)
     assert st == 200 and out["data"]["board"] == "sim-gate"
     # an operator's own token (tests/test_serve_auth.py has the roles); the audit log links the
@@ -89,7 +90,8 @@ def test_the_api_commands_a_vm_board_and_reports(site, served):
     op = served.accounts.create_token("otto", "test")[0]
     assert call(u + "/v1/devices/gate-1/commands", "POST", {"name": "reboot"}, op)[0] == 428   # confirm first
     st, out = call(u + "/v1/devices/gate-1/commands", "POST", {"name": "display", "args": {"text": "by otto"}}, op)
-    assert st == 200 and out["state"] == "SUCCEEDED" and b.hw.display() == "by otto"
+    assert st == 200 and out["state"] == "SUCCEEDED"
+    b.hw.wait_output("display", "by otto", 5)
     st, page = call(u + "/v1/audit", token=tok)
     last = page["items"][0]
     assert (last["action"], last["actor"], last["status"], last["target"]) == ("command", "otto", "200", "gate-1")
@@ -101,6 +103,16 @@ def test_the_api_commands_a_vm_board_and_reports(site, served):
     st, out = call(u + "/v1/devices/gate-1/commands", "POST", {"name": "displya"}, tok)
     assert st == 422 and "did you mean display" in out["detail"]
     assert call(u + "/v1/devices/gate-1/commands", "POST", {"name": ""}, tok)[0] == 422
+    # heartbeats: verified, recorded, served with the last one (the board beats every 5 s)
+    deadline = time.monotonic() + 15
+    while True:
+        st, hb = call(u + "/v1/devices/gate-1/heartbeats", token=tok)
+        if st == 200 and hb["points"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert st == 200 and hb["last"]["heap"] > 0 and hb["points"][-1]["resolution"] == "full", hb
+    assert call(u + "/v1/devices/gate-1/heartbeats?from=soon", token=tok)[0] == 422
+    assert call(u + "/v1/devices/nope/heartbeats", token=tok)[0] == 404
     site.reg.set_status("gate-1", "revoked")
     assert call(u + "/v1/devices/gate-1/commands", "POST", {"name": "get_state"}, tok)[0] == 409
     assert call(u + "/metrics")[0] == 401          # only health answers without auth

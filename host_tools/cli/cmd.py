@@ -233,7 +233,7 @@ def register(cli: click.Group) -> None:
 def warn_if_offline(o: Ctx, client, device: str, wait_s: float = 0.5) -> None:
     """A retained status (or will) saying offline: a warning line on stderr. The command is still
     sent: the broker holds it for the device's session, and its exp bounds how long it may run."""
-    from host_tools.cli.watch import verify
+    from host_tools.cloud.registry import open_uplink as verify
     seen = getattr(client, "status_seen", None)
     if seen is None or not seen.wait(wait_s):  # retained messages come right after SUBACK
         return

@@ -11,26 +11,7 @@ from typing import Any
 import click
 
 from host_tools.cli.common import EXIT_UNREACHABLE, Ctx, fail, jsonable
-
-
-def verify(registry, cache: dict, topic: str, payload: bytes) -> tuple[str, dict | None, str | None]:
-    """(device, message or None, error code or None)."""
-    from host_tools.cloud.registry import RegistryError
-    from host_tools.protocol import ProtocolError, open_message, parse_topic
-    try:
-        device, _ = parse_topic(topic)
-    except ProtocolError as e:
-        return "?", None, e.code
-    dev = cache.get(device)
-    if dev is None:
-        try:
-            dev = cache[device] = registry.get(device)
-        except RegistryError:
-            return device, None, "unknown_device"
-    try:
-        return device, open_message(dev.key, dev.kid, topic, payload), None
-    except ProtocolError as e:
-        return device, None, e.code
+from host_tools.cloud.registry import open_uplink
 
 
 def register(cli: click.Group) -> None:
@@ -84,7 +65,7 @@ def register(cli: click.Group) -> None:
                 except queue.Empty:
                     continue
                 n += 1
-                d, msg, err = verify(reg, cache, topic, payload)
+                d, msg, err = open_uplink(reg, cache, topic, payload)
                 rec: dict[str, Any] = {"ts": round(time.time(), 3), "topic": topic, "device": d,
                                        "retain": retain, "verified": err is None}
                 if err is None:

@@ -210,3 +210,23 @@ def _connect(url: str) -> Database:
     # numbers as stale_seq and nothing runs (the sender re-signs), so the counter need not sync
     # on every call: synchronous NORMAL.
     return open_ledger(url, synchronous="NORMAL", timeout=30.0, schema=False)
+
+
+def open_uplink(registry: "Registry", cache: dict, topic: str, payload: bytes) -> tuple[str, dict | None, str | None]:
+    """A device's message verified under its key (looked up once into `cache`) and decoded:
+    (device, message or None, error code or None: bad_topic, unknown_device, bad_mac, ...)."""
+    from host_tools.protocol import ProtocolError, open_message, parse_topic
+    try:
+        device, _ = parse_topic(topic)
+    except ProtocolError as e:
+        return "?", None, e.code
+    dev = cache.get(device)
+    if dev is None:
+        try:
+            dev = cache[device] = registry.get(device)
+        except RegistryError:
+            return device, None, "unknown_device"
+    try:
+        return device, open_message(dev.key, dev.kid, topic, payload), None
+    except ProtocolError as e:
+        return device, None, e.code

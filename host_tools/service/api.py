@@ -7,6 +7,8 @@ metrics.
     GET  /metrics                          Prometheus text (viewer; no auth with metrics_public)
     GET  /v1/devices?status=&kind=&board=  the registry's devices (viewer; a scoped account: its sites')
     GET  /v1/devices/{id}                  (viewer)
+    GET  /v1/devices/{id}/heartbeats?from=&to=   (viewer) the last heartbeat and the history
+                                           (host_tools/cloud/heartbeats.py: full, then hourly)
     POST /v1/devices/{id}/commands         (operator) {"name", "args": {"text": "hi"}, "ttl",
                                            "timeout", "confirm"}: signs and sends, waits for the
                                            signed result; the outcome. An actuating command
@@ -47,6 +49,7 @@ from pydantic import BaseModel, Field
 from host_tools.cloud import cmdspec
 from host_tools.cloud.accounts import Accounts, Principal
 from host_tools.cloud.commands import CommandClient
+from host_tools.cloud.heartbeats import Heartbeats
 from host_tools.cloud.ledger import Ledger
 from host_tools.cloud.ledger_export import ExportError, iso, parse_time
 from host_tools.cloud.ledger_export import export as ledger_export_
@@ -109,7 +112,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
              token: str | None = None, accounts: Accounts | None = None,
              ready: Callable[[], list[str]] = lambda: [], ingest_stats: Callable[[], dict] | None = None,
              metrics: Metrics | None = None, metrics_public: bool = False, cookie_secure: bool = True,
-             ledger: Ledger | None = None, webhooks: Webhooks | None = None) -> FastAPI:
+             ledger: Ledger | None = None, webhooks: Webhooks | None = None,
+             heartbeats: Heartbeats | None = None) -> FastAPI:
     """The app over the service's parts. `ready()` lists what is not ready (empty: ready). Every
     /v1 call needs an account's token or session (`accounts`), or the bootstrap `token` (an admin);
     with neither, every /v1 call is refused."""
@@ -183,6 +187,25 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
     @app.get("/v1/devices/{device_id}")
     def device(device_id: str, p: Principal = Depends(viewer)) -> Device:
         return _device(_get(p, device_id))
+
+    @app.get("/v1/devices/{device_id}/heartbeats")
+    def device_heartbeats(device_id: str, since: str | None = Query(None, alias="from"),
+                          until: str | None = Query(None, alias="to"), p: Principal = Depends(viewer)) -> dict:
+        """The last heartbeat and the history in [from, to) (default: the last 24 h): full
+        resolution within the retention, one point per hour (n heartbeats) before it."""
+        _get(p, device_id)
+        if heartbeats is None:
+            raise Problem(404, "this server keeps no heartbeat history")
+        now = int(time.time())
+        try:
+            t_to = parse_time(until) if until is not None else now + 1
+            t_from = parse_time(since) if since is not None else t_to - 86400
+        except ExportError as e:
+            raise Problem(422, str(e)) from None
+        if t_to <= t_from or t_to - t_from > 93 * 86400:
+            raise Problem(422, "from must be before to, and at most 93 days apart")
+        return {"device": device_id, "last": heartbeats.last(device_id),
+                "points": heartbeats.history(device_id, t_from, t_to)}
 
     @app.post("/v1/devices/{device_id}/commands", name="command")
     async def command(device_id: str, body: CommandIn, request: Request,

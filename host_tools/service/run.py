@@ -18,6 +18,7 @@ import uvicorn
 
 from host_tools.cloud.accounts import Accounts
 from host_tools.cloud.commands import CommandClient
+from host_tools.cloud.heartbeats import Heartbeats, Recorder
 from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings
@@ -44,6 +45,7 @@ class Service:
         self.registry: Registry | None = None
         self.accounts: Accounts | None = None
         self.webhooks: Webhooks | None = None
+        self.heartbeats: Heartbeats | None = None
         self.client: CommandClient | None = None
         self.ingest: IngestWorker | None = None
         self._ledger = self._rollouts = None
@@ -77,6 +79,13 @@ class Service:
             ingest = self.ingest
             # the accounts and the audit log live in the registry's database (its connection)
             self.accounts = Accounts(self.registry.db)
+            # heartbeat history (verified, on the command connection) and its downsampling
+            self.heartbeats = Heartbeats(self.registry.db)
+            rec = Recorder(self.heartbeats, self.registry)
+            self.client.mqtt.subscribe(Recorder.TOPIC, rec.on_message, qos=0)
+            h = threading.Thread(target=rec.run, args=(self._stop,), name="heartbeats", daemon=True)
+            h.start()
+            self._threads.append(h)
             # the webhooks too; their dispatcher sends what any instance recorded
             self.webhooks = Webhooks(self.registry.db)
             d = threading.Thread(target=Dispatcher(self.webhooks).run, args=(self._stop,), name="webhooks", daemon=True)
@@ -86,7 +95,7 @@ class Service:
                            accounts=self.accounts, ready=self.not_ready,
                            ingest_stats=(lambda: ingest.stats) if ingest else None,
                            metrics_public=cfg.metrics_public, cookie_secure=cfg.cookie_secure,
-                           ledger=self._ledger, webhooks=self.webhooks)
+                           ledger=self._ledger, webhooks=self.webhooks, heartbeats=self.heartbeats)
             self._server = uvicorn.Server(uvicorn.Config(app, host=cfg.http_host, port=cfg.http_port,
                                                          log_level="warning", lifespan="off"))
             t = threading.Thread(target=self._server.run, name="http", daemon=True)
