@@ -70,9 +70,16 @@ def test_the_recorder_keeps_only_verified_heartbeats(ledger_url):
         rec.on_message(t, seal(os.urandom(32), make_kid("lot1-gate-1", 1), t, beat))          # forged
         rec.on_message("v1/dev/lot9-x/up/hb", seal(key, make_kid("lot9-x", 1), "v1/dev/lot9-x/up/hb", beat))
         rec.on_message(t, b"\xa0" * 40)                                                     # garbage
-        assert rec.stats == {"recorded": 1, "refused": 3}
+        assert rec.stats["recorded"] == 0                      # the network thread only queues
+        assert rec.flush() == 4 and rec.stats == {"recorded": 1, "refused": 3, "dropped": 0}
         last = rec.hb.last("lot1-gate-1")
         assert last is not None and (last["heap"], last["rssi"], last["jdepth"], last["uptime"]) == (27000, -58, 1, 60)
         assert rec.hb.last("lot9-x") is None
+        # a flood beyond the queue is counted and dropped, never held; what was queued is stored
+        small = Recorder(rec.hb, reg, queue_max=1000)
+        for i in range(1500):
+            b = dict(beat, seq=100 + i, heap=i)
+            small.on_message(t, seal(key, make_kid("lot1-gate-1", 1), t, b))
+        assert small.stats["dropped"] == 500 and small.flush() == 1000 and small.stats["recorded"] == 1000
     finally:
         reg.close()

@@ -12,7 +12,6 @@ records are missing, extra or different.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -40,10 +39,9 @@ def open_db(url: str):
 
 
 def iso_utc(t: int | float | None) -> str:
-    """Unix seconds as ISO 8601 UTC with Z; '' for none."""
-    if t is None or t == "":
-        return ""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(t)))
+    """Unix seconds as ISO 8601 UTC with Z; '' for none (the export's form: ledger_export.iso)."""
+    from host_tools.cloud.ledger_export import iso
+    return "" if t is None or t == "" else iso(int(t))
 
 
 def print_table(o: Ctx, title: str, cols: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> None:

@@ -16,6 +16,7 @@ the same transaction; a second run finds nothing left to fold).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from typing import Any
@@ -55,16 +56,22 @@ class Heartbeats:
     def add(self, device: str, at: int, heap: int | None = None, rssi: int | None = None,
             jdepth: int | None = None, uptime: int | None = None) -> None:
         """One heartbeat (a second one at the same second is the same heartbeat: ignored)."""
-        db, row = self.db, (device, int(at), heap, rssi, jdepth, uptime)
+        self.add_many([(device, int(at), heap, rssi, jdepth, uptime)])
+
+    def add_many(self, rows: list[tuple]) -> None:
+        """(device, at, heap, rssi, jdepth, uptime) rows in one transaction."""
+        db = self.db
 
         def run(cur: Any) -> None:
-            cur.execute(db._sql("INSERT INTO hb_raw (device, at, heap, rssi, jdepth, uptime) VALUES (?,?,?,?,?,?) "
-                                "ON CONFLICT (device, at) DO NOTHING"), row)
-            cur.execute(db._sql("INSERT INTO hb_last (device, at, heap, rssi, jdepth, uptime) VALUES (?,?,?,?,?,?) "
-                                "ON CONFLICT (device) DO UPDATE SET at=excluded.at, heap=excluded.heap, "
-                                "rssi=excluded.rssi, jdepth=excluded.jdepth, uptime=excluded.uptime "
-                                "WHERE excluded.at >= hb_last.at"), row)
-        db._write(run)
+            for row in rows:
+                cur.execute(db._sql("INSERT INTO hb_raw (device, at, heap, rssi, jdepth, uptime) "
+                                    "VALUES (?,?,?,?,?,?) ON CONFLICT (device, at) DO NOTHING"), row)
+                cur.execute(db._sql("INSERT INTO hb_last (device, at, heap, rssi, jdepth, uptime) "
+                                    "VALUES (?,?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET at=excluded.at, "
+                                    "heap=excluded.heap, rssi=excluded.rssi, jdepth=excluded.jdepth, "
+                                    "uptime=excluded.uptime WHERE excluded.at >= hb_last.at"), row)
+        if rows:
+            db._write(run)
 
     def downsample(self, now: float) -> int:
         """Fold every full-resolution row older than keep_s into its hour; how many were folded.
@@ -125,33 +132,63 @@ class Heartbeats:
 class Recorder:
     """Feeds Heartbeats from `v1/dev/+/up/hb`: each message verified under its device's key (the
     rest is counted and dropped: a forged heartbeat must not make a device look alive), stamped
-    with the cloud's clock when it arrives; and folds old rows every `fold_s`."""
+    with the cloud's clock when it arrives; and folds old rows every `fold_s`.
+
+    `on_message` runs on the MQTT client's network thread, which also carries command results: it
+    only queues (bounded: a flood beyond QUEUE is counted as dropped, never held in memory). The
+    verifying and the writing, one transaction per batch, are `run`'s, on its own thread."""
 
     TOPIC = "v1/dev/+/up/hb"
+    QUEUE = 20000
+    BATCH = 500
 
-    def __init__(self, hb: Heartbeats, registry: Registry, fold_s: float = 600.0):
+    def __init__(self, hb: Heartbeats, registry: Registry, fold_s: float = 600.0, queue_max: int = QUEUE):
         self.hb = hb
         self.registry = registry
         self.fold_s = fold_s
         self._keys: dict = {}
-        self.stats = {"recorded": 0, "refused": 0}
+        self._q: queue.Queue = queue.Queue(queue_max)
+        self.stats = {"recorded": 0, "refused": 0, "dropped": 0}
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        device, msg, err = open_uplink(self.registry, self._keys, topic, bytes(payload))
-        if msg is None or msg.get("type") != "heartbeat":
-            self.stats["refused"] += 1
-            log.debug("heartbeat from %s refused: %s", device, err)
-            return
-        self.hb.add(device, int(time.time()), heap=msg.get("heap"), rssi=msg.get("rssi"),
-                    jdepth=msg.get("jdepth"), uptime=msg.get("uptime"))
-        self.stats["recorded"] += 1
+        try:
+            self._q.put_nowait((topic, bytes(payload), int(time.time())))
+        except queue.Full:
+            self.stats["dropped"] += 1
 
-    def run(self, stop: threading.Event) -> None:
-        """Fold what is past the retention now and then, until `stop`."""
+    def flush(self) -> int:
+        """Verify and store what is queued now, one transaction per batch; how many were taken."""
+        n = 0
         while True:
+            batch = []
             try:
-                self.hb.downsample(time.time())
-            except Exception:  # noqa: BLE001 - the next turn tries again
-                log.exception("heartbeats: downsampling failed")
-            if stop.wait(self.fold_s):
-                return
+                while len(batch) < self.BATCH:
+                    batch.append(self._q.get_nowait())
+            except queue.Empty:
+                pass
+            if not batch:
+                return n
+            n += len(batch)
+            rows = []
+            for topic, payload, at in batch:
+                device, msg, err = open_uplink(self.registry, self._keys, topic, payload)
+                if msg is None or msg.get("type") != "heartbeat":
+                    self.stats["refused"] += 1
+                    log.debug("heartbeat from %s refused: %s", device, err)
+                    continue
+                rows.append((device, at, msg.get("heap"), msg.get("rssi"), msg.get("jdepth"), msg.get("uptime")))
+            self.hb.add_many(rows)
+            self.stats["recorded"] += len(rows)
+
+    def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        """Store what arrives, and fold what is past the retention now and then, until `stop`."""
+        fold_at = 0.0
+        while not stop.is_set():
+            try:
+                self.flush()
+                if time.monotonic() >= fold_at:
+                    self.hb.downsample(time.time())
+                    fold_at = time.monotonic() + self.fold_s
+            except Exception:  # noqa: BLE001 - a database hiccup: the next turn tries again
+                log.exception("heartbeats: recording failed")
+            stop.wait(poll_s)
