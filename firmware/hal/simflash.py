@@ -7,6 +7,7 @@ IOCTL_INIT, IOCTL_DEINIT, IOCTL_SYNC, IOCTL_COUNT, IOCTL_SIZE, IOCTL_ERASE = 1, 
 _CHUNK = 64  # the read-modify-write scratch: small, it stays in the heap for good
 _FF = b"\xff" * _CHUNK
 FS_BLOCKS = 64  # the main filesystem (256 KiB of 4 KiB blocks), after the journal's region
+OTA_BLOCKS = 24  # each update slot's blocks (SPEC §10 "Slots"), after 2 otadata blocks after the fs
 chip = None  # the board's chip once mount_fs() has it: the journal then mounts a partition of it
 
 
@@ -157,6 +158,17 @@ def _chip(fc, extra):
                     cut_at=cut, tear=tear)
 
 
+def ota_blocks(fc):
+    return fc.get("ota_blocks", OTA_BLOCKS)
+
+
+def ota_dev(fc):
+    """otadata (2 blocks) then ota_0, ota_1, after the main filesystem: one partition of the chip,
+    so a power cut strikes update writes as it strikes the journal's."""
+    n = 2 + 2 * ota_blocks(fc)
+    return Part(chip or _chip(fc, FS_BLOCKS + n), fc.get("blocks", 128) + FS_BLOCKS, n)
+
+
 def journal_dev(fc):
     """The journal's region: of the board's chip, or (a journal alone, in tests) a chip of its own."""
     return Part(chip, 0, fc.get("blocks", 128)) if chip else _chip(fc, 0)
@@ -169,7 +181,7 @@ def mount_fs(fc, mount, mcu=""):
     heap more than the board holds). Other boards keep the journal's read and program sizes."""
     global chip
     from hal import reset
-    c = chip = _chip(fc, FS_BLOCKS)
+    c = chip = _chip(fc, FS_BLOCKS + 2 + 2 * ota_blocks(fc))  # the update slots after the fs
     c.on_cut = reset.power_off  # pyright: ignore[reportAttributeAccessIssue]  (a cut kills the whole board)
     rs, ps = (32, 32) if mcu[:5] == "esp32" else (128, 16)
     return mount(Part(c, fc.get("blocks", 128), FS_BLOCKS), rs, ps, "/fs") + "/"
