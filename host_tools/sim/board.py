@@ -12,7 +12,9 @@ because the kernel sends the death signal when the forking *thread* ends (boards
 short-lived threads by host_tools/sim/world.py). Otherwise a killed host left a VM heartbeating
 but deaf: nobody read its console, and a full pipe blocks it.
 Everything the device writes lives in the directory's `flash.bin` (littlefs: the journal's region,
-then the main filesystem with store.py's files); read those with `state()` (host_tools/sim/flashfs.py).
+then the main filesystem with store.py's files; then the update slots); read those with `state()`
+(host_tools/sim/flashfs.py). Before each boot the simulated boot loader (host_tools/sim/bootloader.py)
+picks factory (the compiled bundle) or an update slot, extracted under `.slot/`.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from host_tools.build import code_allowance, compile_firmware, micropython
 from host_tools.bundle import board_bundle
+from host_tools.sim.bootloader import boot as boot_slot
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
@@ -92,9 +95,19 @@ class SimBoard:
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self.boots = 0
+        self.booted: str | None = None  # what the boot loader booted last: "factory", "ota_0", "ota_1"
 
     def write_config(self, config: dict) -> None:
         (self.dir / "config.json").write_text(json.dumps(config))
+
+    def flash_config(self) -> dict:
+        """The board's flash config (config.json's board "flash"; {} when it has none): the boot
+        loader's layout (host_tools/sim/bootloader.py)."""
+        try:
+            fc = json.loads((self.dir / "config.json").read_text()).get("board", {}).get("flash")
+        except (OSError, ValueError, AttributeError):
+            fc = None
+        return fc if isinstance(fc, dict) else {}
 
     def arm_power_cut(self, at_op: int, tear: int | None = None) -> None:
         """Cut the board's power at its `at_op`-th flash program/erase of the next boot; with `tear`,
@@ -116,6 +129,11 @@ class SimBoard:
             board = None
         if isinstance(board, dict) and board.get("sim"):
             bundle = board_bundle(bundle, board, self.firmware) or bundle
+        # The boot loader (SPEC §10 "Slots"): an update slot it boots replaces the factory bundle.
+        booted = boot_slot(self.dir, self.flash_config())
+        self.booted = booted.slot
+        if booted.dir is not None:
+            bundle = booted.dir
         env["MICROPYPATH"] = f"{bundle}:.frozen:"
         self.vm_heap = vm_heapsize(self.heapsize, bundle)
         self.proc = spawn(
