@@ -110,10 +110,12 @@ class _Dec:
         self.o = o
         return ib | ns
 
-    def item(self, depth, tag_ok=False, key=False):
+    def item(self, depth, tag_ok=False, key=False, big=MAX_STR):
         # SPEC §3, within one item: the head (malformed, indefinite) -> its type
         # (unsupported_cbor) -> the item total (too_large) -> depth (too_deep) -> the length or
         # count (too_large) -> shortest form (non_canonical). A map key is read the same way.
+        # big: the bound of a bstr that is a value of the top-level map (a chunk's data on
+        # dn/ota, SPEC §3); only maps hand it on to their values, and it counts only at depth 2.
         ib = self.head()
         mt = (ib >> 5) & 7
         a = self.a
@@ -145,8 +147,9 @@ class _Dec:
         if mt == 2 or mt == 3:
             # Only the envelope's own byte strings (depth 2: protected, payload, tag) are bounded
             # by the message size instead: they hold CBOR that is decoded, with these bounds, on
-            # its own. Checked before reading, like every other length.
-            if a > (MAX_MSG if mt == 2 and depth == 2 and self.views else MAX_STR):
+            # its own; and a top-level map's bstr values by big (MAX_STR unless the caller
+            # says). Checked before reading, like every other length.
+            if a > ((MAX_MSG if self.views else big) if mt == 2 and depth == 2 else MAX_STR):
                 raise CodecError("too_large")
             if ib > 0xFF:  # NS set
                 raise CodecError("non_canonical")
@@ -194,7 +197,7 @@ class _Dec:
                     raise CodecError("non_canonical")
             ps = ks
             pe = ke
-            r[k] = self.item(d, False)
+            r[k] = self.item(d, False, False, big)
         return r
 
 
@@ -211,16 +214,18 @@ def _cmp(b, s1, e1, s2, e2):
     return n1 - n2
 
 
-def decode(buf, envelope=False):
+def decode(buf, envelope=False, big=MAX_STR):
     """Strictly decode one CBOR item filling all of buf.
 
     envelope=True: the outermost item may be a tag; returns (tag or None, item) with byte strings
     as memoryviews into buf (no copies). Otherwise returns the item, byte strings as bytes.
+    big: the bound of a byte string that is a value of the top-level map (SPEC §3: 1536 in
+    a dn/ota payload; MAX_STR otherwise).
     """
     if len(buf) > MAX_MSG:
         raise CodecError("too_large")
     d = _Dec(buf, envelope)
-    v = d.item(1, envelope)
+    v = d.item(1, envelope, False, big)
     if d.o != d.end:
         raise CodecError("trailing")
     if envelope:

@@ -84,14 +84,21 @@ _SPEC = (
     b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x10"
     # 11 time_req: 8 seq, 10 nonce
     b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x10"
+    # 12 chunk_req: 6? iat, 8 seq, 10 rel, 11 i
+    b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x08" b"\x0bu\x01\x00\x00"
+    # 23 chunk: 3 aud, 6 iat, 8 seq, 10 rel, 11 i, 12 data (hi 0: up to 1536, SPEC §3)
+    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x08"
+    b"\x0bu\x01\x00\x00" b"\x0cB\x01\x01\x00"
 )
 # Per type, in the order above: number, first record, record count.
 _IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 10, 4, 21, 4, 5, 25, 5, 6, 30, 11, 7, 41, 6, 8, 47, 13,
-              9, 60, 7, 10, 67, 11, 20, 78, 8, 21, 86, 6, 22, 92, 4, 11, 96, 2))
+              9, 60, 7, 10, 67, 11, 20, 78, 8, 21, 86, 6, 22, 92, 4, 11, 96, 2, 12, 98, 4,
+              23, 102, 6))
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
-          "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time", "/up/time")
+          "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time", "/up/time",
+          "/up/ota", "/dn/ota")
 _LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "req", "cmd", "ack",
-           "time", "time")
+           "time", "time", "ota", "ota")
 _PREFIX = "v1/dev/"
 
 
@@ -152,10 +159,10 @@ def _field(kind, lo, hi, v):
             _err("bad_type")
         if not _tlen(v, lo, hi):
             _err("bad_value")
-    elif kind == 0x42:  # B
+    elif kind == 0x42:  # B (hi 0: 1536, a chunk's data)
         if type(v) is not bytes:
             _err("bad_type")
-        if not lo <= len(v) <= hi:
+        if not lo <= len(v) <= (hi or 1536):
             _err("bad_value")
     elif kind == 0x62:  # b
         if type(v) is not bool:
@@ -267,6 +274,9 @@ def seal(hkey, kid, topic, fields):
 
 def open(hkey, kid, topic, data):
     """Verify an envelope received on topic and validate its payload; -> payload dict."""
-    p = cbor.decode(cose.verify_view(hkey, kid, topic, data))
+    # SPEC §3: in a payload on dn/ota (TOPICS[15]) a bstr value of the top-level map (a chunk's
+    # data) may be 1536 bytes
+    p = cbor.decode(cose.verify_view(hkey, kid, topic, data), False,
+                    1536 if topic.endswith(TOPICS[15]) else 512)
     check(p, topic)
     return p

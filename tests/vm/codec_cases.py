@@ -28,6 +28,8 @@ def run(c):
     op = c["op"]
     if op == "decode":
         return to_json(cbor.decode(unhex(c["hex"])))
+    if op == "decode_big":
+        return to_json(cbor.decode(unhex(c["hex"]), False, c["big"]))
     if op == "decode_env":
         tag, v = cbor.decode(unhex(c["hex"]), True)
         return [tag, to_json(v)]

@@ -17,9 +17,12 @@ COMMAND = 20
 ACK = 21
 TIME = 22
 TIME_REQ = 11
+CHUNK_REQ = 12
+CHUNK = 23
 
 TYPE_NAMES = ("hello", "status", "heartbeat", "event", "alarm", "sess_open", "sess_update",
-              "sess_close", "cmd_result", "auth_req", "command", "ack", "time", "time_req")
+              "sess_close", "cmd_result", "auth_req", "command", "ack", "time", "time_req",
+              "chunk_req", "chunk")
 _FNAMES = (
     "iat seq fw board reset caps kind boots", "iat seq online",
     "iat seq uptime heap jdepth rssi clock rx_refused rx_oversize rx_dropped", "iat seq code detail",
@@ -28,7 +31,8 @@ _FNAMES = (
     "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
     "iat cti seq status name data cseq", "iat seq sid payer slot purpose auth amount cur t0 t1",
     "aud exp nbf iat cti seq name args",
-    "aud iat seq upto resend quarantined", "aud iat seq nonce", "seq nonce",
+    "aud iat seq upto resend quarantined", "aud iat seq nonce", "seq nonce", "iat seq rel i",
+    "aud iat seq rel i data",
 )
 
 
