@@ -13,10 +13,11 @@ import cbor2
 import pytest
 
 from host_tools.protocol import (
-    ERROR_CODES, ERROR_NAMES, MESSAGE_TYPES, ProtocolError, Tag, build_mac0, decode,
+    ERROR_CODES, ERROR_NAMES, MAX_CHUNK_DATA, MESSAGE_TYPES, ProtocolError, Tag, build_mac0, decode,
     decode_payload, device_from_topic, encode, encode_payload, make_kid, open_message,
-    parse_kid, parse_topic, seal, topic, verify_mac0,
+    parse_kid, parse_topic, seal, to_wire, topic, verify_mac0,
 )
+from host_tools.protocol.messages import payload_bstr_bound
 from host_tools.protocol.cose import compute_tag, protected_header
 from tests.hostcodeckit import HB, HB_TOPIC, KEY, KID, ROOT, VECTORS, message_of, rejects, to_json
 
@@ -246,7 +247,7 @@ def test_verification_order() -> None:
     rejects("bad_topic", open_message, KEY, KID, "v1/dev/gate-001/up/evt",
             build_mac0(KEY, KID, "v1/dev/gate-001/up/evt", wrong))
     rejects("unknown_type", open_message, KEY, KID, HB_TOPIC,
-            build_mac0(KEY, KID, HB_TOPIC, encode({0: 23, 8: "x"})))
+            build_mac0(KEY, KID, HB_TOPIC, encode({0: 24, 8: "x"})))
 
 
 # --- the payload schema ------------------------------------------------------------------------
@@ -417,3 +418,53 @@ def test_verify_fast_path_edges() -> None:
     rejects("malformed", verify_mac0, KEY, KID, HB_TOPIC, env(good)[:-1])
     rejects("bad_kid", verify_mac0, KEY, "gate-001:9", HB_TOPIC, env(good))
     rejects("malformed", verify_mac0, KEY, KID, HB_TOPIC, "not bytes")  # type: ignore[arg-type]
+
+
+# --- SPEC §3's one exception: a bstr valued in a dn/ota payload's top-level map -----------------
+
+OTA_TOPIC = "v1/dev/gate-001/dn/ota"
+CHUNK: dict[str | int, Any] = {"type": "chunk", "aud": "gate-001", "iat": 1767225600, "seq": 9,
+                               "rel": bytes(8), "i": 4, "data": b"\x5a" * 1536}
+
+
+def test_payload_bstr_bound_by_topic() -> None:
+    assert payload_bstr_bound(OTA_TOPIC) == MAX_CHUNK_DATA == 1536
+    for other in ("v1/dev/gate-001/up/ota", "v1/dev/gate-001/dn/time", "v1/dev/gate-001/dn/otax",
+                  None):
+        assert payload_bstr_bound(other) == 512, other
+
+
+def test_top_bstr_bounds_only_top_map_bstr_values() -> None:
+    assert decode(encode({12: bytes(1536)}), top_bstr=1536) == {12: bytes(1536)}
+    assert decode(encode({1: 0, 13: bytes(1536)}), top_bstr=1536) == {1: 0, 13: bytes(1536)}
+    def ota(data: bytes) -> Any:
+        return decode(data, top_bstr=MAX_CHUNK_DATA)
+
+    rejects("too_large", ota, encode({12: bytes(1537)}))
+    rejects("too_large", ota, b"\xa1\x0c\x59\x06\x01")  # before it is read
+    rejects("too_large", decode, encode({12: bytes(513)}))  # 512 unless asked
+    for over in ({12: "a" * 600}, {12: {1: bytes(600)}}, {12: [bytes(600)]}, [23, bytes(600)],
+                 bytes(600)):
+        rejects("too_large", ota, encode(over))
+
+
+def test_chunk_round_trip_and_bounds() -> None:
+    data = seal(KEY, KID, OTA_TOPIC, CHUNK)
+    assert len(data) <= 2048
+    assert open_message(KEY, KID, OTA_TOPIC, data) == CHUNK
+    rejects("too_large", seal, KEY, KID, OTA_TOPIC, {**CHUNK, "data": bytes(1537)})
+    rejects("bad_value", seal, KEY, KID, OTA_TOPIC, {**CHUNK, "data": b""})
+    rejects("bad_value", seal, KEY, KID, OTA_TOPIC, {**CHUNK, "rel": bytes(7)})
+    rejects("too_large", seal, KEY, KID, OTA_TOPIC, {**CHUNK, 13: "x" * 600})
+    # the sender's belt (decode_own) applies the topic's bound as the receiver does
+    assert decode_payload(encode_payload(CHUNK, OTA_TOPIC), OTA_TOPIC) == CHUNK
+    rejects("too_large", encode_payload, CHUNK)  # without its topic the 512-byte bound holds
+    rejects("too_large", decode_payload, encode(to_wire(CHUNK)))
+    rejects("too_large", encode_payload, CHUNK, "v1/dev/gate-001/up/ota")
+    rejects("bad_topic", encode_payload, {**CHUNK, "data": bytes(8)}, "v1/dev/gate-001/up/ota")
+    req = {"type": "chunk_req", "seq": 5, "rel": bytes(8), "i": 0}
+    up = "v1/dev/gate-001/up/ota"
+    assert topic("gate-001", "chunk_req") == up and topic("gate-001", "chunk") == OTA_TOPIC
+    assert open_message(KEY, KID, up, seal(KEY, KID, up, req)) == req
+    rejects("bad_topic", seal, KEY, KID, OTA_TOPIC, req)
+    rejects("bad_value", seal, KEY, KID, up, {**req, "rel": bytes(9)})

@@ -11,8 +11,8 @@ no code and meet only in protocol/vectors/ and the cross-codec property tests.
 Messages are dicts with SPEC §4 field names ("type": "heartbeat", "seq", ...). Every failure is a
 ProtocolError whose `code` is a SPEC §7 name (ERROR_CODES / ERROR_NAMES map names and numbers).
 """
-from .cbor import (MAX_DEPTH, MAX_ENTRIES, MAX_ITEMS, MAX_MESSAGE, MAX_STRING, Tag, decode,
-                   encode)
+from .cbor import (MAX_CHUNK_DATA, MAX_DEPTH, MAX_ENTRIES, MAX_ITEMS, MAX_MESSAGE, MAX_STRING, Tag,
+                   decode, encode)
 from .cose import build_mac0, mac_structure, protected_header, verify_mac0
 from .errors import ERROR_CODES, ERROR_NAMES, ProtocolError
 from .ids import device_from_topic, is_device_id, make_kid, parse_kid, parse_topic
@@ -21,7 +21,7 @@ from .schema import (MESSAGE_TYPES, SESS_CLOSE, SESS_OPEN, SESS_UPDATE, TYPES_BY
                      from_wire, message_type, to_wire)
 
 __all__ = [
-    "MAX_DEPTH", "MAX_ENTRIES", "MAX_ITEMS", "MAX_MESSAGE", "MAX_STRING", "Tag", "decode",
+    "MAX_CHUNK_DATA", "MAX_DEPTH", "MAX_ENTRIES", "MAX_ITEMS", "MAX_MESSAGE", "MAX_STRING", "Tag", "decode",
     "encode", "build_mac0", "mac_structure", "protected_header", "verify_mac0", "ERROR_CODES",
     "ERROR_NAMES", "ProtocolError", "device_from_topic", "is_device_id", "make_kid", "parse_kid",
     "parse_topic", "decode_payload", "encode_payload", "open_message", "seal", "topic",

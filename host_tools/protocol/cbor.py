@@ -18,7 +18,10 @@ containers is at depth 9), tags count neither for depth nor as items, map keys c
 items, a string's bound is its byte length, and only the byte strings directly inside the
 envelope array (protected header, payload, tag) are bounded by the message size instead of the
 512-byte string bound (the payload is decoded, and bounded, on its own); any other item there,
-a text string included, has the usual bounds. Among several defects the first in stream order is
+a text string included, has the usual bounds. The one exception inside a payload is the caller's
+to ask for (``top_bstr``): on dn/ota a byte string that is a value of the top-level map may be
+``MAX_CHUNK_DATA`` bytes (a firmware chunk's data); text strings, and byte strings anywhere else
+(in an array, deeper), keep the 512-byte bound. Among several defects the first in stream order is
 reported; within one item: malformed, indefinite (its head), unsupported_cbor (its type, map keys
 included: a key's head is read first), too_large (the item total), too_deep, too_large (its length
 or count), non_canonical.
@@ -39,6 +42,7 @@ MAX_DEPTH = 8
 MAX_STRING = 512
 MAX_ENTRIES = 64
 MAX_ITEMS = 256
+MAX_CHUNK_DATA = 1536  # a bstr value of a dn/ota payload's top-level map (SPEC §3, §10)
 ENVELOPE_TAG = 17
 
 _UINT_LIMIT = 1 << 64
@@ -63,11 +67,12 @@ def _fail(code: str, detail: str) -> ProtocolError:
 class _Scanner:
     """Pass 1: validate the encoding of one top-level item against the profile."""
 
-    def __init__(self, data: bytes, allow_top_tag: bool) -> None:
+    def __init__(self, data: bytes, allow_top_tag: bool, top_bstr: int = MAX_STRING) -> None:
         self.data = data
         self.pos = 0
         self.items = 0
         self.allow_top_tag = allow_top_tag
+        self.top_bstr = top_bstr  # the bound of a byte string valued in the top-level map
 
     def run(self) -> None:
         self._item(1, self.allow_top_tag)
@@ -104,7 +109,8 @@ class _Scanner:
         shortest = arg >= (24 if size == 1 else 1 << (4 * size))
         return major, ai, arg, shortest
 
-    def _item(self, depth: int, allow_tag: bool, key: bool = False) -> None:
+    def _item(self, depth: int, allow_tag: bool, key: bool = False,
+              top_value: bool = False) -> None:
         major, ai, arg, shortest = self._head()
         if key and major not in (0, 1, 3):
             raise _fail("unsupported_cbor", "map key is not an integer or text string")
@@ -130,7 +136,8 @@ class _Scanner:
             # CBOR or a MAC, bounded by the message size; the string bound is for data, and for
             # any text string, even one directly in the envelope array.
             envelope_bstr = major == 2 and self.allow_top_tag and depth == 2
-            limit = MAX_MESSAGE if envelope_bstr else MAX_STRING
+            limit = (MAX_MESSAGE if envelope_bstr else
+                     self.top_bstr if major == 2 and top_value else MAX_STRING)
             if arg > limit:
                 raise _fail("too_large", f"string of {arg} bytes")
             self._shortest(shortest)
@@ -164,7 +171,7 @@ class _Scanner:
                 if key < previous:
                     raise _fail("non_canonical", "map keys not in bytewise order")
             previous = key
-            self._item(depth + 1, False)
+            self._item(depth + 1, False, top_value=depth == 1)
 
     @staticmethod
     def _count(n: int) -> None:
@@ -246,18 +253,21 @@ def _walk(value: Any, depth: int, top: bool) -> None:
     raise _fail("unsupported_cbor", type(value).__name__)
 
 
-def decode(data: bytes | bytearray | memoryview, *, envelope: bool = False) -> Any:
+def decode(data: bytes | bytearray | memoryview, *, envelope: bool = False,
+           top_bstr: int = MAX_STRING) -> Any:
     """Decode one profile-conforming item; raise ProtocolError otherwise.
 
     With ``envelope=True`` a tag is accepted as the outermost item only and returned as
     ``Tag(number, value)``; checking that the number is 17 is the caller's job (``bad_tag``).
+    ``top_bstr`` bounds a byte string that is a value of the top-level map (``MAX_CHUNK_DATA``
+    for a payload on dn/ota, SPEC §3; see messages.payload_bstr_bound).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise _fail("malformed", f"expected bytes, not {type(data).__name__}")
     if len(data) > MAX_MESSAGE:
         raise _fail("too_large", f"{len(data)} bytes")
     data = bytes(data)
-    _Scanner(data, envelope).run()
+    _Scanner(data, envelope, top_bstr).run()
     stream = io.BytesIO(data)
     decoder = cbor2.CBORDecoder(
         stream,
@@ -281,20 +291,23 @@ def decode(data: bytes | bytearray | memoryview, *, envelope: bool = False) -> A
     return value
 
 
-def decode_own(data: bytes) -> Any:
+def decode_own(data: bytes, top_bstr: int = MAX_STRING) -> Any:
     """Decode bytes that ``encode`` has just produced, for a sender's belt ("whatever we send, we
     would accept"): the bounds of ``decode`` (size, depth, items, entries, string bytes), without
     its scanner and re-encoding passes, which prove a canonical form the encoder makes by
-    construction (and protocol/vectors test). A quarter of what ``decode`` costs."""
+    construction (and protocol/vectors test). A quarter of what ``decode`` costs. ``top_bstr`` as
+    for ``decode``."""
     if len(data) > MAX_MESSAGE:
         raise _fail("too_large", f"{len(data)} bytes")
     value = cbor2.loads(data)
-    _bounded(value, 1, [0])
+    _bounded(value, 1, [0], MAX_STRING, top_bstr)
     return value
 
 
-def _bounded(value: Any, depth: int, items: list[int]) -> None:
-    # the scanner's order within one item: the item count, then depth, then its length or count
+def _bounded(value: Any, depth: int, items: list[int], bstr: int = MAX_STRING,
+             top_bstr: int = MAX_STRING) -> None:
+    # the scanner's order within one item: the item count, then depth, then its length or count;
+    # bstr bounds this item if it is a byte string, top_bstr the top-level map's values
     items[0] += 1
     if items[0] > MAX_ITEMS:
         raise _fail("too_large", f"more than {MAX_ITEMS} data items")
@@ -305,7 +318,7 @@ def _bounded(value: Any, depth: int, items: list[int]) -> None:
         if len(value) > MAX_STRING // 4 and len(value.encode("utf-8")) > MAX_STRING:
             raise _fail("too_large", f"string of {len(value.encode('utf-8'))} bytes")
     elif t is bytes:
-        if len(value) > MAX_STRING:
+        if len(value) > bstr:
             raise _fail("too_large", f"string of {len(value)} bytes")
     elif t is list:
         if len(value) > MAX_ENTRIES:
@@ -317,7 +330,7 @@ def _bounded(value: Any, depth: int, items: list[int]) -> None:
             raise _fail("too_large", f"{len(value)} entries")
         for key, item in value.items():
             _bounded(key, depth + 1, items)
-            _bounded(item, depth + 1, items)
+            _bounded(item, depth + 1, items, top_bstr if depth == 1 else MAX_STRING)
 
 
 @functools.lru_cache(maxsize=4096)

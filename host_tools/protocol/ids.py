@@ -20,9 +20,11 @@ TOPIC_TYPES: Mapping[str, frozenset[int]] = MappingProxyType({
     "up/res": frozenset({9}),
     "up/req": frozenset({10}),
     "up/time": frozenset({11}),
+    "up/ota": frozenset({12}),
     "dn/cmd": frozenset({20}),
     "dn/ack": frozenset({21}),
     "dn/time": frozenset({22}),
+    "dn/ota": frozenset({23}),
 })
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from .cbor import MAX_CHUNK_DATA
 from .errors import ERROR_NAMES, ProtocolError
 from .ids import DEVICE_ID_RE, TOPIC_TYPES, parse_topic
 
@@ -131,6 +132,8 @@ AMOUNT = _f(16, "amount", "uint", max=MAX_MONEY)
 CUR = _f(17, "cur", "tstr", pattern=CURRENCY_RE)
 T1 = _f(18, "t1", "uint", max=MAX_TIME)
 NONCE = _f(10, "nonce", "bstr", size=(8, 16))  # time_req / time (SPEC §5)
+REL = _f(10, "rel", "bstr", size=(8, 8))  # chunk_req / chunk: SHA-256(release payload)[:8] (§10)
+CHUNK_INDEX = _f(11, "i", "uint")
 
 
 @dataclass(frozen=True)
@@ -179,12 +182,16 @@ MESSAGE_TYPES: Mapping[int, MessageType] = MappingProxyType({t.number: t for t i
           CUR.optional(), _f(18, "t0", "uint", required=False, max=MAX_TIME),
           _f(19, "t1", "uint", required=False, max=MAX_TIME)),
     _type(11, "time_req", "up/time", SEQ, NONCE),
+    _type(12, "chunk_req", "up/ota", SEQ, IAT.optional(), REL, CHUNK_INDEX),
     _type(20, "command", "dn/cmd", AUD, EXP, NBF.optional(), IAT, CTI, SEQ,
           _f(10, "name", "tstr", size=(1, 24)), _f(11, "args", "map", required=False)),
     _type(21, "ack", "dn/ack", AUD, IAT, SEQ, _f(10, "upto", "uint"),
           _f(11, "resend", "bool", required=False),
           _f(12, "quarantined", "uint_list", required=False, size=(0, 16))),
     _type(22, "time", "dn/time", AUD, IAT, SEQ, NONCE),
+    # data: the one bstr over the 512-byte string bound, allowed on dn/ota only (SPEC §3)
+    _type(23, "chunk", "dn/ota", AUD, IAT, SEQ, REL, CHUNK_INDEX,
+          _f(12, "data", "bstr", size=(1, MAX_CHUNK_DATA))),
 )})
 
 TYPES_BY_NAME: Mapping[str, MessageType] = MappingProxyType(

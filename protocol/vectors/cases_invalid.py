@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from wire_by_hand import (CTI, DEV, FALSE, HB, HELLO, KEY, KEY_OTHER, KEY_V2, KID, KID_OTHER,
-                          KID_V2, NONCE, PREV1, T, V, arr, b, bad_payload, case, head, i, mac0, mac_tag,
-                          mp, mpx, payload, protected, raw, sized_event, t, topic, u)
+                          KID_V2, NONCE, PREV1, REL, T, V, arr, b, bad_payload, case, chunk_data, head,
+                          i, mac0, mac_tag, mp, mpx, payload, protected, raw, sized_event, t, topic,
+                          u)
 
 
 def build_envelope_errors() -> None:
@@ -329,6 +330,7 @@ def build_payload_errors() -> None:
                 payload("time_req", {"seq": u(79), "nonce": b(bytes(17))})[0], "up/time")
     bad_payload("schema_time_req_wrong_topic", "a time_req on up/req (MACed for up/req)", "bad_topic",
                 payload("time_req", {"seq": u(79), "nonce": b(NONCE)})[0], "up/req")
+    build_chunk_errors()
     command = {"aud": t(DEV), "exp": u(T + 300), "iat": u(T), "cti": b(CTI), "seq": u(602),
                "name": t("open")}
     bad_payload("schema_cti_short", "cti of 7 bytes (8-16)", "bad_value",
@@ -337,3 +339,79 @@ def build_payload_errors() -> None:
                 payload("command", {**command, "aud": t("Gate_001")})[0], "dn/cmd")
     bad_payload("schema_args_not_map", "command args as an array", "bad_type",
                 payload("command", {**command, "args": arr(u(1))})[0], "dn/cmd")
+
+
+def build_chunk_errors() -> None:
+    """chunk_req (12) and chunk (23), SPEC §10, and the one exception to the 512-byte string
+    bound (SPEC §3): a byte string valued in the top-level map of a payload on dn/ota."""
+    chunk = {"aud": t(DEV), "iat": u(T + 40), "seq": u(540), "rel": b(REL), "i": u(5),
+             "data": b(chunk_data(1536))}
+    small = {**chunk, "data": b(chunk_data(64))}
+    req = {"seq": u(95), "rel": b(REL), "i": u(5)}
+
+    def ck(**changes: V) -> bytes:
+        return payload("chunk", {**chunk, **changes})[0]
+
+    # the bound: 1536 on dn/ota, for top-level bstr values only; 512 everywhere else
+    bad_payload("chunk_data_1537", "a chunk whose data is 1537 bytes: over the dn/ota bound, "
+                "too_large before it is read", "too_large", ck(data=b(chunk_data(1537))), "dn/ota")
+    bad_payload("chunk_data_1537_nonshortest", "1537 bytes of data with the length written in 4 "
+                "bytes (5a 00 00 06 01): too_large before non_canonical", "too_large",
+                ck(data=raw(head(2, 1537, 4) + chunk_data(1537))), "dn/ota")
+    bad_payload("chunk_data_tstr_600", "a chunk whose data is a 600-byte text string: text keeps "
+                "the 512-byte bound on dn/ota (too_large before bad_type)", "too_large",
+                ck(data=t("d" * 600)), "dn/ota")
+    bad_payload("chunk_unknown_tstr_600", "a chunk with an unknown key 13 holding a 600-byte text "
+                "string", "too_large", payload("chunk", small, ((u(13), t("x" * 600)),))[0],
+                "dn/ota")
+    bad_payload("chunk_nested_bstr_600", "a chunk with an unknown key 13 holding a map whose "
+                "value is a 600-byte byte string: only the top-level map's values may exceed 512",
+                "too_large", payload("chunk", small, ((u(13), mp((u(1), b(bytes(600))))),))[0],
+                "dn/ota")
+    bad_payload("chunk_array_bstr_600", "a chunk with an unknown key 13 holding an array of one "
+                "600-byte byte string", "too_large",
+                payload("chunk", small, ((u(13), arr(b(bytes(600)))),))[0], "dn/ota")
+    bad_payload("ota_payload_array_bstr_600", "a payload on dn/ota that is an array holding a "
+                "600-byte byte string: an array's elements are not values of a map (too_large "
+                "before bad_type)", "too_large", arr(u(23), b(bytes(600))).enc, "dn/ota")
+    bad_payload("chunk_data_600_on_up_ota", "a chunk with 600 bytes of data published on up/ota: "
+                "the 512-byte bound holds off dn/ota (too_large before bad_topic)", "too_large",
+                ck(data=b(chunk_data(600))), "up/ota")
+    bad_payload("time_bstr_600", "a time answer on dn/time with an unknown key 12 holding 600 "
+                "bytes: the 1536 bound is dn/ota's only", "too_large",
+                payload("time", {"aud": t(DEV), "iat": u(T), "seq": u(541), "nonce": b(NONCE)},
+                        ((u(12), b(chunk_data(600))),))[0], "dn/time")
+    bad_payload("event_detail_bstr_600", "an event on up/evt whose detail holds a 600-byte byte "
+                "string", "too_large",
+                payload("event", {"seq": u(34), "code": t("x"),
+                                  "detail": mp((u(1), b(chunk_data(600))))})[0], "up/evt")
+    bad_payload("heartbeat_bstr_600", "a heartbeat with an unknown top-level key 99 holding 600 "
+                "bytes", "too_large", payload("heartbeat", HB, ((u(99), b(bytes(600))),))[0],
+                "up/hb")
+    # topics
+    bad_payload("chunk_req_on_dn_ota", "a chunk_req on dn/ota (MACed for dn/ota)", "bad_topic",
+                payload("chunk_req", req)[0], "dn/ota")
+    bad_payload("chunk_on_up_ota", "a chunk with 64 bytes of data on up/ota (MACed for up/ota)",
+                "bad_topic", payload("chunk", small)[0], "up/ota")
+    bad_payload("chunk_on_dn_cmd", "a chunk on dn/cmd (MACed for dn/cmd)", "bad_topic",
+                payload("chunk", small)[0], "dn/cmd")
+    # fields
+    bad_payload("chunk_rel_7", "a chunk whose rel is 7 bytes (exactly 8)", "bad_value",
+                ck(rel=b(REL[:7])), "dn/ota")
+    bad_payload("chunk_req_rel_9", "a chunk_req whose rel is 9 bytes (exactly 8)", "bad_value",
+                payload("chunk_req", {**req, "rel": b(REL + b"\x00")})[0], "up/ota")
+    bad_payload("chunk_req_rel_text", "a chunk_req whose rel is a text string", "bad_type",
+                payload("chunk_req", {**req, "rel": t("0123abcd")})[0], "up/ota")
+    bad_payload("chunk_req_no_i", "a chunk_req without i", "missing",
+                payload("chunk_req", {k: v for k, v in req.items() if k != "i"})[0], "up/ota")
+    bad_payload("chunk_req_i_2_53", "a chunk_req whose i is 2^53", "bad_value",
+                payload("chunk_req", {**req, "i": u(1 << 53)})[0], "up/ota")
+    bad_payload("chunk_no_data", "a chunk without data", "missing",
+                payload("chunk", {k: v for k, v in chunk.items() if k != "data"})[0], "dn/ota")
+    bad_payload("chunk_data_empty", "a chunk whose data is empty (1-1536)", "bad_value",
+                ck(data=b(b"")), "dn/ota")
+    bad_payload("chunk_data_text", "a chunk whose data is a short text string", "bad_type",
+                ck(data=t("abc")), "dn/ota")
+    bad_payload("chunk_no_aud", "a chunk without aud", "missing",
+                payload("chunk", {k: v for k, v in small.items() if k != "aud"})[0], "dn/ota")
+    bad_payload("chunk_i_negative", "a chunk whose i is -1", "bad_type", ck(i=i(-1)), "dn/ota")

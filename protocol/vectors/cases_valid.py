@@ -1,8 +1,8 @@
 """The valid golden vectors: one per message type and its notable shapes (SPEC §9)."""
 from __future__ import annotations
 
-from wire_by_hand import (CTI, CTI16, DEV, FALSE, HB, HELLO, KEY, NONCE, PREV0, PREV1, T, TRUE, V, arr, b,
-                          case, i, mac0, mp, sized_event, t, topic, u, valid)
+from wire_by_hand import (CTI, CTI16, DEV, FALSE, HB, HELLO, KEY, NONCE, PREV0, PREV1, REL, T, TRUE, V,
+                          arr, b, case, chunk_data, i, mac0, mp, sized_event, t, topic, u, valid)
 
 
 def build_valid() -> None:
@@ -144,6 +144,21 @@ def build_valid() -> None:
           {"seq": u(78), "nonce": b(CTI16)})
     valid("time", "the cloud's signed time, echoing the time_req's nonce", "time",
           {"aud": t(DEV), "iat": u(T + 7), "seq": u(513), "nonce": b(NONCE)})
+    valid("chunk_req", "the device asks for chunk 0 of the release whose payload digest begins "
+          "with rel (SPEC §10)", "chunk_req", {"seq": u(90), "rel": b(REL), "i": u(0)})
+    valid("chunk_req_iat", "a chunk_req with iat, for chunk 41", "chunk_req",
+          {"seq": u(91), "iat": u(T + 30), "rel": b(REL), "i": u(41)})
+    valid("chunk_1536", "a chunk whose data is 1536 bytes: on dn/ota a byte string valued in the "
+          "payload's top-level map may be up to 1536 bytes (SPEC §3)", "chunk",
+          {"aud": t(DEV), "iat": u(T + 31), "seq": u(530), "rel": b(REL), "i": u(41),
+           "data": b(chunk_data(1536))})
+    valid("chunk_last_1_byte", "the last chunk of a release, 1 byte of data (the lower bound)",
+          "chunk", {"aud": t(DEV), "iat": u(T + 32), "seq": u(531), "rel": b(REL), "i": u(63),
+                    "data": b(chunk_data(1))})
+    valid("chunk_unknown_fields_bstr_1536", "a chunk with an unknown key 13 holding 1536 bytes: every "
+          "byte string valued in a dn/ota payload's top-level map has the 1536-byte bound",
+          "chunk", {"aud": t(DEV), "iat": u(T + 33), "seq": u(532), "rel": b(REL), "i": u(2),
+                    "data": b(chunk_data(8))}, extra=((u(13), b(bytes(1536))),))
 
     # bounds, at the limit
     nest = u(0)

@@ -93,7 +93,7 @@ def ascending(pairs: list[tuple[V, V]]) -> bool:
 
 TYPES = {"hello": 1, "status": 2, "heartbeat": 3, "event": 4, "alarm": 5, "sess_open": 6,
          "sess_update": 7, "sess_close": 8, "cmd_result": 9, "auth_req": 10, "time_req": 11,
-         "command": 20, "ack": 21, "time": 22}
+         "chunk_req": 12, "command": 20, "ack": 21, "time": 22, "chunk": 23}
 COMMON = {"type": 0, "aud": 3, "exp": 4, "nbf": 5, "iat": 6, "cti": 7, "seq": 8, "prev": 9}
 SESS = {"sid": 10, "payer": 11, "slot": 12, "t0": 13, "offline": 14, "auth": 15, "amount": 16,
         "cur": 17, "t1": 18, "lines": 19, "reason": 20}
@@ -112,11 +112,14 @@ FIELDS = {
     "ack": {"upto": 10, "resend": 11, "quarantined": 12},
     "time": {"nonce": 10},
     "time_req": {"nonce": 10},
+    "chunk_req": {"rel": 10, "i": 11},
+    "chunk": {"rel": 10, "i": 11, "data": 12},
 }
 SUFFIX = {"hello": "up/hello", "status": "up/status", "heartbeat": "up/hb", "event": "up/evt",
           "alarm": "up/evt", "sess_open": "up/rec", "sess_update": "up/rec",
           "sess_close": "up/rec", "cmd_result": "up/res", "auth_req": "up/req",
-          "time_req": "up/time", "command": "dn/cmd", "ack": "dn/ack", "time": "dn/time"}
+          "time_req": "up/time", "chunk_req": "up/ota", "command": "dn/cmd", "ack": "dn/ack",
+          "time": "dn/time", "chunk": "dn/ota"}
 
 
 def payload(tname: str, fields: dict[str, V],
@@ -182,6 +185,12 @@ PREV1 = hashlib.sha256(b"previous record payload").digest()[:16]
 CTI = bytes.fromhex("0f1e2d3c4b5a6978")
 CTI16 = hashlib.sha256(b"cti-16").digest()[:16]
 NONCE = bytes.fromhex("a1b2c3d4e5f60718")  # a time_req's nonce (8 bytes from os.urandom on a device)
+REL = hashlib.sha256(b"release payload").digest()[:8]  # chunk_req / chunk rel (SPEC §10)
+
+
+def chunk_data(n: int) -> bytes:
+    """n bytes of a release payload, not all alike (a chunk's data)."""
+    return bytes((k * 7 + 3) & 0xFF for k in range(n))
 
 HB = {"seq": u(42), "uptime": u(3600), "heap": u(81234), "jdepth": u(0), "clock": u(1)}
 HELLO = {"seq": u(1), "fw": t("1.0.0"), "board": t("esp32-s3"), "reset": t("power_on"),
