@@ -121,8 +121,10 @@ PURPOSES = ("entry", "exit", "vend", "rent", "return", "reauth")
 ERROR_NUMBERS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 30, 31, 32,
                  33, 34, 35, 36, 37, 40, 41, 42, 43, 44)
 SUFFIX = {1: "up/hello", 2: "up/status", 3: "up/hb", 4: "up/evt", 5: "up/evt", 6: "up/rec",
-          7: "up/rec", 8: "up/rec", 9: "up/res", 10: "up/req", 11: "up/time", 20: "dn/cmd", 21: "dn/ack",
-          22: "dn/time"}
+          7: "up/rec", 8: "up/rec", 9: "up/res", 10: "up/req", 11: "up/time", 12: "up/ota",
+          20: "dn/cmd", 21: "dn/ack", 22: "dn/time", 23: "dn/ota"}
+# SPEC §3: in a payload on dn/ota a bstr valued in the top-level map may be 1536 bytes
+MAX_STR, MAX_CHUNK = 512, 1536
 
 EDGE_UINTS = (0, 1, 23, 24, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32, U64 - 1, U64)
 EDGE_INTS = (-1, -24, -25, -128, -256, -257, -(1 << 32), -(1 << 63), -(1 << 64) + 1, -(1 << 64))
@@ -217,6 +219,12 @@ def maps(depth: int) -> st.SearchStrategy[dict[Any, Any]]:
     )
 
 
+# a chunk's data: 1..1536 bytes, often at or around the 512 and 1536 bounds
+CHUNK_DATA = st.one_of(
+    st.binary(min_size=1, max_size=32),
+    st.sampled_from((1, 511, 512, 513, 1535, 1536)).map(lambda n: bytes((k * 7) & 0xFF for k in range(n))),
+    st.tuples(st.integers(1, MAX_CHUNK), st.integers(0, 255)).map(lambda nb: bytes([nb[1]]) * nb[0]))
+
 LINES = st.lists(st.tuples(text(1, 32), bounded(MAX_COUNT), bounded(MAX_MONEY)).map(list),
                  max_size=32)
 
@@ -235,6 +243,7 @@ def _spec() -> dict[str, tuple[int, list[tuple]]]:
     sid = _f("sid", 10, True, text(1, 32))
     aud = _f("aud", 3, True, DEVICE_IDS)
     iat = _f("iat", 6, True, tm)
+    rel = _f("rel", 10, True, st.binary(min_size=8, max_size=8))
     session = [seq, prev, sid, _f("payer", 11, True, text(1, 64)), _f("slot", 12, False, u),
                _f("t0", 13, True, tm), _f("offline", 14, False, st.booleans()),
                _f("auth", 15, False, text(1, 64))]
@@ -280,6 +289,8 @@ def _spec() -> dict[str, tuple[int, list[tuple]]]:
                      _f("quarantined", 12, False, st.lists(u, max_size=16))]),
         "time_req": (11, [seq, _f("nonce", 10, True, st.binary(min_size=8, max_size=16))]),
         "time": (22, [aud, iat, seq, _f("nonce", 10, True, st.binary(min_size=8, max_size=16))]),
+        "chunk_req": (12, [iat_opt, seq, rel, _f("i", 11, True, u)]),
+        "chunk": (23, [aud, iat, seq, rel, _f("i", 11, True, u), _f("data", 12, True, CHUNK_DATA)]),
     }
 
 
@@ -299,6 +310,13 @@ class Case:
     kid: str
     topic: str
     extra: list[int] = field(default_factory=list)
+
+
+def device_seals(c: Case) -> bool:
+    """False for a message a device's codec refuses to encode: a chunk with over 512 bytes of
+    data. A device never sends a chunk, and its encoder keeps the 512-byte string bound; SPEC §3's
+    1536 is for what it receives on dn/ota."""
+    return not any(type(v) is bytes and len(v) > MAX_STR for v in c.wire.values())
 
 
 def count_items(v: Any) -> int:
