@@ -90,15 +90,16 @@ _SPEC = (
     b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x08"
     b"\x0bu\x01\x00\x00" b"\x0cB\x01\x01\x00"
 )
-# Per type, in the order above: number, first record, record count.
-_IDX = bytes((1, 0, 8, 2, 8, 3, 3, 11, 10, 4, 21, 4, 5, 25, 5, 6, 30, 11, 7, 41, 6, 8, 47, 13,
-              9, 60, 7, 10, 67, 11, 20, 78, 8, 21, 86, 6, 22, 92, 4, 11, 96, 2, 12, 98, 4,
-              23, 102, 6))
+# Per type, in the order above: number, first record, record count. A bytes literal: one
+# constant, where bytes((...)) compiled to code that builds a tuple first.
+_IDX = (b"\x01\x00\x08" b"\x02\x08\x03" b"\x03\x0b\x0a" b"\x04\x15\x04" b"\x05\x19\x05"  # 1-5
+        b"\x06\x1e\x0b" b"\x07\x29\x06" b"\x08\x2f\x0d" b"\x09\x3c\x07" b"\x0a\x43\x0b"  # 6-10
+        b"\x14\x4e\x08" b"\x15\x56\x06" b"\x16\x5c\x04" b"\x0b\x60\x02"  # 20, 21, 22, 11
+        b"\x0c\x62\x04" b"\x17\x66\x06")  # 12, 23
+# Per type: its topic's suffix; the last level (topic_suffix) is what follows "/up/" or "/dn/".
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
           "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time", "/up/time",
           "/up/ota", "/dn/ota")
-_LEVELS = ("hello", "status", "hb", "evt", "evt", "rec", "rec", "rec", "res", "req", "cmd", "ack",
-           "time", "time", "ota", "ota")
 _PREFIX = "v1/dev/"
 
 
@@ -117,7 +118,7 @@ def _row(t):
 def topic_suffix(t):
     """-> the topic's last level for type t ("hello", "rec", "cmd"...): it follows up/ or dn/."""
     i = _row(t)
-    return _LEVELS[i] if i >= 0 else None
+    return TOPICS[i][4:] if i >= 0 else None
 
 
 def _devid(b, s, e):
