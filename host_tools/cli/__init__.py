@@ -19,13 +19,13 @@ import click
 from host_tools.cli.common import (DEFAULT_BROKER, DEFAULT_REGISTRY, DEFAULT_USER, EXIT_ERROR, EXIT_USAGE,
                                    CliError, Ctx, show_error)
 
-COMMANDS = ("provision", "device", "registry", "build", "release", "flash", "journal", "cmd", "campaign", "serve", "user", "watch", "ledger", "broker", "sim", "demo")
+COMMANDS = ("provision", "device", "registry", "build", "release", "flash", "journal", "cmd", "campaign", "ota", "serve", "user", "watch", "ledger", "broker", "sim", "demo")
 
 EPILOG = """\b
 Exit codes: 0 ok; 1 error (bad input, unknown device, bad file; nothing done);
 2 usage; 3 unreachable (broker, serial port, database);
 cmd outcomes: 10 FAILED, 11 REJECTED, 12 TIMED_OUT, 13 EXPIRED;
-campaign run/status: 5 halted or cancelled, 6 still running or paused.
+campaign run/status, ota deploy/status: 5 halted or cancelled, 6 still running or paused.
 \b
 --json: one JSON object on stdout; streams (watch, logs, sim, demo) print JSON lines,
 one object per line. A failure is also a JSON object on stdout, nothing on stderr:

@@ -6,6 +6,9 @@ campaign survives a restart: `run` picks it up where it was).
     edgepay campaign run                  # the runner: until every campaign is final (--forever)
     edgepay campaign status [ID] [--json]
     edgepay campaign pause|resume|cancel ID
+Firmware update campaigns (`edgepay ota deploy`) are campaigns of the action "ota": run, status,
+pause and resume here work on them too (`edgepay ota cancel` also sends each started device
+ota_abort; `campaign cancel` does not reach the devices).
 Exit code of `run` and `status ID`: 0 done, 5 halted or cancelled, 6 still live (status only).
 """
 from __future__ import annotations
@@ -38,8 +41,13 @@ def _store(url: str, create: bool = False):
 
 
 def _engine(store, client=None):
+    """The engine with every action this CLI knows: the command campaign's and the firmware
+    update's (`edgepay ota`); without a client, stand-ins that send nothing (create, status...)."""
     from host_tools.cloud.rollout import CommandAction, Rollouts
-    return Rollouts(store, {"command": CommandAction(client)} if client is not None else {"command": _NoAction()})
+    if client is None:
+        return Rollouts(store, {"command": _NoAction(), "ota": _NoAction()})
+    from host_tools.cloud.ota_action import OtaAction, OtaProgress
+    return Rollouts(store, {"command": CommandAction(client), "ota": OtaAction(client, OtaProgress(store.db))})
 
 
 class _NoAction:
@@ -71,6 +79,54 @@ def _line(c) -> str:
 
 def _exit_for(c) -> int:
     return 0 if c.state == "done" else EXIT_LIVE if not c.final else EXIT_HALTED
+
+
+def operate(o: Ctx, store, cid: str, verb: str, client=None, action: str | None = None):
+    """pause, resume or cancel campaign `cid` (with `client`, the actions abort for real: a cancel
+    sends what their abort sends); `action`: refuse a campaign of another action. Closes nothing."""
+    from host_tools.cloud.rollout import RolloutError
+    ro = _engine(store, client)
+    try:
+        if action is not None and ro.status(cid).action != action:
+            fail(f"campaign {cid!r} is a {ro.status(cid).action} campaign, not {action}")
+        return getattr(ro, verb)(cid)
+    except RolloutError as e:
+        fail(str(e))
+
+
+def run_loop(o: Ctx, ro, store, every: float, forever: bool = False, watch: str | None = None,
+             line=None) -> list:
+    """Tick until every live campaign is final (`forever`: until interrupted), printing each change
+    (a JSON line per summary with --json, else a line on stderr); `watch`: report and wait for that
+    campaign only. The campaigns at the end (only `watch` with it)."""
+    show = line or _line
+    stop = threading.Event()
+    last: dict[str, str] = {}
+    try:
+        while True:
+            cs = ro.tick()
+            if watch is not None and not any(c.id == watch for c in cs):
+                cs = [ro.status(watch)]
+            for c in cs:
+                if watch is not None and c.id != watch:
+                    continue
+                text = show(c)
+                if last.get(c.id) != text:
+                    last[c.id] = text
+                    if o.json:
+                        o.jsonline(_summary(c))
+                    else:
+                        o.note(text)
+            if watch is not None:
+                if not forever and ro.status(watch).final:
+                    break
+            elif not forever and not store.campaigns(live_only=True):
+                break
+            if stop.wait(every):
+                break
+    except KeyboardInterrupt:
+        pass
+    return [ro.status(watch)] if watch is not None else store.campaigns()
 
 
 def register(cli: click.Group) -> None:
@@ -188,12 +244,9 @@ def register(cli: click.Group) -> None:
         @db_opt
         @click.pass_obj
         def op(o: Ctx, cid: str, db: str) -> None:
-            from host_tools.cloud.rollout import RolloutError
             store = _store(db)
             try:
-                c = getattr(_engine(store), verb)(cid)
-            except RolloutError as e:
-                fail(str(e))
+                c = operate(o, store, cid, verb)
             finally:
                 store.close()
             o.emit(_summary(c), lambda: o.console.print(_line(c)))
@@ -211,26 +264,7 @@ def register(cli: click.Group) -> None:
         store = _store(db)
         reg, client = connect(o)
         try:
-            ro = _engine(store, client)
-            stop = threading.Event()
-            last: dict[str, str] = {}
-            while True:
-                cs = ro.tick()
-                for c in cs:
-                    line = _line(c)
-                    if last.get(c.id) != line:
-                        last[c.id] = line
-                        if o.json:
-                            o.jsonline(_summary(c))
-                        else:
-                            o.note(line)
-                if not forever and not store.campaigns(live_only=True):
-                    break
-                if stop.wait(every):
-                    break
-            final = store.campaigns()
-        except KeyboardInterrupt:
-            final = store.campaigns()
+            final = run_loop(o, _engine(store, client), store, every, forever)
         finally:
             client.close()
             reg.close()
