@@ -195,3 +195,29 @@ def test_the_store_serves_only_payloads_that_match_their_manifest(tmp_path):
     assert store.get(rel) is not None and store.get(rel).chunks == 6
     with pytest.raises(ManifestError):
         read_manifest(b"\xd2\x84\x40\xa0\x40\x40")
+
+
+def test_edgepay_serve_runs_the_chunk_server_as_a_part(broker, tmp_path, monkeypatch):
+    """`edgepay serve --only chunks`: the part answers from [store] releases, in its share group."""
+    from host_tools.service.config import load
+    from host_tools.service.run import Service
+    reg = Registry(tmp_path / "registry.db")
+    key = os.urandom(32)
+    reg.add("dev1", key, "gate", "sim-gate")
+    reg.close()
+    payload = os.urandom(4000)
+    write_release(tmp_path / "releases", payload, chunk=512)
+    cfg = tmp_path / "edgepay.toml"
+    cfg.write_text(f'[broker]\nport = {broker.cloud_port}\npassword_env = "TEST_MQTT_PW"\n'
+                   f'[store]\nregistry = "{tmp_path / "registry.db"}"\nreleases = "{tmp_path / "releases"}"\n'
+                   f'[parts]\nchunks_group = "chunks-t"\n')
+    monkeypatch.setenv("TEST_MQTT_PW", USERS["cloud"])
+    svc = Service(load(cfg), only=["chunks"]).start()
+    d = StandIn(broker.port, "dev1", key, password=USERS["dev1"])
+    try:
+        assert svc.chunks is not None and svc.client is None and not svc.not_ready()
+        got = d.download(rel_of(hashlib.sha256(payload).digest()), len(payload), 512)
+        assert got == payload and svc.chunks.counts("dev1")["answered"] == 8
+    finally:
+        d.close()
+        svc.stop()

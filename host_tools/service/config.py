@@ -3,13 +3,14 @@ unit sets those), then defaults. Secrets never sit in the file: the broker passw
 token come from the environment variables the file names.
 
     [broker]   host, port, user, password_env, engine, ca_file
-    [store]    registry (a SQLite path or postgresql:// URL), ledger (the same forms)
+    [store]    registry (a SQLite path or postgresql:// URL), ledger (the same forms), releases
+               (the directory of firmware releases the chunks part serves: `edgepay release build --out`)
     [http]     host, port, token_env (the bootstrap admin's bearer token; unset: none),
                metrics_public (false: /metrics needs a viewer token), cookie_secure (true: the
                session cookie is sent over HTTPS only; false for plain-HTTP development)
-    [parts]    ingest, time, campaigns, api (booleans), ingest_group
+    [parts]    ingest, time, chunks, campaigns, api (booleans), ingest_group, chunks_group
 Environment: EDGEPAY_BROKER (host:port), EDGEPAY_MQTT_USER, EDGEPAY_MQTT_PASSWORD,
-EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_HTTP (host:port).
+EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_RELEASES, EDGEPAY_HTTP (host:port).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PARTS = ("ingest", "time", "campaigns", "api")
+PARTS = ("ingest", "time", "chunks", "campaigns", "api")
 
 
 class ConfigError(ValueError):
@@ -35,6 +36,7 @@ class ServiceConfig:
     ca_file: str | None = None
     registry: str = "edgepay/registry.db"
     ledger: str = "edgepay/ledger.db"
+    releases: str = "edgepay/releases"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     token_env: str | None = None
@@ -42,6 +44,7 @@ class ServiceConfig:
     cookie_secure: bool = True
     parts: dict[str, bool] = field(default_factory=lambda: {p: True for p in PARTS})
     ingest_group: str | None = "ingest"
+    chunks_group: str | None = "chunks"   # chunk servers in one group split the devices' requests
 
     @property
     def password(self) -> str:
@@ -79,8 +82,8 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}") from None
         known = {"broker": {"host", "port", "user", "password_env", "engine", "ca_file"},
-                 "store": {"registry", "ledger"}, "http": {"host", "port", "token_env", "metrics_public", "cookie_secure"},
-                 "parts": {*PARTS, "ingest_group"}}
+                 "store": {"registry", "ledger", "releases"}, "http": {"host", "port", "token_env", "metrics_public", "cookie_secure"},
+                 "parts": {*PARTS, "ingest_group", "chunks_group"}}
         for sec, keys in doc.items():
             if sec not in known or not isinstance(keys, dict):
                 raise ConfigError(f"{path}: unknown section [{sec}] (known: {', '.join(known)})")
@@ -92,6 +95,7 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         c.user, c.password_env = b.get("user", c.user), b.get("password_env", c.password_env)
         c.engine, c.ca_file = b.get("engine", c.engine), b.get("ca_file", c.ca_file)
         c.registry, c.ledger = s.get("registry", c.registry), s.get("ledger", c.ledger)
+        c.releases = s.get("releases", c.releases)
         c.http_host, c.http_port = h.get("host", c.http_host), int(h.get("port", c.http_port))
         c.token_env = h.get("token_env", c.token_env)
         for key in ("metrics_public", "cookie_secure"):
@@ -105,6 +109,7 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
                     raise ConfigError(f"{path}: [parts] {part} is true or false")
                 c.parts[part] = p[part]
         c.ingest_group = p.get("ingest_group", c.ingest_group) or None
+        c.chunks_group = p.get("chunks_group", c.chunks_group) or None
     if "EDGEPAY_BROKER" in env:
         c.broker_host, c.broker_port = _hostport(env["EDGEPAY_BROKER"], "EDGEPAY_BROKER")
     if "EDGEPAY_HTTP" in env:
@@ -113,4 +118,5 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
     c.engine = env.get("EDGEPAY_BROKER_ENGINE", c.engine)
     c.registry = env.get("EDGEPAY_REGISTRY", c.registry)
     c.ledger = env.get("EDGEPAY_LEDGER", c.ledger)
+    c.releases = env.get("EDGEPAY_RELEASES", c.releases)
     return c

@@ -1,5 +1,6 @@
 """The service's parts, started from one ServiceConfig: ingest (a worker in the config's group),
-the time responder, the campaign runner, and the HTTP API on uvicorn (with the webhook dispatcher). `only` starts a subset, so
+the time responder, the firmware chunk server (its own connection, in the config's chunks group),
+the campaign runner (command and firmware update campaigns), and the HTTP API on uvicorn (with the webhook dispatcher). `only` starts a subset, so
 N of each run on N machines against one PostgreSQL (ingest in a shared group; the registry's
 counter and the campaigns' conditional starts are safe across processes).
 
@@ -17,11 +18,13 @@ from typing import Iterable
 import uvicorn
 
 from host_tools.cloud.accounts import Accounts
+from host_tools.cloud.chunkserver import ChunkServer, ReleaseStore
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.heartbeats import Heartbeats, Recorder
 from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings
+from host_tools.cloud.ota_action import OtaAction, OtaProgress
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.rollout import CommandAction, Rollouts
 from host_tools.cloud.rollout_store import RolloutStore
@@ -48,6 +51,7 @@ class Service:
         self.heartbeats: Heartbeats | None = None
         self.client: CommandClient | None = None
         self.ingest: IngestWorker | None = None
+        self.chunks: ChunkServer | None = None
         self._ledger = self._rollouts = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -61,6 +65,9 @@ class Service:
             self.client = CommandClient(self.registry, self.broker).connect(timeout)
             if "time" in self.parts:
                 self.client.serve_time()
+        if "chunks" in self.parts:  # its own connection: chunk traffic never queues command results
+            self.chunks = ChunkServer.connect(self.registry, self.broker, ReleaseStore(cfg.releases),
+                                              share=cfg.chunks_group)
         if "ingest" in self.parts:
             self._ledger = open_ledger(cfg.ledger)
             self.ingest = IngestWorker(self.registry, self._ledger, self.broker, group=cfg.ingest_group).start(timeout)
@@ -70,7 +77,8 @@ class Service:
             self._rollouts = RolloutStore.open(cfg.ledger)
         if "campaigns" in self.parts:
             assert self.client is not None and self._rollouts is not None
-            ro = Rollouts(self._rollouts, {"command": CommandAction(self.client)})
+            ro = Rollouts(self._rollouts, {"command": CommandAction(self.client),
+                                           "ota": OtaAction(self.client, OtaProgress(self._rollouts.db))})
             t = threading.Thread(target=ro.run, args=(self._stop,), name="campaigns", daemon=True)
             t.start()
             self._threads.append(t)
@@ -117,6 +125,8 @@ class Service:
             out.append("broker: the command connection is down")
         if self.ingest is not None and not self.ingest._mq.client.is_connected():
             out.append("broker: the ingest connection is down")
+        if self.chunks is not None and not self.chunks.mqtt.client.is_connected():
+            out.append("broker: the chunk server's connection is down")
         return out
 
     def stop(self) -> None:
@@ -127,6 +137,8 @@ class Service:
             t.join(10)
         if self.ingest is not None:
             self.ingest.stop()
+        if self.chunks is not None:
+            self.chunks.close()
         if self.client is not None:
             self.client.close()
         for x in (self._ledger, self._rollouts, self.registry):
