@@ -166,6 +166,9 @@ class Context:
     def on_link(self, fn):  # fn(up) at every link change
         self._a.mqtt.on_state(fn)
 
+    def on_busy(self, fn):  # fn() -> True while a session is mid-way: no update installs then
+        self._a._busy = fn
+
 
 class Agent:
     def __init__(self, cfg):
@@ -187,6 +190,10 @@ class Agent:
         self.boots = store.read("boots", 0) + 1
         store.write("boots", self.boots)
         self.reset_cause = hreset.cause()
+        fw = store.read("fw")  # the release installed by an update, once confirmed
+        self.fw = fw["v"] if fw else FW_VERSION
+        self._busy = None
+        self.app_ok = False
         self.clock = Clock((cfg.get("sim") or {}).get("clock_rate", 1), self.settings)  # rate: sim only
         self.up_ms = time.ticks_ms()
         base = "v1/dev/" + dev + "/"
@@ -214,6 +221,15 @@ class Agent:
                   "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"]})
         self.mqtt = MQTTClient(b)
         self.mqtt.subscribe(t_cmd, 1, self._on_cmd, True)
+        self.updater = self._ota = None
+        from hal import ota as hota
+        self.slots = hota.slots(self.board)
+        if self.slots:
+            CAPS.append("ota")
+            self.mqtt.subscribe(base + "dn/ota", 0, self._on_chunk)
+            st = store.read("ota")
+            if st:  # an update left on flash by the last boot: what this boot is to it
+                self._ota = self._updater(st).boot()
         self.clock.attach(self.mqtt, self.signer, base)  # each service subscribes to its own topics
         self.mqtt.on_state(self._on_state)
         self.mqtt.on_error(self._mqtt_error)
@@ -273,7 +289,7 @@ class Agent:
     async def _announce(self):
         try:
             if not self._hello_sent:  # once per boot (OCPP: do not re-announce unless it changed)
-                await self.send(_T_HELLO, {_H_FW: FW_VERSION, _H_BOARD: self.board["name"],
+                await self.send(_T_HELLO, {_H_FW: self.fw, _H_BOARD: self.board["name"],
                                            _H_RESET: self.reset_cause, _H_CAPS: CAPS,
                                            _H_KIND: self.board["kind"], _H_BOOTS: self.boots})
                 self._hello_sent = True
@@ -382,7 +398,7 @@ class Agent:
         @on("get_state", needs_time=False)
         def get_state(args):
             gc.collect()
-            return {"fw": FW_VERSION, "board": self.board["name"], "kind": self.board["kind"],
+            return {"fw": self.fw, "board": self.board["name"], "kind": self.board["kind"],
                     "uptime": self.uptime(), "heap": gc.mem_free(), "heap_used": gc.mem_alloc(), "clock": 1 if self.clock.trusted() else 0,
                     "seq": self.seq.value, "cmd_seq": self.cmds.last_seq, "boots": self.boots,
                     "reset": self.reset_cause, "display": self.display.text, "jdepth": self.jdepth(),
@@ -420,6 +436,53 @@ class Agent:
                 raise CommandError("bad_args", "delay")
             return None, lambda: asyncio.create_task(self._reboot(delay))
 
+        @on("ota")
+        def ota_cmd(args):
+            if not self.slots:
+                raise CommandError("unsupported")
+            raw = args.get(1)
+            if type(raw) is not bytes:
+                raise CommandError("bad_args", "manifest")
+            u = self._updater()
+            import release
+            try:
+                return {"st": u.offer(raw)}
+            except release.ReleaseError as e:
+                asyncio.create_task(u.event("failed", why=e.code, v="", seq=0))
+                raise CommandError("refused", e.code)
+
+        @on("ota_abort")
+        def ota_abort(args):
+            u = self.updater
+            st = u.abort() if u else "none"
+            if st is None:
+                raise CommandError("refused", "installed")
+            return {"st": st}
+
+    # ---- firmware update (ota.py, imported only when an update is in hand) -----------------
+    def _updater(self, st=None):
+        if self.updater is None:
+            import ota
+            self.updater = ota.Updater(self, self.slots, st)
+        return self.updater
+
+    def _on_chunk(self, topic, data, retain, dup):
+        u = self.updater
+        if u is not None:
+            p = self.signer.open_dn(topic, data)
+            if p is not None:
+                u.on_chunk(p)
+
+    def busy(self):
+        return self._busy() if self._busy else False
+
+    def self_test(self):
+        """A trial release keeps itself only if this holds: its journal opened and its app started."""
+        return self.journal_error is None and (self.app_ok or not self.board.get("peripherals"))
+
+    async def restart(self):
+        await self._reboot(0)
+
     def _hardware(self):
         """Build the board's peripherals (None on a board without them)."""
         if not self.board.get("peripherals"):
@@ -454,6 +517,7 @@ class Agent:
             __import__(app)
             import sys
             sys.modules[app].setup(Context(self, self._hardware()))
+            self.app_ok = True
         _pace_gc()
         wdt = Watchdog(wdt_ms)
         self.mqtt.start()
@@ -462,6 +526,8 @@ class Agent:
         asyncio.create_task(self.clock.run(self.mqtt, self.send))
         if self.uplink:
             asyncio.create_task(self.uplink.run())
+        if self._ota:
+            self.updater.start(self._ota)
         log("agent", self.device, "boot", self.boots, "reset", self.reset_cause)
         while True:  # the loop that proves the event loop is alive
             wdt.feed()

@@ -35,9 +35,12 @@ SETTINGS = {
     "cmd_ttl_s": (10, 604800),  # a command's exp - iat at most this (SPEC §5)
     "clock_skew_s": (0, 3600),  # a command's iat at most this far ahead of the device's clock
     "time_s": (5, 86400),       # ask the cloud's time this often (and at each connect)
+    "ota_defer_s": (10, 604800),  # an update waits at most this for a moment nothing is in progress
+    "ota_confirm_s": (10, 3600),  # a trial release must reach the cloud within this, or roll back
 }
 DEFAULTS = {"hb_s": 30, "keepalive_s": 30, "backoff_min_ms": 500, "backoff_max_ms": 30000, "cmd_window": 16,
-            "cmd_ttl_s": 600, "clock_skew_s": 120, "time_s": 600}
+            "cmd_ttl_s": 600, "clock_skew_s": 120, "time_s": 600,
+            "ota_defer_s": 3600, "ota_confirm_s": 120}
 
 
 def load(path="config.json"):

@@ -116,13 +116,15 @@ class Release:
 
 def build_release(board: dict, version: str, seq: int, key: Ed25519PrivateKey, *, chunk: int = 1024,
                   window: tuple[int, int] | None = None, from_version: str | None = None,
-                  allow_lower: bool = False) -> Release:
+                  allow_lower: bool = False, root: Path | None = None) -> Release:
+    """The signed release of `board`'s bundle, compiled from `root` (the firmware tree, firmware/
+    by default: another tree for a test release that must fail)."""
     if board.get("mcu") == "esp32" and not board.get("sim"):
         raise ReleaseError(f"{board['name']}: an ESP32 release carries an OTA image of the MicroPython port with "
                            "the bundle frozen in (format 'image'); that needs the port's own build, not made here yet")
     with tempfile.TemporaryDirectory(prefix="edgepay-release-") as tmp:
-        root = build_bundle(board, Path(tmp)).out / "bundle"
-        files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        out = (build_bundle(board, Path(tmp), root) if root else build_bundle(board, Path(tmp))).out / "bundle"
+        files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     payload = pack(files)
     m = Manifest(board=board["name"], kind=board["kind"], version=version, seq=seq, size=len(payload),
                  sha256=hashlib.sha256(payload).digest(), chunk=chunk, journal=JOURNAL_FORMAT, format="bundle",

@@ -125,7 +125,8 @@ def test_builtin_commands(env):
     assert env.c.send("dev1", "get_state").data["display"] == "Welcome"
     assert env.c.send("dev1", "display", {1: 5}).code == "bad_args"
     assert env.c.send("dev1", "frobnicate").code == "unsupported"
-    assert env.c.send("dev1", "ota", {1: b"manifest"}).code == "unsupported"
+    r = env.c.send("dev1", "ota", {1: b"manifest"})  # not a signed manifest: nothing is written
+    assert (r.code, r.data) == ("refused", {"why": "bad_manifest"})
 
     r = env.c.send("dev1", "reboot")
     assert r.state is State.SUCCEEDED

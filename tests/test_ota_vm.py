@@ -9,6 +9,7 @@ import pytest
 
 from host_tools.cloud.chunkserver import ChunkServer, ReleaseStore
 from host_tools.protocol.manifest import Manifest, sign_manifest
+from host_tools.protocol.schema import SESS_CLOSE
 from host_tools.sim import bootloader
 from tests.otakit import Releases, ota_events, wait_state
 
@@ -71,7 +72,7 @@ def test_a_release_installs_as_a_trial_is_confirmed_and_money_survives(ota):
     assert bootloader.decide(b.dir, b.flash_config())[0] == "ota_0"  # kept: the next boot too
     car(b, "exit", "A12345")                     # the car parked before the update leaves, charged
     recs = site.wait_records(DEV, 2)
-    assert recs[-1].type == "sess_close" and recs[-1].sid == recs[0].sid
+    assert recs[-1].type == SESS_CLOSE and recs[-1].sid == recs[0].sid
     assert not site.svc.flags(DEV)
     n = cs.counts(DEV)
     assert n["answered"] >= -(-len(r.payload) // r.manifest.chunk)
@@ -114,6 +115,7 @@ def test_every_refusal_writes_nothing_and_the_device_keeps_serving(ota):
     assert bootloader.read_records(b.dir, b.flash_config()) == [None, None]  # no boot record written
     assert cs.counts(DEV)["requests"] == 0                                   # not one chunk asked
     assert site.cmd(DEV, "get_state").ok
+    site.svc.bind("B77777", "acct-2")
     car(b, "entry", "B77777")  # still serving
     site.wait_records(DEV, 1)
 

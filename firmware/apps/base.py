@@ -76,6 +76,18 @@ class SessionApp:
         on("cancel_session")(self._cancel)
         ctx.on_link(self._link)
 
+    REST = ("idle",)  # the machine states in which nothing is in progress
+
+    def busy(self):
+        """A session mid-way (an authorisation awaited, a barrier, door or slot in motion or
+        open): an update waits (SPEC §10). A parked car or a rental out is at rest."""
+        if self._waits:
+            return True
+        for m in self.machines():
+            if m.state not in self.REST:
+                return True
+        return False
+
     def new_sid(self):
         return "%s-%d-%d" % (self.ctx.device[-8:], self.ctx.boots, self.sids.next())
 
@@ -426,4 +438,5 @@ def setup_app(ctx, cls):
         cx.data = {}
         cx.save()
     app.start()
+    ctx.on_busy(app.busy)
     return app

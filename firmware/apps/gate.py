@@ -67,6 +67,9 @@ class GateApp(SessionApp):
         # board's rate is 1: 1.5 s.
         self.hold_ms = HOLD_MS // ctx.rate
 
+    def machines(self):
+        return self.lanes.values()
+
     def start(self):
         for lane, m in self.lanes.items():
             self._resume(lane, m)

@@ -64,6 +64,7 @@ class Slot(Machine):
 
 class RentalApp(SessionApp):
     NKEY = "rent_n"
+    REST = ("stocked", "empty")
 
     def __init__(self, ctx, hw):
         super().__init__(ctx, hw)

@@ -38,6 +38,9 @@ class VendingApp(SessionApp):
         self.m = Machine(self, "door", TABLE, "idle")
         self._wait_inv = False  # a settlement waits for the reader's first inventory since boot
 
+    def machines(self):
+        return (self.m,)
+
     def start(self):
         m = self.m
         c, typ = m.committed(), m.data.get("pend_t")
