@@ -436,7 +436,7 @@ class Agent:
                 raise CommandError("bad_args", "delay")
             return None, lambda: asyncio.create_task(self._reboot(delay))
 
-        @on("ota")
+        @on("ota")  # a board without update slots: unsupported (ota.py is never imported there)
         def ota_cmd(args):
             if not self.slots:
                 raise CommandError("unsupported")
@@ -473,15 +473,9 @@ class Agent:
             if p is not None:
                 u.on_chunk(p)
 
-    def busy(self):
-        return self._busy() if self._busy else False
-
     def self_test(self):
         """A trial release keeps itself only if this holds: its journal opened and its app started."""
         return self.journal_error is None and (self.app_ok or not self.board.get("peripherals"))
-
-    async def restart(self):
-        await self._reboot(0)
 
     def _hardware(self):
         """Build the board's peripherals (None on a board without them)."""

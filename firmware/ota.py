@@ -35,7 +35,7 @@ class Updater:
         if "v" not in kw:
             kw["v"] = st.get("v", "")
             kw["seq"] = st.get("seq", 0)
-        log("ota", state, kw.get("why", ""))
+        log("ota", kw)
         try:  # QoS 1, but never held up for long by a link that is down
             await asyncio.wait_for_ms(self.a.send(_T_EVT, {10: "ota", 11: kw}, 1), 10000)
         except Exception as e:  # the link is stopping: the state is on flash, the cloud asks again
@@ -46,11 +46,7 @@ class Updater:
 
     def _drop(self):
         self.st = None
-        try:
-            import os
-            os.remove(store.ROOT + "ota")
-        except OSError:
-            pass
+        self._save()  # null: no update in hand
 
     async def _fail(self, why):
         await self.event("failed", why=why)
@@ -63,15 +59,12 @@ class Updater:
         import release
         a = self.a
         cfg = a.cfg.get("ota") or {}
-        try:
-            trusted = {unhexlify(k): unhexlify(v) for k, v in (cfg.get("keys") or {}).items()}
-            revoked = [unhexlify(k) for k in cfg.get("revoked") or ()]
-        except Exception:
-            raise release.ReleaseError("unknown_key", "config")
-        m = release.open_manifest(raw, trusted, revoked)
+        # provisioned (host_tools/sim/provision.py, edgepay provision): {"keys": {kid: pub}, "revoked": [kid]}
+        m = release.open_manifest(raw, {unhexlify(k): unhexlify(v) for k, v in (cfg.get("keys") or {}).items()},
+                                  [unhexlify(k) for k in cfg.get("revoked") or ()])
         sha = hexlify(m.sha256).decode()
         st = self.st
-        if st and st["sha"] == sha and st["seq"] == m.seq:
+        if st and st["sha"] == sha:
             return st["st"]  # the same release again: where it is
         if st and st["st"] == "inst":
             raise release.ReleaseError("installed")  # a trial runs: it is confirmed or rolled back first
@@ -135,8 +128,7 @@ class Updater:
             else:
                 if self.st["st"] == "dl":
                     await self.event("signature_verified")
-                    if not await self._download():
-                        return
+                    await self._download()
                 if await self._verify():
                     await self._install()
         except asyncio.CancelledError:
@@ -172,8 +164,6 @@ class Updater:
         rel = unhexlify(st["sha"][:16])
         n = st["n"]
         wait = 1000
-        if n:
-            await self.event("downloading", n=n, of=total)
         while n < total:
             if not self.a.mqtt.up:
                 await asyncio.sleep_ms(200)
@@ -202,7 +192,6 @@ class Updater:
         st["st"] = "staged"
         self._save()
         await self.event("downloaded")
-        return True
 
     def _slot(self):
         p = self.s.next_update()
@@ -244,7 +233,8 @@ class Updater:
             now = self.a.clock.now()
             if now is None or not w[0] <= now < w[1]:
                 return "outside_window"
-        if self.a.busy():
+        b = self.a._busy  # the app's (Context.on_busy)
+        if b and b():
             return "busy"
         return None
 
@@ -271,7 +261,7 @@ class Updater:
         self._save()  # first: a cut after the switch boots a trial that knows it is one
         self.s.set_boot(p, st["size"], unhexlify(st["sha"]))
         await self.event("installed")
-        await self.a.restart()
+        await self.a._reboot(0)
 
     # ---- trial ------------------------------------------------------------------------------
     async def _trial(self):
@@ -286,7 +276,7 @@ class Updater:
             self.st["why"] = why
             self._save()
             log("ota trial failed", why)
-            await a.restart()  # unconfirmed: the boot loader boots the previous slot
+            await a._reboot(0)  # unconfirmed: the boot loader boots the previous slot
             return
         self.s.mark_valid()
         store.write("fw", {"seq": self.st["seq"], "v": self.st["v"]})

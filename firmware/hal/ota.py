@@ -28,9 +28,6 @@ class _Esp:
     def running(self):
         return self.r.info()[4]
 
-    def trial(self):
-        return None
-
     def next_update(self):
         p = self.u
         bs = p.ioctl(5, 0)

@@ -158,14 +158,10 @@ def _chip(fc, extra):
                     cut_at=cut, tear=tear)
 
 
-def ota_blocks(fc):
-    return fc.get("ota_blocks", OTA_BLOCKS)
-
-
 def ota_dev(fc):
     """otadata (2 blocks) then ota_0, ota_1, after the main filesystem: one partition of the chip,
     so a power cut strikes update writes as it strikes the journal's."""
-    n = 2 + 2 * ota_blocks(fc)
+    n = 2 + 2 * OTA_BLOCKS
     return Part(chip or _chip(fc, FS_BLOCKS + n), fc.get("blocks", 128) + FS_BLOCKS, n)
 
 
@@ -181,7 +177,7 @@ def mount_fs(fc, mount, mcu=""):
     heap more than the board holds). Other boards keep the journal's read and program sizes."""
     global chip
     from hal import reset
-    c = chip = _chip(fc, FS_BLOCKS + 2 + 2 * ota_blocks(fc))  # the update slots after the fs
+    c = chip = _chip(fc, FS_BLOCKS + 2 + 2 * OTA_BLOCKS)  # the update slots after the fs
     c.on_cut = reset.power_off  # pyright: ignore[reportAttributeAccessIssue]  (a cut kills the whole board)
     rs, ps = (32, 32) if mcu[:5] == "esp32" else (128, 16)
     return mount(Part(c, fc.get("blocks", 128), FS_BLOCKS), rs, ps, "/fs") + "/"

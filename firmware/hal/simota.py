@@ -13,7 +13,7 @@ TRIAL, VALID = 0xFC, 0xF8  # state bytes; 0xFF/0xFE new, any other aborted
 
 class Slots:
     def __init__(self, fc):
-        self.d, self.n, self.bs = simflash.ota_dev(fc), simflash.ota_blocks(fc), fc.get("block_size", 4096)
+        self.d, self.n, self.bs = simflash.ota_dev(fc), simflash.OTA_BLOCKS, fc.get("block_size", 4096)
 
     def _recs(self):
         # the records that check, newest first: (seq, slot, state, otadata block)

@@ -54,7 +54,7 @@ def layout(board_dir: str | Path, fc: dict) -> Layout:
     """Where a board with flash config `fc` (its board's "flash") keeps otadata and its slots."""
     bs = int(fc.get("block_size", 4096))
     return Layout(Path(board_dir) / fc.get("dir", ".") / "flash.bin", bs,
-                  int(fc.get("blocks", 128)) + FS_BLOCKS, int(fc.get("ota_blocks", OTA_BLOCKS)))
+                  int(fc.get("blocks", 128)) + FS_BLOCKS, OTA_BLOCKS)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ if req.get("mount"):  # as the firmware boots: the main fs mounted first, its ch
     flash.mount_fs(cfg)
     print(json.dumps({"mounted": simflash.chip.stats()}))
 else:
-    simflash.chip = simflash._chip(fc, simflash.FS_BLOCKS + 2 + 2 * simflash.ota_blocks(fc))
+    simflash.chip = simflash._chip(fc, simflash.FS_BLOCKS + 2 + 2 * simflash.OTA_BLOCKS)
 out = []
 cut = None
 
