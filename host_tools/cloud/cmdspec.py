@@ -62,7 +62,9 @@ COMMANDS: dict[str, tuple[tuple[Arg, ...] | None, str]] = {
     "set_policy": ((_a(1, "version", "uint"), _a(2, "cur", "cur"), _a(3, "per_payer_cap", "uint"),
                     _a(4, "total_cap", "uint"), _a(5, "max_sessions", "uint"), _a(6, "max_duration_s", "uint")),
                    "the offline risk policy"),
-    "ota": ((_a(1, "manifest", "bstr"),), "placeholder: answers unsupported in v1"),
+    "ota": ((_a(1, "manifest", "bstr"),),
+            "start a firmware update from a signed release manifest (a campaign: edgepay ota deploy)"),
+    "ota_abort": ((), "drop an update not yet installed (the staged slot is never booted)"),
 }
 
 # Commands that act on the world: open a barrier, door or slot (open, paid, a granted auth), end a
