@@ -5,6 +5,8 @@ confirmed only once the cloud answers; refusals that write nothing; releases tha
 self-test or crash at import roll back by themselves; money survives every step."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from host_tools.cloud.chunkserver import ChunkServer, ReleaseStore
@@ -157,3 +159,26 @@ def test_a_trial_that_fails_rolls_back_by_itself(ota, fault, why):
     e = wait_state(site.w, DEV, "rolled_back", 30)
     assert e["why"] == why and e["v"] == "0.5.0"
     assert site.cmd(DEV, "get_state").data["fw"] == "0.1.0"
+
+
+def test_an_install_waits_for_a_car_mid_passage_then_proceeds(ota):
+    site, rel, cs = ota
+    site.svc.bind("C55555", "acct-3")
+    b = gate(site, rel)
+    hw = b.hw
+    hw.set_input("entry_loop", 1)
+    hw.scan("entry_camera", "C55555")
+    hw.wait_output("entry_barrier", "open", 10)      # the car is under the barrier: mid-passage
+    assert deploy(site, rel.build("sim-gate", "0.6.0", 6)).ok
+    e = wait_state(site.w, DEV, "deferred", 60)
+    assert e["why"] == "busy"
+    time.sleep(2)
+    states = [x["st"] for x in ota_events(site.w, DEV)]
+    assert "installing" not in states and b.running   # a gate mid-passage never reboots
+    hw.set_input("entry_loop", 0)                      # it has passed: the barrier closes
+    hw.wait_output("entry_barrier", "closed", 10)
+    wait_state(site.w, DEV, "installed", 30)
+    reboot_into(site, b)
+    wait_state(site.w, DEV, "confirmed", 60)
+    recs = site.wait_records(DEV, 1)                   # the entry's record, journaled before the update
+    assert recs[0].payer == "C55555"
