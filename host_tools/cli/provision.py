@@ -145,6 +145,24 @@ def _is_ip(h: str, ipaddress) -> bool:
         return False
 
 
+def release_keys(paths: tuple[Path, ...]) -> dict | None:
+    """The config's "ota" section (SPEC §10): the release public keys a device trusts, by kid."""
+    if not paths:
+        return None
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from host_tools.protocol.manifest import key_id
+    from host_tools.release import ReleaseError, load_public
+    keys = {}
+    for p in paths:
+        try:
+            pub = load_public(p)
+        except ReleaseError as e:
+            fail(str(e))
+        keys[key_id(pub).hex()] = pub.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    return {"keys": keys, "revoked": []}
+
+
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.argument("device")
@@ -165,11 +183,14 @@ def register(cli: click.Group) -> None:
                   help="a file holding the Wi-Fi password (owner-only; never printed)")
     @click.option("--key-version", type=click.IntRange(min=1), default=1, show_default=True)
     @click.option("--show-key", is_flag=True, help="print the device key (it is never printed otherwise)")
+    @click.option("--release-pub", "release_pubs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="a release public key the device trusts for firmware updates (repeat: two, so the "
+                       "release key can be rotated; edgepay release keygen)")
     @click.pass_obj
     def provision(o: Ctx, device: str, board_name: str, out: Path | None, broker_dir: Path,
                   device_broker: str | None, tls: bool, tls_host: tuple[str, ...], cert_days: int,
                   wifi_ssid: str | None, wifi_password_file: Path | None, key_version: int,
-                  show_key: bool) -> None:
+                  show_key: bool, release_pubs: tuple[Path, ...]) -> None:
         """Give DEVICE its identity: key, config.json, broker credentials, registry entry."""
         from host_tools.cloud.registry import DEVICE_ID, RegistryError
         if not DEVICE_ID.fullmatch(device):
@@ -187,6 +208,7 @@ def register(cli: click.Group) -> None:
             o.note(f"[yellow]warning:[/] --device-broker {host}: on {board['name']} that is the board itself, "
                    "not this machine; give the address the board reaches the broker at")
         wifi = read_wifi(wifi_ssid, wifi_password_file)
+        ota = release_keys(release_pubs)
         out = Path(out) if out is not None else Path("edgepay") / "devices" / device
         if (out / "config.json").exists():
             fail(f"{out / 'config.json'} exists: {device} looks provisioned already (remove it first)")
@@ -208,6 +230,8 @@ def register(cli: click.Group) -> None:
             cfg["wdt_ms"] = board["wdt_ms"]
         if wifi:
             cfg["wifi"] = wifi
+        if ota:
+            cfg["ota"] = ota
         tls_files = None
         if tls:
             tls_files = tls_material(broker_dir, out, device, list(tls_host) or [host], cert_days, o)
@@ -229,7 +253,8 @@ def register(cli: click.Group) -> None:
                   "config": str(out / "config.json"), "registry": str(o.registry),
                   "passwd": str(broker_dir / "passwd"), "acl": str(broker_dir / "acl"),
                   "broker": f"{host}:{port}", "tls": tls_files,
-                  "wifi": {"ssid": wifi["ssid"]} if wifi else None}  # the password: never
+                  "wifi": {"ssid": wifi["ssid"]} if wifi else None,  # the password: never
+                  "release_keys": sorted(ota["keys"]) if ota else []}
         if show_key:
             result["key"] = key.hex()
 
@@ -248,6 +273,12 @@ def register(cli: click.Group) -> None:
             if "reloaded" in reload:
                 c.print(f"  reloaded  the broker (mosquitto pid {reload['reloaded']}, SIGHUP): it knows {device} now")
             c.print(f"next: edgepay flash --board {board['name']} --port PORT --config {out / 'config.json'}")
+        if not ota and not o.json:  # under --json: release_keys [] says it
+            o.note("[yellow]note:[/] no --release-pub: this device refuses every firmware update (unknown_key) "
+                   "until it is provisioned again with release keys")
+        elif ota and len(ota["keys"]) < 2 and not o.json:
+            o.note("[yellow]note:[/] one release key: give two (--release-pub twice) so the release key can be "
+                   "rotated without a site visit")
         if "reload" in reload:  # stderr, also under --json: a step the user must take
             o.note(f"[yellow]warning:[/] Mosquitto (pid {', '.join(map(str, reload['pids']))}) reads "
                    f"{broker_dir / 'passwd'} and refuses {device} (CONNACK 5, not authorised) until it rereads "
