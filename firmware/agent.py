@@ -447,8 +447,7 @@ class Agent:
             import release
             try:
                 return {"st": u.offer(raw)}
-            except release.ReleaseError as e:
-                asyncio.create_task(u.event("failed", why=e.code, v="", seq=0))
+            except release.ReleaseError as e:  # the result says why; an update in hand goes on
                 raise CommandError("refused", e.code)
 
         @on("ota_abort")

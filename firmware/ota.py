@@ -32,9 +32,8 @@ class Updater:
     async def event(self, state, **kw):
         st = self.st or {}
         kw["st"] = state
-        if "v" not in kw:
-            kw["v"] = st.get("v", "")
-            kw["seq"] = st.get("seq", 0)
+        kw["v"] = st.get("v", "")
+        kw["seq"] = st.get("seq", 0)
         log("ota", kw)
         try:  # QoS 1, but never held up for long by a link that is down
             await asyncio.wait_for_ms(self.a.send(_T_EVT, {10: "ota", 11: kw}, 1), 10000)

@@ -30,7 +30,7 @@ FORMATS = ("bundle", "image")
 
 class ReleaseError(Exception):
     def __init__(self, code, detail=""):
-        super().__init__(code + ": " + detail if detail else code)
+        super().__init__(code)
         self.code = code
         self.detail = detail
 

@@ -112,8 +112,7 @@ def test_every_refusal_writes_nothing_and_the_device_keeps_serving(ota):
     assert site.cmd(DEV, "ota", {1: "not bytes"}).code == "bad_args"
     assert site.cmd(DEV, "ota", {}).code == "bad_args"
     assert site.cmd(DEV, "ota_abort").data == {"st": "none"}
-    failed = [e for e in ota_events(site.w, DEV) if e["st"] == "failed"]
-    assert sorted(e["why"] for e in failed) == sorted(cases)
+    assert ota_events(site.w, DEV) == []  # the results say why; no update was in hand
     assert bootloader.read_records(b.dir, b.flash_config()) == [None, None]  # no boot record written
     assert cs.counts(DEV)["requests"] == 0                                   # not one chunk asked
     assert site.cmd(DEV, "get_state").ok

@@ -27,7 +27,7 @@ from host_tools.cli.campaign import DEFAULT_DB, _engine, _exit_for, _store, _sum
 from host_tools.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, Ctx, fail
 
 ACTION = "ota"
-DEFAULT_TIMEOUT_S = 1800.0   # a download, a deferred install, a reboot and the trial's confirmation
+DEFAULT_TIMEOUT_S = 5400.0   # a download, an install deferred up to ota_defer_s (3600), a reboot, the trial's confirmation
 DONE_STATES = ("downloaded", "deferred", "installing", "installed", "confirmed")   # past the download
 
 

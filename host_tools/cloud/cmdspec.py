@@ -69,7 +69,7 @@ COMMANDS: dict[str, tuple[tuple[Arg, ...] | None, str]] = {
 
 # Commands that act on the world: open a barrier, door or slot (open, paid, a granted auth), end a
 # customer's session, restart the device. The HTTP API sends one only with an explicit confirmation.
-ACTUATING = frozenset({"open", "paid", "auth", "cancel_session", "reboot"})
+ACTUATING = frozenset({"open", "paid", "auth", "cancel_session", "reboot", "ota"})  # ota: ends in a reboot
 
 
 class ArgProblem(ValueError):
