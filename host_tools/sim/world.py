@@ -17,7 +17,10 @@ What runs (all on loopback, in a private directory):
   (`restart_cloud` stops and starts the cloud side on it);
 - per device: a SimBoard (the firmware on the MicroPython VM, its board file sim-gate /
   sim-vending / sim-rental), its SimPeripherals, optionally behind the site's FaultyProxy (one
-  proxy for the site's uplink: `partition` cuts every device behind it).
+  proxy for the site's uplink: `partition` cuts every device behind it); a board whose firmware
+  resets itself (exit 4: an update's install or trial) is booted again, reset cause "soft";
+- firmware updates (`updates`, host_tools/sim/updates.py): the site's release key, trusted by
+  every board it provisions, the chunk server, and campaigns through the rollout engine.
 
 The simulated clock (`SimClock`) starts at `start` (a fixed Monday 08:00 UTC by default) and runs
 `rate` times real time. The cloud follows it: the session service (and the commands it signs) and
@@ -57,12 +60,14 @@ from host_tools.cloud.sessions import SessionService
 from host_tools.cloud.timeserver import TimeServer
 from host_tools.provision import ensure_acl, update_passwd, update_passwd_many
 from host_tools.protocol import ProtocolError, open_message
+from host_tools.sim.board import EXIT_REBOOT
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.peripherals import SimPeripherals
 from host_tools.sim.provision import provision_sim
 from host_tools.sim.reconcile import reconcile
 from host_tools.sim.simclock import START, SimClock
 from host_tools.sim.simdevice import SimDevice, _Gate, _Hold
+from host_tools.sim.updates import SiteUpdates
 
 __all__ = ["World", "SimClock", "SimDevice", "ExternalBroker", "START", "PARKING", "VENDING", "RENTAL",
            "TARIFFS", "POLICY", "_Gate", "_Hold"]
@@ -145,6 +150,12 @@ class World:
         self._threads: list[threading.Thread] = []
         self._keys: dict[str, Any] = {}
         self.proxy: FaultyProxy | None = None
+        self.updates: SiteUpdates | None = None
+        self.reboots = 0
+        self.fw: dict[str, str] = {}                  # device -> the release its last hello named
+        self._life: dict[str, threading.Lock] = {}   # device -> held while its VM is killed or started
+        self._rebooting: set[str] = set()             # devices booting again after a reset of their own
+        self._boot_hooks: dict[str, list[Callable[[], None]]] = {}
         self.started = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -159,19 +170,21 @@ class World:
         self.host = host
         self.cloud_broker = BrokerSettings(host, self.broker.cloud_port, user, pw)  # every cloud worker's
         self.registry = Registry(self.root / "registry.db")
+        self.updates = SiteUpdates(self)  # the release key first: every board provisioned trusts it
         self.provider = ScriptedProvider(clock=self.clock, default_credit=self.credit)
         self._start_cloud()
         self.mq = CloudMQTT(self.cloud_broker)
         # Only what _on_up reads: with up/# this connection also had a copy of every record, result
         # and time_req, and the broker delivers a message once per matching filter, so the
         # TimeServer's up/time on the same connection answered every request twice.
-        for suffix in ("status", "hb", "evt"):
+        for suffix in ("status", "hb", "evt", "hello"):
             self.mq.subscribe(f"v1/dev/+/up/{suffix}", self._on_up, qos=1)
         self.time = TimeServer(self.registry, self.mq, clock=self.clock)
         self.mq.connect()
+        self.updates.start()
         if self.use_proxy:
             self.proxy = FaultyProxy(self.broker.port, host, seed=self.seed)
-        for fn, name in ((self._tail, "console"),):
+        for fn, name in ((self._tail, "console"), (self._resets, "resets")):
             t = threading.Thread(target=fn, name=f"world-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -214,10 +227,13 @@ class World:
     def close(self) -> None:
         self._stop.set()
         for d in self.devices.values():
-            d.board.kill()
+            with self._life_lock(d.name):  # no reset of its own boots it again after this
+                d.board.kill()
             d.hw.close()
         for t in self._threads:
             t.join(timeout=2)
+        if self.updates is not None:
+            self.updates.close()
         if not self.started:
             return
         self._stop_cloud()
@@ -280,10 +296,11 @@ class World:
         hw = SimPeripherals()
         port = self.proxy.port if (proxied and self.proxy) else None
         rate = int(round(self.rate))
+        extra: dict[str, Any] = {"ota": self.updates.trust} if self.updates is not None else {}
         b = provision_sim(self.broker, self.registry, self.root / "boards", name, board_file=f"sim-{kind}",
                           peripherals=hw, clock_rate=rate if rate > 1 else None, broker_port=port,
                           heapsize=self.heapsize,
-                          settings={"cmd_ttl_s": self.cmd_ttl, "clock_skew_s": self.skew_s})
+                          settings={"cmd_ttl_s": self.cmd_ttl, "clock_skew_s": self.skew_s}, **extra)
         b.echo = self.echo
         d = SimDevice(name, kind, b, hw, bool(port))
         with self._lock:
@@ -351,20 +368,87 @@ class World:
         again; waits (between the device's actions) until it is back with a trusted clock."""
         d = self.devices[device]
         with d.gate.exclusive():
-            start = len(d.board.lines)
-            hellos = d.hw.hellos
-            d.board.kill()
-            d.link = "power off"
-            d.power_cuts += 1
-            self.power_cuts += 1
-            self.event(device, "power cut", "SIGKILL: the board loses power")
-            time.sleep(off_s)
-            d.board.restart()
-            d.link = "booting"
+            with self._life_lock(device):
+                start = len(d.board.lines)
+                hellos = d.hw.hellos
+                d.board.kill()
+                d.link = "power off"
+                d.power_cuts += 1
+                self.power_cuts += 1
+                self.event(device, "power cut", "SIGKILL: the board loses power")
+                time.sleep(off_s)
+                d.board.restart()
+                d.link = "booting"
             d.board.wait_for("online", timeout, start=start)
             d.hw.wait_connected(timeout, after=hellos)
             self._trust(d, start, timeout)
+            self._booted(device)
             self.event(device, "power back", f"boot {d.board.boots}: resumed from flash")
+
+    def on_boot(self, device: str, fn: Callable[[], None]) -> None:
+        """Call `fn` each time the device is back after a power cut or a reset of its own, before
+        the actors may act on it: what its peripherals do by themselves at power-up (a cabinet's
+        RFID reader reports the inventory; the sim peripherals replay held inputs, not scans)."""
+        with self._lock:
+            self._boot_hooks.setdefault(device, []).append(fn)
+
+    def _booted(self, device: str) -> None:
+        with self._lock:
+            hooks = list(self._boot_hooks.get(device, ()))
+        for fn in hooks:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001
+                self.event(device, "error", f"after boot: {e!r}"[:200])
+
+    def _life_lock(self, device: str) -> threading.Lock:
+        with self._lock:
+            return self._life.setdefault(device, threading.Lock())
+
+    def booting(self, device: str) -> bool:
+        """Whether the device is down or booting after a reset of its own (not yet back with a
+        trusted clock)."""
+        with self._lock:
+            return device in self._rebooting
+
+    # ---- resets of the firmware's own ------------------------------------------------------
+    def _resets(self) -> None:
+        """A board whose firmware ended with exit 4 (it asked for a reset: an update's install, a
+        trial that failed) boots again, as the chip would. Only exit 4: a power cut (SIGKILL) is
+        power_cut's to restore, and a clean stop (0) or a bad config (3) stays down."""
+        while not self._stop.wait(0.05):
+            with self._lock:
+                devs = [d for d in self.devices.values() if d.name not in self._rebooting]
+            for d in devs:
+                if d.board.returncode == EXIT_REBOOT:
+                    with self._lock:
+                        self._rebooting.add(d.name)
+                    threading.Thread(target=self._soft_reset, args=(d,), name=f"world-reset-{d.name}",
+                                     daemon=True).start()
+
+    def _soft_reset(self, d: SimDevice, timeout: float = 30.0) -> None:
+        try:
+            with self._life_lock(d.name):
+                if self._stop.is_set() or d.board.returncode != EXIT_REBOOT:
+                    return  # closing, or a power cut got there first and booted it
+                start = len(d.board.lines)
+                hellos = d.hw.hellos
+                d.link = "rebooting"
+                self.reboots += 1
+                self.event(d.name, "reboot", "the firmware reset itself (exit 4): booting again")
+                d.board.start(reset_cause="soft")
+                d.link = "booting"
+            d.board.wait_for("online", timeout, start=start)
+            d.hw.wait_connected(timeout, after=hellos)
+            self._trust(d, start, timeout)
+            self._booted(d.name)
+            self.event(d.name, "rebooted", f"boot {d.board.boots} ({d.board.booted}): online, clock set")
+        except Exception as e:  # noqa: BLE001 - a board that does not come back is the run's error
+            if not self._stop.is_set():
+                self.event(d.name, "error", f"soft reset: {e!r}"[:200])
+        finally:
+            with self._lock:
+                self._rebooting.discard(d.name)
 
     # ---- background --------------------------------------------------------------------------
     def _tail(self) -> None:
@@ -402,11 +486,15 @@ class World:
         t = m.get("type")
         if t == "status":
             d.online = bool(m.get("online"))
+        elif t == "hello":
+            self.fw[name] = str(m.get("fw"))
         elif t == "heartbeat":
             d.jdepth, d.heap_free = m.get("jdepth"), m.get("heap")
         elif t == "alarm":
             d.alarms.append(m.get("code"))
             self.event(name, "alarm", f"{m.get('code')} {'on' if m.get('active') else 'off'}")
+        elif t == "event" and m.get("code") == "ota" and isinstance(m.get("detail"), dict) and self.updates:
+            self.updates.on_event(name, m["detail"])
         elif t == "event":
             self.event(name, "device event", str(m.get("code")))
 
@@ -429,7 +517,7 @@ class World:
             rows.append({"device": d.name, "kind": d.kind, "state": d.state,
                          "online": link == "up" and d.board.running, "link": link, "last": d.last,
                          "jdepth": d.jdepth, "sessions_open": c[0], "sessions_closed": c[1],
-                         "boots": d.board.boots, "alarms": len(d.alarms)})
+                         "boots": d.board.boots, "alarms": len(d.alarms), "fw": self.fw.get(d.name, "-")})
         return rows
 
     # ---- the end -----------------------------------------------------------------------------
@@ -453,5 +541,14 @@ class World:
         """Every ledger session: the amount the device signed (its sess_close, verified again from
         the raw envelope) vs the ledger's vs what the provider charged, plus the scenario's
         expectation where it has one; flags; devices' journals; orders left open
-        (host_tools/sim/reconcile.py)."""
-        return reconcile(self, expected)
+        (host_tools/sim/reconcile.py); the firmware each device runs (get_state fw) and what
+        its updates reported."""
+        rep = reconcile(self, expected)
+        fw = {}
+        for name in self.devices:
+            st = self.get_state(name, timeout=5) or {}
+            fw[name] = st.get("fw")
+        rep["firmware"] = fw
+        rep["updates"] = self.updates.summary() if self.updates is not None else {}
+        rep["reboots"] = self.reboots
+        return rep
