@@ -21,6 +21,14 @@ played by one actor thread per lane / cabinet / station on the world's simulated
 - faults: a network outage of the site's uplink (FaultyProxy.partition) for 8 minutes at 40% of
   the span, and a power cut (SimBoard.kill + restart) of the first gate at 65% (cars are parked
   across it), or of the first device when there is no gate.
+- a firmware update (with the faults, by default): one signed release per board class (version
+  0.2.0, seq 2, built from firmware/ as it is) deployed to every device, one campaign per class
+  through the rollout engine (World.updates), when the first gate's first car after a quarter of
+  the span arrives, and well before the outage. That car's driver stops under the open barrier
+  until the gate reports its install `deferred` (busy: a car mid-passage), then drives on; the
+  gate installs once it has passed. A device rebooting into its trial is down a second or two:
+  the world keeps the actors' new actions off it meanwhile (host_tools/sim/updates.py), so they
+  run a little late, as around the power cut.
 
 Amounts are deterministic: every fee the plan causes is known in advance (`Runner.expected()`);
 exits and returns never happen within a simulated minute of a fee boundary (a minute of parking
@@ -35,7 +43,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from host_tools.cloud import fees
 from host_tools.sim.world import PARKING, RENTAL, VENDING, World
@@ -66,6 +74,7 @@ class Plan:
     refused: list[str]                          # accounts the provider refuses
     outage: tuple[float, float] | None          # (at, seconds)
     power_cut: tuple[float, str] | None         # (at, device)
+    update: tuple[float, str | None] | None = None   # (at, the gate whose car defers the install)
 
     @property
     def end(self) -> float:
@@ -80,9 +89,13 @@ def _spaced(rng: random.Random, first: float, last: float, lo: float, hi: float)
     return out
 
 
+UPDATE = ("0.2.0", 2)   # the hour's release: version, seq (factory firmware is 0.1.0, seq 0)
+
+
 def hour_plan(seed: int = 0, devices: list[tuple[str, str]] | None = None, span: int = SPAN,
-              faults: bool = True) -> Plan:
-    """The plan of `span` simulated seconds (an hour by default) at a site with `devices`."""
+              faults: bool = True, update: bool | None = None) -> Plan:
+    """The plan of `span` simulated seconds (an hour by default) at a site with `devices`; with
+    `update` (default: as `faults`) a firmware update of every device."""
     devices = devices or [("gate-1", "gate"), ("vend-1", "vending"), ("rent-1", "rental")]
     jobs: list[Job] = []
     binds: dict[str, str] = {}
@@ -147,8 +160,20 @@ def hour_plan(seed: int = 0, devices: list[tuple[str, str]] | None = None, span:
         jobs.append(Job(cut[0], "site", "power_cut", {"device": target}))
     if outage:
         jobs.append(Job(outage[0], "site", "outage", {"seconds": outage[1]}))
+    upd = None
+    if (faults if update is None else update) and span >= 900:
+        # at the first gate's first car from a quarter of the span on, if it comes well before the
+        # outage (the update and its reboots take a few real seconds): that car defers the install
+        gate = next((n for n, k in devices if k == "gate"), None)
+        at, late = round(span * 0.25), (outage[0] - 300) if outage else span * 0.6
+        car = next((j for j in sorted(jobs) if gate and j.actor == f"{gate}/entry" and at <= j.at <= late), None)
+        if car is not None:
+            car.args["linger"] = True
+            at = round(car.at)
+        upd = (at, gate if car is not None else None)
+        jobs.append(Job(at, "site", "update", {"version": UPDATE[0], "seq": UPDATE[1], "linger": upd[1]}))
     jobs.sort()
-    return Plan(seed, span, jobs, binds, allow, refused, outage, cut)
+    return Plan(seed, span, jobs, binds, allow, refused, outage, cut, upd)
 
 
 # ---- playing a plan -------------------------------------------------------------------------------
@@ -175,6 +200,10 @@ class Runner:
         self._readers: dict[str, threading.Lock] = {}
         self.done = threading.Event()
         self._later: list[threading.Thread] = []    # returns scheduled by rentals: run() waits for them
+        self._under: dict[str, threading.Event] = {}  # gate -> its lingering car is under the barrier
+        self.campaigns: dict[str, list[str]] = {}   # the update's campaign id -> its devices
+        self._releases: dict[str, Any] = {}         # board -> the update's Release (built at the start)
+        self._build: threading.Thread | None = None
 
     # -- set-up and the loop
     def prepare(self) -> None:
@@ -190,6 +219,8 @@ class Runner:
             if d.kind == "vending":
                 self.stock[name] = list(STOCK)
                 d.hw.scan("rfid", ",".join(STOCK))
+                # the cabinet's reader reports what it holds whenever the board comes back up
+                w.on_boot(name, lambda n=name, hw=d.hw: hw.scan("rfid", ",".join(self.stock[n])))
             elif d.kind == "rental":
                 self.slots[name] = {i: f"{name}-item{i}" for i in range(8)}
                 for i in range(8):
@@ -198,6 +229,11 @@ class Runner:
 
     def run(self) -> None:
         self.prepare()
+        upd = next((j for j in self.plan.jobs if j.action == "update"), None)
+        if upd is not None:  # built while the hour begins: the step deploys at once when it comes
+            self._build = threading.Thread(target=self._build_releases, args=(upd.args["version"], upd.args["seq"]),
+                                           name="update-build", daemon=True)
+            self._build.start()
         self.t0 = self.w.clock.elapsed()
         actors: dict[str, list[Job]] = {}
         for j in self.plan.jobs:
@@ -262,8 +298,43 @@ class Runner:
         if device in self.w.devices:
             self.w.power_cut(device)
 
+    def _under_barrier(self, dev: str) -> threading.Event:
+        with self._lock:
+            return self._under.setdefault(dev, threading.Event())
+
+    def do_update(self, _site: str, version: str, seq: int, linger: str | None) -> None:
+        """One release per board class, each deployed to its devices in a campaign; with
+        `linger`, once that gate's car is under its barrier (so its install comes due mid-passage)."""
+        u = self.w.updates
+        assert u is not None
+        by = self._by_board()
+        if self._build is not None:
+            self._build.join()
+        releases = {b: self._releases.get(b) or u.build(b, version, seq) for b in by}
+        if linger in self.w.devices and not self._under_barrier(linger).wait(WAIT):
+            self.w.event("site", "error", f"update: no car under {linger}'s barrier in {WAIT:g} s")
+        for board, names in by.items():
+            cid = u.deploy(releases[board], names)
+            with self._lock:
+                self.campaigns[cid] = names
+
     # -- the gate
-    def do_car_in(self, dev: str, plate: str, qr: bool) -> None:
+    def _by_board(self) -> dict[str, list[str]]:
+        by: dict[str, list[str]] = {}
+        for name, d in self.w.devices.items():
+            by.setdefault(f"sim-{d.kind}", []).append(name)
+        return by
+
+    def _build_releases(self, version: str, seq: int) -> None:
+        u = self.w.updates
+        assert u is not None
+        try:
+            for board in self._by_board():
+                self._releases[board] = u.build(board, version, seq)
+        except Exception as e:  # noqa: BLE001 - do_update builds what is missing, and says why it fails
+            self.w.event("site", "error", f"release build: {e!r}"[:200])
+
+    def do_car_in(self, dev: str, plate: str, qr: bool, linger: bool = False) -> None:
         d = self._dev(dev)
         hw = d.hw
         with d.gate.shared():
@@ -282,6 +353,8 @@ class Runner:
                 hw.set_input("entry_loop", 0)  # the driver gives up and backs away
                 raise
             offline = not d.online or d.link != "up"
+            if linger:
+                self._linger(dev, plate)
             hw.set_input("entry_loop", 0)
             hw.wait_output("entry_barrier", "closed", WAIT)
         with self._lock:
@@ -289,6 +362,18 @@ class Runner:
         self._count("cars_in")
         how = "paid entry by QR" if qr else ("pay-after, offline" if offline else "pay-after")
         self.w.event(dev, "car in", f"{plate} ({how})")
+
+    def _linger(self, dev: str, plate: str) -> None:
+        """The driver stops under the open barrier: until the gate reports its update deferred
+        (it never installs with a car mid-passage), or the update ended otherwise."""
+        u = self.w.updates
+        assert u is not None
+        self.w.event(dev, "car stops", f"{plate} stops under the entry barrier")
+        self._under_barrier(dev).set()
+        if not u.wait(dev, lambda e: e.get("st") in ("deferred", "confirmed", "failed", "rolled_back"), 4 * WAIT):
+            self.w.event(dev, "error", f"{plate}: the gate's update was not deferred in {4 * WAIT:g} s")
+        self.w.clock.sleep(20)  # long enough for the gate to be seen waiting
+        self.w.event(dev, "car moves on", f"{plate} drives through")
 
     def do_car_out(self, dev: str, plate: str) -> None:
         p = self.parked.get(plate)
@@ -438,6 +523,33 @@ class Runner:
             out.append(f"cars still parked: {sorted(self.parked)}")
         if self.out:
             out.append(f"rentals still out: {sorted(self.out)}")
+        out += self.update_problems()
+        return out
+
+    def update_problems(self) -> list[str]:
+        """The plan's update: every campaign done, every device confirmed the release and runs it,
+        and the lingering car's gate deferred its install (busy)."""
+        if self.plan.update is None:
+            return []
+        u = self.w.updates
+        if u is None:
+            return ["the update: the world has no updates"]
+        out = []
+        if not self.campaigns:
+            out.append("the update never started")
+        version = UPDATE[0]
+        for cid, names in self.campaigns.items():
+            for dev, (state, why) in u.outcome(cid).items():
+                if state != "succeeded":
+                    out.append(f"{dev}: update campaign {cid} {state}{': ' + why if why else ''}")
+            for dev in names:
+                if "confirmed" not in u.states(dev):
+                    out.append(f"{dev}: update to {version} never confirmed (saw {u.states(dev)})")
+        gate = self.plan.update[1]
+        if gate is not None and gate in self.w.devices:
+            e = next((x for x in u.events.get(gate, []) if x.get("st") == "deferred"), None)
+            if e is None or e.get("why") != "busy":
+                out.append(f"{gate}: the update was not deferred by the car mid-passage ({e})")
         return out
 
 
@@ -460,4 +572,4 @@ def play(world: World, plan: Plan, stop: threading.Event | None = None) -> Runne
     return r
 
 
-__all__ = ["Job", "Plan", "Runner", "hour_plan", "play", "SPAN", "TAIL"]
+__all__ = ["Job", "Plan", "Runner", "hour_plan", "play", "SPAN", "TAIL", "UPDATE"]
