@@ -42,7 +42,7 @@ def run_site(o: Ctx, *, title: str, devices: list[tuple[str, str]], scenario: st
     """Run a site; print the reconciliation; 0 when it reconciles (and, with `require`, when every
     kind had sessions and the outage and power cut happened), else 1."""
     from host_tools.sim.dashboard import View, print_report
-    from host_tools.sim.scenarios import SPAN, TAIL, Runner, hour_plan
+    from host_tools.sim.scenarios import SPAN, TAIL, UPDATE, Runner, hour_plan
     from host_tools.sim.world import World
 
     mode = View.pick(o.json, o.console)
@@ -86,6 +86,9 @@ def run_site(o: Ctx, *, title: str, devices: list[tuple[str, str]], scenario: st
             rep = world.reconcile(runner.expected() if runner else None)
             if runner is not None:   # the duration's end is closing time: nobody is left inside
                 rep["problems"] += runner.problems()
+                if runner.plan.update is not None:  # and every device runs the hour's release
+                    rep["problems"] += [f"{n}: runs {v}, not {UPDATE[0]}" for n, v in rep["firmware"].items()
+                                        if v != UPDATE[0]]
             if not drained:
                 rep["problems"].append("the journals did not drain within 30 s")
             if runner is not None:

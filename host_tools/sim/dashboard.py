@@ -69,11 +69,12 @@ class View:
         if w is None or not w.started:
             return Panel(f"{self.title}: starting the site…")
         t = Table(expand=True, box=None, header_style="bold")
-        for col in ("device", "kind", "state", "online", "last event", "journal", "sessions", "boots"):
+        for col in ("device", "kind", "fw", "state", "online", "last event", "journal", "sessions", "boots"):
             t.add_column(col, no_wrap=col != "last event", overflow="ellipsis")
         for r in w.status():
             online = "[green]● online[/]" if r["online"] else f"[red]○ {escape(r['link'])}[/]"
-            t.add_row(r["device"], r["kind"], escape(r["state"]), online, escape(r["last"][:60]),
+            t.add_row(r["device"], r["kind"], escape(r.get("fw") or "-"), escape(r["state"]), online,
+                      escape(r["last"][:60]),
                       "-" if r["jdepth"] is None else str(r["jdepth"]),
                       f"{r['sessions_closed']} closed, {r['sessions_open']} open", str(r["boots"]))
         phase = w.phase
@@ -82,7 +83,8 @@ class View:
                 f"outages {w.outages}  power cuts {w.power_cuts}  errors {len(w.errors)}")
         ev = Table.grid(padding=(0, 1))
         for e in list(self.recent):
-            style = "red" if e["event"] in ("error", "alarm", "outage", "power cut") else "dim"
+            style = ("red" if e["event"] in ("error", "alarm", "outage", "power cut") else
+                     "cyan" if e["event"] in ("update", "campaign", "reboot", "rebooted") else "dim")
             ev.add_row(f"[{style}]{e['sim']}[/]", f"[{style}]{escape(e['device'])}[/]",
                        f"[{style}]{escape(e['event'])}[/]", escape(e["detail"][:80]))
         return Panel(Group(head, t, "", ev), title="edgepay", border_style="blue")
@@ -110,6 +112,17 @@ def print_report(rep: dict, console: Console, title: str = "Reconciliation") -> 
                   f"ledger {money(tot['ledger'])}, provider charged {money(tot['charged'])}")
     devs = ", ".join(f"{n} journal {d['jdepth']} boots {d['boots']}" for n, d in rep["devices"].items())
     console.print(f"outages {rep['outages']}, power cuts {rep['power_cuts']}; {devs}")
+    fw = rep.get("firmware") or {}
+    if fw:
+        ups = rep.get("updates") or {}
+
+        def update_of(n: str) -> str:
+            u = ups.get(n) or {}
+            if not u:
+                return ""
+            done = "confirmed" if u.get("confirmed") else (u.get("states") or ["?"])[-1]
+            return f" ({done}{', deferred: ' + u['deferred'] if u.get('deferred') else ''})"
+        console.print("firmware: " + ", ".join(f"{n} {v or '?'}{update_of(n)}" for n, v in fw.items()))
     flags = rep["flags"]
     console.print("flags: " + ("none" if not flags else
                                "; ".join(f"{f['kind']} {f['device']}/{f['sid']}: {escape(f['detail'])}" for f in flags)))
