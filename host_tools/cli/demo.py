@@ -4,10 +4,12 @@ Starts Mosquitto on a free loopback port, an SQLite ledger, the registry, an ing
 scripted pay-after provider and the session service; provisions a parking gate, a vending cabinet
 and a rental station (their sim board files) and runs their firmware on the MicroPython VM; plays
 an hour of traffic at high speed (host_tools/sim/scenarios.py: cars with pay-after plates and
-unknown plates paying by QR, cabinet customers, rentals, a network outage and a power cut) with a
-live dashboard (plain lines when stdout is not a terminal, JSON lines with --json); then prints the
-reconciliation: every session in the ledger, the amount its device signed, the ledger's, what the
-provider charged and what the script expected; flags. Exit 0 when it all reconciles, 1 otherwise.
+unknown plates paying by QR, cabinet customers, rentals, a network outage, a power cut, and a
+signed firmware update rolled to all three, the gate's install deferred by a car under its barrier)
+with a live dashboard (plain lines when stdout is not a terminal, JSON lines with --json); then
+prints the reconciliation: every session in the ledger, the amount its device signed, the ledger's,
+what the provider charged and what the script expected; flags; the firmware each device runs.
+Exit 0 when it all reconciles and every device runs the update, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def register(cli: click.Group) -> None:
     @click.pass_obj
     def demo(o: Ctx, rate: int, seed: int, heap: str, keep: str | None) -> None:
         """Run a parking gate, a vending cabinet and a rental station through a simulated hour
-        (with a network outage and a power cut) and reconcile every session.
+        (with a network outage, a power cut and a firmware update) and reconcile every session.
 
         With --json: one JSON object per event, the reconciliation as the last line.
         """
