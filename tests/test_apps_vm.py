@@ -113,3 +113,27 @@ def test_gate_tailgate_raises_alarm_and_never_closes_on_a_car(site):
     assert hw.output("entry_barrier") == "open"  # never closes on the car on the loop
     hw.set_input("entry_loop", 0)
     hw.wait_output("entry_barrier", "closed", 5)
+
+
+def test_vending_opens_no_door_before_the_reader_has_reported_the_inventory(site):
+    """After a reset the cabinet does not know what it holds until its RFID reader reports: a scan
+    then would take "nothing" as the before-inventory and every item out would be free. It says
+    out of service, records nothing and opens nothing, and serves once the reader has reported."""
+    site.svc.bind("user-8", "acct-8")
+    b = site.board("vend-2", "vending")
+    hw = b.hw
+    hw.scan("qr", "user-8")                 # the reader has not reported since the boot
+    hw.wait_output("display", lambda v: "Out of service" in str(v), 10)
+    time.sleep(0.5)
+    assert hw.output("door_lock") != "unlocked" and site.ledger.count("vend-2") == 0
+    hw.scan("rfid", "cola#1,water#1")
+    time.sleep(0.3)
+    hw.scan("qr", "user-8")
+    hw.wait_output("door_lock", "unlocked", 10)
+    hw.set_input("door", 1)
+    time.sleep(0.3)
+    hw.scan("rfid", "water#1")
+    time.sleep(0.3)
+    hw.set_input("door", 0)
+    hw.wait_output("door_lock", "locked", 5)
+    assert site.wait_records("vend-2", 2)[-1].amount == 350

@@ -89,8 +89,10 @@ class VendingApp(SessionApp):
         return v.split(",") if v else []
 
     async def t_scan(self, m, payer):
-        if not self.tariff:
-            self.say("Out of service: no prices")
+        # no prices; or no inventory read since the reset, when "before" would be empty and every
+        # item taken free (t_closed waits for the reader the same way)
+        if not self.tariff or self.hw.value("rfid") is None:
+            self.say("Out of service")
             return None
         sid = self.new_sid()
         t0 = self.now()
