@@ -477,7 +477,6 @@ class MQTTClient:
 
     async def _on_publish(self, flags, body):
         topic, payload, qos, retain, dup, pid = F.parse_publish(flags, body)
-        payload = bytes(payload)  # the handler may keep it; the rx buffer is reused
         h = None
         for flt in self._subs:
             if F.topic_matches(flt, topic):
@@ -491,13 +490,13 @@ class MQTTClient:
                     self._resync = self._resync or True
                     return
                 self._held.append(pid)
-            h[1](topic, payload, retain, dup, pid if qos else 0)
+            h[1](topic, bytes(payload), retain, dup, pid if qos else 0)  # kept: the rx buffer is reused
             return
         if h is not None:
             h = h[1]
             self._busy = True
-            try:
-                r = h(topic, payload, retain, dup)
+            try:  # a copy that fails (a fragmented heap) loses this message, never the link
+                r = h(topic, bytes(payload), retain, dup)
                 if r is not None and hasattr(r, "send"):  # coroutine / generator
                     await r
             except asyncio.CancelledError:

@@ -86,8 +86,8 @@ _SPEC = (
     b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x10"
     # 12 chunk_req: 6? iat, 8 seq, 10 rel, 11 i
     b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x08" b"\x0bu\x01\x00\x00"
-    # 23 chunk: 3 aud, 6 iat, 8 seq, 10 rel, 11 i, 12 data (hi 0: up to 1536, SPEC §3)
-    b"\x03d\x01\x00\x00" b"\x06u\x01\x00\x01" b"\x08u\x01\x00\x00" b"\x0aB\x01\x08\x08"
+    # 23 chunk: 3 aud, 6? iat, 8? seq, 10 rel, 11 i, 12 data (hi 0: up to 1536, SPEC §3)
+    b"\x03d\x01\x00\x00" b"\x06u\x00\x00\x01" b"\x08u\x00\x00\x00" b"\x0aB\x01\x08\x08"
     b"\x0bu\x01\x00\x00" b"\x0cB\x01\x01\x00"
 )
 # Per type, in the order above: number, first record, record count. A bytes literal: one

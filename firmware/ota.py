@@ -7,6 +7,7 @@
 # (install attempts), "tried", "why"}. The manifest was verified once, when it came; its fields
 # are kept, not its bytes. "fw" holds the installed release ({"seq", "v"}) once one is confirmed.
 import asyncio
+import gc
 import time
 from binascii import hexlify, unhexlify
 
@@ -168,6 +169,7 @@ class Updater:
                 await asyncio.sleep_ms(200)
                 continue
             self._got = None
+            gc.collect()  # a chunk needs ~1.6 KB in one piece twice (the packet, its data)
             self._ev.clear()
             self._want = n
             await self.a.send(_T_REQ, {10: rel, 11: n}, 0)

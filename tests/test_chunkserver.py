@@ -53,12 +53,12 @@ def test_a_device_pulls_every_chunk_and_reassembles_the_payload(rig):
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
     assert cs.counts("dev1") == {"requests": 10, "answered": 10, "refused": 0}
     assert store.cached() <= 4
-    # every answer is numbered from the registry's counter, as everything the cloud sends
+    # a chunk is not numbered (SPEC §10): no seq, no iat, and no write to the registry's counter
+    before = reg.next_seq("dev1")
     d.request(rel, 0)
-    seq1 = d.chunk()["seq"]
-    d.request(rel, 0)
-    assert d.chunk()["seq"] > seq1
-    assert reg.next_seq("dev1") > seq1
+    c = d.chunk()
+    assert "seq" not in c and "iat" not in c and c["aud"] == "dev1"
+    assert reg.next_seq("dev1") == before + 1
 
 
 def test_a_release_as_edgepay_release_build_writes_it_is_served(rig, tmp_path):

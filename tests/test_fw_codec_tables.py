@@ -41,7 +41,7 @@ SCHEMA = {
     11: ("time_req", "/up/time", "8 seq 1|10 nonce 1"),
     22: ("time", "/dn/time", "3 aud 1|6 iat 1|8 seq 1|10 nonce 1"),
     12: ("chunk_req", "/up/ota", "6 iat 0|8 seq 1|10 rel 1|11 i 1"),
-    23: ("chunk", "/dn/ota", "3 aud 1|6 iat 1|8 seq 1|10 rel 1|11 i 1|12 data 1"),
+    23: ("chunk", "/dn/ota", "3 aud 1|6 iat 0|8 seq 0|10 rel 1|11 i 1|12 data 1"),
 }
 
 

@@ -190,7 +190,7 @@ MESSAGE_TYPES: Mapping[int, MessageType] = MappingProxyType({t.number: t for t i
           _f(12, "quarantined", "uint_list", required=False, size=(0, 16))),
     _type(22, "time", "dn/time", AUD, IAT, SEQ, NONCE),
     # data: the one bstr over the 512-byte string bound, allowed on dn/ota only (SPEC §3)
-    _type(23, "chunk", "dn/ota", AUD, IAT, SEQ, REL, CHUNK_INDEX,
+    _type(23, "chunk", "dn/ota", AUD, IAT.optional(), SEQ.optional(), REL, CHUNK_INDEX,  # not numbered: §10
           _f(12, "data", "bstr", size=(1, MAX_CHUNK_DATA))),
 )})
 

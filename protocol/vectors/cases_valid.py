@@ -155,6 +155,9 @@ def build_valid() -> None:
     valid("chunk_last_1_byte", "the last chunk of a release, 1 byte of data (the lower bound)",
           "chunk", {"aud": t(DEV), "iat": u(T + 32), "seq": u(531), "rel": b(REL), "i": u(63),
                     "data": b(chunk_data(1))})
+    valid("chunk_unnumbered", "a chunk as the cloud sends it: no seq, no iat (SPEC §10: the request makes "
+          "it fresh, the payload digest proves its bytes)", "chunk",
+          {"aud": t(DEV), "rel": b(REL), "i": u(5), "data": b(chunk_data(1536))})
     valid("chunk_unknown_fields_bstr_1536", "a chunk with an unknown key 13 holding 1536 bytes: every "
           "byte string valued in a dn/ota payload's top-level map has the 1536-byte bound",
           "chunk", {"aud": t(DEV), "iat": u(T + 33), "seq": u(532), "rel": b(REL), "i": u(2),
