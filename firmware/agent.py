@@ -192,8 +192,7 @@ class Agent:
         self.reset_cause = hreset.cause()
         fw = store.read("fw")  # the release installed by an update, once confirmed
         self.fw = fw["v"] if fw else FW_VERSION
-        self._busy = None
-        self.app_ok = False
+        self._busy = None  # the app's busy(), set once it has started (Context.on_busy)
         self.clock = Clock((cfg.get("sim") or {}).get("clock_rate", 1), self.settings)  # rate: sim only
         self.up_ms = time.ticks_ms()
         base = "v1/dev/" + dev + "/"
@@ -474,7 +473,7 @@ class Agent:
 
     def self_test(self):
         """A trial release keeps itself only if this holds: its journal opened and its app started."""
-        return self.journal_error is None and (self.app_ok or not self.board.get("peripherals"))
+        return self.journal_error is None and (self._busy is not None or not self.board.get("peripherals"))
 
     def _hardware(self):
         """Build the board's peripherals (None on a board without them)."""
@@ -510,7 +509,6 @@ class Agent:
             __import__(app)
             import sys
             sys.modules[app].setup(Context(self, self._hardware()))
-            self.app_ok = True
         _pace_gc()
         wdt = Watchdog(wdt_ms)
         self.mqtt.start()

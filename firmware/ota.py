@@ -188,7 +188,7 @@ class Updater:
             n += 1
             st["n"] = n
             self._save()  # after the bytes: a resume fetches at most the chunk in flight again
-            if n == 1 or n * 4 // total != (n - 1) * 4 // total:
+            if n < total and n * 4 // total != (n - 1) * 4 // total:  # each quarter (downloaded: all)
                 await self.event("downloading", n=n, of=total)
         st["st"] = "staged"
         self._save()
