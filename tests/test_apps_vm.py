@@ -39,6 +39,8 @@ def test_vending_refused_payer_never_unlocks_and_forced_door_alarms(site):
     site.provider.refuse("acct-poor")
     b = site.board("vend-2", "vending")
     hw = b.hw
+    hw.scan("rfid", "cola#1")  # the reader reports what the cabinet holds (it serves only then)
+    time.sleep(0.3)
     hw.scan("qr", "poor")
     b.wait_for(r"ACT display 'Sorry", 10)
     assert hw.output("door_lock") in (None, "locked")
