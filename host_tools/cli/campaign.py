@@ -94,6 +94,27 @@ def operate(o: Ctx, store, cid: str, verb: str, client=None, action: str | None 
         fail(str(e))
 
 
+def control(o: Ctx, db: str, cid: str, verb: str, action: str | None = None):
+    """`pause`, `resume` or `cancel` from the CLI (campaign's and ota's): a cancel of a live
+    campaign connects to the broker, so its action's abort reaches the devices (a firmware
+    campaign's ota_abort), whichever command group it came through. -> the campaign."""
+    store = _store(db)
+    reg = client = None
+    try:
+        if verb == "cancel":
+            c0 = store.campaign(cid)
+            if c0 is not None and not c0.final and action in (None, c0.action):  # else refused below
+                from host_tools.cli.cmd import connect
+                reg, client = connect(o)
+        return operate(o, store, cid, verb, client, action=action)
+    finally:
+        if client is not None:
+            client.close()
+        if reg is not None:
+            reg.close()
+        store.close()
+
+
 def run_loop(o: Ctx, ro, store, every: float, forever: bool = False, watch: str | None = None,
              line=None) -> list:
     """Tick until every live campaign is final (`forever`: until interrupted), printing each change
@@ -236,7 +257,8 @@ def register(cli: click.Group) -> None:
 
     helps = {"pause": "Start no more devices of campaign ID (started ones still finish).",
              "resume": "Go on with paused campaign ID.",
-             "cancel": "End campaign ID for good: started devices aborted, pending ones skipped."}
+             "cancel": "End campaign ID for good: started devices aborted (a firmware campaign's get ota_abort), "
+                       "pending ones skipped."}
 
     def _op(verb: str):
         @campaign.command(verb, help=helps[verb])
@@ -244,11 +266,7 @@ def register(cli: click.Group) -> None:
         @db_opt
         @click.pass_obj
         def op(o: Ctx, cid: str, db: str) -> None:
-            store = _store(db)
-            try:
-                c = operate(o, store, cid, verb)
-            finally:
-                store.close()
+            c = control(o, db, cid, verb)
             o.emit(_summary(c), lambda: o.console.print(_line(c)))
     for verb in ("pause", "resume", "cancel"):
         _op(verb)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from host_tools.cli.campaign import DEFAULT_DB, _engine, _exit_for, _store, _summary, operate, run_loop
+from host_tools.cli.campaign import DEFAULT_DB, _engine, _exit_for, _store, _summary, control, run_loop
 from host_tools.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, Ctx, fail
 
 ACTION = "ota"
@@ -284,21 +284,7 @@ def register(cli: click.Group) -> None:
         @db_opt
         @click.pass_obj
         def op(o: Ctx, cid: str, db: str) -> None:
-            store = _store(db)
-            reg = client = None
-            try:
-                if verb == "cancel":  # the abort must reach the devices: a real action, on the broker
-                    c0 = store.campaign(cid)
-                    if c0 is not None and c0.action == ACTION and not c0.final:
-                        from host_tools.cli.cmd import connect
-                        reg, client = connect(o)
-                c = operate(o, store, cid, verb, client, action=ACTION)
-            finally:
-                if client is not None:
-                    client.close()
-                if reg is not None:
-                    reg.close()
-                store.close()
+            c = control(o, db, cid, verb, action=ACTION)
             o.emit({**_summary(c), "release": _release_json(c.spec)}, lambda: o.console.print(_line(c)))
     for verb in ("pause", "resume", "cancel"):
         _op(verb)
