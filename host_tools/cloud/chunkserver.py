@@ -33,9 +33,8 @@ from typing import Callable
 
 from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
-from host_tools.protocol import ProtocolError, decode, open_message, parse_topic, seal
-from host_tools.protocol.cbor import Tag
-from host_tools.protocol.manifest import MAX_MANIFEST, SIGN1_TAG, Manifest, ManifestError
+from host_tools.protocol import ProtocolError, open_message, parse_topic, seal
+from host_tools.protocol.manifest import Manifest, ManifestError, read_manifest
 
 log = logging.getLogger("edgepay.chunks")
 REQUESTS = "v1/dev/+/up/ota"
@@ -45,25 +44,6 @@ REL_LEN = 8
 def rel_of(sha256: bytes) -> bytes:
     """A release's name on the wire (chunk_req/chunk `rel`): the first 8 bytes of its payload's SHA-256."""
     return sha256[:REL_LEN]
-
-
-def read_manifest(raw: bytes) -> Manifest:
-    """The fields of a COSE_Sign1 manifest, signature not checked: the store serves bytes, and a
-    device checks the signature itself before it asks for any (SPEC §10). ManifestError if it is
-    not a manifest at all."""
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_MANIFEST:
-        raise ManifestError("bad_manifest", f"not bytes of at most {MAX_MANIFEST}")
-    try:
-        env = decode(bytes(raw), envelope=True)
-    except ProtocolError as e:
-        raise ManifestError("bad_manifest", f"CBOR: {e.code}") from None
-    body = env.value if isinstance(env, Tag) and env.tag == SIGN1_TAG else None
-    if not (isinstance(body, list) and len(body) == 4 and isinstance(body[2], bytes)):
-        raise ManifestError("bad_manifest", "not a tagged COSE_Sign1 [protected, {}, payload, signature]")
-    try:
-        return Manifest.from_wire(decode(body[2]))
-    except ProtocolError as e:
-        raise ManifestError("bad_manifest", f"payload: {e.code}") from None
 
 
 @dataclass(frozen=True)

@@ -177,9 +177,8 @@ def sign_manifest(key: Ed25519PrivateKey, m: Manifest) -> bytes:
     return raw
 
 
-def verify_manifest(raw: bytes, trusted: dict[bytes, Ed25519PublicKey], revoked: set[bytes] | frozenset = frozenset()) -> Manifest:
-    """Check a manifest in order (size, CBOR profile, Sign1 shape, alg, key trusted and not revoked,
-    signature, payload) and return it; ManifestError with the first failure's reason."""
+def _sign1(raw: bytes) -> list:
+    """A manifest's size, CBOR profile and Sign1 shape: -> [protected, {}, payload, signature]."""
     if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_MANIFEST:
         raise ManifestError("bad_manifest", f"not bytes of at most {MAX_MANIFEST}")
     try:
@@ -192,7 +191,28 @@ def verify_manifest(raw: bytes, trusted: dict[bytes, Ed25519PublicKey], revoked:
     if not (isinstance(body, list) and len(body) == 4 and isinstance(body[0], bytes) and body[1] == {}
             and isinstance(body[2], bytes) and isinstance(body[3], bytes)):
         raise ManifestError("bad_manifest", "not [protected, {}, payload, signature]")
-    protected, _, payload, sig = body
+    return body
+
+
+def _fields(payload: bytes) -> Manifest:
+    try:
+        fields = decode(payload)
+    except ProtocolError as e:
+        raise ManifestError("bad_manifest", f"payload: {e.code}") from None
+    return Manifest.from_wire(fields)
+
+
+def read_manifest(raw: bytes) -> Manifest:
+    """The fields of a manifest, its signature NOT checked: for the cloud, which serves the bytes a
+    device checks itself before it asks for any (the chunk server's store). ManifestError if it is
+    not a manifest at all."""
+    return _fields(_sign1(raw)[2])
+
+
+def verify_manifest(raw: bytes, trusted: dict[bytes, Ed25519PublicKey], revoked: set[bytes] | frozenset = frozenset()) -> Manifest:
+    """Check a manifest in order (size, CBOR profile, Sign1 shape, alg, key trusted and not revoked,
+    signature, payload) and return it; ManifestError with the first failure's reason."""
+    protected, _, payload, sig = _sign1(raw)
     try:
         hdr = decode(protected)
     except ProtocolError as e:
@@ -213,8 +233,4 @@ def verify_manifest(raw: bytes, trusted: dict[bytes, Ed25519PublicKey], revoked:
         pub.verify(sig, sig_structure(protected, payload))
     except InvalidSignature:
         raise ManifestError("bad_signature") from None
-    try:
-        fields = decode(payload)
-    except ProtocolError as e:
-        raise ManifestError("bad_manifest", f"payload: {e.code}") from None
-    return Manifest.from_wire(fields)
+    return _fields(payload)
