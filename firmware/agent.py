@@ -220,15 +220,15 @@ class Agent:
                   "backoff_min": self.settings["backoff_min_ms"], "backoff_max": self.settings["backoff_max_ms"]})
         self.mqtt = MQTTClient(b)
         self.mqtt.subscribe(t_cmd, 1, self._on_cmd, True)
-        self.updater = self._ota = None
+        self.updater = None
         from hal import ota as hota
         self.slots = hota.slots(self.board)
         if self.slots:
             CAPS.append("ota")
-            self.mqtt.subscribe(base + "dn/ota", 0, self._on_chunk)
             st = store.read("ota")
             if st:  # an update left on flash by the last boot: what this boot is to it
-                self._ota = self._updater(st).boot()
+                u = self._updater(st)
+                u.how = u.boot()
         self.clock.attach(self.mqtt, self.signer, base)  # each service subscribes to its own topics
         self.mqtt.on_state(self._on_state)
         self.mqtt.on_error(self._mqtt_error)
@@ -459,9 +459,10 @@ class Agent:
 
     # ---- firmware update (ota.py, imported only when an update is in hand) -----------------
     def _updater(self, st=None):
-        if self.updater is None:
+        if self.updater is None:  # chunks are listened for only from here on
             import ota
             self.updater = ota.Updater(self, self.slots, st)
+            self.mqtt.subscribe(self.t_up[:-3] + "dn/ota", 0, self._on_chunk)
         return self.updater
 
     def _on_chunk(self, topic, data, retain, dup):
@@ -517,8 +518,9 @@ class Agent:
         asyncio.create_task(self.clock.run(self.mqtt, self.send))
         if self.uplink:
             asyncio.create_task(self.uplink.run())
-        if self._ota:
-            self.updater.start(self._ota)
+        u = self.updater
+        if u:
+            u.start(u.how)
         log("agent", self.device, "boot", self.boots, "reset", self.reset_cause)
         while True:  # the loop that proves the event loop is alive
             wdt.feed()

@@ -25,6 +25,7 @@ class Updater:
         self.s = slots
         self.st = st
         self.task = None
+        self.how = None  # what this boot is to the update (boot()), started by the agent
         self._want = -1   # the chunk index asked for, -1 when none is outstanding
         self._got = None  # its data, once a chunk that matches has come
         self._ev = asyncio.Event()

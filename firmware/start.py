@@ -35,7 +35,7 @@ def main():
         asyncio.run(a.shutdown())
         sys.exit(0)
     except Exception as e:
-        if a._ota == "trial":  # a trial release that crashes resets: the boot loader rolls it back
+        if a.updater and a.updater.how == "trial":  # a trial release that crashes resets: the boot loader rolls it back
             print("trial crashed:", repr(e))
             reset.reset(reset.EXIT_REBOOT)
         raise
