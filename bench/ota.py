@@ -40,7 +40,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from host_tools.cloud.ota_action import OtaAction, OtaProgress
 from host_tools.cloud.rollout import Rollouts
 from host_tools.cloud.rollout_store import RolloutStore
 from host_tools.protocol import ProtocolError, open_message
+from host_tools.sim.board import Resetter
 from host_tools.sim.netfault import FaultyProxy
 from host_tools.sim.provision import board_definition
 from tests.appkit import Site
@@ -348,28 +348,6 @@ def measure_heap(rig: Rig, device: str = "ota-heap") -> dict:
             "download_vm_heap_kb": round(max(samples) / 1024, 2), "code_kb": round(code / 1024, 2),
             "updater_code_kb": round(updater_code(bundle) / 1024, 2),
             "heap_samples": len(samples), "heap_samples_kb": [round((x - code) / 1024, 1) for x in samples]}
-
-
-class Resetter:
-    """Plays a board's reset: a VM that exits 4 (the firmware asked for a reboot) starts again."""
-
-    def __init__(self, boards: list):
-        self.reboots = 0
-        self._stop = False
-        self._ts = [threading.Thread(target=self._watch, args=(b,), daemon=True) for b in boards]
-        for t in self._ts:
-            t.start()
-
-    def _watch(self, b) -> None:
-        while not self._stop:
-            rc = b.wait()
-            if rc != 4 or self._stop:
-                return
-            self.reboots += 1
-            b.start(reset_cause="soft")
-
-    def stop(self) -> None:
-        self._stop = True
 
 
 def measure_campaign(rig: Rig, n: int, deadline_s: float = 600.0) -> dict:

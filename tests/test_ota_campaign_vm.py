@@ -11,32 +11,12 @@ from host_tools.cloud.chunkserver import ChunkServer, ReleaseStore
 from host_tools.cloud.ota_action import OtaAction, OtaProgress
 from host_tools.cloud.rollout import Rollouts
 from host_tools.cloud.rollout_store import HALTED, RolloutStore
+from host_tools.sim.board import Resetter
 from tests.agentkit import AgentRig
 from tests.otakit import Releases, ota_events
 
 N = 20
 BAD = ("g-01", "g-02", "g-03")
-
-
-class Resetter:
-    """What a board does when its firmware resets it (exit 4): it boots again (the simulated
-    world's job; here a thread)."""
-
-    def __init__(self, boards):
-        self.boards = boards
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        while not self.stop.wait(0.2):
-            for b in self.boards:
-                if b.returncode == 4:
-                    b.start(reset_cause="soft")
-
-    def close(self):
-        self.stop.set()
-        self.t.join(5)
 
 
 def test_a_campaign_halts_at_its_threshold_and_the_rest_keep_their_firmware(broker, tmp_path):
@@ -83,7 +63,7 @@ def test_a_campaign_halts_at_its_threshold_and_the_rest_keep_their_firmware(brok
         assert all(cs.counts(d)["requests"] == 0 for d in devices[4:])
     finally:
         stop.set()
-        resetter.close()
+        resetter.stop()
         cs.close()
         rig.close()
         store.close()

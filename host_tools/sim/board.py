@@ -253,3 +253,26 @@ class SimBoard:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+
+class Resetter:
+    """Plays the chip's reset for boards run outside a World (tests, benches): a VM that exits 4
+    (its firmware asked for a reboot: an update's install, a trial that failed) starts again with
+    reset cause "soft". Any other end (a kill, a clean stop, a bad config) stays down."""
+
+    def __init__(self, boards: list[SimBoard]):
+        self.reboots = 0
+        self._stop = False
+        self._ts = [threading.Thread(target=self._watch, args=(b,), daemon=True) for b in boards]
+        for t in self._ts:
+            t.start()
+
+    def _watch(self, b: SimBoard) -> None:
+        while not self._stop:
+            if b.wait() != EXIT_REBOOT or self._stop:
+                return
+            self.reboots += 1
+            b.start(reset_cause="soft")
+
+    def stop(self) -> None:
+        self._stop = True
