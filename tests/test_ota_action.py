@@ -1,7 +1,7 @@
 """The firmware update Action (host_tools/cloud/ota_action.py) under the rollout engine, on SQLite
 and PostgreSQL, real Mosquitto: stand-in devices answer the signed `ota` command and publish signed
 `ota` events, and each outcome maps as SPEC §10 says (confirmed; failed with its why; rolled_back;
-a refused command; a silent device timed out by the engine and sent `ota_abort`); events that do not
+a refused command; a `downgrade` from a device already on the release, which is current; a silent device timed out by the engine and sent `ota_abort`); events that do not
 verify or name another release decide nothing; a halt reaches a device mid-download; a runner
 restarted mid-campaign still sees its devices' outcomes."""
 from __future__ import annotations
@@ -94,8 +94,14 @@ def test_each_outcome_maps_as_the_spec_says(rig, broker):
     # an earlier release's late report and a forged confirmation decide nothing; the real one does
     device("other-1", lambda b: later(b, ("confirmed", {"_as": ("1.3.0", 6)}), ("confirmed", {"_as": (V, 99)}),
                                               ("failed", {"why": "no_space"})))
+    # a `downgrade` from a device that runs this very release (a campaign run again) is current, a
+    # success; from one on a later release it stays a failure (each asked get_state once)
+    def on(fw):
+        return lambda b: (lambda cmd: ("refused", {"why": "downgrade"}) if cmd["name"] == "ota"
+                          else ("ok", {"fw": fw}))
+    current, newer = device("current-1", on(V)), device("newer-1", on("1.5.0"))
     ro, act = engine()
-    names = ["ok-1", "fail-1", "rb-1", "refused-1", "old-1", "silent-1", "other-1"]
+    names = ["ok-1", "fail-1", "rb-1", "refused-1", "old-1", "silent-1", "other-1", "current-1", "newer-1"]
     ro.create("rel-a", "ota", spec, names, cohorts=(100,), rate=6000, timeout_s=3, abort_share=1.0)
     ro.tick()                                           # every device started
     forged = StandIn(broker.cloud_port, "ok-1", os.urandom(32), user="cloud", password=USERS["cloud"])
@@ -108,7 +114,9 @@ def test_each_outcome_maps_as_the_spec_says(rig, broker):
     assert got == {"ok-1": ("succeeded", None), "fail-1": ("failed", "digest_mismatch"),
                    "rb-1": ("failed", "rolled_back: self_test"), "refused-1": ("failed", "wrong_class"),
                    "old-1": ("failed", "unsupported"), "silent-1": ("timed_out", "no outcome in 3 s"),
-                   "other-1": ("failed", "no_space")}
+                   "other-1": ("failed", "no_space"), "current-1": ("succeeded", None),
+                   "newer-1": ("failed", "downgrade")}
+    assert current.names() == newer.names() == ["ota", "get_state"]
     assert c.state == "done"
     assert act.unverified >= 1
     assert silent.wait_command("ota_abort")          # the engine's timeout aborts it on the device
@@ -118,6 +126,7 @@ def test_each_outcome_maps_as_the_spec_says(rig, broker):
     assert (prog["fail-1"].st, prog["fail-1"].why) == ("failed", "digest_mismatch")
     assert (prog["refused-1"].st, prog["refused-1"].why) == ("refused", "wrong_class")
     assert prog["silent-1"].st == "aborting"
+    assert prog["current-1"].st == "current" and (prog["newer-1"].st, prog["newer-1"].why) == ("refused", "downgrade")
     # every device got the manifest, as bytes, in the signed command
     cmd = silent.commands[0]
     assert cmd["args"] == {1: bytes.fromhex(spec["manifest"])}

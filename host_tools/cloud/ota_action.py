@@ -9,7 +9,9 @@ signed `ota` events (SPEC §10) to the outcome.
 
 Outcomes: a final `confirmed` event succeeds; `failed` fails with its why, `rolled_back` with
 "rolled_back: <why>"; a command refused (`refused` with data {"why"}, or any other code:
-`unsupported` on a board without slots) fails with that reason. An event counts only if it
+`unsupported` on a board without slots) fails with that reason, except a `downgrade` from a device
+whose get_state says it runs the campaign's version: it is already current, which succeeds (a
+campaign run again after a halt must not count its confirmed devices as failures). An event counts only if it
 verifies under the device's key (registry.open_uplink) and names the campaign's release (detail
 "v" and "seq" equal the manifest's), so an earlier update's late report never decides this one.
 abort() sends `ota_abort` (a device mid-download drops its staged slot).
@@ -91,6 +93,8 @@ class _Flight:
     progress: Progress | None = None
     outcome: Outcome | None = None
     dirty: bool = False
+    check: Command | None = None   # get_state, after a `downgrade` refusal: is it running this release?
+    checking: bool = False
 
 
 def _text(v: Any) -> str | None:
@@ -153,10 +157,18 @@ class OtaAction:
             assert f is not None
             if f.outcome is None and f.cmd is not None and f.cmd.state.final:
                 self._settle_command(f)
+            if f.check is not None and f.check.state.final:
+                self._settle_check(f)
+            ask = f.checking and f.check is None and f.outcome is None
             out, p, dirty = f.outcome, f.progress, f.dirty
             f.dirty = False
             if out is not None:
                 self._unfollow(key)
+        if ask:  # outside the lock: a publish may wait
+            chk = self.client.submit(device, "get_state", None, ttl=int(c.spec.get("ttl", 60)),
+                                     publish_timeout=self.publish_timeout)
+            with self._lock:
+                f.check = chk
         if adopt and self.progress is not None:
             log.info("campaign %s: following %s (started before this runner)", c.id, device)
         if dirty and p is not None and self.progress is not None:
@@ -204,8 +216,21 @@ class OtaAction:
             why = _text(data.get("why")) or "refused"
         else:
             why = cmd.code or cmd.state.value.lower()
+        if why == "downgrade":  # already on this release (a campaign run again)? its running version says
+            f.checking, f.progress, f.dirty = True, Progress("checking", why=why, at=self.clock()), True
+            return
         f.outcome = (False, why)
         f.progress, f.dirty = Progress("refused" if cmd.code == "refused" else "failed", why=why, at=self.clock()), True
+
+    def _settle_check(self, f: _Flight) -> None:
+        chk, f.check, f.checking = f.check, None, False
+        assert chk is not None
+        if chk.ok and isinstance(chk.data, dict) and chk.data.get("fw") == f.version:
+            f.outcome = (True, None)  # it runs this release: nothing to do, and not a failure
+            f.progress, f.dirty = Progress("current", at=self.clock()), True
+        else:
+            f.outcome = (False, "downgrade")
+            f.progress, f.dirty = Progress("refused", why="downgrade", at=self.clock()), True
 
     # ---- events (paho's network thread) --------------------------------------------------------
     def _on_event(self, topic: str, payload: bytes) -> None:
