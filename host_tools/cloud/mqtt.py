@@ -16,6 +16,8 @@ from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from host_tools.protocol.cbor import MAX_MESSAGE
 
@@ -38,10 +40,14 @@ class BrokerSettings:
     ca_file: str | None = None      # TLS with this CA; None: plain TCP
     mqtt5: bool | None = None       # None: the engine's (ENGINES); False: MQTT 3.1.1
     engine: str = "mosquitto"       # which broker: what it speaks and how workers share work on it
+    session_s: int = 0              # > 0: a persistent session (needs client_id) that the broker keeps
+                                    # this long while we are away, queueing our QoS 1 subscriptions
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown broker engine {self.engine!r}: one of {', '.join(ENGINES)}")
+        if self.session_s and not self.client_id:
+            raise ValueError("a persistent session needs a fixed client_id")
 
     @property
     def v5(self) -> bool:
@@ -90,7 +96,8 @@ class CloudMQTT:
         self.oversize = 0  # device-topic payloads over MAX_MESSAGE, dropped unread
         proto = paho.MQTTv5 if broker.v5 else paho.MQTTv311
         self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=broker.client_id or f"cloud-{uuid.uuid4().hex[:12]}", protocol=proto)
+                                  client_id=broker.client_id or f"cloud-{uuid.uuid4().hex[:12]}", protocol=proto,
+                                  clean_session=None if broker.v5 else not broker.session_s)  # v5: connect()'s clean_start
         self.client.username_pw_set(broker.username, broker.password)
         if broker.ca_file:
             self.client.tls_set(ca_certs=broker.ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -154,7 +161,12 @@ class CloudMQTT:
 
     def connect(self, timeout: float = 10.0) -> "CloudMQTT":
         try:
-            self.client.connect(self.host, self.port, keepalive=30)
+            if self.settings.v5 and self.settings.session_s:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.settings.session_s
+                self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+            else:
+                self.client.connect(self.host, self.port, keepalive=30)
         except OSError as e:
             raise BrokerUnreachable(f"broker {self.host}:{self.port} unreachable: {e}") from None
         self.client.loop_start()

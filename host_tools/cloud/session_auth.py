@@ -58,10 +58,19 @@ class AuthFlows(ServiceCore):
             log.exception("auth_req from %s failed", device)
 
     def handle(self, device: str, kind: str, msg: dict) -> tuple[str, dict]:
-        """Decide and answer one verified auth_req; returns (command name, args) sent."""
+        """Decide and answer one verified auth_req; returns (command name, args) sent (("", {}):
+        nothing sent, because it expired or another instance answers it)."""
         sid = msg["sid"]
+        if self._expired(msg):  # the customer has gone: a late grant must not open an order
+            self.stats["expired"] += 1
+            log.warning("auth_req seq %s of %s (%s) expired: not answered", msg["seq"], device, msg["purpose"])
+            return "", {}
         with self._slock(device, sid):
             key = (device, msg["seq"])
+            if self.instance is not None and \
+                    self.store.claim(device, msg["seq"], self.instance, self.clock()) != self.instance:
+                self.stats["answered_elsewhere"] += 1   # every instance gets it; one claim answers
+                return "", {}
             digest = hashlib.sha256(repr(tuple(sorted(msg.items()))).encode()).digest()
             with self._lock:
                 hit = self._answered.get(key) or self.store.answer(device, msg["seq"])
@@ -86,6 +95,15 @@ class AuthFlows(ServiceCore):
                     self._answered.popitem(last=False)
             self._send(device, *answer)
             return answer
+
+    def _expired(self, msg: dict) -> bool:
+        """Older than auth_expiry_s by its own signed instant: iat, else the t1 an amount was priced
+        at, else the t0 an entry or a rental starts at. A reauth (an offline session, old by nature)
+        and a request with none of them never expire."""
+        if self.auth_expiry_s is None or msg["purpose"] == "reauth":
+            return False
+        t = msg.get("iat") or msg.get("t1") or (msg.get("t0") if msg["purpose"] in ("entry", "rent") else None)
+        return t is not None and self.clock() - t > self.auth_expiry_s
 
     def _decide(self, s: SessionState, kind: str, msg: dict) -> tuple[str, dict]:
         purpose = msg["purpose"]

@@ -29,6 +29,8 @@ class ServiceCore:
     doubt_s: float
     max_skew_s: int
     answer_ttl_s: float
+    instance: str | None          # set: this instance receives every request and claims the ones it answers
+    auth_expiry_s: float | None   # set: a request older than this (its own instant) is not answered
     # shared state: `_lock` guards every dict here; a session's own work runs under `_slock`
     _lock: threading.RLock
     _pool: ThreadPoolExecutor

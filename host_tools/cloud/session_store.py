@@ -21,6 +21,8 @@ Tables (schema component "sessions", version 1):
     svc_items     item PRIMARY KEY, device, sid          rented item tag -> its open rental
     svc_links     (device, sid) PRIMARY KEY, rental_device, rental_sid: a return at another station
     svc_flags     (device, sid, kind) PRIMARY KEY, detail, amounts, at: recorded once
+    svc_claims    (device, seq) PRIMARY KEY, instance, at: which instance answers an auth_req
+                  (instances that each receive every request: SessionService(instance=...))
 Money columns are integers (BIGINT on PostgreSQL), never floats.
 """
 from __future__ import annotations
@@ -66,6 +68,9 @@ def _schema(blob: str, bigint: str) -> list[str]:
             device TEXT NOT NULL, sid TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL,
             order_no TEXT, device_amount {bigint}, cloud_amount {bigint}, charged {bigint}, cur TEXT,
             at DOUBLE PRECISION NOT NULL, PRIMARY KEY (device, sid, kind))""",
+        f"""CREATE TABLE IF NOT EXISTS svc_claims (
+            device TEXT NOT NULL, seq {bigint} NOT NULL, instance TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL, PRIMARY KEY (device, seq))""",
     ]
 
 
@@ -185,6 +190,15 @@ class SessionStore:
 
     def prune_answers(self, before: float) -> None:
         self._delete("svc_answers", "at < ?", (before,))
+        self._delete("svc_claims", "at < ?", (before,))
+
+    def claim(self, device: str, seq: int, instance: str, at: float) -> str:
+        """Take the auth_req (device, seq) for `instance` unless another took it first: the
+        instance that holds it (one atomic insert decides, across processes and machines)."""
+        sql = self.db._sql("INSERT INTO svc_claims (device, seq, instance, at) VALUES (?,?,?,?) "
+                           "ON CONFLICT (device, seq) DO NOTHING")
+        self.db._write(lambda cur: cur.execute(sql, (device, seq, instance, at)))
+        return self.db._read("SELECT instance FROM svc_claims WHERE device=? AND seq=?", (device, seq))[0][0]
 
     # ---- settlements to retry --------------------------------------------------------------
     def set_pending(self, device: str, sid: str, rec: CloseRecord | None) -> None:

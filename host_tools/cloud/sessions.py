@@ -81,6 +81,7 @@ state), session_model.py (states, flags, reasons); this module is the service an
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -116,8 +117,20 @@ class SessionService(AuthFlows, Settlement):
                  bindings: dict[str, str] | None = None, order_expires_s: int = 300,
                  default_limit: int = 10_000, vend_max_items: int = 5, cmd_ttl: int = 60,
                  doubt_s: float = 120.0, answer_cache: int = 10_000, max_skew_s: int = 300,
-                 store: SessionStore | None = None, answer_ttl_s: float = 7 * 86400):
+                 store: SessionStore | None = None, answer_ttl_s: float = 7 * 86400,
+                 instance: str | None = None, auth_expiry_s: float | None = None, session_s: int = 86400):
         self.registry = registry
+        self.instance = instance
+        self.auth_expiry_s = auth_expiry_s
+        if instance is not None:
+            # Durable: a persistent session per instance (its name is its client id), subscribed to
+            # every request, not a $share group: Mosquitto deals a group's messages round robin to
+            # its members' sessions, offline ones included, so a group would leave the share of an
+            # instance that stays down unanswered. Here the broker queues every request for every
+            # instance while it is away, and a claim in the store picks the one that answers.
+            if group is not None:
+                raise ValueError("a durable instance gets every request: give instance or group, not both")
+            broker = dataclasses.replace(broker, client_id=f"edgepay-sessions-{instance}", session_s=session_s)
         self.provider = provider
         self.clock = clock
         self.order_expires_s = order_expires_s
