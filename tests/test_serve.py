@@ -129,7 +129,8 @@ def test_config_file_and_environment(tmp_path):
     cfg.write_text('[broker]\nport = 1999\n[store]\nledger = "postgresql://db/x"\n[parts]\ncampaigns = false\n')
     c = load(cfg, env={"EDGEPAY_BROKER": "broker.example:2883", "EDGEPAY_REGISTRY": "/var/r.db"})
     assert (c.broker_host, c.broker_port, c.registry, c.ledger) == ("broker.example", 2883, "/var/r.db", "postgresql://db/x")
-    assert c.parts == {"ingest": True, "time": True, "chunks": True, "campaigns": False, "api": True}
+    assert c.parts == {"ingest": True, "time": True, "chunks": True, "campaigns": False, "api": True,
+                       "sessions": False}
     for text, says in [("[brokr]\n", "unknown section"), ("[broker]\nhots = 1\n", "unknown key"),
                        ("[parts]\napi = 1\n", "true or false"), ("[broker\n", "c.toml")]:
         cfg.write_text(text)

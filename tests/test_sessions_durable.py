@@ -90,11 +90,10 @@ def test_requests_while_every_instance_is_down_are_answered_once_when_one_return
 
 def test_a_killed_instance_leaves_the_rest_to_the_others(rig):
     instance, stop, dev, provider = rig
-    a = instance("a")
-    a.bind("SH-A1", "acct-1")
+    a, b = instance("a"), instance("b")
+    a.bind("SH-A1", "acct-1")                            # after b started: b reads them from the store
     a.set_tariff("gate-d1", T_PARK)
     dev.wait("set_tariff", None)
-    b = instance("b")
     a.cmd.mqtt.client.socket().close()                   # a dies: no DISCONNECT, its session stays
     a.cmd.mqtt.client.loop_stop()
     for k in range(5):

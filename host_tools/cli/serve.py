@@ -1,5 +1,5 @@
 """`edgepay serve [--config FILE] [--only PART ...]`: the cloud side as one service (host_tools/
-service/): ingest, the time responder, the firmware chunk server, the campaign runner and the HTTP API (/v1, /healthz,
+service/): ingest, the session service (opt-in), the time responder, the firmware chunk server, the campaign runner and the HTTP API (/v1, /healthz,
 /readyz, /metrics). Runs until SIGINT/SIGTERM; prints `ready URL` on stdout once every part is up."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
                   help="the TOML config (host_tools/service/config.py); the environment overrides it")
-    @click.option("--only", multiple=True, type=click.Choice(["ingest", "time", "chunks", "campaigns", "api"]),
+    @click.option("--only", multiple=True, type=click.Choice(["ingest", "time", "chunks", "campaigns", "api", "sessions"]),
                   help="run only these parts (repeat): scale each out on its own")
     @click.pass_obj
     def serve(o: Ctx, config_file: Path | None, only: tuple[str, ...]) -> None:

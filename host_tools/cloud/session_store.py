@@ -128,6 +128,10 @@ class SessionStore:
     def bindings(self) -> dict[str, str]:
         return dict(self.db._read("SELECT ident, account FROM svc_bindings"))
 
+    def binding(self, ident: str) -> str | None:
+        rows = self.db._read("SELECT account FROM svc_bindings WHERE ident=?", (ident,))
+        return rows[0][0] if rows else None
+
     def set_binding(self, ident: str, account: str | None) -> None:
         if account is None:
             self._delete("svc_bindings", "ident=?", (ident,))
@@ -137,6 +141,10 @@ class SessionStore:
     def tariffs(self) -> dict[str, tuple[dict, float]]:
         return {d: (_unpairs(a), float(t)) for d, a, t in
                 self.db._read("SELECT device, args, sent_at FROM svc_tariffs")}
+
+    def tariff(self, device: str) -> tuple[dict, float] | None:
+        rows = self.db._read("SELECT args, sent_at FROM svc_tariffs WHERE device=?", (device,))
+        return (_unpairs(rows[0][0]), float(rows[0][1])) if rows else None
 
     def save_tariff(self, device: str, args: dict, sent_at: float) -> None:
         self._upsert("svc_tariffs", ("device", "args", "sent_at"), ("device",), (device, _pairs(args), sent_at))

@@ -192,6 +192,8 @@ class SessionService(AuthFlows, Settlement):
             self._bindings[ident] = account
 
     def account(self, ident: str | None) -> str | None:
+        if ident and self.instance is not None:  # instances share the store: another may have bound it
+            return self.store.binding(ident)
         with self._lock:
             return self._bindings.get(ident) if ident else None
 
@@ -224,6 +226,9 @@ class SessionService(AuthFlows, Settlement):
         return cmd
 
     def tariff(self, device: str) -> dict | None:
+        if self.instance is not None:  # the tariff another instance (or the API) sent is in the store
+            row = self.store.tariff(device)
+            return row[0] if row else None
         with self._lock:
             t = self._tariffs.get(device)
             return dict(t.args) if t else None

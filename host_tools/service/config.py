@@ -8,18 +8,24 @@ token come from the environment variables the file names.
     [http]     host, port, token_env (the bootstrap admin's bearer token; unset: none),
                metrics_public (false: /metrics needs a viewer token), cookie_secure (true: the
                session cookie is sent over HTTPS only; false for plain-HTTP development)
-    [parts]    ingest, time, chunks, campaigns, api (booleans), ingest_group, chunks_group
+    [parts]    ingest, time, chunks, campaigns, api (booleans, on by default), sessions (off by
+               default), ingest_group, chunks_group
+    [sessions] provider ("module:factory" returning a PayAfterProvider, or "scripted", the test
+               double), instance (its durable name, default the host name), auth_expiry_s, settle_s
 Environment: EDGEPAY_BROKER (host:port), EDGEPAY_MQTT_USER, EDGEPAY_MQTT_PASSWORD,
-EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_RELEASES, EDGEPAY_HTTP (host:port).
+EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_RELEASES, EDGEPAY_HTTP (host:port),
+EDGEPAY_PROVIDER, EDGEPAY_INSTANCE.
 """
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PARTS = ("ingest", "time", "chunks", "campaigns", "api")
+PARTS = ("ingest", "time", "chunks", "campaigns", "api", "sessions")
+OPT_IN = ("sessions",)   # off unless [parts] turns it on: it needs a payment provider ([sessions] provider)
 
 
 class ConfigError(ValueError):
@@ -42,9 +48,13 @@ class ServiceConfig:
     token_env: str | None = None
     metrics_public: bool = False
     cookie_secure: bool = True
-    parts: dict[str, bool] = field(default_factory=lambda: {p: True for p in PARTS})
+    parts: dict[str, bool] = field(default_factory=lambda: {p: p not in OPT_IN for p in PARTS})
     ingest_group: str | None = "ingest"
     chunks_group: str | None = "chunks"   # chunk servers in one group split the devices' requests
+    provider: str | None = None           # "module:factory" -> a PayAfterProvider; "scripted": the test double
+    instance: str = field(default_factory=socket.gethostname)   # the session instance's durable name
+    auth_expiry_s: int = 60
+    settle_s: float = 10.0                # without ingest in this process: settle from the ledger this often
 
     @property
     def password(self) -> str:
@@ -83,7 +93,8 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
             raise ConfigError(f"{path}: {e}") from None
         known = {"broker": {"host", "port", "user", "password_env", "engine", "ca_file"},
                  "store": {"registry", "ledger", "releases"}, "http": {"host", "port", "token_env", "metrics_public", "cookie_secure"},
-                 "parts": {*PARTS, "ingest_group", "chunks_group"}}
+                 "parts": {*PARTS, "ingest_group", "chunks_group"},
+                 "sessions": {"provider", "instance", "auth_expiry_s", "settle_s"}}
         for sec, keys in doc.items():
             if sec not in known or not isinstance(keys, dict):
                 raise ConfigError(f"{path}: unknown section [{sec}] (known: {', '.join(known)})")
@@ -110,6 +121,14 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
                 c.parts[part] = p[part]
         c.ingest_group = p.get("ingest_group", c.ingest_group) or None
         c.chunks_group = p.get("chunks_group", c.chunks_group) or None
+        ss = doc.get("sessions", {})
+        c.provider, c.instance = ss.get("provider", c.provider), str(ss.get("instance", c.instance))
+        for key in ("auth_expiry_s", "settle_s"):
+            if key in ss:
+                v = ss[key]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                    raise ConfigError(f"{path}: [sessions] {key} is a number of seconds above 0")
+                setattr(c, key, v)
     if "EDGEPAY_BROKER" in env:
         c.broker_host, c.broker_port = _hostport(env["EDGEPAY_BROKER"], "EDGEPAY_BROKER")
     if "EDGEPAY_HTTP" in env:
@@ -119,4 +138,6 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
     c.registry = env.get("EDGEPAY_REGISTRY", c.registry)
     c.ledger = env.get("EDGEPAY_LEDGER", c.ledger)
     c.releases = env.get("EDGEPAY_RELEASES", c.releases)
+    c.provider = env.get("EDGEPAY_PROVIDER", c.provider)
+    c.instance = env.get("EDGEPAY_INSTANCE", c.instance)
     return c

@@ -1,5 +1,5 @@
 """The service's parts, started from one ServiceConfig: ingest (a worker in the config's group),
-the time responder, the firmware chunk server (its own connection, in the config's chunks group),
+the session service (opt-in: host_tools/service/sessions_part.py), the time responder, the firmware chunk server (its own connection, in the config's chunks group),
 the campaign runner (command and firmware update campaigns), and the HTTP API on uvicorn (with the webhook dispatcher). `only` starts a subset, so
 N of each run on N machines against one PostgreSQL (ingest in a shared group; the registry's
 counter and the campaigns' conditional starts are safe across processes).
@@ -31,6 +31,7 @@ from host_tools.cloud.rollout_store import RolloutStore
 from host_tools.cloud.webhooks import Dispatcher, Webhooks
 from host_tools.service.api import make_app
 from host_tools.service.config import PARTS, ConfigError, ServiceConfig
+from host_tools.service.sessions_part import SessionsPart
 
 log = logging.getLogger("edgepay.serve")
 
@@ -52,6 +53,7 @@ class Service:
         self.client: CommandClient | None = None
         self.ingest: IngestWorker | None = None
         self.chunks: ChunkServer | None = None
+        self.sessions: SessionsPart | None = None
         self._ledger = self._rollouts = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -68,9 +70,14 @@ class Service:
         if "chunks" in self.parts:  # its own connection: chunk traffic never queues command results
             self.chunks = ChunkServer.connect(self.registry, self.broker, ReleaseStore(cfg.releases),
                                               share=cfg.chunks_group)
+        if "sessions" in self.parts:  # before ingest, which hands it each commit when both run here
+            self.sessions = SessionsPart(cfg, self.registry, self.broker).start(timeout)
         if "ingest" in self.parts:
             self._ledger = open_ledger(cfg.ledger)
-            self.ingest = IngestWorker(self.registry, self._ledger, self.broker, group=cfg.ingest_group).start(timeout)
+            self.ingest = IngestWorker(self.registry, self._ledger, self.broker, group=cfg.ingest_group,
+                                       on_commit=self.sessions.svc.on_commit if self.sessions else None).start(timeout)
+        if self.sessions is not None:
+            self.sessions.run(self._stop, settle=self.ingest is None)
         if "api" in self.parts and self._ledger is None:   # the finance export reads the ledger
             self._ledger = open_ledger(cfg.ledger)
         if self.parts & {"campaigns", "api"}:
@@ -127,6 +134,8 @@ class Service:
             out.append("broker: the ingest connection is down")
         if self.chunks is not None and not self.chunks.mqtt.client.is_connected():
             out.append("broker: the chunk server's connection is down")
+        if self.sessions is not None and not self.sessions.svc.cmd.mqtt.client.is_connected():
+            out.append("broker: the session service's connection is down")
         return out
 
     def stop(self) -> None:
@@ -139,6 +148,8 @@ class Service:
             self.ingest.stop()
         if self.chunks is not None:
             self.chunks.close()
+        if self.sessions is not None:
+            self.sessions.stop()
         if self.client is not None:
             self.client.close()
         for x in (self._ledger, self._rollouts, self.registry):

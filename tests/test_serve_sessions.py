@@ -1,0 +1,78 @@
+"""The `sessions` part of `edgepay serve` (host_tools/service/sessions_part.py), real Mosquitto:
+it answers a device's auth_req through the configured provider, and a request sent while it is
+down is answered when it comes back under the same instance name; the settings it refuses (no
+provider, a bad one, one that is not a PayAfterProvider) each name what is wrong."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from host_tools.cloud.registry import Registry
+from host_tools.cloud.session_store import SessionStore
+from host_tools.service.config import ConfigError, ServiceConfig
+from host_tools.service.run import Service
+from host_tools.service.sessions_part import load_provider
+from tests.sessionkit import CLOUD, T_PARK, FakeDevice, wait_for
+
+
+def not_a_provider():
+    return object()
+
+
+@pytest.fixture
+def cfg(broker, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPAY_MQTT_PASSWORD", CLOUD[1])
+    return ServiceConfig(broker_port=broker.cloud_port, user=CLOUD[0], registry=str(tmp_path / "registry.db"),
+                         ledger=f"sqlite:///{tmp_path / 'ledger.db'}", provider="scripted", instance="t-1")
+
+
+def test_serve_answers_auth_and_keeps_what_came_while_it_was_down(broker, cfg):
+    reg = Registry(cfg.registry)
+    dev = FakeDevice(broker, reg, "gate-s1", "gate")
+    store = SessionStore.open(cfg.ledger)
+    store.set_binding("SH-S1", "acct-1")             # as an operator's tooling would, in the database
+    store.save_tariff("gate-s1", T_PARK, time.time())
+    store.close()
+    try:
+        with Service(cfg, only=["sessions"]) as svc:
+            assert svc.parts == {"sessions"} and svc.not_ready() == []
+            now = int(time.time())
+            dev.auth_req("entry", "s-1", "SH-S1", iat=now, t0=now, slot=0)
+            assert dev.wait("auth", "s-1")[0][2] is True
+        now = int(time.time())
+        dev.auth_req("entry", "s-2", "SH-S1", iat=now, t0=now, slot=0)   # nobody listens now
+        time.sleep(0.2)
+        assert not dev.cmds("auth", "s-2")
+        with Service(cfg, only=["sessions"]):
+            wait_for(lambda: bool(dev.cmds("auth", "s-2")), what="the queued request answered")
+            assert dev.cmds("auth", "s-2")[0][2] is True
+    finally:
+        dev.close()
+        reg.close()
+
+
+def test_the_sessions_part_refuses_a_missing_or_bad_provider(cfg):
+    cfg.provider = None
+    with pytest.raises(ConfigError, match="needs a payment provider"):
+        Service(cfg, only=["sessions"]).start()
+    for spec, why in (("nocolon", "module:factory"), ("no.such.module:f", "No module"),
+                      ("tests.test_serve_sessions:missing", "has no attribute"),
+                      ("tests.test_serve_sessions:not_a_provider", "not a PayAfterProvider")):
+        with pytest.raises(ConfigError, match=why):
+            load_provider(spec)
+
+
+def test_sessions_is_off_unless_asked_and_its_keys_are_checked(tmp_path):
+    from host_tools.service.config import load
+    assert load(None, env={}).parts["sessions"] is False
+    f = tmp_path / "c.toml"
+    f.write_text('[parts]\nsessions = true\n[sessions]\nprovider = "scripted"\ninstance = "a"\nauth_expiry_s = 30\n')
+    c = load(f, env={})
+    assert (c.parts["sessions"], c.provider, c.instance, c.auth_expiry_s) == (True, "scripted", "a", 30)
+    f.write_text('[sessions]\nauth_expiry_s = 0\n')
+    with pytest.raises(ConfigError, match="auth_expiry_s"):
+        load(f, env={})
+    f.write_text('[sessions]\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="bogus"):
+        load(f, env={})
