@@ -66,4 +66,9 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
   apt_install postgresql || echo "       The PostgreSQL ledger tests will be skipped locally and FAIL in CI (CI=true)." >&2
 fi
+# Chromium and its driver: the console's browser tests (tests/test_console_browser.py) drive them
+# through Selenium with explicit paths (Selenium's own manager would try a download).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  { apt_install chromium && apt_install chromium-driver; } || echo "       The console's browser tests will be skipped locally and FAIL in CI (CI=true)." >&2
+fi
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/micropython -c 'import sys; print(sys.implementation.name, sys.version.split(";")[1].strip())' 2>/dev/null), mosquitto $( (mosquitto -h 2>/dev/null || /usr/sbin/mosquitto -h) | head -1 | awk '{print $3}'))"
