@@ -1,6 +1,6 @@
-"""Webhooks for cloud services (issue 13 §2): an event (a command reached its final state) is
-POSTed to every subscribed URL, signed, retried with back-off until the receiver answers 2xx, and
-every attempt recorded.
+"""Webhooks for cloud services (issue 13 §2): an event (a command reached its final state, an alert
+was raised or resolved: host_tools/cloud/alerts.py) is POSTed to every subscribed URL, signed,
+retried with back-off until the receiver answers 2xx, and every attempt recorded.
 
 The deliveries are rows in the registry's database (schema component `webhooks`), written when the
 event happens and sent by a Dispatcher: a receiver that is down gets its events when it is back
@@ -38,7 +38,7 @@ from host_tools.cloud.ledger_db import Database
 
 log = logging.getLogger("edgepay.webhooks")
 
-EVENTS = ("command.final",)
+EVENTS = ("command.final", "alert.raised", "alert.resolved")
 WEBHOOKS_VERSION = 1
 # seconds before each retry: 8 attempts over ~7 hours, then the delivery is failed (kept, listed)
 BACKOFF = (5, 30, 120, 600, 1800, 3600, 7200)

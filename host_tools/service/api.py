@@ -5,7 +5,9 @@ metrics.
     GET  /readyz                           200 when the broker connection is up and the databases
                                            answer, else 503 with the reasons (no auth)
     GET  /metrics                          Prometheus text (viewer; no auth with metrics_public)
-    GET  /v1/devices?status=&kind=&board=  the registry's devices (viewer; a scoped account: its sites')
+    GET  /v1/devices?status=&kind=&board=&online=&fw=  the registry's devices with their presence
+                                           (viewer; a scoped account: its sites'; online=false: offline
+                                           or never seen; host_tools/cloud/presence.py)
     GET  /v1/devices/{id}                  (viewer)
     GET  /v1/devices/{id}/heartbeats?from=&to=   (viewer) the last heartbeat and the history
                                            (host_tools/cloud/heartbeats.py: full, then hourly)
@@ -26,6 +28,7 @@ metrics.
                                            (viewer) the closed sessions that ended in [from, to)
                                            with totals per currency (ledger_export.py); a scoped
                                            account exports its sites only
+    GET  /v1/alerts?state=&device=&kind=   (viewer) host_tools/service/alerts_api.py
     accounts, tokens, sessions, audit      host_tools/service/accounts_api.py
 Who may call what: host_tools/service/auth.py. Errors are RFC 9457 problems
 (application/problem+json, "detail" says what): 401 no or a bad token, 403 a role or CSRF refusal,
@@ -48,18 +51,22 @@ from pydantic import BaseModel, Field
 
 from host_tools.cloud import cmdspec
 from host_tools.cloud.accounts import Accounts, Principal
+from host_tools.cloud.alerts import Alerts
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.heartbeats import Heartbeats
 from host_tools.cloud.ledger import Ledger
 from host_tools.cloud.ledger_export import ExportError, iso, parse_time
 from host_tools.cloud.ledger_export import export as ledger_export_
+from host_tools.cloud.presence import Presence
 from host_tools.cloud.registry import Registry, RegistryError
 from host_tools.cloud.rollout_store import RolloutStore
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.webhooks import Webhooks
 from host_tools.service.accounts_api import add_account_routes
+from host_tools.service.alerts_api import add_alert_routes
 from host_tools.service.webhooks_api import add_webhook_routes
 from host_tools.service.auth import AuditMiddleware, Auth, Problem, audit_note, install_problems
+from host_tools.service.console import add_console_routes
 
 
 log = logging.getLogger("edgepay.serve")
@@ -90,6 +97,9 @@ class Device(BaseModel):
     board: str
     status: str
     key_version: int
+    online: bool | None = None   # None: never seen (no status or hello yet), or no presence kept
+    since: float | None = None   # when it went online or offline
+    fw: str | None = None        # the firmware version its last hello gave
 
 
 class Metrics:
@@ -105,6 +115,8 @@ class Metrics:
                                       registry=self.registry)
         self.ingest_quarantined = Gauge("edgepay_ingest_quarantined", "records quarantined by this process's ingest",
                                         registry=self.registry)
+        self.online = Gauge("edgepay_devices_online", "devices whose last verified status says online",
+                            registry=self.registry)
         self.up = Gauge("edgepay_broker_up", "1 while the broker connection is up", registry=self.registry)
 
 
@@ -113,7 +125,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
              ready: Callable[[], list[str]] = lambda: [], ingest_stats: Callable[[], dict] | None = None,
              metrics: Metrics | None = None, metrics_public: bool = False, cookie_secure: bool = True,
              ledger: Ledger | None = None, webhooks: Webhooks | None = None,
-             heartbeats: Heartbeats | None = None) -> FastAPI:
+             heartbeats: Heartbeats | None = None, presence: Presence | None = None,
+             alerts: Alerts | None = None) -> FastAPI:
     """The app over the service's parts. `ready()` lists what is not ready (empty: ready). Every
     /v1 call needs an account's token or session (`accounts`), or the bootstrap `token` (an admin);
     with neither, every /v1 call is refused."""
@@ -123,6 +136,7 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
     auth = Auth(accounts, token)
     app.add_middleware(AuditMiddleware, accounts=accounts, auth=auth)
     viewer, operator = auth.need("viewer"), auth.need("operator")
+    add_console_routes(app, auth)   # the fleet console's pages (host_tools/service/console.py)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -150,6 +164,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
             st = ingest_stats()
             m.ingest_committed.set(st.get("committed", 0))
             m.ingest_quarantined.set(st.get("quarantined", 0))
+        if presence is not None:
+            m.online.set(presence.online_count())
         m.up.set(0 if any("broker" in r for r in ready()) else 1)
         return PlainTextResponse(generate_latest(m.registry).decode(), media_type="text/plain; version=0.0.4")
 
@@ -157,9 +173,13 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         add_account_routes(app, auth, accounts, cookie_secure=cookie_secure)
     if webhooks is not None:
         add_webhook_routes(app, auth, webhooks)
+    if alerts is not None:
+        add_alert_routes(app, auth, alerts)
 
-    def _device(d) -> Device:
-        return Device(id=d.device_id, kind=d.kind, board=d.board, status=d.status, key_version=d.key_version)
+    def _device(d, pr: dict | None = None) -> Device:
+        pr = pr if pr is not None else (presence.get(d.device_id) if presence is not None else None) or {}
+        return Device(id=d.device_id, kind=d.kind, board=d.board, status=d.status, key_version=d.key_version,
+                      online=pr.get("online"), since=pr.get("since"), fw=pr.get("fw"))
 
     def _get(p: Principal, device_id: str):
         """The device, if the caller's sites cover it; outside them it is as unknown as a missing one
@@ -173,16 +193,27 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
 
     @app.get("/v1/devices")
     def devices(response: Response, status: str | None = None, kind: str | None = None, board: str | None = None,
-                after: str = "", limit: int = Query(100, ge=1, le=1000),
-                p: Principal = Depends(viewer)) -> list[Device]:
-        """A page of devices in id order, filtered and paged in the database; a full page carries a
-        `Link: <...after=LAST>; rel="next"` header (RFC 8288) to the next one."""
-        rows = registry.page(after=after, limit=limit, status=status, kind=kind, board=board, prefixes=p.sites)
+                after: str = "", limit: int = Query(100, ge=1, le=1000), online: bool | None = None,
+                fw: str | None = None, p: Principal = Depends(viewer)) -> list[Device]:
+        """A page of devices in id order, filtered and paged in the database (joined with presence);
+        a full page carries a `Link: <...after=LAST>; rel="next"` header (RFC 8288) to the next one."""
+        if presence is None and (online is not None or fw is not None):
+            raise Problem(422, "this server keeps no presence: no online or fw filter")
+        if presence is not None:
+            rows = [Device(id=r[0], key_version=r[1], kind=r[2], board=r[3], status=r[4],
+                           online=None if r[5] is None else bool(r[5]), since=r[6], fw=r[7])
+                    for r in presence.page(after=after, limit=limit, status=status, kind=kind, board=board,
+                                           prefixes=p.sites, online=online, fw=fw)]
+        else:
+            rows = [_device(d, {}) for d in registry.page(after=after, limit=limit, status=status, kind=kind,
+                                                           board=board, prefixes=p.sites)]
         if len(rows) == limit:
-            q = {k: v for k, v in (("status", status), ("kind", kind), ("board", board)) if v is not None}
-            q.update(after=rows[-1].device_id, limit=str(limit))
+            q = {k: v for k, v in (("status", status), ("kind", kind), ("board", board), ("fw", fw)) if v is not None}
+            if online is not None:
+                q["online"] = str(online).lower()
+            q.update(after=rows[-1].id, limit=str(limit))
             response.headers["Link"] = f'</v1/devices?{urlencode(q)}>; rel="next"'
-        return [_device(d) for d in rows]
+        return rows
 
     @app.get("/v1/devices/{device_id}")
     def device(device_id: str, p: Principal = Depends(viewer)) -> Device:

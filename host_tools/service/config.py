@@ -12,6 +12,8 @@ token come from the environment variables the file names.
                default), ingest_group, chunks_group
     [sessions] provider ("module:factory" returning a PayAfterProvider, or "scripted", the test
                double), instance (its durable name, default the host name), auth_expiry_s, settle_s
+    [alerts]   enabled (true: the api part evaluates the alert rules), every_s, flag_window_s,
+               <kind>_start_s and <kind>_resolve_s per rule (host_tools/cloud/alerts.py: KINDS, DELAYS)
 Environment: EDGEPAY_BROKER (host:port), EDGEPAY_MQTT_USER, EDGEPAY_MQTT_PASSWORD,
 EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_RELEASES, EDGEPAY_HTTP (host:port),
 EDGEPAY_PROVIDER, EDGEPAY_INSTANCE.
@@ -23,6 +25,8 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from host_tools.cloud.alerts import KINDS, AlertError, Rules
 
 PARTS = ("ingest", "time", "chunks", "campaigns", "api", "sessions")
 OPT_IN = ("sessions",)   # off unless [parts] turns it on: it needs a payment provider ([sessions] provider)
@@ -55,6 +59,8 @@ class ServiceConfig:
     instance: str = field(default_factory=socket.gethostname)   # the session instance's durable name
     auth_expiry_s: int = 60
     settle_s: float = 10.0                # without ingest in this process: settle from the ledger this often
+    alerts_on: bool = True                # the api part evaluates the alert rules
+    alerts: dict[str, float] = field(default_factory=dict)   # [alerts] rule settings (alerts.Rules.from_config)
 
     @property
     def password(self) -> str:
@@ -94,7 +100,9 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         known = {"broker": {"host", "port", "user", "password_env", "engine", "ca_file"},
                  "store": {"registry", "ledger", "releases"}, "http": {"host", "port", "token_env", "metrics_public", "cookie_secure"},
                  "parts": {*PARTS, "ingest_group", "chunks_group"},
-                 "sessions": {"provider", "instance", "auth_expiry_s", "settle_s"}}
+                 "sessions": {"provider", "instance", "auth_expiry_s", "settle_s"},
+                 "alerts": {"enabled", "every_s", "flag_window_s",
+                            *(f"{k}_{w}" for k in KINDS for w in ("start_s", "resolve_s"))}}
         for sec, keys in doc.items():
             if sec not in known or not isinstance(keys, dict):
                 raise ConfigError(f"{path}: unknown section [{sec}] (known: {', '.join(known)})")
@@ -129,6 +137,15 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                     raise ConfigError(f"{path}: [sessions] {key} is a number of seconds above 0")
                 setattr(c, key, v)
+        al = dict(doc.get("alerts", {}))
+        on = al.pop("enabled", True)
+        if not isinstance(on, bool):
+            raise ConfigError(f"{path}: [alerts] enabled is true or false")
+        try:
+            Rules.from_config(al)
+        except AlertError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        c.alerts_on, c.alerts = on, al
     if "EDGEPAY_BROKER" in env:
         c.broker_host, c.broker_port = _hostport(env["EDGEPAY_BROKER"], "EDGEPAY_BROKER")
     if "EDGEPAY_HTTP" in env:

@@ -18,6 +18,7 @@ from typing import Iterable
 import uvicorn
 
 from host_tools.cloud.accounts import Accounts
+from host_tools.cloud.alerts import Alerts, Evaluator, Rules, Sources
 from host_tools.cloud.chunkserver import ChunkServer, ReleaseStore
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.heartbeats import Heartbeats, Recorder
@@ -25,6 +26,7 @@ from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.ota_action import OtaAction, OtaProgress
+from host_tools.cloud.presence import Presence, Tracker
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.rollout import CommandAction, Rollouts
 from host_tools.cloud.rollout_store import RolloutStore
@@ -50,6 +52,8 @@ class Service:
         self.accounts: Accounts | None = None
         self.webhooks: Webhooks | None = None
         self.heartbeats: Heartbeats | None = None
+        self.presence: Presence | None = None
+        self.alerts: Alerts | None = None
         self.client: CommandClient | None = None
         self.ingest: IngestWorker | None = None
         self.chunks: ChunkServer | None = None
@@ -106,11 +110,25 @@ class Service:
             d = threading.Thread(target=Dispatcher(self.webhooks).run, args=(self._stop,), name="webhooks", daemon=True)
             d.start()
             self._threads.append(d)
+            # presence (verified status and hello, on the command connection) and the alert rules
+            self.presence = Presence(self.registry.db)
+            tr = Tracker(self.presence, self.registry)
+            tr.subscribe(self.client.mqtt)
+            self.alerts = Alerts(self.registry.db)
+            runs: list = [tr.run]
+            if cfg.alerts_on:
+                src = Sources(self.registry.db, self._ledger, self._rollouts.db if self._rollouts else None)
+                runs.append(Evaluator(self.alerts, src, Rules.from_config(cfg.alerts), self.webhooks).run)
+            for fn, name in zip(runs, ("presence", "alerts")):
+                t = threading.Thread(target=fn, args=(self._stop,), name=name, daemon=True)
+                t.start()
+                self._threads.append(t)
             app = make_app(self.registry, self.client, rollouts=self._rollouts, token=self.token,
                            accounts=self.accounts, ready=self.not_ready,
                            ingest_stats=(lambda: ingest.stats) if ingest else None,
                            metrics_public=cfg.metrics_public, cookie_secure=cfg.cookie_secure,
-                           ledger=self._ledger, webhooks=self.webhooks, heartbeats=self.heartbeats)
+                           ledger=self._ledger, webhooks=self.webhooks, heartbeats=self.heartbeats,
+                           presence=self.presence, alerts=self.alerts)
             self._server = uvicorn.Server(uvicorn.Config(app, host=cfg.http_host, port=cfg.http_port,
                                                          log_level="warning", lifespan="off"))
             t = threading.Thread(target=self._server.run, name="http", daemon=True)
