@@ -11,7 +11,7 @@ once the condition has been clear for resolve_s.
     reauth_refused      a flag reauth_refused or offline_refused in the last flag_window_s
     update_rolled_back  the device's latest firmware-campaign state is rolled_back (ota_action.py)
 
-No message carries an offline budget (SPEC §3: set_policy installs the caps, and neither the
+No message carries an offline budget (SPEC §4: set_policy installs the caps, and neither the
 heartbeat nor any other uplink reports what is used), so there is no "budget nearly used" rule.
 
 Alerts are rows (alerts: id, device, kind, raised_at, resolved_at, detail) in the registry's
