@@ -15,6 +15,9 @@ def stock(hw, slots=8):
 
 def test_vending_session_charges_what_was_taken(site):
     site.svc.bind("user-7", "acct-7")
+    asked: list[dict] = []
+    handle = site.svc.handle
+    site.svc.handle = lambda d, k, m: (asked.append(m), handle(d, k, m))[1]   # type: ignore[method-assign]
     b = site.board("vend-1", "vending")
     hw = b.hw
     hw.scan("rfid", "cola#1,cola#2,chips#1,water#1")  # the cabinet's inventory
@@ -32,6 +35,8 @@ def test_vending_session_charges_what_was_taken(site):
     assert close.type == 8 and close.amount == 350 + 600 and close.currency == "CNY"
     assert sorted(map(tuple, close.lines)) == [("chips", 1, 600), ("cola", 1, 350)]
     assert not site.svc.flags("vend-1")
+    # the request carries when it was asked (iat, trusted time), so one queued too long expires
+    assert asked and asked[0]["purpose"] == "vend" and abs(asked[0]["iat"] - time.time()) < 60
 
 
 def test_vending_refused_payer_never_unlocks_and_forced_door_alarms(site):

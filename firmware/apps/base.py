@@ -244,6 +244,9 @@ class SessionApp:
             ev = asyncio.Event()
             self._waits[sid] = [ev, None]
             f = {_K_SID: sid, _K_PAYER: payer, _K_PURPOSE: purpose}
+            t = self.ctx.now()
+            if t:  # when it was asked (SPEC: iat), so a request queued while the cloud is down can expire
+                f[6] = t
             if slot is not None:
                 f[_K_SLOT] = slot
             if auth:
