@@ -199,3 +199,38 @@ def test_the_device_list_filters_and_pages_on_presence_in_the_database(ledger_ur
         assert json.dumps(api.presence.get(first))
     finally:
         api.close()
+
+
+def test_serve_tracks_a_vm_board_online_then_offline_and_raises_the_alert(site, tmp_path, monkeypatch):
+    """The wiring in `edgepay serve` (host_tools/service/run.py): a VM board's own hello and status,
+    then its will when it dies, through real Mosquitto; the offline alert the api part raises."""
+    from host_tools.service.config import load
+    from host_tools.service.run import Service
+    from tests.agentkit import CLOUD
+    from tests.test_serve import call, write_config
+    monkeypatch.setenv("TEST_MQTT_PW", CLOUD[1])
+    monkeypatch.setenv("TEST_API_TOKEN", "t0ken")
+    cfg = write_config(tmp_path, site)
+    cfg.write_text(cfg.read_text() + "[alerts]\nevery_s = 0.2\noffline_start_s = 0\noffline_resolve_s = 0\n")
+    svc = Service(load(cfg)).start()
+    try:
+        b = site.board("gate-1", "gate")
+        u = svc.url
+
+        def wait(path: str, pred, what: str):
+            deadline = time.monotonic() + 10
+            while True:
+                st, body = call(u + path, token="t0ken")
+                if st == 200 and pred(body):
+                    return body
+                assert time.monotonic() < deadline, f"{what}: {st} {body}"
+                time.sleep(0.1)
+        [d] = wait("/v1/devices?online=true", lambda x: len(x) == 1, "online")
+        assert d["id"] == "gate-1" and d["fw"] and d["since"]
+        assert "edgepay_devices_online 1.0" in call(u + "/metrics", token="t0ken")[1]
+        b.kill()                                      # no DISCONNECT: the broker sends the signed will
+        wait("/v1/devices?online=false", lambda x: [y["id"] for y in x] == ["gate-1"], "offline")
+        [a] = wait("/v1/alerts?state=open", lambda x: len(x) == 1, "the offline alert")
+        assert (a["device"], a["kind"]) == ("gate-1", "offline")
+    finally:
+        svc.stop()
