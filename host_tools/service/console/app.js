@@ -196,7 +196,8 @@ function devices() {
     field("status", h("select", {}, opts("", "active", "revoked", "decommissioned"))),
     field("kind", h("select", {}, opts("", "gate", "vending", "rental"))),
     field("board", h("input", { size: "10" })),
-    field("online", h("select", {}, opts("", "true", "false"))),
+    field("online", h("select", {}, h("option", { value: "" }, "any"), h("option", { value: "true" }, "online"),
+                      h("option", { value: "false" }, "offline / never seen"))),
     field("fw", h("input", { size: "8" })),
     h("button", { type: "submit" }, "Filter"));
   filters.addEventListener("submit", (ev) => {
@@ -419,8 +420,36 @@ function sessions() {
     const fl = await api("/v1/flags?" + qs({ device: ses.f.device }));
     flags.replaceChildren(h("h2", {}, "Flags"), fl.ok ? flagTable(fl.data) : h("p", { class: "muted" }, problem(fl)));
   };
-  view.replaceChildren(h("section", {}, h("h2", {}, "Sessions"), filters), ...parts.map((p) => p.el), flags);
+  view.replaceChildren(h("section", {}, h("h2", {}, "Sessions"), filters), ...parts.map((p) => p.el), revenue(), flags);
   every(5000, load);
+}
+
+// revenue per hour and device over the last 24 h, from the finance export (on demand: a site's
+// day can be many sessions); sums of integer minor units in BigInt
+function revenue() {
+  const site = h("input", { id: "rev-site", size: "12", placeholder: "site (id prefix)" });
+  const go = h("button", { id: "rev-go", type: "button" }, "Revenue per hour, last 24 h");
+  const out = h("div", { id: "revenue-table" });
+  go.addEventListener("click", async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const r = await api("/v1/ledger/export?" + qs({ from: now - 86400, to: now + 1, site: site.value.trim() }));
+    if (!r.ok) { out.replaceChildren(h("p", { class: "error" }, problem(r))); return; }
+    const by = new Map(), all = new Map();
+    for (const s of r.data.sessions) {
+      const k = [s.device, s.t1.slice(0, 13), s.currency].join("|");
+      by.set(k, (by.get(k) || 0n) + BigInt(s.amount));
+      all.set(s.currency, (all.get(s.currency) || 0n) + BigInt(s.amount));
+    }
+    const keys = [...by.keys()].sort((a, b) => { const [da, ha] = a.split("|"), [db, hb] = b.split("|");
+                                                  return da < db ? -1 : da > db ? 1 : ha < hb ? 1 : -1; });
+    out.replaceChildren(h("table", {}, h("tr", {}, ...["device", "hour (UTC)", "revenue"].map((c) => h("th", {}, c))),
+      ...keys.map((k) => { const [d, hr, cur] = k.split("|");
+                           return h("tr", {}, h("td", {}, d), h("td", {}, `${hr.replace("T", " ")}:00`),
+                                    h("td", { class: "num" }, money(by.get(k), cur))); })),
+      h("p", { class: "muted" }, `${r.data.count} settled sessions` +
+        [...all].map(([c, v]) => ` · ${money(v, c)}`).join("")));
+  });
+  return h("section", {}, h("h2", {}, "Revenue"), h("div", { class: "bar" }, site, go), out);
 }
 
 // ---- the router ----------------------------------------------------------------------------
