@@ -212,6 +212,15 @@ def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console)
     assert svc.accounts is not None and len(svc.accounts.audit(limit=1000)) == before
     shot("actuating-not-confirmed")
 
+    # money in the page: integer minor units by string arithmetic, read as their JSON text (a float
+    # would turn 2^53 + 1 into 2^53)
+    got = d.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('/console/static/app.js').then((m) => done([m.money('5', 'CNY'), m.money('-1234', 'USD'),"
+        " m.money('500', 'JPY'), m.money('1', 'KWD'), m.money(m.parse('{\"amount\": 9007199254740993}').amount, 'EUR'),"
+        " m.money(null, 'EUR'), m.money('12a', 'EUR')]))")
+    assert got == ["0.05 CNY", "-12.34 USD", "500 JPY", "0.001 KWD", "90071992547409.93 EUR", "", "12a"]
+
     # log out: the console asks for a login again and the session is over
     d.find_element(By.ID, "logout").click()
     until(lambda: d.find_elements(By.ID, "login-user"))

@@ -29,7 +29,7 @@ function csrf() {
 }
 
 // JSON with money fields kept as their source text (JSON.parse source access): never a float
-function parse(text) {
+export function parse(text) {
   return JSON.parse(text, (k, v, ctx) => (MONEY.has(k) && typeof v === "number" && ctx ? ctx.source : v));
 }
 
