@@ -4,7 +4,6 @@ condition held for the start delay and resolved only once it was clear for the r
 blip raises nothing, a condition back within the resolve delay keeps the alert), raised once with
 two evaluators racing, the signed webhook for raised and resolved, the [alerts] config, and the
 API's list with its refusals (unauthenticated, a device outside the caller's sites)."""
-# ruff: noqa: F811  (`ledger` is the fixture imported from tests/test_ledger.py)
 from __future__ import annotations
 
 import json
@@ -17,10 +16,10 @@ from host_tools.cloud.heartbeats import Heartbeats
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.ota_action import OtaProgress, Progress
 from host_tools.cloud.presence import Presence
+from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_model import Flag
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.webhooks import Dispatcher, Webhooks, sign
-from tests.test_ledger import ledger  # noqa: F401 (a fresh ledger database: the fixture)
 from tests.test_presence import PresenceApi
 from tests.test_serve_auth import is_problem
 from tests.test_webhooks import Receiver
@@ -34,7 +33,16 @@ def _kinds(batch) -> list[tuple[str, str]]:
     return sorted((a.device, a.kind) for a in batch)
 
 
-def test_each_rule_raises_after_its_start_delay_and_resolves_after_its_resolve_delay(ledger):
+def _registry(url: str, devices) -> Registry:
+    reg = Registry(url)
+    reg.add_many([(d, bytes(32), "gate", "sim-gate") for d in devices])
+    return reg
+
+
+def test_each_rule_raises_after_its_start_delay_and_resolves_after_its_resolve_delay(ledger_url):
+    reg = _registry(ledger_url, [f"gate-{i}" for i in range(1, 9)] + ["vend-1", "vend-2", "gate-old"])
+    reg.set_status("gate-old", "decommissioned")
+    ledger = reg.db
     pr, hb, ss, ota = Presence(ledger), Heartbeats(ledger), SessionStore(ledger), OtaProgress(ledger)
     al = Alerts(ledger)
     ev = Evaluator(al, Sources(ledger, ledger, ledger), Rules.from_config(RULES))
@@ -42,6 +50,7 @@ def test_each_rule_raises_after_its_start_delay_and_resolves_after_its_resolve_d
     pr.mark("gate-1", True, T - 3600)
     pr.mark("gate-1", False, T)
     pr.mark("gate-2", False, T)
+    pr.mark("gate-old", False, T)                                 # not active: never an alert
     assert ev.evaluate(T + 60) == ([], [])
     pr.mark("gate-2", True, T + 300)
     assert ev.evaluate(T + 599) == ([], [])
@@ -96,10 +105,12 @@ def test_each_rule_raises_after_its_start_delay_and_resolves_after_its_resolve_d
     assert [a.kind for a in al.list(device="gate-7")] == ["update_rolled_back"]
     assert len(al.list(state="resolved")) == 5 and al.list(state="open") == []
     assert [a.device for a in al.list(kind="offline")] == ["gate-1"]
+    reg.close()
 
 
 def test_two_evaluators_racing_raise_and_resolve_once_and_the_webhooks_say_so(ledger_url):
     rx = Receiver()
+    _registry(ledger_url, [f"gate-{i:02d}" for i in range(30)]).close()
     dbs = [open_ledger(ledger_url), open_ledger(ledger_url)]   # two instances: two connections
     try:
         ledger = dbs[0]
@@ -173,6 +184,7 @@ def test_bad_alert_settings_are_refused_in_words(tmp_path):
 def test_the_api_lists_alerts_paged_and_scoped_and_refuses_the_rest(ledger_url):
     api = PresenceApi(ledger_url)
     try:
+        api.reg.add_many([(d, bytes(32), "gate", "sim-gate") for d in ("lot1-gate-1", "lot1-gate-2", "lot2-gate-1")])
         ev = Evaluator(api.alerts, Sources(api.reg.db), Rules.from_config({"offline_start_s": 0, "offline_resolve_s": 0}))
         for d in ("lot1-gate-1", "lot1-gate-2", "lot2-gate-1"):
             api.presence.mark(d, False, T)

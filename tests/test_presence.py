@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 
@@ -91,7 +92,7 @@ def test_signed_status_hello_and_will_through_mosquitto_and_a_forged_one_refused
         clock[0] += 90
         sock = c.socket()
         assert sock is not None
-        sock.close()
+        sock.shutdown(socket.SHUT_RDWR)      # the broker sees the connection drop, with no DISCONNECT
         _until(tr, lambda: pr.get(dev) is not None and pr.get(dev)["online"] is False, "the will")  # type: ignore[index]
         assert pr.get(dev) == {"online": False, "since": clock[0], "seen": clock[0], "fw": "1.4.0"}
         # the same retained status again (a resubscribe) is the same state: `since` does not move
@@ -106,11 +107,11 @@ def test_signed_status_hello_and_will_through_mosquitto_and_a_forged_one_refused
             small.on_message(st_topic, b"x")
         assert small.stats["dropped"] == 2 and small.flush() == 3 and small.stats["refused"] == 3
     finally:
+        c.disconnect()           # before loop_stop, which otherwise waits out paho's 1 s select
         c.loop_stop()
         for t in (st_topic, "v1/dev/px-forged/up/status"):   # clear the retained messages
             mq.publish(t, b"", retain=True)
-        mq.client.loop_stop()
-        mq.client.disconnect()
+        mq.close()
         reg.close()
 
 

@@ -3,7 +3,7 @@ start delay and a resolve delay, so a condition that comes and goes raises nothi
 that is raised does not flap: it is raised once its condition has held for start_s, and resolved
 once the condition has been clear for resolve_s.
 
-    offline             presence says offline (since when it went: host_tools/cloud/presence.py)
+    offline             presence says an active device is offline (since when it went: presence.py)
     backlog             the device's heartbeats report jdepth > 0 continuously (since the first
                         heartbeat after its last jdepth 0: host_tools/cloud/heartbeats.py)
     charge_mismatch     a session-service flag charge_mismatch or fee_mismatch in the last
@@ -215,14 +215,16 @@ class Sources:
 
     def conditions(self, now: float, rules: Rules) -> Conditions:
         out: Conditions = {k: {} for k in KINDS}
-        for dev, since in self.db._read("SELECT device, since FROM presence WHERE online = ?", (False,)):
+        # active devices only: a revoked or decommissioned one is expected to be gone
+        for dev, since in self.db._read("SELECT p.device, p.since FROM presence p JOIN devices d ON "
+                                        "d.device_id = p.device WHERE p.online = ? AND d.status = 'active'", (False,)):
             out["offline"][dev] = (float(since), {"since": float(since)})
         # backlog: devices whose last heartbeat has jdepth > 0, since the first heartbeat after
         # their last jdepth 0 (full-resolution rows; older ones are folded, so at most keep_s back)
         for dev, jd, onset in self.db._read(
                 "SELECT l.device, l.jdepth, (SELECT MIN(r.at) FROM hb_raw r WHERE r.device = l.device AND r.at > "
                 "COALESCE((SELECT MAX(z.at) FROM hb_raw z WHERE z.device = l.device AND z.jdepth = 0), -1)) "
-                "FROM hb_last l WHERE l.jdepth > 0"):
+                "FROM hb_last l JOIN devices d ON d.device_id = l.device WHERE l.jdepth > 0 AND d.status = 'active'"):
             out["backlog"][dev] = (float(onset) if onset is not None else None, {"jdepth": int(jd)})
         if self.ledger_db is not None:
             db = self.ledger_db

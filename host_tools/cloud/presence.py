@@ -52,7 +52,9 @@ class Presence:
                 cur.execute(db._sql("SELECT online FROM presence WHERE device=?"), (dev,))
                 row = cur.fetchone()
                 if row is None:
-                    cur.execute(db._sql("INSERT INTO presence (device, online, since, seen, fw) VALUES (?,?,?,?,?)"),
+                    # another instance may insert it first (each gets every status): then its row stands
+                    cur.execute(db._sql("INSERT INTO presence (device, online, since, seen, fw) VALUES (?,?,?,?,?) "
+                                        "ON CONFLICT (device) DO NOTHING"),
                                 (dev, bool(online) if online is not None else True, at, at, fw))
                     continue
                 if online is not None and bool(online) != bool(row[0]):
