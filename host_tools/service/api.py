@@ -67,6 +67,7 @@ from host_tools.service.alerts_api import add_alert_routes
 from host_tools.service.webhooks_api import add_webhook_routes
 from host_tools.service.auth import AuditMiddleware, Auth, Problem, audit_note, install_problems
 from host_tools.service.console import add_console_routes
+from host_tools.service.pushes_api import add_push_routes
 
 
 log = logging.getLogger("edgepay.serve")
@@ -175,6 +176,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         add_webhook_routes(app, auth, webhooks)
     if alerts is not None:
         add_alert_routes(app, auth, alerts)
+    if ledger is not None:   # tariffs and bindings, in the session service's tables on the ledger's database
+        add_push_routes(app, auth, registry, client, ledger, ready)
 
     def _device(d, pr: dict | None = None) -> Device:
         pr = pr if pr is not None else (presence.get(d.device_id) if presence is not None else None) or {}
