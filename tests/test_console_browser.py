@@ -3,9 +3,10 @@
 own driver manager would try a download, which cannot work here). One browser and one real Service
 (real Mosquitto, a VM sim gate board) for the whole file: log in through the page, see the board
 listed, filter and page the device table, open the board's page (its heartbeat plots), send a
-`display` from it and watch it reach SUCCEEDED, see a session appear in progress and then settle,
-and dispatch one command to a selection (one device answers, one never does; an actuating command
-whose confirmation is dismissed is sent to nobody).
+`display` from it and watch it reach SUCCEEDED, see a session appear in progress and then settle
+(and its revenue per hour), see an alert raised (a charge-mismatch flag) and resolved, and dispatch
+one command to a selection (one device answers, one never does; an actuating command whose
+confirmation is dismissed is sent to nobody).
 
 Screenshots, one per step, are written to build/test-artifacts/console/ (gitignored).
 Without Chromium, its driver or selenium the browser test is skipped, and FAILS in CI (CI=true):
@@ -23,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from host_tools.cloud.ledger_open import open_ledger
+from host_tools.cloud.session_model import Flag
+from host_tools.cloud.session_store import SessionStore
 from host_tools.service.config import load
 from host_tools.service.run import Service
 from tests.agentkit import CLOUD
@@ -80,7 +83,10 @@ def console(module_broker, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEST_MQTT_PW", CLOUD[1])
         mp.setenv("TEST_API_TOKEN", "t0ken")
-        svc = Service(load(write_config(root, site))).start()
+        cfg = write_config(root, site)
+        # alerts evaluated twice a second; a session flag counts for 8 s (raised, then resolved)
+        cfg.write_text(cfg.read_text() + "\n[alerts]\nevery_s = 0.5\nflag_window_s = 8\n")
+        svc = Service(load(cfg)).start()
         try:
             board = site.board("gate-1", "gate")
             site.reg.add_many([(f"lot9-vend-{i:03d}", os.urandom(32), "vending", "sim-vending") for i in range(120)])
@@ -173,21 +179,33 @@ def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console)
         led.commit(chain.records([chain.make("sess_close", sid="s-console", payer="payer-7", t0=t0, slot=1,
                                              amount=1234567, cur="CNY", t1=t0 + 300, lines=[["cola", 1, 1234567]],
                                              reason="done")]))
+        until(lambda: "s-console" in text("#sessions-closed") and "s-console" not in text("#sessions-open"), 10)
+        assert "12345.67 CNY" in text('#sessions-closed tr[data-sid="s-console"] .amount')
+        d.find_element(By.ID, "rev-site").send_keys("lot9-")
+        d.find_element(By.ID, "rev-go").click()
+        until(lambda: "12345.67 CNY" in text("#revenue-table") and "lot9-vend-000" in text("#revenue-table"))
+        shot("session-settled")
+        # the session service flags a charge: the alert is raised (the flag and the open alert are
+        # shown), and resolved once the flag is older than the rule's window
+        SessionStore(led).add_flag(Flag("charge_mismatch", "lot9-vend-000", "s-console", "charged 1500, costs 1000",
+                                        device_amount=1000, cloud_amount=1000, charged=1500, cur="CNY",
+                                        at=time.time()))
     finally:
         led.close()
-    until(lambda: "s-console" in text("#sessions-closed") and "s-console" not in text("#sessions-open"), 10)
-    assert "12345.67 CNY" in text('#sessions-closed tr[data-sid="s-console"] .amount')
-    d.find_element(By.ID, "rev-site").send_keys("lot9-")
-    d.find_element(By.ID, "rev-go").click()
-    until(lambda: "12345.67 CNY" in text("#revenue-table") and "lot9-vend-000" in text("#revenue-table"))
-    shot("session-settled")
-
-    # select many, one command: the board answers, a device that never connects times out
     d.find_element(By.LINK_TEXT, "Devices").click()
     until(lambda: d.find_elements(By.ID, "f-kind"))
     Select(d.find_element(By.ID, "f-kind")).select_by_value("")    # the filter outlives the page
     d.find_element(By.CSS_SELECTOR, "#filters button").click()
+    until(lambda: "charge_mismatch" in text("#alerts") and "lot9-vend-000" in text("#alerts"), 10)
+    assert text('#devices tr[data-id="lot9-vend-000"] td.alerts') == "1"
+    shot("alert-raised")
+    d.find_element(By.LINK_TEXT, "lot9-vend-000").click()       # its page: the flag and the open alert
+    until(lambda: "charge_mismatch" in text("#device-flags") and "15.00 CNY" in text("#device-flags")
+          and "charge_mismatch" in text("#device-alerts"))
+    d.back()
     until(lambda: d.find_elements(By.CSS_SELECTOR, '#devices tr[data-id="lot9-vend-000"]'))
+
+    # select many, one command: the board answers, a device that never connects times out
     for dev in ("gate-1", "lot9-vend-000"):
         d.find_element(By.CSS_SELECTOR, f'#devices tr[data-id="{dev}"] input.sel').click()
     assert "2 selected" in text("#selected-count")
@@ -199,6 +217,9 @@ def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console)
     until(lambda: "SUCCEEDED" in text('#devices tr[data-id="gate-1"] .result')
           and "TIMED_OUT" in text('#devices tr[data-id="lot9-vend-000"] .result'), 15)
     shot("bulk-dispatched")
+    until(lambda: not d.find_element(By.ID, "alerts").is_displayed(), 15)     # resolved: no open alert
+    assert text('#devices tr[data-id="lot9-vend-000"] td.alerts') == ""
+    shot("alert-resolved")
 
     # an actuating command asks first; dismissed, it is sent to nobody (the audit log has no call)
     before = len(svc.accounts.audit(limit=1000)) if svc.accounts else 0

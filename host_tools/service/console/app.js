@@ -93,6 +93,12 @@ async function openAlerts(device) {
   return r.ok ? items(r.data) : null;
 }
 
+async function deviceAlerts(device) {   // open and resolved, newest first
+  if (!alertsApi) return null;
+  const r = await api("/v1/alerts?" + qs({ device, limit: 20 }));
+  return r.ok ? items(r.data) : null;
+}
+
 // ---- a command form: the command's arguments as fields; an actuating one is confirmed first ----
 function commandForm(idp, onSend) {
   const sel = h("select", { id: `${idp}-name` });
@@ -256,7 +262,7 @@ function devices() {
         h("td", {}, d.kind), h("td", {}, d.board), h("td", { class: d.status }, d.status),
         cols.online ? h("td", { class: on, title: d.since ? `since ${when(d.since)}` : "" }, on) : null,
         cols.fw ? h("td", {}, d.fw ?? "") : null,
-        alerts !== null ? h("td", { class: "num" }, alerts) : null,
+        alerts !== null ? h("td", { class: "num alerts" }, alerts) : null,
         h("td", { class: `result ${res ? res.state : ""}`, title: res && res.code ? res.code : "" },
           res ? `${res.name || ""} ${res.state}${res.code && res.state !== "SUCCEEDED" ? ` (${res.code})` : ""}` : ""));
       return r.tr;
@@ -289,9 +295,15 @@ function devices() {
 }
 
 function alertTable(list) {
-  return h("table", { class: "alerts" }, h("tr", {}, ...["device", "kind", "raised", "detail"].map((t) => h("th", {}, t))),
+  return h("table", { class: "alerts" }, h("tr", {}, ...["device", "kind", "raised", "resolved", "detail"].map((t) => h("th", {}, t))),
     ...list.map((a) => h("tr", {}, h("td", {}, a.device), h("td", {}, a.kind), h("td", {}, when(a.raised_at)),
-                         h("td", {}, typeof a.detail === "string" ? a.detail : JSON.stringify(a.detail ?? "")))));
+                         h("td", { class: a.resolved_at ? "" : "offline" }, a.resolved_at ? when(a.resolved_at) : "open"),
+                         h("td", {}, detail(a.detail)))));
+}
+
+function detail(d) {
+  if (d === null || typeof d !== "object") return d ?? "";
+  return Object.entries(d).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
 }
 
 // ---- one device ----------------------------------------------------------------------------
@@ -354,7 +366,7 @@ function device(id) {
   const load = async () => {
     const enc = encodeURIComponent(id);
     const [d, hb, ss, fl, al] = await Promise.all([api(`/v1/devices/${enc}`), api(`/v1/devices/${enc}/heartbeats`),
-      api(`/v1/sessions?device=${enc}&limit=20`), api(`/v1/flags?device=${enc}`), openAlerts(id)]);
+      api(`/v1/sessions?device=${enc}&limit=20`), api(`/v1/flags?device=${enc}`), deviceAlerts(id)]);
     if (!d.ok) { info.replaceChildren(h("p", { class: "error" }, problem(d))); return; }
     const last = hb.ok ? hb.data.last : null;
     const row = (k, v, cls) => [h("dt", {}, k), h("dd", { class: cls, id: `dd-${k.replace(/\W+/g, "-")}` }, v ?? "")];
@@ -370,8 +382,8 @@ function device(id) {
     plots.replaceChildren(plot("heap (bytes, avg)", pts, "heap_avg"), plot("RSSI (dBm)", pts, "rssi_max"),
                           plot("journal depth (max)", pts, "jdepth_max"));
     sess.replaceChildren(ss.ok ? sessionTable("sessions", ss.data, false) : h("p", { class: "muted" }, problem(ss)));
-    extra.replaceChildren(...(fl.ok && fl.data.length ? [h("h2", {}, "Flags"), flagTable(fl.data)] : []),
-                          ...(al && al.length ? [h("h2", {}, "Open alerts"), alertTable(al)] : []));
+    extra.replaceChildren(...(fl.ok && fl.data.length ? [h("h2", {}, "Flags"), h("div", { id: "device-flags" }, flagTable(fl.data))] : []),
+                          ...(al && al.length ? [h("h2", {}, "Alerts"), h("div", { id: "device-alerts" }, alertTable(al))] : []));
   };
   view.replaceChildren(
     h("section", {}, h("h2", { id: "device-title" }, `Device ${id}`), info),
