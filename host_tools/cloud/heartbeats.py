@@ -16,13 +16,13 @@ the same transaction; a second run finds nothing left to fold).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from typing import Any
 
 from host_tools.cloud.ledger_db import Database
-from host_tools.cloud.registry import Registry, open_uplink
+from host_tools.cloud.registry import Registry
+from host_tools.cloud.uplink_queue import VerifiedQueue
 
 log = logging.getLogger("edgepay.heartbeats")
 
@@ -129,7 +129,7 @@ class Heartbeats:
         return int(self.db._read("SELECT COUNT(*) FROM hb_last WHERE at >= ?", (int(now) - within_s,))[0][0])
 
 
-class Recorder:
+class Recorder(VerifiedQueue):
     """Feeds Heartbeats from `v1/dev/+/up/hb`: each message verified under its device's key (the
     rest is counted and dropped: a forged heartbeat must not make a device look alive), stamped
     with the cloud's clock when it arrives; and folds old rows every `fold_s`.
@@ -139,46 +139,19 @@ class Recorder:
     verifying and the writing, one transaction per batch, are `run`'s, on its own thread."""
 
     TOPIC = "v1/dev/+/up/hb"
-    QUEUE = 20000
-    BATCH = 500
 
-    def __init__(self, hb: Heartbeats, registry: Registry, fold_s: float = 600.0, queue_max: int = QUEUE):
+    def __init__(self, hb: Heartbeats, registry: Registry, fold_s: float = 600.0, queue_max: int = VerifiedQueue.QUEUE):
+        super().__init__(registry, queue_max, lambda: int(time.time()))
         self.hb = hb
-        self.registry = registry
         self.fold_s = fold_s
-        self._keys: dict = {}
-        self._q: queue.Queue = queue.Queue(queue_max)
-        self.stats = {"recorded": 0, "refused": 0, "dropped": 0}
 
-    def on_message(self, topic: str, payload: bytes) -> None:
-        try:
-            self._q.put_nowait((topic, bytes(payload), int(time.time())))
-        except queue.Full:
-            self.stats["dropped"] += 1
+    def row(self, device: str, msg: dict, at: float) -> tuple | None:
+        if msg.get("type") != "heartbeat":
+            return None
+        return (device, at, msg.get("heap"), msg.get("rssi"), msg.get("jdepth"), msg.get("uptime"))
 
-    def flush(self) -> int:
-        """Verify and store what is queued now, one transaction per batch; how many were taken."""
-        n = 0
-        while True:
-            batch = []
-            try:
-                while len(batch) < self.BATCH:
-                    batch.append(self._q.get_nowait())
-            except queue.Empty:
-                pass
-            if not batch:
-                return n
-            n += len(batch)
-            rows = []
-            for topic, payload, at in batch:
-                device, msg, err = open_uplink(self.registry, self._keys, topic, payload)
-                if msg is None or msg.get("type") != "heartbeat":
-                    self.stats["refused"] += 1
-                    log.debug("heartbeat from %s refused: %s", device, err)
-                    continue
-                rows.append((device, at, msg.get("heap"), msg.get("rssi"), msg.get("jdepth"), msg.get("uptime")))
-            self.hb.add_many(rows)
-            self.stats["recorded"] += len(rows)
+    def store(self, rows: list) -> None:
+        self.hb.add_many(rows)
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
         """Store what arrives, and fold what is past the retention now and then, until `stop`."""

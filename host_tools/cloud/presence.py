@@ -14,13 +14,13 @@ in the database: a page of a 10,000-device fleet filtered by online or firmware 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from typing import Any, Callable
 
 from host_tools.cloud.ledger_db import Database, where_prefixes
-from host_tools.cloud.registry import Registry, open_uplink
+from host_tools.cloud.registry import Registry
+from host_tools.cloud.uplink_queue import VerifiedQueue
 
 log = logging.getLogger("edgepay.presence")
 
@@ -109,61 +109,33 @@ class Presence:
                              + " AND ".join(where) + " ORDER BY d.device_id LIMIT ?", (*args, int(limit)))
 
 
-class Tracker:
+class Tracker(VerifiedQueue):
     """Feeds Presence from `up/status` and `up/hello`, each verified under its device's key (the rest
     is counted as refused and dropped: a forged status must not make a device look online), stamped
     with the cloud's clock on arrival. Like heartbeats.Recorder: `on_message` (the MQTT network
     thread) only queues, bounded; `run` verifies and writes, one transaction per batch."""
 
     TOPICS = ("v1/dev/+/up/status", "v1/dev/+/up/hello")
-    QUEUE = 20000
-    BATCH = 500
 
-    def __init__(self, presence: Presence, registry: Registry, queue_max: int = QUEUE,
+    def __init__(self, presence: Presence, registry: Registry, queue_max: int = VerifiedQueue.QUEUE,
                  clock: Callable[[], float] = time.time):
+        super().__init__(registry, queue_max, clock)
         self.presence = presence
-        self.registry = registry
-        self.clock = clock
-        self._keys: dict = {}
-        self._q: queue.Queue = queue.Queue(queue_max)
-        self.stats = {"recorded": 0, "refused": 0, "dropped": 0}
 
     def subscribe(self, mqtt: Any) -> None:
         for t in self.TOPICS:
             mqtt.subscribe(t, self.on_message, qos=1)
 
-    def on_message(self, topic: str, payload: bytes) -> None:
-        try:
-            self._q.put_nowait((topic, bytes(payload), self.clock()))
-        except queue.Full:
-            self.stats["dropped"] += 1
+    def row(self, device: str, msg: dict, at: float) -> tuple | None:
+        kind = msg.get("type")
+        if kind == "status":
+            return (device, bool(msg["online"]), at, None)
+        if kind == "hello":   # a hello is sent on connecting: online, and its firmware
+            return (device, True, at, str(msg["fw"]))
+        return None
 
-    def flush(self) -> int:
-        """Verify and store what is queued now; how many were taken."""
-        n = 0
-        while True:
-            batch = []
-            try:
-                while len(batch) < self.BATCH:
-                    batch.append(self._q.get_nowait())
-            except queue.Empty:
-                pass
-            if not batch:
-                return n
-            n += len(batch)
-            rows: list[tuple[str, bool | None, float, str | None]] = []
-            for topic, payload, at in batch:
-                device, msg, err = open_uplink(self.registry, self._keys, topic, payload)
-                kind = msg.get("type") if msg is not None else None
-                if kind == "status":
-                    rows.append((device, bool(msg["online"]), at, None))   # type: ignore[index]
-                elif kind == "hello":   # a hello is sent on connecting: online, and its firmware
-                    rows.append((device, True, at, str(msg["fw"])))        # type: ignore[index]
-                else:
-                    self.stats["refused"] += 1
-                    log.warning("presence message from %s on %s refused: %s", device, topic, err or kind)
-            self.presence.mark_many(rows)
-            self.stats["recorded"] += len(rows)
+    def store(self, rows: list) -> None:
+        self.presence.mark_many(rows)
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
         while not stop.is_set():

@@ -58,14 +58,14 @@ from host_tools.cloud.ledger import Ledger
 from host_tools.cloud.ledger_export import ExportError, iso, parse_time
 from host_tools.cloud.ledger_export import export as ledger_export_
 from host_tools.cloud.presence import Presence
-from host_tools.cloud.registry import Registry, RegistryError
+from host_tools.cloud.registry import Registry
 from host_tools.cloud.rollout_store import RolloutStore
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.webhooks import Webhooks
 from host_tools.service.accounts_api import add_account_routes
 from host_tools.service.alerts_api import add_alert_routes
 from host_tools.service.webhooks_api import add_webhook_routes
-from host_tools.service.auth import AuditMiddleware, Auth, Problem, audit_note, install_problems
+from host_tools.service.auth import AuditMiddleware, Auth, Problem, audit_note, install_problems, visible_device
 from host_tools.service.console import add_console_routes
 from host_tools.service.pushes_api import add_push_routes
 
@@ -185,14 +185,7 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
                       online=pr.get("online"), since=pr.get("since"), fw=pr.get("fw"))
 
     def _get(p: Principal, device_id: str):
-        """The device, if the caller's sites cover it; outside them it is as unknown as a missing one
-        (a scoped account does not learn which devices exist elsewhere)."""
-        try:
-            if p.sees(device_id):
-                return registry.get(device_id)
-        except RegistryError:
-            pass
-        raise Problem(404, f"unknown device {device_id!r}")
+        return visible_device(registry, p, device_id)
 
     @app.get("/v1/devices")
     def devices(response: Response, status: str | None = None, kind: str | None = None, board: str | None = None,

@@ -33,6 +33,7 @@ from fastapi.security import APIKeyCookie, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from host_tools.cloud.accounts import Accounts, Principal, digest
+from host_tools.cloud.registry import RegistryError
 
 log = logging.getLogger("edgepay.serve")
 
@@ -212,3 +213,14 @@ def audit_note(request: Request, **kw: Any) -> None:
     cur = getattr(request.state, "audit", None) or {}
     cur.update(kw)
     request.state.audit = cur
+
+
+def visible_device(registry: Any, p: Principal, device_id: str) -> Any:
+    """The device, if the caller's sites cover it; outside them it is as unknown as a missing one
+    (a scoped account does not learn which devices exist elsewhere): 404 either way."""
+    try:
+        if p.sees(device_id):
+            return registry.get(device_id)
+    except RegistryError:
+        pass
+    raise Problem(404, f"unknown device {device_id!r}")

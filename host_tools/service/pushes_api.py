@@ -26,9 +26,9 @@ from host_tools.cloud import cmdspec, fees
 from host_tools.cloud.accounts import Principal
 from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.ledger import Ledger
-from host_tools.cloud.registry import Registry, RegistryError
+from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
-from host_tools.service.auth import Auth, Problem, audit_note
+from host_tools.service.auth import Auth, Problem, audit_note, visible_device
 
 
 class TariffIn(BaseModel):
@@ -56,12 +56,7 @@ def add_push_routes(app: FastAPI, auth: Auth, registry: Registry, client: Comman
         return stores[0]
 
     def device(p: Principal, device_id: str):
-        try:
-            if p.sees(device_id):
-                return registry.get(device_id)
-        except RegistryError:
-            pass
-        raise Problem(404, f"unknown device {device_id!r}")
+        return visible_device(registry, p, device_id)
 
     def unscoped(p: Principal) -> None:
         if p.sites is not None:
