@@ -1,13 +1,17 @@
 """The `sessions` part of `edgepay serve` (host_tools/service/sessions_part.py), real Mosquitto:
 it answers a device's auth_req through the configured provider, and a request sent while it is
-down is answered when it comes back under the same instance name; the settings it refuses (no
+down is answered when it comes back under the same instance name; with ingest beside it a
+committed close settles and becomes one `session.settled` webhook; the settings it refuses (no
 provider, a bad one, one that is not a PayAfterProvider) each name what is wrong."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
+from host_tools.cloud import fees
+from host_tools.cloud.webhooks import Webhooks
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.service.config import ConfigError, ServiceConfig
@@ -47,6 +51,23 @@ def test_serve_answers_auth_and_keeps_what_came_while_it_was_down(broker, cfg):
         with Service(cfg, only=["sessions"]):
             wait_for(lambda: bool(dev.cmds("auth", "s-2")), what="the queued request answered")
             assert dev.cmds("auth", "s-2")[0][2] is True
+        # with ingest beside it, a committed close settles at once and is a session.settled webhook
+        hook, _ = Webhooks(reg.db).add("http://127.0.0.1:9/hook", ["session.settled"])
+        with Service(cfg, only=["sessions", "ingest"]):
+            t1 = int(time.time())
+            t0 = t1 - 3700
+            dev.auth_req("entry", "s-3", "SH-S1", iat=t1, t0=t0, slot=0)
+            assert dev.wait("auth", "s-3")[0][2] is True
+            fee = fees.parking(T_PARK, t0, t1)
+            dev.record("sess_open", sid="s-3", payer="SH-S1", t0=t0, slot=0, auth="gate-s1:s-3")
+            dev.record("sess_close", sid="s-3", payer="SH-S1", t0=t0, slot=0, auth="gate-s1:s-3", amount=fee,
+                       cur="EUR", t1=t1, lines=[["park", 1, fee]])
+            hooks = Webhooks(reg.db)
+            wait_for(lambda: bool(hooks.deliveries(hook.id)), what="the session.settled delivery")
+            [d] = hooks.deliveries(hook.id)
+            body = json.loads(d.body)
+            assert d.event == "session.settled" and body["data"]["sid"] == "s-3"
+            assert (body["data"]["status"], body["data"]["charged"], body["data"]["cur"]) == ("settled", fee, "EUR")
     finally:
         dev.close()
         reg.close()

@@ -103,6 +103,30 @@ def test_a_killed_instance_leaves_the_rest_to_the_others(rig):
     assert len(provider.orders()) == 5
 
 
+def test_a_settled_session_is_told_once_whichever_instance_settles_it(rig):
+    """Both instances settle the same close (each polls the ledger); on_settled fires once."""
+    from host_tools.cloud import fees
+    from host_tools.cloud.session_model import CloseRecord
+    instance, stop, dev, provider = rig
+    told: list[dict] = []
+    a, b = instance("a"), instance("b")
+    for svc in (a, b):
+        svc.on_settled = told.append
+    a.bind("SH-A1", "acct-1")
+    a.set_tariff("gate-d1", T_PARK)
+    dev.wait("set_tariff", None)
+    t1 = int(time.time())
+    t0 = t1 - 3700
+    dev.auth_req("entry", "st-1", "SH-A1", iat=t1, t0=t0, slot=0)
+    assert dev.wait("auth", "st-1")[0][2] is True
+    fee = fees.parking(T_PARK, t0, t1)
+    rec = CloseRecord("gate-d1", "st-1", "SH-A1", t0, t1, fee, "EUR", None, [["park", 1, fee]], "gate-d1:st-1", 9)
+    assert a.settle(rec) == "settled" and b.settle(rec) == "settled" and a.settle(rec) == "settled"
+    assert len(told) == 1
+    assert {k: told[0][k] for k in ("device", "sid", "status", "charged", "cur")} == \
+        {"device": "gate-d1", "sid": "st-1", "status": "settled", "charged": fee, "cur": "EUR"}
+
+
 def test_the_settings_that_cannot_be_are_refused(broker, tmp_path):
     reg = Registry(str(tmp_path / "registry.db"))
     try:

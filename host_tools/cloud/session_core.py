@@ -31,6 +31,7 @@ class ServiceCore:
     answer_ttl_s: float
     instance: str | None          # set: this instance receives every request and claims the ones it answers
     auth_expiry_s: float | None   # set: a request older than this (its own instant) is not answered
+    on_settled: Callable[[dict], None] | None   # told once per settled session (settle_status + device, sid)
     # shared state: `_lock` guards every dict here; a session's own work runs under `_slock`
     _lock: threading.RLock
     _pool: ThreadPoolExecutor
@@ -49,6 +50,9 @@ class ServiceCore:
         raise NotImplementedError
 
     def sessions(self) -> list[SessionState]:
+        raise NotImplementedError
+
+    def settle_status(self, device: str, sid: str) -> dict:
         raise NotImplementedError
 
     def _slock(self, device: str, sid: str) -> threading.Lock:

@@ -86,7 +86,21 @@ class Settlement(ServiceCore):
                 with self._lock:
                     self.store.set_pending(r.device, r.sid, None)
                     self._pending.pop(key, None)
-            return status
+        if status != "pending" and self.on_settled is not None:
+            self._tell_settled(r.device, r.sid)
+        return status
+
+    def _tell_settled(self, device: str, sid: str) -> None:
+        """on_settled once per session, whichever instance or retry settled it: the first to record
+        it in the store (svc_claims, keyed apart from the requests' by seq -1) tells."""
+        if not self.store.first(f"settled/{device}/{sid}", self.clock()):
+            return
+        st = self.settle_status(device, sid)
+        try:
+            assert self.on_settled is not None
+            self.on_settled({"device": device, "sid": sid, **st})
+        except Exception:  # noqa: BLE001 - settled is settled: a lost notice is logged, never retried here
+            log.exception("on_settled for %s/%s failed", device, sid)
 
     def _settle(self, r: CloseRecord, kind: str) -> str:
         with self._lock:  # a rental closed at another station settles on the rental's session

@@ -208,6 +208,16 @@ class SessionStore:
         self.db._write(lambda cur: cur.execute(sql, (device, seq, instance, at)))
         return self.db._read("SELECT instance FROM svc_claims WHERE device=? AND seq=?", (device, seq))[0][0]
 
+    def first(self, key: str, at: float) -> bool:
+        """True for the one call that records `key` first (a once-only event, across processes)."""
+        sql = self.db._sql("INSERT INTO svc_claims (device, seq, instance, at) VALUES (?,?,?,?) "
+                           "ON CONFLICT (device, seq) DO NOTHING")
+
+        def run(cur) -> bool:
+            cur.execute(sql, (key, -1, "", at))
+            return cur.rowcount == 1
+        return bool(self.db._write(run))
+
     # ---- settlements to retry --------------------------------------------------------------
     def set_pending(self, device: str, sid: str, rec: CloseRecord | None) -> None:
         if rec is None:

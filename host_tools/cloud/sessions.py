@@ -118,10 +118,12 @@ class SessionService(AuthFlows, Settlement):
                  default_limit: int = 10_000, vend_max_items: int = 5, cmd_ttl: int = 60,
                  doubt_s: float = 120.0, answer_cache: int = 10_000, max_skew_s: int = 300,
                  store: SessionStore | None = None, answer_ttl_s: float = 7 * 86400,
-                 instance: str | None = None, auth_expiry_s: float | None = None, session_s: int = 86400):
+                 instance: str | None = None, auth_expiry_s: float | None = None, session_s: int = 86400,
+                 on_settled: Callable[[dict], None] | None = None):
         self.registry = registry
         self.instance = instance
         self.auth_expiry_s = auth_expiry_s
+        self.on_settled = on_settled
         if instance is not None:
             # Durable: a persistent session per instance (its name is its client id), subscribed to
             # every request, not a $share group: Mosquitto deals a group's messages round robin to

@@ -38,7 +38,7 @@ from host_tools.cloud.ledger_db import Database
 
 log = logging.getLogger("edgepay.webhooks")
 
-EVENTS = ("command.final", "alert.raised", "alert.resolved")
+EVENTS = ("command.final", "alert.raised", "alert.resolved", "session.settled")
 WEBHOOKS_VERSION = 1
 # seconds before each retry: 8 attempts over ~7 hours, then the delivery is failed (kept, listed)
 BACKOFF = (5, 30, 120, 600, 1800, 3600, 7200)

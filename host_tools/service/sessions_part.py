@@ -13,6 +13,7 @@ one instance that answers each request. Its state lives in the ledger's database
 With ingest in the same process, ingest hands each commit to the service (`on_commit`). Otherwise
 the service settles from the ledger every settle_s. Either way it sweeps the provider's orders
 every settle_s, and it takes what the ledger committed while it was down when it starts (`recover`).
+Each settled session is a `session.settled` webhook (its settle status, amounts in minor units).
 `provider = "scripted"` is the test double (host_tools/cloud/payafter.py): no money moves.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from host_tools.cloud.payafter import PayAfterProvider, ScriptedProvider
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.cloud.sessions import SessionService
+from host_tools.cloud.webhooks import Webhooks
 from host_tools.service.config import ConfigError, ServiceConfig
 
 log = logging.getLogger("edgepay.serve.sessions")
@@ -58,10 +60,15 @@ class SessionsPart:
         self.cfg = cfg
         self.provider = load_provider(cfg.provider)
         self.store = SessionStore.open(cfg.ledger)
+        # session.settled webhooks: recorded here, sent by the api part's dispatcher (any instance)
+        self.webhooks = Webhooks(registry.db)
         self.svc = SessionService(registry, self.provider, broker, store=self.store, instance=cfg.instance,
-                                  auth_expiry_s=cfg.auth_expiry_s)
+                                  auth_expiry_s=cfg.auth_expiry_s, on_settled=self._settled)
         self._ledger = None
         self._thread: threading.Thread | None = None
+
+    def _settled(self, st: dict) -> None:
+        self.webhooks.emit("session.settled", st)
 
     def start(self, timeout: float) -> "SessionsPart":
         self.svc.start(timeout)
