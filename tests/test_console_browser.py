@@ -165,6 +165,8 @@ def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console)
     d.find_element(By.ID, "cmd-send").click()
     until(lambda: "SUCCEEDED" in text("#cmd-log li .state"))
     board.hw.wait_output("display", "hi console", 5)
+    # and the device's command history (the audit log's, refreshed with the page) lists it
+    until(lambda: "display" in text("#device-commands") and "SUCCEEDED" in text("#device-commands"), 15)
     shot("command-succeeded")
 
     # a session appears in progress, then settles (its signed records committed to the ledger)

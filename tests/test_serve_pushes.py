@@ -2,7 +2,7 @@
 real Mosquitto: a tariff is checked, stored where the session service reads it, and sent signed; a
 bad one is refused with nothing sent; bindings are set, read and removed; and with the `sessions`
 part running, a tariff and a binding pushed over HTTP are what it grants an entry by, with no
-Python written."""
+Python written; the device's command and campaign histories."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 
 from host_tools.cloud.registry import Registry
+from host_tools.cloud.rollout import CommandAction, Rollouts
+from host_tools.cloud.rollout_store import RolloutStore
 from host_tools.service.config import ServiceConfig
 from host_tools.service.run import Service
 from tests.otastandin import StandIn
@@ -76,6 +78,19 @@ def test_tariffs_and_bindings_pushed_over_http_are_what_sessions_charge_by(broke
             assert call(f"{u}/v1/bindings/SH-P1", "DELETE")[0] == 404
             fake.auth_req("entry", "e-2", "SH-P1", iat=now, t0=now, slot=0)
             assert fake.wait("auth", "e-2")[0][2] is False                       # unbound now
+            # the device page's histories: its commands through the API, and its campaigns
+            st, hist = call(f"{u}/v1/devices/gate-p1/commands")
+            assert st == 200 and hist[-1]["name"] == "set_tariff" and hist[-1]["state"] == "SUCCEEDED"
+            assert [h["http"] for h in hist] == ["422", "422", "422", "200"], hist   # newest first, refusals too
+            st, page = call(f"{u}/v1/devices/gate-p1/commands?limit=2")
+            assert st == 200 and len(page) == 2 and page[0]["id"] > page[1]["id"]
+            assert call(f"{u}/v1/devices/gate-p1/campaigns") == (200, [])
+            Rollouts(RolloutStore.open(cfg.ledger), {"command": CommandAction(svc.client)}).create(
+                "hb-1", "command", {"name": "get_state", "args": []}, ["gate-p1", "gate-p2"])
+            st, camps = call(f"{u}/v1/devices/gate-p1/campaigns")
+            assert st == 200 and [(c["campaign"], c["action"], c["what"], c["state"]) for c in camps] == \
+                [("hb-1", "command", "get_state", "pending")]
+            assert call(f"{u}/v1/devices/nope/commands")[0] == 404
             st, audit = call(f"{u}/v1/audit")
             actions = [a["action"] for a in (audit if isinstance(audit, list) else audit.get("items", []))]
             assert st == 200 and {"tariff.push", "binding.set", "binding.remove"} <= set(actions), actions

@@ -396,15 +396,18 @@ class Accounts:
                              "('login', 'me.password') AND status='401'", (name, time.time() - within_s))
         return int(rows[0][0])
 
-    def audit(self, *, before: int | None = None, limit: int = 100, actor: str | None = None) -> list[dict]:
-        """Entries newest first; `before` (an id) pages back."""
-        conds, args = [], []
-        if before is not None:
-            conds.append("id < ?")
-            args.append(before)
-        if actor is not None:
-            conds.append("actor = ?")
-            args.append(actor)
+    def audit(self, *, before: int | None = None, limit: int = 100, actor: str | None = None,
+              target: str | None = None, actions: tuple[str, ...] = ()) -> list[dict]:
+        """Entries newest first; `before` (an id) pages back; `target` and `actions` narrow them."""
+        conds: list[str] = []
+        args: list = []
+        for col, v in (("id < ?", before), ("actor = ?", actor), ("target = ?", target)):
+            if v is not None:
+                conds.append(col)
+                args.append(v)
+        if actions:
+            conds.append(f"action IN ({self.db._ph(len(actions))})")
+            args.extend(actions)
         where = (" WHERE " + " AND ".join(conds)) if conds else ""
         rows = self.db._read(f"SELECT id, at, actor, via, action, target, status, detail FROM audit{where} "
                              f"ORDER BY id DESC LIMIT {int(limit)}", tuple(args))

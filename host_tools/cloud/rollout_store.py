@@ -40,6 +40,7 @@ def _schema() -> list[str]:
             campaign TEXT NOT NULL, device TEXT NOT NULL, pos INTEGER NOT NULL, state TEXT NOT NULL,
             reason TEXT, started_at DOUBLE PRECISION, finished_at DOUBLE PRECISION,
             PRIMARY KEY (campaign, device))""",
+        "CREATE INDEX IF NOT EXISTS ro_targets_device ON ro_targets (device)",   # a device's history
     ]
 
 
@@ -152,6 +153,21 @@ class RolloutStore:
     def targets(self, cid: str) -> list[Target]:
         rows = self.db._read(f"SELECT {','.join(_T_COLS)} FROM ro_targets WHERE campaign=? ORDER BY pos", (cid,))
         return [Target(*r) for r in rows]
+
+    def device_history(self, device: str, limit: int = 50) -> list[dict]:
+        """The campaigns that named `device`, newest first: its state and reason in each, and the
+        release (a firmware campaign's spec) or command it carried."""
+        rows = self.db._read(
+            "SELECT t.campaign, c.action, c.spec, t.state, t.reason, t.started_at, t.finished_at, c.created_at "
+            "FROM ro_targets t JOIN ro_campaigns c ON c.id = t.campaign WHERE t.device=? "
+            f"ORDER BY c.created_at DESC LIMIT {int(limit)}", (device,))
+        out = []
+        for cid, action, spec, state, reason, started, finished, created in rows:
+            sp = json.loads(spec)
+            out.append({"campaign": cid, "action": action, "what": sp.get("release") or sp.get("name"),
+                        "version": sp.get("version"), "state": state, "reason": reason, "created_at": created,
+                        "started_at": started, "finished_at": finished})
+        return out
 
     def counts(self, cid: str) -> dict[str, int]:
         rows = self.db._read("SELECT state, COUNT(*) FROM ro_targets WHERE campaign=? GROUP BY state", (cid,))

@@ -335,6 +335,35 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         assert rollouts is not None
         return [t for t in rollouts.targets(cid) if p.sees(t.device)]
 
+    @app.get("/v1/devices/{device_id}/commands")
+    def device_commands(device_id: str, response: Response, before: int | None = None,
+                        limit: int = Query(50, ge=1, le=500), p: Principal = Depends(viewer)) -> list[dict]:
+        """The commands sent to it through this API (the audit log's entries), newest first, with
+        their outcome; a full page links the next (`before=` the last id)."""
+        _get(p, device_id)
+        if accounts is None:
+            raise Problem(404, "this server keeps no audit log")
+        rows = accounts.audit(before=before, limit=limit, target=device_id, actions=("command", "tariff.push"))
+        if len(rows) == limit:
+            response.headers["Link"] = (f'</v1/devices/{device_id}/commands?{urlencode({"before": rows[-1]["id"], "limit": limit})}>; '
+                                        'rel="next"')
+        out = []
+        for r in rows:
+            d = r["detail"] or {}
+            out.append({"id": r["id"], "at": r["at"], "by": r["actor"], "http": r["status"],
+                        "name": d.get("name") or ("set_tariff" if r["action"] == "tariff.push" else None),
+                        "state": d.get("state"), "code": d.get("code"), "cti": d.get("cti")})
+        return out
+
+    @app.get("/v1/devices/{device_id}/campaigns")
+    def device_campaigns(device_id: str, limit: int = Query(50, ge=1, le=500),
+                         p: Principal = Depends(viewer)) -> list[dict]:
+        """Its update (and command campaign) history, newest first: each campaign's state for it."""
+        _get(p, device_id)
+        if rollouts is None:
+            raise Problem(404, "this server keeps no campaigns")
+        return rollouts.device_history(device_id, limit)
+
     @app.get("/v1/campaigns")
     def campaigns(p: Principal = Depends(viewer)) -> list[dict]:
         # a scoped account sees the campaigns that reach one of its devices (their counts are the

@@ -350,6 +350,7 @@ function device(id) {
   const plots = h("div", { class: "plots", id: "plots" });
   const sess = h("div", { id: "device-sessions" });
   const extra = h("div");
+  const history = h("div", { id: "device-history" });
   const log = h("ul", { id: "cmd-log" });
   const form = commandForm("cmd", (b, spec) => {
     const li = h("li", {}, `${new Date().toLocaleTimeString()} ${b.name} `);
@@ -365,8 +366,9 @@ function device(id) {
   });
   const load = async () => {
     const enc = encodeURIComponent(id);
-    const [d, hb, ss, fl, al] = await Promise.all([api(`/v1/devices/${enc}`), api(`/v1/devices/${enc}/heartbeats`),
-      api(`/v1/sessions?device=${enc}&limit=20`), api(`/v1/flags?device=${enc}`), deviceAlerts(id)]);
+    const [d, hb, ss, fl, al, ch, up] = await Promise.all([api(`/v1/devices/${enc}`), api(`/v1/devices/${enc}/heartbeats`),
+      api(`/v1/sessions?device=${enc}&limit=20`), api(`/v1/flags?device=${enc}`), deviceAlerts(id),
+      api(`/v1/devices/${enc}/commands?limit=20`), api(`/v1/devices/${enc}/campaigns?limit=20`)]);
     if (!d.ok) { info.replaceChildren(h("p", { class: "error" }, problem(d))); return; }
     const last = hb.ok ? hb.data.last : null;
     const row = (k, v, cls) => [h("dt", {}, k), h("dd", { class: cls, id: `dd-${k.replace(/\W+/g, "-")}` }, v ?? "")];
@@ -382,6 +384,16 @@ function device(id) {
     plots.replaceChildren(plot("heap (bytes, avg)", pts, "heap_avg"), plot("RSSI (dBm)", pts, "rssi_max"),
                           plot("journal depth (max)", pts, "jdepth_max"));
     sess.replaceChildren(ss.ok ? sessionTable("sessions", ss.data, false) : h("p", { class: "muted" }, problem(ss)));
+    history.replaceChildren(
+      ...(ch.ok ? [h("h2", {}, "Command history"), h("table", { id: "device-commands" },
+        h("tr", {}, ...["when", "command", "state", "by"].map((t) => h("th", {}, t))),
+        ...ch.data.map((c) => h("tr", {}, h("td", {}, when(c.at)), h("td", {}, c.name ?? ""),
+          h("td", { class: `state ${c.state ?? ""}` }, c.state ?? `HTTP ${c.http}`), h("td", {}, c.by ?? ""))))] : []),
+      ...(up.ok && up.data.length ? [h("h2", {}, "Updates and campaigns"), h("table", { id: "device-campaigns" },
+        h("tr", {}, ...["campaign", "what", "state", "reason", "finished"].map((t) => h("th", {}, t))),
+        ...up.data.map((c) => h("tr", {}, h("td", {}, c.campaign), h("td", {}, `${c.action}: ${c.what ?? ""}`),
+          h("td", { class: `state ${c.state}` }, c.state), h("td", {}, c.reason ?? ""),
+          h("td", {}, c.finished_at ? when(c.finished_at) : ""))))] : []));
     extra.replaceChildren(...(fl.ok && fl.data.length ? [h("h2", {}, "Flags"), h("div", { id: "device-flags" }, flagTable(fl.data))] : []),
                           ...(al && al.length ? [h("h2", {}, "Alerts"), h("div", { id: "device-alerts" }, alertTable(al))] : []));
   };
@@ -389,7 +401,7 @@ function device(id) {
     h("section", {}, h("h2", { id: "device-title" }, `Device ${id}`), info),
     h("section", {}, h("h2", {}, "Heartbeats, last 24 h"), plots),
     h("section", {}, h("h2", {}, "Send a command"), form,
-      h("p", { class: "muted" }, "Commands sent from this page, newest first, with their final state:"), log),
+      h("p", { class: "muted" }, "Commands sent from this page, newest first, with their final state:"), log, history),
     h("section", {}, h("h2", {}, "Sessions"), sess, extra));
   every(5000, load);
 }
