@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -20,6 +22,16 @@ from host_tools.service.sessions_part import load_provider
 from tests.sessionkit import CLOUD, T_PARK, FakeDevice, wait_for
 
 
+def _post(url, body):
+    req = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer sess-token"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
 def not_a_provider():
     return object()
 
@@ -27,8 +39,10 @@ def not_a_provider():
 @pytest.fixture
 def cfg(broker, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPAY_MQTT_PASSWORD", CLOUD[1])
+    monkeypatch.setenv("SESS_TOKEN", "sess-token")
     return ServiceConfig(broker_port=broker.cloud_port, user=CLOUD[0], registry=str(tmp_path / "registry.db"),
-                         ledger=f"sqlite:///{tmp_path / 'ledger.db'}", provider="scripted", instance="t-1")
+                         ledger=f"sqlite:///{tmp_path / 'ledger.db'}", provider="scripted", instance="t-1",
+                         http_port=0, token_env="SESS_TOKEN")
 
 
 def test_serve_answers_auth_and_keeps_what_came_while_it_was_down(broker, cfg):
@@ -53,21 +67,32 @@ def test_serve_answers_auth_and_keeps_what_came_while_it_was_down(broker, cfg):
             assert dev.cmds("auth", "s-2")[0][2] is True
         # with ingest beside it, a committed close settles at once and is a session.settled webhook
         hook, _ = Webhooks(reg.db).add("http://127.0.0.1:9/hook", ["session.settled"])
-        with Service(cfg, only=["sessions", "ingest"]):
+        with Service(cfg, only=["sessions", "ingest", "api"]) as svc:
             t1 = int(time.time())
             t0 = t1 - 3700
             dev.auth_req("entry", "s-3", "SH-S1", iat=t1, t0=t0, slot=0)
             assert dev.wait("auth", "s-3")[0][2] is True
             fee = fees.parking(T_PARK, t0, t1)
-            dev.record("sess_open", sid="s-3", payer="SH-S1", t0=t0, slot=0, auth="gate-s1:s-3")
-            dev.record("sess_close", sid="s-3", payer="SH-S1", t0=t0, slot=0, auth="gate-s1:s-3", amount=fee,
-                       cur="EUR", t1=t1, lines=[["park", 1, fee]])
+            r1 = dev.record("sess_open", sid="s-3", payer="SH-S1", t0=t0, slot=0, auth="gate-s1:s-3")
+            r2 = dev.record("sess_close", sid="s-3", payer="SH-S1", t0=t0, slot=0, auth="gate-s1:s-3", amount=fee,
+                            cur="EUR", t1=t1, lines=[["park", 1, fee]])
             hooks = Webhooks(reg.db)
             wait_for(lambda: bool(hooks.deliveries(hook.id)), what="the session.settled delivery")
             [d] = hooks.deliveries(hook.id)
             body = json.loads(d.body)
             assert d.event == "session.settled" and body["data"]["sid"] == "s-3"
             assert (body["data"]["status"], body["data"]["charged"], body["data"]["cur"]) == ("settled", fee, "EUR")
+            # the device's journal export against the ledger, through the API: equal, then one record
+            # the ledger never got and one with other bytes
+            seqs = [dev.chain.seq - 1, dev.chain.seq]        # the two records, one after the other
+            journal = [{"seq": seqs[0], "raw": r1.hex()}, {"seq": seqs[1], "raw": r2.hex()}]
+            st, rec = _post(svc.url + "/v1/devices/gate-s1/reconcile", {"records": journal})
+            assert st == 200 and rec["ok"] is True and rec["journal_records"] == 2, rec
+            bad = [{"seq": seqs[0], "raw": r2.hex()}, journal[1], {"seq": seqs[1] + 5, "raw": r2.hex()}]
+            st, rec = _post(svc.url + "/v1/devices/gate-s1/reconcile", {"records": bad})
+            assert (rec["ok"], rec["mismatched"], rec["missing"]) == (False, [seqs[0]], [seqs[1] + 5]), rec
+            assert _post(svc.url + "/v1/devices/gate-s1/reconcile", {"records": [{"seq": 1, "raw": "zz"}]})[0] == 422
+            assert _post(svc.url + "/v1/devices/nope/reconcile", {"records": []})[0] == 404
     finally:
         dev.close()
         reg.close()

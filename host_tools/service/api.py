@@ -92,6 +92,16 @@ class CommandOut(BaseModel):
     elapsed_ms: float
 
 
+class JournalRecord(BaseModel):
+    seq: int = Field(ge=0, lt=2 ** 63)
+    raw: str = Field(min_length=2, max_length=4096)   # a message is at most 2,048 bytes
+
+
+class JournalIn(BaseModel):
+    records: list[JournalRecord] = Field(max_length=20000)
+    from_seq: int | None = Field(None, ge=0)
+
+
 class Device(BaseModel):
     id: str
     kind: str
@@ -305,6 +315,20 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         return [{"device": s.device, "sid": s.sid, "state": s.state, "payer": s.payer, "slot": s.slot,
                  "t0": s.t0, "t1": s.t1, "amount": s.amount, "cur": s.currency, "offline": s.offline,
                  "auth": s.auth, "reason": s.reason, "lines": s.lines} for s in rows]
+
+    @app.post("/v1/devices/{device_id}/reconcile", name="reconcile")
+    def reconcile(device_id: str, body: JournalIn, p: Principal = Depends(viewer)) -> dict:
+        """A device's journal export (`edgepay journal export`: what it still holds, each record
+        as its signed envelope in hex) against the ledger: records missing from it, extra in it
+        (from `from_seq` on: a device forgets what was acknowledged), or with other bytes."""
+        _get(p, device_id)
+        try:
+            items = [(r.seq, bytes.fromhex(r.raw)) for r in body.records]
+        except ValueError:
+            raise Problem(422, "records[].raw is the envelope in hex") from None
+        rec = _ledger().reconcile(device_id, items, from_seq=body.from_seq)
+        return {"device": device_id, "ok": rec.ok, "missing": rec.missing, "extra": rec.extra,
+                "mismatched": rec.mismatched, "journal_records": len(items)}
 
     @app.get("/v1/flags")
     def flags(device: str | None = None, kind: str | None = None, p: Principal = Depends(viewer)) -> list[dict]:
