@@ -11,9 +11,10 @@ Users come from the registry as in the Mosquitto password file and ACL (host_too
 device user may publish v1/dev/<its name>/up/# and subscribe v1/dev/<its name>/dn/# (NATS maps a
 topic to a subject, `/` -> `.`, `#` -> `>`) over MQTT only; a cloud user may use v1/# and bench/#.
 
-Not guaranteed here: client id == username. NATS has no per-user client-id rule, so one device's
-password can take over another device's MQTT session (docs/cluster.md: measured, and the auth
-callout that can close it).
+Client id == username for devices (Mosquitto's `use_username_as_clientid`): NATS has no per-user
+rule for it, so by default (callout=True) every connection is decided by the auth callout in
+host_tools/natsauth.py, which sees the MQTT client id; with callout=False the users sit in the
+config files and one device's password can take over another device's session.
 """
 from __future__ import annotations
 
@@ -32,11 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host_tools.broker import BrokerError, _accepts, free_port
+from host_tools.natsauth import APP_ACCOUNT, AuthCallout, Issuer
 
 __all__ = ["NatsCluster", "NatsNode", "nats_server_path", "device_permissions", "CLOUD_SUBJECTS"]
 
 PROBE = "edgepay-probe"
 CLOUD_SUBJECTS = ("v1", "v1.>", "bench", "bench.>")
+CLOUD_PERMS = {"publish": {"allow": list(CLOUD_SUBJECTS)}, "subscribe": {"allow": list(CLOUD_SUBJECTS)}}
+DENY_ALL = {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
+AUTH_USER = "edgepay-auth"
 
 
 def nats_server_path() -> str:
@@ -108,7 +113,10 @@ class NatsNode:
 
 class NatsCluster:
     def __init__(self, users: dict[str, str] | None = None, cloud_users=("cloud",), nodes: int = 3,
-                 workdir: str | Path | None = None, debug: bool = False):
+                 workdir: str | Path | None = None, debug: bool = False, callout: bool = True):
+        """callout: users decided by the auth callout (host_tools/natsauth.py), which also holds
+        client id == user name for devices; False: users and permissions in the config files,
+        where any device's password may take any client id."""
         self.exe = nats_server_path()
         self.users = dict(users or {})
         self.cloud_users = set(cloud_users)
@@ -117,6 +125,14 @@ class NatsCluster:
         self.debug = debug
         self.nodes = [NatsNode(f"n{i}", self.dir / f"n{i}") for i in range(nodes)]
         self._probe = os.urandom(12).hex()  # the warm-up user's password: MQTT-only, may do nothing
+        self.callout: AuthCallout | None = None
+        if callout:
+            self._auth_pw = os.urandom(12).hex()
+            self._cloud: dict[str, dict] = {}
+            self._cb_users: dict[str, str] = {}
+            self.callout = AuthCallout(Issuer(), self._cb_users, self._cloud, device_permissions,
+                                       [n.client_port for n in self.nodes], AUTH_USER, self._auth_pw)
+            self._sync_callout()
 
     # the Broker-shaped surface provision_sim and the kits use
     @property
@@ -133,15 +149,31 @@ class NatsCluster:
     # ---- config -----------------------------------------------------------------------
     def _users_conf(self) -> list[dict]:
         out: list[dict] = [{"user": PROBE, "password": self._probe, "allowed_connection_types": ["MQTT"],
-                            "permissions": {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}}]
+                            "permissions": DENY_ALL}]
         for u, p in sorted(self.users.items()):
             if u in self.cloud_users:
-                perms = {"publish": {"allow": list(CLOUD_SUBJECTS)}, "subscribe": {"allow": list(CLOUD_SUBJECTS)}}
-                out.append({"user": u, "password": p, "permissions": perms})
+                out.append({"user": u, "password": p, "permissions": CLOUD_PERMS})
             else:
                 out.append({"user": u, "password": p, "permissions": device_permissions(u),
                             "allowed_connection_types": ["MQTT"]})
         return out
+
+    def _sync_callout(self) -> None:
+        """The callout's view of the users, updated in place (it reads them at every request)."""
+        cloud = {PROBE: DENY_ALL} | {u: CLOUD_PERMS for u in self.users if u in self.cloud_users}
+        self._cloud.clear()
+        self._cloud.update(cloud)
+        self._cb_users.clear()
+        self._cb_users.update(self.users, **{PROBE: self._probe})
+
+    def _auth_conf(self) -> dict:
+        if self.callout is None:
+            return {"authorization": {"users": self._users_conf()}}
+        return {"accounts": {"AUTH": {"users": [{"user": AUTH_USER, "password": self._auth_pw}]},
+                             APP_ACCOUNT: {"jetstream": "enabled"}, "SYS": {}},
+                "system_account": "SYS",
+                "authorization": {"auth_callout": {"issuer": self.callout.issuer.public,
+                                                   "auth_users": [AUTH_USER], "account": "AUTH"}}}
 
     def _write(self, node: NatsNode) -> None:
         node.dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +192,7 @@ class NatsCluster:
             # the QoS 1 redelivery delay
             "mqtt": {"host": "127.0.0.1", "port": node.mqtt_port, "ack_wait": "10s",
                      "stream_replicas": len(self.nodes), "consumer_replicas": len(self.nodes)},
-            "authorization": {"users": self._users_conf()},
+            **self._auth_conf(),
         }
         node.conf.write_text(json.dumps(conf, indent=1) + "\n")
         os.chmod(node.conf, 0o600)
@@ -169,6 +201,8 @@ class NatsCluster:
     def start(self, timeout: float = 20.0) -> "NatsCluster":
         for n in self.nodes:
             self._spawn(n)
+        if self.callout is not None:
+            self.callout.start()
         self.wait_ready(timeout)
         return self
 
@@ -253,6 +287,9 @@ class NatsCluster:
         self.users.update(users)
         if cloud:
             self.cloud_users.update(users)
+        if self.callout is not None:  # asked at each connect: no reload
+            self._sync_callout()
+            return
         for n in self.nodes:
             self._write(n)
             if n.running() and n.proc:
@@ -281,6 +318,8 @@ class NatsCluster:
                     n.proc.wait()
 
     def close(self) -> None:
+        if self.callout is not None:
+            self.callout.stop()
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
