@@ -121,7 +121,9 @@ class AuthCallout:
             try:
                 self._serve(port)
             except OSError:
-                pass
+                pass  # the node is down or restarting
+            except Exception:  # a request we cannot parse must not end the service for this node
+                log.exception("auth callout on port %d", port)
             self._stop.wait(0.2)
 
     def _serve(self, port: int) -> None:
@@ -145,7 +147,11 @@ class AuthCallout:
                     if parts[0] == "HMSG":
                         data = data[int(parts[-2]):]
                     if reply:
-                        out = self._answer(data.decode())
+                        try:
+                            out = self._answer(data.decode())
+                        except (ValueError, KeyError, IndexError, AttributeError):
+                            log.warning("auth callout: an unreadable authorization request, unanswered")
+                            continue  # the server refuses the connection at its auth timeout
                         s.sendall(b"PUB %s %d\r\n%s\r\n" % (reply.encode(), len(out), out))
                 elif line.startswith("-ERR"):
                     raise ConnectionError(line)

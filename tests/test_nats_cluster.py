@@ -281,3 +281,34 @@ def test_cloud_sdk_commands_a_vm_board_through_the_cluster(cluster, tmp_path):
         b.kill()
         c.close()
         w.close()
+
+
+def test_callout_answers_are_signed_by_the_issuer_and_garbage_is_left_unanswered():
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from host_tools.natsauth import AuthCallout, Issuer
+    from host_tools.natscluster import device_permissions
+
+    def b64(d):
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    def unb64(s):
+        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    issuer = Issuer()
+    svc = AuthCallout(issuer, {"dev1": "pw"}, {}, device_permissions, [], "auth", "x")
+    ask = {"nats": {"user_nkey": "UABC", "server_id": {"id": "NSRV"}, "client_info": {"type": "mqtt", "mqtt_id": "dev2"},
+                    "connect_opts": {"user": "dev1", "pass": "pw"}}}
+    head, body, sig = svc._answer(f"h.{b64(ask)}.s").decode().split(".")
+    raw = base64.b32decode(issuer.public + "=" * (-len(issuer.public) % 8))[1:33]
+    Ed25519PublicKey.from_public_bytes(raw).verify(unb64(sig), f"{head}.{body}".encode())  # raises if not
+    claims = json.loads(unb64(body))
+    assert (claims["sub"], claims["aud"], claims["iss"]) == ("UABC", "NSRV", issuer.public)
+    assert claims["nats"] == {"type": "authorization_response", "version": 2,
+                              "error": "client id must be the user name"}
+    assert svc.refused == [("dev1", "dev2", "client id must be the user name")]
+    for garbage in ("", "a.b", "a.!!!.c", f"a.{b64([1])}.c"):
+        with pytest.raises((ValueError, KeyError, IndexError, AttributeError)):
+            svc._answer(garbage)
