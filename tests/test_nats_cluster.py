@@ -312,3 +312,33 @@ def test_callout_answers_are_signed_by_the_issuer_and_garbage_is_left_unanswered
     for garbage in ("", "a.b", "a.!!!.c", f"a.{b64([1])}.c"):
         with pytest.raises((ValueError, KeyError, IndexError, AttributeError)):
             svc._answer(garbage)
+
+
+def test_callout_off_writes_the_same_permissions_into_the_config():
+    """NatsCluster(callout=False): users in each node's config file, devices MQTT-only on their
+    own subjects (the client-id guarantee is the callout's alone: docs/cluster.md)."""
+    import json
+
+    from host_tools.natscluster import CLOUD_PERMS, NatsCluster, device_permissions
+    try:
+        c = NatsCluster(users=dict(USERS), cloud_users=("cloud",), callout=False)
+    except BrokerError as e:
+        pytest.skip(str(e))
+    try:
+        c._write(c.nodes[0])
+        conf = json.loads(c.nodes[0].conf.read_text())
+        assert "auth_callout" not in conf["authorization"] and "accounts" not in conf
+        users = {u["user"]: u for u in conf["authorization"]["users"]}
+        assert users["dev1"]["permissions"] == device_permissions("dev1")
+        assert users["dev1"]["allowed_connection_types"] == ["MQTT"]
+        assert users["cloud"]["permissions"] == CLOUD_PERMS
+        assert oct(c.nodes[0].conf.stat().st_mode & 0o777) == "0o600"
+    finally:
+        c.close()
+
+
+def test_with_the_callout_no_user_password_is_in_a_config_file(cluster):
+    for n in cluster.nodes:
+        text = n.conf.read_text()
+        assert cluster.callout.issuer.public in text
+        assert not any(pw in text for pw in USERS.values())
