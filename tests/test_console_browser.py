@@ -99,6 +99,7 @@ def console(module_broker, tmp_path_factory):
 
 
 def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
@@ -111,14 +112,19 @@ def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console)
 
     def until(what, timeout: float = 15.0):
         try:
-            return WebDriverWait(d, timeout, 0.1).until(lambda _: what())
+            # the pages re-render on their refresh: an element read as it is replaced is asked again
+            return WebDriverWait(d, timeout, 0.1, ignored_exceptions=(StaleElementReferenceException,)).until(
+                lambda _: what())
         except Exception:
             shot("FAILED")
             raise
 
     def text(css: str) -> str:
         els = d.find_elements(By.CSS_SELECTOR, css)
-        return els[0].text if els else ""
+        try:
+            return els[0].text if els else ""
+        except StaleElementReferenceException:   # the page re-rendered it between find and read
+            return ""
 
     # the root redirects to the console, which asks for a login; a wrong password is refused in words
     d.get(svc.url + "/")
