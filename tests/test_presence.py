@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 
 import paho.mqtt.client as paho
 import pytest
-import uvicorn
 
 from host_tools.broker import Broker
 from host_tools.cloud.accounts import Accounts
@@ -23,6 +21,7 @@ from host_tools.cloud.presence import Presence, Tracker
 from host_tools.cloud.registry import Registry
 from host_tools.protocol import make_kid, seal
 from host_tools.service.api import make_app
+from tests.httpkit import Served
 from tests.test_serve_auth import FAST, BOOT, Api, FakeClient, is_problem
 
 DEVICES = {"ps1": "ps1-pw", "pp1": "pp1-pw"}   # one device user per backend: the retained topics differ
@@ -128,19 +127,11 @@ class PresenceApi:
         self.acc = Accounts(self.reg.db, scrypt=FAST)
         app = make_app(self.reg, FakeClient(), token=BOOT, accounts=self.acc,  # type: ignore[arg-type]
                        cookie_secure=False, presence=self.presence, alerts=self.alerts)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        self.served = Served(app)
+        self.url = self.served.url
 
     def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.served.stop()
         self.reg.close()
 
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
 import time
 import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
 import pytest
-import uvicorn
 
 from host_tools.cloud import cmdspec
 from host_tools.cloud.accounts import SCRYPT, AccountError, Accounts
 from host_tools.cloud.registry import Registry
 from host_tools.service.api import make_app
+from tests.httpkit import Served
 
 FAST = {"n": 2 ** 10, "r": 8, "p": 1}   # cheap hashes for the tests that do not time them
 PW = "correct horse"
@@ -55,15 +54,8 @@ class Api:
         self.client = FakeClient()
         app = make_app(self.reg, self.client, token=BOOT, accounts=self.acc,  # type: ignore[arg-type]
                        cookie_secure=False, ledger=ledger, webhooks=self.hooks)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        self.served = Served(app)
+        self.url = self.served.url
 
     def user(self, name: str, role: str, sites=None) -> str:
         """An account with `role` and an API token for it (the secret)."""
@@ -87,8 +79,7 @@ class Api:
             return e.code, _body(e.read(), e.headers), e.headers
 
     def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.served.stop()
         self.reg.close()
 
 
@@ -355,7 +346,7 @@ def test_every_change_is_audited_and_the_audit_log_cannot_be_edited(api):
             for tok_ in (admin, BOOT):
                 st = api.call(path, method, {"status": "200", "detail": None}, tok_)[0]
                 assert st in (404, 405), (method, path, st)
-    audit_routes = {(m, r.path) for r in api.server.config.app.routes if getattr(r, "path", "").startswith("/v1/audit")
+    audit_routes = {(m, r.path) for r in api.served.server.config.app.routes if getattr(r, "path", "").startswith("/v1/audit")
                     for m in getattr(r, "methods", ())}
     assert audit_routes == {("GET", "/v1/audit")}
     after = api.acc.audit(limit=1000)
