@@ -113,12 +113,15 @@ def test_sessions_is_off_unless_asked_and_its_keys_are_checked(tmp_path):
     from host_tools.service.config import load
     assert load(None, env={}).parts["sessions"] is False
     f = tmp_path / "c.toml"
-    f.write_text('[parts]\nsessions = true\n[sessions]\nprovider = "scripted"\ninstance = "a"\nauth_expiry_s = 30\n')
+    f.write_text('[parts]\nsessions = true\n[sessions]\nprovider = "scripted"\ninstance = "a"\nauth_expiry_s = 30\n'
+                 'claim_lease_s = 5\n')
     c = load(f, env={})
-    assert (c.parts["sessions"], c.provider, c.instance, c.auth_expiry_s) == (True, "scripted", "a", 30)
-    f.write_text('[sessions]\nauth_expiry_s = 0\n')
-    with pytest.raises(ConfigError, match="auth_expiry_s"):
-        load(f, env={})
+    assert (c.parts["sessions"], c.provider, c.instance, c.auth_expiry_s, c.claim_lease_s) == \
+        (True, "scripted", "a", 30, 5)
+    for bad in ("auth_expiry_s = 0", "claim_lease_s = -1", 'claim_lease_s = "x"'):
+        f.write_text(f'[sessions]\n{bad}\n')
+        with pytest.raises(ConfigError, match=bad.split()[0]):
+            load(f, env={})
     f.write_text('[sessions]\nbogus = 1\n')
     with pytest.raises(ConfigError, match="bogus"):
         load(f, env={})

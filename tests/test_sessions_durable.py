@@ -3,9 +3,11 @@ Mosquitto: two instances on one store answer every auth_req exactly once; reques
 instance is down are queued by the broker and answered when one comes back, except those that have
 expired (a late grant must not open an order for a customer who has left); the instance that comes
 back later answers nothing twice; an instance killed mid-traffic (no DISCONNECT) loses no request
-that it had not taken; and the refusals of the settings."""
+that it had not taken, and none that it had: it gets it again at its return, or another takes its
+claim over once the claim's lease has run out; and the refusals of the settings."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -26,9 +28,10 @@ def rig(broker, tmp_path, ledger_url):
     provider = ScriptedProvider()
     live: list[SessionService] = []
 
-    def instance(name: str, v5: bool = True) -> SessionService:
+    def instance(name: str, v5: bool = True, lease: float = 30.0) -> SessionService:
         svc = SessionService(reg, provider, BrokerSettings("127.0.0.1", broker.cloud_port, *CLOUD, mqtt5=v5),
-                             store=SessionStore.open(ledger_url), instance=name, auth_expiry_s=EXPIRY).start()
+                             store=SessionStore.open(ledger_url), instance=name, auth_expiry_s=EXPIRY,
+                             claim_lease_s=lease).start()
         live.append(svc)
         return svc
 
@@ -101,6 +104,73 @@ def test_a_killed_instance_leaves_the_rest_to_the_others(rig):
     wait_for(lambda: len(answered(dev)) == 5, what="b answers while a is gone")
     assert b.stats["answered_elsewhere"] == 0 and all(n == 1 for n in answered(dev).values())
     assert len(provider.orders()) == 5
+
+
+def stuck_on(svc: SessionService, sid: str) -> threading.Event:
+    """svc claims `sid`'s request and then hangs in its decision, as if killed there: set the event
+    to let the hung worker end (it answers nothing)."""
+    release, real = threading.Event(), svc._decide
+
+    def decide(s, kind, msg):
+        if msg["sid"] == sid:
+            release.wait(20)
+            raise RuntimeError("killed mid-answer")
+        return real(s, kind, msg)
+    svc._decide = decide  # type: ignore[method-assign]
+    return release
+
+
+def kill(svc: SessionService, release: threading.Event, stop) -> None:
+    """The process dies: no DISCONNECT, no PUBACK for what it had not finished; its session stays."""
+    svc.cmd.mqtt.client.socket().close()
+    svc.cmd.mqtt.client.loop_stop()
+    release.set()
+    stop(svc)
+
+
+def claimed(svc: SessionService, dev: FakeDevice) -> str | None:
+    return svc.store.holder(dev.id, dev.chain.seq)
+
+
+def test_an_instance_killed_mid_answer_gets_the_request_again_and_answers_it(rig):
+    """The request is acknowledged to the broker only once it is answered: the one instance,
+    killed after it claimed a request and before it answered, gets it again when it comes back."""
+    instance, stop, dev, provider = rig
+    a = instance("a")
+    a.bind("SH-A1", "acct-1")
+    a.set_tariff("gate-d1", T_PARK)
+    dev.wait("set_tariff", None)
+    release = stuck_on(a, "mid")
+    entry(dev, "mid")
+    wait_for(lambda: claimed(a, dev) == "a", what="a claims the request")
+    kill(a, release, stop)
+    assert answered(dev) == {}
+    a = instance("a")                                    # back: the broker resends the unacknowledged request
+    wait_for(lambda: answered(dev) == {"mid": 1}, what="a answers it on its return")
+    assert dev.cmds("auth", "mid")[0][2] is True and len(provider.orders()) == 1
+
+
+def test_a_claim_whose_holder_dies_is_taken_over_after_its_lease(rig):
+    """Two instances; the one that claimed a request is killed before answering and stays away:
+    the other takes the claim over once the lease has run and answers, once; the first, back
+    later, gets its copy again and answers nothing twice."""
+    instance, stop, dev, provider = rig
+    a, b = instance("a", lease=1.0), instance("b", lease=1.0)
+    a.bind("SH-A1", "acct-1")
+    a.set_tariff("gate-d1", T_PARK)
+    dev.wait("set_tariff", None)
+    release = stuck_on(a, "mid")
+    real_b = b.handle
+    b.handle = lambda *args: (time.sleep(0.5), real_b(*args))[1]   # a claims first  # type: ignore[method-assign]
+    entry(dev, "mid")
+    wait_for(lambda: claimed(a, dev) == "a", what="a claims the request")
+    kill(a, release, stop)
+    wait_for(lambda: answered(dev) == {"mid": 1}, what="b takes it over and answers")
+    assert b.stats["answered_elsewhere"] == 1 and b.stats["taken_over"] == 1 and claimed(b, dev) == "b"
+    a = instance("a", lease=1.0)                         # a's unacknowledged copy comes back to it
+    wait_for(lambda: a.stats["answered_elsewhere"] == 1, what="a sees b's claim")
+    time.sleep(1.5)                                      # past a's own watch of b's claim
+    assert answered(dev) == {"mid": 1} and a.stats["taken_over"] == 0 and len(provider.orders()) == 1
 
 
 def test_a_settled_session_is_told_once_whichever_instance_settles_it(rig):

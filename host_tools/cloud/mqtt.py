@@ -24,6 +24,7 @@ from host_tools.protocol.cbor import MAX_MESSAGE
 log = logging.getLogger(__name__)
 DEVICE_TOPICS = "v1/dev/"
 Handler = Callable[[str, bytes], None]
+DeferredHandler = Callable[[str, bytes, Callable[[], None]], None]   # (topic, payload, done)
 RawSink = Callable[[str, bytes, bool], None]   # (topic, payload, retain), on paho's network thread
 
 
@@ -88,12 +89,13 @@ class CloudMQTT:
         self.settings = broker
         self.host, self.port = broker.host, broker.port
         self._sink = sink
-        self._subs: list[tuple[str, int, Handler | None]] = []
+        self._subs: list[tuple[str, int, Callable[..., None] | None, bool]] = []  # (filter, qos, handler, deferred)
         self._connected = threading.Event()   # CONNACK taken and every subscription SUBACKed
         self._pending: set[int] = set()       # mids of this connection's SUBSCRIBEs not yet SUBACKed
         self._lock = threading.Lock()
         self._error: str | None = None
         self.oversize = 0  # device-topic payloads over MAX_MESSAGE, dropped unread
+        self._manual = False  # paho's manual ack: on once a deferred subscription is made
         proto = paho.MQTTv5 if broker.v5 else paho.MQTTv311
         self.client = paho.Client(CallbackAPIVersion.VERSION2,
                                   client_id=broker.client_id or f"cloud-{uuid.uuid4().hex[:12]}", protocol=proto,
@@ -122,7 +124,7 @@ class CloudMQTT:
         # CONNACK and SUBACK would be lost to a clean session, and `ready` would be a lie.
         with self._lock:
             self._pending.clear()
-            for topic, qos, _ in self._subs:
+            for topic, qos, _, _ in self._subs:
                 rc, mid = client.subscribe(topic, qos)
                 if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
                     self._pending.add(mid)
@@ -141,21 +143,46 @@ class CloudMQTT:
     def _on_message(self, client, userdata, m) -> None:
         if self._sink is not None:
             self._sink(m.topic, m.payload, m.retain)
+            self._ack(m)
             return
         if len(m.payload) > MAX_MESSAGE and m.topic.startswith(DEVICE_TOPICS):
             self.oversize += 1
             log.warning("dropped %d-byte payload on %s (over the %d-byte message bound; %d so far)",
                         len(m.payload), m.topic, MAX_MESSAGE, self.oversize)
+            self._ack(m)
             return
-        for flt, _, handler in self._subs:
+        later: Callable[..., None] | None = None
+        for flt, _, handler, deferred in self._subs:
             if flt.startswith("$share/"):  # $share/<group>/<filter>: match the filter part
                 flt = flt.split("/", 2)[2]
             if handler is not None and paho.topic_matches_sub(flt, m.topic):
-                handler(m.topic, m.payload)
+                if deferred:
+                    later = handler
+                else:
+                    handler(m.topic, m.payload)
+        if later is None:
+            self._ack(m)
+        else:
+            later(m.topic, m.payload, lambda: self._ack(m))
 
-    def subscribe(self, topic_filter: str, handler: Handler | None = None, qos: int = 1) -> None:
-        """Subscribe (again at every reconnect); `handler` gets matching messages (none with a sink)."""
-        self._subs.append((topic_filter, qos, handler))
+    def _ack(self, m) -> None:
+        """PUBACK `m` (only with a deferred subscription, which turns paho's manual ack on). On a
+        connection that has since dropped this is a no-op: the broker resends the message to the
+        persistent session at the next connect, and its handler sees it again."""
+        if self._manual and m.qos:
+            self.client.ack(m.mid, m.qos)
+
+    def subscribe(self, topic_filter: str, handler: Handler | DeferredHandler | None = None, qos: int = 1,
+                  *, deferred: bool = False) -> None:
+        """Subscribe (again at every reconnect); `handler` gets matching messages (none with a sink).
+        deferred: handler(topic, payload, done) must call done() once the message is dealt with,
+        and only then is it acknowledged to the broker: with a persistent session, a message whose
+        handler never finished (the process killed mid-way) is delivered again at the next connect.
+        Every other message on this connection is acknowledged once its handlers return."""
+        if deferred and not self._manual:
+            self._manual = True
+            self.client.manual_ack_set(True)
+        self._subs.append((topic_filter, qos, handler, deferred))
         if self._connected.is_set():
             self.client.subscribe(topic_filter, qos)
 

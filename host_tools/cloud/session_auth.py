@@ -25,37 +25,47 @@ log = logging.getLogger("edgepay.sessions")
 
 class AuthFlows(ServiceCore):
     # ---- auth_req in -------------------------------------------------------------------------
-    def _on_req(self, topic: str, payload: bytes) -> None:
-        """paho's thread: verify, then hand to the pool (provider calls and publishing block)."""
+    def _on_req(self, topic: str, payload: bytes, done=None) -> None:
+        """paho's thread: verify, then hand to the pool (provider calls and publishing block).
+        done (durable instances): acknowledges the request to the broker, called once it is
+        answered or judged, so a request whose instance dies mid-answer is delivered again."""
         self.stats["received"] += 1
         try:
-            device, suffix = parse_topic(topic)
-            if suffix != "up/req":
-                raise ProtocolError("bad_topic", topic)
-            dev = self.registry.get(device)
-            msg = open_message(dev.key, dev.kid, topic, payload)
-            if msg["type"] != "auth_req":
-                raise ProtocolError("bad_topic", f"{msg['type']} on {topic}")
-        except ProtocolError as e:
-            self.refused[e.code] += 1
-            log.warning("refused a request on %s: %s", topic, e)
-            return
-        except RegistryError as e:
-            self.refused["unknown_device"] += 1
-            log.warning("request from an unknown device on %s: %s", topic, e)
-            return
-        if not dev.active:  # revoked or decommissioned: authentic, but nothing it asks is granted
-            self.refused[f"device_{dev.status}"] += 1
-            log.warning("request from %s device %s refused", dev.status, device)
-            return
-        self._pool.submit(self._handle_safe, device, dev.kind, msg)
+            try:
+                device, suffix = parse_topic(topic)
+                if suffix != "up/req":
+                    raise ProtocolError("bad_topic", topic)
+                dev = self.registry.get(device)
+                msg = open_message(dev.key, dev.kid, topic, payload)
+                if msg["type"] != "auth_req":
+                    raise ProtocolError("bad_topic", f"{msg['type']} on {topic}")
+            except ProtocolError as e:
+                self.refused[e.code] += 1
+                log.warning("refused a request on %s: %s", topic, e)
+                return
+            except RegistryError as e:
+                self.refused["unknown_device"] += 1
+                log.warning("request from an unknown device on %s: %s", topic, e)
+                return
+            if not dev.active:  # revoked or decommissioned: authentic, but nothing it asks is granted
+                self.refused[f"device_{dev.status}"] += 1
+                log.warning("request from %s device %s refused", dev.status, device)
+                return
+            self._pool.submit(self._handle_safe, device, dev.kind, msg, done)
+            done = None  # the pool's job acknowledges it
+        finally:
+            if done is not None:
+                done()
 
-    def _handle_safe(self, device: str, kind: str, msg: dict) -> None:
+    def _handle_safe(self, device: str, kind: str, msg: dict, done=None) -> None:
         try:
             self.handle(device, kind, msg)
         except Exception:  # noqa: BLE001 - a worker must survive; the device retries
             self.stats["errors"] += 1
             log.exception("auth_req from %s failed", device)
+        finally:
+            if done is not None:
+                done()
 
     def handle(self, device: str, kind: str, msg: dict) -> tuple[str, dict]:
         """Decide and answer one verified auth_req; returns (command name, args) sent (("", {}):
@@ -67,10 +77,12 @@ class AuthFlows(ServiceCore):
             return "", {}
         with self._slock(device, sid):
             key = (device, msg["seq"])
-            if self.instance is not None and \
-                    self.store.claim(device, msg["seq"], self.instance, self.clock()) != self.instance:
-                self.stats["answered_elsewhere"] += 1   # every instance gets it; one claim answers
-                return "", {}
+            if self.instance is not None:
+                holder = self.store.claim(device, msg["seq"], self.instance, self.clock())
+                if holder != self.instance:
+                    self.stats["answered_elsewhere"] += 1   # every instance gets it; one claim answers
+                    self._watch(device, kind, msg, holder)  # ...unless the holder dies first
+                    return "", {}
             digest = hashlib.sha256(repr(tuple(sorted(msg.items()))).encode()).digest()
             with self._lock:
                 hit = self._answered.get(key) or self.store.answer(device, msg["seq"])

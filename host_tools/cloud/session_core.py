@@ -58,6 +58,9 @@ class ServiceCore:
     def _slock(self, device: str, sid: str) -> threading.Lock:
         raise NotImplementedError
 
+    def _watch(self, device: str, kind: str, msg: dict, holder: str) -> None:
+        raise NotImplementedError
+
     def _known(self, device: str, sid: str) -> SessionState | None:
         raise NotImplementedError
 

@@ -208,6 +208,20 @@ class SessionStore:
         self.db._write(lambda cur: cur.execute(sql, (device, seq, instance, at)))
         return self.db._read("SELECT instance FROM svc_claims WHERE device=? AND seq=?", (device, seq))[0][0]
 
+    def take_over(self, device: str, seq: int, holder: str, instance: str, at: float) -> bool:
+        """Move the claim on (device, seq) from `holder` (gone quiet: no answer within the lease)
+        to `instance`; True for the one caller whose update found `holder` still there."""
+        sql = self.db._sql("UPDATE svc_claims SET instance=?, at=? WHERE device=? AND seq=? AND instance=?")
+
+        def run(cur) -> bool:
+            cur.execute(sql, (instance, at, device, seq, holder))
+            return cur.rowcount == 1
+        return bool(self.db._write(run))
+
+    def holder(self, device: str, seq: int) -> str | None:
+        rows = self.db._read("SELECT instance FROM svc_claims WHERE device=? AND seq=?", (device, seq))
+        return rows[0][0] if rows else None
+
     def first(self, key: str, at: float) -> bool:
         """True for the one call that records `key` first (a once-only event, across processes)."""
         sql = self.db._sql("INSERT INTO svc_claims (device, seq, instance, at) VALUES (?,?,?,?) "

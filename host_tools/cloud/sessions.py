@@ -70,8 +70,12 @@ Rules decided here (the report of the session module lists them too):
   the answer goes out, so a service stopped anywhere and started again on the same database goes
   on: an open session closes on its order, charged once (the provider is idempotent by order
   number). `recover(ledger)` after a start settles what the ledger closed meanwhile. Without a
-  store the state is in a private in-memory SQLite database (lost with the process). One live
-  service per database: instances do not share their caches.
+  store the state is in a private in-memory SQLite database (lost with the process). Without
+  `instance`, one live service per database: instances do not share their caches.
+- Durable instances (`instance=`): every instance gets every request on its own persistent
+  session; a claim in the store picks the answerer; a request is acknowledged to the broker only
+  once answered (a kill mid-answer gets it again at the return); the others watch a claim for
+  `claim_lease_s` and take it over if its holder stored no answer (session_watch.py).
 
 Files: the flows are split by what they do: session_auth.py (auth_req in, answers out, the QR
 path), session_settle.py (sess_close settlement, sweep, recovery), session_store.py (the durable
@@ -100,6 +104,7 @@ from host_tools.cloud.session_model import (CLOSING, OPENING, PURPOSES, R_CLOSED
                                             SessionState, TariffState, lines_taken)
 from host_tools.cloud.session_settle import Settlement
 from host_tools.cloud.session_store import SessionStore
+from host_tools.cloud.session_watch import ClaimWatch
 
 __all__ = ["SessionService", "SessionStore", "Flag", "SessionState", "TariffState", "CloseRecord",
            "REQ_FILTER", "PURPOSES", "OPENING", "CLOSING", "R_QR", "R_UNKNOWN", "R_REFUSED",
@@ -119,7 +124,7 @@ class SessionService(AuthFlows, Settlement):
                  doubt_s: float = 120.0, answer_cache: int = 10_000, max_skew_s: int = 300,
                  store: SessionStore | None = None, answer_ttl_s: float = 7 * 86400,
                  instance: str | None = None, auth_expiry_s: float | None = None, session_s: int = 86400,
-                 on_settled: Callable[[dict], None] | None = None):
+                 on_settled: Callable[[dict], None] | None = None, claim_lease_s: float = 30.0):
         self.registry = registry
         self.instance = instance
         self.auth_expiry_s = auth_expiry_s
@@ -165,7 +170,10 @@ class SessionService(AuthFlows, Settlement):
         self.cmd = CommandClient(registry, broker, clock=clock)  # devices keep the site's time
         self.subscription = broker.work_share(group, REQ_FILTER)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sessions")
-        self.cmd.mqtt.subscribe(self.subscription, self._on_req, qos=1)
+        # A durable instance acknowledges a request only once it is dealt with (a kill mid-answer
+        # leaves it with the broker for the next connect) and watches the claims of the others.
+        self._claims = ClaimWatch(claim_lease_s, self._lease_over) if instance is not None else None
+        self.cmd.mqtt.subscribe(self.subscription, self._on_req, qos=1, deferred=instance is not None)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "SessionService":
@@ -173,6 +181,8 @@ class SessionService(AuthFlows, Settlement):
         return self
 
     def stop(self) -> None:
+        if self._claims is not None:
+            self._claims.close()
         self._pool.shutdown(wait=True)
         self.cmd.close()
         if self._own_store:
@@ -294,6 +304,31 @@ class SessionService(AuthFlows, Settlement):
     def _slock(self, device: str, sid: str) -> threading.Lock:
         with self._lock:
             return self._slocks.setdefault((device, sid), threading.Lock())
+
+    def _watch(self, device: str, kind: str, msg: dict, holder: str) -> None:
+        if self._claims is not None:
+            self._claims.add(device, kind, msg, holder)
+
+    def _lease_over(self, device: str, kind: str, msg: dict, holder: str, rounds: int) -> None:
+        """The lease of `holder`'s claim on this request ran out (session_watch.py): nothing to do
+        if it was answered or has expired; otherwise take the claim over (one instance wins) and
+        answer, or watch the instance that won in turn."""
+        seq = msg["seq"]
+        if self.store.answer(device, seq) is not None or self._expired(msg):
+            return
+        if self.store.take_over(device, seq, holder, self.instance or "", self.clock()):
+            self.stats["taken_over"] += 1
+            log.warning("instance %s claimed auth_req seq %s of %s and did not answer it within %.0f s: "
+                        "%s answers it", holder, seq, device, self._claims.lease_s if self._claims else 0,
+                        self.instance)
+            try:
+                self._pool.submit(self._handle_safe, device, kind, msg)
+            except RuntimeError:  # stopping: hand the claim back to the holder, whose copy waits
+                self.store.take_over(device, seq, self.instance or "", holder, self.clock())
+            return
+        now = self.store.holder(device, seq)
+        if now is not None and now not in (holder, self.instance) and rounds < 3 and self._claims is not None:
+            self._claims.add(device, kind, msg, now, rounds + 1)   # another took it over: watch it in turn
 
     def _known(self, device: str, sid: str) -> SessionState | None:
         """The live state of a session: cached, else loaded from the store (a restart), else None."""

@@ -11,7 +11,7 @@ token come from the environment variables the file names.
     [parts]    ingest, time, chunks, campaigns, api (booleans, on by default), sessions (off by
                default), ingest_group, chunks_group
     [sessions] provider ("module:factory" returning a PayAfterProvider, or "scripted", the test
-               double), instance (its durable name, default the host name), auth_expiry_s, settle_s
+               double), instance (its durable name, default the host name), auth_expiry_s, settle_s, claim_lease_s
     [alerts]   enabled (true: the api part evaluates the alert rules), every_s, flag_window_s,
                <kind>_start_s and <kind>_resolve_s per rule (host_tools/cloud/alerts.py: KINDS, DELAYS)
 Environment: EDGEPAY_BROKER (host:port), EDGEPAY_MQTT_USER, EDGEPAY_MQTT_PASSWORD,
@@ -58,6 +58,7 @@ class ServiceConfig:
     provider: str | None = None           # "module:factory" -> a PayAfterProvider; "scripted": the test double
     instance: str = field(default_factory=socket.gethostname)   # the session instance's durable name
     auth_expiry_s: int = 60
+    claim_lease_s: float = 30.0           # another instance's unanswered claim is taken over after this
     settle_s: float = 10.0                # without ingest in this process: settle from the ledger this often
     alerts_on: bool = True                # the api part evaluates the alert rules
     alerts: dict[str, float] = field(default_factory=dict)   # [alerts] rule settings (alerts.Rules.from_config)
@@ -100,7 +101,7 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         known = {"broker": {"host", "port", "user", "password_env", "engine", "ca_file"},
                  "store": {"registry", "ledger", "releases"}, "http": {"host", "port", "token_env", "metrics_public", "cookie_secure"},
                  "parts": {*PARTS, "ingest_group", "chunks_group"},
-                 "sessions": {"provider", "instance", "auth_expiry_s", "settle_s"},
+                 "sessions": {"provider", "instance", "auth_expiry_s", "settle_s", "claim_lease_s"},
                  "alerts": {"enabled", "every_s", "flag_window_s",
                             *(f"{k}_{w}" for k in KINDS for w in ("start_s", "resolve_s"))}}
         for sec, keys in doc.items():
@@ -131,7 +132,7 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         c.chunks_group = p.get("chunks_group", c.chunks_group) or None
         ss = doc.get("sessions", {})
         c.provider, c.instance = ss.get("provider", c.provider), str(ss.get("instance", c.instance))
-        for key in ("auth_expiry_s", "settle_s"):
+        for key in ("auth_expiry_s", "settle_s", "claim_lease_s"):
             if key in ss:
                 v = ss[key]
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:

@@ -9,6 +9,7 @@ one instance that answers each request. Its state lives in the ledger's database
                instance = "sessions-a"               # stable across restarts; unique per instance
                auth_expiry_s = 60                    # a request older than this is not answered
                settle_s = 10                         # without ingest here: settle from the ledger
+               claim_lease_s = 30                    # take over a claim left unanswered this long
 
 With ingest in the same process, ingest hands each commit to the service (`on_commit`). Otherwise
 the service settles from the ledger every settle_s. Either way it sweeps the provider's orders
@@ -63,7 +64,8 @@ class SessionsPart:
         # session.settled webhooks: recorded here, sent by the api part's dispatcher (any instance)
         self.webhooks = Webhooks(registry.db)
         self.svc = SessionService(registry, self.provider, broker, store=self.store, instance=cfg.instance,
-                                  auth_expiry_s=cfg.auth_expiry_s, on_settled=self._settled)
+                                  auth_expiry_s=cfg.auth_expiry_s, claim_lease_s=cfg.claim_lease_s,
+                                  on_settled=self._settled)
         self._ledger = None
         self._thread: threading.Thread | None = None
 
