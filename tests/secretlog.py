@@ -59,11 +59,17 @@ def leaks(texts: list[tuple[str, str]], secrets: dict[str, str] = SECRETS) -> li
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_logs(tmp_path_factory):
     add, line = registry_mod.Registry.add, broker_mod.password_line
+    offer = registry_mod.Registry.offer_next
     bclose, pclose = broker_mod.Broker.close, pgserver.PgServer.close
 
     def reg_add(self, device_id, key, *a, **kw):
         note_key(key)
         return add(self, device_id, key, *a, **kw)
+
+    def offer_next(self, *a, **kw):  # a key rotation's next key (SPEC §11)
+        version, key = offer(self, *a, **kw)
+        note_key(key)
+        return version, key
 
     def password_line(user, password, *a, **kw):
         note_password(password)
@@ -81,11 +87,13 @@ def no_secret_in_logs(tmp_path_factory):
         return pclose(self)
 
     registry_mod.Registry.add = reg_add
+    registry_mod.Registry.offer_next = offer_next
     broker_mod.password_line = provision_mod.password_line = password_line
     broker_mod.Broker.close = broker_close
     pgserver.PgServer.close = pg_close
     yield
     registry_mod.Registry.add = add
+    registry_mod.Registry.offer_next = offer
     broker_mod.password_line = provision_mod.password_line = line
     broker_mod.Broker.close, pgserver.PgServer.close = bclose, pclose
     root = tmp_path_factory.getbasetemp()

@@ -5,20 +5,32 @@ all cloud senders, so the counter lives here and is taken atomically. Keys sit i
 now; a deployment would keep them in a KMS and hand out only per-device handles. The registry
 lives on the ledger's backends (SQLite or PostgreSQL: host_tools/cloud/ledger_db.py), as the
 schema component "registry".
+
+Key history (SPEC §11): the current key is the device's row; every other version is a row of
+device_keys, sealed the same way: the `next` one offered by a rotation (at most one), and the
+`retired` ones with their switch point (the lowest seq verified under the successor), kept
+verify-only for records journaled before the switch and for audit. verify_uplink() picks the key
+by the envelope's kid.
 """
 from __future__ import annotations
 
+import logging
+import os
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from host_tools.cloud.keyvault import KeyVault, VaultError, master_key_from_env
 from host_tools.cloud.ledger_db import Database, where_prefixes
 from host_tools.cloud.ledger_open import is_postgres, open_ledger
 
+log = logging.getLogger("edgepay.registry")
+
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 KINDS = ("gate", "vending", "rental")
-REGISTRY_VERSION = 2   # 2: devices.status
+REGISTRY_VERSION = 3   # 2: devices.status; 3: device_keys (key history; created with the schema)
+KEY_STATES = ("current", "next", "retired")
 STATUSES = ("active", "revoked", "decommissioned")
 
 
@@ -35,6 +47,8 @@ class Device:
     kind: str
     board: str
     status: str = "active"   # revoked: stolen or compromised; decommissioned: retired, journal drained
+    switch_seq: int | None = None  # the previous key's switch point, if it was retired by a rotation
+    read_at: float = field(default=0.0, compare=False, repr=False)  # time.monotonic() when read
 
     @property
     def active(self) -> bool:
@@ -55,6 +69,20 @@ class DeviceInfo:
     status: str
 
 
+@dataclass(frozen=True)
+class KeyVersion:
+    """One key of a device's history (SPEC §11)."""
+    device_id: str
+    version: int
+    state: str                     # current, next or retired
+    key: bytes
+    switch_seq: int | None = None  # retired: the lowest seq verified under its successor
+
+    @property
+    def kid(self) -> bytes:
+        return f"{self.device_id}:{self.version}".encode()
+
+
 class Registry:
     """On the ledger's backends: a SQLite file (the embedded default; WAL, short transactions) or
     PostgreSQL (`postgresql://...`), so N command senders on one database share each device's
@@ -66,13 +94,20 @@ class Registry:
         keys are stored sealed under it (AES-256-GCM, keyvault.py); without one they are stored as
         they are and a sealed one cannot be read."""
         self.path = str(path)
+        # verify_uplink() reads a device again if the one it is given is older than this: a key
+        # retired by a rotation elsewhere stops verifying new messages within it (SPEC §11)
+        self.key_fresh_s = 30.0
         self.vault = KeyVault(master_key if master_key is not None else master_key_from_env())
         self.db = _connect(self.path)
         self.db.ensure_schema("registry", [
             f"CREATE TABLE IF NOT EXISTS devices ("
             f" device_id TEXT PRIMARY KEY, key {self.db.blob} NOT NULL, key_version INTEGER NOT NULL,"
             f" kind TEXT NOT NULL, board TEXT NOT NULL, dn_seq {self.db.bigint} NOT NULL DEFAULT 0,"
-            f" status TEXT NOT NULL DEFAULT 'active')"], REGISTRY_VERSION)
+            f" status TEXT NOT NULL DEFAULT 'active')",
+            f"CREATE TABLE IF NOT EXISTS device_keys ("
+            f" device_id TEXT NOT NULL, version INTEGER NOT NULL, key {self.db.blob} NOT NULL,"
+            f" state TEXT NOT NULL, switch_seq {self.db.bigint}, PRIMARY KEY (device_id, version))"],
+            REGISTRY_VERSION)
 
     def add(self, device_id: str, key: bytes, kind: str, board: str, key_version: int = 1) -> Device:
         if not DEVICE_ID.fullmatch(device_id):
@@ -92,7 +127,7 @@ class Registry:
             return cur.rowcount
         if db._write(run) != 1:
             raise RegistryError(f"device {device_id!r} is already registered")
-        return Device(device_id, key, key_version, kind, board)
+        return Device(device_id, key, key_version, kind, board, read_at=time.monotonic())
 
     def add_many(self, devices: list[tuple[str, bytes, str, str]], key_version: int = 1) -> int:
         """Register many (device_id, key, kind, board) in one transaction (a fleet of thousands:
@@ -118,18 +153,172 @@ class Registry:
         return n
 
     def get(self, device_id: str) -> Device:
-        rows = self.db._read("SELECT device_id, key, key_version, kind, board, status FROM devices WHERE device_id=?",
+        rows = self.db._read("SELECT d.device_id, d.key, d.key_version, d.kind, d.board, d.status, k.switch_seq "
+                             "FROM devices d LEFT JOIN device_keys k ON k.device_id = d.device_id "
+                             "AND k.version = d.key_version - 1 AND k.state = 'retired' WHERE d.device_id=?",
                              (device_id,))
         if not rows:
             raise RegistryError(f"unknown device {device_id!r}")
         return self._device(rows[0])
 
     def _device(self, r: tuple) -> Device:
+        key = self._open_key(r[1], r[0], r[2])
+        return Device(r[0], key, r[2], r[3], r[4], r[5], None if len(r) < 7 or r[6] is None else int(r[6]),
+                      time.monotonic())
+
+    def _open_key(self, blob, device_id: str, version: int) -> bytes:
         try:
-            key = self.vault.open(bytes(r[1]), r[0], r[2])
+            return self.vault.open(bytes(blob), device_id, version)
         except VaultError as e:
             raise RegistryError(str(e)) from None
-        return Device(r[0], key, r[2], r[3], r[4], r[5])
+
+    # ---- key history and rotation (SPEC §11) ----------------------------------------------
+    def keys(self, device_id: str) -> list[KeyVersion]:
+        """Every key version of a device, oldest first: retired ones, the current, a next one."""
+        dev = self.get(device_id)
+        rows = self.db._read("SELECT version, key, state, switch_seq FROM device_keys WHERE device_id=? "
+                             "ORDER BY version", (device_id,))
+        out = [KeyVersion(device_id, int(v), st, self._open_key(b, device_id, int(v)),
+                          None if sw is None else int(sw)) for v, b, st, sw in rows if int(v) != dev.key_version]
+        out.append(KeyVersion(device_id, dev.key_version, "current", dev.key))
+        return sorted(out, key=lambda k: k.version)
+
+    def key_version(self, device_id: str, version: int) -> KeyVersion | None:
+        """The device's key of this version (its kid's), or None if it has none."""
+        rows = self.db._read("SELECT key_version, key FROM devices WHERE device_id=?", (device_id,))
+        if not rows:
+            return None
+        if int(rows[0][0]) == version:
+            return KeyVersion(device_id, version, "current", self._open_key(rows[0][1], device_id, version))
+        rows = self.db._read("SELECT key, state, switch_seq FROM device_keys WHERE device_id=? AND version=?",
+                             (device_id, version))
+        if not rows:
+            return None
+        b, st, sw = rows[0]
+        return KeyVersion(device_id, version, st, self._open_key(b, device_id, version), None if sw is None else int(sw))
+
+    def next_key(self, device_id: str) -> KeyVersion | None:
+        """The key a rotation offered and the device has not yet been seen to use, if any."""
+        dev = self.get(device_id)
+        kv = self.key_version(device_id, dev.key_version + 1)
+        return kv if kv is not None and kv.state == "next" else None
+
+    def offer_next(self, device_id: str) -> tuple[int, bytes]:
+        """The next key version and key of a rotation: a fresh random 256-bit key stored sealed
+        (state next) before anything is sent; the one already stored if a rotation is under way
+        (idempotent: a rotation resumed sends the same wrapped key)."""
+        dev = self.get(device_id)
+        if not dev.active:
+            raise RegistryError(f"device {device_id!r} is {dev.status}: its key is not rotated")
+        version = dev.key_version + 1
+        db = self.db
+
+        def run(cur) -> None:
+            # a next key left from before the current one (it can no longer be used): dropped
+            cur.execute(db._sql("DELETE FROM device_keys WHERE device_id=? AND state='next' AND version<>?"),
+                        (device_id, version))
+            cur.execute(db._sql("INSERT INTO device_keys (device_id, version, key, state) VALUES (?,?,?,'next') "
+                                "ON CONFLICT (device_id, version) DO NOTHING"),
+                        (device_id, version, self.vault.seal(os.urandom(32), device_id, version)))
+        db._write(run)
+        kv = self.key_version(device_id, version)
+        if kv is None or kv.state != "next":  # promoted meanwhile by a concurrent rotation
+            raise RegistryError(f"{device_id}: key version {version} is {kv.state if kv else 'gone'}; try again")
+        return version, kv.key
+
+    def promote(self, device_id: str, version: int, seq: int) -> bool:
+        """Make the next key `version` current, the first time a message of seq `seq` verifies
+        under it: the current one is retired with its switch point at `seq`. A conditional
+        UPDATE, so concurrent workers promote once; the others (and later calls) only lower the
+        switch point to `seq` if it is lower. True if this call promoted."""
+        db = self.db
+
+        def run(cur) -> bool:
+            cur.execute(db._sql("SELECT key FROM device_keys WHERE device_id=? AND version=? AND state='next'"),
+                        (device_id, version))
+            nxt = cur.fetchone()
+            cur.execute(db._sql("SELECT key FROM devices WHERE device_id=? AND key_version=?"),
+                        (device_id, version - 1))
+            old = cur.fetchone()
+            if nxt is not None and old is not None:
+                cur.execute(db._sql("UPDATE devices SET key=?, key_version=? WHERE device_id=? AND key_version=?"),
+                            (nxt[0], version, device_id, version - 1))
+                if cur.rowcount == 1:
+                    cur.execute(db._sql("INSERT INTO device_keys (device_id, version, key, state, switch_seq) "
+                                        "VALUES (?,?,?,'retired',?) ON CONFLICT (device_id, version) DO UPDATE "
+                                        "SET key=excluded.key, state='retired', switch_seq=excluded.switch_seq"),
+                                (device_id, version - 1, old[0], int(seq)))
+                    cur.execute(db._sql("DELETE FROM device_keys WHERE device_id=? AND version=?"),
+                                (device_id, version))
+                    return True
+            self._lower(cur, device_id, version - 1, seq)
+            return False
+        promoted = db._write(run)
+        if promoted:
+            log.info("device %s: key version %d is current (switch at seq %d)", device_id, version, seq)
+        return promoted
+
+    def lower_switch(self, device_id: str, version: int, seq: int) -> None:
+        """A message of seq `seq` verified under the successor of retired key `version`: the
+        switch point is the lowest such seq."""
+        self.db._write(lambda cur: self._lower(cur, device_id, version, seq))
+
+    def _lower(self, cur, device_id: str, version: int, seq: int) -> None:
+        cur.execute(self.db._sql("UPDATE device_keys SET switch_seq=? WHERE device_id=? AND version=? "
+                                 "AND state='retired' AND switch_seq > ?"), (int(seq), device_id, version, int(seq)))
+
+    def verify_uplink(self, dev: Device, topic: str, data: bytes) -> tuple[bytes, Device]:
+        """A device's message verified under the key its envelope's kid names (SPEC §11): the
+        payload bytes (not decoded) and the device as it now is (refreshed if its key changed).
+        Current kid: verified (and the previous key's switch point lowered if this seq is below
+        it). Next kid: verified, and the next key made current. Retired kid: verified only for a
+        seq below its switch point (a record resent unchanged from the journal), else bad_kid.
+        Raises ProtocolError as verify_mac0 does (bad_kid for any other kid)."""
+        return self._verify_uplink(dev, topic, data, 2)
+
+    def _verify_uplink(self, dev: Device, topic: str, data: bytes, tries: int) -> tuple[bytes, Device]:
+        from host_tools.protocol import ProtocolError, parse_kid, verify_mac0
+        if time.monotonic() - dev.read_at > self.key_fresh_s:
+            dev = self.get(dev.device_id)  # a key read long ago may have been retired since
+        try:
+            payload = verify_mac0(dev.key, dev.kid, topic, data)
+        except ProtocolError as e:
+            if e.code != "bad_kid":
+                raise
+            kid = envelope_kid(data)
+            try:
+                device, version = parse_kid(kid) if kid is not None else ("", 0)
+            except ProtocolError:
+                raise e from None
+            kv = self.key_version(dev.device_id, version) if device == dev.device_id else None
+            if kv is None:
+                raise
+            if kv.state == "current":  # promoted since `dev` was read
+                if tries <= 0:
+                    raise
+                return self._verify_uplink(self.get(dev.device_id), topic, data, tries - 1)
+            payload = verify_mac0(kv.key, kid, topic, data)  # bad_mac for a forgery
+            seq = payload_seq(payload)
+            if seq is None:
+                raise ProtocolError("bad_kid", f"kid {kid.decode()} is not current and the message has no seq") from None
+            if kv.state == "next":
+                self.promote(dev.device_id, version, seq)
+                return payload, self.get(dev.device_id)
+            if kv.switch_seq is not None and seq < kv.switch_seq:
+                return payload, dev  # signed before the switch: a record resent from the journal
+            raise ProtocolError("bad_kid", f"kid {kid.decode()} was retired at seq {kv.switch_seq}") from None
+        if dev.switch_seq is not None:
+            seq = payload_seq(payload)
+            if seq is not None and seq < dev.switch_seq:
+                self.lower_switch(dev.device_id, dev.key_version - 1, seq)
+                dev = replace(dev, switch_seq=seq)
+        return payload, dev
+
+    def open_uplink_message(self, dev: Device, topic: str, data: bytes) -> tuple[dict, Device]:
+        """verify_uplink() and the payload decoded (SPEC §4): (message, device as it now is)."""
+        from host_tools.protocol import decode_payload
+        payload, dev = self.verify_uplink(dev, topic, data)
+        return decode_payload(payload, topic), dev
 
     def page(self, *, after: str = "", limit: int = 100, status: str | None = None, kind: str | None = None,
              board: str | None = None, prefixes: tuple[str, ...] | None = None) -> list[DeviceInfo]:
@@ -160,11 +349,13 @@ class Registry:
             cur.execute(db._sql("SELECT device_id, key, key_version FROM devices"))
             rows = cur.fetchall()
             for dev, blob, ver in rows:
-                try:
-                    plain = self.vault.open(bytes(blob), dev, ver)
-                except VaultError as e:
-                    raise RegistryError(str(e)) from None
+                plain = self._open_key(blob, dev, ver)
                 cur.execute(db._sql("UPDATE devices SET key=? WHERE device_id=?"), (new.seal(plain, dev, ver), dev))
+            cur.execute(db._sql("SELECT device_id, version, key FROM device_keys"))
+            for dev, ver, blob in cur.fetchall():  # the key history too (next and retired keys)
+                plain = self._open_key(blob, dev, ver)
+                cur.execute(db._sql("UPDATE device_keys SET key=? WHERE device_id=? AND version=?"),
+                            (new.seal(plain, dev, ver), dev, ver))
             return len(rows)
         n = db._write(run)
         self.vault = new
@@ -202,6 +393,35 @@ class Registry:
         self.db.close()
 
 
+def envelope_kid(data: bytes) -> bytes | None:
+    """The kid an envelope's protected header names, or None if it cannot be read (the full
+    verification then says what is wrong)."""
+    from host_tools.protocol import ProtocolError
+    from host_tools.protocol.cbor import ENVELOPE_TAG, Tag, decode
+    try:
+        env = decode(data, envelope=True)
+        if not (isinstance(env, Tag) and env.tag == ENVELOPE_TAG and isinstance(env.value, list)
+                and len(env.value) == 4 and isinstance(env.value[0], bytes)):
+            return None
+        header = decode(env.value[0])
+    except ProtocolError:
+        return None
+    kid = header.get(4) if isinstance(header, dict) else None
+    return kid if isinstance(kid, bytes) else None
+
+
+def payload_seq(payload: bytes) -> int | None:
+    """A payload's seq (key 8), if it is a map with an unsigned integer there; None otherwise."""
+    from host_tools.protocol import ProtocolError
+    from host_tools.protocol.cbor import decode
+    try:
+        m = decode(payload)
+    except ProtocolError:
+        return None
+    seq = m.get(8) if isinstance(m, dict) else None
+    return seq if type(seq) is int and seq >= 0 else None
+
+
 def _connect(url: str) -> Database:
     """A connection of the ledger's backends, without the ledger's tables."""
     if is_postgres(url):
@@ -215,7 +435,7 @@ def _connect(url: str) -> Database:
 def open_uplink(registry: "Registry", cache: dict, topic: str, payload: bytes) -> tuple[str, dict | None, str | None]:
     """A device's message verified under its key (looked up once into `cache`) and decoded:
     (device, message or None, error code or None: bad_topic, unknown_device, bad_mac, ...)."""
-    from host_tools.protocol import ProtocolError, open_message, parse_topic
+    from host_tools.protocol import ProtocolError, parse_topic
     try:
         device, _ = parse_topic(topic)
     except ProtocolError as e:
@@ -227,6 +447,9 @@ def open_uplink(registry: "Registry", cache: dict, topic: str, payload: bytes) -
         except RegistryError:
             return device, None, "unknown_device"
     try:
-        return device, open_message(dev.key, dev.kid, topic, payload), None
+        msg, fresh = registry.open_uplink_message(dev, topic, payload)
     except ProtocolError as e:
         return device, None, e.code
+    if fresh is not dev:
+        cache[device] = fresh
+    return device, msg, None
