@@ -33,7 +33,7 @@ from typing import Callable
 
 from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
-from host_tools.protocol import ProtocolError, open_message, parse_topic, seal
+from host_tools.protocol import ProtocolError, parse_topic, seal
 from host_tools.protocol.manifest import Manifest, ManifestError, read_manifest
 
 log = logging.getLogger("edgepay.chunks")
@@ -301,7 +301,10 @@ class ChunkServer:
         if dev is None:
             return None, None, "unknown_device"
         try:
-            return dev, open_message(dev.key, dev.kid, topic, payload), ""
+            msg, now_dev = self.registry.open_uplink_message(dev, topic, payload)  # by its kid (SPEC §11)
+            if now_dev is not dev:
+                self._keys[device] = (now_dev, time.monotonic())
+            return now_dev, msg, ""
         except ProtocolError as e:
             code = e.code
         if code not in ("bad_kid", "bad_mac"):
@@ -310,7 +313,8 @@ class ChunkServer:
         if fresh is None or (fresh.key, fresh.kid) == (dev.key, dev.kid):
             return dev, None, code
         try:
-            return fresh, open_message(fresh.key, fresh.kid, topic, payload), ""
+            msg, now_dev = self.registry.open_uplink_message(fresh, topic, payload)
+            return now_dev, msg, ""
         except ProtocolError as e:
             return fresh, None, e.code
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
 from host_tools.cloud.timeserver import TimeServer
-from host_tools.protocol import ERROR_NAMES, ProtocolError, open_message, seal
+from host_tools.protocol import ERROR_NAMES, ProtocolError, seal
 from host_tools.protocol import topic as topic_for
 
 log = logging.getLogger("edgepay.commands")
@@ -72,6 +72,7 @@ class Command:
     late: dict | None = None          # a result that arrived after the call had ended
     nbf: int | None = None            # not before (Unix seconds)
     resigned: int = 0                 # times re-signed after a stale_seq refusal
+    key_version: int | None = None    # signed under this key version (None: the device's current)
     clock: Callable[[], float] = field(default=time.time, repr=False)  # the signer's (exp is on it)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _waiters: list[Callable[[], None]] = field(default_factory=list, repr=False)  # asend's wake-ups
@@ -142,20 +143,28 @@ class CommandClient:
 
     # -- sending
     def submit(self, device: str, name: str, args: dict | None = None, *, ttl: int = 60,
-               nbf: int | None = None, publish_timeout: float = 10.0) -> Command:
-        """Sign and send; returns once the broker has the command (SENT) or `publish_timeout`."""
-        cmd, info = self._submit(device, name, args, ttl, nbf)
+               nbf: int | None = None, publish_timeout: float = 10.0, under_next: bool = False) -> Command:
+        """Sign and send; returns once the broker has the command (SENT) or `publish_timeout`.
+        under_next: sign it under the device's next key (a key rotation's confirmation, SPEC §11)."""
+        cmd, info = self._submit(device, name, args, ttl, nbf, under_next)
         if self.mqtt.wait_published(info, publish_timeout):
             self._sent(cmd)
         return cmd
 
-    def _submit(self, device: str, name: str, args: dict | None, ttl: int, nbf: int | None):
+    def _submit(self, device: str, name: str, args: dict | None, ttl: int, nbf: int | None,
+                under_next: bool = False):
         dev = self.registry.get(device)  # unknown device: RegistryError before anything is created
         if not dev.active:
             raise RegistryError(f"device {device!r} is {dev.status}: it is sent nothing")
+        version = None
+        if under_next:
+            nxt = self.registry.next_key(device)
+            if nxt is None:
+                raise RegistryError(f"device {device!r} has no next key (no rotation under way)")
+            version = nxt.version
         self._keys[device] = dev  # the result is verified with it (refreshed at every submit)
         now = int(self.clock())
-        cmd = Command(device, name, args, b"", 0, now + ttl, nbf=nbf, clock=self.clock)
+        cmd = Command(device, name, args, b"", 0, now + ttl, nbf=nbf, clock=self.clock, key_version=version)
         cmd._to(State.CREATED)
         with self._lock:
             self._prune(now)
@@ -170,6 +179,13 @@ class CommandClient:
         """Take a seq, sign and hand the command to paho in one step, so one client's commands
         reach the device in seq order (a lower seq arriving second would be refused stale_seq)."""
         dev = dev or self.registry.get(cmd.device)
+        key, kid = dev.key, dev.kid
+        if cmd.key_version is not None and cmd.key_version != dev.key_version:
+            kv = self.registry.key_version(cmd.device, cmd.key_version)
+            if kv is None or kv.state != "next":
+                raise RegistryError(f"{cmd.device}: key version {cmd.key_version} is "
+                                    f"{kv.state if kv else 'unknown'}, not next")
+            key, kid = kv.key, kv.kid
         t = topic_for(cmd.device, "command")
         with self._order:
             cmd.cti, cmd.seq = os.urandom(12), self.registry.next_seq(cmd.device)
@@ -179,7 +195,7 @@ class CommandClient:
                 msg["nbf"] = cmd.nbf
             if cmd.args:
                 msg["args"] = cmd.args
-            sealed = seal(dev.key, dev.kid, t, msg)  # ProtocolError (e.g. too_large) before it is pending
+            sealed = seal(key, kid, t, msg)  # ProtocolError (e.g. too_large) before it is pending
             with self._lock:
                 self._pending[cmd.cti] = cmd  # before it goes: a result may come back at once
                 heapq.heappush(self._forget, (cmd.exp + LATE_GRACE_S, cmd.cti))
@@ -206,10 +222,11 @@ class CommandClient:
                 heapq.heappush(f, (now + LATE_GRACE_S, cti))
 
     def send(self, device: str, name: str, args: dict | None = None, *, timeout: float = 10.0,
-             ttl: int = 60, nbf: int | None = None) -> Command:
-        """Send and wait for the outcome: `timeout` seconds in all, the broker's PUBACK included."""
+             ttl: int = 60, nbf: int | None = None, under_next: bool = False) -> Command:
+        """Send and wait for the outcome: `timeout` seconds in all, the broker's PUBACK included.
+        under_next: as submit()."""
         deadline = time.monotonic() + timeout
-        cmd, info = self._submit(device, name, args, ttl, nbf)
+        cmd, info = self._submit(device, name, args, ttl, nbf, under_next)
         # One wait, for the outcome: a result implies the broker had it (SENT first, _on_result);
         # only a call that ends without one asks whether the broker ever acknowledged it.
         if not cmd._done.wait(_left(deadline)) and info.is_published():
@@ -269,15 +286,18 @@ class CommandClient:
             dev = self._keys.get(device)
             try:
                 if dev is None:
-                    raise ProtocolError("bad_kid", "no key at hand")
-                res = open_message(dev.key, dev.kid, topic, payload)
+                    raise ProtocolError("bad_mac", "no key at hand")
+                # by the kid it names (SPEC §11): the next key's first result makes it current
+                res, now_dev = self.registry.open_uplink_message(dev, topic, payload)
             except ProtocolError as e:
                 if e.code not in ("bad_kid", "bad_mac"):
                     raise
                 fresh = self.registry.get(device)  # not sent to lately, or its key changed since
                 if dev is not None and (fresh.key, fresh.kid) == (dev.key, dev.kid):
                     raise
-                res = open_message(fresh.key, fresh.kid, topic, payload)
+                res, now_dev = self.registry.open_uplink_message(fresh, topic, payload)
+            if now_dev is not dev:
+                self._keys[device] = now_dev
         except (ProtocolError, Exception) as e:  # never correlate what we cannot verify
             self.unverified_results += 1
             log.warning("unverified result on %s: %s", topic, getattr(e, "code", e))

@@ -69,8 +69,7 @@ from host_tools.cloud.ledger import Head, Ledger, Outcome, Record
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings, BrokerUnsupported, CloudMQTT
 from host_tools.cloud.registry import Device, Registry, RegistryError
-from host_tools.protocol import (ProtocolError, decode_payload, parse_topic, seal,
-                                 verify_mac0)
+from host_tools.protocol import ProtocolError, decode_payload, parse_topic, seal
 from host_tools.protocol import topic as topic_for
 
 log = logging.getLogger("edgepay.ingest")
@@ -218,15 +217,18 @@ class IngestWorker:
         if suffix != "up/rec":
             raise ProtocolError("bad_topic", f"not a record topic: {topic}")
         dev = self._device(device_id)
-        try:
-            payload = verify_mac0(dev.key, dev.kid, topic, data)
+        try:  # under the key the envelope's kid names (SPEC §11: current, next, or retired below its switch)
+            payload, now_dev = self.registry.verify_uplink(dev, topic, data)
         except ProtocolError as e:
             if e.code not in ("bad_kid", "bad_mac"):
                 raise
             fresh = self._device(device_id, fresh=True)  # the key may have been rotated
             if (fresh.key, fresh.kid) == (dev.key, dev.kid):
                 raise
-            payload = verify_mac0(fresh.key, fresh.kid, topic, data)
+            payload, now_dev = self.registry.verify_uplink(fresh, topic, data)
+        if now_dev is not dev:  # its key changed (a rotation's switch): cache it as it now is
+            self._keys[device_id] = (now_dev, time.monotonic())
+            dev = now_dev
         try:
             msg = decode_payload(payload, topic)
         except ProtocolError as e:  # authenticated, but the codec refuses it: quarantine

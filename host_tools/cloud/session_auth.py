@@ -18,7 +18,7 @@ from host_tools.cloud.session_core import ServiceCore
 from host_tools.cloud.session_model import (CLOSING, OPENING, PURPOSES, R_CLOSED, R_CONFLICT,
                                             R_NO_ORDER, R_NO_TARIFF, R_PURPOSE, R_QR, R_REFUSED,
                                             R_UNAVAILABLE, R_UNKNOWN, SessionState)
-from host_tools.protocol import ProtocolError, open_message, parse_topic
+from host_tools.protocol import ProtocolError, parse_topic
 
 log = logging.getLogger("edgepay.sessions")
 
@@ -36,7 +36,7 @@ class AuthFlows(ServiceCore):
                 if suffix != "up/req":
                     raise ProtocolError("bad_topic", topic)
                 dev = self.registry.get(device)
-                msg = open_message(dev.key, dev.kid, topic, payload)
+                msg, dev = self.registry.open_uplink_message(dev, topic, payload)  # by its kid (SPEC §11)
                 if msg["type"] != "auth_req":
                     raise ProtocolError("bad_topic", f"{msg['type']} on {topic}")
             except ProtocolError as e:

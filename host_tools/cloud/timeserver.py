@@ -22,7 +22,7 @@ from typing import Callable
 
 from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT
 from host_tools.cloud.registry import Registry
-from host_tools.protocol import ProtocolError, open_message, seal
+from host_tools.protocol import ProtocolError, seal
 from host_tools.protocol import topic as topic_for
 
 log = logging.getLogger("edgepay.time")
@@ -69,7 +69,8 @@ class TimeServer:
         device = topic.split("/")[2]
         try:
             dev = self.registry.get(device)
-            req = open_message(dev.key, dev.kid, topic, payload)
+            # by its kid (SPEC §11); answered under the key that is now current
+            req, dev = self.registry.open_uplink_message(dev, topic, payload)
         except (ProtocolError, Exception) as e:  # an unknown device, a bad MAC: no answer
             self.refused += 1
             log.warning("time_req refused on %s: %s", topic, getattr(e, "code", e))
