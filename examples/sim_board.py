@@ -1,7 +1,8 @@
 """Run a provisioned device on the MicroPython VM, as a board would run it.
 
 CONFIG is the config.json `edgepay provision DEVICE --board sim-...` wrote; FLASH_DIR stands in for
-the board's flash (config.json is copied there; its flash.bin, littlefs with the journal and the
+the board's flash (config.json is copied there, with the board.json beside it that the config's
+board section stamps; its flash.bin, littlefs with the journal and the
 device's state, survives restarts: `python -m host_tools.sim.flashfs FLASH_DIR` lists that state).
 The board's peripherals run detached: actuations are only logged. A `reboot` command restarts it.
 Ctrl-C, SIGTERM or SIGHUP stop it cleanly (offline status, then DISCONNECT); if this process is
@@ -15,7 +16,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from host_tools.boardcheck import device_board
 from host_tools.sim.board import SimBoard
 
 
@@ -32,9 +35,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
     args = ap.parse_args()
     cfg = json.load(open(args.config))
-    if not cfg.get("board", {}).get("sim"):
+    bdef = device_board(Path(args.config).parent, cfg) or {}  # board.json beside the config
+    if not bdef.get("sim"):
         sys.exit("not a sim board: provision the device with --board sim-gate / sim-vending / sim-rental")
-    heap = cfg["board"].get("heap_kb", 64)
+    heap = bdef.get("heap_kb", 64)
+    if "sha256" in cfg.get("board", {}):
+        cfg["board"] = bdef  # SimBoard checks it again and writes it, stamped, beside the config
     board = SimBoard(args.flash_dir, cfg, heapsize=f"{heap}K", echo=True).start()
     deadline = time.monotonic() + args.seconds if args.seconds else None
     try:

@@ -16,7 +16,7 @@ def main():
         reset.halt(reset.EXIT_CONFIG)
         return
     import board
-    board.boot(cfg)  # a bad board file stops here too, naming the field
+    board.boot(cfg)  # a board file that is not the one the host checked (its stamp) stops here too
     import store
     from hal import flash
     store.ROOT = flash.mount_fs(cfg["board"])  # state on flash, before anything reads it

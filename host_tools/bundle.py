@@ -23,6 +23,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools.boardcheck import FILE as BOARD_FILE
+from host_tools.boardcheck import device_bytes, is_definition
 from host_tools.build import FIRMWARE, compile_firmware, publish
 
 MACHINE_MODULES = {"machine", "esp32", "rp2", "esp", "network", "bluetooth", "neopixel"}
@@ -164,7 +166,11 @@ def fw_version(root: Path = FIRMWARE) -> str:
 
 def build_bundle(board: dict, out: Path, root: Path = FIRMWARE) -> Bundle:
     """Compile and lay out `out/`: bundle/ (.mpy), src/ (the same modules as source),
-    manifest.py (freeze them into a MicroPython build) and package.json (install them with mip)."""
+    manifest.py (freeze them into a MicroPython build), package.json (install them with mip) and,
+    for a whole board definition, board.json: the board file checked in full (boardcheck.py;
+    BoardError otherwise), which goes on the device's filesystem beside config.json, whose
+    "board" section carries its SHA-256 (`edgepay provision`): the device checks that at boot."""
+    board_file = device_bytes(board) if is_definition(board) else None
     mods = select(board, root)
     compiled = compile_firmware(root)
     out = Path(out)
@@ -184,6 +190,8 @@ def build_bundle(board: dict, out: Path, root: Path = FIRMWARE) -> Bundle:
         src = out / "src" / m.rel
         src.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(m.source, src)
+    if board_file is not None:
+        (out / BOARD_FILE).write_bytes(board_file)
     (out / "manifest.py").write_text(manifest_text(board, mods))
     (out / "package.json").write_text(package_json(board, mods, root))
     return Bundle(board, out, mods, sizes)

@@ -5,8 +5,10 @@ a simulated board on the VM through a real broker, ledger over a SQLite ledger; 
 input gives one clear line and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -238,9 +240,14 @@ def test_flash_and_logs_on_fake_serial_board(tmp_path, serial_board):
     info = json.loads(r.output)
     flash = serial_board.dir
     assert info["verified"] == "sha256"
+    assert {"config.json", "board.json"} <= {f["file"] for f in info["files"]}
     for f in info["files"]:
-        local = (out / "config.json") if f["file"] == "config.json" else tmp_path / "bld" / "bundle" / f["file"]
+        local = (out / f["file"]) if f["file"] in ("config.json", "board.json") else tmp_path / "bld" / "bundle" / f["file"]
         assert (flash / f["file"]).read_bytes() == local.read_bytes()
+    # the board file is the one `build` and `provision` checked; the config carries its SHA-256
+    assert (flash / "board.json").read_bytes() == (tmp_path / "bld" / "board.json").read_bytes()
+    assert json.loads((flash / "config.json").read_text())["board"]["sha256"] == built["board_sha256"] == \
+        hashlib.sha256((flash / "board.json").read_bytes()).hexdigest()
     assert b"soft reboot" in serial_board.transcript  # mpremote soft-reset the board first
     # mpremote's own CLI sees the same files (fs cp back from the board)
     back = tmp_path / "back.json"
@@ -263,6 +270,11 @@ def test_flash_bad_input(tmp_path, serial_board):
     bad("flash", "--board", "sim-gate", "--port", serial_board.port, "--config", str(cfg), says="key")
     cfg.write_text(json.dumps({"device": "d", "kid": "d:1", "key": "00" * 32, "broker": {}, "board": {"kind": "vending"}}))
     bad("flash", "--board", "sim-gate", "--port", serial_board.port, "--config", str(cfg), says="vending")
+    # a config without the stamp of the board file checked now (unstamped, or another version of it)
+    for section in ({"name": "sim-gate", "kind": "gate"}, {"name": "sim-gate", "kind": "gate", "sha256": "ab" * 32}):
+        cfg.write_text(json.dumps({"device": "d", "kid": "d:1", "key": "00" * 32, "broker": {}, "board": section}))
+        bad("flash", "--board", "sim-gate", "--port", serial_board.port, "--config", str(cfg),
+            says="provision the device again (edgepay provision d --board sim-gate)")
     bad("flash", "--board", "sim-gate", "--port", str(tmp_path / "no-tty"), code=3, says="serial port")
     bad("logs", "--port", str(tmp_path / "no-tty"), code=3, says="serial port")
     bad("logs", "--port", serial_board.port, "--timeout", "1", "--until", "(", says="regex")
@@ -280,6 +292,8 @@ def fleet(broker, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     cfg["settings"] = {"hb_s": 5, "keepalive_s": 4, "backoff_min_ms": 100, "backoff_max_ms": 1000}
     broker.add_user("gate-1", cfg["broker"]["password"])
+    (tmp_path / "board").mkdir()
+    shutil.copyfile(out / "board.json", tmp_path / "board" / "board.json")  # its stamp is in the config
     board = SimBoard(tmp_path / "board", cfg)
     board.start()
     board.wait_for("online", timeout=30)

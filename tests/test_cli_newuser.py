@@ -356,8 +356,8 @@ def test_journal_export_from_a_serial_board_reconciles(tmp_path, serial_board):
     assert r.exit_code == 0, r.output
     recs = _records("gate-1", bytes.fromhex(cfg["key"]))
     t = topic_for("gate-1", "sess_open")
-    lines = ["import config", "from hal import flash", "from journal import Journal",
-             "b = config.load()['board']",
+    lines = ["import board, config", "from hal import flash", "from journal import Journal",
+             "b = board.load(config.load()['board'])",
              "j = Journal(flash.mount(b) + '/j', b['journal'].get('capacity', 32768), prog=flash.progsize)"]
     for rec in recs:  # as firmware/uplink.py journals a record: the envelope, the payload's hash
         h = hashlib.sha256(verify_mac0(bytes.fromhex(cfg["key"]), b"gate-1:1", t, rec.raw)).digest()[:16]
@@ -407,7 +407,9 @@ def test_journal_export_from_a_sim_boards_flash_reconciles(tmp_path):
     from tests.test_cli import _records
     reg, out = provision(tmp_path, "gate-1")
     cfg = json.loads((out / "config.json").read_text())
-    fc = cfg["board"].get("flash") or {}
+    from host_tools.boardcheck import device_board
+    bdef = device_board(out)  # board.json beside the config, which carries its stamp
+    fc = bdef["flash"]
     recs = _records("gate-1", bytes.fromhex(cfg["key"]))
     t = topic_for("gate-1", "sess_open")
     appends = []
@@ -421,7 +423,7 @@ def test_journal_export_from_a_sim_boards_flash_reconciles(tmp_path):
         "import vfs", "from journal import Journal",
         "vfs.VfsLfs2.mkfs(Dev(), readsize=128, progsize=16, lookahead=32)",
         "vfs.mount(vfs.VfsLfs2(Dev(), readsize=128, progsize=16, lookahead=32, mtime=False), '/jfs')",
-        f"j = Journal('/jfs/j', {cfg['board']['journal'].get('capacity', 32768)}, prog=16)",
+        f"j = Journal('/jfs/j', {bdef['journal'].get('capacity', 32768)}, prog=16)",
         *appends, "j.ack(1)", "print('done')"])
     r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=60,
                        env={"MICROPYPATH": str(compile_firmware())})

@@ -128,7 +128,7 @@ def test_flashing_doc_figures_are_the_builds(tmp_path):
     mpy_bytes = json.loads(r.stdout)["mpy_bytes"]
     assert abs(int(m.group(2).replace(",", "")) - mpy_bytes) <= 1024, (m.group(0), mpy_bytes)  # within 1 KB
     m = re.search(r"flashed (\d+) files", text)
-    assert m and int(m.group(1)) == len(mpys) + 1 + 1 + 3, m  # + main.py, config.json, ca/device cert+key (--tls)
+    assert m and int(m.group(1)) == len(mpys) + 1 + 1 + 1 + 3, m  # + main.py, config.json, board.json, ca/device cert+key (--tls)
     assert "bundle/main.mpy" not in text and "copies `main.mpy`" not in text
 
 

@@ -49,11 +49,11 @@ print("free", os.statvfs("/fs")[3])
 def _fill_state_fs(board_dir, leave_blocks):
     """Fill a stopped sim board's state filesystem until `leave_blocks` are free (the VM's littlefs
     writes the filler, as it wrote the board's own files)."""
-    import json
     import subprocess
     from host_tools.build import micropython
     from host_tools.sim.flashfs import FS_BLOCKS, vm_blockdev
-    fc = json.loads((board_dir / "config.json").read_text())["board"].get("flash") or {}
+    from host_tools.boardcheck import device_board
+    fc = device_board(board_dir).get("flash") or {}
     script = vm_blockdev(board_dir / "flash.bin", fc.get("blocks", 128), FS_BLOCKS, fc.get("block_size", 4096),
                          writable=True) + _FILL % leave_blocks
     r = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=60)

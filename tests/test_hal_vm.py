@@ -1,6 +1,7 @@
 """The HAL on the real MicroPython VM: a sim board (boards/sim-*.json) runs the agent with a tiny
 test app that wires its peripherals together and exposes them through a signed `hw` command,
 driven from the host through SimPeripherals over the line-JSON link, with a real Mosquitto."""
+import hashlib
 import json
 import os
 import subprocess
@@ -9,9 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from host_tools.boardcheck import device_bytes
 from host_tools.build import compile_firmware
 from host_tools.cloud.commands import State
-from host_tools.cloud.registry import Registry
+from host_tools.cloud.registry import Registry, RegistryError
 from host_tools.sim.peripherals import SimPeripherals
 from host_tools.sim.provision import BOARDS, provision_sim
 from tests.agentkit import Watcher, cloud
@@ -228,24 +230,78 @@ def test_detached_sim_board_runs_without_a_host(env):
     assert "sim up" not in b.log()
 
 
-def test_wrong_board_file_stops_at_boot(env, tmp_path):
+def test_wrong_board_file_is_refused_by_the_host(env, tmp_path):
+    """The host checks a board in full before it reaches a device (host_tools/boardcheck.py): a
+    broken one is refused there, naming the field, before anything is registered or written."""
     d = json.loads((BOARDS / "sim-gate.json").read_text())
     del d["peripherals"]["entry_barrier"]["pin"]
     bad = tmp_path / "bad-gate.json"
     bad.write_text(json.dumps(d))
-    b, sp = env.board("gate5", bad)
-    b.start()
-    assert b.wait(10) == 3 and b.exit_reason() == "config"
-    assert "config error: board sim-gate: peripheral 'entry_barrier' needs 'pin'" in b.log()
-    assert "ACT" not in b.log() and not sp.connected
-
+    with pytest.raises(ValueError, match=r"board sim-gate: peripherals/entry_barrier: .*'pin'"):
+        env.board("gate5", bad)
     d = json.loads((BOARDS / "sim-rental.json").read_text())
     d["peripherals"]["slots"]["pins"] = d["peripherals"]["slots"]["pins"][:7]
     bad.write_text(json.dumps(d))
-    b, sp = env.board("rent5", bad)
+    with pytest.raises(ValueError, match=r"board sim-rental: .*slots"):
+        env.board("rent5", bad)
+    assert not (tmp_path / "gate5").exists() and not (tmp_path / "rent5").exists()
+    with pytest.raises(RegistryError):
+        env.reg.get("gate5")
+
+
+def _stamped_gate(env, device):
+    """A sim gate as the host provisions it: board.json, and the config's stamp of it."""
+    b, sp = env.board(device, "sim-gate")
+    cfg = json.loads((b.dir / "config.json").read_text())
+    raw = (b.dir / "board.json").read_bytes()
+    assert cfg["board"] == {"name": "sim-gate", "kind": "gate", "sha256": hashlib.sha256(raw).hexdigest()}
+    assert b"description" not in raw and b"note" not in raw  # documentation stays on the host
+    return b, sp, cfg, raw
+
+
+def _refused(b, sp, why):
     b.start()
-    assert b.wait(10) == 3
-    assert "config error: board sim-rental: peripheral 'slots' has 7 pins for 8 slots" in b.log()
+    assert b.wait(10) == 3 and b.exit_reason() == "config"
+    want = (f"config error: board file board.json {why}: it does not match what the host checked; "
+            "rebuild with `edgepay build`")
+    assert want in b.log(), b.log()
+    assert "ACT" not in b.log() and not sp.connected
+
+
+# (id, what is done to the stamped board on its flash, what the device says)
+TAMPER = [
+    ("edited", lambda dr, cfg, raw: (dr / "board.json").write_bytes(raw.replace(b'"pin":26', b'"pin":27')),
+     "differs from its stamp (config.json board 'sha256')"),
+    ("truncated", lambda dr, cfg, raw: (dr / "board.json").write_bytes(raw[:-1]),
+     "differs from its stamp (config.json board 'sha256')"),
+    ("deleted", lambda dr, cfg, raw: (dr / "board.json").unlink(), "not found"),
+    ("unstamped", lambda dr, cfg, raw: _config(dr, cfg, board={"name": "sim-gate", "kind": "gate"}),
+     "has no stamp (config.json board 'sha256')"),
+    ("inline-definition", lambda dr, cfg, raw: _config(dr, cfg, board=json.loads(raw)),
+     "not found (config.json holds an unstamped board definition)"),
+    ("garbage-json", lambda dr, cfg, raw: _restamp(dr, cfg, b'{"name": "sim-gate", "kind": "ga'),
+     "is not valid JSON"),
+    ("not-a-board", lambda dr, cfg, raw: _restamp(dr, cfg, b'["sim-gate", "gate"]'), "is not a board definition"),
+]
+
+
+def _config(dr, cfg, **changes):
+    (dr / "config.json").write_text(json.dumps(dict(cfg, **changes)))
+
+
+def _restamp(dr, cfg, data):
+    """A board file that is not one the host writes, stamped by hand: the stamp matches, the rest must not pass."""
+    (dr / "board.json").write_bytes(data)
+    _config(dr, cfg, board=dict(cfg["board"], sha256=hashlib.sha256(data).hexdigest()))
+
+
+@pytest.mark.parametrize("cid,change,why", TAMPER, ids=[t[0] for t in TAMPER])
+def test_board_file_not_the_one_the_host_checked_stops_at_boot(env, cid, change, why):
+    """The device checks only the host's stamp (firmware/board.py): a board file that is not byte for
+    byte the one the host checked, or has no stamp, or is not a board, stops it at boot (exit 3)."""
+    b, sp, cfg, raw = _stamped_gate(env, f"gate-{cid}")
+    change(b.dir, cfg, raw)
+    _refused(b, sp, why)
 
 
 RAM_PROBE = """
@@ -253,7 +309,7 @@ import gc, sys, json, asyncio
 import board, hal, hal.io, hal.sim, hal.display
 gc.collect()
 a0 = gc.mem_alloc()
-b = board.load(sys.argv[1])
+b = board.read(sys.argv[2], sys.argv[1])
 gc.collect()
 a1 = gc.mem_alloc()
 p = hal.build(b, sim={"port": 9})
@@ -270,7 +326,10 @@ def test_hal_ram_cost_on_the_vm(tmp_path):
     probe.write_text(RAM_PROBE)
     out = {}
     for name in ("sim-gate", "sim-vending", "sim-rental"):
-        p = subprocess.run([micropython(), "-X", "heapsize=256K", str(probe), str(BOARDS / f"{name}.json")],
+        raw = device_bytes(json.loads((BOARDS / f"{name}.json").read_text()))
+        (tmp_path / f"{name}.json").write_bytes(raw)
+        p = subprocess.run([micropython(), "-X", "heapsize=256K", str(probe), str(tmp_path / f"{name}.json"),
+                            hashlib.sha256(raw).hexdigest()],
                            capture_output=True, text=True, timeout=30, check=False,
                            env=dict(os.environ, MICROPYPATH=f"{bundle}:.frozen"))
         assert p.returncode == 0, p.stdout + p.stderr

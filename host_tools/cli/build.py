@@ -25,16 +25,21 @@ def register(cli: click.Group) -> None:
         OUT/src/         the same modules as source
         OUT/manifest.py  freeze them into a MicroPython build (FROZEN_MANIFEST=...)
         OUT/package.json install them with mip
+        OUT/board.json   the board file, checked in full: it goes on the board beside config.json,
+                         whose "board" section holds its SHA-256 (edgepay provision), checked at boot
         """
+        from host_tools.boardcheck import FILE, BoardError, stamp_of
         from host_tools.build import BuildError
         from host_tools.bundle import build_bundle
         board = load_board(board_name)
         out = Path(out) if out is not None else Path("build") / "boards" / board["name"]
         try:
             b = build_bundle(board, out)
-        except (BuildError, FileNotFoundError, SyntaxError) as e:
+        except (BuildError, BoardError, FileNotFoundError, SyntaxError) as e:
             fail(f"build failed: {e}")
+        board_sha = stamp_of((out / FILE).read_bytes())
         result = {"board": board["name"], "kind": board["kind"], "out": str(out),
+                  "board_file": str(out / FILE), "board_sha256": board_sha,
                   "manifest": str(out / "manifest.py"), "package": str(out / "package.json"),
                   "modules": b.sizes, "mpy_bytes": b.total}
 
@@ -48,4 +53,5 @@ def register(cli: click.Group) -> None:
             t.add_row(f"[bold]total ({len(b.sizes)} modules)", f"[{style}]{b.total:,}")
             o.console.print(t)
             o.console.print(f"bundle {out / 'bundle'}  manifest {out / 'manifest.py'}  mip {out / 'package.json'}")
+            o.console.print(f"board file {out / FILE} (checked; sha256 {board_sha})")
         o.emit(result, human)

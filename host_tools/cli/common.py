@@ -12,6 +12,7 @@ from typing import Any, Callable, NoReturn
 import click
 from rich.console import Console
 
+from host_tools.boardcheck import check_board  # noqa: F401 (the full check: schema and rules)
 from host_tools.broker import CLOUD_PORT
 from host_tools.provision import make_private_dir, write_private  # noqa: F401 (cli modules import them from here)
 
@@ -200,36 +201,6 @@ def load_board(name_or_path: str) -> dict:
         fail(f"board file {p} is not a valid board definition: {problems[0]}")
     board.setdefault("name", p.stem)
     return board
-
-
-def check_board(board: dict) -> list[str]:
-    """boards/schema.json when jsonschema is installed, and always the fields the tools rely on."""
-    out = []
-    kind = board.get("kind")
-    if kind not in ("gate", "vending", "rental"):
-        out.append(f"'kind' must be gate, vending or rental, not {kind!r}")
-    if not isinstance(board.get("name"), str):
-        out.append("'name' is missing")
-    schema = BOARDS / "schema.json"
-    if not out and schema.is_file():
-        out += _schema_problems(board, schema)
-    if not out:  # what the device also refuses at boot, and the flash layout (boardcheck.py)
-        from host_tools.cli.boardcheck import check
-        out += check(board)
-    return out
-
-
-def _schema_problems(board: dict, schema: Path) -> list[str]:
-    try:
-        import jsonschema
-    except ImportError:  # a dev-only dependency: the other checks still hold
-        return []
-    try:
-        v = jsonschema.Draft202012Validator(json.loads(schema.read_text()))
-        errs = sorted(v.iter_errors(board), key=lambda e: list(e.path))
-    except Exception:  # noqa: BLE001 - a schema being edited must not break the tools
-        return []
-    return [f"{'/'.join(str(x) for x in e.path) or '(top)'}: {e.message[:200]}" for e in errs[:3]]
 
 
 def is_sim_board(board: dict) -> bool:

@@ -1,7 +1,8 @@
 """`edgepay flash` and `edgepay logs`: a board over its serial port.
 
 flash copies the board's bundle (`edgepay build`) and, with --config, the device's config.json (and
-the ca.pem / device certificate it names) with mpremote's own file protocol (raw REPL, raw-paste:
+the ca.pem / device certificate it names, and board.json: the board file as checked now, whose
+SHA-256 the config must carry, host_tools/boardcheck.py) with mpremote's own file protocol (raw REPL, raw-paste:
 `mpremote fs cp` is the same code, mpremote.transport.Transport.fs_writefile), checks every file's
 SHA-256 on the board, and soft-resets the board so the new firmware starts.
 logs prints what the board writes to its console (the agent's log) as it comes.
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from host_tools.boardcheck import FILE as BOARD_FILE
+from host_tools.boardcheck import device_board, device_bytes, stamp_of
 from host_tools.cli.common import (EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, Ctx, fail, is_sim_board,
                                    load_board, read_json_object)
 
@@ -31,11 +34,19 @@ def check_config(path: Path, board: dict) -> tuple[dict, list[Path]]:
     kind = cfg["board"].get("kind") if isinstance(cfg["board"], dict) else None
     if kind != board["kind"]:
         fail(f"config {path} is for a {kind} board; {board['name']} is a {board['kind']} board")
-    cfg_sim = isinstance(cfg["board"], dict) and bool(cfg["board"].get("sim"))
-    if cfg_sim and not is_sim_board(board):  # a sim config: simulated pins, a loopback broker
-        fail(f"config {path} was provisioned for the sim board {cfg['board'].get('name')!r}; {board['name']} "
+    cboard = device_board(path.parent, cfg) or {}
+    if is_sim_board(cboard) and not is_sim_board(board):  # a sim config: simulated pins, a loopback broker
+        fail(f"config {path} was provisioned for the sim board {cboard.get('name')!r}; {board['name']} "
              f"is a real board: provision the device for it (edgepay provision {cfg['device']} "
              f"--board {board['name']} --device-broker HOST:PORT)")
+    # the board file goes beside the config, exactly as checked now; the config must carry its stamp
+    want = stamp_of(device_bytes(board))
+    have = cfg["board"].get("sha256")
+    if have != want:
+        fail(f"config {path} was provisioned for {'another version of ' if have else 'no checked '}board file "
+             f"{board['name']} (its 'board' section has {'sha256 ' + str(have)[:16] + '...' if have else 'no sha256'}, "
+             f"the board file now checks to {want[:16]}...): provision the device again "
+             f"(edgepay provision {cfg['device']} --board {board['name']})")
     extras = []
     broker = cfg["broker"] if isinstance(cfg["broker"], dict) else {}
     for k in CONFIG_EXTRAS:
@@ -116,7 +127,7 @@ def register(cli: click.Group) -> None:
             return
         if port is None:
             fail("--port is required: the board's serial port, e.g. /dev/ttyUSB0", EXIT_USAGE)
-        files: list[tuple[Path, str]] = []
+        files: list[tuple[Path | bytes, str]] = []
         if config is not None:
             if not config.is_file():
                 fail(f"no config file {config}")
@@ -136,9 +147,10 @@ def register(cli: click.Group) -> None:
         # the .mpy modules and the main.py entry point (a board runs main.py, never main.mpy)
         files += [(p, p.relative_to(bundle).as_posix()) for p in mpys + sorted(bundle.glob("main.py"))]
         if config is not None:
+            files.append((device_bytes(board), BOARD_FILE))  # the bytes just checked: the config carries their SHA-256
             files.append((config, "config.json"))
             files += [(p, p.name) for p in extras]
-        total = sum(p.stat().st_size for p, _ in files)
+        total = sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p, _ in files)
         t = open_transport(port)
         done: list[dict] = []
         try:
@@ -155,7 +167,7 @@ def register(cli: click.Group) -> None:
                 task = prog.add_task(f"flash {board['name']}", total=total)
                 base = 0
                 for local, remote in files:
-                    data = local.read_bytes()
+                    data = local if isinstance(local, bytes) else local.read_bytes()
                     prog.update(task, description=f"{remote:<24}")
                     t.fs_writefile(remote, data,
                                    progress_callback=lambda n, _s, b=base: prog.update(task, completed=b + n))
@@ -163,7 +175,7 @@ def register(cli: click.Group) -> None:
                     prog.update(task, completed=base)
                     import hashlib
                     if t.fs_hashfile(remote, "sha256") != hashlib.sha256(data).digest():
-                        fail(f"{remote}: the board's copy differs from {local} (SHA-256)", EXIT_ERROR)
+                        fail(f"{remote}: the board's copy differs from {'the checked board file' if isinstance(local, bytes) else local} (SHA-256)", EXIT_ERROR)
                     done.append({"file": remote, "bytes": len(data)})
                 prog.update(task, description=f"flashed {board['name']}")
             t.exit_raw_repl()

@@ -23,11 +23,11 @@ from host_tools.cli.common import EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, Ctx,
 
 # Runs on the board: the journal as the agent opens it, one line per record.
 READER = """
-import config
+import board, config
 from binascii import hexlify
 from hal import flash
 from journal import Journal
-b = config.load()["board"]
+b = board.load(config.load()["board"])
 j = Journal(flash.mount(b) + "/j", b["journal"].get("capacity", 32768), prog=flash.progsize)
 print("EPJ", j.acked, j.last_seq, j.depth())
 for s, d in j.pending():

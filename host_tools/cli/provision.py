@@ -3,6 +3,8 @@
 Writes into --out (default ./edgepay/devices/DEVICE, 0700):
   config.json      the device's config (its key inside; with --wifi-ssid also the Wi-Fi password,
                    read from --wifi-password-file): flash it with `edgepay flash --config`
+  board.json       the board file, checked in full; config.json's "board" section holds its
+                   SHA-256, which the device checks at boot (host_tools/boardcheck.py)
   ca.pem, device.pem, device.key      with --tls
 and into --broker-dir (default ./edgepay/broker, 0700), files host_tools/broker.py and mosquitto read:
   passwd           one PBKDF2 line per device (`password_file`)
@@ -15,30 +17,16 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Any
 
 import click
 
+from host_tools.boardcheck import FILE as BOARD_FILE
+from host_tools.boardcheck import device_bytes, section
 from host_tools.broker import DEVICE_PORT
 from host_tools.cli.common import (EXIT_USAGE, Ctx, fail, is_sim_board, load_board, make_private_dir,
                                    parse_hostport, write_private)
 from host_tools.provision import ensure_acl, update_passwd
 from host_tools.tls import CA_DAYS, LEAF_DAYS
-
-BOARD_DROP = ("description", "note")
-
-
-def _board_for_device(board: dict) -> dict:
-    """The board definition as the device reads it from config.json (comments dropped)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items() if k not in BOARD_DROP}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-    # `fs` is layout the host checks (boardcheck.py); the device never reads it: not worth its RAM
-    return {k: v for k, v in clean(board).items() if k != "fs"}
-
 
 def _pem(cert) -> bytes:
     from cryptography.hazmat.primitives import serialization
@@ -223,9 +211,10 @@ def register(cli: click.Group) -> None:
         kid = f"{device}:{key_version}"
         make_private_dir(out)
         make_private_dir(broker_dir)
+        board_file = device_bytes(board)  # checked in full (load_board did): the device checks only its stamp
         cfg = {"device": device, "kid": kid, "key": key.hex(),
                "broker": {"host": host, "port": port, "password": password},
-               "board": _board_for_device(board), "settings": {}}
+               "board": section(board, board_file), "settings": {}}
         if isinstance(board.get("wdt_ms"), int):
             cfg["wdt_ms"] = board["wdt_ms"]
         if wifi:
@@ -237,6 +226,7 @@ def register(cli: click.Group) -> None:
             tls_files = tls_material(broker_dir, out, device, list(tls_host) or [host], cert_days, o)
             cfg["broker"].update(tls=True, ca="ca.pem", server_hostname=(list(tls_host) or [host])[0],
                                  cert="device.der", certkey="device.key.der")
+        (out / BOARD_FILE).write_bytes(board_file)
         write_private(out / "config.json", json.dumps(cfg, indent=1) + "\n")
         update_passwd(broker_dir / "passwd", device, password)
         ensure_acl(broker_dir / "acl")
@@ -250,7 +240,8 @@ def register(cli: click.Group) -> None:
         reload = reload_broker(broker_dir)  # Mosquitto refuses the new device until it rereads passwd
         result = {"device": device, "kid": kid, "board": board["name"], "kind": board["kind"],
                   "broker_reload": reload or None,
-                  "config": str(out / "config.json"), "registry": str(o.registry),
+                  "config": str(out / "config.json"), "board_file": str(out / BOARD_FILE),
+                  "board_sha256": cfg["board"]["sha256"], "registry": str(o.registry),
                   "passwd": str(broker_dir / "passwd"), "acl": str(broker_dir / "acl"),
                   "broker": f"{host}:{port}", "tls": tls_files,
                   "wifi": {"ssid": wifi["ssid"]} if wifi else None,  # the password: never
@@ -262,6 +253,7 @@ def register(cli: click.Group) -> None:
             c = o.console
             c.print(f"[bold green]provisioned[/] {device} ({board['name']}, {board['kind']}) kid {kid}")
             c.print(f"  config    {out / 'config.json'}  (0600; holds the key)")
+            c.print(f"  board     {out / BOARD_FILE}  (checked; sha256 {cfg['board']['sha256'][:16]}... in the config)")
             c.print(f"  broker    {broker_dir / 'passwd'}, {broker_dir / 'acl'}  -> device connects to {host}:{port}")
             c.print(f"  registry  {o.registry}")
             if wifi:

@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from host_tools.boardcheck import device_board, stamped
 from host_tools.build import code_allowance, compile_firmware, micropython
 from host_tools.bundle import board_bundle
 from host_tools.sim.bootloader import boot as boot_slot
@@ -98,15 +99,19 @@ class SimBoard:
         self.booted: str | None = None  # what the boot loader booted last: "factory", "ota_0", "ota_1"
 
     def write_config(self, config: dict) -> None:
-        (self.dir / "config.json").write_text(json.dumps(config))
+        """config.json as the host provisions it: a whole board definition in its "board" section
+        is checked in full and goes to board.json, the section keeping its stamp (boardcheck.py;
+        BoardError, a ValueError, for a board the host refuses: nothing is written then)."""
+        (self.dir / "config.json").write_text(json.dumps(stamped(config, self.dir)))
+
+    def definition(self) -> dict | None:
+        """The whole board this one runs on (board.json, or a legacy config section), as written."""
+        return device_board(self.dir)
 
     def flash_config(self) -> dict:
-        """The board's flash config (config.json's board "flash"; {} when it has none): the boot
+        """The board's flash config (its board's "flash"; {} when it has none): the boot
         loader's layout (host_tools/sim/bootloader.py)."""
-        try:
-            fc = json.loads((self.dir / "config.json").read_text()).get("board", {}).get("flash")
-        except (OSError, ValueError, AttributeError):
-            fc = None
+        fc = (self.definition() or {}).get("flash")
         return fc if isinstance(fc, dict) else {}
 
     def arm_power_cut(self, at_op: int, tear: int | None = None) -> None:
@@ -123,10 +128,7 @@ class SimBoard:
         env = dict(os.environ)
         # The compiled bundle, as a board runs it; the board's own directory (its flash) after it.
         bundle = compile_firmware(self.firmware)
-        try:  # a sim board definition: only the modules that board carries, as a real one
-            board = json.loads((self.dir / "config.json").read_text()).get("board")
-        except (OSError, ValueError, AttributeError):
-            board = None
+        board = self.definition()  # a sim board definition: only the modules that board carries, as a real one
         if isinstance(board, dict) and board.get("sim"):
             bundle = board_bundle(bundle, board, self.firmware) or bundle
         # The boot loader (SPEC §10 "Slots"): an update slot it boots replaces the factory bundle.

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from host_tools.boardcheck import device_board
 from host_tools.build import compile_firmware, micropython
 
 FS_BLOCKS = 64  # the main filesystem's blocks after the journal's (firmware/hal/simflash.py FS_BLOCKS)
@@ -78,11 +79,12 @@ class FlashImageError(Exception):
 
 
 def _layout(board_dir: Path) -> tuple[int, int]:
-    """(first block of the main filesystem, block size) from the board's config.json."""
+    """(first block of the main filesystem, block size) from the board's config.json (board.json)."""
     try:
-        board = json.loads((board_dir / "config.json").read_text()).get("board") or {}
+        cfg = json.loads((board_dir / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise FlashImageError(f"{board_dir}: no readable config.json ({e})") from e
+    board = device_board(board_dir, cfg) or {}
     fc = board.get("flash") or {} if isinstance(board, dict) else {}
     return fc.get("blocks", 128), fc.get("block_size", 4096)
 
@@ -116,7 +118,9 @@ def read_journal(board_dir: str | Path) -> tuple[dict, list[dict]]:
     import tempfile
     d = Path(board_dir)
     try:
-        board = json.loads((d / "config.json").read_text())["board"]
+        board = device_board(d)
+        if board is None:
+            raise ValueError("no readable config.json / board.json")
         fc = board.get("flash") or {}
         cap = int(board["journal"].get("capacity", 32768))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from host_tools.boardcheck import device_bytes
 from host_tools.cloud.registry import Registry
 from host_tools.sim.board import ROOT, SimBoard
 
@@ -41,8 +42,9 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
 
     With `ca_file`, the device connects to the broker's TLS listener and verifies its certificate
     against that CA, copied onto the device's flash as ca.pem.
-    With `board_file` (a boards/*.json, by path or name), its whole definition becomes the config's
-    "board" section (the device checks it at boot); kind, board name, heap budget (heap_kb) and
+    With `board_file` (a boards/*.json, by path or name), its whole definition is checked in full
+    (host_tools/boardcheck.py: BoardError, a ValueError, before anything is registered) and goes
+    on the device as board.json, the config's "board" section keeping its stamp; kind, board name, heap budget (heap_kb) and
     watchdog (wdt_ms) come from it unless given. Only sim boards ("sim": true) run on the VM.
     With `peripherals` (a host_tools.sim.peripherals.SimPeripherals), the config names its port
     (cfg["sim"]), so the board's sim HAL connects to it.
@@ -59,6 +61,7 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
             raise ValueError(f"{board_file}: not a sim board (\"sim\": true); it cannot run on the VM")
         if kind is not None and kind != bdef.get("kind"):
             raise ValueError(f"{board_file} is a {bdef.get('kind')} board, not {kind}")
+        device_bytes(bdef)  # the host's full check, before anything is registered
         kind = bdef.get("kind")
         if heapsize is None and isinstance(bdef.get("heap_kb"), int):
             heapsize = f"{bdef['heap_kb']}K"
