@@ -1,4 +1,10 @@
-"""`edgepay device revoke|decommission DEVICE`: end a device's credentials.
+"""`edgepay device revoke|decommission|rekey DEVICE`: a device's credentials over its life.
+
+rekey: rotate the device key over the air (protocol/SPEC.md §11, host_tools/cloud/rekey.py): the
+next key wrapped under the current one, the device's proof checked, the switch confirmed under the
+new key. Safe to run again after any interruption: it finishes the rotation under way. Never for a
+key known to be compromised (the thief could unwrap the next one): revoke, then provision again
+over the serial link (docs/security.md).
 
 revoke: a stolen or compromised device. The registry marks it revoked (the cloud then sends it
 nothing, refuses its auth requests, and keeps any record it still sends in quarantine for audit,
@@ -35,7 +41,7 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def device() -> None:
-        """A device's credentials over its life: revoke, decommission."""
+        """A device's credentials over its life: revoke, decommission, rekey."""
 
     @device.command()
     @click.argument("device_id", metavar="DEVICE")
@@ -91,3 +97,39 @@ def register(cli: click.Group) -> None:
             reg.close()
         result = {"device": device_id, "status": d.status, "jdepth": depth, **_broker_step(o, device_id, broker_dir)}
         o.emit(result, lambda: o.console.print(f"[bold]decommissioned[/] {device_id}"))
+
+    @device.command()
+    @click.argument("device_ids", metavar="DEVICE...", nargs=-1, required=True)
+    @click.option("--timeout", type=float, default=10.0, show_default=True,
+                  help="seconds for each of the device's two answers (rekey, then the confirmation)")
+    @click.pass_obj
+    def rekey(o: Ctx, device_ids: tuple[str, ...], timeout: float) -> None:
+        """Rotate the key of each DEVICE (one after the other); exit 1 if any did not finish."""
+        from host_tools.cli.cmd import connect
+        from host_tools.cloud.registry import RegistryError
+        from host_tools.cloud.rekey import RekeyError, rotate
+        reg, client = connect(o)
+        results = []
+        try:
+            for device_id in dict.fromkeys(device_ids):
+                try:
+                    r = rotate(client, device_id, timeout=timeout)
+                    results.append({**r.as_json(), "ok": True})
+                    line = (f"[green]rotated[/] {device_id}: key {r.was} -> {r.version}"
+                            + (" (a rotation under way, finished)" if r.resumed else ""))
+                except RekeyError as e:
+                    results.append({"device": device_id, "ok": False, "error": e.code, "detail": e.detail})
+                    line = f"[bold red]not rotated[/] {device_id}: {e.detail}"
+                except RegistryError as e:
+                    results.append({"device": device_id, "ok": False, "error": "unknown_device", "detail": str(e)})
+                    line = f"[bold red]not rotated[/] {device_id}: {e}"
+                if not o.json:
+                    o.console.print(line)
+        finally:
+            client.close()
+            reg.close()
+        failed = sum(not r["ok"] for r in results)
+        if o.json:
+            o.emit({"devices": results, "rotated": len(results) - failed, "failed": failed}, lambda: None)
+        if failed:
+            raise click.exceptions.Exit(1)

@@ -26,7 +26,7 @@ class Arg(NamedTuple):
     name: str
     kind: str
     required: bool = True
-    size: tuple[int, int] | None = None  # text length bounds, in UTF-8 bytes
+    size: tuple[int, int] | None = None  # text length bounds in UTF-8 bytes; a bstr's in bytes
 
     def label(self) -> str:
         return f"{self.key}{'' if self.required else '?'}:{self.name}"
@@ -65,6 +65,9 @@ COMMANDS: dict[str, tuple[tuple[Arg, ...] | None, str]] = {
     "ota": ((_a(1, "manifest", "bstr"),),
             "start a firmware update from a signed release manifest (a campaign: edgepay ota deploy)"),
     "ota_abort": ((), "drop an update not yet installed (the staged slot is never booted)"),
+    "rekey": ((_a(1, "version", "uint"), _a(2, "wrapped", "bstr", size=(40, 40))),
+              "the next device key, RFC 3394-wrapped under the current one (SPEC §11: "
+              "edgepay device rekey); result data {kv, proof}"),
 }
 
 # Commands that act on the world: open a barrier, door or slot (open, paid, a granted auth), end a
@@ -122,14 +125,21 @@ def _value(name: str, a: Arg, v: Any) -> Any:
           "bool": isinstance(v, bool),
           "cur": isinstance(v, str) and bool(_CUR.fullmatch(v)),
           "list": isinstance(v, list),
-          "bstr": isinstance(v, str) and bool(re.fullmatch(r"([0-9a-fA-F]{2})+", v))}[a.kind]
+          "bstr": isinstance(v, (bytes, bytearray))
+          or (isinstance(v, str) and bool(re.fullmatch(r"([0-9a-fA-F]{2})+", v)))}[a.kind]
     if a.kind == "tstr" and isinstance(v, int) and not isinstance(v, bool):
         v, ok = str(v), True  # `sid=42` meant the text 42
     if not ok:
         raise ArgProblem(f"{name}: {a.label()} must be {TYPES[a.kind]}, not {v!r}")
+    if a.kind == "bstr":
+        v = bytes.fromhex(v) if isinstance(v, str) else bytes(v)
+        if a.size and not a.size[0] <= len(v) <= a.size[1]:
+            want = str(a.size[0]) if a.size[0] == a.size[1] else f"{a.size[0]}-{a.size[1]}"
+            raise ArgProblem(f"{name}: {a.label()} must be {want} bytes, not {len(v)}")
+        return v
     if a.size and isinstance(v, str) and not a.size[0] <= len(v.encode()) <= a.size[1]:
         raise ArgProblem(f"{name}: {a.label()} must be {a.size[0]}-{a.size[1]} bytes of text, not {len(v.encode())}")
-    return bytes.fromhex(v) if a.kind == "bstr" and isinstance(v, str) else v
+    return v
 
 
 def _near(a: str, b: str) -> bool:

@@ -34,6 +34,11 @@ KEY_STATES = ("current", "next", "retired")
 STATUSES = ("active", "revoked", "decommissioned")
 
 
+# device -> time.monotonic() of the last key switch seen in this process: a Device read before it
+# is read again by verify_uplink (another process's switch is seen within key_fresh_s)
+_KEY_CHANGED: dict[str, float] = {}
+
+
 class RegistryError(Exception):
     pass
 
@@ -254,6 +259,7 @@ class Registry:
             self._lower(cur, device_id, version - 1, seq)
             return False
         promoted = db._write(run)
+        _KEY_CHANGED[device_id] = time.monotonic()  # devices read before now are read again
         if promoted:
             log.info("device %s: key version %d is current (switch at seq %d)", device_id, version, seq)
         return promoted
@@ -278,16 +284,19 @@ class Registry:
 
     def _verify_uplink(self, dev: Device, topic: str, data: bytes, tries: int) -> tuple[bytes, Device]:
         from host_tools.protocol import ProtocolError, parse_kid, verify_mac0
-        if time.monotonic() - dev.read_at > self.key_fresh_s:
-            dev = self.get(dev.device_id)  # a key read long ago may have been retired since
+        if (time.monotonic() - dev.read_at > self.key_fresh_s
+                or _KEY_CHANGED.get(dev.device_id, 0.0) >= dev.read_at):
+            dev = self.get(dev.device_id)  # read long ago, or before a switch this process saw
         try:
             payload = verify_mac0(dev.key, dev.kid, topic, data)
         except ProtocolError as e:
             if e.code != "bad_kid":
                 raise
             kid = envelope_kid(data)
+            if kid is None:
+                raise
             try:
-                device, version = parse_kid(kid) if kid is not None else ("", 0)
+                device, version = parse_kid(kid)
             except ProtocolError:
                 raise e from None
             kv = self.key_version(dev.device_id, version) if device == dev.device_id else None
