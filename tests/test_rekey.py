@@ -243,3 +243,44 @@ def test_the_cli_rotates_each_device_and_says_which_failed(broker, tmp_path):
     finally:
         for d in devs:
             d.close()
+
+
+def test_a_fleet_rotation_runs_on_the_rollout_engine(broker, tmp_path):
+    """`edgepay device rekey --kind gate`: a campaign of action rekey, cohorts and a failure kept
+    per device (a wrong proof), then `edgepay campaign status` shows it."""
+    reg_path, db = tmp_path / "registry.db", str(tmp_path / "ledger.db")
+    reg = Registry(reg_path)
+    devs = []
+    try:
+        for name in ("gate-1", "gate-2", "gate-3", "vend-1"):
+            key = os.urandom(32)
+            reg.add(name, key, "vending" if name.startswith("vend") else "gate", "sim-gate")
+            broker.add_user(name, f"{name}-pw")
+            devs.append(RekeyDevice(broker.port, name, f"{name}-pw", key))
+        devs[2].wrong_proof = True
+    finally:
+        reg.close()
+    base = ["--json", "--registry", str(reg_path), "--broker", f"127.0.0.1:{broker.cloud_port}", "--user", CLOUD[0]]
+    env = {"EDGEPAY_MQTT_PASSWORD": CLOUD[1]}
+    try:
+        r = CliRunner().invoke(cli, [*base, "device", "rekey", "--kind", "gate", "--id", "rk-1", "--cohorts", "34,100",
+                                     "--abort-share", "0.9", "--timeout", "3", "--db", db, "--every", "0.1"],
+                               env=env, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        final = json.loads(r.stdout.strip().splitlines()[-1])
+        assert final["id"] == "rk-1" and final["action"] == "rekey" and final["state"] == "done"
+        assert final["counts"] == {"succeeded": 2, "failed": 1}
+        r = CliRunner().invoke(cli, ["--json", "campaign", "status", "rk-1", "--db", db], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        assert "bad_proof" in r.stdout
+        reg = Registry(reg_path)
+        try:
+            assert [reg.get(n).key_version for n in ("gate-1", "gate-2", "gate-3", "vend-1")] == [2, 2, 1, 1]
+        finally:
+            reg.close()
+        assert (devs[0].version, devs[2].version, devs[3].version) == (2, 1, 1)
+        r = CliRunner().invoke(cli, [*base, "device", "rekey", "gate-1", "--kind", "gate"], env=env)
+        assert r.exit_code == 2 and "not both" in r.output
+    finally:
+        for d in devs:
+            d.close()

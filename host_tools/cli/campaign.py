@@ -6,7 +6,8 @@ campaign survives a restart: `run` picks it up where it was).
     edgepay campaign run                  # the runner: until every campaign is final (--forever)
     edgepay campaign status [ID] [--json]
     edgepay campaign pause|resume|cancel ID
-Firmware update campaigns (`edgepay ota deploy`) are campaigns of the action "ota": run, status,
+Firmware update campaigns (`edgepay ota deploy`) are campaigns of the action "ota", fleet key
+rotations (`edgepay device rekey --kind/--board/--all`) of the action "rekey": run, status,
 pause and resume here work on them too (`edgepay ota cancel` also sends each started device
 ota_abort; `campaign cancel` does not reach the devices).
 Exit code of `run` and `status ID`: 0 done, 5 halted or cancelled, 6 still live (status only).
@@ -45,9 +46,11 @@ def _engine(store, client=None):
     update's (`edgepay ota`); without a client, stand-ins that send nothing (create, status...)."""
     from host_tools.cloud.rollout import CommandAction, Rollouts
     if client is None:
-        return Rollouts(store, {"command": _NoAction(), "ota": _NoAction()})
+        return Rollouts(store, {"command": _NoAction(), "ota": _NoAction(), "rekey": _NoAction()})
     from host_tools.cloud.ota_action import OtaAction, OtaProgress
-    return Rollouts(store, {"command": CommandAction(client), "ota": OtaAction(client, OtaProgress(store.db))})
+    from host_tools.cloud.rekey import RekeyAction
+    return Rollouts(store, {"command": CommandAction(client), "ota": OtaAction(client, OtaProgress(store.db)),
+                            "rekey": RekeyAction(client)})
 
 
 class _NoAction:

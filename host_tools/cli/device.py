@@ -16,11 +16,12 @@ Its key stays in the registry, verify-only: what it journaled can always be audi
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
-from host_tools.cli.common import Ctx, fail
+from host_tools.cli.common import EXIT_USAGE, Ctx, fail
 
 
 def _broker_step(o: Ctx, device: str, broker_dir: Path) -> dict:
@@ -99,12 +100,35 @@ def register(cli: click.Group) -> None:
         o.emit(result, lambda: o.console.print(f"[bold]decommissioned[/] {device_id}"))
 
     @device.command()
-    @click.argument("device_ids", metavar="DEVICE...", nargs=-1, required=True)
+    @click.argument("device_ids", metavar="[DEVICE]...", nargs=-1)
     @click.option("--timeout", type=float, default=10.0, show_default=True,
                   help="seconds for each of the device's two answers (rekey, then the confirmation)")
+    @click.option("--all", "every", is_flag=True, help="the whole fleet (every active device), as a campaign")
+    @click.option("--kind", help="every active device of this kind, as a campaign")
+    @click.option("--board", help="every active device on this board, as a campaign")
+    @click.option("--id", "cid", help="the campaign's id [rekey-YYYYmmddTHHMMSS]")
+    @click.option("--cohorts", default="5,25,50,100", show_default=True, help="rising percentages ending at 100")
+    @click.option("--rate", type=float, default=60.0, show_default=True, help="devices started per minute at most")
+    @click.option("--abort-share", type=float, default=0.2, show_default=True,
+                  help="halt once this share of the finished devices failed")
+    @click.option("--no-wait", is_flag=True, help="create the campaign only (edgepay campaign run carries it)")
+    @click.option("--every", "every_s", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+                  help="seconds between the campaign runner's passes")
+    @click.option("--db", default=lambda: os.environ.get("EDGEPAY_LEDGER", "edgepay/ledger.db"),
+                  show_default="EDGEPAY_LEDGER or edgepay/ledger.db", help="the campaigns' database (the ledger's)")
     @click.pass_obj
-    def rekey(o: Ctx, device_ids: tuple[str, ...], timeout: float) -> None:
-        """Rotate the key of each DEVICE (one after the other); exit 1 if any did not finish."""
+    def rekey(o: Ctx, device_ids: tuple[str, ...], timeout: float, every: bool, kind: str | None, board: str | None,
+              cid: str | None, cohorts: str, rate: float, abort_share: float, no_wait: bool, every_s: float,
+              db: str) -> None:
+        """Rotate the key of each DEVICE, one after the other (exit 1 if any did not finish); or of a
+        fleet (--all, --kind, --board) as a campaign on the rollout engine: cohorts, rate, halting
+        past --abort-share; pause/resume/cancel/status with edgepay campaign."""
+        if every or kind or board:
+            if device_ids:
+                fail("name devices, or select a fleet with --all/--kind/--board: not both", EXIT_USAGE)
+            return _fleet(o, kind, board, cid, cohorts, rate, abort_share, timeout, no_wait, every_s, db)
+        if not device_ids:
+            fail("name the devices to rotate (or --all, --kind, --board)", EXIT_USAGE)
         from host_tools.cli.cmd import connect
         from host_tools.cloud.registry import RegistryError
         from host_tools.cloud.rekey import RekeyError, rotate
@@ -133,3 +157,56 @@ def register(cli: click.Group) -> None:
             o.emit({"devices": results, "rotated": len(results) - failed, "failed": failed}, lambda: None)
         if failed:
             raise click.exceptions.Exit(1)
+
+    def _fleet(o: Ctx, kind: str | None, board: str | None, cid: str | None, cohorts: str, rate: float,
+               abort_share: float, timeout: float, no_wait: bool, every_s: float, db: str) -> None:
+        import time
+
+        from host_tools.cli.campaign import _engine, _exit_for, _line, _store, _summary, run_loop
+        from host_tools.cloud.rekey import ACTION, RekeyAction
+        from host_tools.cloud.rollout import RolloutError
+        try:
+            pct = [int(p) for p in cohorts.split(",")]
+        except ValueError:
+            fail(f"--cohorts {cohorts!r}: comma-separated whole percentages, e.g. 5,25,50,100", EXIT_USAGE)
+        reg = o.open_registry()
+        try:
+            targets, after = [], ""
+            while True:
+                page = reg.page(after=after, limit=1000, status="active", kind=kind, board=board)
+                if not page:
+                    break
+                targets += [d.device_id for d in page]
+                after = page[-1].device_id
+        finally:
+            reg.close()
+        if not targets:
+            fail("no active device matches: nothing to rotate")
+        cid = cid or time.strftime("rekey-%Y%m%dT%H%M%S", time.gmtime())
+        store = _store(db, create=True)
+        try:
+            try:  # a device's budget: its two answers and the waits between them
+                c = _engine(store).create(cid, ACTION, RekeyAction.spec(timeout), targets, cohorts=pct, rate=rate,
+                                          timeout_s=3 * timeout + 10, abort_share=abort_share)
+            except RolloutError as e:
+                fail(str(e) + (" (give --id)" if "exists" in str(e) else ""), EXIT_USAGE)
+            if no_wait:
+                o.emit(_summary(c), lambda: o.console.print(f"[bold green]created[/] {_line(c)}"))
+                return
+            o.note(f"created {_line(c)}")
+            from host_tools.cli.cmd import connect
+            reg, client = connect(o)
+            try:
+                final = run_loop(o, _engine(store, client), store, every_s, watch=cid)[0]
+            finally:
+                client.close()
+                reg.close()
+        finally:
+            store.close()
+        if o.json:
+            o.jsonline(_summary(final))
+        else:
+            o.console.print(_line(final))
+        code = _exit_for(final)
+        if code:
+            raise click.exceptions.Exit(code)

@@ -19,12 +19,19 @@ promoted it before that (checked first).
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 
 from host_tools.cloud.commands import CommandClient, State
 from host_tools.cloud.registry import RegistryError
+from host_tools.cloud.rollout import Outcome
+from host_tools.cloud.rollout_store import Campaign
 from host_tools.protocol import keywrap
+
+log = logging.getLogger("edgepay.rekey")
+ACTION = "rekey"
 
 
 class RekeyError(Exception):
@@ -83,3 +90,57 @@ def rotate(client: CommandClient, device: str, *, timeout: float = 10.0, ttl: in
             raise RekeyError(code, f"{device} did not answer under {kid} ({conf.state.value}"
                              f"{', ' + conf.code if conf.code else ''}); run it again to finish")
     return Rotated(device, dev.key_version, reg.get(device).key_version, resumed)
+
+
+class RekeyAction:
+    """A key rotation as a rollout engine Action (host_tools/cloud/rollout.py): a fleet rotated in
+    cohorts, at a rate, halting past a failure share, with pause, resume, cancel and status as for
+    firmware campaigns. spec {"timeout": seconds per answer, "ttl": each command's lifetime}.
+
+    start() runs rotate() on a thread of its own; poll() is its outcome (a RekeyError's code as
+    the reason). abort() only stops waiting: a rotation stopped anywhere leaves the device with a
+    key both sides hold, and a rerun finishes it. A runner restarted mid-campaign adopts a started
+    device it did not start by rotating it again (it resumes where the other left it)."""
+
+    def __init__(self, client: CommandClient):
+        self.client = client
+        self._runs: dict[tuple[str, str], list] = {}   # (campaign, device) -> [outcome or None]
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def spec(timeout: float = 10.0, ttl: int = 60) -> dict:
+        return {"timeout": float(timeout), "ttl": int(ttl)}
+
+    def start(self, c: Campaign, device: str) -> None:
+        self.client.registry.get(device)  # an unknown device fails at its start
+        slot: list = [None]
+        with self._lock:
+            self._runs[(c.id, device)] = slot
+        threading.Thread(target=self._rotate, args=(c, device, slot), daemon=True,
+                         name=f"rekey-{device}").start()
+
+    def _rotate(self, c: Campaign, device: str, slot: list) -> None:
+        try:
+            rotate(self.client, device, timeout=float(c.spec.get("timeout", 10.0)), ttl=int(c.spec.get("ttl", 60)))
+            slot[0] = (True, None)
+        except RekeyError as e:
+            slot[0] = (False, e.code)
+        except Exception as e:  # noqa: BLE001 - the device fails with a reason; the campaign goes on
+            log.warning("rotation of %s failed: %s", device, e)
+            slot[0] = (False, type(e).__name__)
+
+    def poll(self, c: Campaign, device: str) -> Outcome | None:
+        with self._lock:
+            slot = self._runs.get((c.id, device))
+        if slot is None:  # started by a runner that is gone: resume it here
+            self.start(c, device)
+            return None
+        if slot[0] is None:
+            return None
+        with self._lock:
+            self._runs.pop((c.id, device), None)
+        return slot[0]
+
+    def abort(self, c: Campaign, device: str) -> None:
+        with self._lock:
+            self._runs.pop((c.id, device), None)
