@@ -68,9 +68,19 @@ def load(path="config.json"):
     if len(d["key_bytes"]) != 32:
         raise ConfigError(path + ": key must be 256 bits")
     b = _need(d, "broker", dict, path)
-    _need(b, "host", str, path + " broker")
-    _need(b, "port", int, path + " broker")
-    _need(b, "password", str, path + " broker")
+    w = path + " broker"
+    bl = b.get("brokers")  # [[host, port], ...]: tried in turn (mqtt_client.py); else host and port
+    if bl is None:
+        _need(b, "host", str, w)
+        _need(b, "port", int, w)
+    else:
+        ok = "host" not in b and "port" not in b and type(bl) is list and 0 < len(bl) < 5
+        for e in bl if ok else ():
+            ok = ok and type(e) is list and len(e) == 2 and type(e[0]) is str and e[0] != "" \
+                and type(e[1]) is int and 0 < e[1] < 65536
+        if not ok:
+            raise ConfigError(w + ": 'brokers' must be 1..4 [host, port] and no 'host'/'port'")
+    _need(b, "password", str, w)
     board = _need(d, "board", dict, path)
     _need(board, "name", str, path + " board")
     kind = _need(board, "kind", str, path + " board")

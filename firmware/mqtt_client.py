@@ -6,6 +6,10 @@
 #   c.start()
 #   await c.publish("v1/dev/gate-001/up/rec", data, qos=1)
 #
+# With cfg "brokers" ([[host, port], ...] instead of host and port) the addresses are tried in turn:
+# a failed connect moves to the next at once, the backoff comes once all have failed, and a lost
+# connection is retried on the same broker first (it holds the session), then on the next.
+#
 # Per connection three tasks run: reader (parses, dispatches, PUBACKs after the handler),
 # writer (the only task that writes the socket) and ticker (keepalive, dead-peer detection,
 # QoS1 retransmit timer). Any exception in any of them (MemoryError included) ends the
@@ -83,6 +87,9 @@ class MQTTClient:
         if not cfg.get("client_id"):
             raise ValueError("client_id")
         self.cfg = cfg
+        # the broker addresses, tried in turn: config.py checked "brokers" (1..4 [host, port])
+        self._addrs = cfg.get("brokers") or ((cfg["host"], cfg["port"]),)
+        self._ai = 0             # the address connected to, or tried next
         self._ka = int(cfg["keepalive"])
         self._max = int(cfg["max_packet"])
         self._rx = bytearray(self._max)  # the one receive buffer, allocated once
@@ -268,6 +275,7 @@ class MQTTClient:
 
     async def _supervise(self):
         attempt = 0
+        tried = 0  # addresses that failed to connect in a row
         ever = False
         while not self._stopping:
             try:
@@ -280,8 +288,12 @@ class MQTTClient:
                     raise
                 self._teardown()
                 self._report("connect", e)
+                tried += 1
+                self._ai = (self._ai + 1) % len(self._addrs)
+                if tried % len(self._addrs):
+                    continue  # the next address at once: back off only once each has failed
             else:
-                attempt = 0
+                attempt = tried = 0
                 self.stats["connects"] += 1
                 if ever:
                     self.stats["reconnects"] += 1
@@ -336,13 +348,14 @@ class MQTTClient:
         self._ping_out = False
         self._sub_pids = {}
         self.gen += 1
-        s = self._sock = hal.connect(cfg["host"], cfg["port"])
+        host, port = self._addrs[self._ai]  # after a lost connection the same one first (its session)
+        s = self._sock = hal.connect(host, port)
         g = cfg.get
         if g("tls") or g("ca") or g("cadata"):
             if self._ssl_ctx is None:  # made once: loading the CA costs RAM and time
                 self._ssl_ctx = hal.tls_context(g("ca"), g("cadata"), g("cert"), g("certkey"))
             s = self._ssl_ctx.wrap_socket(
-                s, server_hostname=g("server_hostname") or cfg["host"],
+                s, server_hostname=g("server_hostname") or host,
                 do_handshake_on_connect=False)
             self._tls = s
         st = asyncio.StreamReader(s)

@@ -9,6 +9,17 @@ from pathlib import Path
 from host_tools.broker import password_line
 
 DEVICE_ACL = ["pattern write v1/dev/%u/up/#", "pattern read v1/dev/%u/dn/#"]
+MAX_BROKERS = 4  # firmware/config.py MAX_BROKERS: broker addresses a device tries in turn
+
+
+def broker_section(addrs: list[tuple[str, int]], password: str) -> dict:
+    """config.json's "broker" for these addresses: one is {"host", "port"}, as ever; more are
+    {"brokers": [[host, port], ...]}, which the device tries in turn (firmware/mqtt_client.py)."""
+    if not 1 <= len(addrs) <= MAX_BROKERS:
+        raise ValueError(f"a device takes 1..{MAX_BROKERS} broker addresses, not {len(addrs)}")
+    if len(addrs) == 1:
+        return {"host": addrs[0][0], "port": addrs[0][1], "password": password}
+    return {"brokers": [[h, p] for h, p in addrs], "password": password}
 
 
 GITIGNORE = "# made by edgepay: device keys, broker passwords, registry; never commit them\n*\n"

@@ -25,7 +25,7 @@ from host_tools.boardcheck import device_bytes, section
 from host_tools.broker import DEVICE_PORT
 from host_tools.cli.common import (EXIT_USAGE, Ctx, fail, is_sim_board, load_board, make_private_dir,
                                    parse_hostport, write_private)
-from host_tools.provision import ensure_acl, update_passwd
+from host_tools.provision import MAX_BROKERS, broker_section, ensure_acl, update_passwd
 from host_tools.tls import CA_DAYS, LEAF_DAYS
 
 def _pem(cert) -> bytes:
@@ -160,8 +160,9 @@ def register(cli: click.Group) -> None:
     @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
                   default=Path("edgepay") / "broker", show_default=True,
                   help="the broker's passwd/acl (and TLS) files")
-    @click.option("--device-broker", help="host:port of the broker's DEVICE listener, what the device connects "
-                  f"to [default: the --broker host, port {DEVICE_PORT}]")
+    @click.option("--device-broker", "device_brokers", multiple=True,
+                  help="host:port of the broker's DEVICE listener, what the device connects to [default: the "
+                  f"--broker host, port {DEVICE_PORT}]; repeat (at most {MAX_BROKERS}) for brokers it tries in turn")
     @click.option("--tls", is_flag=True, help="make TLS material (CA, broker and device certificates)")
     @click.option("--tls-host", multiple=True, help="broker certificate names (repeat) [default: the broker host]")
     @click.option("--cert-days", type=click.IntRange(1, 3650), default=LEAF_DAYS, show_default=True,
@@ -176,7 +177,7 @@ def register(cli: click.Group) -> None:
                        "release key can be rotated; edgepay release keygen)")
     @click.pass_obj
     def provision(o: Ctx, device: str, board_name: str, out: Path | None, broker_dir: Path,
-                  device_broker: str | None, tls: bool, tls_host: tuple[str, ...], cert_days: int,
+                  device_brokers: tuple[str, ...], tls: bool, tls_host: tuple[str, ...], cert_days: int,
                   wifi_ssid: str | None, wifi_password_file: Path | None, key_version: int,
                   show_key: bool, release_pubs: tuple[Path, ...]) -> None:
         """Give DEVICE its identity: key, config.json, broker credentials, registry entry."""
@@ -184,17 +185,22 @@ def register(cli: click.Group) -> None:
         if not DEVICE_ID.fullmatch(device):
             fail(f"bad device id {device!r}: use 1-32 of a-z 0-9 - (not starting with -), e.g. gate-001")
         board = load_board(board_name)
-        if device_broker is None and not is_sim_board(board):
+        if not device_brokers and not is_sim_board(board):
             # a real board reaches the broker over the network: 127.0.0.1 would be the board itself
             fail(f"{board['name']} is a real board: give --device-broker HOST:PORT, the broker's device "
                  f"listener as the board reaches it over the network (e.g. 192.168.1.10:{DEVICE_PORT}, "
                  f"or mqtt.example.com:8883 with --tls)", EXIT_USAGE)
-        if device_broker is None:  # --broker is the cloud listener: the device gets the device port
-            device_broker = f"{parse_hostport(o.broker, '--broker / EDGEPAY_BROKER')[0]}:{DEVICE_PORT}"
-        host, port = parse_hostport(device_broker, "--device-broker")
-        if not is_sim_board(board) and _is_loopback(host):
-            o.note(f"[yellow]warning:[/] --device-broker {host}: on {board['name']} that is the board itself, "
-                   "not this machine; give the address the board reaches the broker at")
+        if not device_brokers:  # --broker is the cloud listener: the device gets the device port
+            device_brokers = (f"{parse_hostport(o.broker, '--broker / EDGEPAY_BROKER')[0]}:{DEVICE_PORT}",)
+        if len(device_brokers) > MAX_BROKERS:
+            fail(f"--device-broker given {len(device_brokers)} times: a device tries at most {MAX_BROKERS} "
+                 "brokers", EXIT_USAGE)
+        addrs = [parse_hostport(b, "--device-broker") for b in device_brokers]
+        host, port = addrs[0]
+        for h, _ in addrs:
+            if not is_sim_board(board) and _is_loopback(h):
+                o.note(f"[yellow]warning:[/] --device-broker {h}: on {board['name']} that is the board itself, "
+                       "not this machine; give the address the board reaches the broker at")
         wifi = read_wifi(wifi_ssid, wifi_password_file)
         ota = release_keys(release_pubs)
         out = Path(out) if out is not None else Path("edgepay") / "devices" / device
@@ -213,7 +219,7 @@ def register(cli: click.Group) -> None:
         make_private_dir(broker_dir)
         board_file = device_bytes(board)  # checked in full (load_board did): the device checks only its stamp
         cfg = {"device": device, "kid": kid, "key": key.hex(),
-               "broker": {"host": host, "port": port, "password": password},
+               "broker": broker_section(addrs, password),
                "board": section(board, board_file), "settings": {}}
         if isinstance(board.get("wdt_ms"), int):
             cfg["wdt_ms"] = board["wdt_ms"]
@@ -223,8 +229,10 @@ def register(cli: click.Group) -> None:
             cfg["ota"] = ota
         tls_files = None
         if tls:
-            tls_files = tls_material(broker_dir, out, device, list(tls_host) or [host], cert_days, o)
-            cfg["broker"].update(tls=True, ca="ca.pem", server_hostname=(list(tls_host) or [host])[0],
+            names = list(tls_host) or list(dict.fromkeys(h for h, _ in addrs))  # every broker's host
+            tls_files = tls_material(broker_dir, out, device, names, cert_days, o)
+            # one certificate for every broker, carrying every name: the device checks the first
+            cfg["broker"].update(tls=True, ca="ca.pem", server_hostname=names[0],
                                  cert="device.der", certkey="device.key.der")
         (out / BOARD_FILE).write_bytes(board_file)
         write_private(out / "config.json", json.dumps(cfg, indent=1) + "\n")
@@ -243,7 +251,7 @@ def register(cli: click.Group) -> None:
                   "config": str(out / "config.json"), "board_file": str(out / BOARD_FILE),
                   "board_sha256": cfg["board"]["sha256"], "registry": str(o.registry),
                   "passwd": str(broker_dir / "passwd"), "acl": str(broker_dir / "acl"),
-                  "broker": f"{host}:{port}", "tls": tls_files,
+                  "broker": f"{host}:{port}", "brokers": [f"{h}:{p}" for h, p in addrs], "tls": tls_files,
                   "wifi": {"ssid": wifi["ssid"]} if wifi else None,  # the password: never
                   "release_keys": sorted(ota["keys"]) if ota else []}
         if show_key:

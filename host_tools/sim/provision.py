@@ -8,6 +8,7 @@ from pathlib import Path
 
 from host_tools.boardcheck import device_bytes
 from host_tools.cloud.registry import Registry
+from host_tools.provision import broker_section
 from host_tools.sim.board import ROOT, SimBoard
 
 BOARDS = ROOT / "boards"
@@ -37,7 +38,7 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
                   settings: dict | None = None, heapsize: str | None = None, ca_file: str | None = None,
                   peripherals=None, board_file: str | Path | None = None, clock_rate: int | None = None,
                   broker_port: int | None = None, client_cert: tuple[bytes, bytes] | None = None,
-                  **extra) -> SimBoard:
+                  brokers: list[tuple[str, int]] | None = None, **extra) -> SimBoard:
     """Register `device`, give it broker credentials and write its config; returns the (stopped) board.
 
     With `ca_file`, the device connects to the broker's TLS listener and verifies its certificate
@@ -51,6 +52,8 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
     With `clock_rate` (simulator only, firmware/clock.py), the device's clock runs that many times
     real time (host_tools/sim/world.py plays an hour in a minute this way).
     With `broker_port`, the device connects there instead of the broker's own port (a FaultyProxy).
+    With `brokers` ([(host, port), ...], 1..4), the device tries those addresses in turn instead
+    (config "broker": {"brokers": ...}); each must know the device's password (`broker` is told).
     With `client_cert` (certificate, key: DER, host_tools.tls.device_der) and `ca_file`, the device
     also presents that certificate (mutual TLS), kept on its flash as device.der and device.key.der.
     """
@@ -77,6 +80,8 @@ def provision_sim(broker, registry: Registry, root: Path, device: str, kind: str
     port = broker_port or (broker.tls_port if ca_file else broker.port)
     cfg = device_config(device, key, "127.0.0.1", port, password, kind, bname,
                         dict(FAST, **(settings or {})), **extra)
+    if brokers is not None:
+        cfg["broker"] = broker_section(list(brokers), password)
     if bdef is not None:
         cfg["board"] = bdef
     if peripherals is not None:
