@@ -284,3 +284,20 @@ def test_a_fleet_rotation_runs_on_the_rollout_engine(broker, tmp_path):
     finally:
         for d in devs:
             d.close()
+
+
+def test_a_tampered_wrap_is_refused_by_the_device_and_the_rotation_says_so(env, monkeypatch):
+    dev = env.device("gate-1")
+    real = keywrap.wrap
+
+    def tampered(kek: bytes, key: bytes) -> bytes:
+        w = bytearray(real(kek, key))
+        w[17] ^= 0x40  # one bit on the path
+        return bytes(w)
+    monkeypatch.setattr(keywrap, "wrap", tampered)
+    with pytest.raises(RekeyError) as e:
+        rotate(env.client, "gate-1", timeout=5)
+    assert e.value.code == "refused" and "bad_args" in e.value.detail and "unwrap" in e.value.detail
+    assert dev.next is None and dev.version == 1 and env.registry.get("gate-1").key_version == 1
+    monkeypatch.setattr(keywrap, "wrap", real)
+    assert rotate(env.client, "gate-1", timeout=5).version == 2
