@@ -240,6 +240,12 @@ def test_the_cli_rotates_each_device_and_says_which_failed(broker, tmp_path):
         devs[1].wrong_proof = False
         r = CliRunner().invoke(cli, [*base, "device", "rekey", "gate-2"], env=env, catch_exceptions=False)
         assert r.exit_code == 0 and "rotated gate-2: key 1 -> 2 (a rotation under way, finished)" in r.stdout, r.output
+        r = CliRunner().invoke(cli, ["--json", "--registry", str(reg_path), "device", "keys", "gate-2"],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        rows = json.loads(r.stdout)["keys"]
+        assert [(k["kid"], k["state"]) for k in rows] == [("gate-2:1", "retired"), ("gate-2:2", "current")]
+        assert rows[0]["switch_seq"] == devs[1].switched_at and devs[1].key.hex() not in r.stdout
     finally:
         for d in devs:
             d.close()

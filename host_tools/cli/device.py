@@ -210,3 +210,28 @@ def register(cli: click.Group) -> None:
         code = _exit_for(final)
         if code:
             raise click.exceptions.Exit(code)
+
+    @device.command()
+    @click.argument("device_id", metavar="DEVICE")
+    @click.pass_obj
+    def keys(o: Ctx, device_id: str) -> None:
+        """DEVICE's key history: each version's state (current, next, retired) and, for a retired
+        one, its switch point (the lowest seq verified under its successor). Never the keys."""
+        from host_tools.cloud.registry import RegistryError
+        reg = o.open_registry()
+        try:
+            o.device(reg, device_id)
+            try:
+                history = reg.keys(device_id)
+            except RegistryError as e:
+                fail(str(e))
+        finally:
+            reg.close()
+        rows = [{"version": k.version, "kid": k.kid.decode(), "state": k.state, "switch_seq": k.switch_seq}
+                for k in history]
+
+        def human() -> None:
+            for r in rows:
+                o.console.print(f"{r['kid']:<40} {r['state']:<8}"
+                                + (f" below seq {r['switch_seq']}" if r["switch_seq"] is not None else ""))
+        o.emit({"device": device_id, "keys": rows}, human)
