@@ -9,7 +9,8 @@ provisioned with host_tools.sim.provision (which calls add_user and reads .port)
 
 Users come from the registry as in the Mosquitto password file and ACL (host_tools/broker.py): a
 device user may publish v1/dev/<its name>/up/# and subscribe v1/dev/<its name>/dn/# (NATS maps a
-topic to a subject, `/` -> `.`, `#` -> `>`) over MQTT only; a cloud user may use v1/# and bench/#.
+topic to a subject, `/` -> `.`, `#` -> `>`) over MQTT only; a cloud user may use v1/# and bench/#, and the JetStream API, acks and reply
+inboxes (ingest's durable consumer: host_tools/cloud/jetstream.py).
 
 Client id == username for devices (Mosquitto's `use_username_as_clientid`): NATS has no per-user
 rule for it, so by default (callout=True) every connection is decided by the auth callout in
@@ -39,7 +40,12 @@ __all__ = ["NatsCluster", "NatsNode", "nats_server_path", "device_permissions", 
 
 PROBE = "edgepay-probe"
 CLOUD_SUBJECTS = ("v1", "v1.>", "bench", "bench.>")
-CLOUD_PERMS = {"publish": {"allow": list(CLOUD_SUBJECTS)}, "subscribe": {"allow": list(CLOUD_SUBJECTS)}}
+# ingest's competing consumers (host_tools/cloud/jetstream.py): the JetStream API (streams,
+# consumers, pull requests), message acks, and the reply inboxes those answer on
+JETSTREAM_PUBLISH = ("$JS.API.>", "$JS.ACK.>")
+JETSTREAM_SUBSCRIBE = ("_INBOX.>",)
+CLOUD_PERMS = {"publish": {"allow": list(CLOUD_SUBJECTS + JETSTREAM_PUBLISH)},
+               "subscribe": {"allow": list(CLOUD_SUBJECTS + JETSTREAM_SUBSCRIBE)}}
 DENY_ALL = {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
 AUTH_USER = "edgepay-auth"
 
@@ -145,6 +151,10 @@ class NatsCluster:
 
     def mqtt_ports(self) -> list[int]:
         return [n.mqtt_port for n in self.nodes]
+
+    def nats_urls(self) -> tuple[str, ...]:
+        """Every node's NATS client address: BrokerSettings.servers for JetStream work sharing."""
+        return tuple(f"nats://127.0.0.1:{n.client_port}" for n in self.nodes)
 
     # ---- config -----------------------------------------------------------------------
     def _users_conf(self) -> list[dict]:

@@ -49,6 +49,16 @@ def test_the_engine_decides_the_mqtt_version_and_work_sharing():
         assert IngestWorker(reg, led, s, group=None).subscription == "v1/dev/+/up/rec"
         led.close()
         reg.close()
+    # NATS shares a group's work on its own durable stream: a JetStream consumer, given the
+    # cluster's NATS addresses (tests/test_nats_ingest.py runs it); RabbitMQ still refuses
+    reg, led = Registry(), open_ledger(":memory:")
+    js = BrokerSettings("h", 1, *CLOUD, engine="nats", servers=("nats://h:4222",))
+    assert IngestWorker(reg, led, js, group="ingest").subscription == "jetstream:EDGEPAY_UP/ingest:v1.dev.*.up.rec"
+    assert IngestWorker(reg, led, js, group=None).subscription == "v1/dev/+/up/rec"
+    with pytest.raises(BrokerUnsupported):
+        IngestWorker(reg, led, BrokerSettings("h", 1, *CLOUD, engine="rabbitmq", servers=("x",)), group="ingest")
+    led.close()
+    reg.close()
     assert BrokerSettings("h", 1, *CLOUD, engine="nats", mqtt5=True).v5   # an explicit choice wins
     with pytest.raises(ValueError, match="unknown broker engine"):
         BrokerSettings("h", 1, *CLOUD, engine="kafka")

@@ -6,9 +6,13 @@
     python -m host_tools.cloud.ingest --port 18830 --password-env EDGEPAY_MQTT_PW \
         --registry /var/lib/edgepay/registry.db --db postgresql://...
 
-Pipeline. An MQTT 5 connection (CloudMQTT: TCP_NODELAY, resubscribe on reconnect) holds the shared
-subscription `$share/<group>/v1/dev/+/up/rec`; any number of workers in one group split the
-stream. The network thread only queues (topic, bytes); the worker thread takes a batch (up to
+Pipeline. The broker engine decides how workers in one group split the stream
+(BrokerSettings.record_feed): on Mosquitto an MQTT 5 connection (CloudMQTT: TCP_NODELAY,
+resubscribe on reconnect) holds the shared subscription `$share/<group>/v1/dev/+/up/rec`; on the
+NATS cluster the group shares a durable JetStream pull consumer on a replicated stream
+(host_tools/cloud/jetstream.py), each message acknowledged to the stream only once its record is
+committed (or terminated if poison, redelivered if its worker dies). The network thread only queues
+(topic, bytes, retain, token); the worker thread takes a batch (up to
 `batch_max` messages, or whatever arrived within `batch_ms` of the first), and for each message:
 - verifies it: the topic is some device's up/rec, the device is in the registry, the envelope, kid
   (that device's current kid) and MAC (topic as AAD), the payload schema (host codec,
@@ -67,7 +71,7 @@ from typing import Any, Callable
 from host_tools.cloud.ingest_quarantine import Revoked, Unplaceable, quarantine_record
 from host_tools.cloud.ledger import Head, Ledger, Outcome, Record
 from host_tools.cloud.ledger_open import open_ledger
-from host_tools.cloud.mqtt import BrokerSettings, BrokerUnsupported, CloudMQTT
+from host_tools.cloud.mqtt import BrokerSettings, BrokerUnsupported
 from host_tools.cloud.registry import Device, Registry, RegistryError
 from host_tools.protocol import ProtocolError, decode_payload, parse_topic, seal
 from host_tools.protocol import topic as topic_for
@@ -86,7 +90,7 @@ class IngestWorker:
                  hold_ms: float = 500.0, retry_ms: float = 20.0, resend_interval_s: float = 2.0,
                  hold_max: int = 2000,
                  on_alarm: Callable[[dict], None] | None = None, key_cache_s: float = 30.0,
-                 on_commit: Callable[[list[Record]], None] | None = None):
+                 on_commit: Callable[[list[Record]], None] | None = None, feed_options: dict | None = None):
         self.registry = registry
         self.ledger = ledger
         self.group = group
@@ -99,11 +103,15 @@ class IngestWorker:
         self.key_cache_s = key_cache_s
         self.on_alarm = on_alarm
         self.on_commit = on_commit
-        # group None: a plain (non-shared) subscription, e.g. an auditor that sees every copy
-        self.subscription = broker.work_share(group, RECORD_FILTER)
+        # group None: a plain (non-shared) subscription, e.g. an auditor that sees every copy. The
+        # engine decides how a group shares the records: Mosquitto a $share subscription, NATS a
+        # durable JetStream consumer (BrokerSettings.record_feed). Its thread only queues
+        # (topic, payload, retain, token): the retain flag is kept (the ledger ignores it, stats
+        # count it), the token is settled once the record is committed, refused or held no more.
         self._q: queue.Queue = queue.Queue()
-        # paho's network thread only queues (retain flag kept: the ledger ignores it, stats count it)
-        self._mq = CloudMQTT(broker, sink=lambda t, p, r: self._q.put((t, p, r)))
+        self._feed = broker.record_feed(group, RECORD_FILTER, self._q.put, **(feed_options or {}))
+        self.subscription = self._feed.subscription
+        self._held_tokens: dict[tuple[str, int], list] = {}   # (device, seq) held -> its unsettled tokens
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._keys: dict[str, tuple[Device, float]] = {}
@@ -115,28 +123,27 @@ class IngestWorker:
             "received": 0, "retained": 0, "verified": 0, "committed": 0, "duplicates": 0,
             "conflicts": 0, "out_of_chain": 0, "gaps": 0, "held": 0, "resend_requests": 0,
             "acks": 0, "batches": 0, "refused": collections.Counter(), "errors": 0,
-            "quarantined": 0, "quarantine_repeats": 0,
+            "quarantined": 0, "quarantine_repeats": 0, "terminated": 0,
         }
         self.alarms: collections.deque = collections.deque(maxlen=1000)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "IngestWorker":
-        self._mq.subscribe(self.subscription, qos=1)
-        self._mq.connect(timeout)
+        self._feed.start(timeout)
         self._thread = threading.Thread(target=self._run, name=f"ingest-{self.group or 'plain'}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking messages, commit and ack what was queued, disconnect."""
-        try:
-            self._mq.client.unsubscribe(self.subscription)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
+        self._feed.stop_taking()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._mq.close()
+        self._feed.close()
+
+    def connected(self) -> bool:
+        return self._feed.connected()
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -145,6 +152,9 @@ class IngestWorker:
             s["refused"] = dict(self._stats["refused"])
             s["held_now"] = sum(len(h) for h in self._held.values())
             s["queued"] = self._q.qsize()
+        counts = getattr(self._feed, "counts", None)   # the cluster's stream: acked, terminated, redelivered
+        if counts is not None:
+            s["stream"] = counts()
         return s
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -166,9 +176,10 @@ class IngestWorker:
                 next_retry = now + self.retry_s
             if batch or (retry and self._held):
                 try:
-                    self._process(batch, retry_all=retry)
+                    self._settle(self._process(batch, retry_all=retry))
                 except Exception:  # noqa: BLE001 - a worker must survive a bad batch
-                    # nothing of this batch was acked: the devices send it again
+                    # nothing of this batch was acked: the devices send it again, the stream too
+                    self._settle([(item[3], "nak") for item in batch])
                     self._count("errors")
                     log.exception("ingest batch failed; its records will be resent by the devices")
                     time.sleep(0.2)
@@ -177,7 +188,7 @@ class IngestWorker:
                 self._expire_held(force=True)
                 return
 
-    def _take(self, wait: float) -> list[tuple[str, bytes, bool]]:
+    def _take(self, wait: float) -> list[tuple]:
         try:
             first = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
         except queue.Empty:
@@ -254,25 +265,44 @@ class IngestWorker:
             except Exception:  # noqa: BLE001
                 log.exception("on_alarm callback failed")
 
+    # ---- settling the feed's tokens --------------------------------------------------------
+    def _settle(self, verdicts: list[tuple[Any, str]]) -> None:
+        """Tell the feed what became of each message (a no-op on MQTT): "ack" once committed (or a
+        duplicate, quarantined, or handed back to the device with a resend request), "term" for a
+        poison message, "nak" for one to deliver again."""
+        todo = [(t, v) for t, v in verdicts if t is not None]
+        if todo:
+            self._count("terminated", sum(1 for _, v in todo if v == "term"))
+            self._feed.settle(todo)
+
+    def _release(self, dev: str, seq: int, verdict: str, out: list) -> None:
+        out.extend((t, verdict) for t in self._held_tokens.pop((dev, seq), ()))
+
     # ---- one batch ----------------------------------------------------------------------
-    def _process(self, batch: list[tuple[str, bytes, bool]], retry_all: bool) -> None:
+    def _process(self, batch: list[tuple], retry_all: bool) -> list[tuple[Any, str]]:
+        """Verify, commit and ack one batch; each message's (token, verdict) for the feed."""
         records: list[Record] = []
-        for topic, data, retained in batch:
+        verdicts: list[tuple[Any, str]] = []
+        pending: list[tuple[Any, tuple[str, int]]] = []   # tokens decided by their record's outcome
+        for topic, data, retained, token in batch:
             self._count("received")
             if retained:
                 self._count("retained")
             try:
                 rec = self.verify(topic, data)
                 records.append(rec)
+                pending.append((token, (rec.device, rec.seq)))
                 if rec.quarantine:
                     self._refuse(rec.quarantine, topic, rec.quarantine_detail)
             except Unplaceable as e:
                 self._refuse(e.code, topic, e.detail)
-                self._quarantine_unplaced(e)
+                verdicts.append((token, "ack" if self._quarantine_unplaced(e) else "nak"))
             except ProtocolError as e:
                 self._refuse(e.code, topic, e.detail)
+                verdicts.append((token, "term"))
             except RegistryError as e:
                 self._refuse("unknown_device", topic, str(e))
+                verdicts.append((token, "term"))
         self._count("verified", len(records))
         # held records: retried with every batch of their device, and all of them on each tick
         devices = {r.device for r in records}
@@ -280,7 +310,7 @@ class IngestWorker:
             if retry_all or dev in devices:
                 records.extend(r for r, _ in self._held[dev].values())
         if not records:
-            return
+            return verdicts
         result = self.ledger.commit(records)            # one transaction, committed on return
         self._count("batches")
         now = time.monotonic()
@@ -288,12 +318,16 @@ class IngestWorker:
         ack: dict[str, Head] = {}
         quarantined: dict[str, list[int]] = {}
         committed: list[Record] = []
+        outcome: dict[tuple[str, int], Outcome] = {}
         for res in result.results:
             dev, seq = res.device, res.seq
+            outcome[(dev, seq)] = res.outcome
             if res.outcome is not Outcome.GAP:
                 held = self._held.get(dev)
-                if held is not None and held.pop(seq, None) is not None and not held:
-                    del self._held[dev]
+                if held is not None and held.pop(seq, None) is not None:
+                    self._release(dev, seq, "ack", verdicts)
+                    if not held:
+                        del self._held[dev]
             if res.outcome is Outcome.COMMITTED:
                 self._count("committed")
                 committed.append(by_key[(dev, seq)])
@@ -328,6 +362,15 @@ class IngestWorker:
             head = result.heads.get(dev)
             if head is not None:
                 ack[dev] = head
+        # this batch's messages: kept unsettled while held (a dead worker's are redelivered), a
+        # conflict or a fork is poison, everything else is the ledger's now
+        for token, key in pending:
+            o = outcome.get(key)
+            if o is Outcome.GAP and key[1] in self._held.get(key[0], {}):
+                if token is not None:
+                    self._held_tokens.setdefault(key, []).append(token)
+            else:
+                verdicts.append((token, "term" if o in (Outcome.CONFLICT, Outcome.OUT_OF_CHAIN) else "ack"))
         # the transaction is committed: now, and only now, acknowledge
         for dev, head in ack.items():
             # at most 16 quarantined seqs an ack (SPEC §6): more go ahead in acks of their own,
@@ -343,16 +386,24 @@ class IngestWorker:
             except Exception:  # noqa: BLE001 - the records are committed whatever it does
                 self._count("errors")
                 log.exception("on_commit callback failed")
-        self._expire_held(heads=result.heads)
+        self._expire_held(heads=result.heads, settled=verdicts)
+        return verdicts
 
-    def _expire_held(self, heads: dict[str, Head | None] | None = None, force: bool = False) -> None:
+    def _expire_held(self, heads: dict[str, Head | None] | None = None, force: bool = False,
+                     settled: list | None = None) -> None:
         now = time.monotonic()
+        out: list = [] if settled is None else settled
         for dev in list(self._held):
             held = self._held[dev]
             if force or any(now - t >= self.hold_s for _, t in held.values()):
                 del self._held[dev]
+                # the device is asked to resend them; stopping, the stream redelivers them now
+                for seq in held:
+                    self._release(dev, seq, "nak" if force else "ack", out)
                 head = (heads or {}).get(dev) if heads and dev in heads else self.ledger.head(dev)
                 self._request_resend(dev, head)
+        if settled is None:
+            self._settle(out)
 
     def _request_resend(self, dev: str, head: Head | None) -> None:
         now = time.monotonic()
@@ -364,17 +415,18 @@ class IngestWorker:
         log.info("chain gap for %s after seq %s: asking for a resend", dev, head.seq if head else 0)
         self._send_ack(dev, head.seq if head else 0, resend=True)
 
-    def _quarantine_unplaced(self, e: Unplaceable) -> None:
+    def _quarantine_unplaced(self, e: Unplaceable) -> bool:
+        """Keep it (True: kept, now or before)."""
         digest = hashlib.sha256(e.raw).digest()
         if digest in self._unplaced:  # kept already: a repeat costs no write transaction
             self._count("quarantine_repeats")
-            return
+            return True
         try:
             new = self.ledger.quarantine_unplaced(e.device, e.raw, e.code, e.detail)
         except Exception:  # noqa: BLE001 - it comes again; the other records go on
             self._count("errors")
             log.exception("could not keep an unplaceable record of %s", e.device)
-            return
+            return False
         self._unplaced[digest] = None
         while len(self._unplaced) > 10000:
             del self._unplaced[next(iter(self._unplaced))]
@@ -383,6 +435,7 @@ class IngestWorker:
             self._alarm("quarantined", e.device, -1, f"unplaceable: {e.code} {e.detail}")
         else:
             self._count("quarantine_repeats")
+        return True
 
     def _send_ack(self, dev: str, upto: int, resend: bool, quarantined: list[int] | None = None) -> None:
         try:
@@ -394,7 +447,7 @@ class IngestWorker:
                 msg["resend"] = True
             if quarantined:
                 msg["quarantined"] = quarantined
-            self._mq.publish(t, seal(d.key, d.kid, t, msg), qos=1, timeout=None)
+            self._feed.publish(t, seal(d.key, d.kid, t, msg))
             self._count("acks")
         except Exception:  # noqa: BLE001 - the device will resend and be acked then
             self._count("errors")
@@ -405,7 +458,8 @@ class IngestWorker:
 def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1884, username: str = "cloud",
                password: str = "", group: str = "ingest", batch_max: int = 500, batch_ms: float = 5.0,
                hold_ms: float = 500.0, stop: threading.Event | None = None, stats_every_s: float = 0.0,
-               out=None, engine: str = "mosquitto") -> dict:
+               out=None, engine: str = "mosquitto", servers: tuple[str, ...] = (),
+               feed_options: dict | None = None) -> dict:
     """Run one worker until `stop` is set or SIGTERM/SIGINT; print `ready` when subscribed and
     the final stats as JSON. Returns the stats."""
     out = out or sys.stdout
@@ -415,9 +469,9 @@ def run_worker(registry: str, db: str, host: str = "127.0.0.1", port: int = 1884
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    w = IngestWorker(reg, ledger, BrokerSettings(host, port, username, password, engine=engine),
+    w = IngestWorker(reg, ledger, BrokerSettings(host, port, username, password, engine=engine, servers=tuple(servers)),
                      group=group or None, batch_max=batch_max,
-                     batch_ms=batch_ms, hold_ms=hold_ms).start()
+                     batch_ms=batch_ms, hold_ms=hold_ms, feed_options=feed_options).start()
     print("ready", flush=True, file=out)
     last = time.monotonic()
     try:
@@ -448,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
                    "worker sees every record)")
     p.add_argument("--engine", default="mosquitto", choices=("mosquitto", "nats", "rabbitmq"),
                    help="the broker engine: its MQTT version and whether workers can share a subscription")
+    p.add_argument("--servers", default="", help="engine nats: the cluster's NATS client addresses, comma "
+                   "separated (nats://host:port,...); a group then shares a durable JetStream consumer")
+    p.add_argument("--ack-wait", type=float, default=30.0, help="engine nats: seconds before a message "
+                   "taken by a worker that never settled it (it died) goes to another")
+    p.add_argument("--acks-via", default="nats", choices=("nats", "mqtt"),
+                   help="engine nats: acks to devices by core NATS (default: fails over with the NATS connection) or MQTT QoS 1")
     p.add_argument("--batch-max", type=int, default=500)
     p.add_argument("--batch-ms", type=float, default=5.0)
     p.add_argument("--hold-ms", type=float, default=500.0)
@@ -458,9 +518,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     password = a.password if a.password is not None else os.environ.get(a.password_env, "")
     try:
+        servers = tuple(x for x in a.servers.split(",") if x)
+        opts = {"ack_wait_s": a.ack_wait, "acks": a.acks_via} if a.engine == "nats" and a.group else None
         run_worker(a.registry, a.db, a.host, a.port, a.user, password, a.group, a.batch_max, a.batch_ms,
-                   a.hold_ms, stats_every_s=a.stats_every, engine=a.engine)
-    except BrokerUnsupported as e:
+                   a.hold_ms, stats_every_s=a.stats_every, engine=a.engine, servers=servers, feed_options=opts)
+    except (BrokerUnsupported, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -148,7 +148,7 @@ class Service:
         out = []
         if self.client is not None and not self.client.mqtt.client.is_connected():
             out.append("broker: the command connection is down")
-        if self.ingest is not None and not self.ingest._mq.client.is_connected():
+        if self.ingest is not None and not self.ingest.connected():
             out.append("broker: the ingest connection is down")
         if self.chunks is not None and not self.chunks.mqtt.client.is_connected():
             out.append("broker: the chunk server's connection is down")
