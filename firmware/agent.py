@@ -101,6 +101,7 @@ class Signer:
         self.kid = kid
         self.device = device
         self.refused = 0  # downlink messages refused unauthenticated, since boot
+        self.nxt = None   # during a key rotation: (HmacKey, kid, hex key) of the next key (rekey.py)
 
     def seal(self, topic, fields):
         """-> (envelope, payload bytes)."""
@@ -109,8 +110,18 @@ class Signer:
         return cose.build(self.hkey, self.kid, topic, p), p
 
     def open(self, topic, data):
-        """Verify a downlink envelope and check its payload; -> payload dict, or CodecError."""
-        return msg.open(self.hkey, self.kid, topic, data)
+        """Verify a downlink envelope and check its payload; -> payload dict, or CodecError.
+        During a key rotation, one under the next kid is the cloud's confirmation (SPEC §11)."""
+        try:
+            return msg.open(self.hkey, self.kid, topic, data)
+        except CodecError as e:
+            n = self.nxt
+            if n is None or e.code != "bad_kid":
+                raise
+            p = msg.open(n[0], n[1], topic, data)
+            import rekey
+            rekey.switch(self)
+            return p
 
     def open_dn(self, topic, data):
         """A time answer or ack for the services that subscribe to them: authentic and for this
@@ -183,6 +194,9 @@ class Agent:
         self.device = dev = cfg["device"]
         self.signer = Signer(HmacKey(cfg.pop("key_bytes")), cfg["kid"].encode(), dev)
         cfg.pop("key", None)  # the key lives in the HMAC pads only
+        if store.read("key") or store.read("keynext"):  # a key rotation happened or is in hand
+            import rekey
+            rekey.boot(self.signer)
         self.board = cfg["board"]
         self.settings = cfg["settings"]
         self.settings.update(store.read("settings", {}))
@@ -448,6 +462,14 @@ class Agent:
                 return {"st": u.offer(raw)}
             except release.ReleaseError as e:  # the result says why; an update in hand goes on
                 raise CommandError("refused", e.code)
+
+        @on("rekey")
+        def rekey_cmd(args):
+            import rekey
+            r = rekey.offer(self.signer, args)
+            if type(r) is str:
+                raise CommandError("bad_args", r)
+            return r
 
         @on("ota_abort")
         def ota_abort(args):
