@@ -16,6 +16,11 @@ metrics.
                                            signed result; the outcome. An actuating command
                                            (cmdspec.ACTUATING: open, paid, auth, reboot,
                                            cancel_session) needs "confirm": true (428 otherwise)
+    POST /v1/devices/{id}/rekey            (admin) {"timeout"}: rotate the device key (SPEC §11,
+                                           host_tools/cloud/rekey.py); {"device", "was", "version",
+                                           "kid", "resumed"}, or 409 with the reason ("reason":
+                                           bad_proof, refused, no_answer...); the generic
+                                           commands route refuses `rekey` (422)
     GET  /v1/campaigns, /v1/campaigns/{id} (viewer)
     /v1/webhooks                           (admin) host_tools/service/webhooks_api.py: a command's
                                            final state POSTed, signed, retried, recorded
@@ -79,6 +84,10 @@ class CommandIn(BaseModel):
     ttl: int = Field(default=60, ge=1, le=86400)
     timeout: float = Field(default=10.0, gt=0, le=120)
     confirm: bool = False   # required true for an actuating command (cmdspec.ACTUATING)
+
+
+class RekeyIn(BaseModel):
+    timeout: float = Field(default=10.0, gt=0, le=120)   # seconds for each of the device's two answers
 
 
 class CommandOut(BaseModel):
@@ -146,7 +155,7 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
     install_problems(app)
     auth = Auth(accounts, token)
     app.add_middleware(AuditMiddleware, accounts=accounts, auth=auth)
-    viewer, operator = auth.need("viewer"), auth.need("operator")
+    viewer, operator, admin = auth.need("viewer"), auth.need("operator"), auth.need("admin")
     add_console_routes(app, auth)   # the fleet console's pages (host_tools/service/console.py)
 
     @app.get("/healthz")
@@ -251,6 +260,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         d = _get(p, device_id)
         if not d.active:
             raise Problem(409, f"device {device_id!r} is {d.status}: it is sent nothing")
+        if body.name == "rekey":  # its key must be the registry's next one: the rotation sends it
+            raise Problem(422, f"a key rotation is POST /v1/devices/{device_id}/rekey (admin), not a command")
         try:
             args = cmdspec.check(body.name, {_key(k): v for k, v in (body.args or {}).items()} or None)
         except cmdspec.ArgProblem as e:
@@ -276,6 +287,30 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
             except Exception:  # noqa: BLE001 - the command is done and answered; its event is logged lost
                 log.exception("webhooks: command.final of %s not recorded", c.cti.hex())
         return out
+
+    @app.post("/v1/devices/{device_id}/rekey", name="device.rekey")
+    async def rekey(device_id: str, body: RekeyIn, request: Request, p: Principal = Depends(admin)) -> dict:
+        """Rotate DEVICE's key (SPEC §11): the next key wrapped under the current one, the device's
+        proof checked, the switch confirmed under the new key. Safe to call again: it finishes a
+        rotation under way. Never for a compromised key (revoke, and provision again over serial)."""
+        import asyncio
+        import functools
+
+        from host_tools.cloud.rekey import RekeyError, rotate
+        d = _get(p, device_id)
+        if not d.active:
+            raise Problem(409, f"device {device_id!r} is {d.status}: provision it again over serial instead")
+        down = ready()
+        if down:
+            raise Problem(503, "not ready: " + "; ".join(down))
+        loop = asyncio.get_running_loop()
+        try:
+            r = await loop.run_in_executor(None, functools.partial(rotate, client, device_id, timeout=body.timeout))
+        except RekeyError as e:
+            audit_note(request, detail={"reason": e.code})
+            raise Problem(409, e.detail, reason=e.code) from None
+        audit_note(request, detail={"was": r.was, "version": r.version, "resumed": r.resumed})
+        return r.as_json()
 
     stores: list[SessionStore] = []   # the session service's tables, on the ledger's database (first use)
 
