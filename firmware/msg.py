@@ -43,10 +43,10 @@ _SPEC = (
     # 2 status: 6? iat, 8 seq, 10 online
     b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0ab\x01\x00\x00"
     # 3 heartbeat: 6? iat, 8 seq, 10 uptime, 11 heap, 12 jdepth, 13? rssi, 14 clock,
-    #   15? rx_refused, 16? rx_oversize, 17? rx_dropped
+    #   15? rx_refused, 16? rx_oversize, 17? rx_dropped, 18? off_amt, 19? off_n
     b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0au\x01\x00\x00" b"\x0bu\x01\x00\x00"
     b"\x0cu\x01\x00\x00" b"\x0di\x00\x00\x00" b"\x0en\x01\x00\x01" b"\x0fu\x00\x00\x00"
-    b"\x10u\x00\x00\x00" b"\x11u\x00\x00\x00"
+    b"\x10u\x00\x00\x00" b"\x11u\x00\x00\x00" b"\x12u\x00\x00\x00" b"\x13u\x00\x00\x00"
     # 4 event: 6? iat, 8 seq, 10 code, 11? detail
     b"\x06u\x00\x00\x01" b"\x08u\x01\x00\x00" b"\x0at\x01\x01\x20" b"\x0bm\x00\x00\x00"
     # 5 alarm: 6? iat, 8 seq, 10 code, 11? detail, 12 active
@@ -92,10 +92,10 @@ _SPEC = (
 )
 # Per type, in the order above: number, first record, record count. A bytes literal: one
 # constant, where bytes((...)) compiled to code that builds a tuple first.
-_IDX = (b"\x01\x00\x08" b"\x02\x08\x03" b"\x03\x0b\x0a" b"\x04\x15\x04" b"\x05\x19\x05"  # 1-5
-        b"\x06\x1e\x0b" b"\x07\x29\x06" b"\x08\x2f\x0d" b"\x09\x3c\x07" b"\x0a\x43\x0b"  # 6-10
-        b"\x14\x4e\x08" b"\x15\x56\x06" b"\x16\x5c\x04" b"\x0b\x60\x02"  # 20, 21, 22, 11
-        b"\x0c\x62\x04" b"\x17\x66\x06")  # 12, 23
+_IDX = (b"\x01\x00\x08" b"\x02\x08\x03" b"\x03\x0b\x0c" b"\x04\x17\x04" b"\x05\x1b\x05"  # 1-5
+        b"\x06\x20\x0b" b"\x07\x2b\x06" b"\x08\x31\x0d" b"\x09\x3e\x07" b"\x0a\x45\x0b"  # 6-10
+        b"\x14\x50\x08" b"\x15\x58\x06" b"\x16\x5e\x04" b"\x0b\x62\x02"  # 20, 21, 22, 11
+        b"\x0c\x64\x04" b"\x17\x68\x06")  # 12, 23
 # Per type: its topic's suffix; the last level (topic_suffix) is what follows "/up/" or "/dn/".
 TOPICS = ("/up/hello", "/up/status", "/up/hb", "/up/evt", "/up/evt", "/up/rec", "/up/rec",
           "/up/rec", "/up/res", "/up/req", "/dn/cmd", "/dn/ack", "/dn/time", "/up/time",

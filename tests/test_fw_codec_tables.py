@@ -24,7 +24,7 @@ SCHEMA = {
     2: ("status", "/up/status", "6 iat 0|8 seq 1|10 online 1"),
     3: ("heartbeat", "/up/hb",
         "6 iat 0|8 seq 1|10 uptime 1|11 heap 1|12 jdepth 1|13 rssi 0|14 clock 1|15 rx_refused 0|"
-        "16 rx_oversize 0|17 rx_dropped 0"),
+        "16 rx_oversize 0|17 rx_dropped 0|18 off_amt 0|19 off_n 0"),
     4: ("event", "/up/evt", "6 iat 0|8 seq 1|10 code 1|11 detail 0"),
     5: ("alarm", "/up/evt", "6 iat 0|8 seq 1|10 code 1|11 detail 0|12 active 1"),
     6: ("sess_open", "/up/rec", "8 seq 1|9 prev 1|10 sid 1|11 payer 1|12 slot 0|13 t0 1|"

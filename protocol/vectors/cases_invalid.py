@@ -278,6 +278,10 @@ def build_payload_errors() -> None:
                 "bad_value", hb(heap=u((1 << 64) - 1)), "up/hb")
     bad_payload("bound_rssi_2_53", "heartbeat rssi -(2^53)", "bad_value", hb(rssi=i(-(1 << 53))),
                 "up/hb")
+    bad_payload("bound_off_amt_2_53", "heartbeat off_amt 2^53 (a sum: the count bound)",
+                "bad_value", hb(off_amt=u(1 << 53)), "up/hb")
+    bad_payload("schema_off_n_negative", "heartbeat off_n -1 (a uint)", "bad_type",
+                hb(off_n=i(-1)), "up/hb")
     bad_payload("bound_iat_2_32", "heartbeat iat 2^32", "bad_value", hb(iat=u(1 << 32)), "up/hb")
     bad_payload("bound_boots_2_53", "hello boots 2^53", "bad_value",
                 payload("hello", {**HELLO, "boots": u(1 << 53)})[0], "up/hello")

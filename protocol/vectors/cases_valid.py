@@ -21,6 +21,9 @@ def build_valid() -> None:
           "decoded", "heartbeat", HB, extra=((u(99), t("future")), (u(1000), arr(u(1), u(2)))))
     valid("heartbeat_rx_counters", "heartbeat with the receive counters: refused, oversize, dropped",
           "heartbeat", {**HB, "rx_refused": u(3), "rx_oversize": u(1), "rx_dropped": u(300)})
+    valid("heartbeat_offline_budget", "heartbeat with the offline budget used: 2350 minor units "
+          "charged offline and 3 sessions opened offline, not yet re-authorised", "heartbeat",
+          {**HB, "off_amt": u(2350), "off_n": u(3)})
     valid("heartbeat_uint_max", "uptime and heap 2^53-1, rssi -(2^53-1): at the count bound "
           "(SPEC §4 integer bounds)", "heartbeat",
           {**HB, "uptime": u((1 << 53) - 1), "heap": u((1 << 53) - 1), "rssi": i(-(1 << 53) + 1)})

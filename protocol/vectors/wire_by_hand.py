@@ -101,7 +101,7 @@ FIELDS = {
     "hello": {"fw": 10, "board": 11, "reset": 12, "caps": 13, "kind": 14, "boots": 15},
     "status": {"online": 10},
     "heartbeat": {"uptime": 10, "heap": 11, "jdepth": 12, "rssi": 13, "clock": 14, "rx_refused": 15,
-                  "rx_oversize": 16, "rx_dropped": 17},
+                  "rx_oversize": 16, "rx_dropped": 17, "off_amt": 18, "off_n": 19},
     "event": {"code": 10, "detail": 11},
     "alarm": {"code": 10, "detail": 11, "active": 12},
     "sess_open": SESS, "sess_update": SESS, "sess_close": SESS,

@@ -25,7 +25,8 @@ TYPE_NAMES = ("hello", "status", "heartbeat", "event", "alarm", "sess_open", "se
               "chunk_req", "chunk")
 _FNAMES = (
     "iat seq fw board reset caps kind boots", "iat seq online",
-    "iat seq uptime heap jdepth rssi clock rx_refused rx_oversize rx_dropped", "iat seq code detail",
+    "iat seq uptime heap jdepth rssi clock rx_refused rx_oversize rx_dropped off_amt off_n",
+    "iat seq code detail",
     "iat seq code detail active", "seq prev sid payer slot t0 offline auth amount cur item",
     "seq prev sid amount cur t1",
     "seq prev sid payer slot t0 offline auth amount cur t1 lines reason",
