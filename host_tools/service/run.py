@@ -26,6 +26,7 @@ from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.ota_action import OtaAction, OtaProgress
+from host_tools.cloud.rekey import RekeyAction
 from host_tools.cloud.presence import Presence, Tracker
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.rollout import CommandAction, Rollouts
@@ -89,7 +90,8 @@ class Service:
         if "campaigns" in self.parts:
             assert self.client is not None and self._rollouts is not None
             ro = Rollouts(self._rollouts, {"command": CommandAction(self.client),
-                                           "ota": OtaAction(self.client, OtaProgress(self._rollouts.db))})
+                                           "ota": OtaAction(self.client, OtaProgress(self._rollouts.db)),
+                                           "rekey": RekeyAction(self.client)})
             t = threading.Thread(target=ro.run, args=(self._stop,), name="campaigns", daemon=True)
             t.start()
             self._threads.append(t)
