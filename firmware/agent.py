@@ -180,6 +180,9 @@ class Context:
     def on_busy(self, fn):  # fn() -> True while a session is mid-way: no update installs then
         self._a._busy = fn
 
+    def on_beat(self, fn):  # fn(hb) adds the app's heartbeat fields (SPEC §4: 18 off_amt, 19 off_n)
+        self._a._beat = fn
+
 
 class Agent:
     def __init__(self, cfg):
@@ -207,6 +210,7 @@ class Agent:
         fw = store.read("fw")  # the release installed by an update, once confirmed
         self.fw = fw["v"] if fw else FW_VERSION
         self._busy = None  # the app's busy(), set once it has started (Context.on_busy)
+        self._beat = None  # the app's heartbeat fields (Context.on_beat)
         self.clock = Clock((cfg.get("sim") or {}).get("clock_rate", 1), self.settings)  # rate: sim only
         self.up_ms = time.ticks_ms()
         base = "v1/dev/" + dev + "/"
@@ -348,6 +352,8 @@ class Agent:
                 for k, v in zip((15, 16, 17), self.rx_counts()):
                     if v:  # absent = 0: the usual heartbeat stays as small as before
                         hb[k] = v
+                if self._beat:
+                    self._beat(hb)
                 await self.send(_T_HB, hb, 0)
             except Exception as e:  # a MemoryError skips one beat, never stops them
                 hb = None

@@ -351,3 +351,50 @@ def test_rental_returned_at_another_station(site):
     wait_until(lambda: site.provider.get(order_no).amount is not None, 15, "charged")
     assert site.provider.get(order_no).amount == 200
     assert not site.svc.flags()
+
+
+def test_heartbeat_reports_offline_budget_until_reauthorised(site):
+    """SPEC §4 heartbeat 18 off_amt, 19 off_n: the offline budget used, from the app through the
+    agent's Context hook; absent while nothing is owed, then 600 / 1 after a vend served offline,
+    and absent again once the cloud has re-authorised it."""
+    dev = "vend-hb"
+    b = site.board(dev, "vending", proxy=True, settings={"hb_s": 5})
+    hw = b.hw
+    site.svc.bind("H1", "acct-H1")
+    ok(site.cmd(dev, "set_policy", {1: 1, 2: "CNY", 3: 5000, 4: 9000, 5: 4, 6: 86400}))
+    ok(site.cmd(dev, "set_allowlist", {1: 1, 2: 0, 4: [["H1", 5000]]}))
+    topic = f"v1/dev/{dev}/up/hb"
+
+    def beats(start):
+        return [m for t, m, _ in site.w.all[start:] if t == topic]
+
+    wait_until(lambda: beats(0), 15, "a first heartbeat")
+    first = beats(0)[0]
+    assert "off_amt" not in first and "off_n" not in first  # nothing owed: as small as before
+    cut_off(b)
+    hw.scan("rfid", "cola#1,chips#1")
+    time.sleep(0.2)
+    n = len(b.lines)
+    hw.scan("qr", "H1")
+    hw.wait_output("door_lock", "unlocked", 10)
+    hw.set_input("door", 1)
+    time.sleep(0.3)
+    hw.scan("rfid", "cola#1")  # took the chips: 600 charged offline
+    time.sleep(0.3)
+    hw.set_input("door", 0)
+    b.wait_for(r"FSM door door_closed -> idle", 10, start=n)
+    time.sleep(6)  # a beat falls due while cut off: it goes as soon as the link is back
+    mark = len(site.w.all)
+    reconnect(b)
+    # the pending beat is built at once, before the re-authorisation (a second after the link)
+    wait_until(lambda: beats(mark), 15, "a heartbeat after reconnecting")
+    hb = beats(mark)[0]
+    assert (hb.get("off_amt"), hb.get("off_n")) == (600, 1), hb
+    recs = site.wait_records(dev, 2, 30)
+    close = next(r for r in recs if r.type == 8)
+    assert close.offline and close.amount == 600
+    wait_until(lambda: site.svc.settle_status(dev, close.sid)["status"] == "settled", 20, "settled")
+    # re-authorised: the device owes nothing offline any more, and the next beats say so
+    mark = len(site.w.all)
+    wait_until(lambda: any("off_amt" not in m and "off_n" not in m for m in beats(mark)), 20,
+               lambda: f"a heartbeat without off_amt / off_n: {beats(mark)}")

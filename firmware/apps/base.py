@@ -28,6 +28,8 @@ _K_REQ_T0 = const(18)
 _K_REQ_T1 = const(19)   # auth_req: when its amount was priced
 _K_LINES = const(19)
 _K_REASON = const(20)
+_K_OFF_AMT = const(18)  # heartbeat: the offline budget used (SPEC §4)
+_K_OFF_N = const(19)
 MAX_ALLOW = 200     # allowlist entries kept on the device (RAM and flash bound)
 AUTH_TIMEOUT_S = 8  # then decide offline
 STAFF_HOLD_S = 10   # a staff `open` stays open this long for nobody (sim: / clock rate)
@@ -303,6 +305,15 @@ class SessionApp:
             o["todo"].append([sid, payer, None, amount])
         store.write("offline", o)
 
+    def beat(self, hb):
+        """The heartbeat's offline budget used: charged offline and sessions opened offline, not
+        yet re-authorised (absent = 0)."""
+        o = self.off
+        if o["amt"]:
+            hb[_K_OFF_AMT] = o["amt"]
+        if o["n"]:
+            hb[_K_OFF_N] = o["n"]
+
     def _link(self, up):
         if up and self.off["todo"]:
             asyncio.create_task(self._reauth_all())
@@ -442,4 +453,5 @@ def setup_app(ctx, cls):
         cx.save()
     app.start()
     ctx.on_busy(app.busy)
+    ctx.on_beat(app.beat)
     return app
