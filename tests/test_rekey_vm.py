@@ -243,6 +243,9 @@ def test_a_power_cut_anywhere_in_a_rotation_never_strands_the_device(broker, tmp
             keyed.keys.update({kid1: k1, kid2: k2})
             wrapped = aes_key_wrap(k1, k2)
             keyed.board = b
+            b.start()             # a first boot formats the board's filesystem, as flashing does
+            online(keyed, dev=dev)  # on a real one: cut only a provisioned board's boots
+            b.stop()
             b.arm_power_cut(at, 5 if CUTS_ALL and at % 2 == 0 else None)   # all: every other one torn
             b.start()
             try:
@@ -256,7 +259,10 @@ def test_a_power_cut_anywhere_in_a_rotation_never_strands_the_device(broker, tmp
                 cuts += 1
                 b.wait(5)
                 b.start()                               # clean: the cut was spent
-                online(keyed, dev=dev)
+                try:
+                    online(keyed, dev=dev)
+                except AssertionError as e:
+                    raise AssertionError((at, b.exit_reason(), b.log()[-3000:])) from e
                 on1 = answered_under(env, keyed, k1, kid1)
                 assert on1 == kid1 or (b.state("key") or {}).get("v") == 2, (at, on1)
                 assert rotate(env, keyed, b, k1, k2, kid1, kid2, wrapped), at
