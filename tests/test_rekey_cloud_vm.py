@@ -1,6 +1,7 @@
 """Key rotation between the cloud's side (host_tools/cloud/rekey.py) and the real firmware on the
 MicroPython VM (SPEC §11), over a real Mosquitto: `rotate` finishes, the device answers under its
-new kid and keeps it across a reboot, and the old kid is refused both ways."""
+new kid and keeps it across a reboot, and the old kid is refused both ways; a record journaled
+before the switch is committed once after it (the whole site: ingest, ledger, session service)."""
 import os
 import time
 
@@ -55,3 +56,32 @@ def test_the_cloud_rotates_a_vm_devices_key(env):
         assert time.monotonic() < deadline, "the device did not answer under key 2 after a reboot"
     # rotating again goes on to key 3
     assert rotate(env.c, DEV, timeout=10).version == 3
+
+
+def test_a_record_journaled_before_the_switch_is_ingested_after_it(site):
+    """A vending cabinet's staff `open` is journaled (a sess_close) under key 1 while no ingest
+    worker runs; the key rotates; the record, resent unchanged under the retired kid with its seq
+    below the switch point, is committed once and acknowledged under key 2 (SPEC §11, §6)."""
+    from host_tools.cloud.ingest import IngestWorker
+    from host_tools.cloud.mqtt import BrokerSettings
+    from host_tools.cloud.registry import envelope_kid
+    from tests.agentkit import CLOUD
+    b = site.board("vend-1", "vending")
+    site.ingest.stop()
+    c = site.cmd("vend-1", "open", {1: 0, 3: 1})
+    assert c.ok, (c.state, c.code, c.data)
+    r = rotate(site.c, "vend-1", timeout=10)
+    assert r.version == 2
+    switch = site.reg.keys("vend-1")[0].switch_seq
+    site.ingest = IngestWorker(site.reg, site.ledger, BrokerSettings("127.0.0.1", site.broker.cloud_port, *CLOUD),
+                               hold_ms=0, on_commit=site.svc.on_commit).start()
+    recs = site.wait_records("vend-1", 1, timeout=60)
+    assert len(recs) == 1 and recs[0].seq < switch and envelope_kid(recs[0].raw) == b"vend-1:1"
+    deadline = time.monotonic() + 30
+    while True:  # acknowledged under key 2: the device forgets it
+        st = site.cmd("vend-1", "get_state")
+        if st.ok and st.data.get("jdepth") == 0:
+            break
+        assert time.monotonic() < deadline, st.data
+        time.sleep(1.0)
+    assert len(site.records("vend-1")) == 1 and b.running
