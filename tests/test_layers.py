@@ -102,7 +102,8 @@ FW_RANK = {  # a module imports only its own rank or below
     **dict.fromkeys(("cbor", "hmac256", "cose", "msg", "sha512", "ed25519", "mqtt_frame", "journal",
                      "store", "config"), 0),  # codec and primitives
     "hal": 1,                                                    # the board's hardware
-    **dict.fromkeys(("mqtt_client", "net", "clock", "commands", "uplink", "release", "ota", "board"), 2),  # services
+    **dict.fromkeys(("mqtt_client", "net", "clock", "commands", "uplink", "release", "ota", "board",
+                     "rekey"), 2),  # services
     "apps": 3,                                                   # payment apps, behind agent.Context
     "agent": 4,                                                  # the composition root
     **dict.fromkeys(("start", "main"), 5),                       # boot

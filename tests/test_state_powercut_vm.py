@@ -28,7 +28,7 @@ from tests.powercutkit import WIDE, check_ledger, quiesce, run_cuts
 
 STRIDE = 5
 pytestmark = [pytest.mark.timeout(7200)] if WIDE else []  # every op: far past the 300 s default
-PROVISIONED = {"config.json", "console.log"}  # what the host puts there and what it logs
+PROVISIONED = {"config.json", "board.json", "console.log"}  # what the host puts there and what it logs
 
 
 def signed(site, dev, name, args):
