@@ -46,7 +46,7 @@ def test_last_heartbeat_and_online(ledger):
     hb.add("a", T + 100, heap=1, rssi=-50, jdepth=0, uptime=5)
     hb.add("a", T + 40, heap=2)                                  # an older one arriving late: not "last"
     hb.add("b", T - 600, heap=3)
-    assert hb.last("a") == {"at": T + 100, "heap": 1, "rssi": -50, "jdepth": 0, "uptime": 5}
+    assert hb.last("a") == {"at": T + 100, "heap": 1, "rssi": -50, "jdepth": 0, "uptime": 5, "off_amt": 0, "off_n": 0}
     assert hb.last("nobody") is None
     assert hb.online(T + 160, 120) == 1 and hb.online(T + 160, 3600) == 2
     with pytest.raises(ValueError, match="an hour at least"):

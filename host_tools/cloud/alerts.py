@@ -10,9 +10,11 @@ once the condition has been clear for resolve_s.
                         flag_window_s (session_store.py svc_flags)
     reauth_refused      a flag reauth_refused or offline_refused in the last flag_window_s
     update_rolled_back  the device's latest firmware-campaign state is rolled_back (ota_action.py)
-
-No message carries an offline budget (SPEC §4: set_policy installs the caps, and neither the
-heartbeat nor any other uplink reports what is used), so there is no "budget nearly used" rule.
+    offline_budget      the device's last heartbeat reports an offline budget used (SPEC §4 18
+                        off_amt, 19 off_n: charged and opened offline, not yet re-authorised) of
+                        at least offline_budget_amt_ratio (0.8) of the total_cap or
+                        offline_budget_n_ratio (0.8) of the max_sessions of the policy the cloud
+                        last sent it (session_store.py svc_policies); no policy known, no alert
 
 Alerts are rows (alerts: id, device, kind, raised_at, resolved_at, detail) in the registry's
 database (schema component `alerts`) with a unique index on the open alert of a (device, kind):
@@ -30,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from host_tools.cloud.heartbeats import Heartbeats
+from host_tools.cloud.heartbeats import Heartbeats, offline_budget
 from host_tools.cloud.ledger_db import Database, where_prefixes
 from host_tools.cloud.ota_action import OtaProgress
 from host_tools.cloud.presence import Presence
@@ -39,12 +41,14 @@ from host_tools.cloud.session_store import SessionStore
 log = logging.getLogger("edgepay.alerts")
 
 ALERTS_VERSION = 1
-KINDS = ("offline", "backlog", "charge_mismatch", "reauth_refused", "update_rolled_back")
+KINDS = ("offline", "backlog", "charge_mismatch", "reauth_refused", "update_rolled_back", "offline_budget")
+RATIOS = {"offline_budget_amt_ratio": "budget_amt_ratio", "offline_budget_n_ratio": "budget_n_ratio"}  # [alerts] key -> Rules
 FLAG_KINDS = {"charge_mismatch": ("charge_mismatch", "fee_mismatch"),
               "reauth_refused": ("reauth_refused", "offline_refused")}
 # (start_s, resolve_s) by kind
 DELAYS: dict[str, tuple[float, float]] = {"offline": (600, 120), "backlog": (900, 300), "charge_mismatch": (0, 0),
-                                          "reauth_refused": (0, 0), "update_rolled_back": (0, 0)}
+                                          "reauth_refused": (0, 0), "update_rolled_back": (0, 0),
+                                          "offline_budget": (0, 0)}
 
 
 class AlertError(ValueError):
@@ -56,12 +60,20 @@ class Rules:
     delays: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DELAYS))
     flag_window_s: float = 86400.0
     every_s: float = 30.0
+    budget_amt_ratio: float = 0.8   # offline_budget: off_amt >= this share of the policy's total_cap
+    budget_n_ratio: float = 0.8     # ... or off_n >= this share of its max_sessions
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "Rules":
-        """[alerts] keys: every_s, flag_window_s, <kind>_start_s, <kind>_resolve_s (seconds >= 0)."""
+        """[alerts] keys: every_s, flag_window_s, <kind>_start_s, <kind>_resolve_s (seconds >= 0),
+        offline_budget_amt_ratio and offline_budget_n_ratio (a fraction above 0, at most 1)."""
         r = cls()
         for key, v in cfg.items():
+            if key in RATIOS:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                    raise AlertError(f"[alerts] {key} is a fraction of the policy's cap: above 0, at most 1")
+                setattr(r, RATIOS[key], float(v))
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise AlertError(f"[alerts] {key} is a number of seconds, 0 or more")
             if key in ("every_s", "flag_window_s"):
@@ -72,7 +84,7 @@ class Rules:
             kind, which = next(((k, w) for k in KINDS for w in ("start_s", "resolve_s") if key == f"{k}_{w}"),
                                (None, None))
             if kind is None:
-                raise AlertError(f"[alerts] unknown key {key!r}: every_s, flag_window_s or "
+                raise AlertError(f"[alerts] unknown key {key!r}: every_s, flag_window_s, {', '.join(RATIOS)} or "
                                  f"<kind>_start_s / <kind>_resolve_s, kind one of {', '.join(KINDS)}")
             s, z = r.delays[kind]
             r.delays[kind] = (float(v), z) if which == "start_s" else (s, float(v))
@@ -208,8 +220,7 @@ class Sources:
         Heartbeats(registry_db)
         self.ledger_db = ledger_db
         self.rollouts_db = rollouts_db
-        if ledger_db is not None:
-            SessionStore(ledger_db)          # its tables, so a fresh database has the flags table
+        self.store = SessionStore(ledger_db) if ledger_db is not None else None  # flags, policies (its tables)
         if rollouts_db is not None:
             OtaProgress(rollouts_db)
 
@@ -226,7 +237,7 @@ class Sources:
                 "COALESCE((SELECT MAX(z.at) FROM hb_raw z WHERE z.device = l.device AND z.jdepth = 0), -1)) "
                 "FROM hb_last l JOIN devices d ON d.device_id = l.device WHERE l.jdepth > 0 AND d.status = 'active'"):
             out["backlog"][dev] = (float(onset) if onset is not None else None, {"jdepth": int(jd)})
-        if self.ledger_db is not None:
+        if self.ledger_db is not None and self.store is not None:
             db = self.ledger_db
             names = [n for ks in FLAG_KINDS.values() for n in ks]
             rows = db._read(f"SELECT device, kind, sid, detail, at FROM svc_flags WHERE at >= ? AND kind IN "
@@ -237,6 +248,18 @@ class Sources:
                 n = first[1]["n"] + 1 if first else 1
                 out[kind][dev] = (first[0] if first else float(at),
                                   {"n": n, "flag": flag, "sid": sid, "detail": detail})
+            # offline budget: only where the cloud knows the policy it sent (the caps)
+            policies = {d: a for d, (a, _) in self.store.policies().items()}
+            for dev, amt, n in self.db._read(
+                    "SELECT l.device, l.off_amt, l.off_n FROM hb_last l JOIN devices d ON d.device_id = l.device "
+                    "WHERE (l.off_amt > 0 OR l.off_n > 0) AND d.status = 'active'"):
+                pol = policies.get(dev)
+                if pol is None:
+                    continue
+                amt, n = int(amt), int(n)
+                cap, most = int(pol.get(4) or 0), int(pol.get(5) or 0)
+                if (amt > 0 and amt >= rules.budget_amt_ratio * cap) or (n > 0 and n >= rules.budget_n_ratio * most):
+                    out["offline_budget"][dev] = (None, offline_budget(amt, n, pol))
         if self.rollouts_db is not None:
             for dev, cid, why, at in self.rollouts_db._read(
                     "SELECT o.device, o.campaign, o.why, o.at FROM ota_progress o WHERE o.st = 'rolled_back' AND "

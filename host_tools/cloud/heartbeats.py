@@ -2,7 +2,9 @@
 (default 7 days), then folded into one row per device and hour (count, heap min/max/sum, RSSI
 min/max, journal depth max) that is kept: 10,000 devices at one heartbeat a minute are 14.4 M rows
 a day at full resolution and 240,000 a day downsampled. Plus each device's last heartbeat, for
-"online" and the device page.
+"online" and the device page, with the offline budget used it reported (SPEC §4 heartbeat 18
+off_amt, 19 off_n; absent = 0): what the device charged and opened offline that the cloud has not
+re-authorised yet (alerts.py `offline_budget`).
 
 The tables are in the registry's database (schema component `heartbeats`); `downsample()` runs in
 one transaction and is safe to run from several instances at once (a row is folded and deleted in
@@ -20,13 +22,13 @@ import threading
 import time
 from typing import Any
 
-from host_tools.cloud.ledger_db import Database
+from host_tools.cloud.ledger_db import MIGRATIONS, Database
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.uplink_queue import VerifiedQueue
 
 log = logging.getLogger("edgepay.heartbeats")
 
-HEARTBEATS_VERSION = 1
+HEARTBEATS_VERSION = 2  # 2: hb_last.off_amt, off_n
 KEEP_S = 7 * 86400
 HOUR = 3600
 
@@ -41,8 +43,32 @@ def _schema(db: Database) -> list[str]:
             device TEXT NOT NULL, hour {big} NOT NULL, n {big} NOT NULL, heap_min {big}, heap_max {big},
             heap_sum {big}, rssi_min {big}, rssi_max {big}, jdepth_max {big}, PRIMARY KEY (device, hour))""",
         f"""CREATE TABLE IF NOT EXISTS hb_last (
-            device TEXT PRIMARY KEY, at {big} NOT NULL, heap {big}, rssi {big}, jdepth {big}, uptime {big})""",
+            device TEXT PRIMARY KEY, at {big} NOT NULL, heap {big}, rssi {big}, jdepth {big}, uptime {big},
+            off_amt {big} NOT NULL DEFAULT 0, off_n {big} NOT NULL DEFAULT 0)""",
     ]
+
+
+def _add_offline_budget(db: Database, cur: Any) -> None:
+    for column in ("off_amt", "off_n"):
+        if column not in db._columns(cur, "hb_last"):
+            cur.execute(f"ALTER TABLE hb_last ADD COLUMN {column} {db.bigint} NOT NULL DEFAULT 0")
+
+
+MIGRATIONS["heartbeats"] = [(2, _add_offline_budget)]
+
+
+def offline_budget(off_amt: int, off_n: int, policy: dict | None) -> dict:
+    """The offline budget used, as the device page and the `offline_budget` alert show it: what the
+    last heartbeat reported (off_amt minor units, off_n sessions) and, with the offline policy the
+    cloud last sent the device (set_policy args by SPEC §4 key), its version, currency, total_cap
+    and max_sessions and the fractions of them used (None for a cap of 0)."""
+    out: dict[str, Any] = {"off_amt": int(off_amt), "off_n": int(off_n)}
+    if policy:
+        cap, most = policy.get(4), policy.get(5)
+        out.update(policy_version=policy.get(1), cur=policy.get(2), total_cap=cap, max_sessions=most,
+                   amt_used=round(off_amt / cap, 4) if cap else None,
+                   n_used=round(off_n / most, 4) if most else None)
+    return out
 
 
 class Heartbeats:
@@ -54,22 +80,24 @@ class Heartbeats:
         db.ensure_schema("heartbeats", _schema(db), HEARTBEATS_VERSION)
 
     def add(self, device: str, at: int, heap: int | None = None, rssi: int | None = None,
-            jdepth: int | None = None, uptime: int | None = None) -> None:
+            jdepth: int | None = None, uptime: int | None = None, off_amt: int = 0, off_n: int = 0) -> None:
         """One heartbeat (a second one at the same second is the same heartbeat: ignored)."""
-        self.add_many([(device, int(at), heap, rssi, jdepth, uptime)])
+        self.add_many([(device, int(at), heap, rssi, jdepth, uptime, off_amt, off_n)])
 
     def add_many(self, rows: list[tuple]) -> None:
-        """(device, at, heap, rssi, jdepth, uptime) rows in one transaction."""
+        """(device, at, heap, rssi, jdepth, uptime[, off_amt, off_n]) rows in one transaction."""
         db = self.db
 
         def run(cur: Any) -> None:
             for row in rows:
+                row = (*row, 0, 0) if len(row) == 6 else tuple(row)  # no offline budget: none used
                 cur.execute(db._sql("INSERT INTO hb_raw (device, at, heap, rssi, jdepth, uptime) "
-                                    "VALUES (?,?,?,?,?,?) ON CONFLICT (device, at) DO NOTHING"), row)
-                cur.execute(db._sql("INSERT INTO hb_last (device, at, heap, rssi, jdepth, uptime) "
-                                    "VALUES (?,?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET at=excluded.at, "
+                                    "VALUES (?,?,?,?,?,?) ON CONFLICT (device, at) DO NOTHING"), row[:6])
+                cur.execute(db._sql("INSERT INTO hb_last (device, at, heap, rssi, jdepth, uptime, off_amt, off_n) "
+                                    "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET at=excluded.at, "
                                     "heap=excluded.heap, rssi=excluded.rssi, jdepth=excluded.jdepth, "
-                                    "uptime=excluded.uptime WHERE excluded.at >= hb_last.at"), row)
+                                    "uptime=excluded.uptime, off_amt=excluded.off_amt, off_n=excluded.off_n "
+                                    "WHERE excluded.at >= hb_last.at"), row)
         if rows:
             db._write(run)
 
@@ -118,11 +146,13 @@ class Heartbeats:
         return out
 
     def last(self, device: str) -> dict | None:
-        rows = self.db._read("SELECT at, heap, rssi, jdepth, uptime FROM hb_last WHERE device=?", (device,))
+        rows = self.db._read("SELECT at, heap, rssi, jdepth, uptime, off_amt, off_n FROM hb_last WHERE device=?",
+                             (device,))
         if not rows:
             return None
-        at, heap, rssi, jdepth, uptime = rows[0]
-        return {"at": int(at), "heap": heap, "rssi": rssi, "jdepth": jdepth, "uptime": uptime}
+        at, heap, rssi, jdepth, uptime, off_amt, off_n = rows[0]
+        return {"at": int(at), "heap": heap, "rssi": rssi, "jdepth": jdepth, "uptime": uptime,
+                "off_amt": int(off_amt or 0), "off_n": int(off_n or 0)}
 
     def online(self, now: float, within_s: int) -> int:
         """Devices whose last heartbeat is at most `within_s` old."""
@@ -148,7 +178,8 @@ class Recorder(VerifiedQueue):
     def row(self, device: str, msg: dict, at: float) -> tuple | None:
         if msg.get("type") != "heartbeat":
             return None
-        return (device, at, msg.get("heap"), msg.get("rssi"), msg.get("jdepth"), msg.get("uptime"))
+        return (device, at, msg.get("heap"), msg.get("rssi"), msg.get("jdepth"), msg.get("uptime"),
+                msg.get("off_amt", 0), msg.get("off_n", 0))  # absent = 0 (SPEC §4)
 
     def store(self, rows: list) -> None:
         self.hb.add_many(rows)

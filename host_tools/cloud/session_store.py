@@ -14,6 +14,8 @@ crash finds the order the lost one made.
 Tables (schema component "sessions", version 1):
     svc_bindings  ident PRIMARY KEY, account            plate / QR / tag -> pay-after account
     svc_tariffs   device PRIMARY KEY, args (JSON pairs), sent_at: the tariff each device was sent
+    svc_policies  device PRIMARY KEY, args (JSON pairs), sent_at: the offline risk policy (set_policy)
+                  each device was last sent, for its offline budget (alerts.py offline_budget)
     svc_limits    device PRIMARY KEY, amount            per-device order limits
     svc_sessions  (device, sid) PRIMARY KEY, every SessionState field (limit is `lim`)
     svc_answers   (device, seq) PRIMARY KEY, digest, name, args, at: answered auth_req (idempotency)
@@ -48,6 +50,8 @@ def _schema(blob: str, bigint: str) -> list[str]:
     return [
         "CREATE TABLE IF NOT EXISTS svc_bindings (ident TEXT PRIMARY KEY, account TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS svc_tariffs (device TEXT PRIMARY KEY, args TEXT NOT NULL, "
+        "sent_at DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS svc_policies (device TEXT PRIMARY KEY, args TEXT NOT NULL, "
         "sent_at DOUBLE PRECISION NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS svc_limits (device TEXT PRIMARY KEY, amount {bigint} NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS svc_sessions (
@@ -148,6 +152,18 @@ class SessionStore:
 
     def save_tariff(self, device: str, args: dict, sent_at: float) -> None:
         self._upsert("svc_tariffs", ("device", "args", "sent_at"), ("device",), (device, _pairs(args), sent_at))
+
+    def policies(self) -> dict[str, tuple[dict, float]]:
+        """device -> (the set_policy args last sent, when): SPEC §4 keys 1 version ... 6 max_duration_s."""
+        return {d: (_unpairs(a), float(t)) for d, a, t in
+                self.db._read("SELECT device, args, sent_at FROM svc_policies")}
+
+    def policy(self, device: str) -> tuple[dict, float] | None:
+        rows = self.db._read("SELECT args, sent_at FROM svc_policies WHERE device=?", (device,))
+        return (_unpairs(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def save_policy(self, device: str, args: dict, sent_at: float) -> None:
+        self._upsert("svc_policies", ("device", "args", "sent_at"), ("device",), (device, _pairs(args), sent_at))
 
     def limits(self) -> dict[str, int]:
         return {d: int(n) for d, n in self.db._read("SELECT device, amount FROM svc_limits")}

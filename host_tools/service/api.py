@@ -8,7 +8,8 @@ metrics.
     GET  /v1/devices?status=&kind=&board=&online=&fw=  the registry's devices with their presence
                                            (viewer; a scoped account: its sites'; online=false: offline
                                            or never seen; host_tools/cloud/presence.py)
-    GET  /v1/devices/{id}                  (viewer)
+    GET  /v1/devices/{id}                  (viewer) with offline_budget: the offline budget used, from
+                                           its last heartbeat, against the policy last pushed if known
     GET  /v1/devices/{id}/heartbeats?from=&to=   (viewer) the last heartbeat and the history
                                            (host_tools/cloud/heartbeats.py: full, then hourly)
     POST /v1/devices/{id}/commands         (operator) {"name", "args": {"text": "hi"}, "ttl",
@@ -58,7 +59,7 @@ from host_tools.cloud import cmdspec
 from host_tools.cloud.accounts import Accounts, Principal
 from host_tools.cloud.alerts import Alerts
 from host_tools.cloud.commands import CommandClient
-from host_tools.cloud.heartbeats import Heartbeats
+from host_tools.cloud.heartbeats import Heartbeats, offline_budget
 from host_tools.cloud.ledger import Ledger
 from host_tools.cloud.ledger_export import ExportError, iso, parse_time
 from host_tools.cloud.ledger_export import export as ledger_export_
@@ -120,6 +121,12 @@ class Device(BaseModel):
     online: bool | None = None   # None: never seen (no status or hello yet), or no presence kept
     since: float | None = None   # when it went online or offline
     fw: str | None = None        # the firmware version its last hello gave
+
+
+class DeviceDetail(Device):
+    # the offline budget used (its last heartbeat's off_amt, off_n) and, where the policy last pushed
+    # is known, its caps and the fractions used (heartbeats.offline_budget); None: no heartbeat kept
+    offline_budget: dict | None = None
 
 
 class Metrics:
@@ -231,8 +238,16 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         return rows
 
     @app.get("/v1/devices/{device_id}")
-    def device(device_id: str, p: Principal = Depends(viewer)) -> Device:
-        return _device(_get(p, device_id))
+    def device(device_id: str, p: Principal = Depends(viewer)) -> DeviceDetail:
+        d = _get(p, device_id)
+        return DeviceDetail(**_device(d).model_dump(), offline_budget=_budget(device_id))
+
+    def _budget(device_id: str) -> dict | None:
+        last = heartbeats.last(device_id) if heartbeats is not None else None
+        if last is None:
+            return None
+        row = _store().policy(device_id) if ledger is not None else None
+        return offline_budget(last["off_amt"], last["off_n"], row[0] if row else None)
 
     @app.get("/v1/devices/{device_id}/heartbeats")
     def device_heartbeats(device_id: str, since: str | None = Query(None, alias="from"),
@@ -272,6 +287,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         down = ready()
         if down:
             raise Problem(503, "not ready: " + "; ".join(down))
+        if body.name == "set_policy" and ledger is not None and args is not None:
+            _store().save_policy(device_id, dict(args), time.time())   # the caps of its offline budget
         t0 = time.monotonic()
         c = await client.asend(device_id, body.name, args, timeout=body.timeout, ttl=body.ttl)
         dt = time.monotonic() - t0
@@ -318,6 +335,11 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         if ledger is None:
             raise Problem(404, "this server has no ledger (the api part runs without [store] ledger)")
         return ledger
+
+    def _store() -> SessionStore:
+        if not stores:
+            stores.append(SessionStore(_ledger()))
+        return stores[0]
 
     @app.get("/v1/sessions")
     def sessions(response: Response, device: str | None = None, payer: str | None = None,

@@ -14,6 +14,7 @@ token come from the environment variables the file names.
                double), instance (its durable name, default the host name), auth_expiry_s, settle_s, claim_lease_s
     [alerts]   enabled (true: the api part evaluates the alert rules), every_s, flag_window_s,
                <kind>_start_s and <kind>_resolve_s per rule (host_tools/cloud/alerts.py: KINDS, DELAYS)
+               and offline_budget_amt_ratio / offline_budget_n_ratio (fractions, alerts.RATIOS)
 Environment: EDGEPAY_BROKER (host:port), EDGEPAY_MQTT_USER, EDGEPAY_MQTT_PASSWORD,
 EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_RELEASES, EDGEPAY_HTTP (host:port),
 EDGEPAY_PROVIDER, EDGEPAY_INSTANCE.
@@ -26,7 +27,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_tools.cloud.alerts import KINDS, AlertError, Rules
+from host_tools.cloud.alerts import KINDS, RATIOS, AlertError, Rules
 
 PARTS = ("ingest", "time", "chunks", "campaigns", "api", "sessions")
 OPT_IN = ("sessions",)   # off unless [parts] turns it on: it needs a payment provider ([sessions] provider)
@@ -102,7 +103,7 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
                  "store": {"registry", "ledger", "releases"}, "http": {"host", "port", "token_env", "metrics_public", "cookie_secure"},
                  "parts": {*PARTS, "ingest_group", "chunks_group"},
                  "sessions": {"provider", "instance", "auth_expiry_s", "settle_s", "claim_lease_s"},
-                 "alerts": {"enabled", "every_s", "flag_window_s",
+                 "alerts": {"enabled", "every_s", "flag_window_s", *RATIOS,
                             *(f"{k}_{w}" for k in KINDS for w in ("start_s", "resolve_s"))}}
         for sec, keys in doc.items():
             if sec not in known or not isinstance(keys, dict):

@@ -5,6 +5,11 @@
                                      fees.validate), stored in the session service's table first, then
                                      sent as the signed `set_tariff` command; -> its outcome
     GET    /v1/devices/{id}/tariff   (viewer) the tariff last pushed and when
+    PUT    /v1/devices/{id}/policy   {"args": {"version": 2, "cur": "EUR", "per_payer_cap": ..., ...}, ...}:
+                                     the offline risk policy (cmdspec-checked), stored first (svc_policies:
+                                     the caps the device's offline budget is measured against) and sent
+                                     as the signed `set_policy`; -> its outcome
+    GET    /v1/devices/{id}/policy   (viewer) the policy last pushed and when
     PUT    /v1/bindings/{ident}      {"account": "acct-42"}: a plate / QR / tag -> pay-after account
     GET    /v1/bindings/{ident}      the account it is bound to (404: unbound)
     DELETE /v1/bindings/{ident}
@@ -89,6 +94,34 @@ def add_push_routes(app: FastAPI, auth: Auth, registry: Registry, client: Comman
         row = store().tariff(device_id)
         if row is None:
             raise Problem(404, f"no tariff pushed to {device_id!r}")
+        return {"device": device_id, "args": _plain_args(row[0]), "sent_at": row[1]}
+
+    @app.put("/v1/devices/{device_id}/policy", name="policy.push")
+    async def push_policy(device_id: str, body: TariffIn, request: Request,
+                          p: Principal = Depends(operator)) -> dict:
+        d = device(p, device_id)
+        if not d.active:
+            raise Problem(409, f"device {device_id!r} is {d.status}: it is sent nothing")
+        try:
+            args = cmdspec.check("set_policy", {(int(k) if k.isdigit() else k): v for k, v in body.args.items()})
+        except cmdspec.ArgProblem as e:
+            raise Problem(422, str(e)) from None
+        assert args is not None
+        down = ready()
+        if down:
+            raise Problem(503, "not ready: " + "; ".join(down))
+        store().save_policy(device_id, dict(args), time.time())   # the caps its offline budget is read against
+        c = await client.asend(device_id, "set_policy", dict(args), timeout=body.timeout, ttl=body.ttl)
+        audit_note(request, detail={"cti": c.cti.hex(), "state": c.state.value, "version": args.get(1)})
+        return {"device": device_id, "state": c.state.value, "code": c.code, "cti": c.cti.hex(), "seq": c.seq,
+                "args": _plain_args(args)}
+
+    @app.get("/v1/devices/{device_id}/policy")
+    def get_policy(device_id: str, p: Principal = Depends(viewer)) -> dict:
+        device(p, device_id)
+        row = store().policy(device_id)
+        if row is None:
+            raise Problem(404, f"no offline policy pushed to {device_id!r}")
         return {"device": device_id, "args": _plain_args(row[0]), "sent_at": row[1]}
 
     @app.put("/v1/bindings/{ident}", name="binding.set")
