@@ -51,7 +51,9 @@ retried with every batch and every `retry_ms`, for up to `hold_ms`; only a recor
 after that triggers a resend request {upto: head, resend: true}, at most one per device per
 `resend_interval_s`. Held records are then dropped (bounded by `hold_max` per device): the device
 resends everything unacknowledged, so nothing is lost by dropping. With `hold_ms=0` a gap asks
-for a resend at once.
+for a resend at once. On the NATS cluster a held record's stream message stays unacknowledged while
+it is held, and one dropped (or never held) is delivered again by the stream (a nak), so a record
+does not need the device's resend to reach the ledger.
 """
 from __future__ import annotations
 
@@ -362,13 +364,16 @@ class IngestWorker:
             head = result.heads.get(dev)
             if head is not None:
                 ack[dev] = head
-        # this batch's messages: kept unsettled while held (a dead worker's are redelivered), a
-        # conflict or a fork is poison, everything else is the ledger's now
+        # this batch's messages: kept unsettled while held (a dead worker's are redelivered) and
+        # delivered again if they could not be held, a conflict or a fork is poison, everything
+        # else is the ledger's now
         for token, key in pending:
             o = outcome.get(key)
             if o is Outcome.GAP and key[1] in self._held.get(key[0], {}):
                 if token is not None:
                     self._held_tokens.setdefault(key, []).append(token)
+            elif o is Outcome.GAP:
+                verdicts.append((token, "nak"))
             else:
                 verdicts.append((token, "term" if o in (Outcome.CONFLICT, Outcome.OUT_OF_CHAIN) else "ack"))
         # the transaction is committed: now, and only now, acknowledge
@@ -397,9 +402,10 @@ class IngestWorker:
             held = self._held[dev]
             if force or any(now - t >= self.hold_s for _, t in held.values()):
                 del self._held[dev]
-                # the device is asked to resend them; stopping, the stream redelivers them now
+                # the device is asked to resend them, and the stream delivers its copies again
+                # (a nak: to any worker, by when their predecessors have likely been committed)
                 for seq in held:
-                    self._release(dev, seq, "nak" if force else "ack", out)
+                    self._release(dev, seq, "nak", out)
                 head = (heads or {}).get(dev) if heads and dev in heads else self.ledger.head(dev)
                 self._request_resend(dev, head)
         if settled is None:
@@ -506,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                    "separated (nats://host:port,...); a group then shares a durable JetStream consumer")
     p.add_argument("--ack-wait", type=float, default=30.0, help="engine nats: seconds before a message "
                    "taken by a worker that never settled it (it died) goes to another")
+    p.add_argument("--prefetch", type=int, default=500, help="engine nats: at most this many messages "
+                   "taken from the stream and not yet settled (the rest wait in the stream for any worker)")
     p.add_argument("--acks-via", default="nats", choices=("nats", "mqtt"),
                    help="engine nats: acks to devices by core NATS (default: fails over with the NATS connection) or MQTT QoS 1")
     p.add_argument("--batch-max", type=int, default=500)
@@ -519,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     password = a.password if a.password is not None else os.environ.get(a.password_env, "")
     try:
         servers = tuple(x for x in a.servers.split(",") if x)
-        opts = {"ack_wait_s": a.ack_wait, "acks": a.acks_via} if a.engine == "nats" and a.group else None
+        opts = {"ack_wait_s": a.ack_wait, "acks": a.acks_via, "backlog_max": a.prefetch,
+                "fetch_max": min(a.batch_max, a.prefetch)} if a.engine == "nats" and a.group else None
         run_worker(a.registry, a.db, a.host, a.port, a.user, password, a.group, a.batch_max, a.batch_ms,
                    a.hold_ms, stats_every_s=a.stats_every, engine=a.engine, servers=servers, feed_options=opts)
     except (BrokerUnsupported, ValueError) as e:

@@ -14,7 +14,9 @@ token once it is done with it:
 - "ack": committed (or a duplicate, or quarantined in the ledger) - only after the ledger commit;
 - "term": a poison message (bad signature, unknown device, garbage, oversize, a conflict): never
   redelivered, counted, and no other message waits for it;
-- "nak": the batch failed (the ledger was down, say): redelivered now, to whichever worker pulls.
+- "nak": the batch failed (the ledger was down, say), or the record does not link yet (its
+  predecessor is with another worker) and was held past ingest's hold_ms: delivered again
+  (0.2 s later, to whichever worker pulls), up to max_deliver times.
 A worker that dies never settles its tokens: after `ack_wait` the consumer redelivers them to the
 others. A message the stream has but no worker acks is never lost; one the device published while
 the stream had no leader (a node kill) may be: the device's PUBACK comes from the MQTT layer, not
@@ -64,7 +66,7 @@ class JetStreamRecords:
 
     def __init__(self, broker: BrokerSettings, group: str, topic_filter: str, put: Put, *,
                  stream: str = STREAM, replicas: int = 3, ack_wait_s: float = 30.0, max_deliver: int = 20,
-                 max_ack_pending: int = 20000, fetch_max: int = 500, backlog_max: int = 2000,
+                 max_ack_pending: int = 20000, fetch_max: int = 500, backlog_max: int = 500,
                  max_bytes: int = 256 << 20, max_age_s: float = 7 * 86400.0, acks: str = "nats"):
         if not broker.servers:
             raise BrokerUnsupported("nats has no MQTT shared subscriptions: a group shares a JetStream consumer, "
