@@ -162,6 +162,7 @@ def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console)
     until(lambda: "sim-gate" in text("#device-info"))
     until(lambda: d.find_elements(By.CSS_SELECTOR, 'svg[data-key="heap_avg"] polyline'), 20)
     assert "s ago" in text("#dd-last-heartbeat")
+    assert "0 charged, 0 sessions" in text("#dd-offline-budget-used")   # nothing owed offline, no policy
     shot("device")
 
     # a display command sent from the page reaches SUCCEEDED, and the board shows it

@@ -345,6 +345,13 @@ function flagTable(rows) {
                          h("td", {}, f.detail ?? ""), h("td", { class: "num" }, money(f.charged, f.cur)))));
 }
 
+// "600 CNY of 2000 (30%), 1 of 5 sessions (20%)": charged and opened offline, not yet re-authorised
+function budgetText(b) {
+  const pct = (f) => (f === null || f === undefined ? "" : ` (${Math.round(f * 100)}%)`);
+  if (b.total_cap === undefined) return `${b.off_amt} charged, ${b.off_n} sessions (no policy pushed)`;
+  return `${b.off_amt} ${b.cur} of ${b.total_cap}${pct(b.amt_used)}, ${b.off_n} of ${b.max_sessions} sessions${pct(b.n_used)}`;
+}
+
 function device(id) {
   const info = h("dl", { id: "device-info" });
   const plots = h("div", { class: "plots", id: "plots" });
@@ -379,7 +386,8 @@ function device(id) {
       ...("since" in x ? row("since", when(x.since)) : []), ...("fw" in x ? row("firmware", x.fw) : []),
       ...row("last heartbeat", last ? `${when(last.at)} (${ago(last.at)})` : "none"),
       ...(last ? [...row("heap", last.heap), ...row("RSSI", last.rssi), ...row("journal depth", last.jdepth),
-                  ...row("uptime s", last.uptime)] : []));
+                  ...row("uptime s", last.uptime)] : []),
+      ...(x.offline_budget ? row("offline budget used", budgetText(x.offline_budget)) : []));
     const pts = hb.ok ? hb.data.points : [];
     plots.replaceChildren(plot("heap (bytes, avg)", pts, "heap_avg"), plot("RSSI (dBm)", pts, "rssi_max"),
                           plot("journal depth (max)", pts, "jdepth_max"));
