@@ -63,6 +63,9 @@ def register(cli: click.Group) -> None:
     def broker() -> None:
         """Broker helpers (Mosquitto)."""
 
+    from host_tools.cli import broker_rotate
+    broker_rotate.register(broker)  # cloud-user add|remove|list, renew-cert
+
     @broker.command()
     @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
                   default=Path("edgepay") / "broker", show_default=True)
