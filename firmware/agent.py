@@ -485,6 +485,17 @@ class Agent:
                 raise CommandError("refused", "installed")
             return {"st": st}
 
+        @on("set_release_keys")  # a signed release key list (SPEC §10): the next manifest's trust
+        def set_release_keys(args):
+            raw = args.get(1)
+            if type(raw) is not bytes:
+                raise CommandError("bad_args", "list")
+            import release
+            try:
+                return release.set_keys(raw, self.cfg)
+            except release.ReleaseError as e:
+                raise CommandError("refused", e.code)
+
     # ---- firmware update (ota.py, imported only when an update is in hand) -----------------
     def _updater(self, st=None):
         if self.updater is None:  # chunks are listened for only from here on

@@ -59,10 +59,9 @@ class Updater:
         reason) when it is refused. Checks everything before a byte is written."""
         import release
         a = self.a
-        cfg = a.cfg.get("ota") or {}
-        # provisioned (host_tools/sim/provision.py, edgepay provision): {"keys": {kid: pub}, "revoked": [kid]}
-        m = release.open_manifest(raw, {unhexlify(k): unhexlify(v) for k, v in (cfg.get("keys") or {}).items()},
-                                  [unhexlify(k) for k in cfg.get("revoked") or ()])
+        # the last key list taken (set_release_keys), else the provisioned keys (config.json "ota")
+        t = release.trust(a.cfg)
+        m = release.open_manifest(raw, t[1], t[2])
         sha = hexlify(m.sha256).decode()
         st = self.st
         if st and st["sha"] == sha:

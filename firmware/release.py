@@ -12,9 +12,11 @@
 # .detail is a word at most (which field, which CBOR error, which kid): every string here is code
 # in each board's bundle once the updater ships, and the cloud knows the manifest it offered.
 import hashlib
+from binascii import hexlify, unhexlify
 
 import cbor
 import ed25519
+import store
 from cbor import CodecError
 
 MAX_MANIFEST = 512  # bytes of the whole Sign1
@@ -127,21 +129,20 @@ def _older(a, b):
     return len(pa) < len(pb)
 
 
-def open_manifest(raw, trusted, revoked=()):
-    """Check a manifest (bytes) in SPEC §10 order: size and CBOR, Sign1 shape, alg, kid not revoked
-    and trusted (trusted: {kid: raw 32-byte public key}; revoked: kids), the Ed25519 signature,
-    then the payload's fields. -> Manifest; ReleaseError with the first failure's reason."""
+def _open(raw, trusted, revoked, bad):
+    # a Sign1 by a release key, checked in SPEC §10 order: size and CBOR, shape, alg, kid not
+    # revoked and trusted, the Ed25519 signature; bad: the reason for a malformed one. -> (kid, payload)
     if len(raw) > MAX_MANIFEST:
-        raise ReleaseError("bad_manifest", "size")
+        raise ReleaseError(bad, "size")
     try:
         tag, body = cbor.decode(raw, True)
     except CodecError as e:
-        raise ReleaseError("bad_manifest", e.code)
+        raise ReleaseError(bad, e.code)
     if tag != SIGN1_TAG:
-        raise ReleaseError("bad_manifest", "tag")
+        raise ReleaseError(bad, "tag")
     if type(body) is not list or len(body) != 4 or type(body[0]) is not memoryview \
             or body[1] != {} or type(body[2]) is not memoryview or type(body[3]) is not memoryview:
-        raise ReleaseError("bad_manifest", "shape")
+        raise ReleaseError(bad, "shape")
     prot = body[0]
     payload = body[2]
     sig = body[3]
@@ -149,9 +150,9 @@ def open_manifest(raw, trusted, revoked=()):
     try:
         hdr = cbor.decode(prot)
     except CodecError as e:
-        raise ReleaseError("bad_manifest", e.code)
+        raise ReleaseError(bad, e.code)
     if type(hdr) is not dict or len(hdr) != 2 or 1 not in hdr or 4 not in hdr or type(hdr[4]) is not bytes:
-        raise ReleaseError("bad_manifest", "header")
+        raise ReleaseError(bad, "header")
     if hdr[1] != ALG_EDDSA:
         raise ReleaseError("bad_alg")
     kid = hdr[4]
@@ -169,10 +170,72 @@ def open_manifest(raw, trusted, revoked=()):
                                             cbor.head(2, len(payload)), payload)):
         raise ReleaseError("bad_signature")
     try:
-        p = cbor.decode(payload)
+        return kid, cbor.decode(payload)
     except CodecError as e:
-        raise ReleaseError("bad_manifest", e.code)
-    return Manifest(p)
+        raise ReleaseError(bad, e.code)
+
+
+def open_manifest(raw, trusted, revoked=()):
+    """Check a manifest (bytes) in SPEC §10 order: size and CBOR, Sign1 shape, alg, kid not revoked
+    and trusted (trusted: {kid: raw 32-byte public key}; revoked: kids), the Ed25519 signature,
+    then the payload's fields. -> Manifest; ReleaseError with the first failure's reason."""
+    return Manifest(_open(raw, trusted, revoked, "bad_manifest")[1])
+
+
+def trust(cfg):
+    """The release keys the device trusts now: the last key list it took (the "relkeys" file),
+    else config.json's "ota" section ({"keys": {kid: pub}, "revoked": [kid]}, hex).
+    -> (list version, {kid: pub}, [revoked kid])"""
+    s = store.read("relkeys") or cfg.get("ota") or {}
+    return (s.get("v", 0), {unhexlify(k): unhexlify(v) for k, v in (s.get("keys") or {}).items()},
+            [unhexlify(k) for k in s.get("revoked") or ()])
+
+
+def open_keys(raw, version, trusted, revoked):
+    """A release key list (SPEC §10 "The release key list") against the device's trust now (its
+    version, keys, revoked kids): -> the trust it leaves (version, {kid: pub}, [revoked kid]);
+    ReleaseError otherwise (bad_list, stale_version, self_revoked, empty, or a key's reason)."""
+    kid, p = _open(raw, trusted, revoked, "bad_list")
+    if type(p) is not dict or p.get(1) != "keys" or type(p.get(2)) is not int or type(p.get(3)) is not list \
+            or type(p.get(4, [])) is not list:
+        raise ReleaseError("bad_list")
+    for k in p:
+        if k not in (1, 2, 3, 4):
+            raise ReleaseError("bad_list", "keys")
+    v = p[2]
+    rev = p.get(4, [])
+    if not 0 < v < 1 << 32 or not 0 < len(p[3]) <= 4 or len(rev) > 16:
+        raise ReleaseError("bad_list")
+    keys = {}
+    for pub in p[3]:  # raw public keys; each one's kid is the first 8 bytes of its SHA-256
+        if type(pub) is not bytes or len(pub) != 32:
+            raise ReleaseError("bad_list", "key")
+        keys[hashlib.sha256(pub).digest()[:8]] = pub
+    if len(keys) != len(p[3]):
+        raise ReleaseError("bad_list", "key")
+    for k in rev:
+        if type(k) is not bytes or len(k) != 8:
+            raise ReleaseError("bad_list", "revoked")
+    if v <= version:
+        raise ReleaseError("stale_version")
+    if kid in rev:
+        raise ReleaseError("self_revoked")
+    rev = rev + [k for k in revoked if k not in rev]  # a revocation stands for good
+    if len(rev) > 16:
+        raise ReleaseError("bad_list", "revoked")
+    keys = {k: keys[k] for k in keys if k not in rev}
+    if not keys:
+        raise ReleaseError("empty")
+    return v, keys, rev
+
+
+def set_keys(raw, cfg):
+    """The `set_release_keys` command: a key list checked against the trust now, stored (one
+    power-safe write) for the next manifest. -> {"v", "keys"}; ReleaseError, nothing changed."""
+    v, keys, rev = open_keys(raw, *trust(cfg))
+    store.write("relkeys", {"v": v, "keys": {hexlify(k).decode(): hexlify(keys[k]).decode() for k in keys},
+                            "revoked": [hexlify(k).decode() for k in rev]})
+    return {"v": v, "keys": len(keys)}
 
 
 def check_payload(f, m, buf):

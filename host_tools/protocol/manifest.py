@@ -212,6 +212,13 @@ def read_manifest(raw: bytes) -> Manifest:
 def verify_manifest(raw: bytes, trusted: dict[bytes, Ed25519PublicKey], revoked: set[bytes] | frozenset = frozenset()) -> Manifest:
     """Check a manifest in order (size, CBOR profile, Sign1 shape, alg, key trusted and not revoked,
     signature, payload) and return it; ManifestError with the first failure's reason."""
+    return _fields(verify_sign1(raw, trusted, revoked)[1])
+
+
+def verify_sign1(raw: bytes, trusted: dict[bytes, Ed25519PublicKey],
+                 revoked: set[bytes] | frozenset = frozenset()) -> tuple[bytes, bytes]:
+    """A release key's Sign1 (a manifest, a key list: host_tools/protocol/keylist.py) checked up to
+    its signature: -> (kid, payload bytes); ManifestError (a malformed one is bad_manifest)."""
     protected, _, payload, sig = _sign1(raw)
     try:
         hdr = decode(protected)
@@ -233,4 +240,4 @@ def verify_manifest(raw: bytes, trusted: dict[bytes, Ed25519PublicKey], revoked:
         pub.verify(sig, sig_structure(protected, payload))
     except InvalidSignature:
         raise ManifestError("bad_signature") from None
-    return _fields(payload)
+    return kid, payload

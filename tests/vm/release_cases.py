@@ -4,6 +4,8 @@
 #   {"op": "sha512", "msg"}                                    -> {"hex"} (the pure-Python fallback)
 #   {"op": "manifest", "raw", "trusted": {kid: pub}, "revoked": [kid], "device"?: {board, kind,
 #    seq, slot, journal, now, version}}                         -> {"fields": {...}} or {"error"}
+#   {"op": "keylist", "raw", "version", "trusted": {kid: pub}, "revoked": [kid]}
+#                                                               -> {"v", "keys": {kid: pub}, "revoked"} or {"error"}
 #   {"op": "archive", "file", "size", "sha256", "buf"}         -> {"files": [[path, size, sha256]]}
 #   {"op": "payload", "file", "size", "sha256"}                -> {"ok": true} or {"error"}
 # all bytes as hex; a ReleaseError is {"error": code}, anything else {"exc": text}.
@@ -49,6 +51,12 @@ def run(c):
                            "size": m.size, "sha256": h(m.sha256), "chunk": m.chunk, "journal": m.journal,
                            "format": m.format, "window": list(m.window) if m.window else None,
                            "from_version": m.from_version, "allow_lower": m.allow_lower}}
+    if op == "keylist":
+        trusted = {}
+        for k in c["trusted"]:
+            trusted[u(k)] = u(c["trusted"][k])
+        v, keys, rev = release.open_keys(u(c["raw"]), c["version"], trusted, [u(k) for k in c.get("revoked", ())])
+        return {"v": v, "keys": {h(k): h(keys[k]) for k in keys}, "revoked": [h(k) for k in rev]}
     if op == "archive":
         buf = bytearray(c.get("buf", 100))
         out = []
