@@ -372,6 +372,7 @@ class IngestWorker:
             if o is Outcome.GAP and key[1] in self._held.get(key[0], {}):
                 if token is not None:
                     self._held_tokens.setdefault(key, []).append(token)
+                    self._feed.park([token])
             elif o is Outcome.GAP:
                 verdicts.append((token, "nak"))
             else:

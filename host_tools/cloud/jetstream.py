@@ -89,7 +89,8 @@ class JetStreamRecords:
         self._psub: Any = None
         self._fetcher: asyncio.Task | None = None
         self._taking = threading.Event()
-        self._outstanding = 0          # handed to put() and not yet settled
+        self._outstanding = 0          # handed to put(), not yet settled nor parked: the prefetch window
+        self._parked: set[int] = set()  # ids of messages held by the worker (out of the window)
         self._lock = threading.Lock()
         self.stats: collections.Counter = collections.Counter()
 
@@ -224,10 +225,24 @@ class JetStreamRecords:
         if not items:
             return
         with self._lock:
-            self._outstanding = max(0, self._outstanding - len(items))
+            for t, _ in items:
+                if id(t) in self._parked:
+                    self._parked.discard(id(t))
+                else:
+                    self._outstanding = max(0, self._outstanding - 1)
             for _, v in items:
                 self.stats[{"ack": "acked", "term": "terminated", "nak": "naked"}[v]] += 1
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._settle(items)))
+
+    def park(self, tokens: list) -> None:
+        """Messages the worker holds (a record waiting for its predecessor) leave the prefetch
+        window: the predecessor may be behind them in the stream. Still unsettled: a dead worker's
+        are redelivered. Bounded by ingest's hold_max per device."""
+        with self._lock:
+            for t in tokens:
+                if t is not None and id(t) not in self._parked:
+                    self._parked.add(id(t))
+                    self._outstanding = max(0, self._outstanding - 1)
 
     async def _settle(self, items: list[tuple[Any, str]]) -> None:
         for m, v in items:

@@ -105,6 +105,9 @@ class MqttRecords:
     def settle(self, items) -> None:
         """Nothing to do: paho acknowledged each QoS 1 message as it arrived."""
 
+    def park(self, tokens) -> None:
+        """Nothing to do: no prefetch window."""
+
     def publish(self, topic: str, payload: bytes) -> None:
         self.mqtt.publish(topic, payload, qos=1, timeout=None)
 
