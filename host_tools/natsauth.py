@@ -27,11 +27,12 @@ import time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-__all__ = ["AuthCallout", "Issuer", "decide", "nkey_public", "APP_ACCOUNT", "AUTH_SUBJECT"]
+__all__ = ["AuthCallout", "Issuer", "decide", "nkey_public", "request", "APP_ACCOUNT", "AUTH_SUBJECT", "SYS_ACCOUNT"]
 
 log = logging.getLogger(__name__)
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 APP_ACCOUNT = "APP"
+SYS_ACCOUNT = "SYS"    # the servers' system account: the operator's requests (kick a connection)
 _PREFIX_ACCOUNT = 0    # nkeys: 'A...'
 _PREFIX_USER = 20 << 3
 
@@ -95,9 +96,11 @@ def _nats_perms(p: dict) -> dict:
 
 class AuthCallout:
     def __init__(self, issuer: Issuer, users: dict[str, str], cloud_users: dict[str, dict], device_perms,
-                 ports: list[int], auth_user: str, auth_password: str):
-        """users and cloud_users are read at every request: the caller updates them in place."""
+                 ports: list[int], auth_user: str, auth_password: str, system_users: dict[str, str] | None = None):
+        """users and cloud_users are read at every request: the caller updates them in place.
+        system_users: name -> password of the operator's users, put in the system account (no MQTT)."""
         self.issuer, self.users, self.cloud_users = issuer, users, cloud_users
+        self.system_users = dict(system_users or {})
         self.device_perms = device_perms
         self.ports, self.auth = ports, (auth_user, auth_password)
         self.refused: list[tuple[str, str, str]] = []   # (user, client id, why)
@@ -160,7 +163,16 @@ class AuthCallout:
         claims = json.loads(_unb64(token.split(".")[1]))
         req = claims.get("nats") or {}
         user_nkey, server_id = req.get("user_nkey", ""), (req.get("server_id") or {}).get("id", "")
-        why, nats = decide(req, self.users, self.cloud_users, self.device_perms)
+        opts = req.get("connect_opts") or {}
+        sys_pw = self.system_users.get(opts.get("user") or "")
+        if sys_pw is not None and (req.get("client_info") or {}).get("type") != "mqtt":
+            ok = hmac.compare_digest(sys_pw.encode(), (opts.get("pass") or "").encode())
+            why, nats = (None, {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}) if ok \
+                else ("bad user or password", None)
+            account = SYS_ACCOUNT
+        else:
+            why, nats = decide(req, self.users, self.cloud_users, self.device_perms)
+            account = APP_ACCOUNT
         resp: dict = {"sub": user_nkey, "aud": server_id,
                       "nats": {"type": "authorization_response", "version": 2}}
         if why is not None:
@@ -169,8 +181,34 @@ class AuthCallout:
             resp["nats"]["error"] = why
         else:
             user = (req.get("connect_opts") or {}).get("user", "")
-            resp["nats"]["jwt"] = self.issuer.jwt({"sub": user_nkey, "aud": APP_ACCOUNT, "name": user, "nats": nats})
+            resp["nats"]["jwt"] = self.issuer.jwt({"sub": user_nkey, "aud": account, "name": user, "nats": nats})
         return self.issuer.jwt(resp).encode()
+
+
+def request(port: int, user: str, password: str, subject: str, payload: bytes, timeout: float = 3.0) -> bytes:
+    """One request/reply on a node's NATS client port, in the text protocol: the answer's payload."""
+    stop = threading.Event()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        f = _Reader(s, stop)
+        f.line()  # INFO
+        connect = {"user": user, "pass": password, "verbose": False, "pedantic": False, "name": "edgepay-admin"}
+        s.sendall(f"CONNECT {json.dumps(connect)}\r\nSUB _INBOX.admin 1\r\nPING\r\n".encode())
+        while (line := f.line()) != "PONG":
+            if line is None or line.startswith("-ERR"):
+                raise ConnectionError(f"node {port} refused us: {line}")
+        s.sendall(b"PUB %s _INBOX.admin %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+        while True:
+            line = f.line()
+            if line is None:
+                raise TimeoutError(f"no answer to {subject} from node {port}")
+            if line == "PING":
+                s.sendall(b"PONG\r\n")
+            elif line.startswith("MSG "):
+                stop.set()
+                return f.take(int(line.split()[-1]) + 2)[:-2]
+            elif line.startswith("-ERR"):
+                raise ConnectionError(line)
 
 
 class _Reader:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host_tools.broker import BrokerError, _accepts, free_port
-from host_tools.natsauth import APP_ACCOUNT, AuthCallout, Issuer
+from host_tools.natsauth import APP_ACCOUNT, AuthCallout, Issuer, request
 
 __all__ = ["NatsCluster", "NatsNode", "nats_server_path", "device_permissions", "CLOUD_SUBJECTS"]
 
@@ -48,6 +48,7 @@ CLOUD_PERMS = {"publish": {"allow": list(CLOUD_SUBJECTS + JETSTREAM_PUBLISH)},
                "subscribe": {"allow": list(CLOUD_SUBJECTS + JETSTREAM_SUBSCRIBE)}}
 DENY_ALL = {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
 AUTH_USER = "edgepay-auth"
+SYS_USER = "edgepay-sys"   # the system account's user: kicks a revoked user's live connections
 
 
 def nats_server_path() -> str:
@@ -136,8 +137,10 @@ class NatsCluster:
             self._auth_pw = os.urandom(12).hex()
             self._cloud: dict[str, dict] = {}
             self._cb_users: dict[str, str] = {}
+            self._sys_pw = os.urandom(12).hex()
             self.callout = AuthCallout(Issuer(), self._cb_users, self._cloud, device_permissions,
-                                       [n.client_port for n in self.nodes], AUTH_USER, self._auth_pw)
+                                       [n.client_port for n in self.nodes], AUTH_USER, self._auth_pw,
+                                       {SYS_USER: self._sys_pw})
             self._sync_callout()
 
     # the Broker-shaped surface provision_sim and the kits use
@@ -305,6 +308,38 @@ class NatsCluster:
             if n.running() and n.proc:
                 n.proc.send_signal(signal.SIGHUP)
         time.sleep(0.3)  # the reload is asynchronous
+
+    def revoke(self, name: str) -> int:
+        """A revoked (or decommissioned) user: refused at its next connect on every node, and every
+        live connection it has is ended now. Returns how many connections were ended. With the
+        callout, the refusal is the callout's (it reads the users at each connect) and the ending a
+        kick from the system account ($SYS.REQ.SERVER.<id>.KICK) on each node that holds one; in
+        config mode, the nodes' reload drops them."""
+        self.users.pop(name, None)
+        self.cloud_users.discard(name)
+        if self.callout is None:
+            before = sum(len(self._conns(n, name)) for n in self.nodes if n.running())
+            self.add_users({})   # rewrite and reload (SIGHUP)
+            return before
+        self._sync_callout()
+        ended = 0
+        for n in self.nodes:
+            if not n.running():
+                continue
+            sid = n.varz()["server_id"]
+            for cid in self._conns(n, name):
+                out = json.loads(request(n.client_port, SYS_USER, self._sys_pw, f"$SYS.REQ.SERVER.{sid}.KICK",
+                                         json.dumps({"cid": cid}).encode()))
+                if out.get("error"):
+                    raise BrokerError(f"node {n.name} would not end connection {cid} of {name}: {out['error']}")
+                ended += 1
+        return ended
+
+    @staticmethod
+    def _conns(n: NatsNode, name: str) -> list[int]:
+        """The client ids (cid) of `name`'s connections on node n (its monitor: connz with auth)."""
+        conns = n.varz("connz?auth=true&limit=100000").get("connections") or []
+        return [c["cid"] for c in conns if c.get("authorized_user") == name]
 
     def rss_kb(self, i: int) -> int:
         """Resident memory of node i's process (Linux)."""

@@ -342,3 +342,32 @@ def test_with_the_callout_no_user_password_is_in_a_config_file(cluster):
         text = n.conf.read_text()
         assert cluster.callout.issuer.public in text
         assert not any(pw in text for pw in USERS.values())
+
+
+def test_a_revoked_device_is_cut_off_now_and_refused_after_on_every_node(cluster):
+    """issue 15 §3 on the cluster: revoke() ends the device's live connection on whichever node
+    holds it (a kick from the system account) and the callout refuses it at its next connect, on
+    every node; another device and the cloud are untouched. A system-account password never opens
+    an MQTT connection, and a wrong one no NATS connection."""
+    from host_tools.natsauth import request
+    from host_tools.natscluster import SYS_USER
+    cluster.add_users({"rev1": "rev1-pw", "rev2": "rev2-pw"})
+    p0, p1, p2 = cluster.mqtt_ports()
+    victim = Client(p1, "rev1", "rev1-pw", client_id="rev1")
+    other = Client(p2, "rev2", "rev2-pw", client_id="rev2")
+    cloud = Client(p0, "cloud", subs=["v1/dev/+/up/#"])
+    t0 = time.monotonic()
+    assert cluster.revoke("rev1") == 1
+    victim.get(lambda e: e[0] == "disc", 5)
+    cut_s = time.monotonic() - t0
+    for port in (p0, p1, p2):
+        assert connack(port, "rev1", "rev1-pw", "rev1") == 135   # not authorised (3.1.1 code 5), on every node
+    other.pub("v1/dev/rev2/up/evt", b"still-here")
+    assert cloud.get(lambda e: e[0] == "v1/dev/rev2/up/evt")[1] == b"still-here"
+    assert connack(p0, SYS_USER, cluster._sys_pw, "x") == 135      # the system user is not an MQTT user
+    with pytest.raises(ConnectionError):
+        request(cluster.nodes[0].client_port, SYS_USER, "wrong", "$SYS.REQ.SERVER.PING", b"")
+    assert cluster.revoke("nobody") == 0
+    print(f"revoked on the cluster: cut off in {cut_s:.2f} s")
+    for c in (victim, other, cloud):
+        c.close()
