@@ -232,6 +232,9 @@ class Agent:
         # The config's broker section already speaks the client's names (host, port, password;
         # tls, ca, server_hostname, cert, certkey): it is completed and handed over, not copied.
         b = cfg.pop("broker")
+        if b.get("cert"):  # mutual TLS: a renewed certificate (certs.py) wins over config.json's
+            import certs
+            certs.boot(b)
         b.update({"client_id": dev, "user": dev, "keepalive": self.settings["keepalive_s"],
                   "will_topic": self.t_up + "status", "will_msg": self.seal(_T_STATUS, {_K_CODE: False}),
                   "will_qos": 1, "will_retain": True, "max_packet": MAX_PACKET,
@@ -476,6 +479,13 @@ class Agent:
             if type(r) is str:
                 raise CommandError("bad_args", r)
             return r
+
+        @on("set_cert")  # a renewed certificate and its key, wrapped (SPEC §12): tried, then kept
+        def set_cert(args):
+            if not self.mqtt.cfg.get("cert"):
+                raise CommandError("unsupported")
+            import certs
+            return certs.stage(self, args)
 
         @on("ota_abort")
         def ota_abort(args):

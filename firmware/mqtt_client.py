@@ -246,6 +246,15 @@ class MQTTClient:
             self._wrote.clear()
             await self._wrote.wait()
 
+    def redial(self):
+        """Connect again with the settings as they are now (a new TLS context: certs.py's trial):
+        a clean DISCONNECT (no will) if up, then at once; if down, at the next attempt."""
+        self._ssl_ctx = None
+        if self._up:
+            self._resync = 2
+            self._reason = F.MQTTError("redial")
+            self._queue_ctrl(F.DISCONNECT_PKT)
+
     def _resync_done(self):
         if self._resync is True and not self._held and not self._window and self._up:
             self._resync = 2  # still set: what comes before the broker closes is left too

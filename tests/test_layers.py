@@ -103,7 +103,7 @@ FW_RANK = {  # a module imports only its own rank or below
                      "store", "config"), 0),  # codec and primitives
     "hal": 1,                                                    # the board's hardware
     **dict.fromkeys(("mqtt_client", "net", "clock", "commands", "uplink", "release", "ota", "board",
-                     "rekey"), 2),  # services
+                     "rekey", "certs"), 2),  # services
     "apps": 3,                                                   # payment apps, behind agent.Context
     "agent": 4,                                                  # the composition root
     **dict.fromkeys(("start", "main"), 5),                       # boot
