@@ -71,7 +71,7 @@ def run_once(cluster, reg_path: str, db_path: Path, stream, last_seq: dict, keys
                  "--port", str(cluster.nodes[i % 3].mqtt_port), "--servers", ",".join(cluster.nats_urls()),
                  "--user", CLOUD[0], "--registry", reg_path, "--db", db_url, "--group", group,
                  "--acks-via", acks, "--batch-max", str(args.batch_max), "--batch-ms", str(args.batch_ms),
-                 "--hold-ms", str(args.hold_ms), "--prefetch", str(args.prefetch)],
+                 *(["--hold-ms", str(args.hold_ms)] if args.hold_ms is not None else []), "--prefetch", str(args.prefetch)],
                 cwd=str(ROOT), env=env, stdout=subprocess.PIPE, text=True)
             procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready", "worker did not start"
@@ -135,7 +135,7 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=250)
     ap.add_argument("--batch-max", type=int, default=500)
     ap.add_argument("--batch-ms", type=float, default=5.0)
-    ap.add_argument("--hold-ms", type=float, default=500.0)
+    ap.add_argument("--hold-ms", type=float, default=None, help="default: the worker's (3000 on JetStream)")
     ap.add_argument("--prefetch", type=int, default=500)
     ap.add_argument("--only", default="", help="comma-separated runs (plain,js1,js2,js1_mqtt_acks)")
     args = ap.parse_args()

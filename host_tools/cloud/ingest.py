@@ -74,7 +74,7 @@ from host_tools.cloud.ingest_quarantine import Revoked, Unplaceable, quarantine_
 from host_tools.cloud.ledger import Head, Ledger, Outcome, Record
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings, BrokerUnsupported
-from host_tools.cloud.registry import Device, Registry, RegistryError
+from host_tools.cloud.registry import CompromisedKey, Device, Registry, RegistryError
 from host_tools.protocol import ProtocolError, decode_payload, parse_topic, seal
 from host_tools.protocol import topic as topic_for
 
@@ -233,6 +233,8 @@ class IngestWorker:
         try:  # under the key the envelope's kid names (SPEC §11: current, next, or retired below its switch)
             payload, now_dev = self.registry.verify_uplink(dev, topic, data)
         except ProtocolError as e:
+            if isinstance(e, CompromisedKey):  # re-provisioned: a record under the stolen key, never money
+                return quarantine_record(device_id, e.payload, data, e)
             if e.code not in ("bad_kid", "bad_mac"):
                 raise
             fresh = self._device(device_id, fresh=True)  # the key may have been rotated
@@ -519,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="engine nats: acks to devices by core NATS (default: fails over with the NATS connection) or MQTT QoS 1")
     p.add_argument("--batch-max", type=int, default=500)
     p.add_argument("--batch-ms", type=float, default=5.0)
-    p.add_argument("--hold-ms", type=float, default=500.0)
+    p.add_argument("--hold-ms", type=float, default=None, help="how long a record that does not link waits for "
+                   "its predecessor (default 500; 3000 on a JetStream group, where a held record stays safe in "
+                   "the stream and out of the prefetch window)")
     p.add_argument("--stats-every", type=float, default=0.0)
     p.add_argument("--log-level", default="WARNING")
     a = p.parse_args(argv)
@@ -531,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = {"ack_wait_s": a.ack_wait, "acks": a.acks_via, "backlog_max": a.prefetch,
                 "fetch_max": min(a.batch_max, a.prefetch)} if a.engine == "nats" and a.group else None
         run_worker(a.registry, a.db, a.host, a.port, a.user, password, a.group, a.batch_max, a.batch_ms,
-                   a.hold_ms, stats_every_s=a.stats_every, engine=a.engine, servers=servers, feed_options=opts)
+                   a.hold_ms if a.hold_ms is not None else (3000.0 if opts else 500.0),
+                   stats_every_s=a.stats_every, engine=a.engine, servers=servers, feed_options=opts)
     except (BrokerUnsupported, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
