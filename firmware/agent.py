@@ -505,6 +505,11 @@ class Agent:
                 return release.set_keys(raw, self.cfg)
             except release.ReleaseError as e:
                 raise CommandError("refused", e.code)
+            finally:  # the verifier is ~12 KB of RAM: let it go unless an update holds it
+                if self.updater is None:
+                    import sys
+                    for m in ("release", "ed25519", "sha512"):
+                        sys.modules.pop(m, None)
 
     # ---- firmware update (ota.py, imported only when an update is in hand) -----------------
     def _updater(self, st=None):

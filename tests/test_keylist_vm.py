@@ -92,3 +92,59 @@ def test_a_release_key_is_rotated_and_the_old_one_revoked(ota):
     assert offer(site, m_b)[0] == "ok"
     refused(sign_keylist(b_key, KeyList(2, keys_ab[1:])), "stale_version")
     assert site.cmd(DEV, "get_state").ok
+
+
+def _pem(key: Ed25519PrivateKey, d, name: str):
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+    priv, pub = d / f"{name}.pem", d / f"{name}.pub.pem"
+    priv.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    pub.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return priv, pub
+
+
+def test_the_cli_signs_a_list_and_pushes_it(ota, tmp_path):
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from host_tools.cli import cli
+    from tests.conftest import USERS
+    site, rel, _ = ota
+    site.board(DEV, "gate", ota=rel.config())
+    a_priv, a_pub = _pem(rel.key, tmp_path, "a")
+    _, s_pub = _pem(rel.spare, tmp_path, "spare")
+    n_priv, n_pub = _pem(Ed25519PrivateKey.generate(), tmp_path, "new")
+    ka = kid_of(raw_pub(rel.key)).hex()
+    base = ["--registry", str(site.root / "registry.db"), "--broker", f"127.0.0.1:{site.broker.cloud_port}",
+            "--user", "cloud", "--password", USERS["cloud"], "--json"]
+
+    def edgepay(*args, code=0):
+        r = CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
+        assert r.exit_code == code, r.output
+        return _json.loads(r.output) if r.output.strip().startswith("{") else r.output
+
+    one, two = tmp_path / "keys-1.cose", tmp_path / "keys-2.cose"
+    edgepay("release", "keylist", "--sign-with", str(a_priv), "--version", "1", "--trust", str(a_pub),
+            "--trust", str(s_pub), "--revoke", ka, "-o", str(tmp_path / "x"), code=2)          # self_revoked
+    assert not (tmp_path / "x").exists()
+    out = edgepay("release", "keylist", "--sign-with", str(a_priv), "--version", "1", "--trust", str(a_pub),
+                  "--trust", str(s_pub), "--trust", str(n_pub), "-o", str(one))
+    assert out["signed_by"] == ka and len(out["keys"]) == 3
+    edgepay("release", "keylist", "--sign-with", str(n_priv), "--version", "2", "--trust", str(s_pub),
+            "--trust", str(n_pub), "--revoke", ka, "-o", str(two))
+    heap0 = site.cmd(DEV, "get_state").data["heap_used"]
+    # the second list first: its signer is not trusted yet (exit 10, the device's reason)
+    r = edgepay("release", "push-keys", DEV, "--file", str(two), code=10)
+    assert r["results"][0]["data"] == {"why": "unknown_key"}
+    r = edgepay("release", "push-keys", DEV, "--file", str(one))
+    assert r["results"] == [{"device": DEV, "state": "SUCCEEDED", "code": "ok", "data": {"v": 1, "keys": 3}}]
+    # the verifier (~12 KB live on the VM) is let go after a list, taken or refused, when no update
+    # holds it: the live heap is where it was
+    assert site.cmd(DEV, "get_state").data["heap_used"] - heap0 < 2048
+    r = edgepay("release", "push-keys", DEV, "--file", str(two))
+    assert r["results"][0]["data"] == {"v": 2, "keys": 2}
+    assert offer(site, rel.build("sim-gate", "0.2.0", 2)) == ("refused", {"why": "revoked_key"})
+    m = tmp_path / "m"
+    m.write_bytes(rel.built["0.2.0"].signed)
+    edgepay("release", "push-keys", DEV, "--file", str(m), code=2)                           # a manifest, not a list
+    edgepay("release", "push-keys", "nobody", "--file", str(two), code=1)

@@ -1,10 +1,12 @@
-"""`edgepay release keygen|build|verify`: release keys and signed firmware releases (SPEC §10;
-host_tools/release.py). The private key stays where keygen writes it: never in the registry, never
-in a git work tree.
+"""`edgepay release keygen|build|verify|keylist|push-keys`: release keys, signed firmware releases
+and signed release key lists (SPEC §10; host_tools/release.py, host_tools/protocol/keylist.py). The
+private key stays where keygen writes it: never in the registry, never in a git work tree.
 
     edgepay release keygen --out ~/.edgepay/release-keys
     edgepay release build --board sim-gate --version 1.4.0 --seq 7 --key ~/.edgepay/release-keys/release-<kid>.pem
     edgepay release verify build/releases/sim-gate-1.4.0.manifest --pub .../release-<kid>.pub.pem
+    edgepay release keylist --sign-with OLD.pem --version 2 --trust OLD.pub.pem --trust NEW.pub.pem -o keys-2.cose
+    edgepay release push-keys gate-001 gate-002 --file keys-2.cose
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from pathlib import Path
 import click
 
 from host_tools.cli.common import EXIT_USAGE, Ctx, fail, load_board
+
+# push-keys: exit 0 when every device took the list, else 10 (a device refused it or failed), 12
+# when one did not answer in time
+_PUSH_EXIT = {"SUCCEEDED": 0, "TIMED_OUT": 12, "EXPIRED": 12}
 
 DEFAULT_KEYS = Path.home() / ".edgepay" / "release-keys"
 
@@ -119,3 +125,92 @@ def register(cli: click.Group) -> None:
                 fail("refused: digest_mismatch: the payload is not the one the manifest names")
         o.emit({**_manifest_json(m), "ok": True}, lambda: o.console.print(
             f"[bold green]verified[/] {m.board} {m.version} seq {m.seq}" + (" and its payload" if payload else "")))
+
+    @release.command()
+    @click.option("--sign-with", "key_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                  help="the release private key that signs the list: one the devices trust now, not one it revokes")
+    @click.option("--version", "list_version", type=click.IntRange(min=1, max=2 ** 32 - 1), required=True,
+                  help="the list's version: above the one the devices hold (they refuse a stale list)")
+    @click.option("--trust", "pubs", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="a release public key the devices are to trust (repeat, 1-4): the whole list, not an addition")
+    @click.option("--revoke", "revoke", multiple=True, help="a release key id to revoke for good (hex; repeat)")
+    @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                  help="where the signed list goes")
+    @click.pass_obj
+    def keylist(o: Ctx, key_file: Path, list_version: int, pubs: tuple[Path, ...], revoke: tuple[str, ...],
+                out: Path) -> None:
+        """Sign a release key list (SPEC §10 "The release key list"), for push-keys. Rotating: a list
+        adding the new key signed by the old, then one revoking the old signed by the new."""
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        from host_tools.protocol.keylist import KeyList, KeyListError, kid_of, sign_keylist
+        from host_tools.protocol.manifest import key_id
+        from host_tools.release import ReleaseError, load_private, load_public
+        try:
+            key = load_private(key_file)
+            keys = tuple(load_public(p).public_bytes(Encoding.Raw, PublicFormat.Raw) for p in pubs)
+        except ReleaseError as e:
+            fail(str(e))
+        try:
+            revoked = tuple(bytes.fromhex(r) for r in revoke)
+        except ValueError:
+            fail(f"--revoke {revoke}: key ids are hex (8 bytes)", EXIT_USAGE)
+        signer = key_id(key.public_key())
+        if signer in revoked:
+            fail(f"self_revoked: {signer.hex()} signs this list and is revoked by it; sign with another "
+                 "trusted release key (the devices refuse it)", EXIT_USAGE)
+        if all(kid_of(k) in revoked for k in keys):
+            fail("empty: every key the list trusts is revoked by it", EXIT_USAGE)
+        try:
+            raw = sign_keylist(key, KeyList(list_version, keys, revoked))
+        except KeyListError as e:
+            fail(str(e), EXIT_USAGE)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(raw)
+        data = {"file": str(out), "version": list_version, "signed_by": signer.hex(),
+                "keys": [kid_of(k).hex() for k in keys], "revoked": [r.hex() for r in revoked], "bytes": len(raw)}
+        o.emit(data, lambda: o.console.print(
+            f"[bold green]key list[/] v{list_version} signed by {signer.hex()}: trusts {', '.join(data['keys'])}"
+            + (f"; revokes {', '.join(data['revoked'])}" if revoked else "") + f"\n  {out} ({len(raw)} B)"))
+
+    @release.command("push-keys")
+    @click.argument("devices", nargs=-1, required=True)
+    @click.option("--file", "list_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                  help="a signed key list (from keylist)")
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+                  help="seconds per device for its signed result")
+    @click.pass_obj
+    def push_keys(o: Ctx, devices: tuple[str, ...], list_file: Path, timeout: float) -> None:
+        """Send a signed release key list to DEVICES (the set_release_keys command) and report each
+        device's answer: {"v", "keys"} when taken, or the reason it was refused (nothing changed)."""
+        from host_tools.cli.cmd import connect
+        from host_tools.protocol.keylist import KeyListError, peek_keylist
+        try:
+            raw = list_file.read_bytes()
+        except OSError as e:
+            fail(f"cannot read {list_file}: {e}")
+        try:
+            peek_keylist(raw)
+        except KeyListError as e:
+            fail(f"{list_file} is not a release key list: {e}", EXIT_USAGE)
+        reg, client = connect(o)
+        results = []
+        try:
+            for d in devices:
+                o.device(reg, d)
+            for d in devices:
+                c = client.send(d, "set_release_keys", {1: raw}, timeout=timeout)
+                results.append({"device": d, "state": c.state.value, "code": c.code, "data": c.data})
+        finally:
+            client.close()
+            reg.close()
+
+        def human() -> None:
+            for r in results:
+                ok = r["state"] == "SUCCEEDED"
+                o.console.print(f"[bold {'green' if ok else 'red'}]{r['state']}[/] {r['device']} "
+                                + (f"list v{r['data']['v']}, {r['data']['keys']} keys" if ok else
+                                   f"{r['code']} {(r['data'] or {}).get('why', '')}"))
+        o.emit({"results": results}, human)
+        code = max(_PUSH_EXIT.get(r["state"], 10) for r in results)
+        if code:
+            raise click.exceptions.Exit(code)

@@ -68,6 +68,8 @@ COMMANDS: dict[str, tuple[tuple[Arg, ...] | None, str]] = {
     "rekey": ((_a(1, "version", "uint"), _a(2, "wrapped", "bstr", size=(40, 40))),
               "the next device key, RFC 3394-wrapped under the current one (SPEC §11: "
               "edgepay device rekey); result data {kv, proof}"),
+    "set_release_keys": ((_a(1, "list", "bstr", size=(1, 512)),),
+                         "a signed release key list (SPEC §10: edgepay release keylist, push-keys); result data {v, keys}"),
 }
 
 # Commands that act on the world: open a barrier, door or slot (open, paid, a granted auth), end a

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .cbor import Tag, decode, encode
 from .errors import ProtocolError
-from .manifest import KID_LEN, MAX_MANIFEST, SIGN1_TAG, ManifestError, _protected, key_id, sig_structure, verify_sign1
+from .manifest import (HEADER_KID, KID_LEN, MAX_MANIFEST, SIGN1_TAG, ManifestError, _protected, _sign1, key_id,
+                       sig_structure, verify_sign1)
 
 KIND = "keys"
 MAX_KEYS = 4
@@ -100,6 +101,22 @@ def read_keylist(raw: bytes, trusted: dict[bytes, bytes], revoked=()) -> tuple[b
         fields = decode(payload)
     except ProtocolError as e:
         raise KeyListError("bad_list", f"payload: {e.code}") from None
+    return kid, KeyList.from_wire(fields)
+
+
+def peek_keylist(raw: bytes) -> tuple[bytes, KeyList]:
+    """The signer's kid and the fields of a list, its signature NOT checked (the CLI, before it
+    sends a file: a manifest or a stray file is refused here, not by every device)."""
+    try:
+        protected, _, payload, _ = _sign1(raw)
+        hdr, fields = decode(protected), decode(payload)
+    except ManifestError as e:
+        raise KeyListError("bad_list", e.detail) from None
+    except ProtocolError as e:
+        raise KeyListError("bad_list", f"CBOR: {e.code}") from None
+    kid = hdr.get(HEADER_KID) if isinstance(hdr, dict) else None
+    if not isinstance(kid, bytes):
+        raise KeyListError("bad_list", "protected header has no kid")
     return kid, KeyList.from_wire(fields)
 
 
