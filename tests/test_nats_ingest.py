@@ -7,7 +7,8 @@ durable pull consumer, acked to the stream only after the ledger commit.
 - poison messages (a forged MAC, garbage, oversize, an unknown device) are terminated and counted,
   and nothing waits behind them;
 - the node leading the stream killed during ingest: nothing lost (replicas=3);
-- a device's credentials reach neither the stream nor its consumer.
+- a device's credentials reach neither the stream nor its consumer;
+- `edgepay serve`'s ingest part takes [broker] servers and consumes from the stream.
 
 The devices are MQTT 3.1.1 stand-ins (tests/test_ingest.py FakeDevice: signed, chained records,
 kept until an ack covers them). Skipped without nats-server / nats-py; failed in CI."""
@@ -294,3 +295,32 @@ def test_a_device_cannot_touch_the_stream_or_its_consumer(env):
     dev.send(dev.chain.session("s1", 200))                 # and its own records still go in
     all_acked([dev], retry=False)
     assert_ledger_is_exactly(env.checker, [dev])
+
+
+def test_edgepay_serve_ingests_on_the_clusters_stream(env, monkeypatch):
+    """`edgepay serve --only ingest` with [broker] engine = "nats" and servers: its ingest part is a
+    competing consumer on the stream, not an MQTT subscriber."""
+    from host_tools.service.config import ConfigError, load
+    from host_tools.service.run import Service
+    servers = ", ".join(f'"{u}"' for u in env.cluster.nats_urls())
+    cfg = env.tmp / "edgepay.toml"
+    cfg.write_text(f'[broker]\nport = {env.cluster.nodes[1].mqtt_port}\nengine = "nats"\nservers = [{servers}]\n'
+                   f'password_env = "TEST_MQTT_PW"\n'
+                   f'[store]\nregistry = "{env.registry_path}"\nledger = "{env.url}"\n')
+    monkeypatch.setenv("TEST_MQTT_PW", CLOUD[1])
+    svc = Service(load(cfg), only=["ingest"]).start()
+    try:
+        assert svc.ingest is not None and svc.ingest.subscription.startswith("jetstream:EDGEPAY_UP/ingest")
+        assert svc.not_ready() == []
+        dev = env.device("js-s0", node=2)
+        dev.send(dev.chain.session("s0", 100))
+        all_acked([dev], retry=False, workers=[svc.ingest])
+        assert_ledger_is_exactly(env.checker, [dev])
+        assert svc.ingest.stats["stream"]["acked"] == 3
+    finally:
+        svc.stop()
+    cfg.write_text('[broker]\nservers = "nats://x:4222"\n')   # a string, not a list
+    with pytest.raises(ConfigError, match="servers is a list"):
+        load(cfg)
+    assert load(None, env={"EDGEPAY_BROKER_SERVERS": "nats://a:4222, nats://b:4222"}).servers == \
+        ("nats://a:4222", "nats://b:4222")

@@ -2,7 +2,8 @@
 unit sets those), then defaults. Secrets never sit in the file: the broker password and the API
 token come from the environment variables the file names.
 
-    [broker]   host, port, user, password_env, engine, ca_file
+    [broker]   host, port, user, password_env, engine, ca_file, servers (engine "nats": the nodes' NATS
+               addresses, ["nats://host:4222", ...], where the ingest group shares a JetStream consumer)
     [store]    registry (a SQLite path or postgresql:// URL), ledger (the same forms), releases
                (the directory of firmware releases the chunks part serves: `edgepay release build --out`)
     [http]     host, port, token_env (the bootstrap admin's bearer token; unset: none),
@@ -16,7 +17,7 @@ token come from the environment variables the file names.
                <kind>_start_s and <kind>_resolve_s per rule (host_tools/cloud/alerts.py: KINDS, DELAYS)
                and offline_budget_amt_ratio / offline_budget_n_ratio (fractions, alerts.RATIOS)
 Environment: EDGEPAY_BROKER (host:port), EDGEPAY_MQTT_USER, EDGEPAY_MQTT_PASSWORD,
-EDGEPAY_BROKER_ENGINE, EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_RELEASES, EDGEPAY_HTTP (host:port),
+EDGEPAY_BROKER_ENGINE, EDGEPAY_BROKER_SERVERS (comma separated), EDGEPAY_REGISTRY, EDGEPAY_LEDGER, EDGEPAY_RELEASES, EDGEPAY_HTTP (host:port),
 EDGEPAY_PROVIDER, EDGEPAY_INSTANCE.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ServiceConfig:
     password_env: str = "EDGEPAY_MQTT_PASSWORD"
     engine: str = "mosquitto"
     ca_file: str | None = None
+    servers: tuple[str, ...] = ()   # engine nats: the nodes' NATS addresses (JetStream work sharing)
     registry: str = "edgepay/registry.db"
     ledger: str = "edgepay/ledger.db"
     releases: str = "edgepay/releases"
@@ -99,7 +101,7 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
             raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}") from None
-        known = {"broker": {"host", "port", "user", "password_env", "engine", "ca_file"},
+        known = {"broker": {"host", "port", "user", "password_env", "engine", "ca_file", "servers"},
                  "store": {"registry", "ledger", "releases"}, "http": {"host", "port", "token_env", "metrics_public", "cookie_secure"},
                  "parts": {*PARTS, "ingest_group", "chunks_group"},
                  "sessions": {"provider", "instance", "auth_expiry_s", "settle_s", "claim_lease_s"},
@@ -115,6 +117,10 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         c.broker_host, c.broker_port = b.get("host", c.broker_host), int(b.get("port", c.broker_port))
         c.user, c.password_env = b.get("user", c.user), b.get("password_env", c.password_env)
         c.engine, c.ca_file = b.get("engine", c.engine), b.get("ca_file", c.ca_file)
+        servers = b.get("servers", list(c.servers))
+        if not isinstance(servers, list) or not all(isinstance(x, str) and x for x in servers):
+            raise ConfigError(f'{path}: [broker] servers is a list of addresses, ["nats://host:4222", ...]')
+        c.servers = tuple(servers)
         c.registry, c.ledger = s.get("registry", c.registry), s.get("ledger", c.ledger)
         c.releases = s.get("releases", c.releases)
         c.http_host, c.http_port = h.get("host", c.http_host), int(h.get("port", c.http_port))
@@ -154,6 +160,8 @@ def load(path: str | Path | None, env: dict[str, str] | None = None) -> ServiceC
         c.http_host, c.http_port = _hostport(env["EDGEPAY_HTTP"], "EDGEPAY_HTTP")
     c.user = env.get("EDGEPAY_MQTT_USER", c.user)
     c.engine = env.get("EDGEPAY_BROKER_ENGINE", c.engine)
+    if "EDGEPAY_BROKER_SERVERS" in env:
+        c.servers = tuple(x.strip() for x in env["EDGEPAY_BROKER_SERVERS"].split(",") if x.strip())
     c.registry = env.get("EDGEPAY_REGISTRY", c.registry)
     c.ledger = env.get("EDGEPAY_LEDGER", c.ledger)
     c.releases = env.get("EDGEPAY_RELEASES", c.releases)

@@ -47,7 +47,7 @@ class Service:
             raise ConfigError(f"unknown part(s) {', '.join(sorted(bad))}: one of {', '.join(PARTS)}")
         self.cfg, self.parts = cfg, parts
         self.broker = BrokerSettings(cfg.broker_host, cfg.broker_port, cfg.user, cfg.password,
-                                     ca_file=cfg.ca_file, engine=cfg.engine)
+                                     ca_file=cfg.ca_file, engine=cfg.engine, servers=cfg.servers)
         self.token = cfg.token if "api" in parts else None
         self.registry: Registry | None = None
         self.accounts: Accounts | None = None
