@@ -9,8 +9,8 @@
 # Every refusal is a ReleaseError whose .code is the SPEC §10 reason (the `failed` reason of the
 # update events): bad_manifest, bad_alg, revoked_key, unknown_key, bad_signature, wrong_class,
 # downgrade, too_large, journal_format, outside_window, from_version, digest_mismatch, bad_archive.
-# .detail is a word at most (which field, which CBOR error, which kid): every string here is code
-# in each board's bundle once the updater ships, and the cloud knows the manifest it offered.
+# The reason is all it carries (no detail: every string here is code in each board's bundle, the
+# result reports the reason alone, and the cloud knows the manifest it offered).
 import hashlib
 from binascii import hexlify, unhexlify
 
@@ -31,21 +31,20 @@ FORMATS = ("bundle", "image")
 
 
 class ReleaseError(Exception):
-    def __init__(self, code, detail=""):
+    def __init__(self, code):
         super().__init__(code)
         self.code = code
-        self.detail = detail
 
 
-def _text(v, name):
+def _text(v):
     if type(v) is not str or not 0 < len(v.encode()) <= 32:
-        raise ReleaseError("bad_manifest", name)
+        raise ReleaseError("bad_manifest")
     return v
 
 
-def _uint(v, lo, hi, name):
+def _uint(v, lo, hi):
     if type(v) is not int or not lo <= v <= hi:
-        raise ReleaseError("bad_manifest", name)
+        raise ReleaseError("bad_manifest")
     return v
 
 
@@ -53,40 +52,40 @@ class Manifest:
     # The payload map's fields (SPEC §10), validated as the host's Manifest.validate does.
     def __init__(self, p):
         if type(p) is not dict:
-            raise ReleaseError("bad_manifest", "payload")
+            raise ReleaseError("bad_manifest")
         for k in p:
             if type(k) is not int or (k not in _REQUIRED and k not in _OPTIONAL):
-                raise ReleaseError("bad_manifest", "keys")
+                raise ReleaseError("bad_manifest")
         for k in _REQUIRED:
             if k not in p:
-                raise ReleaseError("bad_manifest", "keys")
+                raise ReleaseError("bad_manifest")
         w = p.get(10)
         if w is not None and type(w) is not list:
-            raise ReleaseError("bad_manifest", "window")
+            raise ReleaseError("bad_manifest")
         if 12 in p and p[12] is not True:
-            raise ReleaseError("bad_manifest", "allow_lower")
-        self.board = _text(p[1], "board")
-        self.kind = _text(p[2], "kind")
-        self.version = _text(p[3], "version")
-        self.seq = _uint(p[4], 1, 0xFFFFFFFF, "seq")
-        self.size = _uint(p[5], 1, MAX_PAYLOAD, "size")
+            raise ReleaseError("bad_manifest")
+        self.board = _text(p[1])
+        self.kind = _text(p[2])
+        self.version = _text(p[3])
+        self.seq = _uint(p[4], 1, 0xFFFFFFFF)
+        self.size = _uint(p[5], 1, MAX_PAYLOAD)
         h = p[6]
         if type(h) is not bytes or len(h) != 32:
-            raise ReleaseError("bad_manifest", "sha256")
+            raise ReleaseError("bad_manifest")
         self.sha256 = h
-        self.chunk = _uint(p[7], 256, 1536, "chunk")
-        self.journal = _uint(p[8], 1, 255, "journal")
+        self.chunk = _uint(p[7], 256, 1536)
+        self.journal = _uint(p[8], 1, 255)
         if p[9] not in FORMATS:
-            raise ReleaseError("bad_manifest", "format")
+            raise ReleaseError("bad_manifest")
         self.format = p[9]
         if w is not None:
             if len(w) != 2 or type(w[0]) is not int or type(w[1]) is not int \
                     or not 0 <= w[0] < w[1] < 1 << 40:
-                raise ReleaseError("bad_manifest", "window")
+                raise ReleaseError("bad_manifest")
             w = (w[0], w[1])
         self.window = w
         f = p.get(11)
-        self.from_version = None if f is None else _text(f, "from")
+        self.from_version = None if f is None else _text(f)
         self.allow_lower = 12 in p
 
     def check(self, board, kind, installed_seq, slot_bytes, journal, now=None, installed_version=None):
@@ -133,36 +132,36 @@ def _open(raw, trusted, revoked, bad):
     # a Sign1 by a release key, checked in SPEC §10 order: size and CBOR, shape, alg, kid not
     # revoked and trusted, the Ed25519 signature; bad: the reason for a malformed one. -> (kid, payload)
     if len(raw) > MAX_MANIFEST:
-        raise ReleaseError(bad, "size")
+        raise ReleaseError(bad)
     try:
         tag, body = cbor.decode(raw, True)
-    except CodecError as e:
-        raise ReleaseError(bad, e.code)
+    except CodecError:
+        raise ReleaseError(bad)
     if tag != SIGN1_TAG:
-        raise ReleaseError(bad, "tag")
+        raise ReleaseError(bad)
     if type(body) is not list or len(body) != 4 or type(body[0]) is not memoryview \
             or body[1] != {} or type(body[2]) is not memoryview or type(body[3]) is not memoryview:
-        raise ReleaseError(bad, "shape")
+        raise ReleaseError(bad)
     prot = body[0]
     payload = body[2]
     sig = body[3]
     body = None
     try:
         hdr = cbor.decode(prot)
-    except CodecError as e:
-        raise ReleaseError(bad, e.code)
+    except CodecError:
+        raise ReleaseError(bad)
     if type(hdr) is not dict or len(hdr) != 2 or 1 not in hdr or 4 not in hdr or type(hdr[4]) is not bytes:
-        raise ReleaseError(bad, "header")
+        raise ReleaseError(bad)
     if hdr[1] != ALG_EDDSA:
         raise ReleaseError("bad_alg")
     kid = hdr[4]
     hdr = None
     # a revoked kid is revoked_key whether or not it is still listed as trusted (as the host)
     if kid in revoked:
-        raise ReleaseError("revoked_key", kid.hex())
+        raise ReleaseError("revoked_key")
     pub = trusted.get(kid)
     if pub is None:
-        raise ReleaseError("unknown_key", kid.hex())
+        raise ReleaseError("unknown_key")
     if len(sig) != 64:
         raise ReleaseError("bad_signature")
     # Sig_structure ["Signature1", protected, h'', payload], fed to the hash in parts
@@ -171,8 +170,8 @@ def _open(raw, trusted, revoked, bad):
         raise ReleaseError("bad_signature")
     try:
         return kid, cbor.decode(payload)
-    except CodecError as e:
-        raise ReleaseError(bad, e.code)
+    except CodecError:
+        raise ReleaseError(bad)
 
 
 def open_manifest(raw, trusted, revoked=()):
@@ -196,34 +195,34 @@ def open_keys(raw, version, trusted, revoked):
     version, keys, revoked kids): -> the trust it leaves (version, {kid: pub}, [revoked kid]);
     ReleaseError otherwise (bad_list, stale_version, self_revoked, empty, or a key's reason)."""
     kid, p = _open(raw, trusted, revoked, "bad_list")
-    if type(p) is not dict or p.get(1) != "keys" or type(p.get(2)) is not int or type(p.get(3)) is not list \
-            or type(p.get(4, [])) is not list:
-        raise ReleaseError("bad_list")
-    for k in p:
-        if k not in (1, 2, 3, 4):
-            raise ReleaseError("bad_list", "keys")
-    v = p[2]
-    rev = p.get(4, [])
-    if not 0 < v < 1 << 32 or not 0 < len(p[3]) <= 4 or len(rev) > 16:
-        raise ReleaseError("bad_list")
     keys = {}
-    for pub in p[3]:  # raw public keys; each one's kid is the first 8 bytes of its SHA-256
-        if type(pub) is not bytes or len(pub) != 32:
-            raise ReleaseError("bad_list", "key")
-        keys[hashlib.sha256(pub).digest()[:8]] = pub
-    if len(keys) != len(p[3]):
-        raise ReleaseError("bad_list", "key")
-    for k in rev:
-        if type(k) is not bytes or len(k) != 8:
-            raise ReleaseError("bad_list", "revoked")
+    try:  # {1: "keys", 2: version, 3: [pub] 1..4, 4?: [kid] <= 16}, nothing else; anything off is bad_list
+        v = p[2]
+        rev = p.get(4, [])
+        for pub in p[3]:  # raw public keys; each one's kid is the first 8 bytes of its SHA-256
+            if type(pub) is not bytes or len(pub) != 32:
+                raise ValueError
+            keys[hashlib.sha256(pub).digest()[:8]] = pub
+        # (a map, a text, bytes or an int where a list goes fails the element checks)
+        ok = p[1] == "keys" and type(v) is int and 0 < v < 1 << 32 and 0 < len(keys) == len(p[3]) <= 4 \
+            and len(rev) <= 16 and len(p) == 3 + (4 in p)
+        for k in rev:
+            ok = ok and type(k) is bytes and len(k) == 8
+    except Exception:  # not a map, a field missing or of another type
+        ok = False
+    if not ok:
+        raise ReleaseError("bad_list")
     if v <= version:
         raise ReleaseError("stale_version")
     if kid in rev:
         raise ReleaseError("self_revoked")
-    rev = rev + [k for k in revoked if k not in rev]  # a revocation stands for good
+    for k in revoked:  # a revocation stands for good
+        if k not in rev:
+            rev.append(k)
     if len(rev) > 16:
-        raise ReleaseError("bad_list", "revoked")
-    keys = {k: keys[k] for k in keys if k not in rev}
+        raise ReleaseError("bad_list")
+    for k in rev:
+        keys.pop(k, None)
     if not keys:
         raise ReleaseError("empty")
     return v, keys, rev
@@ -233,8 +232,9 @@ def set_keys(raw, cfg):
     """The `set_release_keys` command: a key list checked against the trust now, stored (one
     power-safe write) for the next manifest. -> {"v", "keys"}; ReleaseError, nothing changed."""
     v, keys, rev = open_keys(raw, *trust(cfg))
-    store.write("relkeys", {"v": v, "keys": {hexlify(k).decode(): hexlify(keys[k]).decode() for k in keys},
-                            "revoked": [hexlify(k).decode() for k in rev]})
+    h = hexlify
+    store.write("relkeys", {"v": v, "keys": {h(k).decode(): h(keys[k]).decode() for k in keys},
+                            "revoked": [h(k).decode() for k in rev]})
     return {"v": v, "keys": len(keys)}
 
 
@@ -280,7 +280,7 @@ class Archive:
         self.path = None
         self.size = 0
         if self._exact(4) != 4 or self._hdr[:4] != b"EPB1":
-            self._fail("magic")
+            self._fail()
 
     def _read(self, mv):
         # one read into mv, never past the payload; hashed
@@ -304,14 +304,14 @@ class Archive:
             got += k
         return got
 
-    def _fail(self, why):
+    def _fail(self):
         # the rest of the payload still goes through the hash: a corrupt archive is digest_mismatch
         while self._read(self._mv):
             pass
         self.path = None
         if self._left or self._h.digest() != self._want:
             raise ReleaseError("digest_mismatch")
-        raise ReleaseError("bad_archive", why)
+        raise ReleaseError("bad_archive")
 
     def next(self):
         """Advance to the next file (the unread rest of the current one is skipped, hashed);
@@ -319,7 +319,7 @@ class Archive:
         while self._file:
             n = self._read(self._mv[:self._file] if self._file < 260 else self._mv)
             if not n:
-                self._fail("truncated")
+                self._fail()
             self._file -= n
         if not self._left:
             self.path = None
@@ -327,27 +327,27 @@ class Archive:
                 raise ReleaseError("digest_mismatch")
             return None
         if not self._exact(1):
-            self._fail("truncated")
+            self._fail()
         n = self._hdr[0]
         if not n:
-            self._fail("path")
+            self._fail()
         if self._exact(n + 4) != n + 4:
-            self._fail("truncated")
+            self._fail()
         hdr = self._hdr
         size = (hdr[n] << 24) | (hdr[n + 1] << 16) | (hdr[n + 2] << 8) | hdr[n + 3]
         raw = bytes(self._mv[:n])
         if self._prev is not None and raw <= self._prev:
-            self._fail("order")
+            self._fail()
         if not cbor._utf8_strict(raw, 0, n):
-            self._fail("path")
+            self._fail()
         path = raw.decode()
         if path[0] == "/" or "\\" in path or "\x00" in path:
-            self._fail("path")
+            self._fail()
         for part in path.split("/"):
             if part == "" or part == "." or part == "..":
-                self._fail("path")
+                self._fail()
         if size > self._left:
-            self._fail("past end")
+            self._fail()
         self._prev = raw
         self._file = size
         self.path = path
@@ -361,6 +361,6 @@ class Archive:
         mv = memoryview(buf)
         n = self._read(mv[:self._file] if self._file < len(mv) else mv)
         if not n:
-            self._fail("truncated")
+            self._fail()
         self._file -= n
         return n
