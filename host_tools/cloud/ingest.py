@@ -7,7 +7,7 @@
         --registry /var/lib/edgepay/registry.db --db postgresql://...
 
 Pipeline. The broker engine decides how workers in one group split the stream
-(BrokerSettings.record_feed): on Mosquitto an MQTT 5 connection (CloudMQTT: TCP_NODELAY,
+(host_tools/cloud/record_feed.py): on Mosquitto an MQTT 5 connection (CloudMQTT: TCP_NODELAY,
 resubscribe on reconnect) holds the shared subscription `$share/<group>/v1/dev/+/up/rec`; on the
 NATS cluster the group shares a durable JetStream pull consumer on a replicated stream
 (host_tools/cloud/jetstream.py), each message acknowledged to the stream only once its record is
@@ -74,6 +74,7 @@ from host_tools.cloud.ingest_quarantine import Revoked, Unplaceable, quarantine_
 from host_tools.cloud.ledger import Head, Ledger, Outcome, Record
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings, BrokerUnsupported
+from host_tools.cloud.record_feed import record_feed
 from host_tools.cloud.registry import CompromisedKey, Device, Registry, RegistryError
 from host_tools.protocol import ProtocolError, decode_payload, parse_topic, seal
 from host_tools.protocol import topic as topic_for
@@ -107,11 +108,11 @@ class IngestWorker:
         self.on_commit = on_commit
         # group None: a plain (non-shared) subscription, e.g. an auditor that sees every copy. The
         # engine decides how a group shares the records: Mosquitto a $share subscription, NATS a
-        # durable JetStream consumer (BrokerSettings.record_feed). Its thread only queues
+        # durable JetStream consumer (record_feed.py). Its thread only queues
         # (topic, payload, retain, token): the retain flag is kept (the ledger ignores it, stats
         # count it), the token is settled once the record is committed, refused or held no more.
         self._q: queue.Queue = queue.Queue()
-        self._feed = broker.record_feed(group, RECORD_FILTER, self._q.put, **(feed_options or {}))
+        self._feed = record_feed(broker, group, RECORD_FILTER, self._q.put, **(feed_options or {}))
         self.subscription = self._feed.subscription
         self._held_tokens: dict[tuple[str, int], list] = {}   # (device, seq) held -> its unsettled tokens
         self._stop = threading.Event()

@@ -1,7 +1,7 @@
 """The cluster implementation of a record feed: device records from a replicated JetStream stream,
 shared by competing workers on one durable pull consumer (nats-py), acked after the commit.
 
-    feed = broker.record_feed("ingest", "v1/dev/+/up/rec", put)   # engine "nats", servers set
+    feed = record_feed(broker, "ingest", "v1/dev/+/up/rec", put)   # record_feed.py; engine "nats", servers set
     feed.start(); ...; feed.settle([(token, "ack"), ...]); feed.stop_taking(); feed.close()
 
 Devices keep publishing MQTT 3.1.1 to the cluster's MQTT listeners; NATS maps the topic

@@ -67,55 +67,8 @@ class BrokerSettings:
                                     f"without a group, or share the work on the engine's own queues")
         return f"$share/{group}/{topic_filter}"
 
-    def record_feed(self, group: str | None, topic_filter: str, put: Callable[[tuple], None], **options):
-        """Where a consumer in `group` takes device messages of `topic_filter` from: each arrives as
-        put((topic, payload, retain, token)), and the consumer settles each token when done with it
-        (feed.settle([(token, "ack" | "term" | "nak")])). Mosquitto: a `$share` subscription (token
-        None: QoS 1 is acknowledged on arrival); NATS with a group: a durable JetStream consumer
-        shared by the group, acknowledged only when settled (host_tools/cloud/jetstream.py)."""
-        if group is not None and self.engine == "nats":
-            from host_tools.cloud.jetstream import JetStreamRecords
-            return JetStreamRecords(self, group, topic_filter, put, **options)
-        return MqttRecords(self, group, topic_filter, put)
-
-
 # engine -> (MQTT 5 by default, shared subscriptions). NATS 2.x and RabbitMQ 3.x speak 3.1.1 only.
 ENGINES = {"mosquitto": (True, True), "nats": (False, False), "rabbitmq": (False, False)}
-
-
-class MqttRecords:
-    """The MQTT implementation of a record feed (BrokerSettings.record_feed): one CloudMQTT whose
-    network thread only queues, a (shared) subscription, acks to devices at QoS 1."""
-
-    def __init__(self, broker: BrokerSettings, group: str | None, topic_filter: str, put: Callable[[tuple], None]):
-        self.subscription = broker.work_share(group, topic_filter)
-        self.mqtt = CloudMQTT(broker, sink=lambda t, p, r: put((t, p, r, None)))
-
-    def start(self, timeout: float = 10.0) -> "MqttRecords":
-        self.mqtt.subscribe(self.subscription, qos=1)
-        self.mqtt.connect(timeout)
-        return self
-
-    def stop_taking(self) -> None:
-        try:
-            self.mqtt.client.unsubscribe(self.subscription)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-
-    def settle(self, items) -> None:
-        """Nothing to do: paho acknowledged each QoS 1 message as it arrived."""
-
-    def park(self, tokens) -> None:
-        """Nothing to do: no prefetch window."""
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.mqtt.publish(topic, payload, qos=1, timeout=None)
-
-    def connected(self) -> bool:
-        return self.mqtt.client.is_connected()
-
-    def close(self) -> None:
-        self.mqtt.close()
 
 
 class BrokerUnreachable(ConnectionError):
