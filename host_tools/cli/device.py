@@ -3,8 +3,8 @@
 rekey: rotate the device key over the air (protocol/SPEC.md §11, host_tools/cloud/rekey.py): the
 next key wrapped under the current one, the device's proof checked, the switch confirmed under the
 new key. Safe to run again after any interruption: it finishes the rotation under way. Never for a
-key known to be compromised (the thief could unwrap the next one): revoke, then provision again
-over the serial link (docs/security.md).
+key known to be compromised (the thief could unwrap the next one): revoke, then `edgepay provision
+DEVICE --reprovision` and flash the new config over the serial link (docs/security.md).
 
 revoke: a stolen or compromised device. The registry marks it revoked (the cloud then sends it
 nothing, refuses its auth requests, and keeps any record it still sends in quarantine for audit,
@@ -215,8 +215,9 @@ def register(cli: click.Group) -> None:
     @click.argument("device_id", metavar="DEVICE")
     @click.pass_obj
     def keys(o: Ctx, device_id: str) -> None:
-        """DEVICE's key history: each version's state (current, next, retired) and, for a retired
-        one, its switch point (the lowest seq verified under its successor). Never the keys."""
+        """DEVICE's key history: each version's state (current, next, retired, compromised) and, for
+        a retired one, its switch point (the lowest seq verified under its successor). Compromised:
+        a version from before a re-provisioning (kept for audit, never money). Never the keys."""
         from host_tools.cloud.registry import RegistryError
         reg = o.open_registry()
         try:
@@ -233,5 +234,7 @@ def register(cli: click.Group) -> None:
         def human() -> None:
             for r in rows:
                 o.console.print(f"{r['kid']:<40} {r['state']:<8}"
-                                + (f" below seq {r['switch_seq']}" if r["switch_seq"] is not None else ""))
+                                + (f" below seq {r['switch_seq']}" if r["switch_seq"] is not None else "")
+                                + (" (audit only: what verifies under it is quarantined)"
+                                   if r["state"] == "compromised" else ""))
         o.emit({"device": device_id, "keys": rows}, human)

@@ -11,6 +11,13 @@ and into --broker-dir (default ./edgepay/broker, 0700), files host_tools/broker.
   acl              the edgepay ACL (`acl_file`): devices confined to v1/dev/<id>/... by pattern
   ca.pem, ca.key, server.pem, server.key     with --tls: the broker's CA and certificate
 Every file holding a secret is created 0600. The key is printed only with --show-key.
+
+--reprovision: a revoked (stolen, compromised) device given a fresh key under its own id, as at
+first provisioning: the key goes to the board over its serial link (`edgepay flash`), never the
+network. Key version = the highest so far + 1; every earlier one is compromised in the registry
+(kept for audit, never money again: records under it are quarantined, compromised_key); a new
+broker password replaces the old line; config.json is written again. Refused unless the device is
+revoked (an active one is rotated with `edgepay device rekey`). docs/security.md.
 """
 from __future__ import annotations
 
@@ -151,6 +158,36 @@ def release_keys(paths: tuple[Path, ...]) -> dict | None:
     return {"keys": keys, "revoked": []}
 
 
+def _reprovision_version(reg, device: str, board: dict, asked: int | None, o: Ctx) -> int:
+    """The key version a re-provisioning of `device` gives it (the highest so far + 1), after the
+    refusals: only a revoked device, of the board's kind."""
+    from host_tools.cloud.registry import RegistryError
+    try:
+        d = reg.get(device)
+    except RegistryError:
+        reg.close()
+        fail(f"device {device!r} is not registered in {o.registry}: provision it normally (without --reprovision)")
+    if d.status == "active":
+        reg.close()
+        fail(f"device {device!r} is active: a key not known to be compromised is rotated over the air, "
+             f"rotate it with edgepay device rekey {device} (if its key is compromised: edgepay device revoke "
+             f"{device}, then --reprovision)")
+    if d.status == "decommissioned":
+        reg.close()
+        fail(f"device {device!r} is decommissioned (retired, its journal drained): to bring the board back "
+             f"under this id, edgepay device revoke {device}, then --reprovision (its old key then counts "
+             "as compromised); a new board elsewhere gets a new id")
+    if d.kind != board["kind"]:
+        reg.close()
+        fail(f"device {device!r} is a {d.kind} device; {board['name']} is a {board['kind']} board")
+    version = max(k.version for k in reg.keys(device)) + 1
+    if asked is not None and asked != version:
+        reg.close()
+        fail(f"--key-version {asked}: a re-provisioned {device} gets version {version} (the highest so far + 1)",
+             EXIT_USAGE)
+    return version
+
+
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.argument("device")
@@ -170,7 +207,10 @@ def register(cli: click.Group) -> None:
     @click.option("--wifi-ssid", help="the Wi-Fi network the board joins (firmware/net.py)")
     @click.option("--wifi-password-file", type=click.Path(dir_okay=False, path_type=Path),
                   help="a file holding the Wi-Fi password (owner-only; never printed)")
-    @click.option("--key-version", type=click.IntRange(min=1), default=1, show_default=True)
+    @click.option("--key-version", type=click.IntRange(min=1), default=None,
+                  help="[default: 1; with --reprovision the highest so far + 1, and only that]")
+    @click.option("--reprovision", is_flag=True,
+                  help="a revoked device again, under its own id, with a fresh key (every earlier one compromised)")
     @click.option("--show-key", is_flag=True, help="print the device key (it is never printed otherwise)")
     @click.option("--release-pub", "release_pubs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
                   help="a release public key the device trusts for firmware updates (repeat: two, so the "
@@ -178,8 +218,8 @@ def register(cli: click.Group) -> None:
     @click.pass_obj
     def provision(o: Ctx, device: str, board_name: str, out: Path | None, broker_dir: Path,
                   device_brokers: tuple[str, ...], tls: bool, tls_host: tuple[str, ...], cert_days: int,
-                  wifi_ssid: str | None, wifi_password_file: Path | None, key_version: int,
-                  show_key: bool, release_pubs: tuple[Path, ...]) -> None:
+                  wifi_ssid: str | None, wifi_password_file: Path | None, key_version: int | None,
+                  show_key: bool, release_pubs: tuple[Path, ...], reprovision: bool) -> None:
         """Give DEVICE its identity: key, config.json, broker credentials, registry entry."""
         from host_tools.cloud.registry import DEVICE_ID, RegistryError
         if not DEVICE_ID.fullmatch(device):
@@ -204,14 +244,20 @@ def register(cli: click.Group) -> None:
         wifi = read_wifi(wifi_ssid, wifi_password_file)
         ota = release_keys(release_pubs)
         out = Path(out) if out is not None else Path("edgepay") / "devices" / device
-        if (out / "config.json").exists():
+        if (out / "config.json").exists() and not reprovision:
             fail(f"{out / 'config.json'} exists: {device} looks provisioned already (remove it first)")
         reg = o.open_registry(create=True)
-        try:
-            reg.get(device)
-            fail(f"device {device!r} is already registered in {o.registry}")
-        except RegistryError:
-            pass
+        if reprovision:
+            key_version = _reprovision_version(reg, device, board, key_version, o)
+        else:
+            try:
+                reg.get(device)
+                fail(f"device {device!r} is already registered in {o.registry}"
+                     + (" (revoked: give --reprovision to give it a fresh key under its id)"
+                        if reg.get(device).status == "revoked" else ""))
+            except RegistryError:
+                pass
+            key_version = key_version or 1
         key = secrets.token_bytes(32)
         password = secrets.token_urlsafe(18)
         kid = f"{device}:{key_version}"
@@ -239,7 +285,11 @@ def register(cli: click.Group) -> None:
         update_passwd(broker_dir / "passwd", device, password)
         ensure_acl(broker_dir / "acl")
         try:
-            reg.add(device, key, board["kind"], board["name"], key_version=key_version)
+            if reprovision:  # conditional on the status and the version seen above
+                if reg.reprovision(device, key, board["kind"], board["name"]).key_version != key_version:
+                    fail(f"{device}: its keys changed while it was re-provisioned; run it again")
+            else:
+                reg.add(device, key, board["kind"], board["name"], key_version=key_version)
         except RegistryError as e:
             fail(str(e))
         finally:
@@ -247,6 +297,7 @@ def register(cli: click.Group) -> None:
         from host_tools.cli.reload import reload_broker
         reload = reload_broker(broker_dir)  # Mosquitto refuses the new device until it rereads passwd
         result = {"device": device, "kid": kid, "board": board["name"], "kind": board["kind"],
+                  "reprovisioned": reprovision,
                   "broker_reload": reload or None,
                   "config": str(out / "config.json"), "board_file": str(out / BOARD_FILE),
                   "board_sha256": cfg["board"]["sha256"], "registry": str(o.registry),
@@ -259,7 +310,9 @@ def register(cli: click.Group) -> None:
 
         def human() -> None:
             c = o.console
-            c.print(f"[bold green]provisioned[/] {device} ({board['name']}, {board['kind']}) kid {kid}")
+            c.print(f"[bold green]{'re-provisioned' if reprovision else 'provisioned'}[/] {device} "
+                    f"({board['name']}, {board['kind']}) kid {kid}"
+                    + (": every earlier key is compromised (audit only, never money)" if reprovision else ""))
             c.print(f"  config    {out / 'config.json'}  (0600; holds the key)")
             c.print(f"  board     {out / BOARD_FILE}  (checked; sha256 {cfg['board']['sha256'][:16]}... in the config)")
             c.print(f"  broker    {broker_dir / 'passwd'}, {broker_dir / 'acl'}  -> device connects to {host}:{port}")

@@ -235,6 +235,7 @@ class IngestWorker:
             payload, now_dev = self.registry.verify_uplink(dev, topic, data)
         except ProtocolError as e:
             if isinstance(e, CompromisedKey):  # re-provisioned: a record under the stolen key, never money
+                self._device(device_id, fresh=True)  # its ack goes under the new key
                 return quarantine_record(device_id, e.payload, data, e)
             if e.code not in ("bad_kid", "bad_mac"):
                 raise

@@ -11,6 +11,12 @@ device_keys, sealed the same way: the `next` one offered by a rotation (at most 
 `retired` ones with their switch point (the lowest seq verified under the successor), kept
 verify-only for records journaled before the switch and for audit. verify_uplink() picks the key
 by the envelope's kid.
+
+Re-provisioning (reprovision()): a revoked device given a fresh key over its serial link, under
+its own id; every earlier version becomes `compromised`: kept for audit, and a message that
+verifies under one is never the device's (CompromisedKey: refused bad_kid; ingest keeps a record
+in quarantine, reason compromised_key). No schema change: the state column is free text, and
+code from before this state refuses such a kid (bad_kid) anyway.
 """
 from __future__ import annotations
 
@@ -24,13 +30,14 @@ from pathlib import Path
 from host_tools.cloud.keyvault import KeyVault, VaultError, master_key_from_env
 from host_tools.cloud.ledger_db import Database, where_prefixes
 from host_tools.cloud.ledger_open import is_postgres, open_ledger
+from host_tools.protocol.errors import ProtocolError
 
 log = logging.getLogger("edgepay.registry")
 
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 KINDS = ("gate", "vending", "rental")
 REGISTRY_VERSION = 3   # 2: devices.status; 3: device_keys (key history; created with the schema)
-KEY_STATES = ("current", "next", "retired")
+KEY_STATES = ("current", "next", "retired", "compromised")  # compromised: revoked, then re-provisioned
 STATUSES = ("active", "revoked", "decommissioned")
 
 
@@ -41,6 +48,17 @@ _KEY_CHANGED: dict[str, float] = {}
 
 class RegistryError(Exception):
     pass
+
+
+class CompromisedKey(ProtocolError):
+    """A message that verifies under a compromised kid (a key from before a re-provisioning): it
+    is never taken as the device's. Refused bad_kid; ingest keeps a record in quarantine (reason
+    compromised_key, raw bytes kept) from `payload`, the verified payload bytes."""
+    quarantine_code = "compromised_key"
+
+    def __init__(self, kid: bytes, payload: bytes):
+        super().__init__("bad_kid", f"kid {kid.decode()} is compromised: the device was re-provisioned")
+        self.payload = payload
 
 
 @dataclass(frozen=True)
@@ -79,7 +97,7 @@ class KeyVersion:
     """One key of a device's history (SPEC §11)."""
     device_id: str
     version: int
-    state: str                     # current, next or retired
+    state: str                     # current, next, retired or compromised (verify-only for audit, never money)
     key: bytes
     switch_seq: int | None = None  # retired: the lowest seq verified under its successor
 
@@ -279,12 +297,14 @@ class Registry:
         Current kid: verified (and the previous key's switch point lowered if this seq is below
         it). Next kid: verified, and the next key made current. Retired kid: verified only for a
         seq below its switch point (a record resent unchanged from the journal), else bad_kid.
+        Compromised kid (from before a re-provisioning): CompromisedKey (bad_kid) if it verifies.
+        A device that is not active is read again first (it may have been re-provisioned).
         Raises ProtocolError as verify_mac0 does (bad_kid for any other kid)."""
         return self._verify_uplink(dev, topic, data, 2)
 
     def _verify_uplink(self, dev: Device, topic: str, data: bytes, tries: int) -> tuple[bytes, Device]:
         from host_tools.protocol import ProtocolError, parse_kid, verify_mac0
-        if (time.monotonic() - dev.read_at > self.key_fresh_s
+        if (time.monotonic() - dev.read_at > self.key_fresh_s or not dev.active
                 or _KEY_CHANGED.get(dev.device_id, 0.0) >= dev.read_at):
             dev = self.get(dev.device_id)  # read long ago, or before a switch this process saw
         try:
@@ -307,6 +327,8 @@ class Registry:
                     raise
                 return self._verify_uplink(self.get(dev.device_id), topic, data, tries - 1)
             payload = verify_mac0(kv.key, kid, topic, data)  # bad_mac for a forgery
+            if kv.state == "compromised":  # the thief holds this key: audit only, never the device's
+                raise CompromisedKey(kid, payload) from None
             seq = payload_seq(payload)
             if seq is None:
                 raise ProtocolError("bad_kid", f"kid {kid.decode()} is not current and the message has no seq") from None
@@ -382,6 +404,51 @@ class Registry:
             return cur.rowcount
         if db._write(run) != 1:
             raise RegistryError(f"unknown device {device_id!r}")
+        return self.get(device_id)
+
+    def reprovision(self, device_id: str, key: bytes, kind: str, board: str) -> Device:
+        """A revoked device given a fresh key under its own id (it reaches the board over its
+        serial link, never the network): `key` is current at version = the highest so far + 1
+        (above any key a rotation left on the board, so the new config's wins at boot), every
+        earlier version compromised (verify-only for audit, never money again), the device active.
+        One transaction, conditional on the status: refused unless the device is revoked."""
+        if len(key) != 32:
+            raise RegistryError("a device key is 256 bits")
+        if kind not in KINDS:
+            raise RegistryError(f"unknown device kind {kind!r}: one of {', '.join(KINDS)}")
+        db = self.db
+
+        def run(cur) -> int | str:
+            cur.execute(db._sql("SELECT key, key_version, status FROM devices WHERE device_id=?"), (device_id,))
+            row = cur.fetchone()
+            if row is None:
+                return "unknown"
+            old_key, old_version, status = row[0], int(row[1]), row[2]
+            if status != "revoked":
+                return status
+            cur.execute(db._sql("SELECT MAX(version) FROM device_keys WHERE device_id=?"), (device_id,))
+            top = cur.fetchone()[0]
+            version = max(old_version, int(top) if top is not None else 0) + 1
+            cur.execute(db._sql("UPDATE devices SET key=?, key_version=?, kind=?, board=?, status='active' "
+                                "WHERE device_id=? AND key_version=? AND status='revoked'"),
+                        (self.vault.seal(key, device_id, version), version, kind, board, device_id, old_version))
+            if cur.rowcount != 1:
+                return "changed"
+            cur.execute(db._sql("INSERT INTO device_keys (device_id, version, key, state) VALUES (?,?,?,'compromised') "
+                                "ON CONFLICT (device_id, version) DO UPDATE SET key=excluded.key, state='compromised'"),
+                        (device_id, old_version, old_key))
+            cur.execute(db._sql("UPDATE device_keys SET state='compromised' WHERE device_id=? AND version<?"),
+                        (device_id, version))
+            return version
+        got = db._write(run)
+        _KEY_CHANGED[device_id] = time.monotonic()  # devices read before now are read again
+        if got == "unknown":
+            raise RegistryError(f"unknown device {device_id!r}")
+        if isinstance(got, str):
+            raise RegistryError(f"device {device_id!r} is {'being changed' if got == 'changed' else got}: "
+                                "only a revoked device is re-provisioned")
+        log.warning("device %s re-provisioned: key version %d is current, every earlier one compromised",
+                    device_id, got)
         return self.get(device_id)
 
     def next_seq(self, device_id: str) -> int:
