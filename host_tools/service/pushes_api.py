@@ -67,62 +67,53 @@ def add_push_routes(app: FastAPI, auth: Auth, registry: Registry, client: Comman
         if p.sites is not None:
             raise Problem(403, "bindings name payers across sites: an account without site scope only")
 
-    @app.put("/v1/devices/{device_id}/tariff", name="tariff.push")
-    async def push_tariff(device_id: str, body: TariffIn, request: Request,
-                          p: Principal = Depends(operator)) -> dict:
+    async def push(name: str, save, device_id: str, body: TariffIn, request: Request, p: Principal) -> dict:
+        """A signed push (set_tariff, set_policy): checked, stored before it is sent (as the session
+        service does: a push that times out is still on record), sent, audited."""
         d = device(p, device_id)
         if not d.active:
             raise Problem(409, f"device {device_id!r} is {d.status}: it is sent nothing")
         try:
-            args = cmdspec.check("set_tariff", {(int(k) if k.isdigit() else k): v for k, v in body.args.items()})
-            fees.validate(args)
+            args = cmdspec.check(name, {(int(k) if k.isdigit() else k): v for k, v in body.args.items()})
+            if name == "set_tariff":
+                fees.validate(args)
         except (cmdspec.ArgProblem, fees.FeeError) as e:
             raise Problem(422, str(e)) from None
         assert args is not None
         down = ready()
         if down:
             raise Problem(503, "not ready: " + "; ".join(down))
-        store().save_tariff(device_id, dict(args), time.time())   # before it is sent, as the service does
-        c = await client.asend(device_id, "set_tariff", dict(args), timeout=body.timeout, ttl=body.ttl)
+        save(device_id, dict(args), time.time())
+        c = await client.asend(device_id, name, dict(args), timeout=body.timeout, ttl=body.ttl)
         audit_note(request, detail={"cti": c.cti.hex(), "state": c.state.value, "version": args.get(1)})
         return {"device": device_id, "state": c.state.value, "code": c.code, "cti": c.cti.hex(), "seq": c.seq,
                 "args": _plain_args(args)}
+
+    def pushed(row, device_id: str, what: str) -> dict:
+        if row is None:
+            raise Problem(404, f"no {what} pushed to {device_id!r}")
+        return {"device": device_id, "args": _plain_args(row[0]), "sent_at": row[1]}
+
+    @app.put("/v1/devices/{device_id}/tariff", name="tariff.push")
+    async def push_tariff(device_id: str, body: TariffIn, request: Request,
+                          p: Principal = Depends(operator)) -> dict:
+        return await push("set_tariff", store().save_tariff, device_id, body, request, p)
 
     @app.get("/v1/devices/{device_id}/tariff")
     def get_tariff(device_id: str, p: Principal = Depends(viewer)) -> dict:
         device(p, device_id)
-        row = store().tariff(device_id)
-        if row is None:
-            raise Problem(404, f"no tariff pushed to {device_id!r}")
-        return {"device": device_id, "args": _plain_args(row[0]), "sent_at": row[1]}
+        return pushed(store().tariff(device_id), device_id, "tariff")
 
     @app.put("/v1/devices/{device_id}/policy", name="policy.push")
     async def push_policy(device_id: str, body: TariffIn, request: Request,
                           p: Principal = Depends(operator)) -> dict:
-        d = device(p, device_id)
-        if not d.active:
-            raise Problem(409, f"device {device_id!r} is {d.status}: it is sent nothing")
-        try:
-            args = cmdspec.check("set_policy", {(int(k) if k.isdigit() else k): v for k, v in body.args.items()})
-        except cmdspec.ArgProblem as e:
-            raise Problem(422, str(e)) from None
-        assert args is not None
-        down = ready()
-        if down:
-            raise Problem(503, "not ready: " + "; ".join(down))
-        store().save_policy(device_id, dict(args), time.time())   # the caps its offline budget is read against
-        c = await client.asend(device_id, "set_policy", dict(args), timeout=body.timeout, ttl=body.ttl)
-        audit_note(request, detail={"cti": c.cti.hex(), "state": c.state.value, "version": args.get(1)})
-        return {"device": device_id, "state": c.state.value, "code": c.code, "cti": c.cti.hex(), "seq": c.seq,
-                "args": _plain_args(args)}
+        # the caps its offline budget is read against (the device detail, the offline_budget alert)
+        return await push("set_policy", store().save_policy, device_id, body, request, p)
 
     @app.get("/v1/devices/{device_id}/policy")
     def get_policy(device_id: str, p: Principal = Depends(viewer)) -> dict:
         device(p, device_id)
-        row = store().policy(device_id)
-        if row is None:
-            raise Problem(404, f"no offline policy pushed to {device_id!r}")
-        return {"device": device_id, "args": _plain_args(row[0]), "sent_at": row[1]}
+        return pushed(store().policy(device_id), device_id, "offline policy")
 
     @app.put("/v1/bindings/{ident}", name="binding.set")
     def bind(ident: str, body: BindingIn, request: Request, p: Principal = Depends(operator)) -> dict:
