@@ -247,3 +247,24 @@ def test_the_reprovisioned_config_is_flashed_over_the_serial_link(tmp_path, seri
     # boot counter, journal and seq counter kept: the chain goes on under the new key)
     wait_for(lambda: b"agent gate-9 boot 2" in serial_board.transcript, timeout=30, what="the agent's boot")
     assert serial_board.transcript.count(b"agent gate-9 boot 1") == 1
+
+
+def test_a_compromised_kid_record_that_cannot_be_placed_is_kept_unplaced():
+    """quarantine_record with CompromisedKey: a record is kept under compromised_key (placed, or,
+    without a usable seq/prev, Unplaceable with that reason); no record at all is refused bad_kid."""
+    from host_tools.cloud.ingest_quarantine import Unplaceable, quarantine_record
+    from host_tools.cloud.ledger import GENESIS
+    from host_tools.protocol import encode
+    t = topic("gate-1", "sess_close")
+    rec = encode_payload({"type": "sess_close", "seq": 7, "prev": GENESIS, "sid": "s", "payer": "p", "t0": 1,
+                          "amount": 5, "cur": "EUR", "t1": 2}, t)
+    r = quarantine_record("gate-1", rec, b"raw", CompromisedKey(b"gate-1:1", rec))
+    assert (r.seq, r.quarantine, r.raw) == (7, "compromised_key", b"raw")
+    bad = encode({0: 8, 8: 3})   # a sess_close with no prev: it cannot be placed
+    with pytest.raises(Unplaceable) as e:
+        quarantine_record("gate-1", bad, b"raw2", CompromisedKey(b"gate-1:1", bad))
+    assert e.value.code == "compromised_key" and e.value.raw == b"raw2"
+    beat = encode_payload(hb(3), topic("gate-1", "heartbeat"))
+    with pytest.raises(CompromisedKey) as e:
+        quarantine_record("gate-1", beat, b"raw3", CompromisedKey(b"gate-1:1", beat))
+    assert e.value.code == "bad_kid"
