@@ -26,6 +26,14 @@ EXIT_HALTED, EXIT_LIVE = 5, 6
 DEFAULT_DB = "edgepay/ledger.db"
 
 
+def parse_cohorts(cohorts: str) -> list[int]:
+    """--cohorts "5,25,50,100" -> [5, 25, 50, 100] (the engine checks they rise to 100)."""
+    try:
+        return [int(p) for p in cohorts.split(",")]
+    except ValueError:
+        fail(f"--cohorts {cohorts!r}: comma-separated whole percentages, e.g. 5,25,50,100", EXIT_USAGE)
+
+
 def _store(url: str, create: bool = False):
     from pathlib import Path
 
@@ -191,10 +199,7 @@ def register(cli: click.Group) -> None:
             cargs = cmdspec.check(name, parse_args(args))
         except cmdspec.ArgProblem as e:
             fail(str(e), EXIT_USAGE)
-        try:
-            pct = [int(p) for p in cohorts.split(",")]
-        except ValueError:
-            fail(f"--cohorts {cohorts!r}: comma-separated whole percentages, e.g. 5,25,50,100", EXIT_USAGE)
+        pct = parse_cohorts(cohorts)
         reg = o.open_registry()
         try:
             known = {d.device_id: d for d in reg.devices()}

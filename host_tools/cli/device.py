@@ -162,13 +162,10 @@ def register(cli: click.Group) -> None:
                abort_share: float, timeout: float, no_wait: bool, every_s: float, db: str) -> None:
         import time
 
-        from host_tools.cli.campaign import _engine, _exit_for, _line, _store, _summary, run_loop
+        from host_tools.cli.campaign import _engine, _exit_for, _line, _store, _summary, parse_cohorts, run_loop
         from host_tools.cloud.rekey import ACTION, RekeyAction
         from host_tools.cloud.rollout import RolloutError
-        try:
-            pct = [int(p) for p in cohorts.split(",")]
-        except ValueError:
-            fail(f"--cohorts {cohorts!r}: comma-separated whole percentages, e.g. 5,25,50,100", EXIT_USAGE)
+        pct = parse_cohorts(cohorts)
         reg = o.open_registry()
         try:
             targets, after = [], ""

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import click
 
-from host_tools.cli.campaign import DEFAULT_DB, _engine, _exit_for, _store, _summary, control, run_loop
+from host_tools.cli.campaign import (DEFAULT_DB, _engine, _exit_for, _store, _summary, control, parse_cohorts,
+                                     run_loop)
 from host_tools.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, Ctx, fail
 
 ACTION = "ota"
@@ -196,10 +197,7 @@ def register(cli: click.Group) -> None:
         from host_tools.cloud.rollout import RolloutError
         if serve_chunks and no_wait:
             fail("--serve-chunks serves while this process runs the campaign: not with --no-wait", EXIT_USAGE)
-        try:
-            pct = [int(p) for p in cohorts.split(",")]
-        except ValueError:
-            fail(f"--cohorts {cohorts!r}: comma-separated whole percentages, e.g. 5,25,50,100", EXIT_USAGE)
+        pct = parse_cohorts(cohorts)
         rstore, r = find_release(release)
         if pubs:
             _check_signature(r, pubs)
