@@ -7,6 +7,7 @@
 # certificate (mutual TLS), at boot and for a set_cert.
 import asyncio
 import os
+from hashlib import sha256
 
 import store
 from commands import CommandError
@@ -61,10 +62,11 @@ def stage(a, args):
             f.write(data)
         os.rename(name + ".tmp", name)
     _busy = True
-    return {"st": "staged"}, lambda: asyncio.create_task(_trial(a, n))
+    h = sha256(c).digest()[:8]  # names this certificate in the event that ends its trial
+    return {"st": "staged"}, lambda: asyncio.create_task(_trial(a, n, h))
 
 
-async def _trial(a, n, tries=3):
+async def _trial(a, n, h, tries=3):
     # the next pair on a new connection; `tries` failed connects (refused, or the network) end it
     global _busy
     m = a.mqtt
@@ -88,11 +90,11 @@ async def _trial(a, n, tries=3):
     if m.stats["connects"] != c0:
         store.write("cert", {"n": n})  # the one switch: before it the old pair, after it the new
         _rm(old)
-        code, d = "cert_current", {"n": n}
+        code, d = "cert_current", {"n": n, "h": h}
     else:
         cfg["cert"], cfg["certkey"] = old
         m.redial()
         _rm(_names(n))
-        code, d = "cert_refused", {"why": fails[0]}
+        code, d = "cert_refused", {"h": h, "why": fails[0]}
     _busy = False
     asyncio.create_task(a.send(4, {10: code, 11: d}))

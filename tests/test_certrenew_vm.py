@@ -48,11 +48,37 @@ def env(pki, tmp_path):
     b.close()
 
 
-def _board(env, pki, device="r1"):
+def _board(env, pki, device="r1", start=True):
     key, cert = make_leaf(pki["ca_key"], pki["ca"], cn=device, dns=(), ips=())
-    b = env.board(device, ca_file=pki["files"]["ca"], client_cert=device_der(key, cert)).start()
-    _online(env, device)
-    return b, cert
+    b = env.board(device, ca_file=pki["files"]["ca"], client_cert=device_der(key, cert))
+    if start:
+        b.start()
+        _online(env, device)
+    return b, (key, cert)
+
+
+def _drain(env):
+    while not env.w.q.empty():  # what the watcher saw so far: the next _online waits for a new one
+        env.w.q.get_nowait()
+
+
+def _refused(broker, pki, key, cert, tmp_path):
+    """A TLS client holding (key, cert) gets no CONNACK from the broker (the CRL, another CA)."""
+    import socket
+    import ssl
+    kf, cf = tmp_path / "old.key", tmp_path / "old.pem"
+    kf.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    cf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    ctx = ssl.create_default_context(cafile=pki["files"]["ca"])
+    ctx.load_cert_chain(cf, kf)
+    try:
+        with socket.create_connection(("127.0.0.1", broker.tls_port), 5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(bytes([0x10, 14, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 2]) + b"r1")
+                return s.recv(4) == b""
+    except (ssl.SSLError, OSError):
+        return True
 
 
 def _online(env, device, timeout=20):
@@ -73,10 +99,13 @@ def test_a_renewed_certificate_is_the_devices_and_the_old_one_can_be_revoked(env
     assert b.state("cert") == {"n": 1}
     _alive(env, "r1")
     # the old certificate revoked: only the new one gets the device in after a broker restart and a reboot
-    pki["crl"].write_bytes(make_crl(pki["ca_key"], pki["ca"], [old]))
+    pki["crl"].write_bytes(make_crl(pki["ca_key"], pki["ca"], [old[1]]))
     try:
+        _drain(env)
         env.broker.restart()
         _online(env, "r1")
+        assert _refused(env.broker, pki, *old, env.tmp), "the broker still takes the old certificate"
+        _drain(env)
         b.stop()
         b.start()
         _online(env, "r1")
@@ -95,6 +124,7 @@ def test_a_certificate_the_broker_refuses_leaves_the_device_on_its_own(env, pki)
     assert b.state("cert") is None
     _online(env, "r1")
     _alive(env, "r1")
+    _drain(env)
     b.stop()  # a reboot keeps the pair it had
     b.start()
     _online(env, "r1")
@@ -118,3 +148,56 @@ def test_a_tampered_wrap_and_an_oversize_certificate_are_refused(env, pki):
     assert c.code == "bad_args", c.code
     assert b.state("cert") is None
     _alive(env, "r1")
+
+
+@pytest.mark.timeout(7200 if CUTS_ALL else 900)
+def test_a_power_cut_anywhere_in_a_renewal_leaves_a_pair_that_matches(env, pki):
+    """Cut at op 1, 1 + STRIDE, ... of a boot that then renews its certificate (a fresh device each
+    time), until one runs through without reaching the cut. After each cut the board boots clean and
+    gets online over mutual TLS (so its certificate and key match and the broker takes them), and a
+    renewal sent again completes."""
+    stride = 1 if CUTS_ALL else 2
+    at, cuts = 1, 0
+    while True:
+        dev = f"pc{at}"
+        b, _ = _board(env, pki, dev)
+        b.stop()
+        b.arm_power_cut(at, 5 if CUTS_ALL and at % 2 == 0 else None)
+        _drain(env)
+        b.start()
+        try:
+            _online(env, dev, 15)
+            r = renewal(pki["ca_key"], pki["ca"], dev, env.reg.get(dev).key)
+            renew(env.c, dev, r, timeout=10)
+            done = True  # the whole renewal ran before the cut point (which may still come)
+        except (AssertionError, RenewError):
+            time.sleep(0.3)
+            if b.running:
+                raise AssertionError((at, b.log()[-3000:]))
+            done = False
+        if not done:
+            cuts += 1
+            b.wait(5)
+            assert b.exit_reason() == "killed", b.log()[-2000:]
+            _drain(env)
+            b.start()  # clean: the cut was spent
+            try:
+                _online(env, dev, 20)
+            except AssertionError as e:
+                raise AssertionError((at, b.log()[-3000:])) from e
+            n0 = (b.state("cert") or {}).get("n", 0)
+            r = renewal(pki["ca_key"], pki["ca"], dev, env.reg.get(dev).key)
+            n = renew(env.c, dev, r, timeout=20)["n"]
+            assert n > n0 and b.state("cert") == {"n": n}, (at, n0, n)
+        b.kill()  # and a boot with no cut armed (read_cut consumed it): on its renewed pair
+        _drain(env)
+        b.start()
+        _online(env, dev, 20)
+        assert b.state("cert")["n"] in (1, 2, 3), at
+        assert env.c.send(dev, "get_state", timeout=10).ok, (at, done, b.log()[-4000:])
+        b.kill()
+        if done:
+            break
+        at += stride
+    print(f"set_cert: cut at {cuts} points, up to op {at}")
+    assert cuts >= 3

@@ -9,6 +9,7 @@ in this process's memory: it is never written to disk here.
 """
 from __future__ import annotations
 
+import hashlib
 import queue
 import time
 from dataclasses import dataclass
@@ -67,16 +68,26 @@ def renew(client, device: str, r: Renewal, timeout: float = 30.0) -> dict:
         if m.get("code") in ("cert_current", "cert_refused"):
             got.put(m)
 
+    h = hashlib.sha256(r.cert_der).digest()[:8]  # the device's events name the certificate so
     client.mqtt.subscribe(f"v1/dev/{device}/up/evt", on_evt, qos=1)
     time.sleep(0.2)  # the subscription in place before the device can answer
-    c = client.send(device, "set_cert", r.args(), timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        c = client.send(device, "set_cert", r.args(), timeout=max(1.0, deadline - time.monotonic()))
+        # busy: a trial is under way (an earlier set_cert, redelivered after a reboot): after it, again
+        if c.ok or c.code != "busy" or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     if not c.ok:
         raise RenewError("refused", f"{c.state.value} {c.code} {c.data or ''}".strip())
-    try:
-        m = got.get(timeout=timeout)
-    except queue.Empty:
-        raise RenewError("not_back", f"no word from {device} within {timeout:g} s of its trial connection")
-    detail = m.get("detail") or {}
+    while True:
+        try:
+            m = got.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RenewError("not_back", f"no word from {device} within {timeout:g} s of its trial connection")
+        detail = m.get("detail") or {}
+        if detail.get("h") == h:
+            break
     if m["code"] != "cert_current":
         raise RenewError("cert_refused", f"the broker refused the new certificate ({detail.get('why')}); "
                          "the device is back on its current one")
