@@ -201,3 +201,46 @@ def test_a_power_cut_anywhere_in_a_renewal_leaves_a_pair_that_matches(env, pki):
         at += stride
     print(f"set_cert: cut at {cuts} points, up to op {at}")
     assert cuts >= 3
+
+
+def test_the_cli_renews_each_device_and_says_which_failed(env, pki, tmp_path):
+    """edgepay device renew-cert with the CA in the broker dir (as provision --tls leaves it): the
+    device switches, the new certificate's end is printed, an unknown device fails, no key is shown."""
+    import datetime
+    import json
+
+    from click.testing import CliRunner
+
+    from host_tools.cli import cli
+    from host_tools.cloud.registry import Registry
+    from host_tools.sim.provision import provision_sim
+    reg_path = tmp_path / "registry.db"
+    reg = Registry(reg_path)
+    key, cert = make_leaf(pki["ca_key"], pki["ca"], cn="cli1", dns=(), ips=())
+    b = provision_sim(env.broker, reg, tmp_path / "boards", "cli1", "gate", dict(SETTINGS),
+                      ca_file=pki["files"]["ca"], client_cert=device_der(key, cert))
+    env.boards.append(b)
+    env.reg.add("cli1", reg.get("cli1").key, "gate", "sim-gate")  # the rig's watcher verifies it too
+    bdir = tmp_path / "broker"
+    bdir.mkdir()
+    (bdir / "ca.pem").write_bytes(pki["ca"].public_bytes(serialization.Encoding.PEM))
+    (bdir / "ca.key").write_bytes(pki["ca_key"].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    try:
+        b.start()
+        _online(env, "cli1")
+        base = ["--registry", str(reg_path), "--broker", f"127.0.0.1:{env.broker.cloud_port}", "--user", "cloud"]
+        r = CliRunner().invoke(cli, ["--json", *base, "device", "renew-cert", "cli1", "nope", "--broker-dir",
+                                     str(bdir), "--days", "90", "--timeout", "20"],
+                               env={"EDGEPAY_MQTT_PASSWORD": "cloud-pw"}, catch_exceptions=False)
+        assert r.exit_code == 1, r.output
+        out = json.loads(r.stdout)
+        by = {d["device"]: d for d in out["devices"]}
+        assert by["cli1"]["ok"] and by["cli1"]["n"] == 1, by
+        assert by["nope"]["error"] == "unknown_device"
+        assert b.state("cert") == {"n": 1}
+        assert reg.get("cli1").key.hex() not in r.output
+        left = datetime.datetime.fromisoformat(by["cli1"]["not_after"]) - datetime.datetime.now(datetime.timezone.utc)
+        assert 89 <= left.days <= 90
+    finally:
+        reg.close()

@@ -42,7 +42,10 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def device() -> None:
-        """A device's credentials over its life: revoke, decommission, rekey."""
+        """A device's credentials over its life: revoke, decommission, rekey, renew-cert."""
+
+    from host_tools.cli import device_cert
+    device_cert.register(device)  # renew-cert
 
     @device.command()
     @click.argument("device_id", metavar="DEVICE")

@@ -74,6 +74,8 @@ def renew(client, device: str, r: Renewal, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         c = client.send(device, "set_cert", r.args(), timeout=max(1.0, deadline - time.monotonic()))
+        if c.code == "clock_untrusted" and client.sync_time(device, timeout=5):
+            continue  # the device had not had the time yet (a command must be fresh: SPEC §5)
         # busy: a trial is under way (an earlier set_cert, redelivered after a reboot): after it, again
         if c.ok or c.code != "busy" or time.monotonic() > deadline:
             break
