@@ -181,9 +181,14 @@ def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console)
     try:
         chain = DeviceChain("lot9-vend-000")
         t0 = int(time.time()) - 600
-        led.commit(chain.records([chain.make("sess_open", sid="s-console", payer="payer-7", t0=t0, slot=1)]))
+        led.commit(chain.records([chain.make("sess_open", sid="s-console", payer="payer-7", t0=t0, slot=1),
+                                  chain.make("sess_open", sid="s-offline", payer="payer-8", t0=t0 + 1, slot=2,
+                                             offline=True)]))
         d.find_element(By.LINK_TEXT, "Sessions").click()
         until(lambda: "s-console" in text("#sessions-open"))
+        # the one opened offline is listed with its re-authorisation: nobody has asked yet
+        until(lambda: "s-offline" in text("#sessions-offline") and "s-console" not in text("#sessions-offline"))
+        assert text('#sessions-offline tr[data-sid="s-offline"] .reauth') == "awaiting"
         shot("session-open")
         led.commit(chain.records([chain.make("sess_close", sid="s-console", payer="payer-7", t0=t0, slot=1,
                                              amount=1234567, cur="CNY", t1=t0 + 300, lines=[["cola", 1, 1234567]],

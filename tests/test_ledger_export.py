@@ -184,3 +184,35 @@ def test_api_sessions_query_paged_and_scoped_and_flags(ledger_url):
     finally:
         api.close()
         led.close()
+
+
+def test_api_offline_sessions_say_where_their_reauthorisation_stands(ledger_url):
+    """GET /v1/sessions?offline=true (issue 13 §4 "offline sessions awaiting reauthorisation"):
+    only sessions the device opened offline, each with `reauth` from the session service's state:
+    granted (an order opened), refused (flagged reauth_refused) or awaiting; offline=false the rest;
+    the filter rides the Link of a full page."""
+    from host_tools.cloud.session_model import Flag, SessionState
+    from host_tools.cloud.session_store import SessionStore
+    led = open_ledger(ledger_url)
+    _fill(led)
+    d = DeviceChain("lot1-gate-9")
+    items = [d.make("sess_open", sid=f"o{i}", payer=f"p{i}", t0=T + 10 * 86400 + i, slot=1, offline=True)
+             for i in range(3)]
+    led.commit(d.records(items))
+    st = SessionStore(led)
+    st.save_session(SessionState("lot1-gate-9", "o0", "gate", payer="p0", order_no="lot1-gate-9:o0", status="authorized"))
+    st.add_flag(Flag("reauth_refused", "lot1-gate-9", "o1", "payer has no pay-after binding", at=1.0))
+    api = Api(ledger_url, ledger=led)
+    try:
+        viewer = api.user("vera", "viewer")
+        s, rows, _ = api.call("/v1/sessions?offline=true", token=viewer)
+        assert s == 200 and {r["sid"]: r["reauth"] for r in rows} == {"o0": "granted", "o1": "refused", "o2": "awaiting"}
+        assert all(r["offline"] is True and r["state"] == "open" for r in rows)
+        others = api.call("/v1/sessions?offline=false", token=viewer)[1]
+        assert len(others) == 9 and not any(r["sid"].startswith("o") for r in others) and "reauth" not in others[0]
+        _, page, headers = api.call("/v1/sessions?offline=true&limit=2", token=viewer)
+        assert len(page) == 2 and "offline=true" in headers["Link"]
+        assert is_problem(api.call("/v1/sessions?offline=maybe", token=viewer), 422, "invalid")
+    finally:
+        api.close()
+        led.close()

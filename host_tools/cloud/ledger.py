@@ -385,12 +385,17 @@ class Ledger(Database):
 
     def find(self, *, device: str | None = None, payer: str | None = None, state: str | None = None,
              since: int | None = None, until: int | None = None, prefixes: Sequence[str] | None = None,
-             before: tuple[int, str, str] | None = None, limit: int = 100) -> list[Session]:
+             before: tuple[int, str, str] | None = None, limit: int = 100,
+             offline: bool | None = None) -> list[Session]:
         """Sessions newest first by start (t0, then device and sid), filtered in the database:
-        started in [since, until), a device, a payer, a state, sites; `before` is the last row of
-        the previous page (t0, device, sid): the page after it (keyset, so a page costs a page)."""
+        started in [since, until), a device, a payer, a state, sites, opened offline or not;
+        `before` is the last row of the previous page (t0, device, sid): the page after it (keyset,
+        so a page costs a page)."""
         where: list[str] = ["t0 IS NOT NULL"]
         args: list[Any] = []
+        if offline is not None:
+            where.append("offline = ?" if offline else "(offline = ? OR offline IS NULL)")
+            args.append(bool(offline))
         for cond, v in (("device = ?", device), ("payer = ?", payer), ("state = ?", state),
                         ("t0 >= ?", since), ("t0 < ?", until)):
             if v is not None:

@@ -25,7 +25,7 @@ metrics.
     GET  /v1/campaigns, /v1/campaigns/{id} (viewer)
     /v1/webhooks                           (admin) host_tools/service/webhooks_api.py: a command's
                                            final state POSTed, signed, retried, recorded
-    GET  /v1/sessions?device=&payer=&state=&from=&to=&before=&limit=
+    GET  /v1/sessions?device=&payer=&state=&from=&to=&offline=&before=&limit=
                                            (viewer) the ledger's sessions, newest start first, paged
                                            (a full page links the next: before=<cursor>)
     GET  /v1/flags?device=&kind=           (viewer) the session service's flags (charge and fee
@@ -146,6 +146,17 @@ class Metrics:
                             registry=self.registry)
         self.up = Gauge("edgepay_broker_up", "1 while the broker connection is up", registry=self.registry)
 
+
+
+def reauth_status(s, refused: bool) -> str:
+    """Where an offline session stands with its re-authorisation (the session service's state of
+    it): granted (an order opened for it, or it was paid), refused (flagged reauth_refused), or
+    awaiting (the device has not reconnected and asked, or was answered with a transient no)."""
+    if refused:
+        return "refused"
+    if s is not None and (s.order_no is not None or s.status in ("authorized", "paid", "settled")):
+        return "granted"
+    return "awaiting"
 
 def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStore | None = None,
              token: str | None = None, accounts: Accounts | None = None,
@@ -345,7 +356,8 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
     def sessions(response: Response, device: str | None = None, payer: str | None = None,
                  state: str | None = Query(None, pattern="^(open|closed)$"), since: str | None = Query(None, alias="from"),
                  until: str | None = Query(None, alias="to"), before: str | None = None,
-                 limit: int = Query(100, ge=1, le=1000), p: Principal = Depends(viewer)) -> list[dict]:
+                 limit: int = Query(100, ge=1, le=1000), offline: bool | None = None,
+                 p: Principal = Depends(viewer)) -> list[dict]:
         led = _ledger()
         try:
             t_from = parse_time(since) if since is not None else None
@@ -362,16 +374,24 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
         if device is not None and not p.sees(device):
             return []
         rows = led.find(device=device, payer=payer, state=state, since=t_from, until=t_to, prefixes=p.sites,
-                        before=cursor, limit=limit)
+                        before=cursor, limit=limit, offline=offline)
         if len(rows) == limit:
             q = {k: v for k, v in (("device", device), ("payer", payer), ("state", state), ("from", since),
-                                   ("to", until)) if v is not None}
+                                   ("to", until), ("offline", None if offline is None else str(offline).lower()))
+                 if v is not None}
             last = rows[-1]
             q.update(before=f"{last.t0}/{last.device}/{last.sid}", limit=str(limit))
             response.headers["Link"] = f'</v1/sessions?{urlencode(q)}>; rel="next"'
-        return [{"device": s.device, "sid": s.sid, "state": s.state, "payer": s.payer, "slot": s.slot,
-                 "t0": s.t0, "t1": s.t1, "amount": s.amount, "cur": s.currency, "offline": s.offline,
-                 "auth": s.auth, "reason": s.reason, "lines": s.lines} for s in rows]
+        out = [{"device": s.device, "sid": s.sid, "state": s.state, "payer": s.payer, "slot": s.slot,
+                "t0": s.t0, "t1": s.t1, "amount": s.amount, "cur": s.currency, "offline": s.offline,
+                "auth": s.auth, "reason": s.reason, "lines": s.lines} for s in rows]
+        if offline:   # asked for offline sessions: where each stands with its re-authorisation
+            st = _store()
+            refused = {(f.device, f.sid) for f in st.flags() if f.kind == "reauth_refused"}
+            for row in out:
+                row["reauth"] = reauth_status(st.load_session(row["device"], row["sid"]),
+                                              (row["device"], row["sid"]) in refused)
+        return out
 
     @app.post("/v1/devices/{device_id}/reconcile", name="reconcile")
     def reconcile(device_id: str, body: JournalIn, p: Principal = Depends(viewer)) -> dict:

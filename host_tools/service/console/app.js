@@ -330,13 +330,15 @@ function plot(title, pts, key) {
 }
 
 function sessionTable(id, rows, withDevice = true) {
-  const cols = [...(withDevice ? ["device"] : []), "sid", "state", "payer", "start", "end", "amount", "reason"];
+  const reauth = rows.some((s) => s.reauth !== undefined);   // offline sessions: their re-authorisation
+  const cols = [...(withDevice ? ["device"] : []), "sid", "state", "payer", "start", "end", "amount", "reason",
+                ...(reauth ? ["reauth"] : [])];
   return h("table", { id }, h("thead", {}, h("tr", {}, ...cols.map((c) => h("th", {}, c)))),
     h("tbody", {}, ...rows.map((s) => h("tr", { "data-sid": s.sid },
       withDevice ? h("td", {}, h("a", { href: `#/device/${encodeURIComponent(s.device)}` }, s.device)) : null,
       h("td", {}, s.sid), h("td", { class: s.state }, s.state + (s.offline ? " (offline)" : "")), h("td", {}, s.payer ?? ""),
       h("td", {}, when(s.t0)), h("td", {}, when(s.t1)), h("td", { class: "num amount" }, money(s.amount, s.cur)),
-      h("td", {}, s.reason ?? "")))));
+      h("td", {}, s.reason ?? ""), reauth ? h("td", { class: `reauth ${s.reauth}` }, s.reauth ?? "") : null))));
 }
 
 function flagTable(rows) {
@@ -415,7 +417,7 @@ function device(id) {
 }
 
 // ---- sessions and flags --------------------------------------------------------------------
-const ses = { f: { device: "", payer: "" }, before: { open: "", closed: "" } };
+const ses = { f: { device: "", payer: "" }, before: { open: "", closed: "", offline: "" } };
 
 function sessions() {
   const filters = h("form", { id: "session-filters" },
@@ -424,7 +426,7 @@ function sessions() {
   filters.addEventListener("submit", (ev) => {
     ev.preventDefault();
     for (const k of Object.keys(ses.f)) ses.f[k] = filters.elements[k].value.trim();
-    ses.before = { open: "", closed: "" };
+    ses.before = { open: "", closed: "", offline: "" };
     load();
   });
   const part = (state, title) => {
@@ -434,11 +436,15 @@ function sessions() {
     first.addEventListener("click", () => { ses.before[state] = ""; load(); });
     return { state, box, more, first, el: h("section", {}, h("h2", {}, title), box, h("div", { class: "bar" }, first, more)) };
   };
-  const parts = [part("open", "In progress"), part("closed", "Settled")];
+  // offline: sessions a device opened while offline and still open, with where their
+  // re-authorisation stands (granted, refused, awaiting)
+  const parts = [part("open", "In progress"), part("offline", "Opened offline: re-authorisation"),
+                 part("closed", "Settled")];
+  const query = (state) => (state === "offline" ? { state: "open", offline: "true" } : { state });
   const flags = h("section", { id: "flags" });
   const load = async () => {
     for (const p of parts) {
-      const r = await api("/v1/sessions?" + qs({ ...ses.f, state: p.state, before: ses.before[p.state], limit: 50 }));
+      const r = await api("/v1/sessions?" + qs({ ...ses.f, ...query(p.state), before: ses.before[p.state], limit: 50 }));
       if (!r.ok) { p.box.replaceChildren(h("p", { class: "error" }, problem(r))); continue; }
       const totals = {};
       for (const s of r.data) if (s.amount !== null && s.cur) totals[s.cur] = (totals[s.cur] || 0n) + BigInt(s.amount);
