@@ -7,11 +7,9 @@
 # certificate (mutual TLS), at boot and for a set_cert.
 import asyncio
 import os
-from hashlib import sha256
 
 import store
 from commands import CommandError
-from rekey import unwrap
 
 # PKCS#8 around a P-256 ECPrivateKey that holds the scalar only (no public key: mbedtls derives it)
 _P8 = b"0A\x02\x01\x000\x13\x06\x07*\x86H\xce=\x02\x01\x06\x08*\x86H\xce=\x03\x01\x07\x04'0%\x02\x01\x01\x04 "
@@ -53,6 +51,8 @@ def stage(a, args):
         raise CommandError("bad_args", "cert")
     if _busy:
         raise CommandError("busy")
+    from hashlib import sha256
+    from rekey import unwrap  # not at boot: only for a renewal
     k = unwrap(bytes(x ^ 0x36 for x in a.signer.hkey._ip[:32]), w)  # the key, from its HMAC pads
     if k is None:
         raise CommandError("bad_args", "unwrap")
@@ -98,3 +98,6 @@ async def _trial(a, n, h, tries=3):
         code, d = "cert_refused", {"h": h, "why": fails[0]}
     _busy = False
     asyncio.create_task(a.send(4, {10: code, 11: d}))
+    import sys
+    for m in ("certs", "rekey"):  # RAM back (~1.5 KB): imported again for the next renewal
+        sys.modules.pop(m, None)
