@@ -244,3 +244,17 @@ def test_the_cli_renews_each_device_and_says_which_failed(env, pki, tmp_path):
         assert 89 <= left.days <= 90
     finally:
         reg.close()
+
+
+def test_a_device_without_a_certificate_answers_unsupported(broker, tmp_path, pki):
+    """A password device (no mutual TLS) has no pair to renew: set_cert is unsupported, nothing written."""
+    rig = AgentRig(broker, tmp_path, serve_time=True, settings=SETTINGS)
+    try:
+        b = rig.board("pw1").start()
+        _online(rig, "pw1")
+        r = renewal(pki["ca_key"], pki["ca"], "pw1", rig.reg.get("pw1").key)
+        c = rig.c.send("pw1", "set_cert", r.args(), timeout=10)
+        assert c.code == "unsupported", c.code
+        assert b.state("cert") is None
+    finally:
+        rig.close()
