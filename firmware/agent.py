@@ -251,6 +251,7 @@ class Agent:
                 u = self._updater(st)
                 u.how = u.boot()
         self.clock.attach(self.mqtt, self.signer, base)  # each service subscribes to its own topics
+        self.mqtt.before_tls = self.clock.rtc
         self.mqtt.on_state(self._on_state)
         self.mqtt.on_error(self._mqtt_error)
         if self.journal is not None:

@@ -3,13 +3,23 @@
 # set or step the clock, back as well as forward. Unsolicited or replayed beacons cannot move it,
 # and nothing persisted does either: after a reboot the clock is untrusted until an exchange works.
 # Between exchanges the device counts monotonic ticks.
+# The TLS time floor is not that clock: before a TLS connect an RTC below the floor (the last
+# trusted time kept on flash, the build time below it) is set to it, for mbedtls's certificate
+# date checks only (rtc(); SPEC §5).
 import asyncio
 import os
 import time
 
 from micropython import const
 
+import hal
+import store
+
 _RTT_MS = const(5000)  # a slower round trip could hide a delayed answer: its time is refused
+# The floor of floors: no board runs before its firmware was built (Unix s, 2026-12-04), a
+# literal like agent.FW_VERSION (neither is stamped by the host) and bumped with it by a release.
+BUILT = const(1796342400)
+_DAY = const(86400)  # the trusted time kept on flash at most once a day (flash wear)
 
 
 def log(*a):  # the device's log lines, stamped with its ticks (ms since boot)
@@ -28,6 +38,7 @@ class Clock:
         # sets it): the clock runs n x real time, so a simulated site can play an hour in a
         # minute while its answers carry the simulated time. 1 on every real board.
         self.rate = rate
+        self.kept = store.read("tfloor", 0)  # the last trusted time kept (Unix s)
 
     def trusted(self):
         return self.base is not None
@@ -56,7 +67,17 @@ class Clock:
         self.base = p[6]
         self.at = time.ticks_add(self.asked, rtt // 2)
         self.due = self.settings["time_s"]  # the next exchange a full period from this one
+        if p[6] - self.kept >= _DAY:  # power-safe (store.py); never moves this clock at boot
+            self.kept = p[6]
+            store.write("tfloor", p[6])
         return None
+
+    def rtc(self):
+        """Before a TLS connect (mqtt_client): an RTC below the floor, the latest of the trusted
+        time kept, the build time and this clock's time once trusted, is set to it (hal)."""
+        t = max(self.kept, BUILT, self.now() or 0)
+        if hal.rtc_floor(t):
+            log("rtc floor", t)
 
     def attach(self, mqtt, signer, base):
         """Take the time answers on the device's dn/time (base: its "v1/dev/<id>/")."""

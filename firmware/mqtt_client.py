@@ -124,6 +124,7 @@ class MQTTClient:
         self._state_cbs = []
         self._on_error = None
         self._ssl_ctx = None
+        self.before_tls = None
         self.stats = {"connects": 0, "reconnects": 0, "retransmits": 0, "errors": 0,
                       "dropped_qos0": 0, "oversize": 0, "handler_errors": 0, "refused": 0, "deferred": 0}
         self.session_present = False
@@ -358,9 +359,12 @@ class MQTTClient:
         self._sub_pids = {}
         self.gen += 1
         host, port = self._addrs[self._ai]  # after a lost connection the same one first (its session)
-        s = self._sock = hal.connect(host, port)
         g = cfg.get
-        if g("tls") or g("ca") or g("cadata"):
+        tls = g("tls") or g("ca") or g("cadata")
+        if tls and self.before_tls:
+            self.before_tls()  # the agent's clock: the RTC's floor for the certificate dates
+        s = self._sock = hal.connect(host, port)
+        if tls:
             if self._ssl_ctx is None:  # made once: loading the CA costs RAM and time
                 self._ssl_ctx = hal.tls_context(g("ca"), g("cadata"), g("cert"), g("certkey"))
             s = self._ssl_ctx.wrap_socket(

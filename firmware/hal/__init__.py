@@ -33,6 +33,24 @@ def connect(host, port):
     return s
 
 
+def rtc_floor(t):
+    """Before a TLS connect: an RTC below t (Unix s) is set to t, so that mbedtls, which checks the
+    broker certificate's dates against it, is not left in 2000 by a power cut. True if it was set.
+    Only the RTC moves: the payment clock (clock.py) stays untrusted until the signed exchange."""
+    if ON_VM:  # the unix port's clock is the host's: a test's own RTC (hal/sim.py)
+        from hal import sim
+        return sim.rtc_floor(t)
+    import time
+    if time.gmtime(0)[0] == 2000:  # the port's epoch
+        t -= 946684800
+    if time.time() >= t:
+        return False
+    import machine
+    g = time.gmtime(t)  # (y, mo, d, h, mi, s, wd, yd): the RTC's order is (y, mo, d, wd, h, mi, s, us)
+    machine.RTC().datetime((g[0], g[1], g[2], g[6], g[3], g[4], g[5], 0))
+    return True
+
+
 def tls_context(ca_file=None, cadata=None, cert=None, key=None):
     """A TLS client context: verifying the server against the CA (a file or bytes, PEM or DER) when
     one is given; without one, encrypted but not authenticated. cert, key: the device's own
