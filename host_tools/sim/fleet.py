@@ -62,7 +62,8 @@ class Fleet:
                  seed: int = 0, procs: int | None = None, every: float | None = None, hb_s: float = 30.0,
                  ramp: int = 500, root: str | None = None, tail: float | None = None, probe_s: float = 0.5,
                  retry_s: float = 15.0, boards: list[tuple[str, str]] | None = None,
-                 broker: Any = None, cloud: tuple[str, str | None] | None = None):
+                 broker: Any = None, cloud: tuple[str, str | None] | None = None,
+                 world_options: dict | None = None):
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario is one of {', '.join(SCENARIOS)}")
         self.n = n
@@ -89,6 +90,7 @@ class Fleet:
         if broker is not None:
             kw["broker"] = broker
             kw["cloud_user"], kw["cloud_password"] = cloud or ("cloud", None)
+        kw.update(world_options or {})  # e.g. ingest_workers, ingest_options (host_tools/sim/fleetcluster.py)
         self.world = World(self.root, rate=rate, seed=seed, proxy=False, **kw)
         self.devices: list[dict] = []
         self.workers: list[tuple[Any, Any, list[str]]] = []   # (process, conn, device ids)
@@ -141,7 +143,9 @@ class Fleet:
         cfg = {"host": w.host, "port": w.broker.port, "rate": self.rate, "hb_s": self.hb_s,
                "time_s": 600.0, "keepalive": 60, "retry_s": self.retry_s, "cmd_ttl_s": w.cmd_ttl,
                "clock_skew_s": w.skew_s, "seed": self.seed, "ramp": max(1, self.ramp // self.procs),
-               "report_s": 1.0}
+               "report_s": 1.0,
+               # a cluster's nodes, tried in turn (host_tools/sim/fleetcluster.py); None: the one broker
+               "brokers": getattr(w.broker, "brokers", None)}
         ctx = multiprocessing.get_context("spawn")
         self.t_spawn = time.monotonic()
         for i in range(self.procs):
@@ -392,8 +396,9 @@ class Fleet:
         w = self.world
 
         def idle() -> bool:
-            return (self.total("depth") == 0 and all(x.stats["queued"] == 0 and x.stats["held_now"] == 0
-                                                     for x in w.ingest) and not w.svc._pending)
+            return (self.total("depth") == 0 and self.total("busy") == 0
+                    and all(x.stats["queued"] == 0 and x.stats["held_now"] == 0 for x in w.ingest)
+                    and not w.svc._pending)
         ok = self.wait_for(idle, timeout, say)
         time.sleep(0.5)  # settles run in the service's pool after the commit
         return ok

@@ -60,7 +60,8 @@ class Stats:
 class FleetDevice(CommandPipeline):
     def __init__(self, spec: dict, host: str, port: int, loop: asyncio.AbstractEventLoop, stats: Stats, *,
                  rate: float = 1.0, hb_s: float = 60.0, time_s: float = 600.0, keepalive: int = 60,
-                 retry_s: float = 15.0, cmd_ttl_s: int = 600, clock_skew_s: int = 120, seed: int = 0):
+                 retry_s: float = 15.0, cmd_ttl_s: int = 600, clock_skew_s: int = 120, seed: int = 0,
+                 brokers: list[tuple[str, int]] | None = None):
         self.id: str = spec["id"]
         self.kind: str = spec["kind"]
         self.key = bytes.fromhex(spec["key"])
@@ -104,6 +105,12 @@ class FleetDevice(CommandPipeline):
         self.running = True
         self._link_wake = asyncio.Event()
         self._hello_sent = False
+        # the broker addresses tried in turn (a cluster's nodes), as the firmware's config "brokers":
+        # a refused or timed-out connect moves to the next at once; a lost connection is retried on
+        # the same broker first (it holds the session), then on the next
+        self.brokers = [(str(h), int(p)) for h, p in (brokers or [(host, port)])]
+        self.broker_i = self.rng.randrange(len(self.brokers)) if brokers else 0
+        host, port = self.brokers[self.broker_i]
         will = self._seal("status", {"online": False})
         self.mq = AsyncMQTT(loop, self.id, self.password, host, port, keepalive=keepalive,
                             will=(self.t_up + "status", will, 1, True), on_message=self._on_message,
@@ -175,15 +182,25 @@ class FleetDevice(CommandPipeline):
 
     async def _link(self) -> None:
         backoff = 0.2
+        failed = 0   # connects failed in a row
         while self.running:
             if not self.mq.up:
                 ok = await self.mq.connect()
                 if not ok:
                     self.stats.c["connect_failed"] += 1
+                    failed += 1
+                    if len(self.brokers) > 1:
+                        self.broker_i = (self.broker_i + 1) % len(self.brokers)
+                        self.mq.host, self.mq.port = self.brokers[self.broker_i]
+                        self.stats.c["broker_moves"] += 1
+                        if failed % len(self.brokers):  # the usual backoff once every address has failed
+                            await asyncio.sleep(0.05 * self.rng.random())
+                            continue
                     await asyncio.sleep(backoff * (0.5 + self.rng.random()))
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.2
+                failed = 0
             self._link_wake.clear()
             await self._link_wake.wait()
 

@@ -53,7 +53,8 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
     stats = Stats()
     devs = [FleetDevice(s, cfg["host"], cfg["port"], loop, stats, rate=cfg["rate"], hb_s=cfg["hb_s"],
                         time_s=cfg["time_s"], keepalive=cfg["keepalive"], retry_s=cfg["retry_s"],
-                        cmd_ttl_s=cfg["cmd_ttl_s"], clock_skew_s=cfg["clock_skew_s"], seed=cfg["seed"])
+                        cmd_ttl_s=cfg["cmd_ttl_s"], clock_skew_s=cfg["clock_skew_s"], seed=cfg["seed"],
+                        brokers=cfg.get("brokers"))
             for s in specs]
     by_id = {d.id: d for d in devs}
     inbox: asyncio.Queue = asyncio.Queue()
@@ -83,6 +84,8 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
             conn.send(("stats", {
                 "online": sum(1 for d in devs if d.mq.up), "trusted": sum(1 for d in devs if d.trusted()),
                 "tariffed": sum(1 for d in devs if d.tariff is not None), "depth": sum(d.depth() for d in devs),
+                # customers still being served (an exit waiting for its answer): not drained yet
+                "busy": sum(1 for a in apps if not a.done()),
                 "rss_kb": rss_kb(), "rss0_kb": rss0, **stats.take()}))
 
     loop.create_task(ramp())

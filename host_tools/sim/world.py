@@ -120,7 +120,8 @@ class World:
                  start: float = START, ingest_workers: int = 1,
                  proxy: bool = True, broker: ExternalBroker | None = None, cloud_user: str = "cloud",
                  cloud_password: str | None = None, credit: int = 100_000, heapsize: str | None = None,
-                 on_event: Callable[[dict], None] | None = None, echo: bool = False):
+                 on_event: Callable[[dict], None] | None = None, echo: bool = False,
+                 ingest_options: dict | None = None, ingest_hold_ms: float | None = None):
         self._own_root = root is None
         self.root = Path(root or tempfile.mkdtemp(prefix="edgepay-world-"))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -131,6 +132,8 @@ class World:
         self.cmd_ttl = min(604800, max(600, int(60 * rate)))
         self.skew_s = min(3600, max(120, int(5 * rate)))
         self.ingest_workers = ingest_workers
+        self.ingest_options = ingest_options   # IngestWorker feed_options (JetStream: ack_wait_s ...)
+        self.ingest_hold_ms = ingest_hold_ms
         self.use_proxy = proxy
         self.cloud = (cloud_user, cloud_password or os.urandom(9).hex())
         self.credit = credit
@@ -168,7 +171,10 @@ class World:
         else:
             host = self._ext.host
         self.host = host
-        self.cloud_broker = BrokerSettings(host, self.broker.cloud_port, user, pw)  # every cloud worker's
+        if hasattr(self.broker, "cloud_settings"):  # a cluster (host_tools/sim/fleetcluster.py): its engine
+            self.cloud_broker = self.broker.cloud_settings(user, pw)
+        else:
+            self.cloud_broker = BrokerSettings(host, self.broker.cloud_port, user, pw)  # every cloud worker's
         self.registry = Registry(self.root / "registry.db")
         self.updates = SiteUpdates(self)  # the release key first: every board provisioned trusts it
         self.provider = ScriptedProvider(clock=self.clock, default_credit=self.credit)
@@ -200,9 +206,17 @@ class World:
         self.store = SessionStore.open(url)
         self.svc = SessionService(self.registry, self.provider, self.cloud_broker,
                                   clock=self.clock, cmd_ttl=self.cmd_ttl, store=self.store).start()
-        self.ingest = [IngestWorker(self.registry, self.ledger, self.cloud_broker,
-                                    hold_ms=500 if self.ingest_workers > 1 else 0, on_commit=self.svc.on_commit).start()
-                       for _ in range(self.ingest_workers)]
+        self.ingest: list[IngestWorker] = []
+        for _ in range(self.ingest_workers):
+            self.add_ingest()
+
+    def add_ingest(self) -> IngestWorker:
+        """One more ingest worker in the group (started; in `self.ingest`, stopped with the cloud)."""
+        hold = self.ingest_hold_ms if self.ingest_hold_ms is not None else (500 if self.ingest_workers > 1 else 0)
+        w = IngestWorker(self.registry, self.ledger, self.cloud_broker, hold_ms=hold, on_commit=self.svc.on_commit,
+                         feed_options=self.ingest_options).start()
+        self.ingest.append(w)
+        return w
 
     def _stop_cloud(self) -> None:
         for w in self.ingest:

@@ -1,0 +1,55 @@
+"""The fleet on the 3-node NATS cluster (host_tools/natscluster.py, docs/cluster.md): the site's
+broker surface over a running NatsCluster, for World / Fleet (`broker=`).
+
+    with NatsCluster(users={"cloud": pw}, cloud_users=("cloud",)) as c:
+        site = ClusterSite(c)
+        with Fleet(40, broker=site, cloud=("cloud", pw),
+                   world_options={"ingest_workers": 2, "ingest_options": {"ack_wait_s": 2.0}}) as f:
+            rep = f.run(events=[(4.0, lambda f: c.kill(1))])
+
+- devices get every node's MQTT port (`brokers`) and try them in turn, as the firmware's
+  config "brokers" list: a refused connect moves to the next node at once
+  (host_tools/sim/fleetdevice.py);
+- the cloud workers get BrokerSettings(engine="nats", servers=every node's NATS address): ingest
+  takes the records as competing consumers of the JetStream stream EDGEPAY_UP and acks devices by
+  core NATS publish; the session service, the time responder and the site's status subscriber
+  speak MQTT 3.1.1 to node `cloud_node`'s listener (one address: they follow that node's restarts);
+- provisioning goes to the cluster's auth callout (`add_users`: asked at the next CONNECT).
+The site never stops the cluster: its owner does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from host_tools.cloud.mqtt import BrokerSettings
+
+__all__ = ["ClusterSite"]
+
+
+class ClusterSite:
+    def __init__(self, cluster: Any, cloud_node: int = 0, host: str = "127.0.0.1"):
+        self.cluster = cluster
+        self.cloud_node = cloud_node
+        self.host = host
+
+    @property
+    def port(self) -> int:
+        return self.cluster.nodes[0].mqtt_port
+
+    @property
+    def cloud_port(self) -> int:
+        return self.cluster.nodes[self.cloud_node].mqtt_port
+
+    @property
+    def brokers(self) -> list[tuple[str, int]]:
+        return [(self.host, p) for p in self.cluster.mqtt_ports()]
+
+    def cloud_settings(self, user: str, password: str) -> BrokerSettings:
+        return BrokerSettings(self.host, self.cloud_port, user, password, engine="nats",
+                              servers=tuple(self.cluster.nats_urls()))
+
+    def add_user(self, name: str, password: str, cloud: bool = False) -> None:
+        self.cluster.add_user(name, password, cloud)
+
+    def add_users(self, users: dict[str, str]) -> None:
+        self.cluster.add_users(users)
