@@ -3,6 +3,7 @@
 # retained status, will, heartbeat). An app (gate, vending, rental) gets only a Context (below).
 import asyncio
 import gc
+import os
 import time
 from micropython import const
 
@@ -79,6 +80,10 @@ def rssi():
         return network.WLAN(network.STA_IF).status("rssi")
     except Exception:
         return None
+
+
+def _ca(n):  # the broker CA files set_ca writes (n > 0)
+    return store.ROOT + "ca%d.der" % n
 
 
 def _pace_gc():
@@ -235,6 +240,12 @@ class Agent:
         if b.get("cert"):  # mutual TLS: a renewed certificate (certs.py) wins over config.json's
             import certs
             certs.boot(b)
+        n = store.read("ca", 0)  # the broker's CAs (set_ca): ca<n>.der once n > 0, ca<n+1>.der beside it
+        if b.get("ca"):
+            if n:
+                b["ca"] = _ca(n)
+            b["ca2"] = _ca(n + 1)
+        self._ca = None  # a retirement on trial: (n, the CAs to go back to)
         b.update({"client_id": dev, "user": dev, "keepalive": self.settings["keepalive_s"],
                   "will_topic": self.t_up + "status", "will_msg": self.seal(_T_STATUS, {_K_CODE: False}),
                   "will_qos": 1, "will_retain": True, "max_packet": MAX_PACKET,
@@ -304,6 +315,15 @@ class Agent:
     # ---- presence ---------------------------------------------------------------------------
     def _on_state(self, up):
         log("mqtt", "up" if up else "down")
+        if up and self._ca:  # the new CA alone took the broker: the old one retired for good
+            n = self._ca[0]
+            store.write("ca", n)
+            self._ca = None
+            try:
+                os.remove(_ca(n - 1))
+            except OSError:
+                pass
+            log("ca", n)
         if up:
             asyncio.create_task(self._announce())
 
@@ -325,6 +345,11 @@ class Agent:
 
     def _mqtt_error(self, where, e):
         log("mqtt error", where, repr(e))
+        if where == "connect" and self._ca:  # the new CA alone did not: both again
+            b = self.mqtt.cfg
+            b["ca"], b["ca2"] = self._ca[1]
+            self._ca = None
+            self.mqtt.redial()
         # "rx": a packet over the bound was skipped and acknowledged. Alarm at most once a minute
         # (a flood costs one message a minute; the heartbeat counts them all).
         now = time.ticks_ms()
@@ -487,6 +512,27 @@ class Agent:
                 raise CommandError("unsupported")
             import certs
             return certs.stage(self, args)
+
+        @on("set_ca")  # the broker's next CA beside the current one; with 2: true, the only one
+        def set_ca(args):
+            c, b = args.get(1), self.mqtt.cfg
+            if not b.get("ca"):
+                raise CommandError("unsupported")
+            if type(c) is not bytes or not 0 < len(c) <= 512 or c[0] != 0x30:
+                raise CommandError("bad_args", "ca")
+            n = store.read("ca", 0) + 1
+            f = _ca(n)
+            with open(f + ".tmp", "wb") as o:
+                o.write(c)
+            os.rename(f + ".tmp", f)
+            m = self.mqtt
+            if not args.get(2):
+                m._ssl_ctx = None  # both from the next connect
+                return {"ca": n}
+            # tried alone on a new connection: kept once it is up (_on_state), else both again
+            self._ca = n, (b["ca"], b["ca2"])
+            b["ca"], b["ca2"] = f, _ca(n + 1)
+            return {"ca": n, "st": "trial"}, m.redial
 
         @on("ota_abort")
         def ota_abort(args):

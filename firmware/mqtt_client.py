@@ -37,7 +37,7 @@ ticks_diff = time.ticks_diff
 # password, clean_session, will_topic, will_msg; tls (True to use TLS), ca (CA file, PEM or DER:
 # verify the broker's certificate), cadata (CA bytes instead), server_hostname (checked against
 # the cert; default: host), cert and certkey (the device's certificate and key, DER files:
-# mutual TLS).
+# mutual TLS), ca2 (a second CA's DER file trusted beside ca if it exists: a CA rotation).
 DEFAULTS = {
     "host": "127.0.0.1", "port": 1883,
     "keepalive": 60,            # s; PINGREQ after keepalive/2 of silence, dead at 1.25x
@@ -366,7 +366,7 @@ class MQTTClient:
         s = self._sock = hal.connect(host, port)
         if tls:
             if self._ssl_ctx is None:  # made once: loading the CA costs RAM and time
-                self._ssl_ctx = hal.tls_context(g("ca"), g("cadata"), g("cert"), g("certkey"))
+                self._ssl_ctx = hal.tls_context(g("ca"), g("cadata"), g("cert"), g("certkey"), g("ca2"))
             s = self._ssl_ctx.wrap_socket(
                 s, server_hostname=g("server_hostname") or host,
                 do_handshake_on_connect=False)

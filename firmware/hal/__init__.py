@@ -51,10 +51,12 @@ def rtc_floor(t):
     return True
 
 
-def tls_context(ca_file=None, cadata=None, cert=None, key=None):
+def tls_context(ca_file=None, cadata=None, cert=None, key=None, ca2=None):
     """A TLS client context: verifying the server against the CA (a file or bytes, PEM or DER) when
     one is given; without one, encrypted but not authenticated. cert, key: the device's own
-    certificate and key, DER files, for a broker that requires them (mutual TLS)."""
+    certificate and key, DER files, for a broker that requires them (mutual TLS). ca2: a second
+    CA's DER file trusted beside the first if it exists (a CA rotation: load_verify_locations
+    appends to the chain)."""
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca = cadata
@@ -63,6 +65,10 @@ def tls_context(ca_file=None, cadata=None, cert=None, key=None):
     if ca is not None:
         ctx.load_verify_locations(cadata=pem_to_der(ca))
         ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_verify_locations(cadata=_read(ca2))
+        except (OSError, TypeError):  # none, or no such file
+            pass
     else:
         ctx.verify_mode = ssl.CERT_NONE
     if cert:
