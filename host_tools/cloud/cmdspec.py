@@ -90,10 +90,11 @@ class ArgProblem(ValueError):
 def help_table() -> str:
     """The commands and their arguments for `edgepay cmd --help` (key?: optional)."""
     lines = ["\b", "Commands (KEY=VALUE by number or name; ? optional; SPEC.md §4):"]
+    w = max(len(n) for n in COMMANDS) + 2   # the longest name (set_release_keys) still gets its space
     for name, (args, what) in COMMANDS.items():
         sig = "NAME=VALUE..." if args is None else " ".join(a.label() for a in args) or "(none)"
-        lines.append(f"  {name:<15}{sig}")
-        lines.append(f"  {'':<15}  {what}")
+        lines.append(f"  {name:<{w}}{sig}")
+        lines.append(f"  {'':<{w}}  {what}")
     return "\n".join(lines)
 
 
