@@ -510,6 +510,8 @@ class Agent:
         def set_cert(args):
             if not self.mqtt.cfg.get("cert"):
                 raise CommandError("unsupported")
+            if self._ca:  # a CA on trial owns the next connection: one trial at a time
+                raise CommandError("busy")
             import certs
             return certs.stage(self, args)
 
@@ -520,6 +522,9 @@ class Agent:
                 raise CommandError("unsupported")
             if type(c) is not bytes or not 0 < len(c) <= 512 or c[0] != 0x30:
                 raise CommandError("bad_args", "ca")
+            import sys
+            if self._ca or getattr(sys.modules.get("certs"), "_busy", 0):  # a trial owns the next connection
+                raise CommandError("busy")
             n = store.read("ca", 0) + 1
             f = _ca(n)
             with open(f + ".tmp", "wb") as o:
