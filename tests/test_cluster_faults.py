@@ -38,6 +38,7 @@ N = int(os.environ.get("EDGEPAY_CLUSTER_FAULTS_N", "30"))
 FULL = N > 100
 SECONDS = 30.0 if FULL else 8.0
 ACK_WAIT = 2.0
+CONNECT_S = max(30.0, N / 5)
 
 
 def _need(what: str, e: Exception):
@@ -141,7 +142,8 @@ def test_a_node_killed_mid_run_and_restarted_loses_nothing(cluster):
     took: dict = {}
     threads: list = []
     with fleet(cluster) as f:
-        rep = f.run(on_line=say, events=[(SECONDS * 0.3, kill), (SECONDS * 0.6, background(restart, threads))])
+        rep = f.run(on_line=say, connect_timeout=CONNECT_S,
+                    events=[(SECONDS * 0.3, kill), (SECONDS * 0.6, background(restart, threads))])
         [t.join(30) for t in threads]
         out = report("node_kill", f, rep, faults, took)
     check(rep)
@@ -162,7 +164,7 @@ def test_a_rolling_restart_through_all_three_nodes_loses_nothing(cluster):
             time.sleep(1.0)
     threads: list = []
     with fleet(cluster) as f:
-        rep = f.run(on_line=say, events=[(SECONDS * 0.2, background(roll, threads))])
+        rep = f.run(on_line=say, connect_timeout=CONNECT_S, events=[(SECONDS * 0.2, background(roll, threads))])
         [t.join(90) for t in threads]
         out = report("rolling_restart", f, rep, faults, {"restart_s": took})
     check(rep)
@@ -197,7 +199,8 @@ def test_an_ingest_worker_killed_mid_batch_while_a_third_joins(cluster, tmp_path
                 faults["kill worker"] = time.monotonic()
                 victim.send_signal(signal.SIGKILL)
                 victim.wait(10)
-            rep = f.run(on_line=say, events=[(SECONDS * 0.2, third), (SECONDS * 0.3, kill)])
+            rep = f.run(on_line=say, connect_timeout=CONNECT_S,
+                        events=[(SECONDS * 0.2, third), (SECONDS * 0.3, kill)])
             out = report("ingest_kill", f, rep, faults, {"victim_stalls": stall.read_text().split()
                                                          if stall.exists() else []})
         finally:
@@ -213,8 +216,90 @@ def test_a_reconnect_storm_of_every_device(cluster):
     with fleet(cluster) as f:
         at = {}
         storm_at = SECONDS * 0.4
-        rep = f.run(on_line=say, storm_at=storm_at, events=[(storm_at, lambda f: at.setdefault("storm", time.monotonic()))])
+        rep = f.run(on_line=say, connect_timeout=CONNECT_S, storm_at=storm_at,
+                    events=[(storm_at, lambda f: at.setdefault("storm", time.monotonic()))])
         out = report("storm", f, rep, at, {"storm": rep["storm"]})
     check(rep)
     assert rep["storm"]["recovered"], rep["storm"]
     assert out["recovered_s"]
+
+
+def stream_backlog(cluster) -> int:
+    """Messages in EDGEPAY_UP not yet acked (the work queue's depth)."""
+    import asyncio
+
+    import nats
+
+    async def go():
+        nc = await nats.connect(list(cluster.nats_urls()), user=CLOUD[0], password=CLOUD[1], connect_timeout=2)
+        try:
+            return (await nc.jetstream(timeout=5).stream_info("EDGEPAY_UP")).state.messages
+        finally:
+            await nc.close()
+    return asyncio.run(go())
+
+
+def test_ingest_under_overload_holds_the_backlog_in_the_stream(cluster, tmp_path):
+    """Records arrive faster than the ledger commits (one worker process whose every COMMIT
+    stalls): the stream holds the backlog, the worker's memory stays bounded by its prefetch
+    window, nothing is dropped, and the backlog drains once the flood stops."""
+    from host_tools.sim.fleetworker import rss_kb
+    cap = 400 if FULL else 60           # unacked records a device may hold
+    with fleet(cluster, workers=0) as f:
+        w = f.world
+        stall = tmp_path / "stall.log"
+        cmd = [sys.executable, str(ROOT / "tests" / "ingest_stalled.py"), "100", str(stall),
+               "--engine", "nats", "--port", str(cluster.nodes[2].mqtt_port),
+               "--servers", ",".join(cluster.nats_urls()), "--ack-wait", "30", "--prefetch", "200",
+               "--batch-max", "200", "--user", CLOUD[0], "--registry", str(w.root / "registry.db"),
+               "--db", f"sqlite:///{w.root / 'ledger.db'}", "--group", "ingest"]
+        worker = subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "EDGEPAY_MQTT_PASSWORD": CLOUD[1]})
+        try:
+            assert worker.stdout.readline().strip() == "ready", worker.stderr.read() if worker.poll() is not None else ""
+            assert f.connect(say, CONNECT_S)
+            rss0 = rss_kb(worker.pid)
+            samples: list[tuple[float, int, int]] = []   # (t, worker RSS KB, stream backlog)
+            stop = threading.Event()
+
+            def sample():
+                while not stop.wait(0.5):
+                    try:
+                        samples.append((time.monotonic(), rss_kb(worker.pid), stream_backlog(cluster)))
+                    except Exception:  # noqa: BLE001 - a sample missed is only a sample
+                        pass
+            t = threading.Thread(target=sample, daemon=True)
+            t.start()
+            t0 = time.monotonic()
+            flood_s = 20.0 if FULL else 5.0
+            f.flood(flood_s, cap=cap, say=say)
+            sealed = f.counts.get("records", 0)
+            t1 = time.monotonic()
+            ok = f.wait_for(lambda: f.total("depth") == 0, 120.0 if FULL else 60.0, say)
+            assert ok, "the backlog did not drain"
+            drained = time.monotonic()
+            stop.set()
+            t.join(5)
+            f.finish()
+            rep = f.reconcile(check_sessions=False)
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(10)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+            worker.wait(10)
+    assert rep["ok"], rep["problems"]
+    peak_backlog = max((b for _, _, b in samples), default=0)
+    peak_rss = max((r for _, r, _ in samples), default=rss0)
+    out = {"test": "overload", "devices": f.n, "records": rep["records"], "sealed_in_flood": sealed,
+           "sealed_per_s": round(sealed / flood_s, 1), "committed_per_s": round(rep["records"] / (drained - t0), 1),
+           "drain_after_flood_s": round(drained - t1, 1), "peak_stream_backlog": peak_backlog,
+           "worker_rss_kb": {"start": rss0, "peak": peak_rss},
+           # the worker's COMMITs, and how many of them wrote no ledger row (tests/ingest_stalled.py counts)
+           "commits": len(stall.read_text().split()), "commits_without_rows": stall.read_text().split().count("0")}
+    print("\nfaults: " + json.dumps(out))
+    assert rep["records"] >= sealed > 0
+    assert peak_backlog > 200, out          # more than the worker's window waited in the stream
+    assert peak_rss - rss0 < 64 * 1024, out  # bounded by the prefetch window, not by the backlog
