@@ -290,6 +290,8 @@ def test_ingest_under_overload_holds_the_backlog_in_the_stream(cluster, tmp_path
                 except subprocess.TimeoutExpired:
                     worker.kill()
             worker.wait(10)
+    lines = [x for x in worker.stdout.read().splitlines() if x.startswith("{")]
+    ws = json.loads(lines[-1]) if lines else {}     # the worker's stats as it stopped
     assert rep["ok"], rep["problems"]
     peak_backlog = max((b for _, _, b in samples), default=0)
     peak_rss = max((r for _, r, _ in samples), default=rss0)
@@ -297,8 +299,11 @@ def test_ingest_under_overload_holds_the_backlog_in_the_stream(cluster, tmp_path
            "sealed_per_s": round(sealed / flood_s, 1), "committed_per_s": round(rep["records"] / (drained - t0), 1),
            "drain_after_flood_s": round(drained - t1, 1), "peak_stream_backlog": peak_backlog,
            "worker_rss_kb": {"start": rss0, "peak": peak_rss},
-           # the worker's COMMITs, and how many of them wrote no ledger row (tests/ingest_stalled.py counts)
-           "commits": len(stall.read_text().split()), "commits_without_rows": stall.read_text().split().count("0")}
+           # tests/ingest_stalled.py's stalled _commit calls, and those with no row: they end read
+           # transactions (lookups), which the hook stalls too; the worker's write batches are "batches"
+           "stalled_calls": len(stall.read_text().split()), "stalled_without_rows": stall.read_text().split().count("0"),
+           "worker": {k: ws.get(k) for k in ("committed", "duplicates", "batches", "held", "resend_requests")},
+           "device_resend_all": f.counts.get("resend_all", 0)}
     print("\nfaults: " + json.dumps(out))
     assert rep["records"] >= sealed > 0
     assert peak_backlog > 200, out          # more than the worker's window waited in the stream
