@@ -9,7 +9,10 @@ lost, every session closed and charged what the ledger says.
 1. kill -9 one node mid-run, restart it later;
 2. a rolling restart through all three nodes;
 3. an ingest worker (a process) killed mid-batch while a third one joins (2 -> 3, kill 1);
-4. a reconnect storm: every device drops at once and reconnects.
+4. a reconnect storm: every device drops at once and reconnects;
+5. a partition of one node from the devices (a TCP proxy in front of its MQTT port cuts every
+   connection and refuses new ones for a while);
+6. ingest under overload: the stream holds the backlog, the worker's memory stays bounded.
 
 Small by default (EDGEPAY_CLUSTER_FAULTS_N devices, 30 unless set); the full size:
 
@@ -81,12 +84,12 @@ def background(fn, threads: list):
     return start
 
 
-def fleet(cluster, workers: int = 2, **kw):
+def fleet(cluster, workers: int = 2, site=None, **kw):
     from host_tools.sim.fleet import Fleet
     from host_tools.sim.fleetcluster import ClusterSite
     opts = {"ingest_workers": workers, "ingest_hold_ms": 3000,
             "ingest_options": {"ack_wait_s": ACK_WAIT, "fetch_max": 100}}
-    return Fleet(N, broker=ClusterSite(cluster), cloud=CLOUD, seconds=SECONDS, every=4.0 if not FULL else None,
+    return Fleet(N, broker=site or ClusterSite(cluster), cloud=CLOUD, seconds=SECONDS, every=4.0 if not FULL else None,
                  world_options=opts, **kw)
 
 
@@ -222,6 +225,27 @@ def test_a_reconnect_storm_of_every_device(cluster):
     check(rep)
     assert rep["storm"]["recovered"], rep["storm"]
     assert out["recovered_s"]
+
+
+def test_a_node_partitioned_from_the_devices_loses_nothing(cluster):
+    """Node 1's MQTT listener behind a TCP proxy that cuts every connection and refuses new ones
+    for a while (the node stays in the cluster): its devices move to the others, and back."""
+    from host_tools.sim.fleetcluster import ClusterSite
+    site = ClusterSite(cluster, proxied=(1,))
+    faults: dict = {}
+    cut_s = SECONDS * 0.4
+
+    def cut(f):
+        faults["partition n1"] = (time.monotonic(), time.monotonic() + cut_s)
+        site.proxies[1].partition(cut_s)
+    try:
+        with fleet(cluster, site=site) as f:
+            rep = f.run(on_line=say, connect_timeout=CONNECT_S, events=[(SECONDS * 0.3, cut)])
+            out = report("partition", f, rep, faults, {"proxy": dict(site.proxies[1].stats)})
+    finally:
+        site.close()
+    check(rep)
+    assert out["proxy"]["dropped"] > 0 and out["broker_moves"] > 0, out
 
 
 def stream_backlog(cluster) -> int:

@@ -27,10 +27,14 @@ __all__ = ["ClusterSite"]
 
 
 class ClusterSite:
-    def __init__(self, cluster: Any, cloud_node: int = 0, host: str = "127.0.0.1"):
+    def __init__(self, cluster: Any, cloud_node: int = 0, host: str = "127.0.0.1", proxied: tuple[int, ...] = ()):
+        """proxied: nodes the devices reach through a FaultyProxy (host_tools/sim/netfault.py) of
+        their own, `proxies[i]`, to partition that node from the devices (`proxies[i].partition(s)`)."""
+        from host_tools.sim.netfault import FaultyProxy
         self.cluster = cluster
         self.cloud_node = cloud_node
         self.host = host
+        self.proxies = {i: FaultyProxy(cluster.nodes[i].mqtt_port, host) for i in proxied}
 
     @property
     def port(self) -> int:
@@ -42,7 +46,8 @@ class ClusterSite:
 
     @property
     def brokers(self) -> list[tuple[str, int]]:
-        return [(self.host, p) for p in self.cluster.mqtt_ports()]
+        return [(self.host, self.proxies[i].port if i in self.proxies else p)
+                for i, p in enumerate(self.cluster.mqtt_ports())]
 
     def cloud_settings(self, user: str, password: str) -> BrokerSettings:
         return BrokerSettings(self.host, self.cloud_port, user, password, engine="nats",
@@ -53,3 +58,7 @@ class ClusterSite:
 
     def add_users(self, users: dict[str, str]) -> None:
         self.cluster.add_users(users)
+
+    def close(self) -> None:
+        for p in self.proxies.values():
+            p.close()
