@@ -490,7 +490,10 @@ class MQTTClient:
                         raise F.MalformedPacket("unexpected suback")
                     for i in range(len(codes)):
                         if codes[i] == 0x80:
-                            self._report("subscribe", F.MQTTError("subscription refused", flts[i]))
+                            # a link that cannot hear its commands or acks is no link: end it and
+                            # subscribe again on the next, after the backoff (a cluster refuses one
+                            # while it re-elects the stream behind it after a node is lost)
+                            raise F.MQTTError("subscription refused", flts[i])
                 elif ptype == F.PINGRESP:
                     F.parse_empty(flags, body)
                     self._ping_out = False

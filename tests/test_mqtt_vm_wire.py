@@ -210,3 +210,25 @@ def test_connect_timeout_on_silent_server(fake, agents):
     s2, _ = fake.srv.accept()  # it tried again
     s1.close()
     s2.close()
+
+
+def test_a_refused_subscription_ends_the_link_and_the_next_one_subscribes_again(fake, agents):
+    """SUBACK 0x80 (a cluster re-electing the stream behind a QoS 1 subscription after a node is
+    lost): the client does not stay on a connection where it cannot hear its commands or acks; it
+    reconnects after its backoff and subscribes again, and a granted subscription then holds."""
+    a = agents({"port": fake.port, "keepalive": 10, "subs": [[DN + "#", 1, "ok"]]})
+    c = fake.accept()
+    t, fl, body = c.read()  # SUBSCRIBE
+    assert t == 8
+    c.send(bytes([0x90, 3]) + body[:2] + b"\x80")
+    a.wait(lambda e: e["ev"] == "error" and "subscription refused" in e["err"], 3, "refused")
+    c2 = fake.accept()
+    t, fl, body = c2.read()  # subscribed again on the new link
+    assert t == 8 and DN.encode() in body
+    c2.send(bytes([0x90, 3]) + body[:2] + b"\x01")
+    a.wait_ev("state", up=True)
+    c2.send(_pub_pkt(DN + "cmd", b"heard", qos=1, pid=9))
+    assert c2.read(timeout=3)[0] == 4   # PUBACK: the subscription holds
+    assert a.stats()["stats"]["reconnects"] == 1
+    c.close()
+    c2.close()

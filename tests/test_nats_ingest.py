@@ -127,13 +127,20 @@ def subscribed(d, timeout=10.0):
     is a JetStream consumer, whose creation can outlast a busy moment of the cluster."""
     import queue
     got: queue.Queue = queue.Queue()
-    d.client.on_subscribe = lambda c, u, mid, rcs, p: got.put([r.value for r in rcs])
     d.connects = 0
 
     def again(c, u, f, rc, p):   # as a device does: a clean session is subscribed again at each connect
         d.connects += 1
         c.subscribe(d.ack_topic, 1)
+
+    def granted(c, u, mid, rcs, p):  # ...and a refused one ends the link (firmware/mqtt_client.py)
+        got.put([r.value for r in rcs])
+        if any(r.is_failure for r in rcs) and d.connects:
+            sock = c.socket()
+            if sock is not None:
+                sock.close()
     d.client.on_connect = again
+    d.client.on_subscribe = granted
     for _ in range(3):
         d.client.subscribe(d.ack_topic, 1)
         try:

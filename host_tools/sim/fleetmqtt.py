@@ -63,6 +63,8 @@ class AsyncMQTT:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        self.refused_subs = 0  # SUBACKs with a refusal: each ends the link (firmware/mqtt_client.py does)
         self.q1: set[int] = set()  # QoS 1 publishes the broker has not PUBACKed yet
         self.room: asyncio.Event | None = None  # set at each PUBACK, for a publisher that waits on it
         c.connect_async(host, port, keepalive)
@@ -106,6 +108,14 @@ class AsyncMQTT:
             self._connack.set_result(False)
         if was and self.on_down_cb:
             self.on_down_cb()
+
+    def _on_subscribe(self, client, userdata, mid, reasons, props) -> None:
+        # as the firmware: a link where the device cannot hear its commands or acks (a cluster
+        # refusing a QoS 1 subscription while it re-elects after a node is lost) is dropped, and
+        # the next one subscribes again
+        if any(getattr(r, "is_failure", False) for r in reasons):
+            self.refused_subs += 1
+            self.drop()
 
     def _on_publish(self, client, userdata, mid, reason, props) -> None:
         self.q1.discard(mid)
