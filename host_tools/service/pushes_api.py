@@ -30,7 +30,6 @@ from pydantic import BaseModel, Field
 from host_tools.cloud import cmdspec, fees
 from host_tools.cloud.accounts import Principal
 from host_tools.cloud.commands import CommandClient
-from host_tools.cloud.ledger import Ledger
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.service.auth import Auth, Problem, audit_note, visible_device
@@ -50,15 +49,10 @@ def _plain_args(args: dict) -> dict:
     return {str(k): v for k, v in args.items()}
 
 
-def add_push_routes(app: FastAPI, auth: Auth, registry: Registry, client: CommandClient, ledger: Ledger,
-                    ready: Callable[[], list[str]]) -> None:
+def add_push_routes(app: FastAPI, auth: Auth, registry: Registry, client: CommandClient,
+                    store: Callable[[], SessionStore], ready: Callable[[], list[str]]) -> None:
+    """store: the session service's tables on the ledger's database (made at first use)."""
     viewer, operator = auth.need("viewer"), auth.need("operator")
-    stores: list[SessionStore] = []
-
-    def store() -> SessionStore:
-        if not stores:
-            stores.append(SessionStore(ledger))   # the session service's tables, on the ledger's database
-        return stores[0]
 
     def device(p: Principal, device_id: str):
         return visible_device(registry, p, device_id)
