@@ -24,13 +24,14 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from host_tools.cloud.keyvault import KeyVault, VaultError, master_key_from_env
 from host_tools.cloud.ledger_db import Database, where_prefixes
 from host_tools.cloud.ledger_open import is_postgres, open_ledger
-from host_tools.protocol.errors import ProtocolError
+from host_tools.cloud.registry_model import (CompromisedKey, Device, DeviceInfo, KeyVersion,  # noqa: F401 (re-exported)
+                                             RegistryError)
 
 log = logging.getLogger("edgepay.registry")
 
@@ -44,66 +45,6 @@ STATUSES = ("active", "revoked", "decommissioned")
 # device -> time.monotonic() of the last key switch seen in this process: a Device read before it
 # is read again by verify_uplink (another process's switch is seen within key_fresh_s)
 _KEY_CHANGED: dict[str, float] = {}
-
-
-class RegistryError(Exception):
-    pass
-
-
-class CompromisedKey(ProtocolError):
-    """A message that verifies under a compromised kid (a key from before a re-provisioning): it
-    is never taken as the device's. Refused bad_kid; ingest keeps a record in quarantine (reason
-    compromised_key, raw bytes kept) from `payload`, the verified payload bytes."""
-    quarantine_code = "compromised_key"
-
-    def __init__(self, kid: bytes, payload: bytes):
-        super().__init__("bad_kid", f"kid {kid.decode()} is compromised: the device was re-provisioned")
-        self.payload = payload
-
-
-@dataclass(frozen=True)
-class Device:
-    """A registered device: its id, 256-bit key, key version (kid = "<id>:<version>"), kind and board."""
-    device_id: str
-    key: bytes
-    key_version: int
-    kind: str
-    board: str
-    status: str = "active"   # revoked: stolen or compromised; decommissioned: retired, journal drained
-    switch_seq: int | None = None  # the previous key's switch point, if it was retired by a rotation
-    read_at: float = field(default=0.0, compare=False, repr=False)  # time.monotonic() when read
-
-    @property
-    def active(self) -> bool:
-        return self.status == "active"
-
-    @property
-    def kid(self) -> bytes:
-        return f"{self.device_id}:{self.key_version}".encode()
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """A device as a list shows it: everything but its key."""
-    device_id: str
-    key_version: int
-    kind: str
-    board: str
-    status: str
-
-
-@dataclass(frozen=True)
-class KeyVersion:
-    """One key of a device's history (SPEC §11)."""
-    device_id: str
-    version: int
-    state: str                     # current, next, retired or compromised (verify-only for audit, never money)
-    key: bytes
-    switch_seq: int | None = None  # retired: the lowest seq verified under its successor
-
-    @property
-    def kid(self) -> bytes:
-        return f"{self.device_id}:{self.version}".encode()
 
 
 class Registry:
