@@ -149,6 +149,30 @@ def jsonable(v: Any) -> Any:
     return str(v)
 
 
+def each_device(o: "Ctx", device_ids, act: Callable[[str], tuple[dict, str]], refusals: tuple, verb: str,
+                total: str) -> None:
+    """Run act(device) -> (result, what it did) for each device named (once each, in order), a line
+    per device; an exception of `refusals` is that device's failure, named by its code (a registry
+    error: unknown_device). --json: {"devices": [...], total: n, "failed": n}. Exit 1 if any failed."""
+    results = []
+    for device_id in dict.fromkeys(device_ids):
+        try:
+            out, did = act(device_id)
+            results.append({**out, "ok": True})
+            line = f"[green]{verb}[/] {device_id}: {did}"
+        except refusals as e:
+            code, detail = getattr(e, "code", "unknown_device"), getattr(e, "detail", str(e))
+            results.append({"device": device_id, "ok": False, "error": code, "detail": detail})
+            line = f"[bold red]not {verb}[/] {device_id}: {detail or code}"
+        if not o.json:
+            o.console.print(line)
+    failed = sum(not r["ok"] for r in results)
+    if o.json:
+        o.emit({"devices": results, total: len(results) - failed, "failed": failed}, lambda: None)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
 def check_ca_file(path: str) -> None:
     import ssl
     p = Path(path)

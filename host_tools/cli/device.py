@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from host_tools.cli.common import EXIT_USAGE, Ctx, fail
+from host_tools.cli.common import EXIT_USAGE, Ctx, each_device, fail
 
 
 def _broker_step(o: Ctx, device: str, broker_dir: Path) -> dict:
@@ -136,30 +136,15 @@ def register(cli: click.Group) -> None:
         from host_tools.cloud.registry import RegistryError
         from host_tools.cloud.rekey import RekeyError, rotate
         reg, client = connect(o)
-        results = []
+
+        def one(device_id: str) -> tuple[dict, str]:
+            r = rotate(client, device_id, timeout=timeout)
+            return r.as_json(), (f"key {r.was} -> {r.version}" + (" (a rotation under way, finished)" if r.resumed else ""))
         try:
-            for device_id in dict.fromkeys(device_ids):
-                try:
-                    r = rotate(client, device_id, timeout=timeout)
-                    results.append({**r.as_json(), "ok": True})
-                    line = (f"[green]rotated[/] {device_id}: key {r.was} -> {r.version}"
-                            + (" (a rotation under way, finished)" if r.resumed else ""))
-                except RekeyError as e:
-                    results.append({"device": device_id, "ok": False, "error": e.code, "detail": e.detail})
-                    line = f"[bold red]not rotated[/] {device_id}: {e.detail}"
-                except RegistryError as e:
-                    results.append({"device": device_id, "ok": False, "error": "unknown_device", "detail": str(e)})
-                    line = f"[bold red]not rotated[/] {device_id}: {e}"
-                if not o.json:
-                    o.console.print(line)
+            each_device(o, device_ids, one, (RekeyError, RegistryError), "rotated", "rotated")
         finally:
             client.close()
             reg.close()
-        failed = sum(not r["ok"] for r in results)
-        if o.json:
-            o.emit({"devices": results, "rotated": len(results) - failed, "failed": failed}, lambda: None)
-        if failed:
-            raise click.exceptions.Exit(1)
 
     def _fleet(o: Ctx, kind: str | None, board: str | None, cid: str | None, cohorts: str, rate: float,
                abort_share: float, timeout: float, no_wait: bool, every_s: float, db: str) -> None:

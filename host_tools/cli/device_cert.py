@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from host_tools.cli.common import Ctx, fail
+from host_tools.cli.common import Ctx, each_device, fail
 from host_tools.tls import LEAF_DAYS
 
 
@@ -49,27 +49,12 @@ def register(device: click.Group) -> None:
         from host_tools.cloud.registry import RegistryError
         ca_key, ca = _ca(broker_dir)
         reg, client = connect(o)
-        results = []
+
+        def one(dev: str) -> tuple[dict, str]:
+            out = renew(client, dev, renewal(ca_key, ca, dev, reg.get(dev).key, days=days), timeout=timeout)
+            return out, f"certificate {out['serial']} until {out['not_after']}"
         try:
-            for dev in dict.fromkeys(device_ids):
-                try:
-                    r = renewal(ca_key, ca, dev, reg.get(dev).key, days=days)
-                    out = renew(client, dev, r, timeout=timeout)
-                    results.append({**out, "ok": True})
-                    line = f"[green]renewed[/] {dev}: certificate {out['serial']} until {out['not_after']}"
-                except RenewError as e:
-                    results.append({"device": dev, "ok": False, "error": e.code, "detail": e.detail})
-                    line = f"[bold red]not renewed[/] {dev}: {e.detail or e.code}"
-                except RegistryError as e:
-                    results.append({"device": dev, "ok": False, "error": "unknown_device", "detail": str(e)})
-                    line = f"[bold red]not renewed[/] {dev}: {e}"
-                if not o.json:
-                    o.console.print(line)
+            each_device(o, device_ids, one, (RenewError, RegistryError), "renewed", "renewed")
         finally:
             client.close()
             reg.close()
-        failed = sum(not r["ok"] for r in results)
-        if o.json:
-            o.emit({"devices": results, "renewed": len(results) - failed, "failed": failed}, lambda: None)
-        if failed:
-            raise click.exceptions.Exit(1)
