@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.broker import BrokerError
+from tests.natskit import start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOUD = ("cloud", os.urandom(9).hex())
@@ -44,31 +44,9 @@ ACK_WAIT = 2.0
 CONNECT_S = max(30.0, N / 5)
 
 
-def _need(what: str, e: Exception):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what}: {e} (CI: scripts/setup.sh installs the dev extras)")
-    pytest.skip(f"{what}: {e}")
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    try:
-        import nats  # noqa: F401
-    except ImportError as e:
-        _need("nats-py", e)
-    from host_tools.natscluster import NatsCluster
-    for attempt in range(3):
-        try:
-            c = NatsCluster(users=dict([CLOUD]), cloud_users=(CLOUD[0],))
-        except BrokerError as e:
-            _need("nats-server", e)
-        try:
-            c.start()
-            break
-        except BrokerError as e:   # a free port picked, then taken by another process before the bind
-            c.close()
-            if "address already in use" not in str(e) or attempt == 2:
-                raise
+    c = start_cluster(dict([CLOUD]), (CLOUD[0],))
     yield c
     c.close()
 

@@ -25,11 +25,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from host_tools.broker import BrokerError
 from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.registry import Registry
+from tests.natskit import start_cluster
 from tests.test_ingest import FakeDevice, assert_ledger_is_exactly, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,24 +37,9 @@ CLOUD = ("cloud", "cloud-pw")
 STREAM = "EDGEPAY_UP"
 
 
-def _need(what: str, e: Exception):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what}: {e} (CI: scripts/setup.sh installs the dev extras)")
-    pytest.skip(f"{what}: {e}")
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    try:
-        import nats  # noqa: F401
-    except ImportError as e:
-        _need("nats-py", e)
-    from host_tools.natscluster import NatsCluster
-    try:
-        c = NatsCluster(users=dict([CLOUD]), cloud_users=(CLOUD[0],))
-    except BrokerError as e:
-        _need("nats-server", e)
-    c.start()
+    c = start_cluster(dict([CLOUD]), (CLOUD[0],))
     yield c
     c.close()
 
