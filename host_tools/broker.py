@@ -176,13 +176,21 @@ class Broker:
 
     # ---- lifecycle --------------------------------------------------------------------
     def start(self, timeout=10.0):
-        for attempt in range(5):
+        for attempt in range(10):
             try:
                 return self._start(timeout)
             except BrokerError as e:
+                if "in use" not in str(e):
+                    raise
+                if self._started_once:
+                    # a restart keeps its ports (its clients reconnect to them): while it was
+                    # down, one may have been some other socket's for a moment (an outgoing
+                    # connection's ephemeral port): wait for it, up to ~5 s
+                    time.sleep(0.5)
+                    continue
                 # a port picked by free_port() can be taken by someone else before mosquitto
                 # binds it: pick new ones, but only before the first successful start
-                if not (self._auto_port and not self._started_once and "in use" in str(e)):
+                if not self._auto_port:
                     raise
                 self.port = free_port()
                 self.cloud_port = free_port()
