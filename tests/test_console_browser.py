@@ -204,6 +204,14 @@ def test_the_console_logs_in_lists_commands_and_shows_sessions(browser, console)
         SessionStore(led).add_flag(Flag("charge_mismatch", "lot9-vend-000", "s-console", "charged 1500, costs 1000",
                                         device_amount=1000, cloud_amount=1000, charged=1500, cur="CNY",
                                         at=time.time()))
+        # the site's reconciliation: the board never sent a heartbeat, so it is unknown until the flag
+        # makes it flagged (the section reloads with the page every 5 s)
+        site = d.find_element(By.ID, "recon-site")
+        site.send_keys("lot9-")
+        until(lambda: text('#recon-table tr[data-id="lot9-vend-000"] .status') == "flagged", 10)
+        assert "charge_mismatch x1" in text('#recon-table tr[data-id="lot9-vend-000"]')
+        assert "120 devices: 0 mismatch · 1 flagged · 0 pending · 119 unknown" in text("#recon-totals")
+        shot("reconciliation")
     finally:
         led.close()
     d.find_element(By.LINK_TEXT, "Devices").click()

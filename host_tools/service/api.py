@@ -30,6 +30,10 @@ metrics.
                                            (a full page links the next: before=<cursor>)
     GET  /v1/flags?device=&kind=           (viewer) the session service's flags (charge and fee
                                            mismatches, refused reauthorisations, clock skew...)
+    GET  /v1/reconciliation?site=&status=&after=&limit=
+                                           (viewer) each device of a site and where it stands with
+                                           its money: mismatch, flagged, pending, unknown or
+                                           reconciled, and why, with the site's totals
     GET  /v1/ledger/export?from=&to=&site=&format=json|csv
                                            (viewer) the closed sessions that ended in [from, to)
                                            with totals per currency (ledger_export.py); a scoped
@@ -207,7 +211,7 @@ def make_app(registry: Registry, client: CommandClient, *, rollouts: RolloutStor
 
     if ledger is not None:   # tariffs and bindings, in the session service's tables on the ledger's database
         add_push_routes(app, auth, registry, client, _store, ready)
-    add_ledger_routes(app, auth, registry, _ledger, _store)   # sessions, flags, reconcile, export
+    add_ledger_routes(app, auth, registry, _ledger, _store, heartbeats)   # sessions, flags, reconcile, export
 
     def _device(d, pr: dict | None = None) -> Device:
         pr = pr if pr is not None else (presence.get(d.device_id) if presence is not None else None) or {}

@@ -1,7 +1,7 @@
 """The ledger's routes of the HTTP API (host_tools/service/api.py lists them all): sessions by
 device, payer, time and whether they were opened offline (with where their re-authorisation
 stands), the session service's flags, a device's journal export reconciled against the ledger,
-and the finance export. Without a ledger each answers a 404 problem that says so."""
+each site's reconciliation status (host_tools/cloud/reconcile_status.py) and the finance export. Without a ledger each answers a 404 problem that says so."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -12,9 +12,11 @@ from fastapi import Depends, FastAPI, Query, Response
 from pydantic import BaseModel, Field
 
 from host_tools.cloud.accounts import Principal
+from host_tools.cloud.heartbeats import Heartbeats
 from host_tools.cloud.ledger import Ledger
 from host_tools.cloud.ledger_export import ExportError, iso, parse_time
 from host_tools.cloud.ledger_export import export as ledger_export_
+from host_tools.cloud.reconcile_status import ExportChecks, site_status, totals
 from host_tools.cloud.registry import Registry
 from host_tools.cloud.session_store import SessionStore
 from host_tools.service.auth import Auth, Problem, visible_device
@@ -41,10 +43,17 @@ def reauth_status(s, refused: bool) -> str:
 
 
 def add_ledger_routes(app: FastAPI, auth: Auth, registry: Registry, _ledger: Callable[[], Ledger],
-                      _store: Callable[[], SessionStore]) -> None:
+                      _store: Callable[[], SessionStore], heartbeats: Heartbeats | None = None) -> None:
     """_ledger, _store: the ledger and the session service's tables on it, each a 404 problem
-    when the server has no ledger."""
+    when the server has no ledger; heartbeats: the last heartbeat of each device (None: none kept)."""
     viewer = auth.need("viewer")
+    checks: list[ExportChecks] = []
+
+    def _checks() -> ExportChecks:
+        if not checks:
+            checks.append(ExportChecks(_ledger()))
+        return checks[0]
+
     @app.get("/v1/sessions")
     def sessions(response: Response, device: str | None = None, payer: str | None = None,
                  state: str | None = Query(None, pattern="^(open|closed)$"), since: str | None = Query(None, alias="from"),
@@ -97,8 +106,36 @@ def add_ledger_routes(app: FastAPI, auth: Auth, registry: Registry, _ledger: Cal
         except ValueError:
             raise Problem(422, "records[].raw is the envelope in hex") from None
         rec = _ledger().reconcile(device_id, items, from_seq=body.from_seq)
+        _checks().record(device_id, rec, len(items))   # the site view's last word on this device
         return {"device": device_id, "ok": rec.ok, "missing": rec.missing, "extra": rec.extra,
                 "mismatched": rec.mismatched, "journal_records": len(items)}
+
+    @app.get("/v1/reconciliation")
+    def reconciliation(response: Response, site: str | None = None, status: str | None = Query(
+                           None, pattern="^(mismatch|flagged|pending|unknown|reconciled)$"),
+                       after: str = "", limit: int = Query(100, ge=1, le=1000),
+                       p: Principal = Depends(viewer)) -> dict:
+        """Each device of a site (a device-id prefix; none: every device the caller sees) and where
+        it stands with its money: mismatch, flagged, pending, unknown or reconciled, and why; the
+        site's totals over all its devices; a page of devices after `after` (optionally of one
+        status), with a `Link` to the next."""
+        prefixes = _site(p, site)
+        led = _ledger()
+        ids = [d.device_id for d in registry.page(after="", limit=10 ** 7, prefixes=prefixes)]
+        rows = site_status(ids, led, _store().db, heartbeats.db if heartbeats is not None else None, _checks(),
+                           prefixes)
+        page = [r for r in rows if r["device"] > after and status in (None, r["status"])][:limit]
+        if len(page) == limit:
+            q = {k: v for k, v in (("site", site), ("status", status)) if v is not None}
+            response.headers["Link"] = f'</v1/reconciliation?{urlencode({**q, "after": page[-1]["device"], "limit": limit})}>; rel="next"'
+        return {"site": site, "totals": totals(rows), "devices": page}
+
+    def _site(p: Principal, site: str | None) -> tuple[str, ...] | None:
+        if site is None:
+            return p.sites
+        if p.sites is not None and not any(site.startswith(m) for m in p.sites):
+            raise Problem(403, f"{p.user} may see only the sites {', '.join(p.sites)}", "forbidden")
+        return (site,)
 
     @app.get("/v1/flags")
     def flags(device: str | None = None, kind: str | None = None, p: Principal = Depends(viewer)) -> list[dict]:

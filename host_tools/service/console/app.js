@@ -457,8 +457,11 @@ function sessions() {
     }
     const fl = await api("/v1/flags?" + qs({ device: ses.f.device }));
     flags.replaceChildren(h("h2", {}, "Flags"), fl.ok ? flagTable(fl.data) : h("p", { class: "muted" }, problem(fl)));
+    await recon.load();
   };
-  view.replaceChildren(h("section", {}, h("h2", {}, "Sessions"), filters), ...parts.map((p) => p.el), revenue(), flags);
+  const recon = reconciliation();
+  view.replaceChildren(h("section", {}, h("h2", {}, "Sessions"), filters), ...parts.map((p) => p.el), revenue(),
+                       recon.el, flags);
   every(5000, load);
 }
 
@@ -488,6 +491,31 @@ function revenue() {
         [...all].map(([c, v]) => ` · ${money(v, c)}`).join("")));
   });
   return h("section", {}, h("h2", {}, "Revenue"), h("div", { class: "bar" }, site, go), out);
+}
+
+// where each device of a site stands with its money (GET /v1/reconciliation): the site's totals,
+// then its devices that are not reconciled first (mismatch, flagged, pending, unknown), then the rest
+function reconciliation() {
+  const site = h("input", { id: "recon-site", size: "12", placeholder: "site (id prefix)" });
+  const out = h("div", { id: "recon-table" });
+  const order = ["mismatch", "flagged", "pending", "unknown", "reconciled"];
+  const load = async () => {
+    const r = await api("/v1/reconciliation?" + qs({ site: site.value.trim(), limit: 1000 }));
+    if (!r.ok) { out.replaceChildren(h("p", { class: "error" }, problem(r))); return; }
+    const t = r.data.totals;
+    const rows = [...r.data.devices].sort((a, b) => order.indexOf(a.status) - order.indexOf(b.status)
+                                                    || (a.device < b.device ? -1 : 1));
+    out.replaceChildren(
+      h("p", { class: "totals", id: "recon-totals" }, `${t.devices} devices: ` +
+        order.map((s) => `${t[s]} ${s}`).join(" · ")),
+      h("table", {}, h("tr", {}, ...["device", "status", "why", "records", "last seq", "open"].map((c) => h("th", {}, c))),
+        ...rows.map((d) => h("tr", { "data-id": d.device, class: `recon-${d.status}` },
+          h("td", {}, d.device), h("td", { class: "status" }, d.status), h("td", {}, d.why),
+          h("td", { class: "num" }, String(d.records)), h("td", { class: "num" }, d.last_seq === null ? "" : String(d.last_seq)),
+          h("td", { class: "num" }, String(d.open_sessions))))));
+  };
+  site.addEventListener("change", load);
+  return { load, el: h("section", {}, h("h2", {}, "Reconciliation"), h("div", { class: "bar" }, site), out) };
 }
 
 // ---- the router ----------------------------------------------------------------------------
