@@ -22,7 +22,7 @@ from host_tools.cli.common import Ctx, fail, make_private_dir, write_private
 
 # what Mosquitto reads (ca.key is not among them: it stays with its owner)
 BROKER_READS = ("passwd", "acl", "passwd_cloud", "acl_cloud", "ca.pem", "server.pem", "server.key",
-                "mosquitto.conf")
+                "mosquitto.conf", "crl.pem")
 
 
 def _account(name: str | None) -> pwd.struct_passwd:
@@ -65,6 +65,8 @@ def register(cli: click.Group) -> None:
 
     from host_tools.cli import broker_rotate
     broker_rotate.register(broker)  # cloud-user add|remove|list, renew-cert
+    from host_tools.cli import broker_crl
+    broker_crl.register(broker)  # crl [--resign]
 
     @broker.command()
     @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -79,7 +81,8 @@ def register(cli: click.Group) -> None:
                   help="how devices authenticate on the TLS listener: their password, or their certificate "
                        "(mutual TLS: CN = device id, no password asked)")
     @click.option("--crl", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                  help="a CRL (PEM) of revoked device certificates, for --tls-clients certificate")
+                  help="a CRL (PEM) of revoked device certificates, for --tls-clients certificate "
+                       "[default: BROKER_DIR/crl.pem when it exists, which revoke and renew-cert keep]")
     @click.option("--run-as", help="the account Mosquitto runs as when started by root; the files it reads "
                   "are given to it [default: you, the files' owner]")
     @click.pass_obj
@@ -118,6 +121,8 @@ def register(cli: click.Group) -> None:
             conf += [f"listener {tls_port} {bind}", *(mtls_auth(d / "acl") if mtls else device_auth),
                      f"cafile {d / 'ca.pem'}", f"certfile {d / 'server.pem'}", f"keyfile {d / 'server.key'}",
                      "tls_version tlsv1.2"]
+            if crl is None and mtls and (d / "crl.pem").exists():
+                crl = d / "crl.pem"  # the one revoke and renew-cert keep (host_tools/crl.py)
             if crl is not None:
                 conf.append(f"crlfile {crl.resolve()}")
         elif tls_clients == "certificate" or crl is not None:

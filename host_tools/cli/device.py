@@ -9,7 +9,10 @@ DEVICE --reprovision` and flash the new config over the serial link (docs/securi
 revoke: a stolen or compromised device. The registry marks it revoked (the cloud then sends it
 nothing, refuses its auth requests, and keeps any record it still sends in quarantine for audit,
 never as money: host_tools/cloud/ingest.py), its line leaves the broker's passwd and a broker this
-tool manages is reloaded, so its next CONNECT is refused (CONNACK 5: a clear refusal, not a hang).
+tool manages is reloaded, so its next CONNECT is refused (CONNACK 5: a clear refusal, not a hang);
+with a CA in the broker dir (provision --tls), every certificate issued to it (certs.json, and
+DEVICE_DIR/device.pem) goes on the broker dir's CRL (host_tools/crl.py) before that reload, so a
+mutual-TLS listener, which asks no password, refuses it too.
 decommission: a device retired in good order, after its journal is drained (`get_state` jdepth 0;
 --force skips the check); the same broker step, status decommissioned.
 Its key stays in the registry, verify-only: what it journaled can always be audited.
@@ -24,15 +27,33 @@ import click
 from host_tools.cli.common import EXIT_USAGE, Ctx, each_device, fail
 
 
-def _broker_step(o: Ctx, device: str, broker_dir: Path) -> dict:
+def _crl_step(o: Ctx, device: str, broker_dir: Path, devices_dir: Path) -> list[str] | None:
+    """Every known certificate of `device` on the broker dir's CRL (None: no CA there, no CRL)."""
+    from host_tools import crl
+    from host_tools.cli.device_cert import _old_pem
+    if not (broker_dir / "ca.key").exists():
+        return None
+    try:
+        serials = crl.device_serials(broker_dir, device, _old_pem(devices_dir, device))
+        return crl.revoke(broker_dir, [(s, device) for s in serials], "revoked")
+    except crl.CrlError as e:
+        o.note(f"[yellow]warning:[/] {device}'s certificates are not on the CRL: {e}")
+        return None
+
+
+def _broker_step(o: Ctx, device: str, broker_dir: Path, devices_dir: Path | None = None) -> dict:
     from host_tools.cli.reload import reload_broker
     from host_tools.provision import remove_passwd
     removed = remove_passwd(broker_dir / "passwd", device)
-    reload = reload_broker(broker_dir) if removed else {}
+    added = _crl_step(o, device, broker_dir, devices_dir) if devices_dir is not None else None
+    reload = reload_broker(broker_dir) if removed or added else {}
     if "reload" in reload:
         o.note(f"[yellow]warning:[/] Mosquitto (pid {', '.join(map(str, reload['pids']))}) still accepts {device} "
                f"until it rereads {broker_dir / 'passwd'}: {reload['reload']}")
-    return {"passwd_removed": removed, "broker_reload": reload or None}
+    out = {"passwd_removed": removed, "broker_reload": reload or None}
+    if devices_dir is not None:
+        out["crl_added"] = added
+    return out
 
 
 def register(cli: click.Group) -> None:
@@ -50,8 +71,11 @@ def register(cli: click.Group) -> None:
     @device.command()
     @click.argument("device_id", metavar="DEVICE")
     @broker_dir_opt
+    @click.option("--devices-dir", type=click.Path(file_okay=False, path_type=Path),
+                  default=Path("edgepay") / "devices", show_default=True,
+                  help="where provision left each device's files (its first device.pem)")
     @click.pass_obj
-    def revoke(o: Ctx, device_id: str, broker_dir: Path) -> None:
+    def revoke(o: Ctx, device_id: str, broker_dir: Path, devices_dir: Path) -> None:
         """Revoke a stolen or compromised DEVICE now (see the module doc for what follows)."""
         from host_tools.cloud.registry import RegistryError
         reg = o.open_registry()
@@ -63,11 +87,13 @@ def register(cli: click.Group) -> None:
                 fail(str(e))
         finally:
             reg.close()
-        result = {"device": device_id, "status": d.status, "was": before, **_broker_step(o, device_id, broker_dir)}
+        result = {"device": device_id, "status": d.status, "was": before,
+                  **_broker_step(o, device_id, broker_dir, devices_dir)}
         o.emit(result, lambda: o.console.print(
             f"[bold red]revoked[/] {device_id}: the cloud sends it nothing and quarantines what it sends; "
             + ("the broker refuses its next connection" if result["passwd_removed"] else
-               f"it had no line in {broker_dir / 'passwd'}")))
+               f"it had no line in {broker_dir / 'passwd'}")
+            + (f"; certificate(s) {', '.join(result['crl_added'])} on the CRL" if result.get("crl_added") else "")))
 
     @device.command()
     @click.argument("device_id", metavar="DEVICE")

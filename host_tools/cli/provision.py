@@ -80,6 +80,10 @@ def tls_material(broker_dir: Path, out: Path, device: str, hostnames: list[str],
                f"certificates end then, not in {days} days")
     write_private(out / "device.key", _key_pem(dkey))
     write_private(out / "device.pem", _pem(dcert))
+    from host_tools import crl  # what revoke and renew-cert put on the CRL later (host_tools/crl.py)
+    crl.record_issued(broker_dir, device, dcert)
+    if not (broker_dir / crl.CRL).exists():  # an empty one: the broker's crlfile from the start
+        crl.write_crl(broker_dir, (ca_key, ca))
     cert_der, key_der = device_der(dkey, dcert)  # what the board loads: its mbedtls reads DER only
     write_private(out / "device.der", cert_der)
     write_private(out / "device.key.der", key_der)

@@ -95,3 +95,15 @@ def renew(client, device: str, r: Renewal, timeout: float = 30.0) -> dict:
                          "the device is back on its current one")
     return {"device": device, "n": detail.get("n"), "serial": format(r.cert.serial_number, "x"),
             "not_after": r.cert.not_valid_after_utc.isoformat()}
+
+
+def supersede(broker_dir, device: str, new_cert: x509.Certificate, also: tuple[x509.Certificate, ...] = ()) -> list[str]:
+    """After the device reported cert_current for `new_cert`: note it as issued, and put every
+    earlier certificate of the device known in the broker dir (certs.json, and `also`: a device.pem
+    from before certs.json) on the broker dir's CRL, reason superseded (host_tools/crl.py). Earlier
+    entries stay. -> the serials added; the caller reloads the broker (SIGHUP) so it rereads it."""
+    from host_tools import crl
+    new = format(new_cert.serial_number, "x")
+    old = [s for s in crl.device_serials(broker_dir, device, also) if s != new]
+    crl.record_issued(broker_dir, device, new_cert)
+    return crl.revoke(broker_dir, [(s, device) for s in old], "superseded")
