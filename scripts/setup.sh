@@ -66,6 +66,11 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
   apt_install postgresql || echo "       The PostgreSQL ledger tests will be skipped locally and FAIL in CI (CI=true)." >&2
 fi
+# RabbitMQ (with Erlang: 21 packages, ~58 MB on disk, 8 s here): the second cluster engine; the tests
+# run private nodes from its scripts (host_tools/rabbitcluster.py, tests/test_rabbit_cluster.py).
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  apt_install rabbitmq-server || echo "       The RabbitMQ cluster tests will be skipped locally and FAIL in CI (CI=true)." >&2
+fi
 # Chromium and its driver: the console's browser tests (tests/test_console_browser.py) drive them
 # through Selenium with explicit paths (Selenium's own manager would try a download).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
