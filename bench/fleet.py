@@ -14,14 +14,31 @@ connected and heartbeating on Mosquitto, and how much of a record flood ingest c
   committed over records that subscriber received, in the same window. Then the journals drain
   and the ledger is reconciled record by record against every journal (`reconciled`).
 
-    python bench/fleet.py [--devices 10000] [--hold 45] [--hb 30] [--flood-devices 200] [--flood-s 60]
+- cluster (--cluster N): the same on the 3-node NATS cluster (host_tools/natscluster.py, every
+  device given every node's MQTT port, ingest as JetStream competing consumers):
+  `cluster_devices` connected and heartbeating over --hold, `cluster_broker_kb_per_device` (the
+  three nodes' RSS added, per device); `cmd_p99_ms` (get_state to a random device every
+  --cmd-every s during the hold, submit to verified result) and `cmd_p99_ratio` against
+  `cmd_idle_p99_ms`, the same command on the same cluster with only --idle-devices devices on it,
+  measured first; `failover_s`: node --kill-node killed -9 with the fleet connected, and every
+  device at once journals one record: seconds until every device is online again and has the
+  signed ack of that record (a round trip for each); then the ledger is reconciled against the
+  journals. --subs (firmware | single) is what each device subscribes (host_tools/sim/fleetdevice.py
+  SUBS), --ramp the devices connecting per second, --nats-mqtt extra settings of the nodes' mqtt
+  block (JSON, e.g. '{"consumer_memory_storage": true}'); docs/cluster.md "Fleet figures".
 
-The last line is one JSON object. Goals (issue 14): devices >= 10,000; committed_ratio >= 0.8.
+    python bench/fleet.py [--devices 10000] [--hold 45] [--hb 30] [--flood-devices 200] [--flood-s 60]
+    python bench/fleet.py --skip-devices --skip-flood --cluster 2000 [--subs single] [--ramp 50]
+
+The last line is one JSON object. Goals (issue 14): devices >= 10,000; committed_ratio >= 0.8;
+cluster_devices >= 2,000; cmd_p99_ratio <= 3; failover_s <= 30.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import subprocess
 import sys
 import threading
@@ -31,7 +48,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from host_tools.cloud.mqtt import BrokerSettings, CloudMQTT  # noqa: E402
-from host_tools.sim.fleet import Fleet, _proc_rss  # noqa: E402
+from host_tools.sim.fleet import Fleet  # noqa: E402
+from host_tools.sim.fleetworker import rss_kb as _proc_rss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +150,134 @@ def flood_figure(n: int, seconds: float, say) -> dict:
         f.close()
 
 
+CLUSTER_CLOUD = ("cloud", os.urandom(9).hex())
+
+
+def _cluster_fleet(n: int, site, say, **kw) -> Fleet:
+    opts = {"ingest_workers": 2, "ingest_hold_ms": 3000, "ingest_options": {"ack_wait_s": 5.0, "fetch_max": 100}}
+    return Fleet(n, scenario="idle", broker=site, cloud=CLUSTER_CLOUD, world_options=opts, **kw)
+
+
+def _cmd_probe(f: Fleet, stop: threading.Event, every: float, lat: list[float], failed: list[str]) -> None:
+    """A get_state to a random device every `every` s until `stop`: submit to verified result."""
+    rng = random.Random(7)
+    cmd = f.world.svc.cmd
+    while not stop.wait(every):
+        d = rng.choice(f.devices)["id"]
+        t = time.monotonic()
+        try:
+            r = cmd.send(d, "get_state", timeout=10.0, ttl=f.world.cmd_ttl)
+        except Exception as e:  # noqa: BLE001 - counted, the probe goes on
+            failed.append(f"{d}: {e}")
+            continue
+        if r.ok:
+            lat.append(time.monotonic() - t)
+        else:
+            failed.append(f"{d}: {r.state.value}")
+
+
+def _p99(xs: list[float]) -> float | None:
+    from host_tools.sim.fleet import pct
+    v = pct(xs, 99)
+    return None if v is None else round(v * 1000, 1)
+
+
+def cluster_figure(n: int, a, say) -> dict:
+    from host_tools.natscluster import NatsCluster
+    from host_tools.sim.fleetcluster import ClusterSite
+    mqtt = json.loads(a.nats_mqtt) if a.nats_mqtt else {}
+    out: dict = {"cluster_asked": n, "cluster_subs": a.subs, "cluster_ramp": a.ramp, "cluster_nats_mqtt": mqtt,
+                 "load_start": [round(x, 1) for x in os.getloadavg()]}
+    c = NatsCluster(users=dict([CLUSTER_CLOUD]), cloud_users=(CLUSTER_CLOUD[0],), mqtt=mqtt)
+    c.start()
+    site = ClusterSite(c)
+    try:
+        # the same command with almost nobody on the cluster
+        idle = _cluster_fleet(a.idle_devices, site, say, hb_s=a.hb, subs=a.subs, ramp=a.ramp)
+        try:
+            idle.start()
+            idle.connect(say)
+            lat: list[float] = []
+            failed: list[str] = []
+            stop = threading.Event()
+            t = threading.Thread(target=_cmd_probe, args=(idle, stop, a.cmd_every, lat, failed), daemon=True)
+            t.start()
+            idle.wait_for(lambda: len(lat) + len(failed) >= a.idle_cmds, a.idle_cmds * 2 * a.cmd_every + 30)
+            stop.set()
+            t.join(15)
+            out.update(cmd_idle_p99_ms=_p99(lat), cmd_idle_p50_ms=_p50(lat), cmd_idle_n=len(lat),
+                       cmd_idle_failed=len(failed))
+        finally:
+            idle.close()
+        rss0 = [c.rss_kb(i) for i in range(len(c.nodes))]
+        f = _cluster_fleet(n, site, say, hb_s=a.hb, subs=a.subs, ramp=a.ramp, retry_s=10.0)
+        try:
+            f.start()
+            up = f.connect(say, timeout=max(60.0, 3 * n / max(1, a.ramp)))
+            out.update(cluster_all_up=up, cluster_connect_s=f.connect_s,
+                       cluster_refused_subs=f.total("refused_subs"),
+                       cluster_connect_failed=f.counts.get("connect_failed", 0))
+            seen: dict[str, float] = {}
+            lock = threading.Lock()
+
+            def on_hb(topic: str, payload: bytes) -> None:
+                with lock:
+                    seen[topic.split("/")[2]] = time.monotonic()
+            sub = CloudMQTT(site.cloud_settings(*CLUSTER_CLOUD))
+            sub.subscribe("v1/dev/+/up/hb", on_hb, qos=0)
+            sub.connect()
+            t_hold = time.monotonic()
+            lat, failed = [], []
+            stop = threading.Event()
+            t = threading.Thread(target=_cmd_probe, args=(f, stop, a.cmd_every, lat, failed), daemon=True)
+            t.start()
+            f.wait_for(lambda: False, a.hold, say, every=5.0)
+            stop.set()
+            t.join(15)
+            with lock:
+                beating = sum(1 for v in seen.values() if v >= t_hold)
+            sub.close()
+            rss = [c.rss_kb(i) for i in range(len(c.nodes))]
+            idle_p99 = out.get("cmd_idle_p99_ms")
+            out.update(cluster_devices=beating, cluster_online=f.total("online"),
+                       cluster_broker_kb_per_device=round((sum(rss) - sum(rss0)) / max(1, n), 1),
+                       cluster_rss_mb=[round(x / 1024) for x in rss],
+                       cmd_p99_ms=_p99(lat), cmd_p50_ms=_p50(lat), cmd_n=len(lat), cmd_failed=len(failed),
+                       cmd_failed_sample=failed[:3],
+                       cmd_p99_ratio=round(_p99(lat) / idle_p99, 2) if lat and idle_p99 else None,
+                       load_hold=[round(x, 1) for x in os.getloadavg()])
+            # failover: a node killed under the connected fleet; every device journals one record now
+            k = a.kill_node
+            on_k = c.nodes[k].varz().get("connections", 0)   # its MQTT and NATS clients
+            t0 = time.monotonic()
+            c.kill(k)
+            f.send_all(("mark", "failover"))
+            back = f.wait_for(lambda: f.total("online") >= n and f.total("marked") >= n, a.failover_timeout, say,
+                              every=2.0)
+            out.update(failover_s=round(time.monotonic() - t0, 1) if back else None, failover_ok=back,
+                       failover_node=k, failover_devices_on_node=on_k,
+                       failover_online=f.total("online"), failover_acked=f.total("marked"),
+                       failover_broker_moves=f.counts.get("broker_moves", 0))
+            say(f"failover: {back} in {out['failover_s']} s ({f.total('marked')}/{n} acked)")
+            drained = f.drain(say, timeout=120.0)
+            f.finish()
+            rep = f.reconcile(check_sessions=False)
+            out.update(cluster_drained=drained, cluster_reconciled=rep["ok"], cluster_records=rep["records"],
+                       cluster_reconcile_problems=rep["problems"][:5], load_end=[round(x, 1) for x in os.getloadavg()])
+        finally:
+            f.close()
+    finally:
+        site.close()
+        c.close()
+    return out
+
+
+def _p50(xs: list[float]) -> float | None:
+    from host_tools.sim.fleet import pct
+    v = pct(xs, 50)
+    return None if v is None else round(v * 1000, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=10000)
@@ -141,6 +287,15 @@ def main() -> None:
     ap.add_argument("--flood-s", type=float, default=60.0)
     ap.add_argument("--skip-devices", action="store_true")
     ap.add_argument("--skip-flood", action="store_true")
+    ap.add_argument("--cluster", type=int, default=0, help="devices on the 3-node NATS cluster (0: skip)")
+    ap.add_argument("--subs", choices=("firmware", "single"), default="firmware")
+    ap.add_argument("--ramp", type=int, default=50, help="cluster devices connecting per second")
+    ap.add_argument("--nats-mqtt", default="", help="JSON: extra settings of the nodes' mqtt block")
+    ap.add_argument("--idle-devices", type=int, default=10)
+    ap.add_argument("--idle-cmds", type=int, default=60)
+    ap.add_argument("--cmd-every", type=float, default=0.25)
+    ap.add_argument("--kill-node", type=int, default=1)
+    ap.add_argument("--failover-timeout", type=float, default=180.0)
     a = ap.parse_args()
 
     def say(line: str) -> None:
@@ -150,6 +305,8 @@ def main() -> None:
         out.update(devices_figure(a.devices, a.hold, a.hb, say))
     if not a.skip_flood:
         out.update(flood_figure(a.flood_devices, a.flood_s, say))
+    if a.cluster:
+        out.update(cluster_figure(a.cluster, a, say))
     print(json.dumps(out, sort_keys=True))
 
 

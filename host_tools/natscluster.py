@@ -120,16 +120,19 @@ class NatsNode:
 
 class NatsCluster:
     def __init__(self, users: dict[str, str] | None = None, cloud_users=("cloud",), nodes: int = 3,
-                 workdir: str | Path | None = None, debug: bool = False, callout: bool = True):
+                 workdir: str | Path | None = None, debug: bool = False, callout: bool = True,
+                 mqtt: dict | None = None):
         """callout: users decided by the auth callout (host_tools/natsauth.py), which also holds
         client id == user name for devices; False: users and permissions in the config files,
-        where any device's password may take any client id."""
+        where any device's password may take any client id. mqtt: settings of each node's `mqtt`
+        block over the defaults (e.g. {"consumer_memory_storage": True}; docs/cluster.md)."""
         self.exe = nats_server_path()
         self.users = dict(users or {})
         self.cloud_users = set(cloud_users)
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="edgepay-nats-"))
         self.debug = debug
+        self.mqtt_options = dict(mqtt or {})
         self.nodes = [NatsNode(f"n{i}", self.dir / f"n{i}") for i in range(nodes)]
         self._probe = os.urandom(12).hex()  # the warm-up user's password: MQTT-only, may do nothing
         self.callout: AuthCallout | None = None
@@ -204,7 +207,8 @@ class NatsCluster:
             # follows the nodes seen at first connect: 2 if one route is still forming); ack_wait:
             # the QoS 1 redelivery delay
             "mqtt": {"host": "127.0.0.1", "port": node.mqtt_port, "ack_wait": "10s",
-                     "stream_replicas": len(self.nodes), "consumer_replicas": len(self.nodes)},
+                     "stream_replicas": len(self.nodes), "consumer_replicas": len(self.nodes),
+                     **self.mqtt_options},
             **self._auth_conf(),
         }
         node.conf.write_text(json.dumps(conf, indent=1) + "\n")

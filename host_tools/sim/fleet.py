@@ -63,7 +63,7 @@ class Fleet:
                  ramp: int = 500, root: str | None = None, tail: float | None = None, probe_s: float = 0.5,
                  retry_s: float = 15.0, boards: list[tuple[str, str]] | None = None,
                  broker: Any = None, cloud: tuple[str, str | None] | None = None,
-                 world_options: dict | None = None):
+                 world_options: dict | None = None, subs: str = "firmware"):
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario is one of {', '.join(SCENARIOS)}")
         self.n = n
@@ -78,6 +78,7 @@ class Fleet:
         self.ramp = ramp
         self.tail = tail if tail is not None else max(6.0, seconds * 0.25)
         self.probe_s = probe_s
+        self.subs = subs  # what each device subscribes (fleetdevice.SUBS: "firmware" or "single")
         self.retry_s = retry_s  # a device sends everything unacknowledged again after this long without acks
         # VM boards (the firmware, host_tools/sim/board.py) in the same site, playing the site's
         # scenario (host_tools/sim/scenarios.py) beside the fleet: [("gate-1", "gate"), ...]
@@ -143,7 +144,7 @@ class Fleet:
         cfg = {"host": w.host, "port": w.broker.port, "rate": self.rate, "hb_s": self.hb_s,
                "time_s": 600.0, "keepalive": 60, "retry_s": self.retry_s, "cmd_ttl_s": w.cmd_ttl,
                "clock_skew_s": w.skew_s, "seed": self.seed, "ramp": max(1, self.ramp // self.procs),
-               "report_s": 1.0,
+               "report_s": 1.0, "subs": self.subs,
                # a cluster's nodes, tried in turn (host_tools/sim/fleetcluster.py); None: the one broker
                "brokers": getattr(w.broker, "brokers", None)}
         ctx = multiprocessing.get_context("spawn")

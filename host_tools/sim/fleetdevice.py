@@ -5,8 +5,11 @@ runs on the VM (host_tools/sim/board.py).
 
 What it does, as SPEC says:
 - connects as its id (persistent session, will = a retained status online:false, §1), subscribes
-  dn/cmd (QoS 1), dn/ack (QoS 1), dn/time (QoS 0); once per boot a hello, at every connect the
-  retained status online:true and a time_req;
+  dn/cmd (QoS 1), dn/ack (QoS 1), dn/time (QoS 0) as the firmware does (`subs="firmware"`), or
+  the one wildcard dn/+ (QoS 1; a QoS 0 time answer still arrives at QoS 0) with `subs="single"`:
+  on NATS each QoS 1 subscription is a replicated JetStream consumer, so one instead of two
+  (docs/cluster.md "Subscriptions"); once per boot a hello, at every connect the retained status
+  online:true and a time_req;
 - heartbeats every `hb_s` (QoS 0) with its journal depth and clock state;
 - time by challenge (§5): a fresh 8-byte nonce per request, at each connect, then every `time_s`
   while trusted, after 2, 4, 8 ... s while not; only a verified answer for it echoing the
@@ -40,6 +43,12 @@ from host_tools.sim.fleetmqtt import AsyncMQTT
 
 ZERO_PREV = bytes(16)
 CAPS = ["rec", "fleet"]
+# what a device subscribes at each connect (SPEC §1 topics; the ACL allows any of dn/#):
+# "firmware" as firmware/agent.py, uplink.py and clock.py do (two QoS 1 subscriptions); "single"
+# one dn/+ at QoS 1 (commands and acks at QoS 1, time answers still at the QoS 0 they are sent
+# with). Not dn/#: NATS subscribes `dn` and `dn.>` for it, two consumers again.
+SUBS = {"firmware": lambda dn: [(dn + "cmd", 1), (dn + "ack", 1), (dn + "time", 0)],
+        "single": lambda dn: [(dn + "+", 1)]}
 
 
 class Stats:
@@ -61,7 +70,7 @@ class FleetDevice(CommandPipeline):
     def __init__(self, spec: dict, host: str, port: int, loop: asyncio.AbstractEventLoop, stats: Stats, *,
                  rate: float = 1.0, hb_s: float = 60.0, time_s: float = 600.0, keepalive: int = 60,
                  retry_s: float = 15.0, cmd_ttl_s: int = 600, clock_skew_s: int = 120, seed: int = 0,
-                 brokers: list[tuple[str, int]] | None = None):
+                 brokers: list[tuple[str, int]] | None = None, subs: str = "firmware"):
         self.id: str = spec["id"]
         self.kind: str = spec["kind"]
         self.key = bytes.fromhex(spec["key"])
@@ -75,6 +84,10 @@ class FleetDevice(CommandPipeline):
         self.rng = random.Random(f"{seed}:{self.id}")
         self.t_up = f"v1/dev/{self.id}/up/"
         self.t_dn = f"v1/dev/{self.id}/dn/"
+        if subs not in SUBS:
+            raise ValueError(f"subs is one of {', '.join(SUBS)}")
+        self.subs = SUBS[subs](self.t_dn)
+        self.mark_seq = 0                  # the last probe record's seq (bench/fleet.py failover)
         self.seq = 0                       # everything this device sends is numbered from here
         self.boots = 1
         self.up_mono = time.monotonic()
@@ -207,7 +220,7 @@ class FleetDevice(CommandPipeline):
     def _on_up(self, session_present: bool) -> None:
         self.stats.c["connects"] += 1
         self.online_since = time.monotonic()
-        self.mq.subscribe([(self.t_dn + "cmd", 1), (self.t_dn + "ack", 1), (self.t_dn + "time", 0)])
+        self.mq.subscribe(self.subs)
         if not self._hello_sent:
             self.send("hello", {"fw": FW, "board": f"fleet-{self.kind}", "reset": "power_on", "caps": CAPS,
                                 "kind": self.kind, "boots": self.boots})

@@ -5,7 +5,10 @@ Parent -> worker: ("traffic", until_s, close_by_s, every_s) start the customers 
 now); ("flood", seconds, cap) every device journals sess_open records as fast as the broker
 takes them (a new one once the MQTT window has room: 8 unPUBACKed) for `seconds`, at most `cap`
 unacknowledged in its journal (bench/fleet.py); ("storm", jitter_s) every device drops its connection within jitter_s and reconnects;
-("drop", [ids]) those devices drop theirs; ("finish",) orderly stop, then the journals' histories.
+("drop", [ids]) those devices drop theirs; ("mark", tag) every device journals one sess_open
+record (online or not: it goes out at the next connect), and the stats count the devices whose
+last mark is acknowledged (`marked`: an ack round trip for each, bench/fleet.py failover);
+("finish",) orderly stop, then the journals' histories.
 Worker -> parent, every `report_s`: ("stats", {...}); at the end ("history", {id: [...]}), ("done",).
 """
 from __future__ import annotations
@@ -54,7 +57,7 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
     devs = [FleetDevice(s, cfg["host"], cfg["port"], loop, stats, rate=cfg["rate"], hb_s=cfg["hb_s"],
                         time_s=cfg["time_s"], keepalive=cfg["keepalive"], retry_s=cfg["retry_s"],
                         cmd_ttl_s=cfg["cmd_ttl_s"], clock_skew_s=cfg["clock_skew_s"], seed=cfg["seed"],
-                        brokers=cfg.get("brokers"))
+                        brokers=cfg.get("brokers"), subs=cfg.get("subs", "firmware"))
             for s in specs]
     by_id = {d.id: d for d in devs}
     inbox: asyncio.Queue = asyncio.Queue()
@@ -86,6 +89,8 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
                 "tariffed": sum(1 for d in devs if d.tariff is not None), "depth": sum(d.depth() for d in devs),
                 # customers still being served (an exit waiting for its answer): not drained yet
                 "busy": sum(1 for a in apps if not a.done()),
+                "marked": sum(1 for d in devs if d.mark_seq and d.acked >= d.mark_seq),
+                "refused_subs": sum(d.mq.refused_subs for d in devs),
                 "rss_kb": rss_kb(), "rss0_kb": rss0, **stats.take()}))
 
     loop.create_task(ramp())
@@ -107,6 +112,9 @@ async def _main(conn: Any, specs: list[dict], cfg: dict) -> None:
             jitter = msg[1]
             for d in devs:
                 loop.call_later(d.rng.uniform(0, jitter), d.drop)
+        elif what == "mark":
+            for d in devs:
+                d.mark_seq = d.record("sess_open", {"sid": f"mk-{msg[1]}", "payer": "MARK", "t0": d.now() or 0})
         elif what == "drop":
             for i in msg[1]:
                 if i in by_id:
