@@ -7,7 +7,8 @@ campaign survives a restart: `run` picks it up where it was).
     edgepay campaign status [ID] [--json]
     edgepay campaign pause|resume|cancel ID
 Firmware update campaigns (`edgepay ota deploy`) are campaigns of the action "ota", fleet key
-rotations (`edgepay device rekey --kind/--board/--all`) of the action "rekey": run, status,
+rotations (`edgepay device rekey --kind/--board/--all`) of the action "rekey", release key lists
+(`edgepay release push-keys --file L --kind/--board/--all`) of the action "keylist": run, status,
 pause and resume here work on them too (`edgepay ota cancel` also sends each started device
 ota_abort; `campaign cancel` does not reach the devices).
 Exit code of `run` and `status ID`: 0 done, 5 halted or cancelled, 6 still live (status only).
@@ -54,11 +55,13 @@ def _engine(store, client=None):
     update's (`edgepay ota`); without a client, stand-ins that send nothing (create, status...)."""
     from host_tools.cloud.rollout import CommandAction, Rollouts
     if client is None:
-        return Rollouts(store, {"command": _NoAction(), "ota": _NoAction(), "rekey": _NoAction()})
+        return Rollouts(store, {"command": _NoAction(), "ota": _NoAction(), "rekey": _NoAction(),
+                                "keylist": _NoAction()})
+    from host_tools.cloud.keylist_action import KeylistAction
     from host_tools.cloud.ota_action import OtaAction, OtaProgress
     from host_tools.cloud.rekey import RekeyAction
     return Rollouts(store, {"command": CommandAction(client), "ota": OtaAction(client, OtaProgress(store.db)),
-                            "rekey": RekeyAction(client)})
+                            "rekey": RekeyAction(client), "keylist": KeylistAction(client)})
 
 
 class _NoAction:

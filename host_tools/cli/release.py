@@ -7,10 +7,12 @@ private key stays where keygen writes it: never in the registry, never in a git 
     edgepay release verify build/releases/sim-gate-1.4.0.manifest --pub .../release-<kid>.pub.pem
     edgepay release keylist --sign-with OLD.pem --version 2 --trust OLD.pub.pem --trust NEW.pub.pem -o keys-2.cose
     edgepay release push-keys gate-001 gate-002 --file keys-2.cose
+    edgepay release push-keys --file keys-2.cose --kind gate --cohorts 5,25,100 --rate 30   # a campaign
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import click
@@ -173,16 +175,33 @@ def register(cli: click.Group) -> None:
             + (f"; revokes {', '.join(data['revoked'])}" if revoked else "") + f"\n  {out} ({len(raw)} B)"))
 
     @release.command("push-keys")
-    @click.argument("devices", nargs=-1, required=True)
+    @click.argument("devices", metavar="[DEVICE]...", nargs=-1)
     @click.option("--file", "list_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
                   help="a signed key list (from keylist)")
     @click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
                   help="seconds per device for its signed result")
+    @click.option("--all", "every", is_flag=True, help="the whole fleet (every active device), as a campaign")
+    @click.option("--kind", help="every active device of this kind, as a campaign")
+    @click.option("--board", help="every active device on this board, as a campaign")
+    @click.option("--id", "cid", help="the campaign's id [keys-v<list version>-YYYYmmddTHHMMSS]")
+    @click.option("--cohorts", default="5,25,50,100", show_default=True, help="rising percentages ending at 100")
+    @click.option("--rate", type=float, default=60.0, show_default=True, help="devices started per minute at most")
+    @click.option("--abort-share", type=float, default=0.2, show_default=True,
+                  help="halt once this share of the finished devices failed")
+    @click.option("--no-wait", is_flag=True, help="create the campaign only (edgepay campaign run carries it)")
+    @click.option("--every", "every_s", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+                  help="seconds between the campaign runner's passes")
+    @click.option("--db", default=lambda: os.environ.get("EDGEPAY_LEDGER", "edgepay/ledger.db"),
+                  show_default="EDGEPAY_LEDGER or edgepay/ledger.db", help="the campaigns' database (the ledger's)")
     @click.pass_obj
-    def push_keys(o: Ctx, devices: tuple[str, ...], list_file: Path, timeout: float) -> None:
+    def push_keys(o: Ctx, devices: tuple[str, ...], list_file: Path, timeout: float, every: bool, kind: str | None,
+                  board: str | None, cid: str | None, cohorts: str, rate: float, abort_share: float, no_wait: bool,
+                  every_s: float, db: str) -> None:
         """Send a signed release key list to DEVICES (the set_release_keys command) and report each
-        device's answer: {"v", "keys"} when taken, or the reason it was refused (nothing changed)."""
-        from host_tools.cli.cmd import connect
+        device's answer: {"v", "keys"} when taken, or the reason it was refused (nothing changed).
+        Or to a fleet (--all, --kind, --board) as a campaign on the rollout engine (action keylist):
+        cohorts, rate, halting past --abort-share; a device already on that list version counts as
+        succeeded; pause/resume/cancel/status with edgepay campaign."""
         from host_tools.protocol.keylist import KeyListError, peek_keylist
         try:
             raw = list_file.read_bytes()
@@ -192,6 +211,15 @@ def register(cli: click.Group) -> None:
             peek_keylist(raw)
         except KeyListError as e:
             fail(f"{list_file} is not a release key list: {e}", EXIT_USAGE)
+        if every or kind or board:
+            if devices:
+                fail("name devices, or select a fleet with --all/--kind/--board: not both", EXIT_USAGE)
+            from host_tools.cli.release_campaign import keylist_campaign
+            return keylist_campaign(o, raw, kind, board, cid, cohorts, rate, abort_share, timeout, no_wait,
+                                    every_s, db)
+        if not devices:
+            fail("name the devices to send the list to (or --all, --kind, --board)", EXIT_USAGE)
+        from host_tools.cli.cmd import connect
         reg, client = connect(o)
         results = []
         try:
