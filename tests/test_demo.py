@@ -30,6 +30,9 @@ def test_demo_reconciles_every_session():
     assert all(d["jdepth"] == 0 for d in rep["devices"].values())
     t = rep["totals"]
     assert t["device"] == t["ledger"] == t["charged"] > 0
+    # every customer the hour brought (less the provider's refusal) settled, across the outage and power cut
+    pay = rep["payments"]
+    assert pay["attempts"] > pay["refused"] >= 1 and rep["payment_success_rate"] >= 0.999, pay
     events = [ln for ln in lines if ln.get("type") == "event"]
     kinds = {e["event"] for e in events}
     assert {"outage", "outage over", "power cut", "power back", "car in", "car out", "sale", "rented",

@@ -48,6 +48,10 @@ def test_cli_fleet_traffic_reconciles_exactly():
     assert c["sessions_opened"] == c["sessions_closed"] > 60
     assert c["connects"] >= 120 and c["time_set"] >= 120 and c.get("heartbeats", 0) > 0
     assert rep["tariffs"]["states"] == {"SUCCEEDED": 120} and rep["commands"]["n"] > 120
+    pay = rep["payments"]  # every customer once; the cloud's refusals left out of the rate
+    assert pay["refused"] == c.get("denied", 0) and pay["errors"] == 0
+    assert pay["attempts"] == c["sessions_opened"] + pay["refused"] + pay["turned_away"] + pay["unanswered"]
+    assert pay["succeeded"] <= c["sessions_opened"] and rep["payment_success_rate"] >= 0.999, pay
     assert any("online 120/120" in ln["line"] for ln in lines if ln["type"] == "summary")
 
 
@@ -72,6 +76,8 @@ def test_fleet_reconnect_storm():
     _check(rep)
     assert rep["storm"]["recovered"] and rep["storm"]["reconnects"] >= 100
     assert rep["counts"]["connects"] >= 200 and rep["counts"]["disconnects"] >= 100
+    # every customer who came was served and settled across the storm (fleetreconcile.payment_success)
+    assert rep["payment_success_rate"] >= 0.999, rep["payments"]
 
 
 def test_fleet_survives_a_broker_kill():
@@ -83,6 +89,7 @@ def test_fleet_survives_a_broker_kill():
         rep = f.run(events=[(5.0, kill_broker)])
     _check(rep)
     assert rep["counts"]["connects"] >= 120  # every device came back
+    assert rep["payment_success_rate"] >= 0.999, rep["payments"]
 
 
 def test_fleet_with_vm_boards_in_the_same_site():

@@ -130,6 +130,12 @@ def run_fleet(o: Ctx, n: int, scenario: str, seconds: float, rate: int, seed: in
                         f"devices {t['device']}, ledger {t['ledger']}, charged {t['charged']} (minor units {t['cur']}); "
                         f"commands p50 {rep['commands']['p50_ms']} p99 {rep['commands']['p99_ms']} ms; "
                         f"{'OK' if rep['ok'] else 'MISMATCH'}", markup=False)
+        pay = rep.get("payments")
+        if pay and pay["rate"] is not None:
+            o.console.print(f"payment success {pay['rate']:.4f}: {pay['succeeded']} of {pay['attempts'] - pay['refused']} "
+                            f"customers settled and reconciled ({pay['attempts']} came, {pay['refused']} refused by "
+                            f"the cloud, left out; failed: {pay['turned_away']} turned away, {pay['unanswered']} "
+                            f"unanswered, {pay['not_reconciled']} not reconciled, {pay['errors']} errors)", markup=False)
         if rep.get("boards"):
             b = rep["boards"]
             o.console.print(f"VM boards: {b['sessions']} sessions {b['by_kind']}, totals {b['totals']}", markup=False)

@@ -12,6 +12,34 @@ from typing import Any
 from host_tools.cli.common import Ctx
 
 DEMO_DEVICES = [("gate-1", "gate"), ("vend-1", "vending"), ("rent-1", "rental")]
+CUSTOMERS = {"car_in": "plate", "vend": "payer", "rent": "payer"}   # the plan's jobs that bring a customer
+
+
+def payment_success(runner: Any, rows: list[dict], played_to: float) -> dict:
+    """The site's payment success rate: every customer the plan brought by `played_to` (simulated
+    seconds into the plan) is one attempt (a car at the entry, a cabinet customer, a renter),
+    however often its board retried; those whose account the provider refuses are left out; an
+    attempt succeeds when its session (device, payer) is in the ledger closed and reconciled (the
+    row's amounts agree, it settled, no flag), by the end of the run and its drain."""
+    refused = set(runner.plan.refused)
+    ok_rows = {(r["device"], r["payer"]) for r in rows if r["ok"] and r["state"] == "closed"}
+    attempts = left_out = ok = 0
+    failed: list[str] = []
+    for j in runner.plan.jobs:
+        who = CUSTOMERS.get(j.action)
+        if who is None or j.at > played_to:
+            continue
+        dev, payer = j.actor.split("/")[0], j.args[who]
+        attempts += 1
+        if runner.plan.binds.get(payer) in refused:
+            left_out += 1
+        elif (dev, payer) in ok_rows:
+            ok += 1
+        else:
+            failed.append(f"{dev}/{payer}")
+    asked = attempts - left_out
+    return {"rate": round(ok / asked, 6) if asked else None, "attempts": attempts, "refused": left_out,
+            "succeeded": ok, "failed": len(failed), "failures": failed[:20]}
 
 
 class _ToEvents(logging.Handler):
@@ -93,6 +121,8 @@ def run_site(o: Ctx, *, title: str, devices: list[tuple[str, str]], scenario: st
                 rep["problems"].append("the journals did not drain within 30 s")
             if runner is not None:
                 rep["activity"] = dict(sorted(runner.counts.items()))
+                rep["payments"] = payment_success(runner, rep["rows"], world.clock.elapsed() - runner.t0)
+                rep["payment_success_rate"] = rep["payments"]["rate"]
             if require:
                 for _, kind in devices:
                     if not rep["by_kind"].get(kind):

@@ -112,6 +112,11 @@ def print_report(rep: dict, console: Console, title: str = "Reconciliation") -> 
                   f"ledger {money(tot['ledger'])}, provider charged {money(tot['charged'])}")
     devs = ", ".join(f"{n} journal {d['jdepth']} boots {d['boots']}" for n, d in rep["devices"].items())
     console.print(f"outages {rep['outages']}, power cuts {rep['power_cuts']}; {devs}")
+    pay = rep.get("payments")
+    if pay and pay["rate"] is not None:
+        console.print(f"payment success {pay['rate']:.4f}: {pay['succeeded']} of {pay['attempts'] - pay['refused']} "
+                      f"customers settled and reconciled ({pay['attempts']} came, {pay['refused']} refused by the "
+                      f"provider, left out)" + (f"; failed: {', '.join(pay['failures'])}" if pay["failures"] else ""))
     fw = rep.get("firmware") or {}
     if fw:
         ups = rep.get("updates") or {}

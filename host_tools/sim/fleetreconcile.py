@@ -5,6 +5,14 @@ signed (SHA-256 of the envelope), its type, sid, amount and currency; the ledger
 device did not journal. With `check_sessions`, every session of the fleet's devices is closed, the
 provider charged exactly the ledger's amount for each, the session service raised no flag on them,
 and the totals of the devices, the ledger and the provider agree to the minor unit.
+
+`payment_success_rate`: of the customers the scenario brought (host_tools/sim/fleetscenario.py
+counts each once as an attempt, however often its device retried), leaving out those the cloud
+refused (an unknown payer, an account the provider refuses), the share whose session is in the
+ledger closed, with every record of it as the device journaled it, charged exactly the ledger's
+amount and unflagged, by the end of the run and its drain. A customer turned away (the device
+not ready within fleetscenario.PATIENCE), an authorisation never answered, or a session that did
+not reconcile is a failure. None when nobody came (idle, flood).
 """
 from __future__ import annotations
 
@@ -26,6 +34,8 @@ def reconcile(fleet: "Fleet", check_sessions: bool = True) -> dict:
         by_dev.setdefault(r.device, {})[r.seq] = r
     n_rec = 0
     dev_total = 0
+    served: set[tuple[str, str]] = set()   # (device, sid) of every customer session a device opened
+    bad: set[tuple[str, str]] = set()      # ... and those that did not reconcile
     for d in fleet.devices:
         name = d["id"]
         hist = fleet.history.get(name)
@@ -37,9 +47,12 @@ def reconcile(fleet: "Fleet", check_sessions: bool = True) -> dict:
         for seq, digest, typ, sid, amount, cur in hist:
             n_rec += 1
             seqs.add(seq)
+            if typ == "sess_open" and sid and not sid.startswith("fl-"):  # fl-: bench/fleet.py's flood
+                served.add((name, sid))
             r = led.get(seq)
             if r is None:
                 problems.append(f"{name} seq {seq}: in the journal, not in the ledger")
+                bad.add((name, sid))
                 continue
             why = []
             if hashlib.sha256(r.raw).digest()[:16].hex() != digest:
@@ -50,6 +63,7 @@ def reconcile(fleet: "Fleet", check_sessions: bool = True) -> dict:
                 why.append(f"amount {r.amount} {r.currency} != {amount} {cur}")
             if why:
                 problems.append(f"{name} seq {seq}: " + "; ".join(why))
+                bad.add((name, sid))
             if typ == "sess_close":
                 dev_total += amount or 0
         for seq in sorted(set(led) - seqs):
@@ -59,6 +73,7 @@ def reconcile(fleet: "Fleet", check_sessions: bool = True) -> dict:
     sessions = [s for s in w.ledger.sessions() if s.device in mine] if check_sessions else []
     led_total = charged_total = 0
     open_n = 0
+    good: set[tuple[str, str]] = set()
     for s in sessions:
         if s.state != "closed":
             open_n += 1
@@ -71,6 +86,8 @@ def reconcile(fleet: "Fleet", check_sessions: bool = True) -> dict:
         if (charged or 0) != (s.amount or 0):
             problems.append(f"{s.device}/{s.sid}: charged {charged} != ledger {s.amount} "
                             f"(order {o.state.value if o else None})")
+        else:
+            good.add((s.device, s.sid))
     # orders the cloud opened for a session the device never journaled (an answer that came after
     # the device had given up): no money moved, but the hold on the payer's credit is still there
     # until the service's sweep releases it. Counted, not a mismatch.
@@ -80,13 +97,29 @@ def reconcile(fleet: "Fleet", check_sessions: bool = True) -> dict:
     flags = [f for f in w.svc.flags() if f.device in mine]  # the boards' own are in their reconciliation
     for f in flags:
         problems.append(f"flag {f.kind} {f.device}/{f.sid}: {f.detail}")
+        bad.add((f.device, f.sid))
     if check_sessions and not (dev_total == led_total == charged_total):
         problems.append(f"totals differ: devices {dev_total}, ledger {led_total}, charged {charged_total}")
     ing = [x.stats for x in w.ingest]
-    return {"ok": not problems, "records": n_rec, "sessions": len(sessions), "open_sessions": open_n,
+    pay = payment_success(fleet.counts, served, good - bad) if check_sessions else None
+    return {"payment_success_rate": pay["rate"] if pay else None, "payments": pay,
+            "ok": not problems, "records": n_rec, "sessions": len(sessions), "open_sessions": open_n,
             "orders_held_without_session": len(held),
             "totals": {"device": dev_total, "ledger": led_total, "charged": charged_total, "cur": "CNY"},
             "flags": len(flags),
             "ingest": {"committed": sum(s["committed"] for s in ing), "duplicates": sum(s["duplicates"] for s in ing),
                        "refused": sum(sum(s["refused"].values()) for s in ing), "acks": sum(s["acks"] for s in ing)},
             "problems": problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else [])}
+
+
+def payment_success(counts: dict[str, int], served: set[tuple[str, str]], good: set[tuple[str, str]]) -> dict:
+    """The customers' outcomes (fleetscenario's counters) and the rate: reconciled sessions over
+    attempts less the cloud's refusals."""
+    attempts = counts.get("attempts", 0)
+    refused = counts.get("denied", 0)
+    ok = len(served & good)
+    asked = attempts - refused
+    return {"rate": round(ok / asked, 6) if asked > 0 else None, "attempts": attempts, "refused": refused,
+            "succeeded": ok, "failed": asked - ok, "turned_away": counts.get("turned_away", 0),
+            "unanswered": counts.get("unanswered", 0), "errors": counts.get("customer_error", 0),
+            "not_reconciled": len(served - good)}

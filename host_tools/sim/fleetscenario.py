@@ -15,6 +15,13 @@ thirty is unknown (a refusal: no session) and a few accounts are refused by the 
 customers stop at `until`; every session opened closes before `close_by`, so a run ends with
 every journal closed and (once acked) empty.
 
+Payment success (host_tools/sim/fleetreconcile.py): every customer who comes is counted once as
+an `attempt` (a car at the gate with a plate not already inside, a cabinet customer, a renter at a
+station with a free item); a device that is off the broker or not yet ready (clock, tariff) keeps
+its customer waiting up to PATIENCE real seconds (a reconnect takes real seconds however fast the
+simulated clock runs), then the customer leaves (`turned_away`, a failure). The cloud's refusals
+(`denied`: an unknown payer, an account the provider refuses) are left out of the rate.
+
 Scenarios: `traffic` (the mix above), `idle` (connected and heartbeating, no customers), `storm`
 (traffic, and at half time every device drops its connection at once and reconnects).
 """
@@ -30,6 +37,7 @@ SCENARIOS = ("traffic", "idle", "storm")
 POOL = 200                 # bound payers per kind
 PREFIX = {"gate": "PL", "vending": "qr-", "rental": "tag-"}
 REFUSED = 3                # vending accounts the provider refuses (acct-qr-0000 ...)
+PATIENCE = 20.0            # real seconds a customer waits for a device that is not ready
 
 
 def payers(kind: str) -> list[str]:
@@ -75,6 +83,19 @@ class App:
             return want
         return self.d.rng.uniform(0.5, max(0.5, left))  # spread the late ones: no burst at close_by
 
+    async def arrive(self) -> bool:
+        """A customer is here (one attempt, however often the device then retries): True once the
+        device can serve them, False if they left after PATIENCE seconds (turned away)."""
+        self.note("attempts")
+        waited = 0.0
+        while not self.ready() and waited < PATIENCE and self.d.running:
+            await asyncio.sleep(0.2)
+            waited += 0.2
+        if self.ready():
+            return True
+        self.note("turned_away")
+        return False
+
     def later(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(t)
@@ -84,11 +105,10 @@ class App:
         rng = self.d.rng
         await asyncio.sleep(rng.uniform(0, self.every))
         while time.monotonic() < self.until and self.d.running:
-            if self.ready():
-                try:
-                    await self.customer()
-                except Exception:  # noqa: BLE001 - one customer's failure must not stop the device
-                    self.d.stats.c["customer_error"] += 1
+            try:
+                await self.customer()  # it counts its attempt and waits for the device (arrive)
+            except Exception:  # noqa: BLE001 - one customer's failure must not stop the device
+                self.d.stats.c["customer_error"] += 1
             await asyncio.sleep(rng.expovariate(1 / self.every))
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
@@ -109,8 +129,11 @@ class Gate(App):
         plate = self.payer()
         if plate in self.open:
             return
+        if not await self.arrive():
+            return
         sid, t0 = self.sid(), d.now()
         if t0 is None:
+            self.note("turned_away")
             return
         ans = await d.authorize(sid, plate, "entry", slot=0, t0=t0)
         if not ans or not ans.get(2):
@@ -156,8 +179,11 @@ class Vending(App):
     async def customer(self) -> None:
         d = self.d
         payer = self.payer()
+        if not await self.arrive():
+            return
         sid, t0 = self.sid(), d.now()
         if t0 is None:
+            self.note("turned_away")
             return
         ans = await d.authorize(sid, payer, "vend")
         if not ans or not ans.get(2):
@@ -190,8 +216,11 @@ class Rental(App):
             return
         slot = d.rng.choice(free)
         payer = self.payer()
+        if not await self.arrive():
+            return
         sid, t0 = self.sid(), d.now()
         if t0 is None:
+            self.note("turned_away")
             return
         ans = await d.authorize(sid, payer, "rent", slot=slot, t0=t0)
         if not ans or not ans.get(2):
