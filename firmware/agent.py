@@ -240,12 +240,15 @@ class Agent:
         if b.get("cert"):  # mutual TLS: a renewed certificate (certs.py) wins over config.json's
             import certs
             certs.boot(b)
-        n = store.read("ca", 0)  # the broker's CAs (set_ca): ca<n>.der once n > 0, ca<n+1>.der beside it
+        n = store.read("ca", 0)  # the broker's CAs (set_ca, certs.py): ca<n>.der once n > 0, ca<n+1>.der beside it
         if b.get("ca"):
             if n:
+                try:  # the CA it retired, if a cut came between the switch and the removal
+                    os.remove(_ca(n - 1) if n > 1 else b["ca"])
+                except OSError:
+                    pass
                 b["ca"] = _ca(n)
             b["ca2"] = _ca(n + 1)
-        self._ca = None  # a retirement on trial: (n, the CAs to go back to)
         b.update({"client_id": dev, "user": dev, "keepalive": self.settings["keepalive_s"],
                   "will_topic": self.t_up + "status", "will_msg": self.seal(_T_STATUS, {_K_CODE: False}),
                   "will_qos": 1, "will_retain": True, "max_packet": MAX_PACKET,
@@ -315,15 +318,6 @@ class Agent:
     # ---- presence ---------------------------------------------------------------------------
     def _on_state(self, up):
         log("mqtt", "up" if up else "down")
-        if up and self._ca:  # the new CA alone took the broker: the old one retired for good
-            n = self._ca[0]
-            store.write("ca", n)
-            self._ca = None
-            try:
-                os.remove(_ca(n - 1))
-            except OSError:
-                pass
-            log("ca", n)
         if up:
             asyncio.create_task(self._announce())
 
@@ -345,11 +339,6 @@ class Agent:
 
     def _mqtt_error(self, where, e):
         log("mqtt error", where, repr(e))
-        if where == "connect" and self._ca:  # the new CA alone did not: both again
-            b = self.mqtt.cfg
-            b["ca"], b["ca2"] = self._ca[1]
-            self._ca = None
-            self.mqtt.redial()
         # "rx": a packet over the bound was skipped and acknowledged. Alarm at most once a minute
         # (a flood costs one message a minute; the heartbeat counts them all).
         now = time.ticks_ms()
@@ -510,34 +499,15 @@ class Agent:
         def set_cert(args):
             if not self.mqtt.cfg.get("cert"):
                 raise CommandError("unsupported")
-            if self._ca:  # a CA on trial owns the next connection: one trial at a time
-                raise CommandError("busy")
             import certs
             return certs.stage(self, args)
 
-        @on("set_ca")  # the broker's next CA beside the current one; with 2: true, the only one
+        @on("set_ca")  # the broker's next CA beside the current one; with 2: true, the only one (certs.py)
         def set_ca(args):
-            c, b = args.get(1), self.mqtt.cfg
-            if not b.get("ca"):
+            if not self.mqtt.cfg.get("ca"):
                 raise CommandError("unsupported")
-            if type(c) is not bytes or not 0 < len(c) <= 512 or c[0] != 0x30:
-                raise CommandError("bad_args", "ca")
-            import sys
-            if self._ca or getattr(sys.modules.get("certs"), "_busy", 0):  # a trial owns the next connection
-                raise CommandError("busy")
-            n = store.read("ca", 0) + 1
-            f = _ca(n)
-            with open(f + ".tmp", "wb") as o:
-                o.write(c)
-            os.rename(f + ".tmp", f)
-            m = self.mqtt
-            if not args.get(2):
-                m._ssl_ctx = None  # both from the next connect
-                return {"ca": n}
-            # tried alone on a new connection: kept once it is up (_on_state), else both again
-            self._ca = n, (b["ca"], b["ca2"])
-            b["ca"], b["ca2"] = f, _ca(n + 1)
-            return {"ca": n, "st": "trial"}, m.redial
+            import certs
+            return certs.set_ca(self, args)
 
         @on("ota_abort")
         def ota_abort(args):
