@@ -20,7 +20,10 @@ committed (or terminated if poison, redelivered if its worker dies). The network
   flag is ignored (a retained copy is just one more duplicate). A refused message is counted
   under its SPEC §7 code in `stats["refused"]`, logged, and never reaches the ledger;
 - hands the batch to `Ledger.commit` (one transaction, per-device head locked; see ledger.py),
-  which deduplicates by (device, seq) and checks the hash chain.
+  which deduplicates by (device, seq) and checks the hash chain. "device" there is the record's
+  chain: the device id, or DEVICE/R for the records of a fresh board a re-provisioning to key
+  version R put under that id (host_tools/cloud/chains.py: its seq starts from 1 again, so it is
+  a chain of its own); acks go to the device whatever the chain.
 
 Quarantine (SPEC §6): a record whose MAC verifies but whose payload the codec refuses (a field
 out of its bounds, say) is the device's own, signed: it is not dropped but quarantined. With a
@@ -59,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -70,6 +74,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from host_tools.cloud.chains import chain_id, device_of, route
 from host_tools.cloud.ingest_quarantine import Revoked, Unplaceable, quarantine_record
 from host_tools.cloud.ledger import Head, Ledger, Outcome, Record
 from host_tools.cloud.ledger_open import open_ledger
@@ -118,6 +123,7 @@ class IngestWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._keys: dict[str, tuple[Device, float]] = {}
+        self._epochs: dict[str, tuple[int, int | None]] = {}   # device -> (key version read at, R)
         self._held: dict[str, dict[int, tuple[Record, float]]] = {}
         self._last_resend: dict[str, float] = {}
         self._unplaced: dict[bytes, None] = {}   # digests of unplaceable records kept (bounded)
@@ -223,10 +229,32 @@ class IngestWorker:
         self._keys[device_id] = (dev, now)
         return dev
 
+    def _epoch(self, dev: Device) -> int | None:
+        """R, the lowest key version of a re-provisioned device that is not compromised (None:
+        never re-provisioned), read again whenever its current key version changed."""
+        hit = self._epochs.get(dev.device_id)
+        if hit is not None and hit[0] == dev.key_version:
+            return hit[1]
+        keys = self.registry.keys(dev.device_id)
+        epoch = None
+        if any(k.state == "compromised" for k in keys):
+            epoch = min((k.version for k in keys if k.state != "compromised"), default=None)
+        self._epochs[dev.device_id] = (dev.key_version, epoch)
+        return epoch
+
+    def _routed(self, rec: Record, compromised: bool = False) -> Record:
+        """The record with its chain as its ledger device (host_tools/cloud/chains.py)."""
+        dev = self._device(rec.device)
+        epoch = self._epoch(dev)
+        if epoch is None:
+            return rec
+        chain = route(self.ledger, rec.device, epoch, rec, compromised)
+        return rec if chain == rec.device else dataclasses.replace(rec, device=chain)
+
     def verify(self, topic: str, data: bytes) -> Record:
         """Check one message (raises ProtocolError / RegistryError); the ledger Record, one with
         `quarantine` set if the MAC verifies but the codec refuses the payload (Unplaceable, a
-        ProtocolError, if it has no usable seq/prev)."""
+        ProtocolError, if it has no usable seq/prev). Its device is its chain (chains.py)."""
         device_id, suffix = parse_topic(topic)
         if suffix != "up/rec":
             raise ProtocolError("bad_topic", f"not a record topic: {topic}")
@@ -236,7 +264,7 @@ class IngestWorker:
         except ProtocolError as e:
             if isinstance(e, CompromisedKey):  # re-provisioned: a record under the stolen key, never money
                 self._device(device_id, fresh=True)  # its ack goes under the new key
-                return quarantine_record(device_id, e.payload, data, e)
+                return self._routed(quarantine_record(device_id, e.payload, data, e), compromised=True)
             if e.code not in ("bad_kid", "bad_mac"):
                 raise
             fresh = self._device(device_id, fresh=True)  # the key may have been rotated
@@ -249,12 +277,12 @@ class IngestWorker:
         try:
             msg = decode_payload(payload, topic)
         except ProtocolError as e:  # authenticated, but the codec refuses it: quarantine
-            return quarantine_record(device_id, payload, data, e)
+            return self._routed(quarantine_record(device_id, payload, data, e))
         if msg["type"] not in RECORD_TYPE_NAMES:  # the topic check already implies it
             raise ProtocolError("bad_topic", f"{msg['type']} is not a record")
         if not dev.active:  # revoked: its records are kept for audit, never taken as money
-            return quarantine_record(device_id, payload, data, Revoked(dev.status))
-        return Record.from_message(device_id, msg, payload, data)
+            return self._routed(quarantine_record(device_id, payload, data, Revoked(dev.status)))
+        return self._routed(Record.from_message(device_id, msg, payload, data))
 
     def _refuse(self, code: str, topic: str, detail: str) -> None:
         with self._stats_lock:
@@ -366,7 +394,7 @@ class IngestWorker:
                     self._request_resend(dev, result.heads.get(dev))
                 continue
             head = result.heads.get(dev)
-            if head is not None:
+            if head is not None and self._board_chain(dev, result.heads):
                 ack[dev] = head
         # this batch's messages: kept unsettled while held (a dead worker's are redelivered) and
         # delivered again if they could not be held, a conflict or a fork is poison, everything
@@ -416,7 +444,25 @@ class IngestWorker:
         if settled is None:
             self._settle(out)
 
+    def _board_chain(self, chain: str, heads: dict[str, Head | None] | None = None) -> bool:
+        """Is `chain` the one of the board that holds the device id now? Only that board is acked
+        or asked to resend: an ack of an older board's chain (a compromised-key record quarantined
+        after a fresh board took the id) would carry a seq of the other chain, and the board
+        would forget records of its own it never had acknowledged."""
+        device = device_of(chain)
+        try:
+            epoch = self._epoch(self._device(device))
+        except RegistryError:
+            return True
+        new = chain_id(device, epoch)
+        if epoch is None or chain == new:
+            return True
+        h = heads[new] if heads is not None and new in heads else self.ledger.head(new)
+        return h is None
+
     def _request_resend(self, dev: str, head: Head | None) -> None:
+        if not self._board_chain(dev):
+            return  # an older board's chain: nobody to ask (chains.py)
         now = time.monotonic()
         last = self._last_resend.get(dev)
         if last is not None and now - last < self.resend_interval_s:
@@ -448,7 +494,8 @@ class IngestWorker:
             self._count("quarantine_repeats")
         return True
 
-    def _send_ack(self, dev: str, upto: int, resend: bool, quarantined: list[int] | None = None) -> None:
+    def _send_ack(self, chain: str, upto: int, resend: bool, quarantined: list[int] | None = None) -> None:
+        dev = device_of(chain)  # a chain DEVICE/R is that device's board: upto is in its seq space
         try:
             d = self._device(dev)
             t = topic_for(dev, "ack")

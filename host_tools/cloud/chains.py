@@ -1,0 +1,83 @@
+"""Which ledger chain a record belongs to, when a device id has had more than one board (SPEC §6
+"Chains and re-provisioning", issue 15 §1).
+
+A device's records form one hash chain per board: seq rising from 1, each record's prev the hash
+of the one before, the first one's prev the genesis hash (16 zero bytes). Re-provisioning a
+revoked device (`edgepay provision DEVICE --reprovision`, key version R = the highest so far + 1,
+every earlier one compromised) puts a fresh key on a board over its serial link. Two cases:
+
+- the same board (recovered): its journal and counters are kept, so its next record, under key R,
+  links to its last one: the chain goes on, under the device id as before;
+- a fresh board (a replacement: empty journal, new flash): its seq starts at 1 again and its first
+  record's prev is the genesis hash. Under the device id that would collide with the old board's
+  seqs (CONFLICT, or OUT_OF_CHAIN "a second genesis record"), and its session ids, which the
+  firmware numbers by its boot counter, with the old board's sessions. So it gets a chain of its
+  own: **the ledger device `DEVICE/R`** (a `/` is never in a device id), its records committed and
+  deduplicated by (`DEVICE/R`, seq), its sessions by (`DEVICE/R`, sid).
+
+The rule, for a record of DEVICE that verified under a key that is not compromised, when DEVICE
+has been re-provisioned (R = its lowest non-compromised key version; never re-provisioned: always
+the device id, no lookup):
+1. prev = genesis: `DEVICE/R`, unless no chain of the device has a record yet (a device
+   re-provisioned before it ever sent one keeps its plain id);
+2. otherwise the chain holding the record whose hash is prev (committed or quarantined), searched
+   over the device id and every `DEVICE/…` chain: the same board goes on in its chain;
+3. prev found nowhere: `DEVICE/R` (the predecessor has not arrived: a GAP there, held and resent
+   as any gap; never judged against the old board's seqs).
+A record under a compromised key (the old board's, quarantined compromised_key) goes to the chain
+holding its prev, else to the device id. Acks go to the device (topic, key, aud) whatever the
+chain; their `upto` is in the board's own seq space, which is the chain's.
+"""
+from __future__ import annotations
+
+from host_tools.cloud.ledger import GENESIS, Ledger, Record
+
+SEP = "/"
+
+
+def chain_id(device: str, epoch: int | None) -> str:
+    return device if epoch is None else f"{device}{SEP}{epoch}"
+
+
+def device_of(chain: str) -> str:
+    """The device id of a ledger chain (the device id itself, or DEVICE/R)."""
+    return chain.split(SEP, 1)[0]
+
+
+def epoch_of(chain: str) -> int | None:
+    """R of a chain DEVICE/R; None for the device's first chain."""
+    _, sep, r = chain.partition(SEP)
+    return int(r) if sep else None
+
+
+def chains(ledger: Ledger, device: str) -> list[str]:
+    """Every chain of `device` that holds a record (committed or quarantined), first board first."""
+    rows = ledger._read("SELECT device FROM heads WHERE (device=? OR device LIKE ?) AND seq >= 0",
+                        (device, device + SEP + "%"))
+    return sorted({r[0] for r in rows}, key=lambda c: (epoch_of(c) or 0))
+
+
+def find_prev(ledger: Ledger, device: str, prev: bytes) -> str | None:
+    """The chain of `device` whose record (committed or quarantined) has hash `prev`, or None."""
+    like = device + SEP + "%"
+    for table in ("records", "quarantine"):
+        rows = ledger._read(f"SELECT device FROM {table} WHERE hash=? AND (device=? OR device LIKE ?)",
+                            (prev, device, like))
+        if rows:
+            return rows[0][0]
+    return None
+
+
+def route(ledger: Ledger, device: str, epoch: int | None, rec: Record, compromised: bool = False) -> str:
+    """The chain `rec` of `device` belongs to (the module doc's rule); `epoch`: R, the device's
+    lowest non-compromised key version if it was re-provisioned, else None."""
+    if epoch is None:
+        return device
+    if not compromised:
+        new = chain_id(device, epoch)
+        if rec.prev == GENESIS:
+            return new if chains(ledger, device) else device
+        return find_prev(ledger, device, rec.prev) or new
+    if rec.prev == GENESIS:
+        return device
+    return find_prev(ledger, device, rec.prev) or device
