@@ -200,8 +200,12 @@ class NatsCluster:
             "host": "127.0.0.1", "port": node.client_port,
             "http": f"127.0.0.1:{node.http_port}",
             "log_file": str(node.dir / "nats.log"), "debug": self.debug,
+            # default_max_consumers: nats-server 2.15 caps a stream that sets no max_consumers at
+            # 1,000 consumers, and NATS's own $MQTT_msgs sets none: every QoS 1 subscription of
+            # every MQTT session is one of them, so the cluster refused the 1,001st (SUBACK 0x80,
+            # "maximum consumers limit reached") -- 500 devices with the firmware's two. -1: no cap
             "jetstream": {"store_dir": str(node.dir / "js"), "max_memory_store": 64 << 20,
-                          "max_file_store": 1 << 30},
+                          "max_file_store": 1 << 30, "limits": {"default_max_consumers": -1}},
             "cluster": {"name": "edgepay", "host": "127.0.0.1", "port": node.route_port, "routes": routes},
             # sessions, retained messages and queued QoS 1 replicated on every node (the default
             # follows the nodes seen at first connect: 2 if one route is still forming); ack_wait:

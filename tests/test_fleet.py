@@ -272,3 +272,61 @@ def test_bench_fleet_small():
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["devices"] == 30 and out["broker_kb_per_device"] > 0 and out["sim_kb_per_device"] > 0
     assert out["reconciled"] and out["drained"] and 0 < out["committed_ratio"] <= 1.05
+
+
+def test_refused_subscription_drops_the_link_and_the_process_goes_on():
+    """A SUBACK refusal (0x80, as a NATS cluster answers while it re-elects) ends that device's link
+    and its next connect subscribes again, and the worker's loop goes on. Before, drop() ran inside
+    paho's on_subscribe, under paho's own (non-reentrant) callback lock, which drop()'s
+    on_disconnect takes again: every device of the process hung for good (a 2,000-device cluster
+    run froze half the fleet)."""
+    from host_tools.sim.fleetmqtt import AsyncMQTT
+    subs: list[int] = []
+
+    async def fake_broker(reader, writer):
+        hdr = await reader.readexactly(2)  # CONNECT (short: one length byte)
+        await reader.readexactly(hdr[1])
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK accepted
+        hdr = await reader.readexactly(2)
+        body = await reader.readexactly(hdr[1])  # SUBSCRIBE
+        subs.append(1)
+        # refuse the first link's subscription, grant the second's
+        writer.write(b"\x90\x03" + body[:2] + (b"\x80" if len(subs) == 1 else b"\x01"))
+        await writer.drain()
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+
+    async def main() -> dict:
+        loop = asyncio.get_running_loop()
+        srv = await asyncio.start_server(lambda r, w: fake_broker_(r, w), "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        downs: list[float] = []
+        m = AsyncMQTT(loop, "d1", "pw", "127.0.0.1", port, keepalive=30,
+                      on_up=lambda sp: m.subscribe([("v1/dev/d1/dn/+", 1)]), on_down=lambda: downs.append(1))
+        assert await m.connect(5)
+        for _ in range(50):  # the loop must keep running: the refusal drops the link
+            await asyncio.sleep(0.05)
+            if downs:
+                break
+        assert downs and not m.up and m.refused_subs == 1
+        assert await m.connect(5)  # and the next link subscribes again, granted
+        await asyncio.sleep(0.3)
+        out = {"up": m.up, "refused": m.refused_subs, "subs": len(subs)}
+        m.disconnect()
+        srv.close()
+        return out
+
+    async def fake_broker_(r, w):
+        try:
+            await fake_broker(r, w)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    res: dict = {}
+    t = threading.Thread(target=lambda: res.update(asyncio.run(main())), daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "the device's loop hung on the refused subscription"
+    assert res == {"up": True, "refused": 1, "subs": 2}

@@ -115,7 +115,10 @@ class AsyncMQTT:
         # the next one subscribes again
         if any(getattr(r, "is_failure", False) for r in reasons):
             self.refused_subs += 1
-            self.drop()
+            # not from here: paho calls on_subscribe holding its _in_callback_mutex (a Lock, not
+            # an RLock), and drop()'s loop_read -> on_disconnect takes it again: the whole worker
+            # process (every device in it) hung on that lock for good
+            self.loop.call_soon(self.drop)
 
     def _on_publish(self, client, userdata, mid, reason, props) -> None:
         self.q1.discard(mid)
