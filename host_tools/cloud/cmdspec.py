@@ -72,7 +72,8 @@ COMMANDS: dict[str, tuple[tuple[Arg, ...] | None, str]] = {
                          "a signed release key list (SPEC §10: edgepay release keylist, push-keys); result data {v, keys}"),
     "set_ca": ((_a(1, "ca", "bstr", size=(1, 512)), _a(2, "retire", "bool", False)),
                "the broker's next CA (DER), trusted beside the current one; with retire, the only one: tried "
-               "on a new connection, kept once the broker took it, else both again (docs/broker.md); result data {ca}"),
+               "on a new connection, kept once the broker took it (event ca_current), else both again after three "
+               "refused connects (event ca_refused); busy while another trial runs (docs/broker.md); result data {ca}"),
     "set_cert": ((_a(1, "cert", "bstr", size=(1, 512)), _a(2, "wrapped", "bstr", size=(40, 40))),
                  "a renewed TLS certificate (DER) and its private scalar RFC 3394-wrapped under the device key "
                  "(SPEC §12: edgepay device renew-cert); result data {st: staged}, then event cert_current or cert_refused"),
