@@ -3,7 +3,8 @@ Mosquitto that requires a client certificate and reads the broker dir's crl.pem:
 renew-cert` puts the device's old certificate on the CRL once the device reported cert_current and
 reloads the broker (SIGHUP, no restart), so a connection with the old certificate is refused while
 the device connects with its new one; a second renewal adds the second certificate and keeps the
-first; `edgepay device revoke` puts the current one on it too and the board is refused."""
+first; `edgepay device revoke` puts the current one on it too, ends the board's open link (the CRL
+reload alone keeps it) and the board is refused from then on."""
 from __future__ import annotations
 
 import json
@@ -134,21 +135,28 @@ def test_revoke_puts_the_current_certificate_on_the_crl_and_the_board_is_refused
     current = int(out["serial"], 16)
     time.sleep(0.5)
     _reboot_online(s)
+    _drain(s["rig"])
     r = s["edgepay"]("device", "revoke", DEV, "--broker-dir", str(bdir), "--devices-dir", str(s["tmp"] / "nowhere"))
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["crl_added"] == [format(current, "x")] and res["broker_reload"]["reloaded"] == b.proc.pid, res
+    # its open link ended (the CRL reload alone leaves it up), and it gets no new one
+    assert res["link_dropped"] is True, res
+    s["rig"].w.expect(lambda t, m, r: t == f"v1/dev/{DEV}/up/status" and m.get("online") is False, 10,
+                      "the revoked device's link ended")
     assert _listed(bdir) == {s["old"][1].serial_number, current}   # the earlier entry kept
     assert [e["reason"] for e in crl.revoked(bdir)] == ["superseded", "revoked"]
     # again: nothing new, the list as it was
     r = s["edgepay"]("device", "revoke", DEV, "--broker-dir", str(bdir), "--devices-dir", str(s["tmp"] / "nowhere"))
     assert json.loads(r.stdout)["crl_added"] == [] and len(crl.revoked(bdir)) == 2
-    time.sleep(0.5)
-    _drain(s["rig"])
-    s["board"].stop()
-    s["board"].start()
     with pytest.raises(AssertionError):
         _online(s["rig"], DEV, timeout=6)               # its certificate refused at the handshake
+    assert s["board"].running                           # trying, refused: not hung
+    _drain(s["rig"])
+    s["board"].stop()
+    s["board"].start()                                  # a reboot changes nothing
+    with pytest.raises(AssertionError):
+        _online(s["rig"], DEV, timeout=5)
 
 
 def test_the_crl_store_keeps_entries_and_finds_a_device_pem_from_before_certs_json(tmp_path):

@@ -12,7 +12,12 @@ never as money: host_tools/cloud/ingest.py), its line leaves the broker's passwd
 tool manages is reloaded, so its next CONNECT is refused (CONNACK 5: a clear refusal, not a hang);
 with a CA in the broker dir (provision --tls), every certificate issued to it (certs.json, and
 DEVICE_DIR/device.pem) goes on the broker dir's CRL (host_tools/crl.py) before that reload, so a
-mutual-TLS listener, which asks no password, refuses it too.
+mutual-TLS listener, which asks no password, refuses it too. Mosquitto rereads the CRL at the
+reload but keeps a TLS link already open, so revoke then ends that link: it connects to the cloud
+listener (the global --broker, --user, EDGEPAY_MQTT_PASSWORD) under the device's client id and
+leaves at once; the broker closes the device's link for it (session takeover), and the device's
+next handshake is refused. Without the cloud password it says so and the link lasts until the
+device reconnects.
 decommission: a device retired in good order, after its journal is drained (`get_state` jdepth 0;
 --force skips the check); the same broker step, status decommissioned.
 Its key stays in the registry, verify-only: what it journaled can always be audited.
@@ -41,6 +46,24 @@ def _crl_step(o: Ctx, device: str, broker_dir: Path, devices_dir: Path) -> list[
         return None
 
 
+def _drop_link(o: Ctx, device: str) -> bool | None:
+    """End the device's open link, if any: connect under its client id on the cloud listener and
+    leave (Mosquitto closes the older connection of a client id). None: no cloud password given."""
+    if not o.password or o.engine != "mosquitto":
+        return None
+    from dataclasses import replace
+
+    from host_tools.cloud.mqtt import BrokerUnreachable, CloudMQTT
+    try:
+        host, port = o.broker_addr()
+        m = CloudMQTT(replace(o.broker_settings(host, port, o.password), client_id=device)).connect(timeout=5)
+        m.close()
+        return True
+    except (BrokerUnreachable, OSError, ValueError) as e:
+        o.note(f"[yellow]warning:[/] could not end {device}'s open link ({e}): it lasts until the device reconnects")
+        return False
+
+
 def _broker_step(o: Ctx, device: str, broker_dir: Path, devices_dir: Path | None = None) -> dict:
     from host_tools.cli.reload import reload_broker
     from host_tools.provision import remove_passwd
@@ -53,6 +76,11 @@ def _broker_step(o: Ctx, device: str, broker_dir: Path, devices_dir: Path | None
     out = {"passwd_removed": removed, "broker_reload": reload or None}
     if devices_dir is not None:
         out["crl_added"] = added
+        if added:  # a mutual-TLS device: the CRL reload leaves its open link up
+            out["link_dropped"] = _drop_link(o, device)
+            if out["link_dropped"] is None:
+                o.note(f"[yellow]note:[/] a link {device} has open on its certificate stays up until it reconnects: "
+                       "give the cloud password (EDGEPAY_MQTT_PASSWORD) to end it now")
     return out
 
 
