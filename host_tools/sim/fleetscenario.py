@@ -103,15 +103,20 @@ class App:
 
     async def run(self) -> None:
         rng = self.d.rng
-        await asyncio.sleep(rng.uniform(0, self.every))
+        await self.pause(rng.uniform(0, self.every))
         while time.monotonic() < self.until and self.d.running:
             try:
                 await self.customer()  # it counts its attempt and waits for the device (arrive)
             except Exception:  # noqa: BLE001 - one customer's failure must not stop the device
                 self.d.stats.c["customer_error"] += 1
-            await asyncio.sleep(rng.expovariate(1 / self.every))
+            await self.pause(rng.expovariate(1 / self.every))
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    async def pause(self, seconds: float) -> None:
+        """The wait for the next customer, cut at `until`: nobody comes after it, and a device of a
+        big fleet (every = N/25 s, an exponential gap of minutes) must not keep the drain waiting."""
+        await asyncio.sleep(max(0.0, min(seconds, self.until - time.monotonic())))
 
     def note(self, what: str) -> None:
         self.d.stats.c[what] += 1
