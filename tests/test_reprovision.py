@@ -274,7 +274,7 @@ def test_a_compromised_kid_record_that_cannot_be_placed_is_kept_unplaced():
 def test_a_fresh_board_under_the_reprovisioned_id_is_a_chain_of_its_own(env):
     """The new key goes to a replacement board: empty journal, seq from 1 again, genesis prev,
     the same session ids as the old board's first ones (the firmware numbers them by its boot
-    counter). Its records are committed under the new key in the chain gate-1/2 (SPEC §6 "Chains
+    counter). Its records are committed under the new key in the chain gate-1~2 (SPEC §6 "Chains
     and re-provisioning"): not CONFLICT or duplicates of the old seqs, not linked to the old
     chain, its sessions apart; a record of the old board under the compromised key is still
     quarantined compromised_key, in the old chain, and its ack never reaches the new board (whose
@@ -298,15 +298,15 @@ def test_a_fresh_board_under_the_reprovisioned_id_is_a_chain_of_its_own(env):
     n1, n2 = new.record("s-1", 500), new.record("s-2", 700)
     assert (n1, n2) == (s1, s2)                        # the same seqs as the old board's ...
     wait_for(lambda: new.acked >= n2, what="the new board's records acked")
-    got = env.ledger.records("gate-1/2")
+    got = env.ledger.records("gate-1~2")
     assert [r.seq for r in got] == [n1, n2] and got[0].prev == bytes(16)    # ... a chain of its own
     assert [(r.seq, r.raw) for r in env.ledger.records("gate-1")] == old_records   # the old one untouched
     assert w.stats["conflicts"] == 0 and w.stats["out_of_chain"] == 0 and w.stats["duplicates"] == 0
-    assert {(s.device, s.sid, s.amount) for s in env.ledger.sessions("gate-1/2")} == {("gate-1/2", "s-1", 500),
-                                                                                         ("gate-1/2", "s-2", 700)}
-    assert env.ledger.totals("gate-1") == {"EUR": 350} and env.ledger.totals("gate-1/2") == {"EUR": 1200}
-    assert chains(env.ledger, "gate-1") == ["gate-1", "gate-1/2"]
-    assert (device_of("gate-1/2"), epoch_of("gate-1/2"), epoch_of("gate-1")) == ("gate-1", 2, None)
+    assert {(s.device, s.sid, s.amount) for s in env.ledger.sessions("gate-1~2")} == {("gate-1~2", "s-1", 500),
+                                                                                         ("gate-1~2", "s-2", 700)}
+    assert env.ledger.totals("gate-1") == {"EUR": 350} and env.ledger.totals("gate-1~2") == {"EUR": 1200}
+    assert chains(env.ledger, "gate-1") == ["gate-1", "gate-1~2"]
+    assert (device_of("gate-1~2"), epoch_of("gate-1~2"), epoch_of("gate-1")) == ("gate-1", 2, None)
     # the old board's record under the compromised key reaches the cloud (it was in flight)
     pending = new.record("s-3", 40, publish=False)     # the new board's, not yet sent
     acked = new.acked
@@ -315,15 +315,15 @@ def test_a_fresh_board_under_the_reprovisioned_id_is_a_chain_of_its_own(env):
     wait_for(lambda: w.stats["quarantined"] > quarantined_before, what="the compromised-key record quarantined")
     q = env.ledger.quarantined("gate-1")
     assert [(x["device"], x["seq"], x["raw"], x["reason"]) for x in q] == [("gate-1", late, late_raw, "compromised_key")]
-    assert env.ledger.quarantined("gate-1/2") == []
+    assert env.ledger.quarantined("gate-1~2") == []
     time.sleep(0.5)
     assert new.acked == acked and pending in new.journal   # no ack of the old chain reached the new board
     new.resend()
     wait_for(lambda: new.acked >= pending, what="the new board's third record")
-    assert [r.seq for r in env.ledger.records("gate-1/2")] == [n1, n2, pending]
-    assert env.ledger.totals("gate-1/2") == {"EUR": 1240} and env.ledger.totals("gate-1") == {"EUR": 350}
+    assert [r.seq for r in env.ledger.records("gate-1~2")] == [n1, n2, pending]
+    assert env.ledger.totals("gate-1~2") == {"EUR": 1240} and env.ledger.totals("gate-1") == {"EUR": 350}
     # each board reconciles with its own chain
-    rec = env.ledger.reconcile("gate-1/2", [(r.seq, r.raw) for r in env.ledger.records("gate-1/2")])
+    rec = env.ledger.reconcile("gate-1~2", [(r.seq, r.raw) for r in env.ledger.records("gate-1~2")])
     assert (rec.missing, rec.mismatched, rec.extra) == ([], [], [])
     rec = env.ledger.reconcile("gate-1", old_records)
     assert (rec.missing, rec.mismatched, rec.extra) == ([], [], [])
@@ -333,7 +333,7 @@ def test_a_fresh_board_under_the_reprovisioned_id_is_a_chain_of_its_own(env):
     assert new.version == 3
     n4 = new.record("s-4", 60)
     wait_for(lambda: new.acked >= n4, what="a record under the rotated key")
-    assert [r.seq for r in env.ledger.records("gate-1/2")] == [n1, n2, pending, n4]
+    assert [r.seq for r in env.ledger.records("gate-1~2")] == [n1, n2, pending, n4]
     assert w.stats["conflicts"] == 0 and w.stats["out_of_chain"] == 0
 
 
@@ -350,11 +350,11 @@ def test_the_same_board_reprovisioned_goes_on_in_its_chain_and_a_second_genesis_
     dev.version, dev.key = 2, new
     b = dev.record("s-2", 200)
     wait_for(lambda: dev.acked >= b, what="after, same board")
-    assert [r.seq for r in env.ledger.records("gate-1")] == [a, b] and env.ledger.records("gate-1/2") == []
+    assert [r.seq for r in env.ledger.records("gate-1")] == [a, b] and env.ledger.records("gate-1~2") == []
     other = env.device("gate-2")
     c = other.record("s-1", 5)
     wait_for(lambda: other.acked >= c, what="gate-2")
     other.prev, other.seq = bytes(16), 0            # its flash wiped, no re-provisioning
     other.record("s-9", 7)
     wait_for(lambda: w.stats["out_of_chain"] + w.stats["conflicts"] >= 1, what="the second genesis refused")
-    assert [r.seq for r in env.ledger.records("gate-2")] == [c] and env.ledger.records("gate-2/1") == []
+    assert [r.seq for r in env.ledger.records("gate-2")] == [c] and env.ledger.records("gate-2~1") == []

@@ -12,17 +12,17 @@ every earlier one compromised) puts a fresh key on a board over its serial link.
   record's prev is the genesis hash. Under the device id that would collide with the old board's
   seqs (CONFLICT, or OUT_OF_CHAIN "a second genesis record"), and its session ids, which the
   firmware numbers by its boot counter, with the old board's sessions. So it gets a chain of its
-  own: **the ledger device `DEVICE/R`** (a `/` is never in a device id), its records committed and
-  deduplicated by (`DEVICE/R`, seq), its sessions by (`DEVICE/R`, sid).
+  own: **the ledger device `DEVICE~R`** (a `~` is never in a device id), its records committed and
+  deduplicated by (`DEVICE~R`, seq), its sessions by (`DEVICE~R`, sid).
 
 The rule, for a record of DEVICE that verified under a key that is not compromised, when DEVICE
 has been re-provisioned (R = its lowest non-compromised key version; never re-provisioned: always
 the device id, no lookup):
-1. prev = genesis: `DEVICE/R`, unless no chain of the device has a record yet (a device
+1. prev = genesis: `DEVICE~R`, unless no chain of the device has a record yet (a device
    re-provisioned before it ever sent one keeps its plain id);
 2. otherwise the chain holding the record whose hash is prev (committed or quarantined), searched
-   over the device id and every `DEVICE/…` chain: the same board goes on in its chain;
-3. prev found nowhere: `DEVICE/R` (the predecessor has not arrived: a GAP there, held and resent
+   over the device id and every `DEVICE~…` chain: the same board goes on in its chain;
+3. prev found nowhere: `DEVICE~R` (the predecessor has not arrived: a GAP there, held and resent
    as any gap; never judged against the old board's seqs).
 A record under a compromised key (the old board's, quarantined compromised_key) goes to the chain
 holding its prev, else to the device id. Acks go to the device (topic, key, aud) whatever the
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from host_tools.cloud.ledger import GENESIS, Ledger, Record
 
-SEP = "/"
+SEP = "~"  # never in a device id (a-z 0-9 -), and safe in a URL path and in the API's "t0/device/sid" cursors
 
 
 def chain_id(device: str, epoch: int | None) -> str:
@@ -40,12 +40,12 @@ def chain_id(device: str, epoch: int | None) -> str:
 
 
 def device_of(chain: str) -> str:
-    """The device id of a ledger chain (the device id itself, or DEVICE/R)."""
+    """The device id of a ledger chain (the device id itself, or DEVICE~R)."""
     return chain.split(SEP, 1)[0]
 
 
 def epoch_of(chain: str) -> int | None:
-    """R of a chain DEVICE/R; None for the device's first chain."""
+    """R of a chain DEVICE~R; None for the device's first chain."""
     _, sep, r = chain.partition(SEP)
     return int(r) if sep else None
 

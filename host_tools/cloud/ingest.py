@@ -21,7 +21,7 @@ committed (or terminated if poison, redelivered if its worker dies). The network
   under its SPEC §7 code in `stats["refused"]`, logged, and never reaches the ledger;
 - hands the batch to `Ledger.commit` (one transaction, per-device head locked; see ledger.py),
   which deduplicates by (device, seq) and checks the hash chain. "device" there is the record's
-  chain: the device id, or DEVICE/R for the records of a fresh board a re-provisioning to key
+  chain: the device id, or DEVICE~R for the records of a fresh board a re-provisioning to key
   version R put under that id (host_tools/cloud/chains.py: its seq starts from 1 again, so it is
   a chain of its own); acks go to the device whatever the chain.
 
@@ -495,7 +495,7 @@ class IngestWorker:
         return True
 
     def _send_ack(self, chain: str, upto: int, resend: bool, quarantined: list[int] | None = None) -> None:
-        dev = device_of(chain)  # a chain DEVICE/R is that device's board: upto is in its seq space
+        dev = device_of(chain)  # a chain DEVICE~R is that device's board: upto is in its seq space
         try:
             d = self._device(dev)
             t = topic_for(dev, "ack")
