@@ -50,8 +50,11 @@ class ClusterSite:
                 for i, p in enumerate(self.cluster.mqtt_ports())]
 
     def cloud_settings(self, user: str, password: str) -> BrokerSettings:
-        return BrokerSettings(self.host, self.cloud_port, user, password, engine="nats",
-                              servers=tuple(self.cluster.nats_urls()))
+        # the cluster's engine: "nats" (NatsCluster) or "rabbitmq" (host_tools/rabbitcluster.py,
+        # MQTT 3.1.1 only: no servers, and ingest as one plain subscriber, group None)
+        engine = getattr(self.cluster, "engine", "nats")
+        servers = tuple(self.cluster.nats_urls()) if engine == "nats" else ()
+        return BrokerSettings(self.host, self.cloud_port, user, password, engine=engine, servers=servers)
 
     def add_user(self, name: str, password: str, cloud: bool = False) -> None:
         self.cluster.add_user(name, password, cloud)
