@@ -6,6 +6,7 @@ paging, a status filter, a scoped account's sites and a bad status each behave."
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -18,6 +19,7 @@ from host_tools.cloud.session_store import SessionStore
 from host_tools.service.config import ServiceConfig
 from host_tools.service.run import Service
 from tests.sessionkit import CLOUD, FakeDevice, wait_for
+from tests.test_ledger import DeviceChain
 from tests.test_serve import call
 
 
@@ -77,6 +79,15 @@ def test_each_device_of_a_site_says_where_its_money_stands(broker, cfg):
             led.quarantine_unplaced("lota-5", b"\x01\x02", "no_chain", "test")
             row = call(u + "?site=lota-5", token=tok)[1]["devices"][0]
             assert row["status"] == "mismatch" and row["quarantined"] == 1
+
+            # a re-provisioned device's fresh board has its own chain (lota-3~2): it counts as lota-3's
+            old, fresh = DeviceChain("lota-3"), DeviceChain("lota-3")   # two boards, one id
+            led.commit(old.records([old.make("sess_open", sid="s-1", payer="P", t0=now - 9, slot=0)]))
+            led.commit([replace(r, device="lota-3~2") for r in fresh.records([
+                fresh.make("sess_open", sid="s-1", payer="P", t0=now, slot=0),
+                fresh.make("sess_open", sid="s-2", payer="P", t0=now, slot=1)])])
+            row = call(u + "?site=lota-3", token=tok)[1]["devices"][0]
+            assert (row["records"], row["open_sessions"], row["last_seq"]) == (3, 3, fresh.seq), row
 
             # a page of two, its Link, then the rest; one status only
             st, page = call(u + "?site=lota-&limit=2", token=tok)

@@ -11,7 +11,8 @@ A device is
                 ledger lags its journal), or closed sessions wait to be charged
     unknown     it never sent a heartbeat, so the cloud cannot tell what it still holds
     reconciled  none of the above: its journal is drained into the ledger, nothing is flagged
-in that order (the first that applies). Every count is read with one grouped query per table
+in that order (the first that applies). A re-provisioned device's fresh board keeps its records in
+a chain of its own (DEVICE~R, chains.py): they count as the device's. Every count is read with one grouped query per table
 over the site's devices (a site of 10,000 devices is a handful of queries, not 10,000).
 
 The export checks live in the ledger's database (component `reconcile`, version 1):
@@ -22,6 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
+from host_tools.cloud.chains import device_of, epoch_of
 from host_tools.cloud.ledger_db import Database, where_prefixes
 
 RECONCILE_VERSION = 1
@@ -67,6 +69,13 @@ def _grouped(db: Database, select: str, prefixes: Sequence[str] | None, group: s
     return db._read(select + (" WHERE " + " AND ".join(w) if w else "") + group, tuple(args))
 
 
+def _by_device(rows: list[tuple]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c, n in rows:
+        out[device_of(c)] = out.get(device_of(c), 0) + int(n)
+    return out
+
+
 def site_status(devices: Sequence[str], ledger: Database, store_db: Database | None,
                 heartbeats_db: Database | None, checks: ExportChecks | None,
                 prefixes: Sequence[str] | None) -> list[dict]:
@@ -74,18 +83,26 @@ def site_status(devices: Sequence[str], ledger: Database, store_db: Database | N
     figures behind it. ledger: the ledger's database (records, heads, quarantine, sessions);
     store_db: the session service's (svc_flags, svc_pending; None: none kept); heartbeats_db: the
     registry's, where hb_last is (None: no heartbeats kept, every device is unknown)."""
-    heads = {d: int(s) for d, s in _grouped(ledger, "SELECT device, seq FROM heads", prefixes, where=("seq >= 0",))}
-    records = dict(_grouped(ledger, "SELECT device, COUNT(*) FROM records", prefixes, " GROUP BY device"))
-    quarantined = dict(_grouped(ledger, "SELECT device, COUNT(*) FROM quarantine", prefixes, " GROUP BY device"))
-    open_ = dict(_grouped(ledger, "SELECT device, COUNT(*) FROM sessions", prefixes, " GROUP BY device",
-                          where=("state = 'open'",)))
+    # a re-provisioned device's fresh board has a chain of its own, DEVICE~R (chains.py): its
+    # counts add to the device's, and its head is the newest chain's
+    heads: dict[str, tuple[int, int]] = {}
+    for c, s in _grouped(ledger, "SELECT device, seq FROM heads", prefixes, where=("seq >= 0",)):
+        d, e = device_of(c), epoch_of(c) or 0
+        if d not in heads or e > heads[d][0]:
+            heads[d] = (e, int(s))
+    records = _by_device(_grouped(ledger, "SELECT device, COUNT(*) FROM records", prefixes, " GROUP BY device"))
+    quarantined = _by_device(_grouped(ledger, "SELECT device, COUNT(*) FROM quarantine", prefixes, " GROUP BY device"))
+    open_ = _by_device(_grouped(ledger, "SELECT device, COUNT(*) FROM sessions", prefixes, " GROUP BY device",
+                                where=("state = 'open'",)))
     flags: dict[str, dict[str, int]] = {}
     charging: dict[str, int] = {}
     if store_db is not None:
-        for d, kind, n in _grouped(store_db, "SELECT device, kind, COUNT(*) FROM svc_flags", prefixes,
+        for c, kind, n in _grouped(store_db, "SELECT device, kind, COUNT(*) FROM svc_flags", prefixes,
                                    " GROUP BY device, kind"):
-            flags.setdefault(d, {})[kind] = int(n)
-        charging = dict(_grouped(store_db, "SELECT device, COUNT(*) FROM svc_pending", prefixes, " GROUP BY device"))
+            f = flags.setdefault(device_of(c), {})
+            f[kind] = f.get(kind, 0) + int(n)
+        charging = _by_device(_grouped(store_db, "SELECT device, COUNT(*) FROM svc_pending", prefixes,
+                                       " GROUP BY device"))
     hb = {}
     if heartbeats_db is not None:
         hb = {d: (int(at), None if j is None else int(j))
@@ -117,7 +134,7 @@ def site_status(devices: Sequence[str], ledger: Database, store_db: Database | N
         else:
             status, why = "reconciled", []
         out.append({"device": d, "status": status, "why": "; ".join(why), "records": int(records.get(d, 0)),
-                    "last_seq": heads.get(d), "open_sessions": int(open_.get(d, 0)), "jdepth": jdepth,
+                    "last_seq": heads[d][1] if d in heads else None, "open_sessions": int(open_.get(d, 0)), "jdepth": jdepth,
                     "heartbeat_at": at, "quarantined": q, "flags": fl, "charging": waiting, "export": ex})
     return out
 
