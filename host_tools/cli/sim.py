@@ -134,7 +134,7 @@ def run_fleet(o: Ctx, n: int, scenario: str, seconds: float, rate: int, seed: in
         if pay and pay["rate"] is not None:
             o.console.print(f"payment success {pay['rate']:.4f}: {pay['succeeded']} of {pay['attempts'] - pay['refused']} "
                             f"customers settled and reconciled ({pay['attempts']} came, {pay['refused']} refused by "
-                            f"the cloud, left out; failed: {pay['turned_away']} turned away, {pay['unanswered']} "
+                            f"the cloud, left out; {pay.get('waited', 0)} waited for their device; failed: {pay['turned_away']} turned away, {pay['unanswered']} "
                             f"unanswered, {pay['not_reconciled']} not reconciled, {pay['errors']} errors)", markup=False)
         if rep.get("boards"):
             b = rep["boards"]

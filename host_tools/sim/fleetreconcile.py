@@ -120,6 +120,7 @@ def payment_success(counts: dict[str, int], served: set[tuple[str, str]], good: 
     ok = len(served & good)
     asked = attempts - refused
     return {"rate": round(ok / asked, 6) if asked > 0 else None, "attempts": attempts, "refused": refused,
-            "succeeded": ok, "failed": asked - ok, "turned_away": counts.get("turned_away", 0),
+            "succeeded": ok, "failed": asked - ok, "waited": counts.get("waited", 0),
+            "turned_away": counts.get("turned_away", 0),
             "unanswered": counts.get("unanswered", 0), "errors": counts.get("customer_error", 0),
             "not_reconciled": len(served - good)}

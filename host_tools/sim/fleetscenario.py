@@ -87,6 +87,8 @@ class App:
         """A customer is here (one attempt, however often the device then retries): True once the
         device can serve them, False if they left after PATIENCE seconds (turned away)."""
         self.note("attempts")
+        if not self.ready():
+            self.note("waited")  # the device was off the broker or not ready when they came
         waited = 0.0
         while not self.ready() and waited < PATIENCE and self.d.running:
             await asyncio.sleep(0.2)
