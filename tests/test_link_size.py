@@ -74,3 +74,5 @@ def test_bench_short_run_accounts_for_every_byte():
     assert out["unaccounted_bytes"] == 0 and out["missing"] == 0 and out["sessions_measured"] >= 1
     assert 0 < out["link_bytes_per_device_day"] < out["json_bytes_per_device_day"]
     assert out["heartbeat_bytes"] < out["json_heartbeat_bytes"] and out["session_bytes"] < out["json_session_bytes"]
+    # paho on the board's cipher suite: the board's heartbeat payload costs what it cost the board
+    assert out["paho_cipher"] == out["cipher"] and out["paho_minus_board_heartbeat"] == 0
