@@ -188,8 +188,16 @@ def cluster_figure(n: int, a, say) -> dict:
     mqtt = json.loads(a.nats_mqtt) if a.nats_mqtt else {}
     out: dict = {"cluster_asked": n, "cluster_subs": a.subs, "cluster_ramp": a.ramp, "cluster_nats_mqtt": mqtt,
                  "load_start": [round(x, 1) for x in os.getloadavg()]}
-    c = NatsCluster(users=dict([CLUSTER_CLOUD]), cloud_users=(CLUSTER_CLOUD[0],), mqtt=mqtt)
-    c.start()
+    for attempt in range(3):  # a start on a loaded box may miss its MQTT warm-up: a fresh one
+        c = NatsCluster(users=dict([CLUSTER_CLOUD]), cloud_users=(CLUSTER_CLOUD[0],), mqtt=mqtt)
+        try:
+            c.start(timeout=60.0)
+            break
+        except Exception as e:  # noqa: BLE001 - tried again, then raised
+            c.close()
+            say(f"cluster start: {str(e)[:200]}")
+            if attempt == 2:
+                raise
     site = ClusterSite(c)
     try:
         # the same command with almost nobody on the cluster
@@ -223,9 +231,18 @@ def cluster_figure(n: int, a, say) -> dict:
             def on_hb(topic: str, payload: bytes) -> None:
                 with lock:
                     seen[topic.split("/")[2]] = time.monotonic()
-            sub = CloudMQTT(site.cloud_settings(*CLUSTER_CLOUD))
-            sub.subscribe("v1/dev/+/up/hb", on_hb, qos=0)
-            sub.connect()
+            for attempt in range(5):  # a loaded cluster's auth callout may time out a connect
+                sub = CloudMQTT(site.cloud_settings(*CLUSTER_CLOUD))
+                sub.subscribe("v1/dev/+/up/hb", on_hb, qos=0)
+                try:
+                    sub.connect()
+                    break
+                except Exception as e:  # noqa: BLE001 - tried again, then raised
+                    sub.close()
+                    say(f"heartbeat subscriber: {e}")
+                    if attempt == 4:
+                        raise
+                    time.sleep(2)
             t_hold = time.monotonic()
             lat, failed = [], []
             stop = threading.Event()
