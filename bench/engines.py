@@ -24,6 +24,7 @@ Per engine:
   committed; `duplicates`: records seen twice by ingest; never a second ledger row).
 
     .venv/bin/python bench/engines.py            # EDGEPAY_ENGINES_N devices (200), FLOOD_S 8 s
+    EDGEPAY_ENGINES=rabbitmq EDGEPAY_ENGINES_N=500 .venv/bin/python bench/engines.py   # one engine
 
 Last line: one JSON object {"devices": N, "nats": {...}, "rabbitmq": {...}}.
 """
@@ -209,7 +210,7 @@ def run_engine(engine: str) -> dict:
 
 def main() -> int:
     results: dict = {"devices": N, "flood_s": FLOOD_S, "cap": CAP}
-    for engine in ("nats", "rabbitmq"):
+    for engine in os.environ.get("EDGEPAY_ENGINES", "nats,rabbitmq").split(","):
         try:
             results[engine] = run_engine(engine)
         except BrokerError as e:
