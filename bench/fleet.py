@@ -309,7 +309,7 @@ def main() -> None:
     ap.add_argument("--ramp", type=int, default=50, help="cluster devices connecting per second")
     ap.add_argument("--nats-mqtt", default="", help="JSON: extra settings of the nodes' mqtt block")
     ap.add_argument("--idle-devices", type=int, default=10)
-    ap.add_argument("--idle-cmds", type=int, default=60)
+    ap.add_argument("--idle-cmds", type=int, default=200)
     ap.add_argument("--cmd-every", type=float, default=0.25)
     ap.add_argument("--kill-node", type=int, default=1)
     ap.add_argument("--failover-timeout", type=float, default=180.0)

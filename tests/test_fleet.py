@@ -331,3 +331,16 @@ def test_refused_subscription_drops_the_link_and_the_process_goes_on():
     t.join(20)
     assert not t.is_alive(), "the device's loop hung on the refused subscription"
     assert res == {"up": True, "refused": 1, "subs": 2}
+
+
+@pytest.mark.skipif(os.environ.get("EDGEPAY_BENCH_TESTS") != "1", reason="a bench at toy size (~1 min): EDGEPAY_BENCH_TESTS=1")
+def test_bench_fleet_cluster_small():
+    pytest.importorskip("nats")
+    p = subprocess.run([sys.executable, "bench/fleet.py", "--skip-devices", "--skip-flood", "--cluster", "30",
+                        "--hold", "6", "--hb", "2", "--idle-cmds", "10", "--subs", "single"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["cluster_devices"] == 30 and out["cluster_broker_kb_per_device"] > 0
+    assert out["failover_ok"] and out["failover_s"] > 0 and out["cmd_p99_ratio"] > 0
+    assert out["cluster_reconciled"] and out["cluster_records"] == 30
