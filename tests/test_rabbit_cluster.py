@@ -173,8 +173,8 @@ def test_another_devices_password_cannot_take_a_client_id(cluster):
             imp = Client(p1, "dev2", client_id="dev1", reconnect=False, expect=None)
             imp.m.loop_stop()
             assert victim.get(lambda e: e[0] == "disc", 10)             # the victim is gone ...
-            # ... and the impostor refused after all ("server unavailable"; presumably as client id
-            # dev1 its clean session must delete mqtt-subscription-dev1qos*, which dev2 may not touch)
+            # ... and the impostor refused after all ("server unavailable": its session declares
+            # the victim's queue mqtt-subscription-dev1qos1, access_refused for dev2 in the log)
             assert imp.connack[1] == 136, imp.connack
         finally:
             cluster.auth.client_ids = True
