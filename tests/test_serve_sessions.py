@@ -93,6 +93,12 @@ def test_serve_answers_auth_and_keeps_what_came_while_it_was_down(broker, cfg):
             assert (rec["ok"], rec["mismatched"], rec["missing"]) == (False, [seqs[0]], [seqs[1] + 5]), rec
             assert _post(svc.url + "/v1/devices/gate-s1/reconcile", {"records": [{"seq": 1, "raw": "zz"}]})[0] == 422
             assert _post(svc.url + "/v1/devices/nope/reconcile", {"records": []})[0] == 404
+            # a ledger chain gate-s1~2 (a fresh board after a re-provisioning, SPEC §6) is the
+            # device's: looked up as gate-s1, reconciled against that chain (which has none of these: missing)
+            st, rec = _post(svc.url + "/v1/devices/gate-s1~2/reconcile", {"records": journal})
+            assert st == 200 and (rec["device"], rec["ok"], rec["missing"]) == ("gate-s1~2", False, seqs), rec
+            for bad_id in ("nope~2", "gate-s1~x", "gate-s1~"):
+                assert _post(svc.url + f"/v1/devices/{bad_id}/reconcile", {"records": []})[0] == 404, bad_id
     finally:
         dev.close()
         reg.close()

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, Query, Response
 from pydantic import BaseModel, Field
 
+from host_tools.cloud import chains
 from host_tools.cloud.accounts import Principal
 from host_tools.cloud.heartbeats import Heartbeats
 from host_tools.cloud.ledger import Ledger
@@ -99,8 +100,14 @@ def add_ledger_routes(app: FastAPI, auth: Auth, registry: Registry, _ledger: Cal
     def reconcile(device_id: str, body: JournalIn, p: Principal = Depends(viewer)) -> dict:
         """A device's journal export (`edgepay journal export`: what it still holds, each record
         as its signed envelope in hex) against the ledger: records missing from it, extra in it
-        (from `from_seq` on: a device forgets what was acknowledged), or with other bytes."""
-        visible_device(registry, p, device_id)
+        (from `from_seq` on: a device forgets what was acknowledged), or with other bytes.
+        `device_id` may be a ledger chain DEVICE~R (a fresh board after a re-provisioning, SPEC
+        §6): the registry and the caller's sites know it as DEVICE (chains.device_of)."""
+        try:
+            chains.epoch_of(device_id)
+        except ValueError:
+            raise Problem(404, f"unknown device {device_id!r}") from None
+        visible_device(registry, p, chains.device_of(device_id))
         try:
             items = [(r.seq, bytes.fromhex(r.raw)) for r in body.records]
         except ValueError:

@@ -1,6 +1,6 @@
 """The service's parts, started from one ServiceConfig: ingest (a worker in the config's group),
 the session service (opt-in: host_tools/service/sessions_part.py), the time responder, the firmware chunk server (its own connection, in the config's chunks group),
-the campaign runner (command and firmware update campaigns), and the HTTP API on uvicorn (with the webhook dispatcher). `only` starts a subset, so
+the campaign runner (command, firmware update, key rotation and release key list campaigns), and the HTTP API on uvicorn (with the webhook dispatcher). `only` starts a subset, so
 N of each run on N machines against one PostgreSQL (ingest in a shared group; the registry's
 counter and the campaigns' conditional starts are safe across processes).
 
@@ -24,6 +24,7 @@ from host_tools.cloud.commands import CommandClient
 from host_tools.cloud.heartbeats import Heartbeats, Recorder
 from host_tools.cloud.ingest import IngestWorker
 from host_tools.cloud.ledger_open import open_ledger
+from host_tools.cloud.keylist_action import KeylistAction
 from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.ota_action import OtaAction, OtaProgress
 from host_tools.cloud.rekey import RekeyAction
@@ -91,7 +92,8 @@ class Service:
             assert self.client is not None and self._rollouts is not None
             ro = Rollouts(self._rollouts, {"command": CommandAction(self.client),
                                            "ota": OtaAction(self.client, OtaProgress(self._rollouts.db)),
-                                           "rekey": RekeyAction(self.client)})
+                                           "rekey": RekeyAction(self.client),
+                                           "keylist": KeylistAction(self.client)})
             t = threading.Thread(target=ro.run, args=(self._stop,), name="campaigns", daemon=True)
             t.start()
             self._threads.append(t)
