@@ -27,8 +27,26 @@ the device id, no lookup):
 A record under a compromised key (the old board's, quarantined compromised_key) goes to the chain
 holding its prev, else to the device id. Acks go to the device (topic, key, aud) whatever the
 chain; their `upto` is in the board's own seq space, which is the chain's.
+
+The session service's requests (auth_req) are not chained: a seq and the key version it verified
+under are all they have, and a fresh board's first auth_req comes before its first record (a gate
+asks at the entry, then journals sess_open). So the service keys a re-provisioned device's requests
+(answers, claims: (chain, seq)) and sessions ((chain, sid), order `chain:sid`) by the board that
+holds the id since R, judged once per (device, R) at its first request under a key >= R and
+remembered (the session store's svc_boards), by `board_chain` below, which agrees with `route`:
+1. a chain `DEVICE~R` holds a record: the fresh board's (the ledger has seen its genesis);
+2. no chain of the device holds a record: the device id (route's rule 1 keeps it there too);
+3. the newest other chain's head was signed under a key >= R: the same board went on there;
+4. else by the seq: at or below the old board's high-water mark H (that chain's head seq, or the
+   highest seq the service answered under it, whichever is higher) it is the fresh board's
+   (DEVICE~R: its counter started from 1 again), above it the same board's (its counter goes on).
+A record committed in `DEVICE~R` later overrides a judgement of rule 4 (the service's on_commit):
+the ledger's genesis test is exact, the seq's is not (a fresh board's counter, shared with its
+heartbeats, may pass the mark before its first request).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from host_tools.cloud.ledger import GENESIS, Ledger, Record
 
@@ -81,3 +99,40 @@ def route(ledger: Ledger, device: str, epoch: int | None, rec: Record, compromis
     if rec.prev == GENESIS:
         return device
     return find_prev(ledger, device, rec.prev) or device
+
+
+def _head_version(ledger: Ledger, chain: str, seq: int) -> int | None:
+    """The key version the record at (chain, seq) was signed under (its envelope's kid), if known."""
+    from host_tools.cloud.registry import envelope_kid
+    from host_tools.protocol import ProtocolError, parse_kid
+    for table in ("records", "quarantine"):
+        rows = ledger._read(f"SELECT raw FROM {table} WHERE device=? AND seq=?", (chain, seq))
+        if rows:
+            kid = envelope_kid(bytes(rows[0][0]))
+            try:
+                return parse_kid(kid)[1] if kid is not None else None
+            except ProtocolError:
+                return None
+    return None
+
+
+def board_chain(ledger: Ledger, device: str, epoch: int, seq: int,
+                answered: Callable[[str], int] = lambda chain: 0) -> str:
+    """The chain of the board that holds `device` since its re-provisioning at `epoch` (R), for
+    the session service's first request from it (seq `seq`, verified under a key >= R): the module
+    doc's rules 1-4. `answered(chain)`: the highest seq the service answered under `chain` (0:
+    none). Called once per (device, R): the caller remembers the answer."""
+    new = chain_id(device, epoch)
+    have = chains(ledger, device)
+    if new in have:
+        return new
+    if not have:
+        return device
+    old = have[-1]
+    head = ledger.head(old)
+    if head is not None and head.seq >= 0:
+        v = _head_version(ledger, old, head.seq)
+        if v is not None and v >= epoch:
+            return old
+    mark = max(head.seq if head is not None else 0, answered(old))
+    return new if seq <= mark else old

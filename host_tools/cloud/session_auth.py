@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from host_tools.cloud.chains import device_of
 from host_tools.cloud.payafter import (MODE_DEPOSIT, IllegalTransition, LimitExceeded, Order,
                                        OrderConflict, OrderNotFound, OrderState, PayAfterError,
                                        PayerRefused, ProviderUnavailable)
@@ -51,14 +52,18 @@ class AuthFlows(ServiceCore):
                 self.refused[f"device_{dev.status}"] += 1
                 log.warning("request from %s device %s refused", dev.status, device)
                 return
-            self._pool.submit(self._handle_safe, device, dev.kind, msg, done)
+            self._pool.submit(self._handle_safe, device, dev.kind, msg, done, dev.key_version)
             done = None  # the pool's job acknowledges it
         finally:
             if done is not None:
                 done()
 
-    def _handle_safe(self, device: str, kind: str, msg: dict, done=None) -> None:
+    def _handle_safe(self, device: str, kind: str, msg: dict, done=None, key_version: int | None = None) -> None:
+        """key_version (a request as received: its device id and key version): keyed by its chain
+        first (sessions.py _chain); None: `device` is already the chain (a claim taken over)."""
         try:
+            if key_version is not None:
+                device = self._chain(device, key_version, msg["seq"])
             self.handle(device, kind, msg)
         except Exception:  # noqa: BLE001 - a worker must survive; the device retries
             self.stats["errors"] += 1
@@ -130,6 +135,7 @@ class AuthFlows(ServiceCore):
         return self._reauth(s, msg)
 
     def _send(self, device: str, name: str, args: dict) -> None:
+        device = device_of(device)  # a chain DEVICE~R is answered as the device (topic, key, aud)
         self.cmd.submit(device, name, dict(args), ttl=self.cmd_ttl, publish_timeout=5.0)
         with self._lock:
             self.sent.append((device, name, dict(args)))

@@ -55,6 +55,12 @@ class ServiceCore:
     def settle_status(self, device: str, sid: str) -> dict:
         raise NotImplementedError
 
+    def _chain(self, device: str, key_version: int, seq: int) -> str:
+        raise NotImplementedError
+
+    def _board_seen(self, chain: str) -> None:
+        raise NotImplementedError
+
     def _slock(self, device: str, sid: str) -> threading.Lock:
         raise NotImplementedError
 

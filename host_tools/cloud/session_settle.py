@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
+from host_tools.cloud.chains import SEP, device_of
 from host_tools.cloud.ledger import Ledger, Record
 from host_tools.cloud.payafter import Order, OrderNotFound, OrderState, PayAfterError, PayerRefused
 from host_tools.cloud.registry import RegistryError
@@ -28,9 +29,11 @@ class Settlement(ServiceCore):
         """IngestWorker's `on_commit`: settle every committed sess_close (in the pool); a rental's
         sess_open with its item tag (21) is remembered, so a return elsewhere finds the rental."""
         for r in records:
+            if SEP in r.device:  # a fresh board's chain: the ledger's word on which board holds the id
+                self._board_seen(r.device)
             if r.type == SESS_OPEN and r.item:
                 try:
-                    kind = self.registry.get(r.device).kind
+                    kind = self.registry.get(device_of(r.device)).kind
                 except RegistryError:
                     continue
                 self._remember_item(r.device, r.sid, kind, r.payer, r.t0, r.item)
@@ -73,7 +76,7 @@ class Settlement(ServiceCore):
         """Settle one closed session (CloseRecord.of a ledger sess_close Record or a closed ledger
         Session; the store keeps the same for a retry); returns the settle status."""
         try:
-            kind = self.registry.get(r.device).kind
+            kind = self.registry.get(device_of(r.device)).kind
         except RegistryError:
             kind = "gate"
         key = (r.device, r.sid)
@@ -252,7 +255,7 @@ class Settlement(ServiceCore):
         for r in ledger.records():
             if r.type == SESS_OPEN and r.item and (r.device, r.sid) in opened:
                 try:
-                    kind = self.registry.get(r.device).kind
+                    kind = self.registry.get(device_of(r.device)).kind
                 except RegistryError:
                     continue
                 self._remember_item(r.device, r.sid, kind, r.payer, r.t0, r.item)

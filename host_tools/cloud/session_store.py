@@ -25,6 +25,10 @@ Tables (schema component "sessions", version 1):
     svc_flags     (device, sid, kind) PRIMARY KEY, detail, amounts, at: recorded once
     svc_claims    (device, seq) PRIMARY KEY, instance, at: which instance answers an auth_req
                   (instances that each receive every request: SessionService(instance=...))
+    svc_boards    (device, epoch) PRIMARY KEY, chain, at: the board that holds a re-provisioned
+                  device's id since key version `epoch` (R), judged once (chains.board_chain): its
+                  requests and sessions are keyed by `chain` (DEVICE, or DEVICE~R for a fresh board)
+                  (version 2; a version-1 database gets the table at its next open)
 Money columns are integers (BIGINT on PostgreSQL), never floats.
 """
 from __future__ import annotations
@@ -37,7 +41,7 @@ from host_tools.cloud.ledger_db import Database
 from host_tools.cloud.ledger_open import open_ledger
 from host_tools.cloud.session_model import CloseRecord, Flag, SessionState
 
-STORE_VERSION = 1
+STORE_VERSION = 2   # 2: svc_boards
 
 # SessionState field -> column ("limit" is an SQL keyword)
 _SESSION_FIELDS = tuple(f.name for f in fields(SessionState))
@@ -75,6 +79,9 @@ def _schema(blob: str, bigint: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS svc_claims (
             device TEXT NOT NULL, seq {bigint} NOT NULL, instance TEXT NOT NULL,
             at DOUBLE PRECISION NOT NULL, PRIMARY KEY (device, seq))""",
+        f"""CREATE TABLE IF NOT EXISTS svc_boards (
+            device TEXT NOT NULL, epoch {bigint} NOT NULL, chain TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL, PRIMARY KEY (device, epoch))""",
     ]
 
 
@@ -247,6 +254,29 @@ class SessionStore:
             cur.execute(sql, (key, -1, "", at))
             return cur.rowcount == 1
         return bool(self.db._write(run))
+
+    def last_answered(self, chain: str) -> int:
+        """The highest seq answered under `chain` (0: none kept)."""
+        rows = self.db._read("SELECT MAX(seq) FROM svc_answers WHERE device=?", (chain,))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    # ---- boards of re-provisioned devices ---------------------------------------------------
+    def board(self, device: str, epoch: int) -> str | None:
+        rows = self.db._read("SELECT chain FROM svc_boards WHERE device=? AND epoch=?", (device, epoch))
+        return rows[0][0] if rows else None
+
+    def set_board(self, device: str, epoch: int, chain: str, at: float) -> str:
+        """Record the board's chain unless another instance did first: the chain that holds."""
+        sql = self.db._sql("INSERT INTO svc_boards (device, epoch, chain, at) VALUES (?,?,?,?) "
+                           "ON CONFLICT (device, epoch) DO NOTHING")
+        self.db._write(lambda cur: cur.execute(sql, (device, epoch, chain, at)))
+        got = self.board(device, epoch)
+        assert got is not None
+        return got
+
+    def correct_board(self, device: str, epoch: int, chain: str, at: float) -> None:
+        """The ledger's records say otherwise (SessionService._board_seen): `chain` from now on."""
+        self._upsert("svc_boards", ("device", "epoch", "chain", "at"), ("device", "epoch"), (device, epoch, chain, at))
 
     # ---- settlements to retry --------------------------------------------------------------
     def set_pending(self, device: str, sid: str, rec: CloseRecord | None) -> None:

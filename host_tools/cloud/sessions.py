@@ -64,6 +64,15 @@ Rules decided here (the report of the session module lists them too):
   answer); concurrent duplicates are serialised per session. A new auth_req for the same session
   re-runs the decision on top of the provider's idempotent order. A flag is recorded once per
   (device, sid, kind).
+- Re-provisioned devices (SPEC §6 "Chains and re-provisioning", host_tools/cloud/chains.py): a
+  revoked device re-provisioned at key version R onto a fresh board (seq from 1 again, its sids
+  again the old board's) has its requests and sessions keyed by the chain `DEVICE~R`, as its
+  records are in the ledger: answers and claims by (chain, seq), sessions and flags by (chain,
+  sid), its orders `DEVICE~R:sid`; the old board's stay under DEVICE untouched. Which board holds
+  the id since R is judged once per (device, R) at its first request (chains.board_chain, on the
+  ledger the service was given, else the store's database) and kept in the store; a recovered
+  board (its seq goes on) stays under the id. Answers, commands, tariffs and limits are the
+  device's (topic, key, aud). A device whose key version is 1 was never re-provisioned: no lookup.
 - Durable state (`store`, host_tools/cloud/session_store.py: tables in the ledger's database):
   bindings, tariffs sent, limits, every session's state (its order number included), answered
   requests, settlements to retry, rented items and returns elsewhere, flags. Each is written before
@@ -91,9 +100,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
+from host_tools.cloud.chains import SEP, board_chain, device_of, epoch_of
 from host_tools.cloud.commands import Command, CommandClient
+from host_tools.cloud.ledger import Ledger
 from host_tools.cloud.mqtt import BrokerSettings
 from host_tools.cloud.payafter import Order, OrderState, PayAfterError, PayAfterProvider
 from host_tools.cloud.registry import Registry
@@ -124,7 +135,8 @@ class SessionService(AuthFlows, Settlement):
                  doubt_s: float = 120.0, answer_cache: int = 10_000, max_skew_s: int = 300,
                  store: SessionStore | None = None, answer_ttl_s: float = 7 * 86400,
                  instance: str | None = None, auth_expiry_s: float | None = None, session_s: int = 86400,
-                 on_settled: Callable[[dict], None] | None = None, claim_lease_s: float = 30.0):
+                 on_settled: Callable[[dict], None] | None = None, claim_lease_s: float = 30.0,
+                 ledger: Ledger | None = None):
         self.registry = registry
         self.instance = instance
         self.auth_expiry_s = auth_expiry_s
@@ -149,6 +161,11 @@ class SessionService(AuthFlows, Settlement):
         self.answer_ttl_s = answer_ttl_s
         self._own_store = store is None
         self.store = store if store is not None else SessionStore.memory()
+        # where a re-provisioned device's chains are read (chains.board_chain): the store's
+        # database is the ledger's when the store is on it (edgepay serve)
+        self.ledger: Ledger = ledger if ledger is not None else cast(Ledger, self.store.db)  # open_ledger's
+        self._epochs: dict[str, tuple[int, int | None]] = {}   # device -> (key version, R or None)
+        self._boards: dict[tuple[str, int], str] = {}          # (device, R) -> its board's chain
         self._lock = threading.RLock()
         self._slocks: dict[tuple[str, str], threading.Lock] = {}
         # caches of the store (the store is written first); sessions load on first use
@@ -238,6 +255,8 @@ class SessionService(AuthFlows, Settlement):
         return cmd
 
     def tariff(self, device: str) -> dict | None:
+        if SEP in device:  # a chain DEVICE~R: the device's tariff
+            device = device_of(device)
         if self.instance is not None:  # the tariff another instance (or the API) sent is in the store
             row = self.store.tariff(device)
             return row[0] if row else None
@@ -300,6 +319,64 @@ class SessionService(AuthFlows, Settlement):
                 "device_amount": s.device_amount, "cloud_amount": s.cloud_amount,
                 "charged": order.amount if order else s.charged, "cur": s.cur, "flags": flags}
 
+    # ---- internals: the chain of a request ----------------------------------------------------
+    def _chain(self, device: str, key_version: int, seq: int) -> str:
+        """The chain a verified request of `device` (its current key version, the request's seq)
+        is keyed by (the module doc; chains.board_chain). Key version 1: never re-provisioned,
+        the device id with no lookup; otherwise R is read once per key version (the registry's
+        key history), the board once per (device, R) (memory, the store, else judged now; a
+        durable instance reads the store each time, one indexed read, re-provisioned devices only)."""
+        if key_version == 1:
+            return device
+        with self._lock:
+            hit = self._epochs.get(device)
+        if hit is None or hit[0] != key_version:
+            keys = self.registry.keys(device)
+            epoch = None
+            if any(k.state == "compromised" for k in keys):
+                epoch = min((k.version for k in keys if k.state != "compromised"), default=None)
+            hit = (key_version, epoch)
+            with self._lock:
+                self._epochs[device] = hit
+        epoch = hit[1]
+        if epoch is None:
+            return device
+        with self._lock:  # durable instances read the store: another's ledger feed may correct it
+            chain = self._boards.get((device, epoch)) if self.instance is None else None
+        if chain is None:
+            chain = self.store.board(device, epoch)
+            if chain is None:
+                judged = board_chain(self.ledger, device, epoch, seq, self.store.last_answered)
+                chain = self.store.set_board(device, epoch, judged, self.clock())
+                log.warning("device %s re-provisioned at key version %d: its board's requests and sessions "
+                            "are %s (first request seq %d)", device, epoch, chain, seq)
+            with self._lock:
+                self._boards[(device, epoch)] = chain
+        return chain
+
+    def _board_seen(self, chain: str) -> None:
+        """A record committed in the chain DEVICE~R: the ledger saw the fresh board's genesis, which
+        is exact where the service's judgement by seq is not (a fresh board whose counter passed
+        the old board's mark before its first request). The board of (DEVICE, R) is DEVICE~R from
+        now on; if it had been judged otherwise, that is corrected and logged (the sessions its
+        requests opened meanwhile are under the other chain: an operator looks)."""
+        device, epoch = device_of(chain), epoch_of(chain)
+        if epoch is None:
+            return
+        with self._lock:
+            if self._boards.get((device, epoch)) == chain:
+                return
+        was = self.store.board(device, epoch)
+        if was is None:
+            was = self.store.set_board(device, epoch, chain, self.clock())
+        if was != chain:
+            self.store.correct_board(device, epoch, chain, self.clock())
+            log.error("device %s re-provisioned at key version %d: its board was judged %s by its requests, "
+                      "the ledger has its records in %s: requests are keyed by %s from now on",
+                      device, epoch, was, chain, chain)
+        with self._lock:
+            self._boards[(device, epoch)] = chain
+
     # ---- internals: state --------------------------------------------------------------------
     def _slock(self, device: str, sid: str) -> threading.Lock:
         with self._lock:
@@ -356,7 +433,7 @@ class SessionService(AuthFlows, Settlement):
         """Flag every open session of a revoked device (`device_revoked`) for an operator: its
         records still settle as they arrive (quarantined ones do not); the open ones need a look."""
         with self._lock:
-            known = [s for s in self.store.sessions() if s.device == device and not s.closed]
+            known = [s for s in self.store.sessions() if device_of(s.device) == device and not s.closed]
         for s in known:
             self._flag("device_revoked", s, "the device was revoked with this session open")
         return known
@@ -376,6 +453,8 @@ class SessionService(AuthFlows, Settlement):
                 kind, s.device, s.sid, detail, f.device_amount, f.cloud_amount, f.charged)
 
     def _limit(self, device: str, kind: str, tariff: dict) -> int:
+        if SEP in device:
+            device = device_of(device)
         with self._lock:
             if device in self._limits:
                 return self._limits[device]
