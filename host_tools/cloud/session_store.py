@@ -29,7 +29,10 @@ Tables (schema component "sessions", version 1):
                   device's id since key version `epoch` (R), judged once (chains.board_chain): its
                   requests and sessions are keyed by `chain` (DEVICE, or DEVICE~R for a fresh board)
                   (version 2; a version-1 database gets the table at its next open)
-Money columns are integers (BIGINT on PostgreSQL), never floats.
+Money columns are integers (BIGINT on PostgreSQL), never floats. The `device` of a session, an
+answer, a claim, a settlement, an item, a link or a flag is its chain: the device id, or DEVICE~R
+for a fresh board after a re-provisioning (svc_boards; SPEC §6); of a tariff, policy or limit, the
+device id.
 """
 from __future__ import annotations
 
