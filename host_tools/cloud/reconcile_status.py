@@ -52,11 +52,16 @@ class ExportChecks:
         self.db._write(run)
 
     def by_device(self, prefixes: Sequence[str] | None) -> dict[str, dict]:
-        out = {}
-        for d, at, ok, mi, ex, mm, n in _grouped(self.db, "SELECT device, at, ok, missing, extra, mismatched, "
+        """The last check of each device; a device's chains (DEVICE~R, checked one by one) as one:
+        ok only if each is, the counts summed, the time the latest."""
+        out: dict[str, dict] = {}
+        for c, at, ok, mi, ex, mm, n in _grouped(self.db, "SELECT device, at, ok, missing, extra, mismatched, "
                                                   "journal_records FROM recon_checks", prefixes):
-            out[d] = {"at": int(at), "ok": bool(ok), "missing": int(mi), "extra": int(ex),
-                      "mismatched": int(mm), "journal_records": int(n)}
+            d = out.setdefault(device_of(c), {"at": 0, "ok": True, "missing": 0, "extra": 0, "mismatched": 0,
+                                               "journal_records": 0})
+            d["at"], d["ok"] = max(d["at"], int(at)), d["ok"] and bool(ok)
+            for k, v in (("missing", mi), ("extra", ex), ("mismatched", mm), ("journal_records", n)):
+                d[k] += int(v)
         return out
 
 
