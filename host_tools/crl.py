@@ -19,6 +19,13 @@ for the new one (host_tools/cloud/certrenew.py): until then the old pair is the 
 to. The CRL's nextUpdate is NEXT_UPDATE_DAYS ahead: an expired CRL makes OpenSSL refuse every client
 certificate, so `edgepay broker crl --resign` (or any revocation) signs it afresh; do it within that
 time (docs/security.md).
+
+While the broker's CA rotates (`edgepay broker rotate-ca`, host_tools/cli/broker_ca.py), from its
+switch to its retirement, ca.pem/ca.key are the new CA and ca-old.pem/ca-old.key the one it
+replaces, whose device certificates the broker still takes: crl.pem then holds two CRLs, the new
+CA's and the old one's, each listing every revoked serial (OpenSSL wants a CRL from the issuer of
+each client certificate it checks; a serial listed under the other CA too is harmless: serials are
+random), and certs.json notes each certificate's issuer.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 CERTS, REVOKED, CRL = "certs.json", "revoked.json", "crl.pem"
+OLD_PEM, OLD_KEY = "ca-old.pem", "ca-old.key"  # the CA being replaced, from rotate-ca switch to retire
 NEXT_UPDATE_DAYS = 365
 
 
@@ -81,10 +89,11 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         pass
 
 
-def load_ca(broker_dir: Path):
-    """(CA key, CA certificate) from broker_dir/ca.key and ca.pem; CrlError if missing or unreadable."""
+def load_ca(broker_dir: Path, pem_name: str = "ca.pem", key_name: str = "ca.key"):
+    """(CA key, CA certificate) from broker_dir/ca.key and ca.pem (its first certificate: while a
+    rotation overlaps ca.pem holds the old CA after the new); CrlError if missing or unreadable."""
     d = Path(broker_dir)
-    pem, key = d / "ca.pem", d / "ca.key"
+    pem, key = d / pem_name, d / key_name
     if not (pem.exists() and key.exists()):
         raise CrlError(f"no CA in {d} (ca.pem and ca.key, made by edgepay provision --tls)")
     try:
@@ -109,7 +118,7 @@ def record_issued(broker_dir: Path, device: str, cert: x509.Certificate) -> None
     rows = certs.setdefault(device, [])
     if all(r["serial"] != serial for r in rows):
         rows.append({"serial": serial, "not_after": cert.not_valid_after_utc.isoformat(),
-                     "issued": _now().isoformat(timespec="seconds")})
+                     "issued": _now().isoformat(timespec="seconds"), "issuer": cert.issuer.rfc4514_string()})
     _write_atomic(d / CERTS, (json.dumps(certs, indent=1, sort_keys=True) + "\n").encode(), 0o600)
 
 
@@ -143,9 +152,14 @@ def sign(broker_dir: Path, entries: list[dict], ca=None) -> bytes:
 
 
 def write_crl(broker_dir: Path, ca=None) -> Path:
-    """(Re)write broker_dir/crl.pem from revoked.json, signed now (also: an empty CRL to start with)."""
+    """(Re)write broker_dir/crl.pem from revoked.json, signed now (also: an empty CRL to start with);
+    during a CA rotation's overlap (ca-old.pem and ca-old.key there) the old CA's CRL follows."""
     d = Path(broker_dir)
-    _write_atomic(d / CRL, sign(d, revoked(d), ca), 0o644)
+    entries = revoked(d)
+    data = sign(d, entries, ca)
+    if (d / OLD_PEM).exists() and (d / OLD_KEY).exists():
+        data += sign(d, entries, load_ca(d, OLD_PEM, OLD_KEY))
+    _write_atomic(d / CRL, data, 0o644)
     return d / CRL
 
 

@@ -67,6 +67,8 @@ def register(cli: click.Group) -> None:
     broker_rotate.register(broker)  # cloud-user add|remove|list, renew-cert
     from host_tools.cli import broker_crl
     broker_crl.register(broker)  # crl [--resign]
+    from host_tools.cli import broker_ca
+    broker_ca.register(broker)  # rotate-ca stage|switch|retire
 
     @broker.command()
     @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),

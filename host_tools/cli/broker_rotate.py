@@ -55,6 +55,47 @@ def _reloaded(o: Ctx, d: Path) -> dict:
     return r
 
 
+def replace_file(d: Path, name: str, data: bytes, mode: int = 0o600) -> None:
+    """d/name replaced atomically (the broker never reads half a file), keeping its owner: `broker
+    conf --run-as` may have given it to Mosquitto's account."""
+    import os
+    tmp = d / (name + ".new")
+    write_private(tmp, data)
+    if mode != 0o600:
+        os.chmod(tmp, mode)
+    try:
+        st = (d / name).stat()
+        if st.st_uid != os.getuid():
+            os.chown(tmp, st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        pass
+    os.replace(tmp, d / name)
+
+
+def reissue_server(d: Path, ca_key, ca, days: int):
+    """A new key pair and server certificate for server.pem's names (CN and SANs) from (ca_key, ca),
+    written over server.pem/server.key. -> (cn, the certificate). The caller reloads the broker."""
+    from cryptography import x509
+
+    from host_tools.cli.provision import _key_pem, _pem
+    from host_tools.tls import make_leaf
+    try:
+        old = x509.load_pem_x509_certificate((d / "server.pem").read_bytes())
+    except (OSError, ValueError) as e:
+        fail(f"{d} has no readable server certificate (provision --tls makes it): {e}")
+    try:
+        san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+        ips = [str(i) for i in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        dns, ips = [], []
+    cn = str(old.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+    key, cert = make_leaf(ca_key, ca, cn=cn, dns=dns, ips=ips, days=days)
+    for name, data in (("server.key", _key_pem(key)), ("server.pem", _pem(cert))):
+        replace_file(d, name, data)
+    return cn, cert
+
+
 def register(broker: click.Group) -> None:
     @broker.group("cloud-user")
     def cloud_user() -> None:
@@ -125,35 +166,15 @@ def register(broker: click.Group) -> None:
     @click.pass_obj
     def renew_cert(o: Ctx, broker_dir: Path, days: int) -> None:
         """Issue the broker a new TLS key and certificate for the same names; the broker reloads."""
-        import os
-
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
-
-        from host_tools.cli.provision import _key_pem, _pem
-        from host_tools.tls import make_leaf
         d = broker_dir.resolve()
         try:
             ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
             ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
-            old = x509.load_pem_x509_certificate((d / "server.pem").read_bytes())
         except (OSError, ValueError, TypeError) as e:
             fail(f"{d} has no readable CA and server certificate (provision --tls makes them): {e}")
-        try:
-            san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            dns = san.get_values_for_type(x509.DNSName)
-            ips = [str(i) for i in san.get_values_for_type(x509.IPAddress)]
-        except x509.ExtensionNotFound:
-            dns, ips = [], []
-        cn = old.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
-        key, cert = make_leaf(ca_key, ca, cn=str(cn), dns=dns, ips=ips, days=days)
-        for name, data in (("server.key", _key_pem(key)), ("server.pem", _pem(cert))):
-            tmp = d / (name + ".new")
-            write_private(tmp, data)
-            st = (d / name).stat()
-            if st.st_uid != os.getuid():  # `broker conf --run-as` gave it to Mosquitto's account
-                os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, d / name)   # atomic: the broker never reads half a file
+        cn, cert = reissue_server(d, ca_key, ca, days)
         r = _reloaded(o, d)
         o.emit({"cert": str(d / "server.pem"), "cn": str(cn), "not_after": cert.not_valid_after_utc.isoformat(),
                 "serial": format(cert.serial_number, "x"), "broker_reload": r or None},

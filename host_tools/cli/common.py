@@ -150,10 +150,12 @@ def jsonable(v: Any) -> Any:
 
 
 def each_device(o: "Ctx", device_ids, act: Callable[[str], tuple[dict, str]], refusals: tuple, verb: str,
-                total: str) -> None:
+                total: str, after: Callable[[list[dict]], tuple[dict, bool]] | None = None) -> None:
     """Run act(device) -> (result, what it did) for each device named (once each, in order), a line
     per device; an exception of `refusals` is that device's failure, named by its code (a registry
-    error: unknown_device). --json: {"devices": [...], total: n, "failed": n}. Exit 1 if any failed."""
+    error: unknown_device). --json: {"devices": [...], total: n, "failed": n}. Exit 1 if any failed.
+    after(results) -> (more summary fields, ok): a step once every device was tried (its fields in
+    the JSON summary; not ok: exit 1 too)."""
     results = []
     for device_id in dict.fromkeys(device_ids):
         try:
@@ -167,9 +169,10 @@ def each_device(o: "Ctx", device_ids, act: Callable[[str], tuple[dict, str]], re
         if not o.json:
             o.console.print(line)
     failed = sum(not r["ok"] for r in results)
+    more, ok = after(results) if after is not None else ({}, True)
     if o.json:
-        o.emit({"devices": results, total: len(results) - failed, "failed": failed}, lambda: None)
-    if failed:
+        o.emit({"devices": results, total: len(results) - failed, "failed": failed, **more}, lambda: None)
+    if failed or not ok:
         raise click.exceptions.Exit(1)
 
 

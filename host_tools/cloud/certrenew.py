@@ -53,10 +53,28 @@ def renewal(ca_key, ca_cert, device: str, device_key: bytes, days: int = LEAF_DA
     return Renewal(cert, der, wrap(device_key, scalar))
 
 
-def renew(client, device: str, r: Renewal, timeout: float = 30.0) -> dict:
-    """Send set_cert, then wait for the device's verdict on its trial connection: the event
-    cert_current (the broker took the new pair: it is the device's now) or cert_refused (it went back
-    to its current pair). RenewError unless cert_current."""
+def send_retrying(client, device: str, name: str, args: dict, deadline: float, busy_wait: float = 1.0):
+    """Send command `name` until it is not `busy` (a trial under way on the device: an earlier
+    set_cert or set_ca, maybe redelivered after a reboot) or `deadline` (monotonic) passed, `busy_wait`
+    seconds between tries; clock_untrusted: the device is given the time, then it goes again (a
+    command must be fresh: SPEC §5). -> the last Command."""
+    while True:
+        c = client.send(device, name, args, timeout=max(1.0, deadline - time.monotonic()))
+        if c.code == "clock_untrusted" and client.sync_time(device, timeout=5):
+            continue
+        if c.ok or c.code != "busy" or time.monotonic() + busy_wait > deadline:
+            return c
+        time.sleep(busy_wait)
+
+
+def trial(client, device: str, name: str, args: dict, h: bytes, verdicts: tuple[str, ...], timeout: float,
+          busy_wait: float = 1.0, error=None) -> tuple:
+    """Send `name` (set_cert, set_ca with retire), whose success starts a trial connection on the
+    device, and wait for the signed event that ends it: the first of `verdicts` whose detail names
+    `h` (SPEC §12: the first 8 bytes of the certificate's or CA's SHA-256; an earlier command's
+    verdict, redelivered, names another). -> (Command, event detail, event code). `error` (RenewError
+    by default) raised as "refused" (the command failed) or "not_back" (no verdict within `timeout`)."""
+    error = error or RenewError
     d = client.registry.get(device)
     got: queue.Queue = queue.Queue()
 
@@ -65,32 +83,32 @@ def renew(client, device: str, r: Renewal, timeout: float = 30.0) -> dict:
             m = open_message(d.key, d.kid, topic, payload)
         except ProtocolError:
             return
-        if m.get("code") in ("cert_current", "cert_refused"):
+        if m.get("code") in verdicts:
             got.put(m)
 
-    h = hashlib.sha256(r.cert_der).digest()[:8]  # the device's events name the certificate so
     client.mqtt.subscribe(f"v1/dev/{device}/up/evt", on_evt, qos=1)
     time.sleep(0.2)  # the subscription in place before the device can answer
     deadline = time.monotonic() + timeout
-    while True:
-        c = client.send(device, "set_cert", r.args(), timeout=max(1.0, deadline - time.monotonic()))
-        if c.code == "clock_untrusted" and client.sync_time(device, timeout=5):
-            continue  # the device had not had the time yet (a command must be fresh: SPEC §5)
-        # busy: a trial is under way (an earlier set_cert, redelivered after a reboot): after it, again
-        if c.ok or c.code != "busy" or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
+    c = send_retrying(client, device, name, args, deadline, busy_wait)
     if not c.ok:
-        raise RenewError("refused", f"{c.state.value} {c.code} {c.data or ''}".strip())
+        raise error("refused", f"{c.state.value} {c.code} {c.data or ''}".strip())
     while True:
         try:
             m = got.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            raise RenewError("not_back", f"no word from {device} within {timeout:g} s of its trial connection")
+            raise error("not_back", f"no word from {device} within {timeout:g} s of its trial connection")
         detail = m.get("detail") or {}
         if detail.get("h") == h:
-            break
-    if m["code"] != "cert_current":
+            return c, detail, m["code"]
+
+
+def renew(client, device: str, r: Renewal, timeout: float = 30.0) -> dict:
+    """Send set_cert, then wait for the device's verdict on its trial connection: the event
+    cert_current (the broker took the new pair: it is the device's now) or cert_refused (it went back
+    to its current pair). RenewError unless cert_current."""
+    h = hashlib.sha256(r.cert_der).digest()[:8]  # the device's events name the certificate so
+    _, detail, code = trial(client, device, "set_cert", r.args(), h, ("cert_current", "cert_refused"), timeout)
+    if code != "cert_current":
         raise RenewError("cert_refused", f"the broker refused the new certificate ({detail.get('why')}); "
                          "the device is back on its current one")
     return {"device": device, "n": detail.get("n"), "serial": format(r.cert.serial_number, "x"),
