@@ -187,3 +187,52 @@ def test_a_retire_before_the_switch_is_refused_and_the_device_keeps_both(site):
     _online(s["rig"], dev)  # back on both CAs, on the broker's unchanged certificate
     _alive(s["rig"], dev)
     assert board.state("ca") is None and _cas(board) == ["ca.pem", "ca1.der"]
+
+
+class _FakeClient:
+    """A CommandClient stand-in: answers set_ca from `answers` in turn, and with retire publishes
+    the verdict events in `events` to the subscriber (no broker, no board)."""
+
+    def __init__(self, answers, events=()):
+        from types import SimpleNamespace
+        self.answers, self.events, self.sent, self.subs = list(answers), list(events), [], []
+        self.registry = SimpleNamespace(get=lambda d: SimpleNamespace(key=b"k" * 32, kid=1))
+        self.mqtt = SimpleNamespace(subscribe=lambda topic, cb, qos: self.subs.append(cb))
+
+    def send(self, device, name, args, timeout):
+        from types import SimpleNamespace
+        self.sent.append((time.monotonic(), name, dict(args)))
+        code, data = self.answers.pop(0)
+        if code == "ok":
+            for ev in self.events:
+                self.subs[0]("v1/dev/%s/up/evt" % device, ev)
+        return SimpleNamespace(ok=code == "ok", code=None if code == "ok" else code, data=data,
+                               state=SimpleNamespace(value="SUCCEEDED" if code == "ok" else "FAILED"))
+
+    def sync_time(self, device, timeout):
+        return True
+
+
+def test_busy_is_sent_again_after_the_delay_and_only_the_cas_verdict_counts(monkeypatch):
+    """host_tools/cloud/carotate.py alone: `busy` twice, then the trial; an earlier CA's verdict
+    (another h) is passed over for this one's."""
+    from host_tools.cloud import carotate, certrenew
+    der = make_ca("x")[1].public_bytes(serialization.Encoding.DER)
+    h = carotate.ca_h(der)
+    events = [{"code": "ca_refused", "detail": {"h": b"\0" * 8, "why": "old"}}, {"code": "ca_current", "detail": {"n": 3, "h": h}}]
+    monkeypatch.setattr(certrenew, "open_message", lambda key, kid, topic, payload: payload)
+    c = _FakeClient([("busy", None), ("busy", None), ("ok", {"ca": 3, "st": "trial"})], events)
+    assert carotate.retire(c, "d1", der, timeout=10, busy_wait=0.3) == {"device": "d1", "n": 3, "h": h.hex()}
+    times = [t for t, _, _ in c.sent]
+    assert len(times) == 3 and all(b - a >= 0.29 for a, b in zip(times, times[1:]))
+    assert c.sent[0][2] == {1: der, 2: True}
+    c = _FakeClient([("ok", {"ca": 1, "st": "trial"})], [{"code": "ca_refused", "detail": {"h": h, "why": "OSError(-9984)"}}])
+    with pytest.raises(carotate.CaError) as e:
+        carotate.retire(c, "d1", der, timeout=5)
+    assert e.value.code == "ca_refused" and "OSError(-9984)" in e.value.detail
+    c = _FakeClient([("busy", None)] * 10)
+    with pytest.raises(carotate.CaError) as e:  # still busy at the timeout: refused, busy named
+        carotate.stage(c, "d1", der, timeout=1, busy_wait=0.3)
+    assert e.value.code == "refused" and "busy" in e.value.detail and len(c.sent) <= 4
+    with pytest.raises(carotate.CaError, match="bad_ca"):
+        carotate.stage(c, "d1", b"\x01" * 10)
