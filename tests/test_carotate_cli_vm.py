@@ -132,7 +132,7 @@ def test_stage_switch_retire_moves_two_boards_to_the_new_ca_alone(site):
     out = _phase(s, "switch")
     new = nxt.subject.rfc4514_string()
     assert out["ca"] == new and out["client_cas"] == [new, old.subject.rfc4514_string()] and out["mtls"], out
-    assert out["broker_reload"] == {"reloaded": pid}
+    assert out["broker_reload"] == {"reloaded": pid} and out["unstaged"] == [], out
     assert _client_cas(bdir) == out["client_cas"] and not (bdir / "ca-next.pem").exists()
     server = x509.load_pem_x509_certificate((bdir / "server.pem").read_bytes())
     assert server.issuer == nxt.subject
@@ -187,6 +187,13 @@ def test_a_retire_before_the_switch_is_refused_and_the_device_keeps_both(site):
     _online(s["rig"], dev)  # back on both CAs, on the broker's unchanged certificate
     _alive(s["rig"], dev)
     assert board.state("ca") is None and _cas(board) == ["ca.pem", "ca1.der"]
+    # then the switch (which names the registry's device stage never reached) and the retire again
+    r = s["edgepay"]("broker", "rotate-ca", "switch", "--broker-dir", str(bdir))
+    assert r.exit_code == 0 and json.loads(r.stdout)["unstaged"] == [DEVS[1]], r.output
+    assert "not staged" in r.stderr and DEVS[1] in r.stderr
+    out = _phase(s, "retire", dev, code=1)  # 1: the other device's certificate holds the old CA here
+    assert out["devices"][0]["ok"] and out["devices"][0]["n"] == 1 and out["stale_certs"] == sorted(DEVS), out
+    assert board.state("ca") == 1 and _cas(board) == ["ca1.der"]
 
 
 class _FakeClient:

@@ -45,6 +45,7 @@ import click
 from host_tools.cli.common import EXIT_USAGE, Ctx, each_device, fail, write_private
 
 NEXT_PEM, NEXT_KEY = "ca-next.pem", "ca-next.key"
+STAGED = "ca-next.json"  # the devices that took the next CA: {device: n}, for switch's check
 
 
 def _pems(certs) -> bytes:
@@ -94,27 +95,53 @@ def _reload(o: Ctx, d: Path) -> dict:
     return r
 
 
+def _active(o: Ctx, kind: str | None = None, board: str | None = None) -> list[str]:
+    """The registry's active devices (of `kind`, on `board`)."""
+    reg = o.open_registry()
+    try:
+        out, after = [], ""
+        while True:
+            page = reg.page(after=after, limit=1000, status="active", kind=kind, board=board)
+            if not page:
+                break
+            out += [x.device_id for x in page]
+            after = page[-1].device_id
+    finally:
+        reg.close()
+    return out
+
+
 def _targets(o: Ctx, device_ids: tuple[str, ...], every: bool, kind: str | None, board: str | None) -> list[str]:
     if every or kind or board:
         if device_ids:
             fail("name devices, or select a fleet with --all/--kind/--board: not both", EXIT_USAGE)
-        reg = o.open_registry()
-        try:
-            out, after = [], ""
-            while True:
-                page = reg.page(after=after, limit=1000, status="active", kind=kind, board=board)
-                if not page:
-                    break
-                out += [x.device_id for x in page]
-                after = page[-1].device_id
-        finally:
-            reg.close()
+        out = _active(o, kind, board)
         if not out:
             fail("no active device matches")
         return out
     if not device_ids:
         fail("name the devices (or --all, --kind, --board)", EXIT_USAGE)
     return list(device_ids)
+
+
+def _unstaged(o: Ctx, d: Path) -> list[str] | None:
+    """The registry's active devices `stage` did not reach (None: no registry here): after the switch
+    they no longer get past the broker's certificate. Said, not refused: some may be gone for good."""
+    import json
+    from pathlib import Path as P
+    url = str(o.registry)
+    if "://" not in url and not P(url).exists():
+        return None
+    try:
+        staged = json.loads((d / STAGED).read_text())
+    except (OSError, ValueError):
+        staged = {}
+    out = [x for x in _active(o) if x not in staged]
+    if out:
+        o.note(f"[yellow]warning:[/] {len(out)} active device(s) were not staged and will not connect to the "
+               f"switched broker until they are ({', '.join(out[:10])}{' ...' if len(out) > 10 else ''}): "
+               "edgepay broker rotate-ca stage cannot reach them once switched; re-provision them over serial")
+    return out
 
 
 def _stale_certs(d: Path, ca) -> list[str]:
@@ -227,9 +254,17 @@ def register(broker: click.Group) -> None:
         def one(dev: str) -> tuple[dict, str]:
             out = send_stage(client, dev, der, timeout, busy_wait)
             return out, f"trusts the next CA beside its current one (ca{out['ca']}.der)"
+        def after(results: list[dict]) -> tuple[dict, bool]:
+            import json
+            try:
+                staged = json.loads((d / STAGED).read_text()) if not made else {}
+            except (OSError, ValueError):
+                staged = {}
+            staged.update({r["device"]: r["ca"] for r in results if r["ok"]})
+            write_private(d / STAGED, json.dumps(staged, indent=1, sort_keys=True) + "\n")
+            return {"ca": nxt.subject.rfc4514_string(), "h": ca_h(der).hex(), "made": made}, True
         try:
-            each_device(o, devices, one, (CaError, RegistryError), "staged", "staged",
-                        after=lambda _r: ({"ca": nxt.subject.rfc4514_string(), "h": ca_h(der).hex(), "made": made}, True))
+            each_device(o, devices, one, (CaError, RegistryError), "staged", "staged", after=after)
         finally:
             client.close()
             reg.close()
@@ -247,6 +282,7 @@ def register(broker: click.Group) -> None:
         from host_tools.cloud.carotate import ca_h
         d = broker_dir.resolve()
         old_key, old = _load(d, "ca.pem", "ca.key")
+        unstaged = _unstaged(o, d) if (d / NEXT_PEM).exists() else None
         if (d / NEXT_PEM).exists():
             new_key, new = _load(d, NEXT_PEM, NEXT_KEY)
             if not (d / crl.OLD_PEM).exists():  # a switch cut short may have put it there already
@@ -257,6 +293,7 @@ def register(broker: click.Group) -> None:
             replace_file(d, "ca.pem", _pems([new, old]))  # the new CA first: what issues from ca.pem
             (d / NEXT_KEY).unlink()
             (d / NEXT_PEM).unlink()
+            (d / STAGED).unlink(missing_ok=True)
         elif (d / crl.OLD_PEM).exists():  # switched already: the rest again
             new_key, new = old_key, old
             _, old = _load(d, crl.OLD_PEM, crl.OLD_KEY)
@@ -270,7 +307,7 @@ def register(broker: click.Group) -> None:
                 "client_cas": [c.subject.rfc4514_string() for c in _ca_certs(d)],
                 "server": {"cn": cn, "serial": format(cert.serial_number, "x"),
                            "not_after": cert.not_valid_after_utc.isoformat()},
-                "mtls": _mtls(d), "broker_reload": r or None}
+                "mtls": _mtls(d), "unstaged": unstaged, "broker_reload": r or None}
         o.emit(data, lambda: o.console.print(
             f"switched {d}: server certificate for {cn} from {data['ca']}; the broker takes device certificates "
             f"from both CAs until `rotate-ca retire`, and new ones come from the new CA"))
