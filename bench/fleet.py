@@ -311,7 +311,8 @@ def main() -> None:
     ap.add_argument("--skip-flood", action="store_true")
     ap.add_argument("--cluster", type=int, default=0, help="devices on the 3-node NATS cluster (0: skip)")
     ap.add_argument("--subs", choices=("firmware", "single"), default="firmware")
-    ap.add_argument("--ramp", type=int, default=50, help="cluster devices connecting per second")
+    ap.add_argument("--ramp", type=int, default=50,
+                    help="cluster devices connecting per second (whole devices per 0.1 s in each process: 15-29 give 20/s)")
     ap.add_argument("--nats-mqtt", default="", help="JSON: extra settings of the nodes' mqtt block")
     ap.add_argument("--idle-devices", type=int, default=10)
     ap.add_argument("--idle-cmds", type=int, default=200)
