@@ -287,23 +287,22 @@ class RabbitCluster:
             self._spawn(n)
         for n in self.nodes:
             self._wait_listening(n, deadline)
-        # nodes 1.. join node 0 (each: stop its app, join, start it again), both at once
-        errs: list[str] = []
-
-        def join(i: int) -> None:
-            try:
-                self.ctl(i, "stop_app")
-                self.ctl(i, "join_cluster", self.nodes[0].node)
-                self.ctl(i, "start_app")
-            except (BrokerError, subprocess.TimeoutExpired) as e:
-                errs.append(str(e))
-        threads = [threading.Thread(target=join, args=(i,)) for i in range(1, len(self.nodes))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errs:
-            raise BrokerError("rabbitmq join_cluster: " + "; ".join(errs))
+        # nodes 1.. join node 0 (each: stop its app, join, start it again) one after the other:
+        # two joins at once can fail mnesia's start on a loaded box (seen in CI: start_app's
+        # `{mnesia_app, start}` badmatch); a failed join is reset and tried again
+        for i in range(1, len(self.nodes)):
+            for attempt in range(3):
+                try:
+                    self.ctl(i, "stop_app")
+                    if attempt:
+                        self.ctl(i, "reset")
+                    self.ctl(i, "join_cluster", self.nodes[0].node)
+                    self.ctl(i, "start_app")
+                    break
+                except (BrokerError, subprocess.TimeoutExpired) as e:
+                    if attempt == 2 or time.monotonic() > deadline:
+                        raise BrokerError(f"rabbitmq join_cluster: {e}") from None
+                    time.sleep(1.0)
         for n in self.nodes:
             self._wait_listening(n, deadline)
         self._import(self.users)
