@@ -24,12 +24,12 @@ Its key stays in the registry, verify-only: what it journaled can always be audi
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from host_tools.cli.common import EXIT_USAGE, Ctx, each_device, fail
+from host_tools.cli.fleet_campaign import fleet_campaign, fleet_options
 
 
 def _crl_step(o: Ctx, device: str, broker_dir: Path, devices_dir: Path) -> list[str] | None:
@@ -160,19 +160,7 @@ def register(cli: click.Group) -> None:
     @click.argument("device_ids", metavar="[DEVICE]...", nargs=-1)
     @click.option("--timeout", type=float, default=10.0, show_default=True,
                   help="seconds for each of the device's two answers (rekey, then the confirmation)")
-    @click.option("--all", "every", is_flag=True, help="the whole fleet (every active device), as a campaign")
-    @click.option("--kind", help="every active device of this kind, as a campaign")
-    @click.option("--board", help="every active device on this board, as a campaign")
-    @click.option("--id", "cid", help="the campaign's id [rekey-YYYYmmddTHHMMSS]")
-    @click.option("--cohorts", default="5,25,50,100", show_default=True, help="rising percentages ending at 100")
-    @click.option("--rate", type=float, default=60.0, show_default=True, help="devices started per minute at most")
-    @click.option("--abort-share", type=float, default=0.2, show_default=True,
-                  help="halt once this share of the finished devices failed")
-    @click.option("--no-wait", is_flag=True, help="create the campaign only (edgepay campaign run carries it)")
-    @click.option("--every", "every_s", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
-                  help="seconds between the campaign runner's passes")
-    @click.option("--db", default=lambda: os.environ.get("EDGEPAY_LEDGER", "edgepay/ledger.db"),
-                  show_default="EDGEPAY_LEDGER or edgepay/ledger.db", help="the campaigns' database (the ledger's)")
+    @fleet_options("rekey-YYYYmmddTHHMMSS")
     @click.pass_obj
     def rekey(o: Ctx, device_ids: tuple[str, ...], timeout: float, every: bool, kind: str | None, board: str | None,
               cid: str | None, cohorts: str, rate: float, abort_share: float, no_wait: bool, every_s: float,
@@ -183,7 +171,12 @@ def register(cli: click.Group) -> None:
         if every or kind or board:
             if device_ids:
                 fail("name devices, or select a fleet with --all/--kind/--board: not both", EXIT_USAGE)
-            return _fleet(o, kind, board, cid, cohorts, rate, abort_share, timeout, no_wait, every_s, db)
+            from host_tools.cloud.rekey import ACTION, RekeyAction
+            return fleet_campaign(o, ACTION, RekeyAction.spec(timeout), kind=kind, board=board, cid=cid,
+                                  id_format="rekey-%Y%m%dT%H%M%S", what="rotate", cohorts=cohorts, rate=rate,
+                                  abort_share=abort_share,
+                                  timeout_s=3 * timeout + 10,   # a device's budget: its two answers and the waits
+                                  no_wait=no_wait, every_s=every_s, db=db)
         if not device_ids:
             fail("name the devices to rotate (or --all, --kind, --board)", EXIT_USAGE)
         from host_tools.cli.cmd import connect
@@ -199,56 +192,6 @@ def register(cli: click.Group) -> None:
         finally:
             client.close()
             reg.close()
-
-    def _fleet(o: Ctx, kind: str | None, board: str | None, cid: str | None, cohorts: str, rate: float,
-               abort_share: float, timeout: float, no_wait: bool, every_s: float, db: str) -> None:
-        import time
-
-        from host_tools.cli.campaign import _engine, _exit_for, _line, _store, _summary, parse_cohorts, run_loop
-        from host_tools.cloud.rekey import ACTION, RekeyAction
-        from host_tools.cloud.rollout import RolloutError
-        pct = parse_cohorts(cohorts)
-        reg = o.open_registry()
-        try:
-            targets, after = [], ""
-            while True:
-                page = reg.page(after=after, limit=1000, status="active", kind=kind, board=board)
-                if not page:
-                    break
-                targets += [d.device_id for d in page]
-                after = page[-1].device_id
-        finally:
-            reg.close()
-        if not targets:
-            fail("no active device matches: nothing to rotate")
-        cid = cid or time.strftime("rekey-%Y%m%dT%H%M%S", time.gmtime())
-        store = _store(db, create=True)
-        try:
-            try:  # a device's budget: its two answers and the waits between them
-                c = _engine(store).create(cid, ACTION, RekeyAction.spec(timeout), targets, cohorts=pct, rate=rate,
-                                          timeout_s=3 * timeout + 10, abort_share=abort_share)
-            except RolloutError as e:
-                fail(str(e) + (" (give --id)" if "exists" in str(e) else ""), EXIT_USAGE)
-            if no_wait:
-                o.emit(_summary(c), lambda: o.console.print(f"[bold green]created[/] {_line(c)}"))
-                return
-            o.note(f"created {_line(c)}")
-            from host_tools.cli.cmd import connect
-            reg, client = connect(o)
-            try:
-                final = run_loop(o, _engine(store, client), store, every_s, watch=cid)[0]
-            finally:
-                client.close()
-                reg.close()
-        finally:
-            store.close()
-        if o.json:
-            o.jsonline(_summary(final))
-        else:
-            o.console.print(_line(final))
-        code = _exit_for(final)
-        if code:
-            raise click.exceptions.Exit(code)
 
     @device.command()
     @click.argument("device_id", metavar="DEVICE")

@@ -12,12 +12,12 @@ private key stays where keygen writes it: never in the registry, never in a git 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import click
 
 from host_tools.cli.common import EXIT_USAGE, Ctx, fail, load_board
+from host_tools.cli.fleet_campaign import fleet_campaign, fleet_options
 
 # push-keys: exit 0 when every device took the list, else 10 (a device refused it or failed), 12
 # when one did not answer in time
@@ -180,19 +180,7 @@ def register(cli: click.Group) -> None:
                   help="a signed key list (from keylist)")
     @click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
                   help="seconds per device for its signed result")
-    @click.option("--all", "every", is_flag=True, help="the whole fleet (every active device), as a campaign")
-    @click.option("--kind", help="every active device of this kind, as a campaign")
-    @click.option("--board", help="every active device on this board, as a campaign")
-    @click.option("--id", "cid", help="the campaign's id [keys-v<list version>-YYYYmmddTHHMMSS]")
-    @click.option("--cohorts", default="5,25,50,100", show_default=True, help="rising percentages ending at 100")
-    @click.option("--rate", type=float, default=60.0, show_default=True, help="devices started per minute at most")
-    @click.option("--abort-share", type=float, default=0.2, show_default=True,
-                  help="halt once this share of the finished devices failed")
-    @click.option("--no-wait", is_flag=True, help="create the campaign only (edgepay campaign run carries it)")
-    @click.option("--every", "every_s", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
-                  help="seconds between the campaign runner's passes")
-    @click.option("--db", default=lambda: os.environ.get("EDGEPAY_LEDGER", "edgepay/ledger.db"),
-                  show_default="EDGEPAY_LEDGER or edgepay/ledger.db", help="the campaigns' database (the ledger's)")
+    @fleet_options("keys-v<list version>-YYYYmmddTHHMMSS")
     @click.pass_obj
     def push_keys(o: Ctx, devices: tuple[str, ...], list_file: Path, timeout: float, every: bool, kind: str | None,
                   board: str | None, cid: str | None, cohorts: str, rate: float, abort_share: float, no_wait: bool,
@@ -214,9 +202,13 @@ def register(cli: click.Group) -> None:
         if every or kind or board:
             if devices:
                 fail("name devices, or select a fleet with --all/--kind/--board: not both", EXIT_USAGE)
-            from host_tools.cli.release_campaign import keylist_campaign
-            return keylist_campaign(o, raw, kind, board, cid, cohorts, rate, abort_share, timeout, no_wait,
-                                    every_s, db)
+            from host_tools.cloud.keylist_action import ACTION, KeylistAction
+            spec = KeylistAction.spec(raw, ttl=max(1, int(timeout)))
+            return fleet_campaign(o, ACTION, spec, kind=kind,
+                                  board=board, cid=cid, id_format=f"keys-v{spec['v']}-%Y%m%dT%H%M%S",
+                                  what="send the list to", cohorts=cohorts, rate=rate, abort_share=abort_share,
+                                  timeout_s=timeout + 5,   # a device's budget: its answer, and the wait for a link
+                                  no_wait=no_wait, every_s=every_s, db=db)
         if not devices:
             fail("name the devices to send the list to (or --all, --kind, --board)", EXIT_USAGE)
         from host_tools.cli.cmd import connect
