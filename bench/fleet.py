@@ -31,6 +31,7 @@ connected and heartbeating on Mosquitto, and how much of a record flood ingest c
     python bench/fleet.py --skip-devices --skip-flood --cluster 2000 [--subs single] [--ramp 50]
 
 The last line is one JSON object. Goals (issue 14): devices >= 10,000; committed_ratio >= 0.8;
+pg_committed_ratio >= 0.5 (--pg: the same flood with the ledger on a private PostgreSQL);
 cluster_devices >= 2,000; cmd_p99_ratio <= 3; failover_s <= 30.
 """
 from __future__ import annotations
@@ -112,8 +113,8 @@ def devices_figure(n: int, hold: float, hb: float, say) -> dict:
         f.close()
 
 
-def flood_figure(n: int, seconds: float, say) -> dict:
-    f = Fleet(n, scenario="idle", hb_s=30.0)
+def flood_figure(n: int, seconds: float, say, ledger_url: str | None = None) -> dict:
+    f = Fleet(n, scenario="idle", hb_s=30.0, world_options={"ledger_url": ledger_url} if ledger_url else None)
     plain = None
     try:
         f.start()
@@ -148,6 +149,19 @@ def flood_figure(n: int, seconds: float, say) -> dict:
             plain.stdin.close()  # type: ignore[union-attr]
             plain.wait(10)
         f.close()
+
+
+def pg_flood_figure(n: int, seconds: float, say) -> dict:
+    """The flood with the ledger (and the session service's tables) on a private PostgreSQL:
+    pg_committed_per_s and pg_committed_ratio against the same run's plain subscriber."""
+    from host_tools.pgserver import PgServer
+    pg = PgServer().start()
+    try:
+        r = flood_figure(n, seconds, say, ledger_url=pg.new_database("fleet"))
+    finally:
+        pg.close()
+    return {"pg_" + k: v for k, v in r.items() if k in ("committed_per_s", "committed_ratio", "plain_per_s",
+                                                         "flood_records", "reconciled", "drained")}
 
 
 CLUSTER_CLOUD = ("cloud", os.urandom(9).hex())
@@ -309,6 +323,7 @@ def main() -> None:
     ap.add_argument("--flood-s", type=float, default=60.0)
     ap.add_argument("--skip-devices", action="store_true")
     ap.add_argument("--skip-flood", action="store_true")
+    ap.add_argument("--pg", action="store_true", help="the flood again with the ledger on PostgreSQL (pg_*)")
     ap.add_argument("--cluster", type=int, default=0, help="devices on the 3-node NATS cluster (0: skip)")
     ap.add_argument("--subs", choices=("firmware", "single"), default="firmware")
     ap.add_argument("--ramp", type=int, default=50,
@@ -328,6 +343,8 @@ def main() -> None:
         out.update(devices_figure(a.devices, a.hold, a.hb, say))
     if not a.skip_flood:
         out.update(flood_figure(a.flood_devices, a.flood_s, say))
+    if a.pg:
+        out.update(pg_flood_figure(a.flood_devices, a.flood_s, say))
     if a.cluster:
         out.update(cluster_figure(a.cluster, a, say))
     print(json.dumps(out, sort_keys=True))

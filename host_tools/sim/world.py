@@ -121,8 +121,10 @@ class World:
                  proxy: bool = True, broker: ExternalBroker | None = None, cloud_user: str = "cloud",
                  cloud_password: str | None = None, credit: int = 100_000, heapsize: str | None = None,
                  on_event: Callable[[dict], None] | None = None, echo: bool = False,
-                 ingest_options: dict | None = None, ingest_hold_ms: float | None = None):
+                 ingest_options: dict | None = None, ingest_hold_ms: float | None = None,
+                 ledger_url: str | None = None):
         self._own_root = root is None
+        self.ledger_url = ledger_url   # None: an SQLite ledger in root (a PostgreSQL URL: bench/fleet.py --pg)
         self.root = Path(root or tempfile.mkdtemp(prefix="edgepay-world-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.rate = rate
@@ -201,7 +203,7 @@ class World:
 
     def _start_cloud(self) -> None:
         """The ledger, the session service (its state in the ledger's database) and ingest."""
-        url = str(self.root / "ledger.db")
+        url = self.ledger_url or str(self.root / "ledger.db")
         self.ledger = open_ledger(url)
         self.store = SessionStore.open(url)
         self.svc = SessionService(self.registry, self.provider, self.cloud_broker,
