@@ -162,8 +162,10 @@ def test_an_ingest_worker_killed_mid_batch_while_a_third_joins(cluster, tmp_path
                "--servers", ",".join(cluster.nats_urls()), "--ack-wait", str(ACK_WAIT), "--hold-ms", "3000",
                "--user", CLOUD[0], "--registry", str(w.root / "registry.db"), "--db", f"sqlite:///{w.root / 'ledger.db'}",
                "--group", "ingest"]
+        # every commit stalled, reads too: the victim commits nothing before it is killed, so the
+        # live workers' counts are the whole ledger
         victim = subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, "EDGEPAY_MQTT_PASSWORD": CLOUD[1]})
+                                  env={**os.environ, "EDGEPAY_MQTT_PASSWORD": CLOUD[1], "EDGEPAY_STALL_READS": "1"})
         try:
             assert victim.stdout.readline().strip() == "ready", victim.stderr.read() if victim.poll() is not None else ""
 
@@ -256,7 +258,7 @@ def test_ingest_under_overload_holds_the_backlog_in_the_stream(cluster, tmp_path
                "--batch-max", "200", "--user", CLOUD[0], "--registry", str(w.root / "registry.db"),
                "--db", f"sqlite:///{w.root / 'ledger.db'}", "--group", "ingest"]
         worker = subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, "EDGEPAY_MQTT_PASSWORD": CLOUD[1]})
+                                  env={**os.environ, "EDGEPAY_MQTT_PASSWORD": CLOUD[1], "EDGEPAY_STALL_READS": "1"})
         try:
             assert worker.stdout.readline().strip() == "ready", worker.stderr.read() if worker.poll() is not None else ""
             assert f.connect(say, CONNECT_S)
