@@ -245,6 +245,12 @@ def test_broker_restart_reconnects_within_backoff(env, kill):
     # backoff_max is 1 s with full jitter: a reconnect within two backoff periods plus connect
     assert took < 2 * FAST["backoff_max_ms"] / 1000 + 1.5, took
     r = env.c.send("dev1", "display", {1: "after restart"}, timeout=10)
+    if kill and r.state is State.TIMED_OUT:
+        # a SIGKILL loses the broker's unsaved session state: a command (or its result) that
+        # arrives before the device's (or the cloud's) resubscription has landed is dropped, and
+        # the command ends TIMED_OUT, as it should (seen once in a fresh-clone CI run under the
+        # suite's load); the link itself is back, which the next command shows
+        r = env.c.send("dev1", "display", {1: "after restart, again"}, timeout=10)
     assert r.state is State.SUCCEEDED
 
 
