@@ -48,6 +48,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+import threading
+from typing import Any
+
 from host_tools.cloud.ledger import GENESIS, Ledger, Record
 
 SEP = "~"  # never in a device id (a-z 0-9 -), and safe in a URL path and in the API's "t0/device/sid" cursors
@@ -66,6 +69,34 @@ def epoch_of(chain: str) -> int | None:
     """R of a chain DEVICE~R; None for the device's first chain."""
     _, sep, r = chain.partition(SEP)
     return int(r) if sep else None
+
+
+class Epochs:
+    """R of each device: the lowest key version that is not compromised if it was re-provisioned
+    (None: never), read from the registry's key history once per current key version (a rotation
+    or a re-provisioning changes it). Ingest and the session service keep one each."""
+
+    def __init__(self, registry: Any):
+        self.registry = registry
+        self._seen: dict[str, tuple[int, int | None]] = {}   # device -> (key version read at, R)
+        self._lock = threading.Lock()
+
+    def __contains__(self, device: str) -> bool:
+        with self._lock:
+            return device in self._seen
+
+    def get(self, device: str, key_version: int) -> int | None:
+        with self._lock:
+            hit = self._seen.get(device)
+        if hit is not None and hit[0] == key_version:
+            return hit[1]
+        keys = self.registry.keys(device)
+        epoch = None
+        if any(k.state == "compromised" for k in keys):
+            epoch = min((k.version for k in keys if k.state != "compromised"), default=None)
+        with self._lock:
+            self._seen[device] = (key_version, epoch)
+        return epoch
 
 
 def chains(ledger: Ledger, device: str) -> list[str]:

@@ -74,7 +74,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from host_tools.cloud.chains import chain_id, device_of, route
+from host_tools.cloud.chains import Epochs, chain_id, device_of, route
 from host_tools.cloud.ingest_quarantine import Revoked, Unplaceable, quarantine_record
 from host_tools.cloud.ledger import Head, Ledger, Outcome, Record
 from host_tools.cloud.ledger_open import open_ledger
@@ -123,7 +123,7 @@ class IngestWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._keys: dict[str, tuple[Device, float]] = {}
-        self._epochs: dict[str, tuple[int, int | None]] = {}   # device -> (key version read at, R)
+        self._epochs = Epochs(registry)   # R of each re-provisioned device (chains.py)
         self._held: dict[str, dict[int, tuple[Record, float]]] = {}
         self._last_resend: dict[str, float] = {}
         self._unplaced: dict[bytes, None] = {}   # digests of unplaceable records kept (bounded)
@@ -230,17 +230,7 @@ class IngestWorker:
         return dev
 
     def _epoch(self, dev: Device) -> int | None:
-        """R, the lowest key version of a re-provisioned device that is not compromised (None:
-        never re-provisioned), read again whenever its current key version changed."""
-        hit = self._epochs.get(dev.device_id)
-        if hit is not None and hit[0] == dev.key_version:
-            return hit[1]
-        keys = self.registry.keys(dev.device_id)
-        epoch = None
-        if any(k.state == "compromised" for k in keys):
-            epoch = min((k.version for k in keys if k.state != "compromised"), default=None)
-        self._epochs[dev.device_id] = (dev.key_version, epoch)
-        return epoch
+        return self._epochs.get(dev.device_id, dev.key_version)
 
     def _routed(self, rec: Record, compromised: bool = False) -> Record:
         """The record with its chain as its ledger device (host_tools/cloud/chains.py)."""

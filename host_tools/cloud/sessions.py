@@ -102,7 +102,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any, Callable, cast
 
-from host_tools.cloud.chains import SEP, board_chain, device_of, epoch_of
+from host_tools.cloud.chains import SEP, Epochs, board_chain, device_of, epoch_of
 from host_tools.cloud.commands import Command, CommandClient
 from host_tools.cloud.ledger import Ledger
 from host_tools.cloud.mqtt import BrokerSettings
@@ -164,7 +164,7 @@ class SessionService(AuthFlows, Settlement):
         # where a re-provisioned device's chains are read (chains.board_chain): the store's
         # database is the ledger's when the store is on it (edgepay serve)
         self.ledger: Ledger = ledger if ledger is not None else cast(Ledger, self.store.db)  # open_ledger's
-        self._epochs: dict[str, tuple[int, int | None]] = {}   # device -> (key version, R or None)
+        self._epochs = Epochs(registry)   # R of each re-provisioned device (chains.py)
         self._boards: dict[tuple[str, int], str] = {}          # (device, R) -> its board's chain
         self._lock = threading.RLock()
         self._slocks: dict[tuple[str, str], threading.Lock] = {}
@@ -328,17 +328,7 @@ class SessionService(AuthFlows, Settlement):
         durable instance reads the store each time, one indexed read, re-provisioned devices only)."""
         if key_version == 1:
             return device
-        with self._lock:
-            hit = self._epochs.get(device)
-        if hit is None or hit[0] != key_version:
-            keys = self.registry.keys(device)
-            epoch = None
-            if any(k.state == "compromised" for k in keys):
-                epoch = min((k.version for k in keys if k.state != "compromised"), default=None)
-            hit = (key_version, epoch)
-            with self._lock:
-                self._epochs[device] = hit
-        epoch = hit[1]
+        epoch = self._epochs.get(device, key_version)
         if epoch is None:
             return device
         with self._lock:  # durable instances read the store: another's ledger feed may correct it
