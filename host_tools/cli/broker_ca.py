@@ -43,6 +43,7 @@ from pathlib import Path
 import click
 
 from host_tools.cli.common import EXIT_USAGE, Ctx, each_device, fail, write_private
+from host_tools.cli.fleet_campaign import fleet
 
 NEXT_PEM, NEXT_KEY = "ca-next.pem", "ca-next.key"
 STAGED = "ca-next.json"  # the devices that took the next CA: {device: n}, for switch's check
@@ -95,27 +96,11 @@ def _reload(o: Ctx, d: Path) -> dict:
     return r
 
 
-def _active(o: Ctx, kind: str | None = None, board: str | None = None) -> list[str]:
-    """The registry's active devices (of `kind`, on `board`)."""
-    reg = o.open_registry()
-    try:
-        out, after = [], ""
-        while True:
-            page = reg.page(after=after, limit=1000, status="active", kind=kind, board=board)
-            if not page:
-                break
-            out += [x.device_id for x in page]
-            after = page[-1].device_id
-    finally:
-        reg.close()
-    return out
-
-
 def _targets(o: Ctx, device_ids: tuple[str, ...], every: bool, kind: str | None, board: str | None) -> list[str]:
     if every or kind or board:
         if device_ids:
             fail("name devices, or select a fleet with --all/--kind/--board: not both", EXIT_USAGE)
-        out = _active(o, kind, board)
+        out = fleet(o, kind, board)
         if not out:
             fail("no active device matches")
         return out
@@ -136,7 +121,7 @@ def _unstaged(o: Ctx, d: Path) -> list[str] | None:
         staged = json.loads((d / STAGED).read_text())
     except (OSError, ValueError):
         staged = {}
-    out = [x for x in _active(o) if x not in staged]
+    out = [x for x in fleet(o, None, None) if x not in staged]
     if out:
         o.note(f"[yellow]warning:[/] {len(out)} active device(s) were not staged and will not connect to the "
                f"switched broker until they are ({', '.join(out[:10])}{' ...' if len(out) > 10 else ''}): "
@@ -205,7 +190,7 @@ def register(broker: click.Group) -> None:
     bdir = click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
                         default=Path("edgepay") / "broker", show_default=True)
 
-    def fleet(f):
+    def selection(f):
         for opt in reversed([
                 click.argument("device_ids", metavar="[DEVICE]...", nargs=-1),
                 click.option("--all", "every", is_flag=True, help="every active device in the registry"),
@@ -219,7 +204,7 @@ def register(broker: click.Group) -> None:
         return f
 
     @rotate_ca.command("stage")
-    @fleet
+    @selection
     @bdir
     @click.pass_obj
     def stage(o: Ctx, device_ids, every, kind, board, timeout, busy_wait, broker_dir: Path) -> None:
@@ -313,7 +298,7 @@ def register(broker: click.Group) -> None:
             f"from both CAs until `rotate-ca retire`, and new ones come from the new CA"))
 
     @rotate_ca.command("retire")
-    @fleet
+    @selection
     @bdir
     @click.pass_obj
     def retire(o: Ctx, device_ids, every, kind, board, timeout, busy_wait, broker_dir: Path) -> None:
